@@ -1,0 +1,192 @@
+"""The configuration file: TOML, ``${VAR}`` from the environment, validated as a whole.
+
+Every problem is reported at once, each with the file and the key it concerns, so a user fixes a
+config in one round trip. The models here are also the source of ``schemas/config.schema.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from syncd.errors import ConfigError
+
+Policy = Literal["local", "remote", "manual"]
+PROVIDERS = ("unisender", "selzy")
+DEFAULT_BASE_URLS = {
+    "unisender": "https://api.unisender.com/{lang}/api",
+    "selzy": "https://api.selzy.com/{lang}/api",
+}
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreConfig(_Strict):
+    url: str = Field("sqlite:///./syncd.db", description="SQLAlchemy URL of the mirror.")
+
+
+class InboxConfig(_Strict):
+    path: str = Field("./inbox", description="Folder watched for contact files.")
+
+
+class IngestConfig(_Strict):
+    default_region: str | None = Field(
+        None,
+        description="ISO country code used to read phones written without '+' (e.g. 'BY'). "
+        "Without it such phones are rejected.",
+    )
+    reject_role_addresses: bool = Field(
+        True, description="Reject role addresses (info@, sales@, no-reply@ ...) at ingestion."
+    )
+
+
+class TargetConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Unique target name.")
+    provider: Literal["unisender", "selzy"]
+    list_id: str = Field(min_length=1, description="The remote list.")
+    local_list: str | None = Field(None, description="Local list feeding it (default: name).")
+    key: Literal["email", "phone"] = "email"
+    api_key: SecretStr = Field(description="API key; use ${VAR} to take it from the environment.")
+    base_url: str | None = Field(None, description="API root; default is the provider's own.")
+    lang: str = Field("en", pattern=r"^[a-z]{2}$")
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="Remote field name = local field name."
+    )
+    conflict: Policy | dict[str, Policy] = Field(
+        "local",
+        description="Who wins a field changed on both sides: local | remote | manual, or a table "
+        "{ default = ..., RemoteField = ... } for per-field overrides.",
+    )
+    on_local_delete: Literal["delete", "exclude"] = "delete"
+    on_edit_delete: Literal["edit", "delete"] = Field(
+        "edit", description="When one side edits and the other deletes: which wins."
+    )
+    max_delete_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    export_mode: Literal["async", "paged"] = Field(
+        "async", description="async exportContacts with a CSV download, or the legacy paged call."
+    )
+    export_poll_interval: float = Field(2.0, gt=0)
+    export_timeout: float = Field(600.0, gt=0)
+    create_missing_fields: bool = True
+    timeout: float = Field(30.0, gt=0, description="Seconds to wait for one answer.")
+    retries: int = Field(2, ge=0, le=10, description="Further tries after a timeout or 5xx.")
+    rate_limit_per_minute: int = Field(1200, gt=0)
+    schedule: str = Field("5m", description="Interval ('30s', '5m', '1h') or a cron expression.")
+
+    @property
+    def local_list_name(self) -> str:
+        return self.local_list or self.name
+
+    @property
+    def api_root(self) -> str:
+        root = self.base_url or DEFAULT_BASE_URLS[self.provider].format(lang=self.lang)
+        return root.rstrip("/")
+
+    def policy_for(self, remote_field: str) -> Policy:
+        if isinstance(self.conflict, str):
+            return self.conflict
+        return self.conflict.get(remote_field, self.conflict.get("default", "local"))
+
+    @model_validator(mode="after")
+    def _check_conflict_table(self) -> TargetConfig:
+        if isinstance(self.conflict, dict):
+            unknown = set(self.conflict) - {"default", *self.fields, "tags", "status"}
+            if unknown:
+                raise ValueError(f"conflict names fields not in `fields`: {sorted(unknown)}")
+        return self
+
+
+class Config(_Strict):
+    store: StoreConfig = StoreConfig()
+    inbox: InboxConfig = InboxConfig()
+    ingest: IngestConfig = IngestConfig()
+    target: list[TargetConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        seen: set[str] = set()
+        dupes = sorted({t.name for t in self.target if t.name in seen or seen.add(t.name)})
+        if dupes:
+            raise ValueError(f"duplicate target name(s): {', '.join(dupes)}")
+        return self
+
+    def targets(self, name: str | None = None) -> list[TargetConfig]:
+        if name is None:
+            return list(self.target)
+        chosen = [t for t in self.target if t.name == name]
+        if not chosen:
+            known = ", ".join(t.name for t in self.target) or "none"
+            raise ConfigError("command line", [f"--target {name}: no such target (known: {known})"])
+        return chosen
+
+
+def find_config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("SYNCD_CONFIG")
+    return Path(env) if env else Path("syncd.toml")
+
+
+def substitute_env(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
+    """Replace ``${VAR}`` in every string; a missing variable is a problem naming it."""
+    if isinstance(value, str):
+
+        def repl(match: re.Match[str]) -> str:
+            var = match.group(1)
+            if var not in env:
+                problems.append(f"{path}: environment variable {var} is not set")
+                return ""
+            return env[var]
+
+        return _VAR.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: substitute_env(v, env, f"{path}.{k}" if path else k, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute_env(v, env, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("str", "dict[str,literal['local','remote','manual']]") or "literal[" in str(part):
+            continue  # pydantic's union branch names add nothing for the reader
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def parse_config(data: Mapping[str, Any], source: str, env: Mapping[str, str] | None = None) -> Config:
+    problems: list[str] = []
+    resolved = substitute_env(dict(data), os.environ if env is None else env, "", problems)
+    try:
+        config = Config.model_validate(resolved)
+    except ValidationError as exc:
+        for err in exc.errors():
+            problems.append(f"{_loc(tuple(err['loc']))}: {err['msg']}")
+        raise ConfigError(source, sorted(set(problems))) from None
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+    path = find_config_path(explicit)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found (use --config or $SYNCD_CONFIG)"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
+    return parse_config(data, str(path))

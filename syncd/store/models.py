@@ -1,0 +1,99 @@
+"""The mirror's tables. The store is the only place syncd keeps state.
+
+- ``contact`` / ``membership``: the local contacts and their local list memberships. A deleted
+  contact stays as a tombstone (``deleted``) so its consent status survives re-creation.
+- ``base``: per target and key, the projection both sides last agreed on (DESIGN §1).
+- ``stage_local`` / ``stage_remote`` / ``stage_diff``: per-cycle scratch tables so that the
+  three-way comparison is a set operation done by the database, not a Python dict of the list.
+- ``run``, ``rejection``, ``conflict``: what cycles did, rows the provider refused, and
+  conflicts waiting for a person under ``conflict = "manual"``.
+"""
+
+from __future__ import annotations
+
+from sqlmodel import Field, SQLModel
+
+
+class Contact(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    email: str | None = Field(default=None, unique=True, index=True)
+    phone: str | None = Field(default=None, unique=True, index=True)
+    fields: str = "{}"  # JSON object of custom fields, local names
+    tags: str = "[]"  # JSON array, sorted
+    status: str = "active"
+    deleted: bool = False
+
+
+class Membership(SQLModel, table=True):
+    contact_id: int = Field(foreign_key="contact.id", primary_key=True)
+    list_name: str = Field(primary_key=True, index=True)
+
+
+class Base(SQLModel, table=True):
+    target: str = Field(primary_key=True)
+    key: str = Field(primary_key=True)
+    digest: str
+    data: str
+
+
+class StageLocal(SQLModel, table=True):
+    __tablename__ = "stage_local"
+    target: str = Field(primary_key=True)
+    key: str = Field(primary_key=True)
+    digest: str
+    data: str
+
+
+class StageRemote(SQLModel, table=True):
+    __tablename__ = "stage_remote"
+    target: str = Field(primary_key=True)
+    key: str = Field(primary_key=True)
+    digest: str
+    data: str
+    raw_status: str = ""
+
+
+class StageDiff(SQLModel, table=True):
+    __tablename__ = "stage_diff"
+    seq: int | None = Field(default=None, primary_key=True)
+    target: str = Field(index=True)
+    key: str
+    local: str | None = None
+    base: str | None = None
+    remote: str | None = None
+    raw_status: str | None = None
+
+
+class Run(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    target: str = Field(index=True)
+    started_at: str
+    finished_at: str | None = None
+    outcome: str = "running"  # converged | rejected | conflicts | failed | refused | dry-run
+    summary: str = "{}"  # JSON counts
+    message: str = ""
+
+
+class Rejection(SQLModel, table=True):
+    """A row the provider refused. A permanent refusal is held until the local record changes."""
+
+    target: str = Field(primary_key=True)
+    key: str = Field(primary_key=True)
+    digest: str  # digest of the row as it was sent
+    code: str
+    message: str
+    retryable: bool = False
+    at: str
+
+
+class Conflict(SQLModel, table=True):
+    """A field changed differently on both sides under the ``manual`` policy."""
+
+    target: str = Field(primary_key=True)
+    key: str = Field(primary_key=True)
+    fields: str  # JSON list of {"field", "local", "remote", "base"}
+    local: str | None = None
+    remote: str | None = None
+    base: str | None = None
+    resolution: str | None = None  # None (open) | "local" | "remote"
+    at: str
