@@ -113,8 +113,8 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
-        seen: set[str] = set()
-        dupes = sorted({t.name for t in self.target if t.name in seen or seen.add(t.name)})
+        names = [t.name for t in self.target]
+        dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"duplicate target name(s): {', '.join(dupes)}")
         return self
@@ -149,7 +149,10 @@ def substitute_env(value: Any, env: Mapping[str, str], path: str, problems: list
 
         return _VAR.sub(repl, value)
     if isinstance(value, dict):
-        return {k: substitute_env(v, env, f"{path}.{k}" if path else k, problems) for k, v in value.items()}
+        return {
+            k: substitute_env(v, env, f"{path}.{k}" if path else k, problems)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [substitute_env(v, env, f"{path}[{i}]", problems) for i, v in enumerate(value)]
     return value
@@ -160,14 +163,18 @@ def _loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("str", "dict[str,literal['local','remote','manual']]") or "literal[" in str(part):
+        elif part in ("str", "dict[str,literal['local','remote','manual']]") or "literal[" in str(
+            part
+        ):
             continue  # pydantic's union branch names add nothing for the reader
         else:
             out += f".{part}" if out else str(part)
     return out or "(top level)"
 
 
-def parse_config(data: Mapping[str, Any], source: str, env: Mapping[str, str] | None = None) -> Config:
+def parse_config(
+    data: Mapping[str, Any], source: str, env: Mapping[str, str] | None = None
+) -> Config:
     problems: list[str] = []
     resolved = substitute_env(dict(data), os.environ if env is None else env, "", problems)
     try:

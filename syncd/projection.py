@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 Status = Literal["active", "unsubscribed", "blocked"]
 STATUSES: tuple[Status, ...] = ("active", "unsubscribed", "blocked")
@@ -45,9 +45,9 @@ class Projection:
         kept = tuple(sorted((k, v) for k, v in (fields or {}).items() if v not in (None, "")))
         return cls(
             key=key,
-            fields=cast(tuple[tuple[str, str], ...], kept),
+            fields=kept,
             tags=frozenset(t for t in tags if t),
-            status=cast(Status, status),
+            status=status,
         )
 
     @property
@@ -80,7 +80,9 @@ class Projection:
     @classmethod
     def from_json(cls, text: str) -> Projection:
         data: dict[str, Any] = json.loads(text)
-        return cls.build(data["k"], data.get("f") or {}, data.get("t") or (), data.get("s", "active"))
+        return cls.build(
+            data["k"], data.get("f") or {}, data.get("t") or (), data.get("s", "active")
+        )
 
     def digest(self) -> str:
         return digest_of(self.to_json())

@@ -114,7 +114,7 @@ class Provider(ABC):
 
     @abstractmethod
     def export(self) -> Iterator[RemoteContact]:
-        """Stream every contact of the remote list. Raises ExportIncomplete when it cannot finish."""
+        """Stream the whole remote list; raise ExportIncomplete when it cannot finish."""
 
     @abstractmethod
     def push(self, call: PushCall) -> list[RowOutcome]:

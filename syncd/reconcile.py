@@ -1,0 +1,249 @@
+"""The three-way merge: one key's local, base and remote projections -> one decision.
+
+This is DESIGN.md §2 written as code. It is a pure function of its inputs: no I/O, no clock, no
+randomness, so it can be tested row by row of the table and run on millions of keys. Conflicts
+are decided from the base, never from timestamps.
+
+Symbols: L = local projection, B = base (what both sides last agreed on), R = remote projection;
+each may be absent (None). The decision says what to write on each side and what the base
+becomes once those writes are confirmed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from syncd.projection import Projection, is_opted_out
+
+Policy = Literal["local", "remote", "manual"]
+RemoteOp = Literal["create", "update", "delete"]
+LocalOp = Literal["upsert", "remove"]
+Take = Literal["local", "remote"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The parts of a target's configuration that reconciliation needs."""
+
+    policy: Callable[[str], Policy] = lambda _field: (
+        "local"
+    )  # who wins a field changed on both sides
+    edit_beats_delete: bool = True  # one side edited, the other deleted: keep the edit
+
+
+@dataclass(frozen=True, slots=True)
+class FieldConflict:
+    field: str
+    local: str | None
+    remote: str | None
+    base: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    key: str
+    case: str  # which row of the table applied (shown by `plan`, asserted by tests)
+    remote_op: RemoteOp | None = None
+    remote_row: Projection | None = None  # desired remote state; for delete, the last known one
+    remote_before: Projection | None = None  # R as exported
+    local_op: LocalOp | None = None
+    local_row: Projection | None = None  # the state to write into the mirror (upsert)
+    base: Projection | None = None  # the base once carried out; None = drop it
+    conflicts: tuple[FieldConflict, ...] = ()
+    held: bool = False  # a manual conflict is open: touch neither side
+    keep_base: bool = False  # write nothing at all, not even the base
+
+    @property
+    def is_noop(self) -> bool:
+        return self.remote_op is None and self.local_op is None
+
+    @property
+    def writes_remote(self) -> bool:
+        return self.remote_op is not None
+
+    @property
+    def overwrite_tags(self) -> bool:
+        """Tags must be replaced (not added to) only when a tag has to go at the remote."""
+        return (
+            self.remote_op == "update"
+            and self.remote_before is not None
+            and self.remote_row is not None
+            and bool(self.remote_before.tags - self.remote_row.tags)
+        )
+
+    @property
+    def pushes_status(self) -> bool:
+        """A status column is sent only to record an opt-out the remote does not have yet."""
+        if self.remote_op not in ("create", "update") or self.remote_row is None:
+            return False
+        if not is_opted_out(self.remote_row.status):
+            return False
+        return self.remote_before is None or self.remote_before.status != self.remote_row.status
+
+
+def reconcile(
+    local: Projection | None,
+    base: Projection | None,
+    remote: Projection | None,
+    rules: Rules = Rules(),
+    take: Take | None = None,
+) -> Decision:
+    """Decide one key. ``take`` settles a manual conflict that a person resolved."""
+    key = _key_of(local, base, remote)
+
+    if base is None:
+        if local is not None and remote is None:
+            # new locally, unknown remotely: create it at the provider
+            return Decision(key, "create_remote", "create", local, None, base=local)
+        if local is None and remote is not None:
+            # born at the provider (a sign-up): bring it into the mirror
+            return Decision(key, "create_local", local_op="upsert", local_row=remote, base=remote)
+        if local is not None and remote is not None:
+            # both sides have it and no history (first sync against a filled list): merge with
+            # an empty base, so each side's values count as that side's edits
+            return _merge(key, local, Projection.build(key), remote, rules, take, "first_meeting")
+        return Decision(key, "unchanged")  # nothing anywhere (cannot come out of the diff)
+
+    if local is not None and remote is not None:
+        return _merge(key, local, base, remote, rules, take, None)
+
+    # From here on exactly one side lacks the key while the base has it.
+
+    if local is not None and remote is None:
+        if local == base:
+            # same locally, gone remotely: the provider deleted it; follow
+            return Decision(key, "remote_deleted", local_op="remove", base=None)
+        if rules.edit_beats_delete:
+            # edited locally, deleted remotely: the edit wins; put it back at the provider
+            return Decision(key, "recreate_remote", "create", local, None, base=local)
+        return Decision(key, "remote_delete_wins", local_op="remove", base=None)
+
+    if local is None and remote is not None:
+        if is_opted_out(remote.status):
+            # deleting an opted-out contact at the provider would erase its opt-out record
+            # (DESIGN §8); if it changed remotely, the mirror takes it back so consent is kept
+            if remote != base:
+                return _pull_back(key, remote, "revive_local_opted_out")
+            return Decision(key, "keep_opted_out", remote_before=remote, base=base, keep_base=True)
+        if remote == base:
+            # deleted (or dropped from the list) locally, unchanged remotely: delete there
+            return Decision(key, "local_deleted", "delete", remote, remote, base=None)
+        if rules.edit_beats_delete:
+            # edited remotely, deleted locally: the edit wins; the contact returns to the mirror
+            return _pull_back(key, remote, "revive_local")
+        return Decision(key, "local_delete_wins", "delete", remote, remote, base=None)
+
+    # gone on both sides: forget the history
+    return Decision(key, "drop_base", base=None)
+
+
+def _pull_back(key: str, remote: Projection, case: str) -> Decision:
+    return Decision(key, case, local_op="upsert", local_row=remote, base=remote)
+
+
+def _merge(
+    key: str,
+    local: Projection,
+    base: Projection,
+    remote: Projection,
+    rules: Rules,
+    take: Take | None,
+    case: str | None,
+) -> Decision:
+    if local == remote:
+        # both sides made the same change (or already agree): only the base moves
+        return Decision(key, case or "agree", base=local)
+    if local == base:
+        # only the remote changed: pull it into the mirror
+        return Decision(key, case or "pull", local_op="upsert", local_row=remote, base=remote)
+    if remote == base and not _would_resubscribe(local, remote):
+        # only the local side changed: push it
+        return Decision(key, case or "push", "update", local, remote, base=local)
+
+    fields, conflicts, unresolved = _merge_fields(local, base, remote, rules, take)
+    if unresolved:
+        return Decision(
+            key,
+            "conflict_held",
+            remote_before=remote,
+            conflicts=conflicts,
+            held=True,
+            keep_base=True,
+        )
+    merged = Projection.build(
+        key,
+        fields,
+        _merge_sets(local.tags, base.tags, remote.tags),
+        _merge_status(local, base, remote),
+    )
+    return Decision(
+        key,
+        case or "merge",
+        remote_op="update" if merged != remote else None,
+        remote_row=merged if merged != remote else None,
+        remote_before=remote,
+        local_op="upsert" if merged != local else None,
+        local_row=merged if merged != local else None,
+        base=merged,
+        conflicts=conflicts,  # recorded even when the policy settled them
+    )
+
+
+def _would_resubscribe(local: Projection, remote: Projection) -> bool:
+    return is_opted_out(remote.status) and not is_opted_out(local.status)
+
+
+def _merge_fields(
+    local: Projection, base: Projection, remote: Projection, rules: Rules, take: Take | None
+) -> tuple[dict[str, str | None], tuple[FieldConflict, ...], bool]:
+    """Fields changed on one side only come from that side; both sides -> the policy decides.
+
+    Returns the merged fields, every conflict met, and whether one waits for a person.
+    """
+    lf, bf, rf = local.field_map, base.field_map, remote.field_map
+    merged: dict[str, str | None] = {}
+    conflicts: list[FieldConflict] = []
+    unresolved = False
+    for name in sorted(lf.keys() | bf.keys() | rf.keys()):
+        lv, bv, rv = lf.get(name), bf.get(name), rf.get(name)
+        if lv == rv or rv == bv:
+            merged[name] = lv
+        elif lv == bv:
+            merged[name] = rv
+        else:
+            # changed on both sides, differently: the policy decides (manual holds the key)
+            conflicts.append(FieldConflict(name, lv, rv, bv))
+            policy = take or rules.policy(name)
+            unresolved = unresolved or policy == "manual"
+            merged[name] = lv if policy == "local" else rv if policy == "remote" else bv
+    return merged, tuple(conflicts), unresolved
+
+
+def _merge_sets(
+    local: frozenset[str], base: frozenset[str], remote: frozenset[str]
+) -> frozenset[str]:
+    """Additions and removals from either side both apply.
+
+    An element in the base survives only if neither side removed it; an element not in the
+    base is there if either side added it.
+    """
+    return (local & remote & base) | ((local | remote) - base)
+
+
+def _merge_status(local: Projection, base: Projection, remote: Projection) -> str:
+    """Consent only moves towards opted-out automatically; the provider's opt-out always wins."""
+    if is_opted_out(remote.status):
+        # never push an opted-out contact back as active (DESIGN rule 3)
+        return local.status if is_opted_out(local.status) else remote.status
+    if local.status != base.status:
+        return local.status  # a local unsubscribe (or an explicit local re-activation)
+    return remote.status  # a remote change, or nothing changed
+
+
+def _key_of(*projections: Projection | None) -> str:
+    for p in projections:
+        if p is not None:
+            return p.key
+    raise ValueError("reconcile needs at least one of local, base, remote")

@@ -1,0 +1,182 @@
+"""Each row of DESIGN.md §2's reconciliation table, as a table test of the pure core."""
+
+from __future__ import annotations
+
+import pytest
+
+from syncd.projection import Projection
+from syncd.reconcile import Rules, reconcile
+
+K = "ann@example.com"
+
+
+def p(status: str = "active", tags: tuple[str, ...] = (), **fields: str) -> Projection:
+    return Projection.build(K, fields, tags, status)
+
+
+BASE = p(Name="Ann", City="Minsk")
+LOCAL_EDIT = p(Name="Anna", City="Minsk")
+REMOTE_EDIT = p(Name="Ann", City="Brest")
+
+# (table row, L, B, R, expected case, remote op, local op, expected base)
+TABLE = [
+    ("same | same", BASE, BASE, BASE, "agree", None, None, BASE),
+    ("changed | same -> push L", LOCAL_EDIT, BASE, BASE, "push", "update", None, LOCAL_EDIT),
+    ("same | changed -> pull R", BASE, BASE, REMOTE_EDIT, "pull", None, "upsert", REMOTE_EDIT),
+    ("changed | changed, R == L", LOCAL_EDIT, BASE, LOCAL_EDIT, "agree", None, None, LOCAL_EDIT),
+    (
+        "new | absent -> push create",
+        LOCAL_EDIT,
+        None,
+        None,
+        "create_remote",
+        "create",
+        None,
+        LOCAL_EDIT,
+    ),
+    (
+        "absent | new -> pull create",
+        None,
+        None,
+        REMOTE_EDIT,
+        "create_local",
+        None,
+        "upsert",
+        REMOTE_EDIT,
+    ),
+    ("same | absent -> tombstone", BASE, BASE, None, "remote_deleted", None, "remove", None),
+    ("absent | same -> push delete", None, BASE, BASE, "local_deleted", "delete", None, None),
+    (
+        "edited | deleted remotely",
+        LOCAL_EDIT,
+        BASE,
+        None,
+        "recreate_remote",
+        "create",
+        None,
+        LOCAL_EDIT,
+    ),
+    (
+        "deleted locally | edited",
+        None,
+        BASE,
+        REMOTE_EDIT,
+        "revive_local",
+        None,
+        "upsert",
+        REMOTE_EDIT,
+    ),
+    ("absent | absent -> drop base", None, BASE, None, "drop_base", None, None, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("row", "L", "B", "R", "case", "rop", "lop", "base"), TABLE, ids=[t[0] for t in TABLE]
+)
+def test_decision_table(row, L, B, R, case, rop, lop, base):  # noqa: N803
+    d = reconcile(L, B, R)
+    assert (d.case, d.remote_op, d.local_op, d.base) == (case, rop, lop, base), row
+
+
+def test_both_changed_differently_merges_fields_from_each_side():
+    d = reconcile(LOCAL_EDIT, BASE, REMOTE_EDIT)
+    merged = p(Name="Anna", City="Brest")
+    assert d.case == "merge"
+    assert d.remote_op == "update" and d.remote_row == merged
+    assert d.local_op == "upsert" and d.local_row == merged
+    assert d.base == merged and d.conflicts == ()
+
+
+@pytest.mark.parametrize(("policy", "winner"), [("local", "Anna"), ("remote", "Annie")])
+def test_same_field_changed_on_both_sides_follows_the_policy(policy, winner):
+    d = reconcile(LOCAL_EDIT, BASE, p(Name="Annie", City="Minsk"), Rules(policy=lambda f: policy))
+    assert d.base is not None and d.base.field_map["Name"] == winner
+    assert [c.field for c in d.conflicts] == ["Name"]  # the conflict is recorded either way
+
+
+def test_per_field_policy():
+    rules = Rules(policy=lambda f: "remote" if f == "City" else "local")
+    d = reconcile(p(Name="L", City="L"), BASE, p(Name="R", City="R"), rules)
+    assert d.base == p(Name="L", City="R")
+
+
+def test_manual_conflict_holds_the_key_on_both_sides():
+    d = reconcile(LOCAL_EDIT, BASE, p(Name="Annie", City="Minsk"), Rules(policy=lambda f: "manual"))
+    assert d.held and d.keep_base and d.remote_op is None and d.local_op is None
+    assert d.conflicts[0].local == "Anna" and d.conflicts[0].remote == "Annie"
+
+
+@pytest.mark.parametrize(("take", "winner"), [("local", "Anna"), ("remote", "Annie")])
+def test_resolved_manual_conflict_takes_the_chosen_side(take, winner):
+    d = reconcile(
+        LOCAL_EDIT, BASE, p(Name="Annie", City="Minsk"), Rules(policy=lambda f: "manual"), take
+    )
+    assert not d.held and d.base is not None and d.base.field_map["Name"] == winner
+
+
+def test_delete_beats_edit_when_configured():
+    rules = Rules(edit_beats_delete=False)
+    assert reconcile(LOCAL_EDIT, BASE, None, rules).case == "remote_delete_wins"
+    d = reconcile(None, BASE, REMOTE_EDIT, rules)
+    assert (d.case, d.remote_op) == ("local_delete_wins", "delete")
+
+
+def test_first_meeting_merges_with_an_empty_base():
+    d = reconcile(p(Name="Ann"), None, p(City="Brest", tags=("vip",)))
+    assert d.case == "first_meeting"
+    assert d.base == p(Name="Ann", City="Brest", tags=("vip",))
+
+
+# --- sets ---------------------------------------------------------------------------------
+
+
+def test_tags_merge_as_sets_additions_and_removals_from_both_sides():
+    base = p(tags=("a", "b", "c"))
+    local = p(tags=("a", "b", "x"))  # removed c, added x
+    remote = p(tags=("b", "c", "y"))  # removed a, added y
+    d = reconcile(local, base, remote)
+    assert d.base is not None and d.base.tags == {"b", "x", "y"}
+    assert d.overwrite_tags  # c must go remotely: only a replace can remove it
+
+
+def test_tag_additions_only_use_the_additive_form():
+    d = reconcile(p(tags=("a", "x")), p(tags=("a",)), p(tags=("a",)))
+    assert d.remote_op == "update" and not d.overwrite_tags
+
+
+# --- status: consent ----------------------------------------------------------------------
+
+
+def test_remote_unsubscribe_wins_over_a_local_edit():
+    d = reconcile(LOCAL_EDIT, BASE, p(status="unsubscribed", Name="Ann", City="Minsk"))
+    assert d.base is not None and d.base.status == "unsubscribed"
+    assert d.remote_row is not None and d.remote_row.status == "unsubscribed"
+    assert d.local_row is not None and d.local_row.status == "unsubscribed"
+
+
+def test_never_resubscribe_even_when_local_reactivates():
+    base = p(status="unsubscribed")
+    d = reconcile(p(status="active", Name="New"), base, base)
+    assert d.remote_row is None or d.remote_row.status == "unsubscribed"
+    assert d.base is not None and d.base.status == "unsubscribed"
+
+
+def test_local_unsubscribe_is_pushed_as_an_unsubscribe():
+    d = reconcile(p(status="unsubscribed"), p(), p())
+    assert d.remote_op == "update" and d.pushes_status
+
+
+def test_opted_out_contact_is_never_deleted_remotely():
+    opted = p(status="unsubscribed")
+    d = reconcile(None, opted, opted)
+    assert d.case == "keep_opted_out" and d.remote_op is None and d.keep_base
+
+
+def test_remote_opt_out_of_a_locally_deleted_contact_comes_back_to_the_mirror():
+    d = reconcile(None, p(), p(status="unsubscribed"), Rules(edit_beats_delete=False))
+    assert d.local_op == "upsert" and d.remote_op is None
+
+
+def test_creates_of_active_contacts_carry_no_status():
+    assert not reconcile(p(), None, None).pushes_status
+    assert reconcile(p(status="unsubscribed"), None, None).pushes_status
