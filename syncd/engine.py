@@ -1,0 +1,530 @@
+"""One cycle for one target: export, stage, diff, reconcile, guard, push, apply, record.
+
+The order of writes is what keeps the safety rules (DESIGN §3):
+
+- the remote export and the local projection are staged, and the database finds the keys that
+  differ; nothing is inferred from an export that did not complete (rule 1);
+- a first pass reconciles every differing key and counts deletions before anything is written,
+  so the mass-delete guard can stop the cycle while both sides are untouched (rule 2);
+- remote-born changes are applied to the mirror chunk by chunk, each chunk in one transaction;
+- each provider call's answer is read row by row, and only confirmed rows move the base
+  (rule 4) — a crash anywhere leaves a difference the next cycle sees again.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col
+
+from syncd.config import TargetConfig
+from syncd.errors import ExportIncomplete, MassDeleteRefused, ProviderError, ProviderUnreachable
+from syncd.plan import Batch, Batcher
+from syncd.projection import Projection
+from syncd.providers.base import Capabilities, Provider, PushCall, RowChange, RowOutcome
+from syncd.reconcile import Decision, FieldConflict, Rules, Take, reconcile
+from syncd.store import mirror
+from syncd.store.models import Base, Conflict, Contact, Rejection, Run, StageLocal, StageRemote
+
+#: Below this many deletions the share guard does not apply: on a small list one deletion is
+#: already a large share, and stopping there would only teach people to pass --allow-mass-delete.
+MASS_DELETE_FLOOR = 10
+
+Progress = Callable[[str, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteChange:
+    """A change that came from the provider and was applied to the mirror (for the outbox)."""
+
+    target: str
+    key: str
+    kind: str  # the reconciliation case: pull, create_local, remote_deleted, merge, ...
+    before: Projection | None
+    after: Projection | None
+
+
+@dataclass
+class CycleOptions:
+    dry_run: bool = False
+    allow_mass_delete: bool = False
+    progress: Progress | None = None
+    on_remote_change: Callable[[RemoteChange], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedCall:
+    method: str
+    op: str
+    rows: int
+    columns: tuple[str, ...]
+    overwrite_tags: bool
+    overwrite_lists: bool
+    first_rows: tuple[dict[str, str], ...]
+
+
+@dataclass
+class CycleResult:
+    target: str
+    cycle_id: str
+    outcome: str = (
+        "running"  # converged | rejected | conflicts | refused | unreachable | failed | planned
+    )
+    message: str = ""
+    export_complete: bool = True
+    counts: Counter[str] = field(default_factory=Counter)
+    calls: list[PlannedCall] = field(default_factory=list)
+    api_calls: int = 0
+    write_calls: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        if self.outcome in ("converged", "planned"):
+            return 0
+        if self.outcome in ("unreachable", "failed"):
+            return 3
+        return 1
+
+    def summary(self) -> dict[str, Any]:
+        c = self.counts
+        return {
+            "target": self.target,
+            "cycle": self.cycle_id,
+            "outcome": self.outcome,
+            "message": self.message,
+            "export_complete": self.export_complete,
+            "pushed": c["create"] + c["update"],
+            "created": c["create"],
+            "updated": c["update"],
+            "deleted": c["delete"] + c["exclude"],
+            "pulled": c["pulled"],
+            "removed_local": c["removed_local"],
+            "rejected": c["rejected"] + c["held_rejected"],
+            "conflicts": c["conflicts_open"],
+            "deferred": c["deferred"],
+            "kept_opted_out": c["keep_opted_out"],
+            "unsupported": c["unsupported"],
+            "api_calls": self.api_calls,
+            "write_calls": self.write_calls,
+        }
+
+
+def run_cycle(
+    db: Engine, target: TargetConfig, provider: Provider, options: CycleOptions | None = None
+) -> CycleResult:
+    return _Cycle(db, target, provider, options or CycleOptions()).run()
+
+
+def project_local(
+    contact: Contact, view: mirror.LocalView, caps: Capabilities
+) -> Projection | None:
+    """The mirror's contact as this target sees it (remote field names, folded status)."""
+    key = getattr(contact, view.key)
+    if not key:
+        return None
+    local_fields: dict[str, Any] = json.loads(contact.fields)
+    fields: dict[str, str | None] = {}
+    for remote_name, local_name in view.fields.items():
+        value = (
+            getattr(contact, local_name)
+            if local_name in ("email", "phone")
+            else local_fields.get(local_name)
+        )
+        fields[remote_name] = None if value is None else str(value)
+    tags = json.loads(contact.tags) if caps.tags else ()
+    return Projection.build(key, fields, tags, caps.fold_status(contact.status))
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Cycle:
+    def __init__(self, db: Engine, target: TargetConfig, provider: Provider, options: CycleOptions):
+        self.db = db
+        self.target = target
+        self.provider = provider
+        self.options = options
+        self.caps = provider.capabilities
+        self.view = mirror.LocalView(target.key, target.local_list_name, dict(target.fields))
+        self.rules = Rules(
+            policy=target.policy_for, edit_beats_delete=target.on_edit_delete == "edit"
+        )
+        self.result = CycleResult(target.name, uuid.uuid4().hex[:12])
+        self.pending: dict[str, Decision] = {}
+        self.held_keys: set[str] = set()
+
+    # -- the cycle ------------------------------------------------------------------------
+
+    def run(self) -> CycleResult:
+        dry = self.options.dry_run
+        run_id = None if dry else self._record_start()
+        calls_before = self.provider.stats.total()
+        writes_before = self.provider.stats.writes
+        try:
+            self.provider.prepare(
+                list(self.target.fields),
+                create_missing=self.target.create_missing_fields and not dry,
+            )
+            with Session(self.db) as session:
+                try:
+                    self._stage(session)
+                    self._guard(session)
+                    self._execute(session)
+                finally:
+                    if dry:
+                        session.rollback()  # plan writes nothing anywhere, not even scratch
+            self.result.outcome = "planned" if dry else self._outcome()
+        except MassDeleteRefused as exc:
+            self.result.outcome, self.result.message = "refused", str(exc)
+        except ProviderUnreachable as exc:
+            self.result.outcome, self.result.message = "unreachable", str(exc)
+        except ProviderError as exc:
+            self.result.outcome, self.result.message = "failed", f"{exc.code}: {exc}"
+        self.result.api_calls = self.provider.stats.total() - calls_before
+        self.result.write_calls = self.provider.stats.writes - writes_before
+        if run_id is not None:
+            self._record_end(run_id)
+        return self.result
+
+    def _outcome(self) -> str:
+        c = self.result.counts
+        if c["conflicts_open"]:
+            return "conflicts"
+        if c["rejected"] or c["held_rejected"] or c["unsupported"]:
+            return "rejected"
+        return "converged"
+
+    def _progress(self, stage: str, n: int) -> None:
+        if self.options.progress:
+            self.options.progress(stage, n)
+
+    # -- stage and diff -------------------------------------------------------------------
+
+    def _stage(self, session: Session) -> None:
+        name = self.target.name
+        mirror.clear_stage(session, name)
+        if self.caps.export:
+            try:
+                n = mirror.stage_rows(session, StageRemote, self._remote_rows())
+                self._progress("exported", n)
+            except ExportIncomplete as exc:
+                # Rule 1: a partial export proves nothing about absence. Start over from the base.
+                session.rollback()
+                mirror.clear_stage(session, name)
+                mirror.stage_remote_as_base(session, name)
+                self.result.export_complete = False
+                self.result.message = f"export incomplete, pushing local changes only: {exc}"
+        else:
+            mirror.stage_remote_as_base(session, name)
+        n = mirror.stage_rows(session, StageLocal, self._local_rows(session))
+        self._progress("staged local", n)
+        n = mirror.compute_diff(session, name)
+        self._progress("differing keys", n)
+        if not self.options.dry_run:
+            session.commit()
+
+    def _remote_rows(self) -> Iterator[dict[str, str]]:
+        for remote in self.provider.export():
+            p = remote.projection
+            yield {
+                "target": self.target.name,
+                "key": p.key,
+                "digest": p.digest(),
+                "data": p.to_json(),
+                "raw_status": remote.raw_status,
+            }
+
+    def _local_rows(self, session: Session) -> Iterator[dict[str, str]]:
+        for contact in mirror.iter_local_members(session, self.view):
+            p = project_local(contact, self.view, self.caps)
+            if p is None:
+                self.result.counts["no_key"] += 1  # a phone target meets a contact with no phone
+                continue
+            yield {
+                "target": self.target.name,
+                "key": p.key,
+                "digest": p.digest(),
+                "data": p.to_json(),
+            }
+
+    # -- pass 1: count before writing -----------------------------------------------------
+
+    def _guard(self, session: Session) -> None:
+        remote_deletes = local_removes = 0
+        takes = self._resolutions(session)
+        for chunk in mirror.iter_diff(session, self.target.name):
+            for row in chunk:
+                d = reconcile(row.local, row.base, row.remote, self.rules, takes.get(row.key))
+                remote_deletes += d.remote_op == "delete"
+                local_removes += d.local_op == "remove"
+        synced = mirror.count_rows(session, Base, self.target.name)
+        limit = self.target.max_delete_fraction * synced
+        for side, n in (("remote", remote_deletes), ("local", local_removes)):
+            if n > MASS_DELETE_FLOOR and n > limit and not self.options.allow_mass_delete:
+                raise MassDeleteRefused(
+                    f"{self.target.name}: this cycle would delete {n} of {synced} synced contacts "
+                    f"on the {side} side, more than max_delete_fraction="
+                    f"{self.target.max_delete_fraction}; nothing was written. Check the source, "
+                    f"then run once with --allow-mass-delete if it is intended."
+                )
+
+    # -- pass 2: carry out ----------------------------------------------------------------
+
+    def _execute(self, session: Session) -> None:
+        takes = self._resolutions(session)
+        rejections = self._rejections(session)
+        batcher = Batcher(self.caps, tuple(self.target.fields))
+        for chunk in mirror.iter_diff(session, self.target.name):
+            self._apply_chunk(session, chunk, takes, rejections, batcher)
+            if not self.options.dry_run:
+                session.commit()
+        for batch in batcher.flush():
+            self._push(session, batch)
+        if not self.options.dry_run:
+            self._forget_stale(session, rejections)
+            mirror.clear_stage(session, self.target.name)
+            session.commit()
+
+    def _apply_chunk(
+        self,
+        session: Session,
+        chunk: list[mirror.DiffRow],
+        takes: dict[str, Take],
+        rejections: dict[str, Rejection],
+        batcher: Batcher,
+    ) -> None:
+        counts = self.result.counts
+        decisions = [
+            (row, reconcile(row.local, row.base, row.remote, self.rules, takes.get(row.key)))
+            for row in chunk
+        ]
+        wanted = [d.key for _, d in decisions if d.local_op or d.remote_op == "delete"]
+        contacts = mirror.contacts_by_key(session, self.view, wanted) if wanted else {}
+        settle: list[Projection] = []
+        forget: list[str] = []
+        for row, d in decisions:
+            if d.held:
+                counts["conflicts_open"] += 1
+                self.held_keys.add(d.key)
+                self._record_conflict(session, d, row)
+                continue
+            if d.keep_base:
+                counts[d.case] += 1
+                continue
+            counts["conflicts_settled"] += len(d.conflicts)
+            if d.local_op is not None:
+                self._apply_local(session, d, row, contacts.get(d.key))
+            if d.remote_op is None:
+                if d.base is None:
+                    forget.append(d.key)
+                else:
+                    settle.append(d.base)
+                continue
+            change = self._row_change(d, contacts.get(d.key))
+            if change is None:
+                continue
+            held = rejections.get(d.key)
+            if held is not None and not held.retryable and held.digest == change.row.digest():
+                counts["held_rejected"] += 1  # refused before; waits until the record changes
+                self.held_keys.add(d.key)
+                continue
+            if not self.result.export_complete and change.op in ("create", "delete", "exclude"):
+                counts["deferred"] += 1  # the remote state is unknown: no creates or deletes
+                continue
+            self.pending[d.key] = d
+            for batch in batcher.add(
+                change, with_status=d.pushes_status, overwrite_tags=d.overwrite_tags
+            ):
+                self._push(session, batch)
+        if not self.options.dry_run:
+            mirror.set_base(session, self.target.name, settle)
+            mirror.drop_base(session, self.target.name, forget)
+            self._clear_conflicts(session, [d.key for _, d in decisions if not d.held])
+
+    def _row_change(self, d: Decision, contact: Contact | None) -> RowChange | None:
+        assert d.remote_op is not None and d.remote_row is not None
+        if d.remote_op != "delete":
+            return RowChange(d.remote_op, d.remote_row, d.remote_before)
+        tombstoned = contact is None or contact.deleted
+        if tombstoned and self.target.on_local_delete == "delete" and self.caps.delete:
+            return RowChange("delete", d.remote_row, d.remote_before)
+        if self.caps.exclude:
+            return RowChange("exclude", d.remote_row, d.remote_before)
+        if self.caps.delete:
+            return RowChange("delete", d.remote_row, d.remote_before)
+        self.result.counts["unsupported"] += 1
+        return None
+
+    def _apply_local(
+        self, session: Session, d: Decision, row: mirror.DiffRow, contact: Contact | None
+    ) -> None:
+        counts = self.result.counts
+        if self.options.dry_run:
+            counts["pulled" if d.local_op == "upsert" else "removed_local"] += 1
+            return
+        if d.local_op == "upsert":
+            assert d.local_row is not None
+            mirror.apply_remote_state(session, self.view, d.local_row, row.raw_status, contact)
+            counts["pulled"] += 1
+        elif mirror.remove_from_list(session, self.view, contact):
+            counts["removed_local"] += 1
+        if self.options.on_remote_change is not None:
+            self.options.on_remote_change(
+                RemoteChange(self.target.name, d.key, d.case, row.local, d.local_row)
+            )
+
+    def _push(self, session: Session, batch: Batch) -> None:
+        outcomes: dict[str, RowOutcome] = {}
+        for call in batch.calls:
+            self.result.calls.append(self._describe(call))
+            if self.options.dry_run:
+                continue
+            for answer in self.provider.push(call):
+                first = outcomes.get(answer.key)
+                if first is None or (first.ok and not answer.ok):
+                    outcomes[answer.key] = answer  # a row fails if any of its calls failed it
+        counts = self.result.counts
+        settle: list[Projection] = []
+        forget: list[str] = []
+        for change in batch.rows:
+            d = self.pending.pop(change.row.key)
+            if self.options.dry_run:
+                counts[change.op] += 1
+                continue
+            outcome = outcomes.get(change.row.key)
+            if outcome is not None and outcome.ok:
+                counts[change.op] += 1
+                if d.base is None:
+                    forget.append(d.key)
+                else:
+                    settle.append(d.base)
+                continue
+            counts["rejected"] += 1
+            self.held_keys.add(d.key)
+            reason = outcome or RowOutcome(
+                d.key, False, "no_answer", "the answer did not mention this row", True
+            )
+            session.merge(
+                Rejection(
+                    target=self.target.name,
+                    key=d.key,
+                    digest=change.row.digest(),
+                    code=reason.code,
+                    message=reason.message,
+                    retryable=reason.retryable,
+                    at=_now(),
+                )
+            )
+        if self.options.dry_run:
+            return
+        mirror.set_base(session, self.target.name, settle)
+        mirror.drop_base(session, self.target.name, forget)
+        confirmed = [p.key for p in settle] + forget
+        for i in range(0, len(confirmed), 500):
+            session.execute(
+                delete(Rejection).where(
+                    col(Rejection.target) == self.target.name,
+                    col(Rejection.key).in_(confirmed[i : i + 500]),
+                )
+            )
+        session.commit()  # this batch's confirmations are durable before the next call
+
+    def _describe(self, call: PushCall) -> PlannedCall:
+        return PlannedCall(
+            method=self.provider.method_name(call),
+            op=call.op,
+            rows=len(call.rows),
+            columns=call.columns,
+            overwrite_tags=call.overwrite_tags,
+            overwrite_lists=call.overwrite_lists,
+            first_rows=tuple(self.provider.wire_rows(call, 3)),
+        )
+
+    # -- conflicts, rejections, runs ------------------------------------------------------
+
+    def _resolutions(self, session: Session) -> dict[str, Take]:
+        rows = session.execute(
+            select(col(Conflict.key), col(Conflict.resolution)).where(
+                col(Conflict.target) == self.target.name,
+                col(Conflict.resolution).is_not(None),
+            )
+        )
+        return {k: r for k, r in rows if r in ("local", "remote")}
+
+    def _rejections(self, session: Session) -> dict[str, Rejection]:
+        rows = session.execute(
+            select(Rejection).where(col(Rejection.target) == self.target.name)
+        ).scalars()
+        return {r.key: r for r in rows}
+
+    def _record_conflict(self, session: Session, d: Decision, row: mirror.DiffRow) -> None:
+        if self.options.dry_run:
+            return
+        session.merge(
+            Conflict(
+                target=self.target.name,
+                key=d.key,
+                fields=json.dumps([_conflict_dict(c) for c in d.conflicts]),
+                local=row.local.to_json() if row.local else None,
+                remote=row.remote.to_json() if row.remote else None,
+                base=row.base.to_json() if row.base else None,
+                resolution=None,
+                at=_now(),
+            )
+        )
+
+    def _clear_conflicts(self, session: Session, keys: list[str]) -> None:
+        for i in range(0, len(keys), 500):
+            session.execute(
+                delete(Conflict).where(
+                    col(Conflict.target) == self.target.name,
+                    col(Conflict.key).in_(keys[i : i + 500]),
+                )
+            )
+
+    def _forget_stale(self, session: Session, rejections: dict[str, Rejection]) -> None:
+        """Rejections and conflicts whose key no longer differs have settled by themselves."""
+        stale = [k for k in rejections if k not in self.held_keys]
+        for i in range(0, len(stale), 500):
+            session.execute(
+                delete(Rejection).where(
+                    col(Rejection.target) == self.target.name,
+                    col(Rejection.key).in_(stale[i : i + 500]),
+                )
+            )
+        open_keys = session.execute(
+            select(col(Conflict.key)).where(col(Conflict.target) == self.target.name)
+        ).scalars()
+        self._clear_conflicts(session, [k for k in open_keys if k not in self.held_keys])
+
+    def _record_start(self) -> int:
+        with Session(self.db) as session:
+            run = Run(target=self.target.name, started_at=_now())
+            session.add(run)
+            session.commit()
+            assert run.id is not None
+            return run.id
+
+    def _record_end(self, run_id: int) -> None:
+        with Session(self.db) as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                return
+            run.finished_at = _now()
+            run.outcome = self.result.outcome
+            run.summary = json.dumps(self.result.summary())
+            run.message = self.result.message
+            session.commit()
+
+
+def _conflict_dict(c: FieldConflict) -> dict[str, str | None]:
+    return {"field": c.field, "local": c.local, "remote": c.remote, "base": c.base}

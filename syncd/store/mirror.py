@@ -1,0 +1,267 @@
+"""The set work of a cycle, done by the database.
+
+Each cycle stages the local projection and the remote export of one target, then asks the
+database for the keys whose three digests (local, base, remote) are not all equal. Only those
+rows ever reach Python, so a no-change cycle over a million contacts costs two streamed inserts
+and one join, and memory stays bounded whatever the list's size.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from syncd.projection import Projection, is_opted_out
+from syncd.store.models import Base, Contact, Membership, StageDiff, StageLocal, StageRemote
+
+CHUNK = 5000
+
+
+def _insert(session: Session, model: Any) -> Any:
+    """A dialect insert so that upserts stay one statement on SQLite and PostgreSQL alike."""
+    dialect = session.get_bind().dialect.name
+    return postgresql.insert(model) if dialect == "postgresql" else sqlite.insert(model)
+
+
+def clear_stage(session: Session, target: str) -> None:
+    for model in (StageLocal, StageRemote, StageDiff):
+        session.execute(delete(model).where(col(model.target) == target))
+
+
+def stage_rows(
+    session: Session, model: type[StageLocal] | type[StageRemote], rows: Iterable[dict[str, str]]
+) -> int:
+    """Insert rows in chunks; a key met twice keeps its first row (the export may repeat one)."""
+    count = 0
+    chunk: list[dict[str, str]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= CHUNK:
+            count += _flush(session, model, chunk)
+            chunk = []
+    if chunk:
+        count += _flush(session, model, chunk)
+    return count
+
+
+def _flush(session: Session, model: Any, chunk: list[dict[str, str]]) -> int:
+    session.execute(_insert(session, model).on_conflict_do_nothing(), chunk)
+    return len(chunk)
+
+
+def stage_remote_as_base(session: Session, target: str) -> None:
+    """No readable remote (push-only provider, or an incomplete export): take remote = base."""
+    session.execute(
+        text(
+            "INSERT INTO stage_remote (target, key, digest, data, raw_status) "
+            "SELECT target, key, digest, data, '' FROM base WHERE target = :t"
+        ),
+        {"t": target},
+    )
+
+
+def compute_diff(session: Session, target: str) -> int:
+    """Fill stage_diff with every key whose local, base and remote digests are not all equal."""
+    same = "IS" if session.get_bind().dialect.name == "sqlite" else "IS NOT DISTINCT FROM"
+    session.execute(
+        text(
+            "INSERT INTO stage_diff (target, key, local, base, remote, raw_status) "
+            "SELECT :t, k.key, l.data, b.data, r.data, r.raw_status FROM ("
+            "  SELECT key FROM stage_local WHERE target = :t"
+            "  UNION SELECT key FROM base WHERE target = :t"
+            "  UNION SELECT key FROM stage_remote WHERE target = :t) AS k "
+            "LEFT JOIN stage_local l ON l.target = :t AND l.key = k.key "
+            "LEFT JOIN base b ON b.target = :t AND b.key = k.key "
+            "LEFT JOIN stage_remote r ON r.target = :t AND r.key = k.key "
+            f"WHERE NOT (l.digest {same} b.digest AND r.digest {same} b.digest)"
+        ),
+        {"t": target},
+    )
+    return count_rows(session, StageDiff, target)
+
+
+def count_rows(session: Session, model: Any, target: str) -> int:
+    return int(
+        session.scalar(select(func.count()).select_from(model).where(model.target == target)) or 0
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DiffRow:
+    key: str
+    local: Projection | None
+    base: Projection | None
+    remote: Projection | None
+    raw_status: str
+
+
+def iter_diff(session: Session, target: str, chunk: int = 2000) -> Iterator[list[DiffRow]]:
+    """The differing keys, chunk by chunk (keyset paging on the sequence number)."""
+    last = 0
+    while True:
+        rows = (
+            session.execute(
+                select(StageDiff)
+                .where(col(StageDiff.target) == target, col(StageDiff.seq) > last)
+                .order_by(col(StageDiff.seq))
+                .limit(chunk)
+            )
+            .scalars()
+            .all()
+        )
+        if not rows:
+            return
+        last = rows[-1].seq or last
+        yield [
+            DiffRow(
+                r.key,
+                Projection.from_json(r.local) if r.local else None,
+                Projection.from_json(r.base) if r.base else None,
+                Projection.from_json(r.remote) if r.remote else None,
+                r.raw_status or "",
+            )
+            for r in rows
+        ]
+
+
+# --- the base -----------------------------------------------------------------------------
+
+
+def set_base(session: Session, target: str, rows: Sequence[Projection]) -> None:
+    if not rows:
+        return
+    values = [
+        {"target": target, "key": p.key, "digest": p.digest(), "data": p.to_json()} for p in rows
+    ]
+    stmt = _insert(session, Base)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["target", "key"],
+        set_={"digest": stmt.excluded.digest, "data": stmt.excluded.data},
+    )
+    session.execute(stmt, values)
+
+
+def drop_base(session: Session, target: str, keys: Sequence[str]) -> None:
+    for i in range(0, len(keys), 500):
+        session.execute(
+            delete(Base).where(col(Base.target) == target, col(Base.key).in_(keys[i : i + 500]))
+        )
+
+
+# --- the mirror ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LocalView:
+    """How one target reads and writes the mirror's contacts."""
+
+    key: str  # "email" | "phone"
+    local_list: str
+    fields: dict[str, str]  # remote name -> local name
+
+    def key_column(self) -> Any:
+        return col(Contact.email) if self.key == "email" else col(Contact.phone)
+
+
+def iter_local_members(session: Session, view: LocalView) -> Iterator[Contact]:
+    """Every live contact on the target's local list, streamed in id order."""
+    stmt = (
+        select(Contact)
+        .join(Membership, col(Membership.contact_id) == col(Contact.id))
+        .where(col(Membership.list_name) == view.local_list, col(Contact.deleted) == False)  # noqa: E712
+        .order_by(col(Contact.id))
+        .execution_options(yield_per=CHUNK)
+    )
+    yield from session.execute(stmt).scalars()
+
+
+def contacts_by_key(session: Session, view: LocalView, keys: Sequence[str]) -> dict[str, Contact]:
+    column = view.key_column()
+    found: dict[str, Contact] = {}
+    for i in range(0, len(keys), 500):
+        for c in session.execute(select(Contact).where(column.in_(keys[i : i + 500]))).scalars():
+            found[getattr(c, view.key)] = c
+    return found
+
+
+def apply_remote_state(
+    session: Session, view: LocalView, row: Projection, raw_status: str, existing: Contact | None
+) -> Contact:
+    """Write a remote-born state into the mirror (create, edit, revive; consent kept)."""
+    contact = existing or (
+        Contact(email=row.key) if view.key == "email" else Contact(phone=row.key)
+    )
+    if existing is None:
+        session.add(contact)
+    local_fields: dict[str, Any] = json.loads(contact.fields)
+    remote_fields = row.field_map
+    for remote_name, local_name in view.fields.items():
+        value = remote_fields.get(remote_name)
+        if local_name in ("email", "phone"):
+            if (
+                value
+                and value != getattr(contact, local_name)
+                and not _taken(session, local_name, value)
+            ):
+                setattr(contact, local_name, value)
+        elif value is None:
+            local_fields.pop(local_name, None)
+        else:
+            local_fields[local_name] = value
+    contact.fields = _dumps(local_fields)
+    contact.tags = _dumps(sorted(row.tags))
+    contact.status = _local_status(contact.status, row.status, raw_status)
+    contact.deleted = False
+    session.flush()
+    _join_list(session, contact, view.local_list)
+    return contact
+
+
+def _local_status(current: str, merged: str, raw: str) -> str:
+    if is_opted_out(merged):
+        if is_opted_out(current):
+            return current  # already opted out locally; keep the stronger local word
+        return "blocked" if raw == "blocked" else "unsubscribed"
+    return merged
+
+
+def remove_from_list(session: Session, view: LocalView, contact: Contact | None) -> bool:
+    """The remote deleted the contact: it leaves this local list; with no list left, tombstone."""
+    if contact is None or contact.id is None:
+        return False
+    session.execute(
+        delete(Membership).where(
+            col(Membership.contact_id) == contact.id,
+            col(Membership.list_name) == view.local_list,
+        )
+    )
+    remaining = session.scalar(
+        select(func.count()).select_from(Membership).where(col(Membership.contact_id) == contact.id)
+    )
+    if not remaining:
+        contact.deleted = True  # identity and status stay: the opt-out survives re-creation
+    return True
+
+
+def _join_list(session: Session, contact: Contact, list_name: str) -> None:
+    assert contact.id is not None
+    session.execute(
+        _insert(session, Membership).on_conflict_do_nothing(),
+        [{"contact_id": contact.id, "list_name": list_name}],
+    )
+
+
+def _taken(session: Session, column: str, value: str) -> bool:
+    column_ = col(Contact.email) if column == "email" else col(Contact.phone)
+    return session.scalar(select(func.count()).select_from(Contact).where(column_ == value)) != 0
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
