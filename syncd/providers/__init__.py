@@ -1,0 +1,38 @@
+"""Provider adapters: one file per provider, all behind ``syncd.providers.base.Provider``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import httpx
+
+    from syncd.config import TargetConfig
+    from syncd.providers.base import Provider
+
+__all__ = ["make_provider"]
+
+
+def make_provider(
+    target: TargetConfig,
+    *,
+    transport: httpx.BaseTransport | None = None,
+    default_region: str | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> Provider:
+    """The adapter for ``target.provider``.
+
+    Adapters are imported here, not at package import, so that ``syncd.providers.base`` stays
+    importable on its own (the planner and the engine need only the interface).
+    """
+    if target.provider in ("unisender", "selzy"):
+        # Selzy is Unisender's international brand: same API, another host (target.api_root).
+        from syncd.providers.unisender import UnisenderProvider
+
+        if sleep is None:
+            return UnisenderProvider(target, transport=transport, default_region=default_region)
+        return UnisenderProvider(
+            target, transport=transport, default_region=default_region, sleep=sleep
+        )
+    raise ValueError(f"no adapter for provider {target.provider!r}")

@@ -1,0 +1,146 @@
+"""The library calls behind each CLI command, so tests can drive them without a process."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col
+
+from syncd.config import Config, TargetConfig
+from syncd.engine import CycleOptions, CycleResult, run_cycle
+from syncd.errors import SyncdError
+from syncd.providers import make_provider
+from syncd.providers.base import Provider
+from syncd.store import open_engine
+from syncd.store.models import Conflict, Rejection, Run
+
+TransportFactory = Callable[[TargetConfig], httpx.BaseTransport | None]
+
+
+def open_store(config: Config) -> Engine:
+    return open_engine(config.store.url)
+
+
+def build_provider(
+    config: Config, target: TargetConfig, transports: TransportFactory | None = None
+) -> Provider:
+    transport = transports(target) if transports else None
+    return make_provider(target, transport=transport, default_region=config.ingest.default_region)
+
+
+def run_once(
+    config: Config,
+    *,
+    target: str | None = None,
+    db: Engine | None = None,
+    options: CycleOptions | None = None,
+    transports: TransportFactory | None = None,
+) -> list[CycleResult]:
+    """One cycle for every target (or one), in the order the configuration lists them."""
+    db = db or open_store(config)
+    results = []
+    for t in config.targets(target):
+        provider = build_provider(config, t, transports)
+        try:
+            results.append(run_cycle(db, t, provider, options))
+        finally:
+            provider.close()
+    return results
+
+
+def exit_code(results: list[CycleResult]) -> int:
+    """0 all converged, 1 rows rejected or conflicts remain, 3 a provider was not reachable."""
+    return max((r.exit_code for r in results), default=0)
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    target: str
+    provider: str
+    two_way: bool
+    last_run: dict[str, Any] | None
+    rejected: int
+    open_conflicts: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "provider": self.provider,
+            "two_way": self.two_way,
+            "last_run": self.last_run,
+            "rejected": self.rejected,
+            "open_conflicts": self.open_conflicts,
+        }
+
+
+def status(config: Config, db: Engine | None = None) -> list[TargetStatus]:
+    db = db or open_store(config)
+    out = []
+    with Session(db) as session:
+        for t in config.targets():
+            run = session.execute(
+                select(Run).where(col(Run.target) == t.name).order_by(col(Run.id).desc()).limit(1)
+            ).scalar_one_or_none()
+            last = None
+            if run is not None:
+                last = {
+                    "started_at": run.started_at,
+                    "finished_at": run.finished_at,
+                    "outcome": run.outcome,
+                    "message": run.message,
+                    "counts": json.loads(run.summary),
+                }
+            rejected = session.execute(
+                select(Rejection).where(col(Rejection.target) == t.name)
+            ).all()
+            conflicts = session.execute(
+                select(Conflict).where(
+                    col(Conflict.target) == t.name, col(Conflict.resolution).is_(None)
+                )
+            ).all()
+            provider = build_provider(config, t)
+            two_way = provider.capabilities.export
+            provider.close()
+            out.append(TargetStatus(t.name, t.provider, two_way, last, len(rejected), len(conflicts)))
+    return out
+
+
+def list_conflicts(config: Config, target: str | None = None, db: Engine | None = None) -> list[dict[str, Any]]:
+    db = db or open_store(config)
+    names = [t.name for t in config.targets(target)]
+    with Session(db) as session:
+        rows = session.execute(
+            select(Conflict).where(col(Conflict.target).in_(names)).order_by(col(Conflict.key))
+        ).scalars()
+        return [
+            {
+                "target": c.target,
+                "key": c.key,
+                "fields": json.loads(c.fields),
+                "resolution": c.resolution,
+                "at": c.at,
+            }
+            for c in rows
+        ]
+
+
+def resolve(config: Config, key: str, take: str, target: str | None = None, db: Engine | None = None) -> int:
+    """Record a person's choice; the next cycle carries it out. Returns conflicts settled."""
+    if take not in ("local", "remote"):
+        raise SyncdError(f"--take must be local or remote, not {take!r}")
+    db = db or open_store(config)
+    names = [t.name for t in config.targets(target)]
+    with Session(db) as session:
+        found = session.execute(
+            select(Conflict).where(col(Conflict.key) == key, col(Conflict.target).in_(names))
+        ).scalars().all()
+        for c in found:
+            c.resolution = take
+        session.commit()
+        return len(found)

@@ -1,0 +1,316 @@
+"""The command line: thin click commands over ``syncd.app`` and friends.
+
+Exit codes: 0 all converged, 1 rows rejected or conflicts remain, 2 configuration error,
+3 a provider could not be reached.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from syncd import __version__, app
+from syncd.config import Config, load_config
+from syncd.engine import CycleOptions, CycleResult
+from syncd.errors import ConfigError, IngestError, SyncdError
+
+EXIT_CONFIG = 2
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Configuration file (default: $SYNCD_CONFIG, else ./syncd.toml).",
+)
+
+
+def _load(config_path: str | None) -> Config:
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_CONFIG)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="syncd")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug detail to stderr.")
+def main(verbose: bool) -> None:
+    """Keep a local contact mirror and provider contact lists in agreement, both ways."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# --- cycles -------------------------------------------------------------------------------
+
+
+@main.command("run-once")
+@config_option
+@click.option("--target", default=None, help="Only this target.")
+@click.option("--dry-run", is_flag=True, help="Reconcile and plan, write nothing anywhere.")
+@click.option("--allow-mass-delete", is_flag=True, help="Let this run pass the delete guard.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON lines.")
+def run_once_cmd(
+    config_path: str | None, target: str | None, dry_run: bool, allow_mass_delete: bool, as_json: bool
+) -> None:
+    """Run one cycle per target and print a one-line summary for each."""
+    config = _load(config_path)
+    with _progress() as progress:
+        options = CycleOptions(dry_run=dry_run, allow_mass_delete=allow_mass_delete, progress=progress)
+        results = _run(config, target, options)
+    for r in results:
+        click.echo(json.dumps(r.summary()) if as_json else _summary_line(r))
+    sys.exit(app.exit_code(results))
+
+
+@main.command("plan")
+@config_option
+@click.option("--target", default=None, help="Only this target.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan_cmd(config_path: str | None, target: str | None, as_json: bool) -> None:
+    """Show each write call a cycle would make; writes nothing anywhere."""
+    config = _load(config_path)
+    results = _run(config, target, CycleOptions(dry_run=True))
+    if as_json:
+        click.echo(json.dumps([_plan_dict(r) for r in results], indent=2))
+    else:
+        for r in results:
+            _print_plan(r)
+    sys.exit(max((r.exit_code for r in results if r.outcome != "planned"), default=0))
+
+
+def _run(config: Config, target: str | None, options: CycleOptions) -> list[CycleResult]:
+    try:
+        return app.run_once(config, target=target, options=options)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_CONFIG)
+
+
+def _summary_line(r: CycleResult) -> str:
+    s = r.summary()
+    line = (
+        f"{r.target}: {r.outcome} — pushed {s['pushed']} (created {s['created']}, updated "
+        f"{s['updated']}), deleted {s['deleted']}, pulled {s['pulled']}, removed locally "
+        f"{s['removed_local']}, rejected {s['rejected']}, conflicts {s['conflicts']}; "
+        f"{s['api_calls']} calls ({s['write_calls']} writes)"
+    )
+    if s["kept_opted_out"]:
+        line += f"; {s['kept_opted_out']} opted-out contacts kept at the provider"
+    if s["deferred"]:
+        line += f"; {s['deferred']} creates/deletes deferred"
+    if r.message:
+        line += f"\n  {r.message}"
+    return line
+
+
+def _plan_dict(r: CycleResult) -> dict[str, Any]:
+    return {
+        "summary": r.summary(),
+        "calls": [
+            {
+                "method": c.method,
+                "op": c.op,
+                "rows": c.rows,
+                "columns": list(c.columns),
+                "overwrite_tags": c.overwrite_tags,
+                "overwrite_lists": c.overwrite_lists,
+                "first_rows": list(c.first_rows),
+            }
+            for c in r.calls
+        ],
+    }
+
+
+def _print_plan(r: CycleResult) -> None:
+    click.echo(f"{r.target}: {len(r.calls)} write call(s) planned")
+    if r.outcome != "planned":
+        click.echo(f"  cannot plan: {r.outcome}: {r.message}")
+    elif r.message:
+        click.echo(f"  {r.message}")
+    for c in r.calls:
+        flags = f"overwrite_tags={int(c.overwrite_tags)} overwrite_lists={int(c.overwrite_lists)}"
+        click.echo(f"  {c.method} {c.op}: {c.rows} rows, {flags}")
+        for row in c.first_rows:
+            click.echo(f"    {json.dumps(row, ensure_ascii=False)}")
+    s = r.summary()
+    click.echo(
+        f"  mirror: would pull {s['pulled']}, remove {s['removed_local']}; "
+        f"{s['conflicts']} conflicts open, {s['rejected']} rows held back"
+    )
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[str, int], None] | None]:
+    """A live progress line on a terminal; nothing when output goes to a file or pipe."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    with console.status("starting") as status:
+
+        def update(stage: str, n: int) -> None:
+            status.update(f"{stage}: {n:,}")
+
+        yield update
+
+
+# --- the mirror ---------------------------------------------------------------------------
+
+
+@main.command("ingest")
+@config_option
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
+def ingest_cmd(config_path: str | None, files: tuple[str, ...], as_json: bool) -> None:
+    """Apply CSV or NDJSON contact files to the mirror (each file in one transaction)."""
+    from syncd.ingest import ingest_file
+
+    config = _load(config_path)
+    db = app.open_store(config)
+    worst = 0
+    for name in files:
+        try:
+            report = ingest_file(db, Path(name), config.ingest)
+        except IngestError as exc:
+            click.echo(f"{name}: not ingested: {exc}", err=True)
+            worst = 1
+            continue
+        data = report.to_dict()
+        if as_json:
+            click.echo(json.dumps(data, ensure_ascii=False))
+        else:
+            click.echo(
+                f"{name}: {data['rows']} rows — created {data['created']}, updated "
+                f"{data['updated']}, deleted {data['deleted']}, unchanged {data['unchanged']}, "
+                f"rejected {len(data['rejected'])}"
+            )
+            for bad in data["rejected"]:
+                click.echo(f"  line {bad['line']}: {bad['reason']}", err=True)
+        worst = max(worst, 1 if data["rejected"] else 0)
+    sys.exit(worst)
+
+
+@main.command("export")
+@config_option
+@click.option("--format", "fmt", type=click.Choice(["ndjson", "csv"]), default="ndjson")
+@click.option("--list", "list_name", default=None, help="Only members of this local list.")
+def export_cmd(config_path: str | None, fmt: str, list_name: str | None) -> None:
+    """Print the mirror in the shape `ingest` reads (a round trip changes nothing)."""
+    from syncd.export import export_contacts
+
+    config = _load(config_path)
+    export_contacts(app.open_store(config), sys.stdout, fmt, list_name)  # type: ignore[arg-type]
+
+
+@main.command("status")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def status_cmd(config_path: str | None, as_json: bool) -> None:
+    """Per target: the last run, its outcome and counts, rejected rows, open conflicts."""
+    config = _load(config_path)
+    for s in app.status(config):
+        if as_json:
+            click.echo(json.dumps(s.to_dict()))
+            continue
+        run = s.last_run
+        when = f"last run {run['finished_at'] or run['started_at']}: {run['outcome']}" if run else "never run"
+        click.echo(f"{s.target} ({s.provider}): {when}; {s.rejected} rejected rows, {s.open_conflicts} open conflicts")
+        if run and run["message"]:
+            click.echo(f"  {run['message']}")
+        if run:
+            counts = run["counts"]
+            click.echo(
+                f"  pushed {counts.get('pushed', 0)}, deleted {counts.get('deleted', 0)}, "
+                f"pulled {counts.get('pulled', 0)}, calls {counts.get('api_calls', 0)}"
+            )
+        if not s.two_way:
+            click.echo("  push-only: changes made at this provider cannot be seen by syncd")
+
+
+@main.command("conflicts")
+@config_option
+@click.option("--target", default=None)
+@click.option("--json", "as_json", is_flag=True)
+def conflicts_cmd(config_path: str | None, target: str | None, as_json: bool) -> None:
+    """List conflicts held under the manual policy."""
+    config = _load(config_path)
+    rows = app.list_conflicts(config, target)
+    for c in rows:
+        if as_json:
+            click.echo(json.dumps(c, ensure_ascii=False))
+            continue
+        state = f"resolved: take {c['resolution']}" if c["resolution"] else "open"
+        click.echo(f"{c['target']} {c['key']} ({state})")
+        for f in c["fields"]:
+            click.echo(f"  {f['field']}: local={f['local']!r} remote={f['remote']!r} base={f['base']!r}")
+    if not rows and not as_json:
+        click.echo("no conflicts")
+
+
+@main.command("resolve")
+@config_option
+@click.argument("key")
+@click.option("--take", type=click.Choice(["local", "remote"]), required=True)
+@click.option("--target", default=None)
+def resolve_cmd(config_path: str | None, key: str, take: str, target: str | None) -> None:
+    """Settle a held conflict; the next cycle carries it out."""
+    from syncd.contacts import normalise_email, normalise_phone
+
+    config = _load(config_path)
+    try:
+        norm = normalise_email(key) if "@" in key else normalise_phone(key, config.ingest.default_region)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="KEY") from None
+    n = app.resolve(config, norm, take, target)
+    if not n:
+        click.echo(f"no conflict for {norm}", err=True)
+        sys.exit(1)
+    click.echo(f"{norm}: will take {take} at the next cycle ({n} target(s))")
+
+
+# --- trying it out ------------------------------------------------------------------------
+
+
+@main.command("emulate")
+@click.argument("provider", type=click.Choice(["unisender", "selzy"]))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--api-key", default=None, help="Accept only this key (default: any).")
+@click.option("--no-seed", is_flag=True, help="Start empty (no list 1 'Newsletter').")
+def emulate_cmd(provider: str, host: str, port: int, api_key: str | None, no_seed: bool) -> None:
+    """Run a faithful local emulator of a provider's API on loopback."""
+    from syncd.emulators.unisender import run_emulator
+
+    run_emulator(provider, host, port, api_key, not no_seed)
+
+
+@main.command("demo")
+@click.option("--contacts", default=300, show_default=True, help="How many sample contacts.")
+@click.option("--keep", type=click.Path(file_okay=False), default=None, help="Keep the files here.")
+def demo_cmd(contacts: int, keep: str | None) -> None:
+    """Sync a sample list with a local emulator, change both sides, and show it converge."""
+    from syncd.demo import run_demo
+
+    sys.exit(run_demo(contacts, keep, click.echo))
+
+
+def run() -> None:  # pragma: no cover - console entry for `python -m syncd`
+    try:
+        main()
+    except SyncdError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,107 @@
+"""Normalising contact keys: the one spelling of an email or a phone the whole of syncd uses.
+
+Keys must be normalised the same way everywhere (DESIGN §8, "duplicates after a lost answer"):
+two spellings of one address would make two contacts. These functions are pure and idempotent,
+``normalise_x(normalise_x(v)) == normalise_x(v)``, and raise ``ValueError`` with a short reason
+a person can act on.
+"""
+
+from __future__ import annotations
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+
+# Local parts that name a function rather than a person. Providers refuse to import them (or
+# accept them and then throttle the sender), and mailing them hurts the sender's reputation:
+# they are read by many people, rarely opted in, and often feed spam traps.
+ROLE_LOCAL_PARTS: frozenset[str] = frozenset(
+    {
+        "abuse",
+        "admin",
+        "administrator",
+        "all",
+        "billing",
+        "compliance",
+        "contact",
+        "devnull",
+        "do-not-reply",
+        "do_not_reply",
+        "donotreply",
+        "everyone",
+        "feedback",
+        "help",
+        "hello",
+        "hostmaster",
+        "info",
+        "inquiries",
+        "jobs",
+        "mailer-daemon",
+        "marketing",
+        "noc",
+        "no-reply",
+        "no_reply",
+        "noreply",
+        "office",
+        "orders",
+        "postmaster",
+        "press",
+        "privacy",
+        "root",
+        "sales",
+        "security",
+        "support",
+        "team",
+        "webmaster",
+    }
+)
+
+
+def normalise_email(raw: str) -> str:
+    """Trim, check the syntax, and lower-case the whole address.
+
+    RFC 5321 lets a mail server treat ``Ann`` and ``ann`` as different mailboxes, but no mailbox
+    provider does, and marketing providers match addresses case-insensitively (the emulator
+    stores them lower-cased). A sync key must be a bijection between the two sides (DESIGN §8):
+    if the mirror kept ``Ann@x.com`` while the provider answers ``ann@x.com``, every cycle would
+    see a new contact on each side. So the key is the lower-cased address, and one person typing
+    their address in two cases is one contact.
+    """
+    text = raw.strip()
+    if not text:
+        raise ValueError("email is empty")
+    try:
+        checked = validate_email(text, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"invalid email {text!r}: {exc}") from None
+    # email-validator lower-cases (and IDNA-normalises) the domain and NFC-normalises the local
+    # part without changing its case; the local part is lower-cased here.
+    return f"{checked.local_part.lower()}@{checked.domain}"
+
+
+def normalise_phone(raw: str, default_region: str | None) -> str:
+    """Return the phone in E.164 (``+375291234567``).
+
+    A number written without ``+`` is read in ``default_region``; without one it is refused
+    rather than guessed, since a wrong guess would message a stranger.
+    """
+    text = raw.strip()
+    if not text:
+        raise ValueError("phone is empty")
+    if not text.startswith("+") and default_region is None:
+        raise ValueError("phone must be in international format (+...)")
+    try:
+        number = phonenumbers.parse(text, None if text.startswith("+") else default_region)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError(f"invalid phone {text!r}: {exc._msg}") from None
+    if not phonenumbers.is_valid_number(number):
+        raise ValueError(f"invalid phone {text!r}: not a valid number")
+    formatted: str = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return formatted
+
+
+def is_role_address(email: str) -> bool:
+    """True for addresses like ``info@`` or ``no-reply+news@``: a function, not a person."""
+    local = email.rpartition("@")[0].lower()
+    # Sub-addressing (info+news@) still lands in the role mailbox.
+    local = local.partition("+")[0]
+    return local in ROLE_LOCAL_PARTS

@@ -1,0 +1,326 @@
+"""HTTP plumbing shared by the provider adapters: one client, retries, a rate limiter, call stats.
+
+An adapter owns the wire format (how parameters are encoded, what an error envelope looks like);
+this module owns what every provider needs the same way (DESIGN §4, "HTTP"):
+
+- one ``httpx.Client`` per adapter, connect timeout 10 s, read timeout from the target's config;
+- retries with jittered exponential backoff on timeouts, dropped connections, HTTP 5xx/429 and
+  answers the adapter classifies as "try later" (``TryLater``), honouring ``Retry-After``;
+- a token bucket per API key, shared by every adapter in the process that uses that key, since
+  the providers count calls per key, not per list;
+- every attempt recorded in ``CallStats``;
+- the API key never reaches a message: adapters put it in POST bodies (DESIGN rule 7) and every
+  text this module produces is scrubbed of it anyway.
+
+``sleep`` and ``clock`` are injectable so that tests neither wait nor depend on wall time.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import httpx
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_exponential_jitter
+
+from syncd.errors import ProviderError, ProviderUnreachable
+from syncd.providers.base import CallStats
+
+T = TypeVar("T")
+
+CONNECT_TIMEOUT = 10.0
+MAX_RETRY_AFTER = 60.0  # a Retry-After longer than this is not worth holding a cycle for
+Form = Mapping[str, str | Sequence[str]]
+
+
+class TryLater(Exception):
+    """Raised by an adapter's answer parser: the provider asked us to come back later."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class _Transient(Exception):
+    """One attempt failed in a way another attempt may fix."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+# Failures that say nothing about the request itself: the network or the server may recover.
+# LocalProtocolError and UnsupportedProtocol are ours (a bad URL), so they are not retried.
+_TRANSIENT_HTTPX = (
+    httpx.TimeoutException,
+    httpx.NetworkError,
+    httpx.RemoteProtocolError,
+    httpx.ProxyError,
+)
+
+
+# --------------------------------------------------------------------------- rate limiting
+
+
+class TokenBucket:
+    """A thread-safe token bucket that hands out *reservations*.
+
+    ``reserve()`` takes a token at once (the balance may go negative) and returns how long the
+    caller must wait before using it. Callers sleep outside the lock, and the bucket never spins
+    on the clock, so an injected no-op sleep in tests cannot make it loop.
+    """
+
+    def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self.per_minute = per_minute
+        self._tokens = float(self._capacity())
+        self._updated = clock()
+
+    def _capacity(self) -> int:
+        # A burst of one second's worth: the providers count per minute, but we do not know
+        # whether their window slides, so we never spend a whole minute's allowance at once.
+        return max(1, self.per_minute // 60)
+
+    def tighten(self, per_minute: int) -> None:
+        """Two targets sharing a key with different settings: the stricter one holds."""
+        with self._lock:
+            if per_minute < self.per_minute:
+                self.per_minute = per_minute
+                self._tokens = min(self._tokens, float(self._capacity()))
+
+    def reserve(self) -> float:
+        with self._lock:
+            now = self._clock()
+            rate = self.per_minute / 60.0
+            self._tokens = min(float(self._capacity()), self._tokens + (now - self._updated) * rate)
+            self._updated = now
+            self._tokens -= 1.0
+            return 0.0 if self._tokens >= 0 else -self._tokens / rate
+
+
+_buckets: dict[tuple[str, str], TokenBucket] = {}
+_buckets_lock = threading.Lock()
+
+
+def key_fingerprint(api_key: str) -> str:
+    """A stable, non-reversible name for an API key (registry keys, logs). Never the key."""
+    return hashlib.blake2b(api_key.encode(), digest_size=8, person=b"syncd-key").hexdigest()
+
+
+def shared_bucket(
+    api_key: str, per_minute: int, *, scope: str = "", clock: Callable[[], float] = time.monotonic
+) -> TokenBucket:
+    """The process-wide bucket for one API key (and an optional scope such as one method)."""
+    name = (key_fingerprint(api_key), scope)
+    with _buckets_lock:
+        bucket = _buckets.get(name)
+        if bucket is None:
+            bucket = _buckets[name] = TokenBucket(per_minute, clock=clock)
+        else:
+            bucket.tighten(per_minute)
+        return bucket
+
+
+# --------------------------------------------------------------------------- the client
+
+
+def parse_retry_after(
+    value: str | None, *, now: Callable[[], datetime] | None = None
+) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); None if unusable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now() if now else datetime.now(UTC))).total_seconds()
+    return max(0.0, seconds)
+
+
+class ProviderHttp:
+    """One provider account's HTTP client with retries, rate limiting and call statistics."""
+
+    def __init__(
+        self,
+        *,
+        provider: str,
+        api_key: str,
+        timeout: float,
+        retries: int,
+        rate_limit_per_minute: int,
+        stats: CallStats,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        method_limits: Mapping[str, int] | None = None,
+        max_retry_after: float = MAX_RETRY_AFTER,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 30.0,
+    ) -> None:
+        self.provider = provider
+        self.retries = retries
+        self.stats = stats
+        self.max_retry_after = max_retry_after
+        self._secret = api_key
+        self._sleep = sleep
+        self._backoff = wait_exponential_jitter(
+            initial=backoff_initial, max=backoff_max, jitter=backoff_initial
+        )
+        self._bucket = shared_bucket(api_key, rate_limit_per_minute)
+        self._method_buckets = {
+            method: shared_bucket(api_key, limit, scope=method)
+            for method, limit in (method_limits or {}).items()
+        }
+        self.client = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT),
+            transport=transport,
+            headers={"User-Agent": "syncd"},
+            follow_redirects=False,  # a redirected POST would drop its body (and the key in it)
+        )
+
+    # ---- public
+
+    def post_form(
+        self,
+        method: str,
+        url: str,
+        form: Form,
+        *,
+        write: bool,
+        parse: Callable[[httpx.Response], T],
+    ) -> T:
+        """POST ``form`` url-encoded to ``url`` and return ``parse(response)``, with retries.
+
+        ``parse`` sees every 2xx answer; it raises ``TryLater`` for answers that ask for a
+        retry and ``ProviderError`` for answers that are final errors.
+        """
+
+        def attempt() -> T:
+            response = self._send(method, self.client.build_request("POST", url, data=form))
+            try:
+                return parse(response)
+            except TryLater as exc:
+                retry_after = exc.retry_after
+                if retry_after is None:
+                    retry_after = parse_retry_after(response.headers.get("retry-after"))
+                raise _Transient(exc.reason, retry_after) from None
+
+        return self._with_retries(method, write, attempt)
+
+    @contextmanager
+    def download(self, label: str, url: str) -> Iterator[httpx.Response]:
+        """GET ``url`` as a stream; retries until the answer's status line is in.
+
+        Failures while reading the body are the caller's to handle: a body cannot be resumed,
+        and for an export a partial body must never look complete (DESIGN rule 1).
+        """
+
+        def attempt() -> httpx.Response:
+            request = self.client.build_request("GET", url)
+            return self._send(label, request, stream=True)
+
+        response = self._with_retries(label, False, attempt)
+        try:
+            yield response
+        finally:
+            response.close()
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the API key blanked out (defence in depth: it should never be there)."""
+        return text.replace(self._secret, "***") if self._secret else text
+
+    def close(self) -> None:
+        self.client.close()
+
+    # ---- internals
+
+    def _send(self, method: str, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
+        self._throttle(method)
+        try:
+            response = self.client.send(request, stream=stream, follow_redirects=stream)
+        except _TRANSIENT_HTTPX as exc:
+            detail = str(exc) or "no detail"
+            raise _Transient(f"{type(exc).__name__}: {detail}") from None
+        except httpx.HTTPError as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            raise ProviderError(
+                self.scrub(f"{self.provider} {method}: request failed: {reason}"), code="transport"
+            ) from None
+        status = response.status_code
+        if status >= 500 or status == 429:
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            response.close()
+            raise _Transient(f"HTTP {status}", retry_after)
+        if not 200 <= status < 300:
+            response.close()
+            raise ProviderError(
+                f"{self.provider} {method}: unexpected HTTP {status}", code=f"http_{status}"
+            )
+        return response
+
+    def _throttle(self, method: str) -> None:
+        waits = [self._bucket.reserve()]
+        bucket = self._method_buckets.get(method)
+        if bucket is not None:
+            waits.append(bucket.reserve())
+        wait = max(waits)
+        if wait > 0:
+            self._sleep(wait)
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, _Transient) and exc.retry_after is not None:
+            return min(exc.retry_after, self.max_retry_after)
+        return float(self._backoff(state))
+
+    def _with_retries(self, method: str, write: bool, attempt: Callable[[], T]) -> T:
+        tries = self.retries + 1
+        number = 0
+
+        def recorded() -> T:
+            nonlocal number
+            number += 1
+            try:
+                result = attempt()
+            except _Transient:
+                outcome = "unreachable" if number >= tries else "retry"
+                self.stats.record(method, outcome, write=write)
+                raise
+            except BaseException:
+                self.stats.record(method, "error", write=write)
+                raise
+            self.stats.record(method, "ok", write=write)
+            return result
+
+        retrying = Retrying(
+            stop=stop_after_attempt(tries),
+            wait=self._wait,
+            retry=retry_if_exception_type(_Transient),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(recorded)
+        except _Transient as exc:
+            raise ProviderUnreachable(
+                self.scrub(
+                    f"{self.provider} {method}: no usable answer after {number} "
+                    f"{'try' if number == 1 else 'tries'} (last: {exc.reason})"
+                )
+            ) from None

@@ -1,0 +1,118 @@
+"""Shared fixtures: an emulated provider account, a fresh mirror, and a config pointing at both."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.engine import Engine
+
+from syncd import app
+from syncd.config import Config, parse_config
+from syncd.emulators.unisender import UnisenderEmulator
+from syncd.engine import CycleOptions, CycleResult
+from syncd.ingest import ingest_file
+from syncd.store import open_engine
+
+API_KEY = "test-key-3f9a"
+
+
+class World:
+    """An emulator account, a mirror and a config: one target 'news' on list 1."""
+
+    def __init__(self, tmp_path: Path, **target: Any) -> None:
+        self.tmp = tmp_path
+        self.emu = UnisenderEmulator(api_key=API_KEY)
+        self.list_id = self.emu.add_list("Newsletter")
+        self.emu.add_field("Name")
+        self.emu.add_field("City")
+        self.config = self.make_config(**target)
+        self.db: Engine = open_engine(self.config.store.url)
+        self._files = 0
+
+    def make_config(self, **target: Any) -> Config:
+        base = {
+            "name": "news",
+            "provider": "unisender",
+            "list_id": str(self.list_id),
+            "local_list": "news",
+            "api_key": API_KEY,
+            "base_url": "http://emulator.test/en/api",
+            "fields": {"Name": "name", "City": "city"},
+            "export_poll_interval": 0.001,
+        }
+        base.update(target)
+        return parse_config(
+            {
+                "store": {"url": f"sqlite:///{self.tmp / 'syncd.db'}"},
+                "ingest": {"reject_role_addresses": False},
+                "target": [base],
+            },
+            "test",
+        )
+
+    def transports(self, _target: Any) -> httpx.BaseTransport:
+        return httpx.MockTransport(self.emu.handle)
+
+    def cycle(self, **options: Any) -> CycleResult:
+        (result,) = app.run_once(
+            self.config, db=self.db, options=CycleOptions(**options), transports=self.transports
+        )
+        return result
+
+    def ingest(self, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+        """Write rows as NDJSON into a file and ingest it; returns the report's dict."""
+        self._files += 1
+        path = self.tmp / f"in-{self._files}.ndjson"
+        with path.open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        return ingest_file(self.db, path, self.config.ingest).to_dict()
+
+    def add_local(self, n: int, start: int = 0, **extra: Any) -> list[str]:
+        emails = [f"person{i}@example.com" for i in range(start, start + n)]
+        self.ingest(
+            {"email": e, "name": f"Person {i}", "city": "Minsk", "lists": ["news"], **extra}
+            for i, e in zip(range(start, start + n), emails, strict=True)
+        )
+        return emails
+
+    def local(self) -> dict[str, dict[str, Any]]:
+        """The mirror's live contacts on the target's list, by email."""
+        import io
+
+        from syncd.export import export_contacts
+
+        buf = io.StringIO()
+        export_contacts(self.db, buf, "ndjson", "news")
+        return {r["email"]: r for r in map(json.loads, buf.getvalue().splitlines())}
+
+    def remote(self) -> dict[str, dict[str, Any]]:
+        return {c["email"]: c for c in self.emu.contacts_in_list(self.list_id)}
+
+    def import_calls(self) -> int:
+        return int(self.emu.calls["importContacts"])
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return World(tmp_path)
+
+
+@pytest.fixture
+def make_world(tmp_path: Path) -> Callable[..., World]:
+    return lambda **target: World(tmp_path, **target)
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    columns = sorted({k for r in rows for k in r})
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+    return path

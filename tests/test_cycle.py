@@ -1,0 +1,127 @@
+"""Full cycles against the emulated provider: convergence, batching, idempotence."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from conftest import World
+
+from syncd import app
+
+
+def test_1200_new_contacts_go_out_in_three_calls_then_nothing(world: World):
+    world.add_local(1200)
+    first = world.cycle()
+    assert first.outcome == "converged", first.message
+    assert [c.rows for c in first.calls] == [500, 500, 200]
+    assert world.import_calls() == 3
+    assert len(world.remote()) == 1200
+
+    second = world.cycle()
+    assert second.outcome == "converged"
+    assert second.write_calls == 0 and second.calls == []
+    assert world.import_calls() == 3
+
+
+def test_local_edit_is_pushed_and_remote_edit_is_pulled(world: World):
+    world.add_local(5)
+    world.cycle()
+    world.ingest([{"email": "person0@example.com", "city": "Brest"}])
+    world.emu.edit("person1@example.com", Name="Changed Remotely")
+    r = world.cycle()
+    assert r.summary()["updated"] == 1 and r.summary()["pulled"] == 1
+    assert world.remote()["person0@example.com"]["fields"]["City"] == "Brest"
+    assert world.local()["person1@example.com"]["name"] == "Changed Remotely"
+    assert world.cycle().write_calls == 0
+
+
+def test_sign_up_at_the_provider_enters_the_mirror(world: World):
+    world.add_local(2)
+    world.cycle()
+    world.emu.sign_up("fresh@example.org", world.list_id, fields={"Name": "Fresh"}, tags=["web"])
+    world.cycle()
+    fresh = world.local()["fresh@example.org"]
+    assert fresh["name"] == "Fresh" and fresh["tags"] == ["web"] and "news" in fresh["lists"]
+    assert world.cycle().write_calls == 0
+
+
+def test_remote_delete_leaves_the_local_list(world: World):
+    world.add_local(3)
+    world.cycle()
+    world.emu.delete("person2@example.com")
+    r = world.cycle()
+    assert r.summary()["removed_local"] == 1
+    assert "person2@example.com" not in world.local()
+    assert world.cycle().write_calls == 0
+
+
+def test_local_delete_is_pushed_as_delete(world: World):
+    world.add_local(3)
+    world.cycle()
+    world.ingest([{"email": "person1@example.com", "delete": 1}])
+    r = world.cycle()
+    assert r.summary()["deleted"] == 1
+    assert "person1@example.com" not in world.remote()
+    assert world.emu.get("person1@example.com") is None  # on_local_delete = delete
+    assert world.cycle().write_calls == 0
+
+
+def test_leaving_the_local_list_excludes_without_deleting(world: World):
+    world.add_local(3)
+    world.cycle()
+    world.ingest([{"email": "person1@example.com", "lists": ["other"]}])
+    world.cycle()
+    assert "person1@example.com" not in world.remote()
+    assert world.emu.get("person1@example.com") is not None  # still in the account
+
+
+def test_exclude_policy_never_deletes_from_the_account(make_world):
+    world = make_world(on_local_delete="exclude")
+    world.add_local(3)
+    world.cycle()
+    world.ingest([{"email": "person1@example.com", "delete": 1}])
+    world.cycle()
+    assert "person1@example.com" not in world.remote()
+    assert world.emu.get("person1@example.com") is not None
+
+
+def test_tags_removed_locally_use_overwrite_tags_only_then(world: World):
+    world.ingest([{"email": "t@example.com", "tags": ["a", "b"], "lists": ["news"]}])
+    first = world.cycle()
+    assert not any(c.overwrite_tags for c in first.calls)
+    world.ingest([{"email": "t@example.com", "tags": ["a", "c"]}])  # +c -b
+    second = world.cycle()
+    assert [c.overwrite_tags for c in second.calls] == [True]
+    assert sorted(world.remote()["t@example.com"]["tags"]) == ["a", "c"]
+    world.ingest([{"email": "t@example.com", "tags": ["a", "c", "d"]}])  # addition only
+    third = world.cycle()
+    assert [c.overwrite_tags for c in third.calls] == [False]
+
+
+def test_columns_split_when_a_contact_has_more_fields_than_a_call_carries(world: World, monkeypatch):
+    world.add_local(3)
+    original = app.build_provider
+
+    def narrow(config, target, transports=None):
+        provider = original(config, target, transports)
+        provider.capabilities = replace(provider.capabilities, fields_per_call=1)
+        return provider
+
+    monkeypatch.setattr(app, "build_provider", narrow)
+    r = world.cycle()
+    assert [(c.rows, c.columns) for c in r.calls] == [(3, ("Name",)), (3, ("City",))]
+    assert world.remote()["person0@example.com"]["fields"] == {"Name": "Person 0", "City": "Minsk"}
+    assert world.cycle().write_calls == 0
+
+
+def test_plan_writes_nothing_anywhere(world: World):
+    world.add_local(7)
+    before_local = world.local()
+    plan = world.cycle(dry_run=True)
+    assert plan.outcome == "planned"
+    assert [(c.method, c.op, c.rows) for c in plan.calls] == [("importContacts", "create", 7)]
+    assert plan.calls[0].first_rows[0]["email"] == "person0@example.com"
+    assert world.import_calls() == 0 and world.remote() == {}
+    assert world.local() == before_local
+    real = world.cycle()
+    assert real.summary()["created"] == 7  # the dry run left no base behind

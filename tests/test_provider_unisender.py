@@ -1,0 +1,753 @@
+"""The Unisender/Selzy adapter against its emulator (in-process and over loopback HTTP).
+
+Wire facts: shared/providers/unisender-selzy.md (cited as §1.x).
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+import pytest
+
+from syncd.config import TargetConfig
+from syncd.emulators.server import EmulatorServer
+from syncd.emulators.unisender import Faults, UnisenderEmulator
+from syncd.errors import AuthError, ExportIncomplete, ProviderError, ProviderUnreachable
+from syncd.projection import Projection
+from syncd.providers import make_provider
+from syncd.providers.base import Op, PushCall, RemoteContact, RowChange
+from syncd.providers.http import TokenBucket, key_fingerprint, parse_retry_after, shared_bucket
+from syncd.providers.unisender import UnisenderProvider
+
+API_KEY = "sk-test-0123456789abcdef"
+ROOT = "https://api.unisender.test/en/api"
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+class Recorder(httpx.BaseTransport):
+    """Serves ``handler`` in-process and keeps every request, body read."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.requests: list[httpx.Request] = []
+        self._inner = httpx.MockTransport(handler)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.read()
+        self.requests.append(request)
+        return self._inner.handle_request(request)
+
+    def calls(self, method: str) -> list[httpx.Request]:
+        return [r for r in self.requests if r.url.path.endswith(f"/api/{method}")]
+
+
+def form(request: httpx.Request) -> list[tuple[str, str]]:
+    return parse_qsl(request.content.decode(), keep_blank_values=True)
+
+
+def header_and_rows(request: httpx.Request) -> tuple[list[str], list[list[str]]]:
+    """Rebuild `field_names` and `data` from indexed PHP brackets (§1.1)."""
+    names: dict[int, str] = {}
+    cells: dict[int, dict[int, str]] = {}
+    for key, value in form(request):
+        if key.startswith("field_names["):
+            names[int(key[12:-1])] = value
+        elif key.startswith("data["):
+            i, j = (int(x) for x in key[5:-1].split("]["))
+            cells.setdefault(i, {})[j] = value
+    header = [names[j] for j in sorted(names)]
+    rows = [[cells[i][j] for j in sorted(cells[i])] for i in sorted(cells)]
+    return header, rows
+
+
+def target(**overrides: Any) -> TargetConfig:
+    values: dict[str, Any] = {
+        "name": "main",
+        "provider": "unisender",
+        "list_id": "1",
+        "api_key": API_KEY,
+        "base_url": ROOT,
+        "fields": {"Name": "name", "City": "city"},
+        "export_poll_interval": 0.5,
+        "rate_limit_per_minute": 600_000,
+    }
+    values.update(overrides)
+    return TargetConfig(**values)
+
+
+@pytest.fixture
+def emu() -> UnisenderEmulator:
+    emulator = UnisenderEmulator(api_key=API_KEY, export_polls=3)
+    assert emulator.add_list("Main") == 1
+    emulator.add_list("Other")
+    emulator.add_field("Name")
+    emulator.add_field("City")
+    return emulator
+
+
+class Setup:
+    def __init__(self, handler: Handler, **overrides: Any) -> None:
+        self.transport = Recorder(handler)
+        self.sleeps: list[float] = []
+        self.provider = UnisenderProvider(
+            target(**overrides), transport=self.transport, sleep=self.sleeps.append
+        )
+
+
+@pytest.fixture
+def make(emu: UnisenderEmulator) -> Iterator[Callable[..., Setup]]:
+    made: list[Setup] = []
+
+    def _make(handler: Handler | None = None, **overrides: Any) -> Setup:
+        setup = Setup(handler or emu.handle, **overrides)
+        made.append(setup)
+        return setup
+
+    yield _make
+    for setup in made:
+        setup.provider.close()
+
+
+def row(
+    op: Op,
+    key: str,
+    fields: dict[str, str] | None = None,
+    *,
+    tags: Iterable[str] = (),
+    status: str = "active",
+) -> RowChange:
+    return RowChange(op, Projection.build(key, fields or {}, tags, status))
+
+
+def exported(provider: UnisenderProvider) -> dict[str, RemoteContact]:
+    return {c.projection.key: c for c in provider.export()}
+
+
+# --------------------------------------------------------------------------- push: wire shape
+
+
+def test_create_sends_key_list_tags_then_fields(
+    make: Callable[..., Setup], emu: UnisenderEmulator
+) -> None:
+    s = make()
+    call = PushCall(
+        "create",
+        ("Name",),
+        (
+            row("create", "ann@example.com", {"Name": "Ann"}, tags={"vip", "b2b"}),
+            row("create", "bob@example.com"),
+        ),
+        with_tags=True,
+    )
+    outcomes = s.provider.push(call)
+
+    assert [(o.key, o.ok) for o in outcomes] == [
+        ("ann@example.com", True),
+        ("bob@example.com", True),
+    ]
+    (request,) = s.transport.calls("importContacts")
+    header, rows = header_and_rows(request)
+    assert header == ["email", "email_list_ids", "tags", "Name"]
+    assert rows == [
+        ["ann@example.com", "1", "b2b,vip", "Ann"],
+        ["bob@example.com", "1", "", ""],  # every cell present: "" clears, absent means "not given"
+    ]
+    keys = {k for k, _ in form(request)}
+    assert "overwrite_tags" not in keys and "overwrite_lists" not in keys
+    assert ("format", "json") in form(request) and ("api_key", API_KEY) in form(request)
+    assert s.provider.wire_rows(call, 1) == [
+        {"email": "ann@example.com", "email_list_ids": "1", "tags": "b2b,vip", "Name": "Ann"}
+    ]
+    ann = emu.get("ann@example.com")
+    assert (
+        ann is not None
+        and ann["fields"] == {"Name": "Ann"}
+        and sorted(ann["tags"]) == ["b2b", "vip"]
+    )
+    assert {c["email"] for c in emu.contacts_in_list(1)} == {"ann@example.com", "bob@example.com"}
+    assert (
+        s.provider.stats.by_method[("importContacts", "ok")] == 1 and s.provider.stats.writes == 1
+    )
+
+
+def test_create_with_status_pushes_an_opt_out_for_the_list(
+    make: Callable[..., Setup], emu: UnisenderEmulator
+) -> None:
+    s = make()
+    call = PushCall(
+        "create",
+        ("City",),
+        (row("create", "gone@example.com", {"City": "Minsk"}, status="blocked"),),
+        with_status=True,
+    )
+    assert s.provider.push(call)[0].ok
+    header, rows = header_and_rows(s.transport.calls("importContacts")[0])
+    assert header == [
+        "email",
+        "email_list_ids",
+        "email_status",
+        "email_unsubscribed_list_ids",
+        "City",
+    ]
+    assert rows == [["gone@example.com", "1", "unsubscribed", "1", "Minsk"]]
+    gone = emu.get("gone@example.com")
+    assert (
+        gone is not None and gone["email_status"] == "unsubscribed" and gone["unsubscribed"] == [1]
+    )
+
+
+def test_update_sends_no_list_column_and_overwrite_flags_only_when_asked(
+    make: Callable[..., Setup], emu: UnisenderEmulator
+) -> None:
+    emu.sign_up("ann@example.com", 1, fields={"Name": "Ann", "City": "Oslo"}, tags=["a", "b"])
+    s = make()
+    call = PushCall(
+        "update",
+        ("Name", "City"),
+        (row("update", "ann@example.com", {"Name": "Anna"}, tags={"a"}),),
+        with_tags=True,
+        overwrite_tags=True,
+    )
+    assert s.provider.push(call)[0].ok
+    request = s.transport.calls("importContacts")[0]
+    header, rows = header_and_rows(request)
+    assert header == ["email", "tags", "Name", "City"]
+    assert rows == [["ann@example.com", "a", "Anna", ""]]
+    assert ("overwrite_tags", "1") in form(request)
+    assert "overwrite_lists" not in {k for k, _ in form(request)}
+    ann = emu.get("ann@example.com")
+    assert ann is not None and ann["tags"] == ["a"] and ann["fields"].get("City", "") == ""
+
+    s.provider.push(
+        PushCall(
+            "update",
+            ("Name",),
+            (row("update", "ann@example.com", {"Name": "A"}),),
+            overwrite_lists=True,
+        )
+    )
+    request = s.transport.calls("importContacts")[1]
+    assert ("overwrite_lists", "1") in form(request)
+    assert "overwrite_tags" not in {k for k, _ in form(request)}
+
+
+def test_delete_and_exclude_headers(make: Callable[..., Setup], emu: UnisenderEmulator) -> None:
+    emu.sign_up("del@example.com", 1)
+    emu.sign_up("out@example.com", 1)
+    s = make()
+    assert s.provider.push(PushCall("delete", (), (row("delete", "del@example.com"),)))[0].ok
+    assert s.provider.push(PushCall("exclude", (), (row("exclude", "out@example.com"),)))[0].ok
+
+    delete, exclude = s.transport.calls("importContacts")
+    assert header_and_rows(delete) == (["email", "delete"], [["del@example.com", "1"]])
+    assert header_and_rows(exclude) == (
+        ["email", "email_excluded_list_ids"],
+        [["out@example.com", "1"]],
+    )
+    assert emu.get("del@example.com") is None
+    assert emu.get("out@example.com") is not None  # excluded, not deleted
+    assert emu.contacts_in_list(1) == []
+    assert s.provider.method_name(PushCall("delete", (), ())) == "importContacts"
+
+
+def test_phone_key_uses_phone_system_columns(
+    make: Callable[..., Setup], emu: UnisenderEmulator
+) -> None:
+    s = make(key="phone", fields={})
+    call = PushCall(
+        "create", (), (row("create", "+375291234567", status="unsubscribed"),), with_status=True
+    )
+    assert s.provider.push(call)[0].ok
+    header, _ = header_and_rows(s.transport.calls("importContacts")[0])
+    assert header == ["phone", "phone_list_ids", "phone_status", "phone_unsubscribed_list_ids"]
+
+
+# --------------------------------------------------------------------------- push: the answer
+
+
+def test_log_entries_map_back_to_their_rows(make: Callable[..., Setup]) -> None:
+    s = make()
+    rows = (
+        row("create", "ok1@example.com"),
+        row("create", "info@example.com"),  # role address: `w_` code, yet ignored (seed 002)
+        row("create", "not-an-email"),
+        row("create", "ok2@example.com"),
+    )
+    outcomes = s.provider.push(PushCall("create", (), rows))
+    assert [o.key for o in outcomes] == [r.row.key for r in rows]
+    assert [o.ok for o in outcomes] == [True, False, False, True]
+    assert outcomes[1].code == "w_common_overlimit" and "ignored" in outcomes[1].message
+    assert outcomes[2].code == "e_email_invalid" and not outcomes[2].retryable
+
+
+def _import_answer(result: dict[str, Any]) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"result": result})
+
+    return handler
+
+
+TWO_ROWS = (row("create", "a@example.com"), row("create", "b@example.com"))
+
+
+def test_a_plain_warning_leaves_the_row_confirmed(make: Callable[..., Setup]) -> None:
+    s = make(
+        _import_answer(
+            {
+                "total": 2,
+                "inserted": 2,
+                "updated": 0,
+                "deleted": 0,
+                "log": [
+                    {
+                        "index": "1",  # a string index, as PHP clients see it
+                        "code": "w_common_overlimit",
+                        "message": "Contacts over the plan limit (but the string has been added)",
+                    }
+                ],
+            }
+        )
+    )
+    a, b = s.provider.push(PushCall("create", (), TWO_ROWS))
+    assert a.ok and a.code == ""
+    assert b.ok and b.code == "w_common_overlimit"
+
+
+def test_an_answer_that_does_not_add_up_confirms_nothing(make: Callable[..., Setup]) -> None:
+    with pytest.raises(ProviderError, match="counts 1 rows but 2 were sent"):
+        make(_import_answer({"total": 1, "inserted": 1, "log": []})).provider.push(
+            PushCall("create", (), TWO_ROWS)
+        )
+    with pytest.raises(ProviderError, match="names no row"):
+        make(_import_answer({"total": 2, "log": [{"index": 7, "code": "x"}]})).provider.push(
+            PushCall("create", (), TWO_ROWS)
+        )
+    # The counters say one row was left out, the log names none as an error: nothing is confirmed.
+    with pytest.raises(ProviderError, match="not applied"):
+        make(
+            _import_answer({"total": 2, "inserted": 1, "updated": 0, "deleted": 0, "log": []})
+        ).provider.push(PushCall("create", (), TWO_ROWS))
+    # ... unless a warned row can take the blame.
+    a, b = make(
+        _import_answer(
+            {
+                "total": 2,
+                "inserted": 1,
+                "updated": 0,
+                "deleted": 0,
+                "log": [{"index": 0, "code": "w_new_code", "message": "something"}],
+            }
+        )
+    ).provider.push(PushCall("create", (), TWO_ROWS))
+    assert not a.ok and a.code == "w_new_code" and b.ok
+
+
+def test_rows_the_wire_cannot_carry_are_refused_without_spoiling_the_call(
+    make: Callable[..., Setup], emu: UnisenderEmulator
+) -> None:
+    s = make()
+    rows = (
+        row("create", "a@example.com", tags={"x,y"}),
+        row("create", "b@example.com", tags={"z"}),
+    )
+    a, b = s.provider.push(PushCall("create", (), rows, with_tags=True))
+    assert not a.ok and a.code == "invalid_tag" and b.ok
+    _, sent = header_and_rows(s.transport.calls("importContacts")[0])
+    assert [r[0] for r in sent] == ["b@example.com"]
+
+
+# --------------------------------------------------------------------------- transport rules
+
+
+def test_the_api_key_travels_in_post_bodies_only(
+    make: Callable[..., Setup], emu: UnisenderEmulator
+) -> None:
+    s = make()
+    s.provider.prepare(["Name", "City"], create_missing=False)
+    s.provider.push(
+        PushCall("create", ("Name",), (row("create", "ann@example.com", {"Name": "Ann"}),))
+    )
+    assert "ann@example.com" in exported(s.provider)
+    assert {r.url.path.rsplit("/api/", 1)[-1] for r in s.transport.requests} >= {
+        "getLists",
+        "getFields",
+        "importContacts",
+        "async/exportContacts",
+        "async/getTaskResult",
+    }
+    for request in s.transport.requests:
+        assert API_KEY not in str(request.url)
+        assert not request.url.query
+        if "/api/" in request.url.path:
+            assert request.method == "POST"
+            assert ("api_key", API_KEY) in form(request)
+        else:  # the export file download carries no key at all
+            assert request.method == "GET" and API_KEY.encode() not in request.content
+
+
+def _faulty_first(emu: UnisenderEmulator, calls: int, **faults: Any) -> Handler:
+    """The emulator with ``faults`` switched on for its first ``calls`` requests."""
+    seen = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal seen
+        seen += 1
+        emu.faults = Faults(**faults) if seen <= calls else Faults()
+        return emu.handle(request)
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        {"http_5xx_rate": 1.0},
+        {"error_code_rate": 1.0, "error_code": "retry_later"},
+        {"error_code_rate": 1.0, "error_code": "api_call_limit_exceeded_for_api_key"},
+        {"drop_rate": 1.0},
+    ],
+    ids=["5xx", "retry_later", "rate_limited", "dropped"],
+)
+def test_transient_failures_are_retried_then_succeed(
+    make: Callable[..., Setup], emu: UnisenderEmulator, faults: dict[str, Any]
+) -> None:
+    s = make(_faulty_first(emu, 2, **faults), retries=2)
+    assert s.provider.push(PushCall("create", (), (row("create", "ann@example.com"),)))[0].ok
+    assert emu.calls["importContacts"] == 3
+    assert emu.get("ann@example.com") is not None
+    stats = s.provider.stats.by_method
+    assert stats[("importContacts", "retry")] == 2 and stats[("importContacts", "ok")] == 1
+    assert len(s.sleeps) == 2 and all(1.0 <= t <= 4.0 for t in s.sleeps)  # jittered, growing
+
+
+def test_retry_after_is_honoured_and_capped(
+    make: Callable[..., Setup], emu: UnisenderEmulator
+) -> None:
+    s = make(_faulty_first(emu, 1, http_5xx_rate=1.0, retry_after="7"))
+    s.provider.prepare([], create_missing=False)
+    assert s.sleeps == [7.0]
+    s = make(_faulty_first(emu, 1, error_code_rate=1.0, retry_after="86400"))
+    s.provider.prepare([], create_missing=False)
+    assert s.sleeps == [60.0]
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past
+    assert parse_retry_after("soon") is None
+
+
+def test_unreachable_after_the_retries_run_out(
+    make: Callable[..., Setup], emu: UnisenderEmulator
+) -> None:
+    emu.faults = Faults(http_5xx_rate=1.0)
+    s = make(retries=2)
+    with pytest.raises(ProviderUnreachable) as caught:
+        s.provider.push(PushCall("create", (), (row("create", "ann@example.com"),)))
+    message = str(caught.value)
+    assert "importContacts" in message and "HTTP 503" in message and "3 tries" in message
+    assert API_KEY not in message
+    assert caught.value.retryable
+    assert emu.calls["importContacts"] == 3
+    stats = s.provider.stats
+    assert stats.by_method[("importContacts", "retry")] == 2
+    assert stats.by_method[("importContacts", "unreachable")] == 1
+    assert stats.writes == 3  # every attempt may have reached the provider
+
+
+def test_timeouts_are_retried(make: Callable[..., Setup]) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    s = make(handler, retries=1)
+    with pytest.raises(ProviderUnreachable, match=r"getLists.*ReadTimeout"):
+        s.provider.prepare([], create_missing=False)
+    assert len(s.transport.requests) == 2
+
+
+def test_a_wrong_key_is_an_auth_error_not_retried(make: Callable[..., Setup]) -> None:
+    s = make(api_key="sk-wrong-key-987654")
+    with pytest.raises(AuthError) as caught:
+        s.provider.prepare([], create_missing=False)
+    assert caught.value.code == "invalid_api_key" and "sk-wrong-key" not in str(caught.value)
+    assert len(s.transport.requests) == 1
+
+
+def test_an_answer_that_is_not_json_is_a_provider_error(make: Callable[..., Setup]) -> None:
+    s = make(lambda request: httpx.Response(200, html="<html>maintenance</html>"))
+    with pytest.raises(ProviderError, match="not JSON"):
+        s.provider.prepare([], create_missing=False)
+    s = make(lambda request: httpx.Response(200, json={"something": "else"}))
+    with pytest.raises(ProviderError, match="no `result`"):
+        s.provider.prepare([], create_missing=False)
+
+
+def test_other_error_codes_keep_their_code(
+    make: Callable[..., Setup], emu: UnisenderEmulator
+) -> None:
+    s = make()
+    # A column the account does not have: the whole call is refused (§1.4, item 9).
+    with pytest.raises(ProviderError) as caught:
+        s.provider.push(PushCall("create", ("Nope",), (row("create", "ann@example.com"),)))
+    assert caught.value.code == "invalid_arg" and not caught.value.retryable
+    assert s.provider.stats.by_method[("importContacts", "error")] == 1
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def test_prepare_creates_missing_fields(make: Callable[..., Setup], emu: UnisenderEmulator) -> None:
+    s = make()
+    s.provider.prepare(["Name", "Phone2", "email_status"], create_missing=True)
+    assert emu.calls["createField"] == 1
+    names = {name for name, _ in emu.user_fields.values()}
+    assert "Phone2" in names and "email_status" not in names
+
+    with pytest.raises(ProviderError, match="Extra"):
+        s.provider.prepare(["Extra"], create_missing=False)
+    with pytest.raises(ProviderError, match="start"):
+        s.provider.prepare(["2bad"], create_missing=True)
+
+
+def test_prepare_needs_the_list(make: Callable[..., Setup]) -> None:
+    with pytest.raises(
+        ProviderError, match="list 123 not found at unisender: create it or fix list_id"
+    ):
+        make(list_id="123").provider.prepare([], create_missing=True)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _seed(emu: UnisenderEmulator) -> None:
+    emu.sign_up("ann@example.com", 1, fields={"Name": "Ann", "City": "Oslo"}, tags=["vip", "b2b"])
+    emu.sign_up("bob@example.com", 1)
+    emu.unsubscribe("bob@example.com", 1)  # per-list: account status stays active
+    emu.sign_up("carl@example.com", 1)
+    emu.block("carl@example.com")
+    emu.sign_up("dave@example.com", 1)
+    emu.unsubscribe("dave@example.com")  # account-level
+    emu.sign_up("not an address", 1)  # cannot be normalised: skipped, never a deletion
+    emu.sign_up("elsewhere@example.com", 2)
+
+
+def _check_seeded(got: dict[str, RemoteContact]) -> None:
+    assert set(got) == {
+        "ann@example.com",
+        "bob@example.com",
+        "carl@example.com",
+        "dave@example.com",
+    }
+    ann = got["ann@example.com"]
+    assert ann.projection == Projection.build(
+        "ann@example.com", {"Name": "Ann", "City": "Oslo"}, {"vip", "b2b"}, "active"
+    )
+    assert ann.raw_status == "active"
+    assert (got["bob@example.com"].projection.status, got["bob@example.com"].raw_status) == (
+        "unsubscribed",
+        "unsubscribed",
+    )
+    assert (got["carl@example.com"].projection.status, got["carl@example.com"].raw_status) == (
+        "unsubscribed",  # blocked folds onto unsubscribed (Capabilities.statuses)
+        "blocked",
+    )
+    assert got["dave@example.com"].projection.status == "unsubscribed"
+
+
+def test_async_export_round_trip(make: Callable[..., Setup], emu: UnisenderEmulator) -> None:
+    _seed(emu)
+    s = make()
+    got = exported(s.provider)
+    _check_seeded(got)
+    assert s.provider.skipped_rows == 1
+    assert emu.calls["async/getTaskResult"] == 3  # export_polls=3
+    assert s.sleeps.count(0.5) == 2  # the poll interval between them
+    start = s.transport.calls("async/exportContacts")[0]
+    assert [v for k, v in form(start) if k == "field_names[]"] == [
+        "email",
+        "email_status",
+        "email_unsubscribed_list_ids",
+        "tags",
+        "Name",
+        "City",
+    ]
+    assert ("list_id", "1") in form(start)
+
+
+def test_paged_export_matches_async(make: Callable[..., Setup], emu: UnisenderEmulator) -> None:
+    _seed(emu)
+    for i in range(2100):
+        emu.sign_up(f"user{i}@example.com", 1)
+    paged = make(export_mode="paged")
+    got = exported(paged.provider)
+    assert len(got) == 2104
+    _check_seeded({k: v for k, v in got.items() if not k.startswith("user")})
+    assert paged.provider.skipped_rows == 1
+    assert emu.calls["exportContacts"] == 3  # 1000 + 1000 + a short page
+    assert got == exported(make().provider)
+
+
+def test_paged_export_notices_a_list_that_shifts(
+    make: Callable[..., Setup], emu: UnisenderEmulator
+) -> None:
+    for i in range(1500):
+        emu.sign_up(f"user{i:04d}@example.com", 1)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        response = emu.handle(request)
+        if request.url.path.endswith("/exportContacts") and emu.get("user0000@example.com"):
+            emu.delete("user0000@example.com")  # a deletion in front of the page boundary
+        return response
+
+    with pytest.raises(ExportIncomplete, match="changed while it was read"):
+        exported(make(handler, export_mode="paged").provider)
+
+
+def test_a_truncated_export_file_is_incomplete(
+    make: Callable[..., Setup], emu: UnisenderEmulator
+) -> None:
+    _seed(emu)
+    emu.faults = Faults(export_truncate=True)
+    with pytest.raises(ExportIncomplete):
+        exported(make().provider)
+
+
+def test_an_export_that_never_completes_times_out(
+    make: Callable[..., Setup], emu: UnisenderEmulator
+) -> None:
+    emu.faults = Faults(export_never_completes=True)
+    s = make(export_timeout=2.0)
+    with pytest.raises(ExportIncomplete, match="not completed after 2 s"):
+        exported(s.provider)
+    assert emu.calls["async/getTaskResult"] == 5
+
+
+def _rewrite_file(emu: UnisenderEmulator, rewrite: Callable[[bytes], httpx.Response]) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        response = emu.handle(request)
+        if request.url.path.startswith("/_files/"):
+            return rewrite(response.read())
+        return response
+
+    return handler
+
+
+def test_a_gzipped_export_file_is_read(make: Callable[..., Setup], emu: UnisenderEmulator) -> None:
+    _seed(emu)
+    s = make(_rewrite_file(emu, lambda body: httpx.Response(200, content=gzip.compress(body))))
+    _check_seeded(exported(s.provider))
+
+    cut = make(
+        _rewrite_file(emu, lambda body: httpx.Response(200, content=gzip.compress(body)[:-12]))
+    )
+    with pytest.raises(ExportIncomplete):
+        exported(cut.provider)
+
+
+def test_a_download_that_breaks_off_is_incomplete(
+    make: Callable[..., Setup], emu: UnisenderEmulator
+) -> None:
+    _seed(emu)
+
+    class Broken(httpx.SyncByteStream):
+        def __init__(self, body: bytes) -> None:
+            self.body = body
+
+        def __iter__(self) -> Iterator[bytes]:
+            yield self.body[:40]
+            raise httpx.ReadError("connection reset")
+
+    s = make(_rewrite_file(emu, lambda body: httpx.Response(200, stream=Broken(body))))
+    with pytest.raises(ExportIncomplete, match="broke off"):
+        exported(s.provider)
+
+
+def test_an_export_without_a_requested_column_is_incomplete(
+    make: Callable[..., Setup], emu: UnisenderEmulator
+) -> None:
+    _seed(emu)
+    s = make(
+        _rewrite_file(
+            emu, lambda body: httpx.Response(200, content=body.replace(b"tags", b"tagz", 1))
+        )
+    )
+    with pytest.raises(ExportIncomplete, match="lacks tags"):
+        exported(s.provider)
+
+
+def test_phone_export_normalises_like_local_keys(
+    make: Callable[..., Setup], emu: UnisenderEmulator
+) -> None:
+    s = make(key="phone", fields={})
+    s.provider.default_region = "BY"
+    call = PushCall("create", (), (row("create", "+375291234567"), row("create", "+375297654321")))
+    assert all(o.ok for o in s.provider.push(call))
+    assert set(exported(s.provider)) == {"+375291234567", "+375297654321"}
+
+
+# --------------------------------------------------------------------------- over real HTTP
+
+
+def test_round_trip_over_loopback_http(emu: UnisenderEmulator) -> None:
+    with EmulatorServer(emu.handle) as server:
+        sleeps: list[float] = []
+        provider = make_provider(
+            target(provider="selzy", base_url=f"{server.url}/en/api"),
+            sleep=sleeps.append,
+        )
+        try:
+            assert isinstance(provider, UnisenderProvider) and provider.name == "selzy"
+            provider.prepare(["Name", "City", "Source"], create_missing=True)
+            rows = (
+                row("create", "ann@example.com", {"Name": "Ann", "Source": "web"}, tags={"t1"}),
+                row("create", "info@example.com"),
+            )
+            outcomes = provider.push(PushCall("create", ("Name", "Source"), rows, with_tags=True))
+            assert [o.ok for o in outcomes] == [True, False]
+            emu.unsubscribe("ann@example.com", 1)
+            (ann,) = provider.export()
+            assert ann.projection == Projection.build(
+                "ann@example.com", {"Name": "Ann"}, {"t1"}, "unsubscribed"
+            )
+        finally:
+            provider.close()
+
+
+def test_a_hanging_server_times_out(emu: UnisenderEmulator) -> None:
+    emu.faults = Faults(timeout_rate=1.0, hang_seconds=1.0)
+    with EmulatorServer(emu.handle) as server:
+        provider = UnisenderProvider(
+            target(base_url=f"{server.url}/en/api", timeout=0.2, retries=1), sleep=lambda s: None
+        )
+        with pytest.raises(ProviderUnreachable, match=r"getLists.*Timeout"):
+            provider.prepare([], create_missing=False)
+        provider.close()
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+def test_token_bucket_reserves_without_spinning() -> None:
+    now = [0.0]
+    bucket = TokenBucket(120, clock=lambda: now[0])  # 2 per second, burst 2
+    assert [bucket.reserve() for _ in range(4)] == [0.0, 0.0, 0.5, 1.0]
+    now[0] = 10.0
+    assert bucket.reserve() == 0.0
+
+
+def test_buckets_are_shared_per_key_and_keyed_by_a_hash() -> None:
+    a = shared_bucket("sk-shared-secret", 1200)
+    assert shared_bucket("sk-shared-secret", 600) is a and a.per_minute == 600  # stricter wins
+    assert shared_bucket("sk-other-secret", 1200) is not a
+    from syncd.providers import http
+
+    assert all("sk-shared-secret" not in name for name, _ in http._buckets)
+    assert (key_fingerprint("sk-shared-secret"), "") in http._buckets
+
+
+def test_make_provider_dispatches_on_the_provider_name() -> None:
+    provider = make_provider(target(provider="selzy", base_url=None))
+    assert isinstance(provider, UnisenderProvider)
+    assert provider.target.api_root == "https://api.selzy.com/en/api"
+    assert provider.capabilities.rows_per_call == 500 and provider.capabilities.max_tags == 10
+    provider.close()
