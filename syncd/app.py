@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
@@ -20,18 +19,16 @@ from syncd.providers.base import Provider
 from syncd.store import open_engine
 from syncd.store.models import Conflict, Rejection, Run
 
-TransportFactory = Callable[[TargetConfig], httpx.BaseTransport | None]
+ProviderFactory = Callable[[Config, TargetConfig], Provider]
 
 
 def open_store(config: Config) -> Engine:
     return open_engine(config.store.url)
 
 
-def build_provider(
-    config: Config, target: TargetConfig, transports: TransportFactory | None = None
-) -> Provider:
-    transport = transports(target) if transports else None
-    return make_provider(target, transport=transport, default_region=config.ingest.default_region)
+def build_provider(config: Config, target: TargetConfig) -> Provider:
+    """The real adapter for a target (tests pass their own factory to reach an emulator)."""
+    return make_provider(target, default_region=config.ingest.default_region)
 
 
 def run_once(
@@ -40,13 +37,13 @@ def run_once(
     target: str | None = None,
     db: Engine | None = None,
     options: CycleOptions | None = None,
-    transports: TransportFactory | None = None,
+    providers: ProviderFactory = build_provider,
 ) -> list[CycleResult]:
     """One cycle for every target (or one), in the order the configuration lists them."""
     db = db or open_store(config)
     results = []
     for t in config.targets(target):
-        provider = build_provider(config, t, transports)
+        provider = providers(config, t)
         try:
             results.append(run_cycle(db, t, provider, options))
         finally:
@@ -107,11 +104,15 @@ def status(config: Config, db: Engine | None = None) -> list[TargetStatus]:
             provider = build_provider(config, t)
             two_way = provider.capabilities.export
             provider.close()
-            out.append(TargetStatus(t.name, t.provider, two_way, last, len(rejected), len(conflicts)))
+            out.append(
+                TargetStatus(t.name, t.provider, two_way, last, len(rejected), len(conflicts))
+            )
     return out
 
 
-def list_conflicts(config: Config, target: str | None = None, db: Engine | None = None) -> list[dict[str, Any]]:
+def list_conflicts(
+    config: Config, target: str | None = None, db: Engine | None = None
+) -> list[dict[str, Any]]:
     db = db or open_store(config)
     names = [t.name for t in config.targets(target)]
     with Session(db) as session:
@@ -130,16 +131,22 @@ def list_conflicts(config: Config, target: str | None = None, db: Engine | None 
         ]
 
 
-def resolve(config: Config, key: str, take: str, target: str | None = None, db: Engine | None = None) -> int:
+def resolve(
+    config: Config, key: str, take: str, target: str | None = None, db: Engine | None = None
+) -> int:
     """Record a person's choice; the next cycle carries it out. Returns conflicts settled."""
     if take not in ("local", "remote"):
         raise SyncdError(f"--take must be local or remote, not {take!r}")
     db = db or open_store(config)
     names = [t.name for t in config.targets(target)]
     with Session(db) as session:
-        found = session.execute(
-            select(Conflict).where(col(Conflict.key) == key, col(Conflict.target).in_(names))
-        ).scalars().all()
+        found = (
+            session.execute(
+                select(Conflict).where(col(Conflict.key) == key, col(Conflict.target).in_(names))
+            )
+            .scalars()
+            .all()
+        )
         for c in found:
             c.resolution = take
         session.commit()

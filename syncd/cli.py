@@ -62,12 +62,18 @@ def main(verbose: bool) -> None:
 @click.option("--allow-mass-delete", is_flag=True, help="Let this run pass the delete guard.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON lines.")
 def run_once_cmd(
-    config_path: str | None, target: str | None, dry_run: bool, allow_mass_delete: bool, as_json: bool
+    config_path: str | None,
+    target: str | None,
+    dry_run: bool,
+    allow_mass_delete: bool,
+    as_json: bool,
 ) -> None:
     """Run one cycle per target and print a one-line summary for each."""
     config = _load(config_path)
     with _progress() as progress:
-        options = CycleOptions(dry_run=dry_run, allow_mass_delete=allow_mass_delete, progress=progress)
+        options = CycleOptions(
+            dry_run=dry_run, allow_mass_delete=allow_mass_delete, progress=progress
+        )
         results = _run(config, target, options)
     for r in results:
         click.echo(json.dumps(r.summary()) if as_json else _summary_line(r))
@@ -227,8 +233,15 @@ def status_cmd(config_path: str | None, as_json: bool) -> None:
             click.echo(json.dumps(s.to_dict()))
             continue
         run = s.last_run
-        when = f"last run {run['finished_at'] or run['started_at']}: {run['outcome']}" if run else "never run"
-        click.echo(f"{s.target} ({s.provider}): {when}; {s.rejected} rejected rows, {s.open_conflicts} open conflicts")
+        when = (
+            f"last run {run['finished_at'] or run['started_at']}: {run['outcome']}"
+            if run
+            else "never run"
+        )
+        click.echo(
+            f"{s.target} ({s.provider}): {when}; {s.rejected} rejected rows, "
+            f"{s.open_conflicts} open conflicts"
+        )
         if run and run["message"]:
             click.echo(f"  {run['message']}")
         if run:
@@ -256,7 +269,9 @@ def conflicts_cmd(config_path: str | None, target: str | None, as_json: bool) ->
         state = f"resolved: take {c['resolution']}" if c["resolution"] else "open"
         click.echo(f"{c['target']} {c['key']} ({state})")
         for f in c["fields"]:
-            click.echo(f"  {f['field']}: local={f['local']!r} remote={f['remote']!r} base={f['base']!r}")
+            click.echo(
+                f"  {f['field']}: local={f['local']!r} remote={f['remote']!r} base={f['base']!r}"
+            )
     if not rows and not as_json:
         click.echo("no conflicts")
 
@@ -272,7 +287,11 @@ def resolve_cmd(config_path: str | None, key: str, take: str, target: str | None
 
     config = _load(config_path)
     try:
-        norm = normalise_email(key) if "@" in key else normalise_phone(key, config.ingest.default_region)
+        norm = (
+            normalise_email(key)
+            if "@" in key
+            else normalise_phone(key, config.ingest.default_region)
+        )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="KEY") from None
     n = app.resolve(config, norm, take, target)

@@ -79,7 +79,10 @@ class TargetConfig(_Strict):
     create_missing_fields: bool = True
     timeout: float = Field(30.0, gt=0, description="Seconds to wait for one answer.")
     retries: int = Field(2, ge=0, le=10, description="Further tries after a timeout or 5xx.")
-    rate_limit_per_minute: int = Field(1200, gt=0)
+    rate_limit_per_minute: int = Field(1200, gt=0, description="API calls per minute per key.")
+    export_rate_limit_per_minute: int = Field(
+        20, gt=0, description="async/exportContacts calls per minute per key (provider: 20)."
+    )
     schedule: str = Field("5m", description="Interval ('30s', '5m', '1h') or a cron expression.")
 
     @property

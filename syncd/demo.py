@@ -104,8 +104,8 @@ def run_demo(n: int, keep: str | None, echo: Echo) -> int:
         ingest_file(db, write_csv(workdir / "changes.csv", local_changes), config.ingest)
         echo(
             "changes: at the provider, "
-            f"{unsubscribed} unsubscribed, {edited} moved to Pinsk, new.reader@example.org signed up; "
-            f"locally, {deleted} deleted and {renamed} renamed"
+            f"{unsubscribed} unsubscribed, {edited} moved to Pinsk, new.reader@example.org "
+            f"signed up; locally, {deleted} deleted and {renamed} renamed"
         )
         _cycle("cycle 2 (both sides changed)", config, db, echo)
         quiet = _cycle("cycle 3 (nothing changed)", config, db, echo)
@@ -158,7 +158,10 @@ def _check(
         problems.append(f"different contacts: {sorted(set(local) ^ set(remote))[:5]}")
     for email, r in remote.items():
         l_row = local.get(email)
-        if l_row and (l_row.get("name"), l_row.get("city")) != (r["fields"].get("Name"), r["fields"].get("City")):
+        if l_row and (l_row.get("name"), l_row.get("city")) != (
+            r["fields"].get("Name"),
+            r["fields"].get("City"),
+        ):
             problems.append(f"{email}: fields differ")
     if local.get(unsubscribed, {}).get("status") != "unsubscribed":
         problems.append(f"{unsubscribed} is not unsubscribed in the mirror")

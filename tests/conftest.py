@@ -13,10 +13,12 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from syncd import app
-from syncd.config import Config, parse_config
+from syncd.config import Config, TargetConfig, parse_config
 from syncd.emulators.unisender import UnisenderEmulator
 from syncd.engine import CycleOptions, CycleResult
 from syncd.ingest import ingest_file
+from syncd.providers import make_provider
+from syncd.providers.base import Provider
 from syncd.store import open_engine
 
 API_KEY = "test-key-3f9a"
@@ -27,7 +29,8 @@ class World:
 
     def __init__(self, tmp_path: Path, **target: Any) -> None:
         self.tmp = tmp_path
-        self.emu = UnisenderEmulator(api_key=API_KEY)
+        # many cycles a minute in tests: lift the provider's 20 exports/min on both sides
+        self.emu = UnisenderEmulator(api_key=API_KEY, export_rate_limit=1_000_000)
         self.list_id = self.emu.add_list("Newsletter")
         self.emu.add_field("Name")
         self.emu.add_field("City")
@@ -45,6 +48,7 @@ class World:
             "base_url": "http://emulator.test/en/api",
             "fields": {"Name": "name", "City": "city"},
             "export_poll_interval": 0.001,
+            "export_rate_limit_per_minute": 1_000_000,
         }
         base.update(target)
         return parse_config(
@@ -56,12 +60,15 @@ class World:
             "test",
         )
 
-    def transports(self, _target: Any) -> httpx.BaseTransport:
-        return httpx.MockTransport(self.emu.handle)
+    def provider(self, config: Config, target: TargetConfig) -> Provider:
+        """The real adapter, over an in-process transport to the emulator, never sleeping."""
+        return make_provider(
+            target, transport=httpx.MockTransport(self.emu.handle), sleep=lambda _s: None
+        )
 
     def cycle(self, **options: Any) -> CycleResult:
         (result,) = app.run_once(
-            self.config, db=self.db, options=CycleOptions(**options), transports=self.transports
+            self.config, db=self.db, options=CycleOptions(**options), providers=self.provider
         )
         return result
 

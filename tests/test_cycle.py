@@ -6,8 +6,6 @@ from dataclasses import replace
 
 from conftest import World
 
-from syncd import app
-
 
 def test_1200_new_contacts_go_out_in_three_calls_then_nothing(world: World):
     world.add_local(1200)
@@ -98,16 +96,18 @@ def test_tags_removed_locally_use_overwrite_tags_only_then(world: World):
     assert [c.overwrite_tags for c in third.calls] == [False]
 
 
-def test_columns_split_when_a_contact_has_more_fields_than_a_call_carries(world: World, monkeypatch):
+def test_columns_split_when_a_contact_has_more_fields_than_a_call_carries(
+    world: World, monkeypatch
+):
     world.add_local(3)
-    original = app.build_provider
+    original = world.provider
 
-    def narrow(config, target, transports=None):
-        provider = original(config, target, transports)
+    def narrow(config, target):
+        provider = original(config, target)
         provider.capabilities = replace(provider.capabilities, fields_per_call=1)
         return provider
 
-    monkeypatch.setattr(app, "build_provider", narrow)
+    monkeypatch.setattr(world, "provider", narrow)
     r = world.cycle()
     assert [(c.rows, c.columns) for c in r.calls] == [(3, ("Name",)), (3, ("City",))]
     assert world.remote()["person0@example.com"]["fields"] == {"Name": "Person 0", "City": "Minsk"}

@@ -20,7 +20,7 @@ from syncd.errors import AuthError, ExportIncomplete, ProviderError, ProviderUnr
 from syncd.projection import Projection
 from syncd.providers import make_provider
 from syncd.providers.base import Op, PushCall, RemoteContact, RowChange
-from syncd.providers.http import TokenBucket, key_fingerprint, parse_retry_after, shared_bucket
+from syncd.providers.http import RateWindow, key_fingerprint, parse_retry_after, shared_bucket
 from syncd.providers.unisender import UnisenderProvider
 
 API_KEY = "sk-test-0123456789abcdef"
@@ -727,15 +727,16 @@ def test_a_hanging_server_times_out(emu: UnisenderEmulator) -> None:
 # --------------------------------------------------------------------------- plumbing
 
 
-def test_token_bucket_reserves_without_spinning() -> None:
+def test_rate_window_allows_n_per_minute_and_books_the_next_free_moment() -> None:
     now = [0.0]
-    bucket = TokenBucket(120, clock=lambda: now[0])  # 2 per second, burst 2
-    assert [bucket.reserve() for _ in range(4)] == [0.0, 0.0, 0.5, 1.0]
-    now[0] = 10.0
-    assert bucket.reserve() == 0.0
+    window = RateWindow(3, clock=lambda: now[0])
+    assert [window.reserve() for _ in range(5)] == [0.0, 0.0, 0.0, 60.0, 60.0]
+    now[0] = 90.0  # the first three calls left the window; the two booked at 60 s have not
+    assert window.reserve() == 0.0
+    assert window.reserve() == 30.0
 
 
-def test_buckets_are_shared_per_key_and_keyed_by_a_hash() -> None:
+def test_rate_windows_are_shared_per_key_and_keyed_by_a_hash() -> None:
     a = shared_bucket("sk-shared-secret", 1200)
     assert shared_bucket("sk-shared-secret", 600) is a and a.per_minute == 600  # stricter wins
     assert shared_bucket("sk-other-secret", 1200) is not a

@@ -73,7 +73,7 @@ TABLE = [
 @pytest.mark.parametrize(
     ("row", "L", "B", "R", "case", "rop", "lop", "base"), TABLE, ids=[t[0] for t in TABLE]
 )
-def test_decision_table(row, L, B, R, case, rop, lop, base):  # noqa: N803
+def test_decision_table(row, L, B, R, case, rop, lop, base):
     d = reconcile(L, B, R)
     assert (d.case, d.remote_op, d.local_op, d.base) == (case, rop, lop, base), row
 

@@ -222,7 +222,13 @@ def test_rule8_an_invalid_config_lists_every_problem_with_its_key():
     with pytest.raises(ConfigError) as exc:
         parse_config(data, "syncd.toml", env={})
     text = str(exc.value)
-    for needle in ("syncd.toml", "store.url", "target[0].provider", "NOPE_NOT_SET", "target[1].colour"):
+    for needle in (
+        "syncd.toml",
+        "store.url",
+        "target[0].provider",
+        "NOPE_NOT_SET",
+        "target[1].colour",
+    ):
         assert needle in text
 
 

@@ -21,6 +21,7 @@ import email.utils
 import hashlib
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -71,44 +72,38 @@ _TRANSIENT_HTTPX = (
 # --------------------------------------------------------------------------- rate limiting
 
 
-class TokenBucket:
-    """A thread-safe token bucket that hands out *reservations*.
+class RateWindow:
+    """At most ``per_minute`` calls in any 60 s: the providers' own rule (wire facts §1.3).
 
-    ``reserve()`` takes a token at once (the balance may go negative) and returns how long the
-    caller must wait before using it. Callers sleep outside the lock, and the bucket never spins
-    on the clock, so an injected no-op sleep in tests cannot make it loop.
+    ``reserve()`` books the earliest moment the next call may start and returns how long the
+    caller must wait for it; callers sleep outside the lock. Keeping the start times of the last
+    ``per_minute`` calls makes this exact whether the provider's window is fixed or sliding,
+    and it never spins on the clock, so an injected no-op sleep in tests cannot make it loop.
     """
 
     def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._clock = clock
-        self.per_minute = per_minute
-        self._tokens = float(self._capacity())
-        self._updated = clock()
-
-    def _capacity(self) -> int:
-        # A burst of one second's worth: the providers count per minute, but we do not know
-        # whether their window slides, so we never spend a whole minute's allowance at once.
-        return max(1, self.per_minute // 60)
+        self.per_minute = max(1, per_minute)
+        self._starts: deque[float] = deque()
 
     def tighten(self, per_minute: int) -> None:
         """Two targets sharing a key with different settings: the stricter one holds."""
         with self._lock:
-            if per_minute < self.per_minute:
-                self.per_minute = per_minute
-                self._tokens = min(self._tokens, float(self._capacity()))
+            self.per_minute = max(1, min(self.per_minute, per_minute))
 
     def reserve(self) -> float:
         with self._lock:
             now = self._clock()
-            rate = self.per_minute / 60.0
-            self._tokens = min(float(self._capacity()), self._tokens + (now - self._updated) * rate)
-            self._updated = now
-            self._tokens -= 1.0
-            return 0.0 if self._tokens >= 0 else -self._tokens / rate
+            n = self.per_minute
+            at = now if len(self._starts) < n else max(now, self._starts[-n] + 60.0)
+            self._starts.append(at)
+            while len(self._starts) > n:
+                self._starts.popleft()
+            return at - now
 
 
-_buckets: dict[tuple[str, str], TokenBucket] = {}
+_buckets: dict[tuple[str, str], RateWindow] = {}
 _buckets_lock = threading.Lock()
 
 
@@ -119,13 +114,13 @@ def key_fingerprint(api_key: str) -> str:
 
 def shared_bucket(
     api_key: str, per_minute: int, *, scope: str = "", clock: Callable[[], float] = time.monotonic
-) -> TokenBucket:
+) -> RateWindow:
     """The process-wide bucket for one API key (and an optional scope such as one method)."""
     name = (key_fingerprint(api_key), scope)
     with _buckets_lock:
         bucket = _buckets.get(name)
         if bucket is None:
-            bucket = _buckets[name] = TokenBucket(per_minute, clock=clock)
+            bucket = _buckets[name] = RateWindow(per_minute, clock=clock)
         else:
             bucket.tighten(per_minute)
         return bucket

@@ -134,7 +134,7 @@ class UnisenderProvider(Provider):
             transport=transport,
             sleep=sleep,
             # §1.3: async exportContacts has its own, much lower limit.
-            method_limits={EXPORT_ASYNC: 20},
+            method_limits={EXPORT_ASYNC: target.export_rate_limit_per_minute},
         )
 
     # ------------------------------------------------------------------ the envelope
