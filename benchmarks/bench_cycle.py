@@ -1,0 +1,173 @@
+"""Benchmark: a target of N contacts on both sides (default 1,000,000).
+
+Prints, for syncd's own process (the emulator runs in another one):
+- the no-change cycle: wall time, CPU time and peak memory (RSS) of `syncd run-once`;
+- the plan of 1 % changes: wall time, CPU time and peak memory of `syncd plan`.
+
+Usage: python benchmarks/bench_cycle.py [--contacts N] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import text
+
+from syncd.projection import Projection
+from syncd.store import open_engine
+
+API_KEY = "bench-key-not-a-secret"
+CHUNK = 20_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def build_mirror(url: str, n: int) -> None:
+    """N contacts on list 'bench', and a base saying both sides agreed on each of them."""
+    db = open_engine(url)
+    with db.begin() as conn:
+        for start in range(0, n, CHUNK):
+            ids = range(start, min(n, start + CHUNK))
+            conn.execute(
+                text(
+                    "INSERT INTO contact (id, email, fields, tags, status, deleted) "
+                    "VALUES (:id, :email, :fields, '[]', 'active', 0)"
+                ),
+                [
+                    {
+                        "id": i + 1,
+                        "email": f"user{i}@example.com",
+                        "fields": json.dumps({"city": "Minsk", "name": f"User {i}"}),
+                    }
+                    for i in ids
+                ],
+            )
+            conn.execute(
+                text("INSERT INTO membership (contact_id, list_name) VALUES (:id, 'bench')"),
+                [{"id": i + 1} for i in ids],
+            )
+            rows = []
+            for i in ids:
+                p = Projection.build(
+                    f"user{i}@example.com", {"Name": f"User {i}", "City": "Minsk"}, (), "active"
+                )
+                rows.append({"key": p.key, "digest": p.digest(), "data": p.to_json()})
+            conn.execute(
+                text(
+                    "INSERT INTO base (target, key, digest, data) "
+                    "VALUES ('bench', :key, :digest, :data)"
+                ),
+                rows,
+            )
+    db.dispose()
+
+
+def change_one_percent(url: str, n: int) -> None:
+    db = open_engine(url)
+    with db.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE contact SET fields = json_set(fields, '$.city', 'Brest') "
+                "WHERE id % 100 = 0 AND id <= :n"
+            ),
+            {"n": n},
+        )
+    db.dispose()
+
+
+def measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, int, str]:
+    """Run a command; return wall s, CPU s, peak RSS MiB (of that process), exit code, stdout."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    out = proc.stdout.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    cpu = usage.ru_utime + usage.ru_stime
+    return wall, cpu, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status), out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contacts", type=int, default=1_000_000)
+    parser.add_argument("--keep", default=None, help="Work in this folder and keep it.")
+    args = parser.parse_args()
+    n = args.contacts
+    workdir = Path(args.keep or tempfile.mkdtemp(prefix="syncd-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{workdir / 'bench.db'}"
+    port = free_port()
+    emulator = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("seeded_emulator.py")),
+            str(n),
+            str(port),
+            API_KEY,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        t = time.perf_counter()
+        build_mirror(url, n)
+        print(
+            f"setup: mirror of {n:,} contacts built in {time.perf_counter() - t:.1f} s", flush=True
+        )
+        assert emulator.stdout is not None
+        line = emulator.stdout.readline().decode()  # waits until the emulator is filled
+        print(f"setup: emulator filled ({line.strip()})", flush=True)
+        config = workdir / "syncd.toml"
+        config.write_text(
+            f"""
+[store]
+url = "{url}"
+
+[[target]]
+name = "bench"
+provider = "unisender"
+list_id = "1"
+api_key = "{API_KEY}"
+base_url = "http://127.0.0.1:{port}/en/api"
+fields = {{ Name = "name", City = "city" }}
+export_poll_interval = 0.2
+export_timeout = 1800
+timeout = 600
+rate_limit_per_minute = 1000000
+""",
+            encoding="utf-8",
+        )
+        env = {**os.environ, "SYNCD_CONFIG": str(config)}
+        syncd = [sys.executable, "-m", "syncd"]
+        wall, cpu, rss, code, out = measured([*syncd, "run-once"], env)
+        print(
+            f"no-change cycle, {n:,} contacts: wall {wall:.1f} s, syncd CPU {cpu:.1f} s, "
+            f"peak RSS {rss:.0f} MiB, exit {code}"
+        )
+        print("  " + out.strip().replace("\n", "\n  "))
+        change_one_percent(url, n)
+        wall, cpu, rss, code, out = measured([*syncd, "plan"], env)
+        print(
+            f"plan of 1 % changes ({n // 100:,} contacts): wall {wall:.1f} s, syncd CPU "
+            f"{cpu:.1f} s, peak RSS {rss:.0f} MiB, exit {code}"
+        )
+        print("  " + "\n  ".join(out.strip().splitlines()[:3]))
+    finally:
+        emulator.kill()
+        emulator.wait()
+
+
+if __name__ == "__main__":
+    main()
