@@ -28,7 +28,7 @@ from sqlmodel import Session, col
 from syncd.config import TargetConfig
 from syncd.errors import ExportIncomplete, MassDeleteRefused, ProviderError, ProviderUnreachable
 from syncd.plan import Batch, Batcher
-from syncd.projection import Projection
+from syncd.projection import Projection, digest_of
 from syncd.providers.base import Capabilities, Provider, PushCall, RowChange, RowOutcome
 from syncd.reconcile import Decision, FieldConflict, Rules, Take, reconcile
 from syncd.store import mirror
@@ -124,7 +124,7 @@ def run_cycle(
 
 
 def project_local(
-    contact: Contact, view: mirror.LocalView, caps: Capabilities
+    contact: mirror.MemberRow, view: mirror.LocalView, caps: Capabilities
 ) -> Projection | None:
     """The mirror's contact as this target sees it (remote field names, folded status)."""
     key = getattr(contact, view.key)
@@ -234,12 +234,12 @@ class _Cycle:
 
     def _remote_rows(self) -> Iterator[dict[str, str]]:
         for remote in self.provider.export():
-            p = remote.projection
+            data = remote.projection.to_json()
             yield {
                 "target": self.target.name,
-                "key": p.key,
-                "digest": p.digest(),
-                "data": p.to_json(),
+                "key": remote.projection.key,
+                "digest": digest_of(data),
+                "data": data,
                 "raw_status": remote.raw_status,
             }
 
@@ -249,11 +249,12 @@ class _Cycle:
             if p is None:
                 self.result.counts["no_key"] += 1  # a phone target meets a contact with no phone
                 continue
+            data = p.to_json()
             yield {
                 "target": self.target.name,
                 "key": p.key,
-                "digest": p.digest(),
-                "data": p.to_json(),
+                "digest": digest_of(data),
+                "data": data,
             }
 
     # -- pass 1: count before writing -----------------------------------------------------

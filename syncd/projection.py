@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 Status = Literal["active", "unsubscribed", "blocked"]
 STATUSES: tuple[Status, ...] = ("active", "unsubscribed", "blocked")
@@ -69,23 +69,24 @@ class Projection:
         )
 
     def to_json(self) -> str:
-        """Canonical JSON: equal projections give equal text (and so equal digests)."""
-        return json.dumps(
-            {"k": self.key, "f": dict(self.fields), "t": sorted(self.tags), "s": self.status},
-            ensure_ascii=False,
-            separators=(",", ":"),
-            sort_keys=True,
-        )
+        """Canonical JSON: equal projections give equal text (and so equal digests).
+
+        ``[key, [[field, value], ...], [tag, ...], status]`` with fields and tags sorted: a
+        list, not an object, because it is written for every contact of every cycle and this
+        form needs no key sorting.
+        """
+        return _ENCODE([self.key, self.fields, sorted(self.tags), self.status])
 
     @classmethod
     def from_json(cls, text: str) -> Projection:
-        data: dict[str, Any] = json.loads(text)
-        return cls.build(
-            data["k"], data.get("f") or {}, data.get("t") or (), data.get("s", "active")
-        )
+        key, fields, tags, status = json.loads(text)
+        return cls.build(key, dict(fields), tags, status)
 
     def digest(self) -> str:
         return digest_of(self.to_json())
+
+
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def digest_of(canonical_json: str) -> str:

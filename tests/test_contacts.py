@@ -109,3 +109,25 @@ def test_normalise_email_is_idempotent(local: str, domain: str, padding: str) ->
     assert normalise_email(once) == once
     assert once.startswith(local.lower() + "@")
     assert once.endswith(domain.lower())
+
+
+SPECIAL = ["test", "local", "localhost", "invalid", "onion", "arpa", "TEST"]
+
+
+@given(
+    local=st.from_regex(r"[A-Za-z0-9_%+-]{1,12}(\.[A-Za-z0-9_%+-]{1,6}){0,2}", fullmatch=True),
+    host=st.from_regex(r"([A-Za-z0-9]([A-Za-z0-9-]{0,8}[A-Za-z0-9])?\.){1,3}", fullmatch=True),
+    tld=st.one_of(st.from_regex(r"[A-Za-z]{2,6}", fullmatch=True), st.sampled_from(SPECIAL)),
+)
+def test_fast_path_agrees_with_the_validator(local: str, host: str, tld: str) -> None:
+    """The everyday-address shortcut must give exactly what the full check gives."""
+    from email_validator import EmailNotValidError, validate_email
+
+    address = f"{local}@{host}{tld}"
+    try:
+        checked = validate_email(address, check_deliverability=False)
+    except EmailNotValidError:
+        with pytest.raises(ValueError):
+            normalise_email(address)
+        return
+    assert normalise_email(address) == f"{checked.local_part.lower()}@{checked.domain}"

@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from syncd.projection import Projection, is_opted_out
+from syncd.projection import Projection, digest_of, is_opted_out
 from syncd.store.models import Base, Contact, Membership, StageDiff, StageLocal, StageRemote
 
 CHUNK = 5000
@@ -52,7 +52,8 @@ def stage_rows(
 
 
 def _flush(session: Session, model: Any, chunk: list[dict[str, str]]) -> int:
-    session.execute(_insert(session, model).on_conflict_do_nothing(), chunk)
+    # the Core table, not the ORM entity: a plain executemany, without per-row ORM bookkeeping
+    session.execute(_insert(session, model.__table__).on_conflict_do_nothing(), chunk)
     return len(chunk)
 
 
@@ -137,9 +138,10 @@ def iter_diff(session: Session, target: str, chunk: int = 2000) -> Iterator[list
 def set_base(session: Session, target: str, rows: Sequence[Projection]) -> None:
     if not rows:
         return
-    values = [
-        {"target": target, "key": p.key, "digest": p.digest(), "data": p.to_json()} for p in rows
-    ]
+    values = []
+    for p in rows:
+        data = p.to_json()
+        values.append({"target": target, "key": p.key, "digest": digest_of(data), "data": data})
     stmt = _insert(session, Base)
     stmt = stmt.on_conflict_do_update(
         index_elements=["target", "key"],
@@ -170,16 +172,32 @@ class LocalView:
         return col(Contact.email) if self.key == "email" else col(Contact.phone)
 
 
-def iter_local_members(session: Session, view: LocalView) -> Iterator[Contact]:
-    """Every live contact on the target's local list, streamed in id order."""
+class MemberRow(NamedTuple):
+    email: str | None
+    phone: str | None
+    fields: str
+    tags: str
+    status: str
+
+
+def iter_local_members(session: Session, view: LocalView) -> Iterator[MemberRow]:
+    """Every live contact on the target's local list, streamed in id order, as plain rows
+    (no ORM objects: a million of them would cost more than the rest of the cycle)."""
     stmt = (
-        select(Contact)
+        select(
+            col(Contact.email),
+            col(Contact.phone),
+            col(Contact.fields),
+            col(Contact.tags),
+            col(Contact.status),
+        )
         .join(Membership, col(Membership.contact_id) == col(Contact.id))
         .where(col(Membership.list_name) == view.local_list, col(Contact.deleted) == False)  # noqa: E712
         .order_by(col(Contact.id))
         .execution_options(yield_per=CHUNK)
     )
-    yield from session.execute(stmt).scalars()
+    for row in session.execute(stmt):
+        yield MemberRow(*row)
 
 
 def contacts_by_key(session: Session, view: LocalView, keys: Sequence[str]) -> dict[str, Contact]:
