@@ -102,6 +102,15 @@ class World:
     def remote(self) -> dict[str, dict[str, Any]]:
         return {c["email"]: c for c in self.emu.contacts_in_list(self.list_id)}
 
+    def opted_out_remotely(self, email: str) -> bool:
+        """The provider's view: opted out account-wide, or unsubscribed from this list."""
+        contact = self.emu.get(email)
+        if contact is None:
+            return False
+        return contact["email_status"] in ("unsubscribed", "blocked") or (
+            self.list_id in contact["unsubscribed"]
+        )
+
     def import_calls(self) -> int:
         return int(self.emu.calls["importContacts"])
 

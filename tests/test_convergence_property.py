@@ -50,6 +50,11 @@ class SyncMachine(RuleBasedStateMachine):
     def local_unsubscribe(self, email: str) -> None:
         self.world.ingest([{"email": email, "status": "unsubscribed"}])
 
+    @rule(email=person)
+    def local_reactivate(self, email: str) -> None:
+        """An explicit local `status=active`: must never resubscribe a provider opt-out."""
+        self.world.ingest([{"email": email, "status": "active"}])
+
     # -- remote edits -----------------------------------------------------------------------
 
     def _remote(self, email: str) -> dict[str, Any] | None:
@@ -101,26 +106,29 @@ class SyncMachine(RuleBasedStateMachine):
 
     def check_agreement(self) -> None:
         local, remote = self.world.local(), self.world.remote()
-        assert set(local) == set(remote), set(local) ^ set(remote)
-        for email, r in remote.items():
-            l_row = local[email]
+        assert not set(local) - set(remote), set(local) - set(remote)
+        for email in set(remote) - set(local):
+            # deleted locally but opted out at the provider: kept there as the opt-out record
+            assert self.world.opted_out_remotely(email), email
+        for email, l_row in local.items():
+            r = remote[email]
             assert (l_row.get("name") or None) == (r["fields"].get("Name") or None), email
             assert (l_row.get("city") or None) == (r["fields"].get("City") or None), email
             assert sorted(l_row.get("tags", [])) == sorted(r["tags"]), email
             local_out = l_row["status"] in ("unsubscribed", "blocked")
-            assert local_out == self.world.emu.is_opted_out(email, self.list_id), email
+            assert local_out == self.world.opted_out_remotely(email), email
 
     @invariant()
     def never_resubscribed(self) -> None:
         for email in self.opted_out_remotely:
             if self.world.emu.get(email) is not None and email in self.world.remote():
-                assert self.world.emu.is_opted_out(email, self.list_id), email
+                assert self.world.opted_out_remotely(email), email
 
 
 TestConvergence = SyncMachine.TestCase
 TestConvergence.settings = settings(
-    max_examples=40,
-    stateful_step_count=25,
+    max_examples=150,
+    stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

@@ -110,7 +110,7 @@ def test_rule3_never_resubscribe(world: World, how: str):
     world.ingest([{"email": email, "status": "active", "name": "Insisting"}])
     for _ in range(3):
         world.cycle()
-        assert world.emu.is_opted_out(email, world.list_id)
+        assert world.opted_out_remotely(email)
     assert world.local()[email]["status"] in ("unsubscribed", "blocked")
 
 
@@ -141,7 +141,7 @@ def test_rule3_local_unsubscribe_is_pushed_as_unsubscribe(world: World):
     world.cycle()
     world.ingest([{"email": "person1@example.com", "status": "unsubscribed"}])
     world.cycle()
-    assert world.emu.is_opted_out("person1@example.com", world.list_id)
+    assert world.opted_out_remotely("person1@example.com")
     assert world.cycle().write_calls == 0
 
 
