@@ -260,6 +260,37 @@ def test_per_list_unsubscribe_exclude_and_export_columns(
     assert [c["email"] for c in emu.contacts_in_list(1)] == ["a@x.io"]
 
 
+def test_is_opted_out_follows_the_export_rule(client: httpx.Client, emu: UnisenderEmulator) -> None:
+    assert not emu.is_opted_out("ghost@x.io", 1)  # absent
+    imp(
+        client,
+        ["email", "email_status", "email_list_ids"],
+        [[f"{n}@x.io", "active", "1,2"] for n in ("per", "acct", "blk", "excl", "ok")],
+    )
+    imp(client, ["phone", "phone_status", "phone_list_ids"], [["+4912345678", "active", "1"]])
+    call(client, "unsubscribe", contact_type="email", contact="per@x.io", list_ids="1")
+    emu.unsubscribe("acct@x.io")  # account level: every list, even ones it is not in
+    emu.block("blk@x.io")
+    call(client, "exclude", contact_type="email", contact="excl@x.io", list_ids="1")
+    imp(client, ["phone", "phone_status"], [["+4912345678", "unsubscribed"]])
+    assert emu.is_opted_out("per@x.io", 1) and not emu.is_opted_out("PER@x.io ", 2)
+    assert emu.is_opted_out("acct@x.io", 1) and emu.is_opted_out("acct@x.io", 99)
+    assert emu.is_opted_out("blk@x.io", 2)
+    assert not emu.is_opted_out("excl@x.io", 1)  # excluded silently: not an opt-out
+    assert not emu.is_opted_out("ok@x.io", 1) and not emu.is_opted_out("ok@x.io", 99)
+    assert emu.is_opted_out("+4912345678", 1)  # the phone channel's own status
+    # the same answer syncd derives from an export of list 1
+    names = ["email", "email_status", "email_unsubscribed_list_ids"]
+    page = call(client, "exportContacts", list_id="1", **{"field_names[]": names})["result"]
+    derived = {
+        email: status in ("unsubscribed", "blocked") or "1" in unsub.split(",")
+        for email, status, unsub in page["data"]
+        if email
+    }
+    assert derived == {e: emu.is_opted_out(e, 1) for e in derived}
+    assert derived == {"per@x.io": True, "acct@x.io": True, "blk@x.io": True, "ok@x.io": False}
+
+
 def test_async_export_cycle_and_csv(client: httpx.Client, emu: UnisenderEmulator) -> None:
     imp(
         client,

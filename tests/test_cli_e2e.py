@@ -1,0 +1,158 @@
+"""End to end through the CLI: real `syncd` processes against `syncd emulate` on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+KEY = "cli-e2e-key-77d1"
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def syncd(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "syncd", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def emulator() -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "syncd",
+            "emulate",
+            "unisender",
+            "--port",
+            str(port),
+            "--api-key",
+            KEY,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert "listening" in proc.stdout.readline()
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    assert proc.wait(timeout=10) == 0
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, emulator: str) -> tuple[Path, dict[str, str]]:
+    (tmp_path / "syncd.toml").write_text(
+        f"""
+[store]
+url = "sqlite:///{tmp_path / "syncd.db"}"
+
+[[target]]
+name = "newsletter"
+provider = "unisender"
+list_id = "1"
+api_key = "${{TEST_UNISENDER_KEY}}"
+base_url = "{emulator}/en/api"
+fields = {{ Name = "name", City = "city" }}
+export_poll_interval = 0.05
+""",
+        encoding="utf-8",
+    )
+    (tmp_path / "people.csv").write_text(
+        "email,name,city,tags,lists\n"
+        + "".join(f"user{i}@example.com,User {i},Minsk,a,newsletter\n" for i in range(30))
+        + "not-an-email,Bad,Minsk,,newsletter\n",
+        encoding="utf-8",
+    )
+    env = {**os.environ, "TEST_UNISENDER_KEY": KEY}
+    env.pop("SYNCD_CONFIG", None)
+    return tmp_path, env
+
+
+def test_ingest_run_once_plan_status_export_round_trip(workdir, emulator):
+    cwd, env = workdir
+    ingest = syncd("ingest", "people.csv", env=env, cwd=cwd)
+    assert ingest.returncode == 1  # one bad row, reported with its line
+    assert "created 30" in ingest.stdout and "line 32" in ingest.stderr
+
+    plan = syncd("plan", env=env, cwd=cwd)
+    assert plan.returncode == 0 and "importContacts create: 30 rows" in plan.stdout
+    assert httpx.get(f"{emulator}/_emulator/calls").json()["calls"].get("importContacts", 0) == 0
+
+    first = syncd("run-once", env=env, cwd=cwd)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "newsletter: converged" in first.stdout and "created 30" in first.stdout
+
+    # an unsubscribe at the provider flows back; a second cycle after it writes nothing
+    httpx.post(
+        f"{emulator}/_emulator/contact",
+        json={"action": "unsubscribe", "email": "user3@example.com", "list_id": 1},
+    )
+    assert syncd("run-once", env=env, cwd=cwd).returncode == 0
+    quiet = syncd("run-once", "--json", env=env, cwd=cwd)
+    summary = json.loads(quiet.stdout)
+    assert summary["write_calls"] == 0 and summary["outcome"] == "converged"
+
+    status = syncd("status", env=env, cwd=cwd)
+    assert "newsletter (unisender): last run" in status.stdout and "converged" in status.stdout
+
+    export = syncd("export", "--format", "csv", env=env, cwd=cwd)
+    assert export.returncode == 0
+    (cwd / "again.csv").write_text(export.stdout, encoding="utf-8")
+    rows = [json.loads(line) for line in syncd("export", env=env, cwd=cwd).stdout.splitlines()]
+    assert {r["email"]: r["status"] for r in rows}["user3@example.com"] == "unsubscribed"
+    again = syncd("ingest", "--json", "again.csv", env=env, cwd=cwd)
+    assert json.loads(again.stdout)["unchanged"] == 30  # the round trip changes nothing
+
+
+def test_config_errors_exit_2_naming_the_key(workdir):
+    cwd, env = workdir
+    env = {k: v for k, v in env.items() if k != "TEST_UNISENDER_KEY"}
+    r = syncd("run-once", env=env, cwd=cwd)
+    assert r.returncode == 2 and "TEST_UNISENDER_KEY" in r.stderr and "api_key" in r.stderr
+
+
+def test_unreachable_provider_exits_3_without_showing_the_key(workdir):
+    cwd, env = workdir
+    toml = (cwd / "syncd.toml").read_text()
+    dead = f"http://127.0.0.1:{free_port()}/en/api"
+    (cwd / "dead.toml").write_text(
+        toml.replace('base_url = "', f'base_url = "{dead}" #').replace(
+            "export_poll_interval", "retries = 0\nexport_poll_interval"
+        )
+    )
+    syncd("ingest", "people.csv", env=env, cwd=cwd)
+    r = syncd("run-once", "--config", "dead.toml", env=env, cwd=cwd)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "unreachable" in r.stdout and KEY not in r.stdout + r.stderr
+
+
+def test_demo_converges(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "syncd", "demo", "--contacts", "120", "--keep", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "converged" in r.stdout and "0 of them writes" in r.stdout
