@@ -310,11 +310,43 @@ def resolve_cmd(config_path: str | None, key: str, take: str, target: str | None
 @click.option("--port", default=8765, show_default=True, type=int)
 @click.option("--api-key", default=None, help="Accept only this key (default: any).")
 @click.option("--no-seed", is_flag=True, help="Start empty (no list 1 'Newsletter').")
-def emulate_cmd(provider: str, host: str, port: int, api_key: str | None, no_seed: bool) -> None:
-    """Run a faithful local emulator of a provider's API on loopback."""
-    from syncd.emulators.unisender import run_emulator
+@click.option("--latency", type=float, default=0.0, help="Seconds added to every call.")
+@click.option("--5xx-rate", "http_5xx_rate", type=float, default=0.0, help="Share of HTTP 503s.")
+@click.option("--timeout-rate", type=float, default=0.0, help="Share of calls that hang 60 s.")
+@click.option("--drop-rate", type=float, default=0.0, help="Share of dropped connections.")
+@click.option(
+    "--rate-limit-rate", type=float, default=0.0, help="Share of rate-limit error answers."
+)
+@click.option("--seed", type=int, default=None, help="Seed for the fault dice (reproducible).")
+def emulate_cmd(
+    provider: str,
+    host: str,
+    port: int,
+    api_key: str | None,
+    no_seed: bool,
+    latency: float,
+    http_5xx_rate: float,
+    timeout_rate: float,
+    drop_rate: float,
+    rate_limit_rate: float,
+    seed: int | None,
+) -> None:
+    """Run a faithful local emulator of a provider's API on loopback.
 
-    run_emulator(provider, host, port, api_key, not no_seed)
+    Faults can also be switched at run time: POST JSON to /_emulator/faults.
+    """
+    from syncd.emulators.unisender import Faults, run_emulator
+
+    faults = Faults(
+        latency=latency,
+        http_5xx_rate=http_5xx_rate,
+        timeout_rate=timeout_rate,
+        drop_rate=drop_rate,
+        error_code_rate=rate_limit_rate,
+        error_code="api_call_limit_exceeded_for_api_key",
+        seed=seed,
+    )
+    run_emulator(provider, host, port, api_key, not no_seed, faults)
 
 
 @main.command("demo")

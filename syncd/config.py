@@ -175,11 +175,22 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
+def _duplicate_names(data: Mapping[str, Any]) -> list[str]:
+    """Found before validation, so they are listed with every other problem."""
+    targets = data.get("target")
+    if not isinstance(targets, list):
+        return []
+    names = [t.get("name") for t in targets if isinstance(t, dict)]
+    dupes = sorted({n for n in names if isinstance(n, str) and names.count(n) > 1})
+    return [f"target: duplicate target name(s): {', '.join(dupes)}"] if dupes else []
+
+
 def parse_config(
     data: Mapping[str, Any], source: str, env: Mapping[str, str] | None = None
 ) -> Config:
     problems: list[str] = []
     resolved = substitute_env(dict(data), os.environ if env is None else env, "", problems)
+    problems += _duplicate_names(resolved)
     try:
         config = Config.model_validate(resolved)
     except ValidationError as exc:

@@ -156,3 +156,23 @@ def test_demo_converges(tmp_path):
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "converged" in r.stdout and "0 of them writes" in r.stdout
+
+
+def test_emulate_fault_switches_inject_faults():
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "emulate", "selzy", "--port", str(port), "--5xx-rate", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and "listening" in proc.stdout.readline()
+        r = httpx.post(f"http://127.0.0.1:{port}/en/api/getLists", data={"api_key": "k"})
+        assert r.status_code == 503
+        httpx.post(f"http://127.0.0.1:{port}/_emulator/faults", json={})  # switched off live
+        r = httpx.post(f"http://127.0.0.1:{port}/en/api/getLists", data={"api_key": "k"})
+        assert r.status_code == 200 and r.json()["result"][0]["title"] == "Newsletter"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

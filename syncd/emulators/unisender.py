@@ -505,9 +505,18 @@ def _cell(c: Contact, name: str) -> str:
     return values.get(col, "")  # not modelled (request_ip, last_read_at, ...): empty
 
 
-def run_emulator(brand: str, host: str, port: int, api_key: str | None, seed_list: bool) -> None:
+def run_emulator(
+    brand: str,
+    host: str,
+    port: int,
+    api_key: str | None,
+    seed_list: bool,
+    faults: Faults | None = None,
+) -> None:
     """Build an emulator (optionally with list 1 "Newsletter" and fields Name, City) and serve."""
     emulator = UnisenderEmulator(api_key=api_key, brand=brand)
+    if faults is not None:
+        emulator.faults = faults
     if seed_list:
         emulator.add_list("Newsletter")
         emulator.add_field("Name")
