@@ -38,6 +38,51 @@ class InboxConfig(_Strict):
     path: str = Field("./inbox", description="Folder watched for contact files.")
 
 
+class OutboxConfig(_Strict):
+    path: str = Field(
+        "./outbox", description="Folder for NDJSON change events from providers (one file/hour)."
+    )
+
+
+class HttpConfig(_Strict):
+    listen: str = Field(
+        "127.0.0.1:9187",
+        description="host:port for /healthz, /readyz and /metrics; 'off' disables the listener.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.listen.strip().lower() not in ("", "off", "false", "no")
+
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+    @model_validator(mode="after")
+    def _check_listen(self) -> HttpConfig:
+        if self.enabled:
+            host, _, port = self.listen.rpartition(":")
+            if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+                raise ValueError(f"listen must be host:port or 'off', not {self.listen!r}")
+        return self
+
+
+class DaemonConfig(_Strict):
+    max_parallel: int = Field(4, ge=1, le=64, description="Targets synced at the same time.")
+    stop_timeout: float = Field(
+        10.0, gt=0, description="Seconds a stop waits for the batch in flight before exiting."
+    )
+    debounce: float = Field(
+        0.5, ge=0, description="Seconds the inbox waits for a burst of files to settle."
+    )
+    ready_failing_for: float = Field(
+        900.0, gt=0, description="/readyz fails once a target's cycles fail for longer than this."
+    )
+    retry_backoff_max: float = Field(
+        300.0, gt=0, description="Longest wait before retrying a failed cycle (seconds)."
+    )
+
+
 class IngestConfig(_Strict):
     default_region: str | None = Field(
         None,
@@ -83,7 +128,10 @@ class TargetConfig(_Strict):
     export_rate_limit_per_minute: int = Field(
         20, gt=0, description="async/exportContacts calls per minute per key (provider: 20)."
     )
-    schedule: str = Field("5m", description="Interval ('30s', '5m', '1h') or a cron expression.")
+    schedule: str = Field(
+        "5m", description="Interval ('30s', '5m', '1h') or a five-field cron expression."
+    )
+    jitter: float = Field(10.0, ge=0, description="Up to this many seconds added to each run.")
 
     @property
     def local_list_name(self) -> str:
@@ -111,7 +159,10 @@ class TargetConfig(_Strict):
 class Config(_Strict):
     store: StoreConfig = StoreConfig()
     inbox: InboxConfig = InboxConfig()
+    outbox: OutboxConfig = OutboxConfig()
     ingest: IngestConfig = IngestConfig()
+    http: HttpConfig = HttpConfig()
+    daemon: DaemonConfig = DaemonConfig()
     target: list[TargetConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
