@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
+from syncd import outbox
 from syncd.config import Config, TargetConfig
 from syncd.engine import CycleOptions, CycleResult, run_cycle
 from syncd.errors import SyncdError
@@ -41,13 +44,23 @@ def run_once(
 ) -> list[CycleResult]:
     """One cycle for every target (or one), in the order the configuration lists them."""
     db = db or open_store(config)
+    outbox.ensure_table(db)
+    base_options = options or CycleOptions()
     results = []
     for t in config.targets(target):
         provider = providers(config, t)
+        cycle_id = uuid.uuid4().hex[:12]
+        # remote-born changes reach the outbox however the cycle was started
+        opts = replace(
+            base_options,
+            cycle_id=cycle_id,
+            on_remote_change=outbox.recorder(provider.name, cycle_id),
+        )
         try:
-            results.append(run_cycle(db, t, provider, options))
+            results.append(run_cycle(db, t, provider, opts))
         finally:
             provider.close()
+        outbox.flush(db, Path(config.outbox.path))
     return results
 
 

@@ -55,6 +55,21 @@ def main(verbose: bool) -> None:
 # --- cycles -------------------------------------------------------------------------------
 
 
+@main.command("run")
+@config_option
+@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING...")
+def run_cmd(config_path: str | None, log_level: str) -> None:
+    """Run as a service: scheduled cycles, the watched inbox, health and metrics."""
+    from syncd.config import find_config_path
+    from syncd.daemon.runner import Daemon
+    from syncd.logs import setup_logging
+
+    config = _load(config_path)
+    # one event a line on stdout: JSON for journald and log shippers, text on a terminal
+    setup_logging(log_level.upper(), stream=sys.stdout)
+    sys.exit(Daemon(find_config_path(config_path), config).run())
+
+
 @main.command("run-once")
 @config_option
 @click.option("--target", default=None, help="Only this target.")

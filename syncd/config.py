@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from syncd.errors import ConfigError
 
@@ -132,6 +140,14 @@ class TargetConfig(_Strict):
         "5m", description="Interval ('30s', '5m', '1h') or a five-field cron expression."
     )
     jitter: float = Field(10.0, ge=0, description="Up to this many seconds added to each run.")
+
+    @field_validator("schedule")
+    @classmethod
+    def _check_schedule(cls, value: str) -> str:
+        from syncd.daemon.scheduler import make_trigger  # the scheduler owns the syntax
+
+        make_trigger(value, 0)
+        return value
 
     @property
     def local_list_name(self) -> str:

@@ -14,6 +14,7 @@ The order of writes is what keeps the safety rules (DESIGN §3):
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -33,6 +34,8 @@ from syncd.providers.base import Capabilities, Provider, PushCall, RowChange, Ro
 from syncd.reconcile import Decision, FieldConflict, Rules, Take, reconcile
 from syncd.store import mirror
 from syncd.store.models import Base, Conflict, Contact, Rejection, Run, StageLocal, StageRemote
+
+log = logging.getLogger("syncd.engine")
 
 #: Below this many deletions the share guard does not apply: on a small list one deletion is
 #: already a large share, and stopping there would only teach people to pass --allow-mass-delete.
@@ -57,7 +60,16 @@ class CycleOptions:
     dry_run: bool = False
     allow_mass_delete: bool = False
     progress: Progress | None = None
-    on_remote_change: Callable[[RemoteChange], None] | None = None
+    # Called inside the transaction that applies a remote-born change to the mirror, so that
+    # what it records (the outbox) commits or rolls back together with the change.
+    on_remote_change: Callable[[Session, RemoteChange], None] | None = None
+    # Asked between batches: when it says stop, the cycle ends after the batch in flight.
+    should_stop: Callable[[], bool] | None = None
+    cycle_id: str | None = None  # given by the daemon so its log lines can carry it
+
+
+class _Stopped(Exception):
+    """The daemon is stopping: leave after the batch in flight, everything confirmed kept."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,13 +93,14 @@ class CycleResult:
     message: str = ""
     export_complete: bool = True
     counts: Counter[str] = field(default_factory=Counter)
+    rejected_codes: Counter[str] = field(default_factory=Counter)  # provider code -> rows
     calls: list[PlannedCall] = field(default_factory=list)
     api_calls: int = 0
     write_calls: int = 0
 
     @property
     def exit_code(self) -> int:
-        if self.outcome in ("converged", "planned"):
+        if self.outcome in ("converged", "planned", "stopped"):
             return 0
         if self.outcome in ("unreachable", "failed"):
             return 3
@@ -158,7 +171,7 @@ class _Cycle:
         self.rules = Rules(
             policy=target.policy_for, edit_beats_delete=target.on_edit_delete == "edit"
         )
-        self.result = CycleResult(target.name, uuid.uuid4().hex[:12])
+        self.result = CycleResult(target.name, options.cycle_id or uuid.uuid4().hex[:12])
         self.pending: dict[str, Decision] = {}
         self.held_keys: set[str] = set()
 
@@ -185,10 +198,17 @@ class _Cycle:
             self.result.outcome = "planned" if dry else self._outcome()
         except MassDeleteRefused as exc:
             self.result.outcome, self.result.message = "refused", str(exc)
+        except _Stopped:
+            self.result.outcome = "stopped"
+            self.result.message = "stopped by shutdown; the next cycle carries on from the base"
         except ProviderUnreachable as exc:
             self.result.outcome, self.result.message = "unreachable", str(exc)
         except ProviderError as exc:
             self.result.outcome, self.result.message = "failed", f"{exc.code}: {exc}"
+        except Exception as exc:  # a bug or a broken store: record it, never half-report it
+            log.exception("cycle failed unexpectedly", extra={"target": self.target.name})
+            self.result.outcome = "failed"
+            self.result.message = f"internal error: {type(exc).__name__}: {exc}"
         self.result.api_calls = self.provider.stats.total() - calls_before
         self.result.write_calls = self.provider.stats.writes - writes_before
         if run_id is not None:
@@ -285,6 +305,7 @@ class _Cycle:
         rejections = self._rejections(session)
         batcher = Batcher(self.caps, tuple(self.target.fields))
         for chunk in mirror.iter_diff(session, self.target.name):
+            self._check_stop()
             self._apply_chunk(session, chunk, takes, rejections, batcher)
             if not self.options.dry_run:
                 session.commit()
@@ -379,11 +400,15 @@ class _Cycle:
         elif mirror.remove_from_list(session, self.view, contact):
             counts["removed_local"] += 1
         if self.options.on_remote_change is not None:
-            self.options.on_remote_change(
-                RemoteChange(self.target.name, d.key, d.case, row.local, d.local_row)
-            )
+            change = RemoteChange(self.target.name, d.key, d.case, row.local, d.local_row)
+            self.options.on_remote_change(session, change)
+
+    def _check_stop(self) -> None:
+        if self.options.should_stop is not None and self.options.should_stop():
+            raise _Stopped
 
     def _push(self, session: Session, batch: Batch) -> None:
+        self._check_stop()
         outcomes: dict[str, RowOutcome] = {}
         for call in batch.calls:
             self.result.calls.append(self._describe(call))
@@ -411,6 +436,7 @@ class _Cycle:
                 continue
             counts["rejected"] += 1
             self.held_keys.add(d.key)
+            self.result.rejected_codes[outcome.code if outcome else "no_answer"] += 1
             reason = outcome or RowOutcome(
                 d.key, False, "no_answer", "the answer did not mention this row", True
             )

@@ -32,6 +32,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from tenacity.wait import wait_exponential_jitter
 
 from syncd.errors import ProviderError, ProviderUnreachable
+from syncd.metrics import call_observer
 from syncd.providers.base import CallStats
 
 T = TypeVar("T")
@@ -291,17 +292,18 @@ class ProviderHttp:
         def recorded() -> T:
             nonlocal number
             number += 1
+            started, outcome = time.monotonic(), "error"
             try:
                 result = attempt()
+                outcome = "ok"
+                return result
             except _Transient:
                 outcome = "unreachable" if number >= tries else "retry"
+                raise
+            finally:
                 self.stats.record(method, outcome, write=write)
-                raise
-            except BaseException:
-                self.stats.record(method, "error", write=write)
-                raise
-            self.stats.record(method, "ok", write=write)
-            return result
+                # metrics: calls by outcome and latency (includes any wait for the rate window)
+                call_observer()(self.provider, method, outcome, time.monotonic() - started)
 
         retrying = Retrying(
             stop=stop_after_attempt(tries),

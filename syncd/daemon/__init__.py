@@ -1,0 +1,1 @@
+"""The long-running service: scheduling, the inbox, health, and a clean lifecycle."""

@@ -1,0 +1,260 @@
+"""`syncd run`: the long-running service around the engine.
+
+It starts clean after any stop (ingests the files that arrived meanwhile, resumes from the base),
+syncs each target on its schedule and at once when inbox files change its local list, tells the
+world how it is (sd_notify, /healthz, /readyz, /metrics, one log event a line), reloads its
+configuration on SIGHUP or when the file changes, and stops clean on SIGTERM/SIGINT: no new
+work, the batch in flight finishes (bounded by ``daemon.stop_timeout``), exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from sqlalchemy import text
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from syncd import outbox
+from syncd.app import build_provider
+from syncd.config import Config, TargetConfig, load_config
+from syncd.daemon.http import StatusServer
+from syncd.daemon.scheduler import TargetScheduler
+from syncd.daemon.systemd import Notifier, WatchdogPinger
+from syncd.engine import CycleOptions, run_cycle
+from syncd.errors import ConfigError
+from syncd.inbox import Inbox
+from syncd.logs import log_context, register_secret
+from syncd.metrics import Metrics, set_call_observer
+from syncd.store import open_engine
+
+log = logging.getLogger("syncd.daemon")
+
+#: Outcomes after which the target counts as healthy (the provider answered and the cycle ended
+#: in a defined state); "unreachable" and "failed" start or continue a failing streak.
+HEALTHY = {"converged", "rejected", "conflicts", "refused", "stopped"}
+
+
+@dataclass
+class _Health:
+    last_outcome: str = "never run"
+    failing_since: float | None = None  # monotonic
+
+
+class Daemon:
+    def __init__(self, config_path: Path, config: Config) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.stop_event = threading.Event()
+        self.reload_event = threading.Event()
+        self.db = open_engine(config.store.url)
+        outbox.ensure_table(self.db)
+        self.metrics = Metrics()
+        self.notifier = Notifier()
+        self.health: dict[str, _Health] = {}
+        self._health_lock = threading.Lock()
+        self._register_secrets(config)
+        self.scheduler = TargetScheduler(
+            self._run_cycle,
+            max_parallel=config.daemon.max_parallel,
+            backoff_max=config.daemon.retry_backoff_max,
+        )
+        self.inbox = Inbox(
+            self.db, config, on_applied=self._lists_changed, metrics_hook=self.metrics.observe_inbox
+        )
+        self.http: StatusServer | None = None
+        if config.http.enabled:
+            self.http = StatusServer(
+                config.http, health=self._healthy, ready=self._ready, metrics=self.metrics
+            )
+        self._config_watch = Observer()
+        self._pinger: WatchdogPinger | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signals()
+        set_call_observer(self.metrics.observe_call)
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per job run is noise
+        if self.http is not None:
+            self.http.start()
+        self.inbox.scan()  # files that arrived while the daemon was down, oldest first
+        self.scheduler.start(list(self.config.target))
+        self.inbox.start()
+        self._watch_config()
+        self._pinger = WatchdogPinger(self.notifier, alive=self.scheduler.alive)
+        self._pinger.start()
+        self.notifier.ready()
+        self._status("running")
+        log.info("started", extra={"targets": [t.name for t in self.config.target]})
+        while not self.stop_event.wait(0.5):
+            if self.reload_event.is_set():
+                self.reload_event.clear()
+                self._reload()
+        return self._shutdown()
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    def _shutdown(self) -> int:
+        self.notifier.stopping()
+        log.info("stopping: no new work; waiting for the batch in flight")
+        self.inbox.stop()
+        self.scheduler.shutdown()
+        deadline = time.monotonic() + self.config.daemon.stop_timeout
+        while self.scheduler.busy() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.scheduler.busy():
+            log.warning("a cycle was still running at the stop timeout; it is abandoned safely")
+        self._config_watch.stop()
+        if self._pinger is not None:
+            self._pinger.stop()
+        outbox.flush(self.db, Path(self.config.outbox.path))
+        if self.http is not None:
+            self.http.stop()
+        self.db.dispose()
+        log.info("stopped")
+        return 0
+
+    def _install_signals(self) -> None:
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal %s received", signal.Signals(signum).name)
+            self.stop_event.set()
+
+        def reload(_signum: int, _frame: FrameType | None) -> None:
+            self.reload_event.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
+
+    # -- cycles ---------------------------------------------------------------------------
+
+    def _run_cycle(self, target: TargetConfig) -> bool:
+        if self.stop_event.is_set():
+            return True
+        cycle_id = uuid.uuid4().hex[:12]
+        with log_context(target=target.name, cycle=cycle_id):
+            provider = build_provider(self.config, target)
+            try:
+                result = run_cycle(
+                    self.db,
+                    target,
+                    provider,
+                    CycleOptions(
+                        on_remote_change=outbox.recorder(provider.name, cycle_id),
+                        should_stop=self.stop_event.is_set,
+                        cycle_id=cycle_id,
+                    ),
+                )
+            finally:
+                provider.close()
+            self.metrics.observe_cycle(result, rejected_codes=result.rejected_codes)
+            summary = result.summary()
+            level = logging.INFO if result.outcome in HEALTHY else logging.WARNING
+            log.log(level, "cycle %s", result.outcome, extra={"summary": summary})
+            outbox.flush(self.db, Path(self.config.outbox.path))
+        self._record_health(target.name, result.outcome)
+        return result.outcome in HEALTHY
+
+    def _lists_changed(self, lists: set[str]) -> None:
+        names = {t.name for t in self.config.target if t.local_list_name in lists}
+        if names:
+            log.info("inbox changed local lists %s: syncing %s now", sorted(lists), sorted(names))
+            self.scheduler.run_soon(names)
+
+    # -- health ---------------------------------------------------------------------------
+
+    def _record_health(self, target: str, outcome: str) -> None:
+        with self._health_lock:
+            h = self.health.setdefault(target, _Health())
+            h.last_outcome = outcome
+            if outcome in HEALTHY:
+                h.failing_since = None
+            elif h.failing_since is None:
+                h.failing_since = time.monotonic()
+        failing = sorted(n for n, h in self.health.items() if h.failing_since is not None)
+        self._status(f"running; failing: {', '.join(failing)}" if failing else "running")
+
+    def _healthy(self) -> tuple[bool, str]:
+        if self.stop_event.is_set():
+            return False, "stopping"
+        if not self.scheduler.alive():
+            return False, "scheduler not running"
+        return True, "ok"
+
+    def _ready(self) -> tuple[bool, str]:
+        try:
+            with self.db.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:  # any reason the store is unusable makes us unready
+            return False, f"store unreachable: {type(exc).__name__}"
+        limit = self.config.daemon.ready_failing_for
+        now = time.monotonic()
+        with self._health_lock:
+            stale = [
+                n
+                for n, h in self.health.items()
+                if h.failing_since and now - h.failing_since > limit
+            ]
+        if stale:
+            return False, f"failing for more than {limit:g} s: {', '.join(sorted(stale))}"
+        return True, "ok"
+
+    def _status(self, text_: str) -> None:
+        self.notifier.status(f"{text_}; {len(self.config.target)} target(s)")
+
+    # -- configuration --------------------------------------------------------------------
+
+    def _register_secrets(self, config: Config) -> None:
+        for t in config.target:
+            register_secret(t.api_key.get_secret_value())
+
+    def _watch_config(self) -> None:
+        path = self.config_path.resolve()
+
+        class _Handler(FileSystemEventHandler):
+            def __init__(self, daemon: Daemon) -> None:
+                self.daemon = daemon
+
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                touched = {str(event.src_path), str(getattr(event, "dest_path", "") or "")}
+                if str(path) in touched and event.event_type in (
+                    "modified",
+                    "created",
+                    "moved",
+                    "closed",
+                ):
+                    self.daemon.reload_event.set()
+
+        self._config_watch.schedule(_Handler(self), str(path.parent), recursive=False)
+        self._config_watch.start()
+
+    def _reload(self) -> None:
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error(
+                "configuration not reloaded; the running one stays",
+                extra={"problems": exc.problems},
+            )
+            return
+        if new == self.config:
+            return
+        for section in ("store", "inbox", "outbox", "http"):
+            if getattr(new, section) != getattr(self.config, section):
+                log.warning("[%s] changed: it takes effect at the next restart", section)
+        self._register_secrets(new)
+        self.config = new.model_copy(
+            update={s: getattr(self.config, s) for s in ("store", "inbox", "outbox", "http")}
+        )
+        self.scheduler.replace(list(self.config.target))
+        log.info("configuration reloaded", extra={"targets": [t.name for t in self.config.target]})
+        self._status("running (reloaded)")

@@ -1,0 +1,163 @@
+"""One APScheduler job per target: never two cycles of a target at once, missed runs coalesced.
+
+APScheduler skips a run while the previous one of the same job is still going
+(``max_instances=1``). That is right for ticks, but an inbox file landing mid-cycle must not be
+lost: ``run_soon`` therefore marks the target and the running job goes round once more before it
+returns. A failing cycle is logged with its reason and its next ticks are skipped with an
+exponential backoff, so a provider outage does not become a hammering; it never stops the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from syncd.config import TargetConfig
+
+log = logging.getLogger("syncd.scheduler")
+
+_INTERVAL = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+BACKOFF_BASE = 5.0
+
+RunCycle = Callable[[TargetConfig], bool]  # True when the cycle succeeded
+
+
+def make_trigger(schedule: str, jitter: float) -> Any:
+    """'30s' / '5m' / '1h' / '1d' as an interval, else a five-field cron expression (UTC)."""
+    match = _INTERVAL.match(schedule)
+    jitter_s = int(jitter) or None
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        if amount <= 0:
+            raise ValueError(f"schedule {schedule!r}: the interval must be positive")
+        return IntervalTrigger(**{_UNITS[unit]: amount}, jitter=jitter_s, timezone=UTC)
+    if len(schedule.split()) != 5:
+        raise ValueError(
+            f"schedule {schedule!r}: use an interval such as '5m' or a five-field cron expression"
+        )
+    trigger = CronTrigger.from_crontab(schedule, timezone=UTC)
+    trigger.jitter = jitter_s
+    return trigger
+
+
+class _TargetState:
+    def __init__(self, target: TargetConfig) -> None:
+        self.target = target
+        self.again = threading.Event()  # a run was asked for while one was going
+        self.failures = 0
+        self.not_before = 0.0  # monotonic time before which ticks are skipped (backoff)
+        self.running = False
+
+
+class TargetScheduler:
+    """The jobs of the configured targets, replaceable as a whole on reload."""
+
+    def __init__(self, run_cycle: RunCycle, *, max_parallel: int, backoff_max: float) -> None:
+        self._run_cycle = run_cycle
+        self._backoff_max = backoff_max
+        self._lock = threading.Lock()
+        self._states: dict[str, _TargetState] = {}
+        self._scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=max_parallel)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=UTC,
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self, targets: list[TargetConfig]) -> None:
+        self.replace(targets)
+        self._scheduler.start()
+
+    def shutdown(self) -> None:
+        """Take no new runs; cycles in flight are told to stop by the daemon's stop flag."""
+        self._scheduler.shutdown(wait=False)
+
+    def alive(self) -> bool:
+        return bool(self._scheduler.running)
+
+    def busy(self) -> bool:
+        with self._lock:
+            return any(s.running for s in self._states.values())
+
+    def replace(self, targets: list[TargetConfig]) -> None:
+        """Swap in a new set of targets (a reload). Each first run happens at once."""
+        with self._lock:
+            old = set(self._states)
+            self._states = {t.name: self._states.get(t.name) or _TargetState(t) for t in targets}
+            for t in targets:
+                self._states[t.name].target = t
+        for name in old - {t.name for t in targets}:
+            if self._scheduler.get_job(name):
+                self._scheduler.remove_job(name)
+        for t in targets:
+            self._scheduler.add_job(
+                self._job,
+                make_trigger(t.schedule, t.jitter),
+                args=[t.name],
+                id=t.name,
+                name=f"sync {t.name}",
+                replace_existing=True,
+                next_run_time=datetime.now(UTC),
+            )
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def run_soon(self, names: set[str]) -> None:
+        """Sync these targets now rather than at their next tick (inbox files landed)."""
+        now = datetime.now(UTC)
+        with self._lock:
+            chosen = [s for n, s in self._states.items() if n in names]
+        for state in chosen:
+            state.again.set()
+            state.not_before = 0.0  # new local data: worth a try even while backing off
+            if self._scheduler.get_job(state.target.name):
+                self._scheduler.modify_job(state.target.name, next_run_time=now)
+
+    def _job(self, name: str) -> None:
+        with self._lock:
+            state = self._states.get(name)
+        if state is None:
+            return
+        if time.monotonic() < state.not_before and not state.again.is_set():
+            log.info("skipping a tick while backing off", extra={"target": name})
+            return
+        state.running = True
+        try:
+            while True:
+                state.again.clear()
+                self._one(state)
+                if not state.again.is_set():
+                    break
+        finally:
+            state.running = False
+
+    def _one(self, state: _TargetState) -> None:
+        name = state.target.name
+        try:
+            ok = self._run_cycle(state.target)
+        except Exception:  # a cycle must never take the daemon down
+            log.exception("cycle crashed", extra={"target": name})
+            ok = False
+        if ok:
+            state.failures, state.not_before = 0, 0.0
+            return
+        state.failures += 1
+        wait = min(self._backoff_max, BACKOFF_BASE * 2 ** (state.failures - 1))
+        state.not_before = time.monotonic() + wait
+        log.warning(
+            "cycle failed; retrying at a tick at least %.0f s from now",
+            wait,
+            extra={"target": name},
+        )

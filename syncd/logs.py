@@ -1,0 +1,222 @@
+"""Logging for the daemon: one event a line, context on every line, and no secrets, ever.
+
+- JSON lines when the stream is not a terminal (journald, log shippers), readable text when it is.
+- ``log_context(target=..., cycle=...)`` puts those fields on every line logged inside it. It
+  uses contextvars, so concurrent cycles on worker threads do not see each other's fields (a new
+  thread starts with an empty context: enter ``log_context`` in the thread that runs the cycle).
+- ``register_secret`` adds a value (an API key) that is replaced with ``***`` wherever it shows
+  up: message, arguments, extra fields, exception text. This is defence in depth; code should
+  not log keys in the first place, but a traceback of a request object or a URL may.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any, TextIO
+from urllib.parse import quote, quote_plus
+
+REDACTED = "***"
+#: Shorter values are not redacted: replacing every "ab" in every line would wreck the logs,
+#: and no provider issues keys that short.
+MIN_SECRET_LENGTH = 4
+#: Context fields shown first, in this order; other extras follow in the order they were given.
+LEADING_FIELDS = ("target", "cycle")
+
+_EMPTY: Mapping[str, object] = MappingProxyType({})
+_context: ContextVar[Mapping[str, object]] = ContextVar("syncd_log_context")
+_secrets: tuple[str, ...] = ()  # every form of every secret, longest first
+_secrets_lock = threading.Lock()
+# The attributes every LogRecord has; anything else on a record came from ``extra`` or context.
+_STANDARD = frozenset(
+    [*logging.LogRecord("", 0, "", 0, "", None, None).__dict__, "message", "asctime", "taskName"]
+)
+_plain = logging.Formatter()
+
+
+# --------------------------------------------------------------------------- context
+
+
+@contextmanager
+def log_context(**fields: object) -> Iterator[None]:
+    """Every line logged inside carries ``fields`` (None values are left out); nests."""
+    merged = {**_context.get(_EMPTY), **{k: v for k, v in fields.items() if v is not None}}
+    token = _context.set(MappingProxyType(merged))
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def register_secret(value: str) -> None:
+    """Never let ``value`` (nor its URL- or JSON-escaped forms) reach a log line."""
+    global _secrets
+    if len(value) < MIN_SECRET_LENGTH:
+        return
+    forms = {value, quote(value), quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1]}
+    with _secrets_lock:
+        _secrets = tuple(sorted(set(_secrets) | forms, key=len, reverse=True))
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret replaced by ``***``."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def _redact_value(value: Any) -> Any:
+    """A JSON-ready copy of ``value`` with secrets redacted in every string inside it."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _redact_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redact_value(v) for v in value]
+    return redact(str(value))
+
+
+class SecretFilter(logging.Filter):
+    """Adds the log context to each record and scrubs secrets from it, in place.
+
+    Scrubbing the record itself (not only our own output) means any other handler that sees the
+    record after ours sees it clean too.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in _context.get(_EMPTY).items():
+            if not hasattr(record, key):  # an explicit extra= wins over the context
+                setattr(record, key, value)
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True  # a broken format string: leave it for the handler to report
+        record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _plain.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        for key, value in _extras(record).items():
+            setattr(record, key, _redact_value(value))
+        return True
+
+
+# --------------------------------------------------------------------------- formatters
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    found = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+    leading = {k: found.pop(k) for k in LEADING_FIELDS if k in found}
+    return {**leading, **found}
+
+
+def _exception_text(record: logging.LogRecord) -> str:
+    if record.exc_info and not record.exc_text:
+        record.exc_text = _plain.formatException(record.exc_info)
+    return record.exc_text or ""
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: ts, level, logger, msg, then the context and extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "ts": _utc(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in _extras(record).items():
+            event.setdefault(key, value)
+        if exc := _exception_text(record):
+            event["exc"] = exc
+        if record.stack_info:
+            event["stack"] = record.stack_info
+        # Redact the values before encoding (escaping could hide a secret from a text search)
+        # and the line after (in case str() of some object produced one).
+        return redact(json.dumps(_redact_value(event), ensure_ascii=False))
+
+
+def _utc(created: float) -> str:
+    when = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+    return when.replace("+00:00", "Z")
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message key=value ...`` for a person at a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.fromtimestamp(record.created).strftime("%Y-%m-%d %H:%M:%S")
+        line = f"{when} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        fields = " ".join(f"{k}={_text_value(v)}" for k, v in _extras(record).items())
+        if fields:
+            line += "  " + fields
+        if exc := _exception_text(record):
+            line += "\n" + exc  # tracebacks stay multi-line here: a person reads them
+        if record.stack_info:
+            line += "\n" + record.stack_info
+        return redact(line)
+
+
+def _text_value(value: Any) -> str:
+    if isinstance(value, str) and value and not any(c.isspace() or c in '"=' for c in value):
+        return value
+    return json.dumps(_redact_value(value), ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------- setup
+
+
+class _SyncdHandler(logging.StreamHandler[TextIO]):
+    """Marks the handler ``setup_logging`` installed, so a second call replaces it."""
+
+
+def setup_logging(
+    level: int | str, *, json_output: bool | None = None, stream: TextIO | None = None
+) -> logging.Handler:
+    """Send every log event to ``stream`` (default: stderr), one a line, scrubbed of secrets.
+
+    ``json_output`` defaults to "the stream is not a terminal".
+    """
+    stream = sys.stderr if stream is None else stream
+    if json_output is None:
+        json_output = not _isatty(stream)
+    handler = _SyncdHandler(stream)
+    handler.setFormatter(JsonFormatter() if json_output else TextFormatter())
+    handler.addFilter(SecretFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        # Ours from an earlier call, and plain console handlers (logging.basicConfig's): left in
+        # place they would print every event twice, the second time unscrubbed. Subclasses such
+        # as file handlers or pytest's capture are someone else's and stay.
+        if isinstance(old, _SyncdHandler) or type(old) is logging.StreamHandler:
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # httpx logs every request at INFO: one line per API call would drown the cycle events.
+    quiet = logging.WARNING if root.level > logging.DEBUG else logging.NOTSET
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(quiet)
+    return handler
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or already closed
+        return False

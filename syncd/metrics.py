@@ -1,0 +1,187 @@
+"""Every Prometheus metric syncd exports, defined once.
+
+The metrics live in their own ``CollectorRegistry`` rather than prometheus-client's global one,
+so that a test (or a second daemon in one process) starts from zero instead of inheriting counts
+and tripping over duplicate registrations.
+
+Provider HTTP calls are observed through a module-level hook (``set_call_observer``) rather than
+by handing a ``Metrics`` to every adapter: the HTTP layer stays unaware of Prometheus, and a
+process without metrics pays one no-op call per request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+
+if TYPE_CHECKING:  # at run time this would make providers.http -> metrics -> engine circular
+    from syncd.engine import CycleResult
+
+# prometheus-client leaves this one unannotated; naming its type keeps strict mypy quiet
+# whether or not a later release annotates it.
+_disable_created: Callable[[], None] = disable_created_metrics
+
+#: (provider, method, outcome, seconds) for one HTTP attempt; outcome as in ``CallStats``.
+CallObserver = Callable[[str, str, str, float], None]
+
+#: Cycles that ran to the end. Rejected rows and open conflicts need a person, but the rest of the
+#: list converged, so they count as success; unreachable, failed, refused and stopped do not.
+SUCCESS_OUTCOMES = frozenset({"converged", "rejected", "conflicts"})
+
+#: The ``operation`` label -> the ``CycleResult.counts`` keys it sums.
+ROW_OPERATIONS: Mapping[str, tuple[str, ...]] = {
+    "created": ("create",),
+    "updated": ("update",),
+    "deleted": ("delete", "exclude"),
+    "pulled": ("pulled",),
+    "removed_local": ("removed_local",),
+    # Only rows the provider refused in this cycle: held rows were counted when first refused.
+    "rejected": ("rejected",),
+}
+
+INBOX_OUTCOMES = ("processed", "failed")
+
+# Provider calls range from tens of milliseconds to a long export download (timeouts are 30 s by
+# default), so the default buckets, which stop at 10 s, would lump the slow tail together.
+CALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class Metrics:
+    """syncd's metrics in one registry, with helpers that speak syncd's own types."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # Each counter would also export a "<name>_created" gauge: twice the series for a start
+        # time nobody graphs, and "syncd_rows_created" would read like operation="created".
+        # The switch is process-wide; syncd is the only exporter in its process.
+        _disable_created()
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)  # memory, CPU, open files of the daemon itself
+        self.registry = registry
+        r = registry
+        self.cycles = Counter(
+            "syncd_cycles_total", "Sync cycles finished.", ["target", "outcome"], registry=r
+        )
+        self.rows = Counter(
+            "syncd_rows_total",
+            "Rows pushed to or pulled from providers, by operation.",
+            ["target", "operation"],
+            registry=r,
+        )
+        self.api_calls = Counter(
+            "syncd_api_calls_total",
+            "Provider HTTP attempts (each retry counts).",
+            ["provider", "method", "outcome"],
+            registry=r,
+        )
+        self.api_call_seconds = Histogram(
+            "syncd_api_call_seconds",
+            "Duration of provider HTTP attempts.",
+            ["provider", "method"],
+            buckets=CALL_BUCKETS,
+            registry=r,
+        )
+        self.rejected_rows = Counter(
+            "syncd_rejected_rows_total",
+            "Rows a provider refused, by the provider's error code.",
+            ["target", "code"],
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "syncd_last_success_timestamp_seconds",
+            "Unix time the target's last successful cycle ended.",
+            ["target"],
+            registry=r,
+        )
+        self.inbox_files = Counter(
+            "syncd_inbox_files_total", "Inbox files handled.", ["outcome"], registry=r
+        )
+        self.pending_local = Gauge(
+            "syncd_pending_local_changes",
+            "Local changes not yet pushed to the target.",
+            ["target"],
+            registry=r,
+        )
+        self.up = Gauge("syncd_up", "1 while the daemon is running.", registry=r)
+        for outcome in INBOX_OUTCOMES:
+            self.inbox_files.labels(outcome)  # show 0 rather than no series before the first file
+        self.up.set(1)
+
+    def observe_cycle(
+        self,
+        result: CycleResult,
+        *,
+        rejected_codes: Mapping[str, int] | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Count a finished cycle. ``rejected_codes`` breaks this cycle's refused rows down by
+        code; without it they are counted under ``unspecified``."""
+        target = result.target
+        self.cycles.labels(target, result.outcome).inc()
+        if result.outcome == "planned":
+            return  # a dry run changed nothing
+        for operation, keys in ROW_OPERATIONS.items():
+            n = sum(result.counts[k] for k in keys)
+            if n:
+                self.rows.labels(target, operation).inc(n)
+        codes = rejected_codes
+        if codes is None:
+            codes = {"unspecified": result.counts["rejected"]}
+        for code, n in codes.items():
+            if n:
+                self.rejected_rows.labels(target, code or "unspecified").inc(n)
+        if result.outcome in SUCCESS_OUTCOMES:
+            self.last_success.labels(target).set(time.time() if now is None else now)
+
+    def observe_call(self, provider: str, method: str, outcome: str, seconds: float) -> None:
+        """One provider HTTP attempt; fits ``CallObserver``."""
+        self.api_calls.labels(provider, method, outcome).inc()
+        self.api_call_seconds.labels(provider, method).observe(max(0.0, seconds))
+
+    def observe_inbox(self, outcome: str) -> None:
+        if outcome not in INBOX_OUTCOMES:
+            raise ValueError(f"inbox outcome must be one of {INBOX_OUTCOMES}, not {outcome!r}")
+        self.inbox_files.labels(outcome).inc()
+
+    def set_pending(self, target: str, n: int) -> None:
+        self.pending_local.labels(target).set(n)
+
+    def set_up(self, up: bool) -> None:
+        self.up.set(1 if up else 0)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition body and its Content-Type, for ``GET /metrics``."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+# --------------------------------------------------------------------------- call hook
+
+
+def _ignore_call(provider: str, method: str, outcome: str, seconds: float) -> None:
+    pass
+
+
+_call_observer: CallObserver = _ignore_call
+
+
+def set_call_observer(fn: CallObserver | None) -> None:
+    """Send every provider HTTP attempt to ``fn`` (e.g. ``Metrics.observe_call``); None stops."""
+    global _call_observer
+    _call_observer = fn or _ignore_call
+
+
+def call_observer() -> CallObserver:
+    """The current observer; never None, so the HTTP layer can call it unconditionally."""
+    return _call_observer

@@ -1,0 +1,252 @@
+"""`syncd run` as a real process against `syncd emulate`: inbox, convergence, signals, restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+KEY = "daemon-e2e-key-5b2c"
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except (httpx.HTTPError, OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture
+def emulator() -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "syncd",
+            "emulate",
+            "unisender",
+            "--port",
+            str(port),
+            "--api-key",
+            KEY,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None and "listening" in proc.stdout.readline()
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+class DaemonWorld:
+    def __init__(self, tmp: Path, emulator: str) -> None:
+        self.tmp = tmp
+        self.emulator = emulator
+        self.inbox = tmp / "inbox"
+        self.outbox = tmp / "outbox"
+        self.http_port = free_port()
+        self.config = tmp / "syncd.toml"
+        self.config.write_text(
+            f"""
+[store]
+url = "sqlite:///{tmp / "syncd.db"}"
+
+[inbox]
+path = "{self.inbox}"
+
+[outbox]
+path = "{self.outbox}"
+
+[http]
+listen = "127.0.0.1:{self.http_port}"
+
+[daemon]
+debounce = 0.2
+stop_timeout = 10
+
+[[target]]
+name = "newsletter"
+provider = "unisender"
+list_id = "1"
+api_key = "${{DAEMON_TEST_KEY}}"
+base_url = "{emulator}/en/api"
+fields = {{ Name = "name", City = "city" }}
+schedule = "2s"
+jitter = 0
+export_poll_interval = 0.05
+export_rate_limit_per_minute = 100000
+""",
+            encoding="utf-8",
+        )
+        self.env = {**os.environ, "DAEMON_TEST_KEY": KEY}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tmp / "daemon.log"
+
+    def start(self, **env: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "syncd", "run", "--config", str(self.config)],
+            env={**self.env, **env},
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: self.get("/healthz").status_code == 200, what="/healthz")
+
+    def stop(self) -> tuple[int, float]:
+        assert self.proc is not None
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=15)
+        return code, time.monotonic() - started
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(f"http://127.0.0.1:{self.http_port}{path}", timeout=5)
+
+    def drop(self, name: str, text: str) -> None:
+        """Written beside, then renamed in: the way a careful writer delivers a file."""
+        tmp = self.inbox / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.rename(self.inbox / name)
+
+    def remote(self) -> dict[str, dict[str, Any]]:
+        state = httpx.get(f"{self.emulator}/_emulator/state", params={"list_id": 1}).json()
+        return {c["email"]: c for c in state["contacts"]}
+
+    def local(self) -> dict[str, dict[str, Any]]:
+        out = subprocess.run(
+            [sys.executable, "-m", "syncd", "export", "--config", str(self.config)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        return {r["email"]: r for r in map(json.loads, out.splitlines())}
+
+
+def people(start: int, n: int) -> str:
+    rows = "".join(f"u{i}@example.com,User {i},Minsk,newsletter\n" for i in range(start, start + n))
+    return "email,name,city,lists\n" + rows
+
+
+def test_daemon_converges_stops_cleanly_and_picks_up_files_on_restart(tmp_path, emulator):
+    w = DaemonWorld(tmp_path, emulator)
+    w.inbox.mkdir()
+    notify_path = tmp_path / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(0.2)
+    seen: list[bytes] = []
+    reading = threading.Event()
+
+    def read_notifications() -> None:  # as systemd does: the queue must never fill up
+        while not reading.is_set():
+            try:
+                seen.append(notify.recv(4096))
+            except TimeoutError:
+                continue
+
+    reader = threading.Thread(target=read_notifications, daemon=True)
+    reader.start()
+    w.start(NOTIFY_SOCKET=str(notify_path), WATCHDOG_USEC="400000")
+
+    w.drop("first.csv", people(0, 30))
+    w.drop("broken.csv", 'email,name\n"unterminated,quote\n')
+    # a slow writer: the file appears, grows in pieces, and is taken only once closed
+    with (w.inbox / "slow.csv").open("w", encoding="utf-8") as f:
+        f.write(people(30, 15)[:60])
+        f.flush()
+        time.sleep(0.6)
+        f.write(people(30, 15)[60:])
+    wait_for(lambda: len(w.remote()) == 45, what="45 contacts at the provider")
+    wait_for(lambda: (w.inbox / "failed" / "broken.csv").exists(), what="broken.csv in failed/")
+    report = json.loads((w.inbox / "failed" / "broken.csv.report.json").read_text())
+    assert "error" in report
+
+    # a change at the provider flows back without a restart, and reaches the outbox
+    httpx.post(
+        f"{emulator}/_emulator/contact",
+        json={"action": "unsubscribe", "email": "u3@example.com", "list_id": 1},
+    )
+    wait_for(lambda: w.local()["u3@example.com"]["status"] == "unsubscribed", what="pull")
+    events = [
+        json.loads(line)
+        for f in sorted(w.outbox.glob("*.ndjson"))
+        for line in f.read_text().splitlines()
+    ]
+    assert any(e["key"] == "u3@example.com" and e["kind"] == "unsubscribe" for e in events)
+
+    metrics = w.get("/metrics").text
+    assert 'syncd_cycles_total{outcome="converged",target="newsletter"}' in metrics
+    assert 'syncd_inbox_files_total{outcome="failed"} 1.0' in metrics
+    assert w.get("/readyz").status_code == 200
+
+    code, took = w.stop()
+    assert code == 0 and took < 10
+
+    time.sleep(0.3)
+    reading.set()
+    reader.join()
+    everything = b"\n".join(seen)
+    for needle in (b"READY=1", b"WATCHDOG=1", b"STOPPING=1", b"STATUS="):
+        assert needle in everything, everything
+
+    # files dropped while the daemon is down are picked up at start
+    w.drop("while-down.csv", people(100, 5))
+    w.start()
+    wait_for(lambda: "u104@example.com" in w.remote(), what="file dropped while down")
+    assert w.stop()[0] == 0
+
+    log_lines = w.log.read_text().splitlines()
+    records = [json.loads(line) for line in log_lines if line.startswith("{")]
+    assert records and len(records) == len([ln for ln in log_lines if ln.strip()])
+    assert any(r.get("target") == "newsletter" and r.get("cycle") for r in records)
+    assert KEY not in w.log.read_text()
+
+
+def test_sigkill_during_ingestion_loses_nothing_and_applies_nothing_twice(tmp_path, emulator):
+    w = DaemonWorld(tmp_path, emulator)
+    w.inbox.mkdir()
+    w.start()
+    big = "email,name,city,lists\n" + "".join(
+        f"k{i}@example.com,K {i},Minsk,newsletter\n" for i in range(20000)
+    )
+    w.drop("big.csv", big)
+    time.sleep(0.4)  # in the middle of reading or applying it
+    assert w.proc is not None
+    w.proc.kill()
+    w.proc.wait()
+    w.start()
+    wait_for(lambda: (w.inbox / "processed" / "big.csv").exists(), timeout=60, what="processed")
+    local = w.local()
+    assert len([e for e in local if e.startswith("k")]) == 20000
+    report = json.loads((w.inbox / "processed" / "big.csv.report.json").read_text())
+    assert report["created"] in (0, 20000)  # 0 when the first run had committed it already
+    assert not list(w.inbox.glob("*.csv"))
+    assert w.stop()[0] == 0

@@ -1,0 +1,464 @@
+"""The watched inbox: real files, a real watchdog observer, a real SQLite mirror in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from syncd import inbox as inbox_module
+from syncd.config import Config, parse_config
+from syncd.inbox import Inbox, IngestedFile
+from syncd.ingest import ingest_file
+from syncd.store import open_engine
+
+HEADER = "email,name,city,lists\n"
+
+
+class Box:
+    """An inbox over a fresh mirror, recording what it reports."""
+
+    def __init__(self, tmp_path: Path, debounce: float = 0.05, **target: Any) -> None:
+        self.tmp = tmp_path
+        self.folder = tmp_path / "inbox"
+        self.config = make_config(tmp_path, debounce, **target)
+        self.db: Engine = open_engine(self.config.store.url)
+        self.applied: list[set[str]] = []
+        self.metrics: list[str] = []
+        self.inbox = self.new_inbox()
+
+    def new_inbox(self) -> Inbox:
+        """A fresh Inbox over the same folder and store: what a restarted daemon builds."""
+        return Inbox(self.db, self.config, self.applied.append, self.metrics.append)
+
+    def drop(self, name: str, content: str) -> Path:
+        """Written beside under a .tmp name, then renamed in."""
+        tmp = self.folder / f"{name}.tmp"
+        tmp.write_text(content, encoding="utf-8")
+        return tmp.rename(self.folder / name)
+
+    def report(self, where: str, name: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(
+            (self.folder / where / f"{name}.report.json").read_text(encoding="utf-8")
+        )
+        return data
+
+    def sql(self, query: str) -> list[Any]:
+        with self.db.connect() as conn:
+            return list(conn.execute(text(query)).all())
+
+    def members(self, list_name: str) -> set[str]:
+        rows = self.sql(
+            "SELECT c.email FROM membership m JOIN contact c ON c.id = m.contact_id "
+            f"WHERE m.list_name = '{list_name}'"
+        )
+        return {r[0] for r in rows}
+
+    def field(self, email: str, name: str) -> Any:
+        (row,) = self.sql(f"SELECT fields FROM contact WHERE email = '{email}'")
+        return json.loads(row[0]).get(name)
+
+    def contacts(self) -> int:
+        return int(self.sql("SELECT count(*) FROM contact")[0][0])
+
+    def ledger(self) -> list[Any]:
+        return self.sql("SELECT sha256, name, settled_at FROM ingested_file")
+
+    def seed(self, content: str) -> None:
+        """Put contacts in the mirror without the inbox."""
+        path = self.tmp / f"seed-{time.monotonic_ns()}.csv"
+        path.write_text(content, encoding="utf-8")
+        ingest_file(self.db, path, self.config.ingest)
+
+
+def make_config(tmp_path: Path, debounce: float, **target: Any) -> Config:
+    base = {
+        "name": "news",
+        "provider": "unisender",
+        "list_id": "1",
+        "local_list": "news",
+        "api_key": "k",
+        **target,
+    }
+    return parse_config(
+        {
+            "store": {"url": f"sqlite:///{tmp_path / 's.db'}"},
+            "inbox": {"path": str(tmp_path / "inbox")},
+            "daemon": {"debounce": debounce},
+            "target": [base],
+        },
+        "test",
+        env={},
+    )
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        time.sleep(0.01)
+
+
+def settle(seconds: float = 0.25) -> None:
+    """A short quiet period, long against the tests' debounce, to show nothing else happens."""
+    time.sleep(seconds)
+
+
+def people(start: int, n: int, lists: str = "news", city: str = "Minsk") -> str:
+    return HEADER + "".join(
+        f"u{i}@example.com,User {i},{city},{lists}\n" for i in range(start, start + n)
+    )
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> Iterator[Box]:
+    b = Box(tmp_path)
+    yield b
+    b.inbox.stop()
+
+
+@pytest.fixture
+def watching(box: Box) -> Box:
+    box.inbox.start()
+    return box
+
+
+# --------------------------------------------------------------------------------------------
+# Watching
+
+
+def test_file_renamed_into_the_inbox_is_ingested_once(watching: Box) -> None:
+    (watching.folder / "partial.csv.part").write_text(people(50, 1))
+    (watching.folder / ".hidden.csv").write_text(people(51, 1))
+    (watching.folder / "sub").mkdir()
+    (watching.folder / "sub" / "nested.csv").write_text(people(52, 1))
+
+    watching.drop("a.csv", people(0, 3))
+
+    wait_for(lambda: watching.metrics == ["processed"])
+    settle()
+    assert watching.metrics == ["processed"]
+    assert watching.applied == [{"news"}]
+    report = watching.report("processed", "a.csv")
+    assert (report["file"], report["rows"], report["created"]) == ("a.csv", 3, 3)
+    assert report["rejected"] == [] and "ingested_at" in report
+    assert watching.contacts() == 3
+    assert sorted(p.name for p in (watching.folder / "processed").iterdir()) == [
+        "a.csv",
+        "a.csv.report.json",
+    ]
+    # partial, hidden and nested files are not touched
+    assert (watching.folder / "partial.csv.part").exists()
+    assert (watching.folder / ".hidden.csv").exists()
+    assert (watching.folder / "sub" / "nested.csv").exists()
+    ((_, name, settled_at),) = watching.ledger()
+    assert name == "a.csv" and settled_at is not None
+
+
+def test_file_moved_in_from_another_folder_is_ingested(watching: Box) -> None:
+    outside = watching.tmp / "elsewhere.ndjson"
+    outside.write_text(json.dumps({"email": "moved@example.com", "lists": ["news"]}) + "\n")
+    outside.rename(watching.folder / "moved.ndjson")
+    wait_for(lambda: watching.metrics == ["processed"])
+    assert watching.report("processed", "moved.ndjson")["created"] == 1
+
+
+def test_file_written_slowly_is_taken_whole_once_closed(watching: Box) -> None:
+    content = people(0, 40)
+    half = len(content) // 2
+    with (watching.folder / "slow.csv").open("w", encoding="utf-8") as f:
+        f.write(content[:half])
+        f.flush()
+        os.fsync(f.fileno())
+        time.sleep(0.3)  # several debounce periods with a half-written file in the inbox
+        assert not (watching.folder / "processed" / "slow.csv").exists()
+        assert watching.metrics == []
+        f.write(content[half:])
+
+    wait_for(lambda: watching.metrics == ["processed"])
+    settle()
+    report = watching.report("processed", "slow.csv")
+    assert (report["rows"], report["created"], report["rejected"]) == (40, 40, [])
+    assert watching.metrics == ["processed"]
+    assert watching.contacts() == 40
+
+
+def test_malformed_file_lands_in_failed_with_the_reason(watching: Box) -> None:
+    watching.drop("broken.csv", 'email,name\n"unterminated,quote\n')
+    watching.drop("notjson.ndjson", "this is not json\n")
+
+    wait_for(lambda: len(watching.metrics) == 2)
+    assert watching.metrics == ["failed", "failed"]
+    assert watching.applied == []  # nothing applied: no sync to trigger
+    broken = watching.report("failed", "broken.csv")
+    assert "not valid CSV" in broken["error"] and broken["rows"] == 0
+    notjson = watching.report("failed", "notjson.ndjson")
+    assert "is not JSON" in notjson["error"]
+    assert (watching.folder / "failed" / "broken.csv").exists()
+    assert not list(watching.folder.glob("*.csv"))
+    assert watching.contacts() == 0 and watching.ledger() == []
+
+
+def test_file_with_some_bad_rows_is_processed_with_the_bad_rows_listed(watching: Box) -> None:
+    watching.drop(
+        "mixed.csv",
+        HEADER
+        + "good1@example.com,G1,Minsk,news\n"  # line 2
+        + "not-an-email,X,Minsk,news\n"  # line 3
+        + "good2@example.com,G2,Minsk,news\n"  # line 4
+        + "good1@example.com,Dup,Minsk,news\n",  # line 5: key already on line 2
+    )
+    wait_for(lambda: (watching.folder / "processed" / "mixed.csv.report.json").exists())
+    report = watching.report("processed", "mixed.csv")
+    assert (report["rows"], report["created"]) == (4, 2)
+    assert [r["line"] for r in report["rejected"]] == [3, 5]
+    assert "already on line 2" in report["rejected"][1]["reason"]
+    assert "error" not in report
+    assert watching.members("news") == {"good1@example.com", "good2@example.com"}
+
+
+def test_file_whose_every_row_is_rejected_lands_in_failed(watching: Box) -> None:
+    watching.drop("allbad.csv", HEADER + "nope,A,Minsk,news\nalso-nope,B,Minsk,news\n")
+    wait_for(lambda: watching.metrics == ["failed"])
+    report = watching.report("failed", "allbad.csv")
+    assert "all 2 rows were rejected" in report["error"]
+    assert [r["line"] for r in report["rejected"]] == [2, 3]
+    assert watching.ledger() == []
+
+
+def test_a_burst_of_files_gives_one_on_applied_call(tmp_path: Path) -> None:
+    box = Box(tmp_path, debounce=0.3)
+    box.inbox.start()
+    try:
+        for i in range(5):
+            box.drop(f"burst-{i}.csv", people(i * 10, 3, lists=f"list{i}"))
+        wait_for(lambda: len(box.metrics) == 5)
+        settle(0.4)
+        assert box.metrics == ["processed"] * 5
+        assert box.applied == [{f"list{i}" for i in range(5)}]
+        assert box.contacts() == 15
+    finally:
+        box.inbox.stop()
+
+
+def test_errors_in_callbacks_do_not_stop_the_watcher(box: Box) -> None:
+    def explode(_lists: set[str]) -> None:
+        raise RuntimeError("callback bug")
+
+    box.inbox.stop()
+    box.inbox = Inbox(box.db, box.config, explode, box.metrics.append)
+    box.inbox.start()
+    box.drop("one.csv", people(0, 1))
+    wait_for(lambda: box.metrics == ["processed"])
+    box.drop("two.csv", people(1, 1))
+    wait_for(lambda: box.metrics == ["processed", "processed"])
+
+
+# --------------------------------------------------------------------------------------------
+# Scanning at start
+
+
+def test_scan_takes_files_waiting_at_start_oldest_first(tmp_path: Path) -> None:
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    now = time.time()
+    # names sort the other way round from age: the newest write must win
+    for name, city, age in (
+        ("a.csv", "Newest", 10),
+        ("b.csv", "Middle", 20),
+        ("c.csv", "Oldest", 30),
+    ):
+        path = folder / name
+        path.write_text(HEADER + f"same@example.com,Same,{city},news\n", encoding="utf-8")
+        os.utime(path, (now - age, now - age))
+    (folder / "waiting.csv.tmp").write_text(people(9, 1))
+
+    box = Box(tmp_path)  # creates processed/ and failed/
+    assert (folder / "processed").is_dir() and (folder / "failed").is_dir()
+    outcomes = box.inbox.scan()
+
+    assert [o.name for o in outcomes] == ["c.csv", "b.csv", "a.csv"]
+    assert box.field("same@example.com", "city") == "Newest"
+    assert box.applied == [{"news"}]
+    assert box.metrics == ["processed"] * 3
+    assert (folder / "waiting.csv.tmp").exists()
+
+
+def test_inbox_folder_is_created_when_missing(tmp_path: Path) -> None:
+    box = Box(tmp_path)
+    assert (tmp_path / "inbox" / "processed").is_dir()
+    assert (tmp_path / "inbox" / "failed").is_dir()
+    assert box.inbox.scan() == [] and box.applied == []
+
+
+def test_name_clash_in_processed_gets_a_numeric_suffix(box: Box) -> None:
+    box.drop("same.csv", people(0, 1))
+    box.inbox.scan()
+    box.drop("same.csv", people(1, 1))
+    box.inbox.scan()
+    processed = box.folder / "processed"
+    assert sorted(p.name for p in processed.iterdir()) == [
+        "same-1.csv",
+        "same-1.csv.report.json",
+        "same.csv",
+        "same.csv.report.json",
+    ]
+    assert "u0@example.com" in (processed / "same.csv").read_text()
+    assert "u1@example.com" in (processed / "same-1.csv").read_text()
+
+
+# --------------------------------------------------------------------------------------------
+# Exactly once across crashes
+
+
+class SimulatedCrash(BaseException):
+    """Escapes every ``except Exception``, as a SIGKILL would stop everything at that point."""
+
+
+def test_ledger_stops_a_reapply_after_a_crash_between_commit_and_move(
+    box: Box, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    box.drop("crm.csv", people(0, 2, city="Minsk"))
+
+    def crash(*_args: Any, **_kwargs: Any) -> Any:
+        raise SimulatedCrash
+
+    with monkeypatch.context() as m:
+        m.setattr(Inbox, "_finish", crash)
+        with pytest.raises(SimulatedCrash):
+            box.inbox.scan()
+    # committed with its ledger row, never moved
+    assert (box.folder / "crm.csv").exists()
+    ((_, name, settled),) = box.ledger()
+    assert (name, settled) == ("crm.csv", None)
+    assert box.field("u0@example.com", "city") == "Minsk"
+
+    # meanwhile someone else edits a contact the file set
+    box.seed(HEADER + "u0@example.com,User 0,Brest,news\n")
+
+    restarted = box.new_inbox()
+    (outcome,) = restarted.scan()
+    assert outcome.recovered and outcome.status == "processed"
+    assert box.field("u0@example.com", "city") == "Brest"  # not applied a second time
+    report = box.report("processed", "crm.csv")
+    assert report["recovered"] is True and report["created"] == 2
+    assert box.applied == [{"news"}]
+    assert box.ledger()[0][2] is not None  # settled
+    assert not (box.folder / "crm.csv").exists()
+
+    # identical content dropped again later is a new delivery and applies again
+    box.drop("crm.csv", people(0, 2, city="Minsk"))
+    (again,) = restarted.scan()
+    assert not again.recovered
+    assert box.field("u0@example.com", "city") == "Minsk"
+    assert (box.folder / "processed" / "crm-1.csv").exists()
+
+
+def test_crash_after_the_move_gets_its_report_written_at_start(
+    box: Box, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    box.drop("late.csv", people(0, 3))
+
+    def crash(*_args: Any, **_kwargs: Any) -> None:
+        raise SimulatedCrash
+
+    with monkeypatch.context() as m:
+        m.setattr(inbox_module, "_write_json", crash)
+        with pytest.raises(SimulatedCrash):
+            box.inbox.scan()
+    assert (box.folder / "processed" / "late.csv").exists()
+    assert not (box.folder / "processed" / "late.csv.report.json").exists()
+
+    assert box.new_inbox().scan() == []
+    report = box.report("processed", "late.csv")
+    assert report["created"] == 3 and report["recovered"] is True
+    assert box.ledger()[0][2] is not None
+    assert box.contacts() == 3
+
+
+def test_ledger_table_is_created_by_the_inbox(tmp_path: Path) -> None:
+    box = Box(tmp_path)
+    assert box.ledger() == []
+    assert IngestedFile.__tablename__ == "ingested_file"
+
+
+# --------------------------------------------------------------------------------------------
+# Snapshots
+
+
+def test_snapshot_replaces_the_membership_of_its_list(box: Box) -> None:
+    box.seed(
+        HEADER
+        + "a@example.com,A,Minsk,news\n"
+        + "b@example.com,B,Minsk,news\n"
+        + 'c@example.com,C,Minsk,"news,vip"\n'
+        + "d@example.com,D,Minsk,other\n"
+        + "f@example.com,F,Minsk,news\n"
+    )
+    box.drop(
+        "news.snapshot.csv",
+        "email,city,status\n"
+        "b@example.com,Brest,\n"
+        "c@example.com,Minsk,\n"
+        "e@example.com,Gomel,\n"
+        "f@example.com,Minsk,bogus\n",  # a bad row: no statement that f@ left the list
+    )
+    (outcome,) = box.inbox.scan()
+
+    assert outcome.status == "processed"
+    assert box.members("news") == {
+        "b@example.com",
+        "c@example.com",
+        "e@example.com",
+        "f@example.com",
+    }
+    assert box.members("vip") == {"c@example.com"}  # other lists of a named contact stay
+    assert box.members("other") == {"d@example.com"}
+    assert box.contacts() == 6  # a@ left the list, not the mirror
+    assert box.field("b@example.com", "city") == "Brest"
+    report = box.report("processed", "news.snapshot.csv")
+    assert report["snapshot"] == {"list": "news", "removed": 1}
+    assert (report["created"], report["updated"], report["unchanged"]) == (1, 1, 1)
+    assert [(r["line"], r["key"]) for r in report["rejected"]] == [(5, "f@example.com")]
+    assert box.applied == [{"news", "vip"}]
+
+
+def test_snapshot_over_the_mass_delete_guard_is_refused_whole(box: Box) -> None:
+    box.seed(people(0, 20))
+    box.drop(
+        "news.snapshot.ndjson",
+        json.dumps({"email": "u0@example.com", "city": "Changed"})
+        + "\n"
+        + json.dumps({"email": "new@example.com"})
+        + "\n",
+    )
+    (outcome,) = box.inbox.scan()
+
+    assert outcome.status == "failed"
+    report = box.report("failed", "news.snapshot.ndjson")
+    assert "mass-delete guard" in report["error"] and "19 of the 20" in report["error"]
+    assert report["snapshot"] == {"list": "news", "removed": 0, "would_remove": 19}
+    # nothing applied: neither the removals nor the rows
+    assert len(box.members("news")) == 20
+    assert box.field("u0@example.com", "city") == "Minsk"
+    assert box.sql("SELECT count(*) FROM contact WHERE email = 'new@example.com'")[0][0] == 0
+    assert box.ledger() == []
+    assert box.metrics == ["failed"] and box.applied == []
+
+
+def test_snapshot_guard_follows_the_target_setting(tmp_path: Path) -> None:
+    box = Box(tmp_path, max_delete_fraction=1.0)
+    box.seed(people(0, 20))
+    box.drop("news.snapshot.csv", people(0, 1))
+    (outcome,) = box.inbox.scan()
+    assert outcome.status == "processed"
+    assert box.members("news") == {"u0@example.com"}
+    assert box.contacts() == 20

@@ -1,0 +1,176 @@
+"""The status listener over real loopback: /metrics moves with cycles and calls, probes answer."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from syncd.config import HttpConfig
+from syncd.daemon.http import ListenError, Request, StatusServer
+from syncd.engine import CycleResult
+from syncd.metrics import Metrics, call_observer, set_call_observer
+
+LOOPBACK = HttpConfig(listen="127.0.0.1:0")
+
+
+class Probe:
+    """A health or readiness answer the test can flip."""
+
+    def __init__(self) -> None:
+        self.answer = (True, "ok")
+
+    def __call__(self) -> tuple[bool, str]:
+        return self.answer
+
+
+@pytest.fixture
+def probes() -> tuple[Probe, Probe]:
+    return Probe(), Probe()
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@pytest.fixture
+def server(metrics: Metrics, probes: tuple[Probe, Probe]) -> Iterator[StatusServer]:
+    health, ready = probes
+    with StatusServer(LOOPBACK, health=health, ready=ready, metrics=metrics) as s:
+        yield s
+
+
+def get(server: StatusServer, path: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(server.url + path, timeout=5) as r:
+            return r.status, r.headers["Content-Type"], r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["Content-Type"], e.read().decode()
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one series in an exposition, or None if absent."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    return None
+
+
+def cycle(outcome: str, **counts: int) -> CycleResult:
+    return CycleResult("news", "c1", outcome=outcome, counts=Counter(counts))
+
+
+def test_metrics_scrape_moves_with_cycles_and_calls(server: StatusServer, metrics: Metrics) -> None:
+    status, ctype, before = get(server, "/metrics")
+    assert status == 200 and ctype.startswith("text/plain")
+    assert sample(before, "syncd_up") == 1.0
+    assert sample(before, "syncd_inbox_files_total", outcome="failed") == 0.0
+    assert sample(before, "syncd_cycles_total", target="news", outcome="converged") is None
+
+    metrics.observe_cycle(cycle("converged", create=3, update=2, delete=1, exclude=1, pulled=4))
+    metrics.observe_cycle(cycle("rejected", rejected=2), rejected_codes={"invalid_email": 2})
+    metrics.observe_cycle(cycle("unreachable"), now=0.0)
+    set_call_observer(metrics.observe_call)
+    try:
+        call_observer()("unisender", "importContacts", "ok", 0.2)
+        call_observer()("unisender", "importContacts", "retry", 3.0)
+    finally:
+        set_call_observer(None)
+    call_observer()("unisender", "importContacts", "ok", 0.2)  # no observer: not counted
+    metrics.observe_inbox("processed")
+    metrics.set_pending("news", 7)
+
+    _, _, text = get(server, "/metrics")
+    assert sample(text, "syncd_cycles_total", target="news", outcome="converged") == 1
+    assert sample(text, "syncd_cycles_total", target="news", outcome="unreachable") == 1
+    rows = {
+        op: sample(text, "syncd_rows_total", target="news", operation=op)
+        for op in ("created", "updated", "deleted", "pulled", "rejected")
+    }
+    assert rows == {"created": 3, "updated": 2, "deleted": 2, "pulled": 4, "rejected": 2}
+    assert sample(text, "syncd_rejected_rows_total", target="news", code="invalid_email") == 2
+    calls = {"provider": "unisender", "method": "importContacts"}
+    assert sample(text, "syncd_api_calls_total", outcome="ok", **calls) == 1
+    assert sample(text, "syncd_api_calls_total", outcome="retry", **calls) == 1
+    assert sample(text, "syncd_api_call_seconds_count", **calls) == 2
+    assert sample(text, "syncd_api_call_seconds_bucket", le="0.25", **calls) == 1
+    last = sample(text, "syncd_last_success_timestamp_seconds", target="news")
+    assert last is not None and last > 1e9  # the failed cycle did not move it back to 0
+    assert sample(text, "syncd_inbox_files_total", outcome="processed") == 1
+    assert sample(text, "syncd_pending_local_changes", target="news") == 7
+    assert "_created" not in text  # no start-time twin per counter
+
+
+def test_rejections_without_codes_and_dry_runs() -> None:
+    metrics = Metrics()
+    metrics.observe_cycle(cycle("rejected", rejected=1, held_rejected=5))
+    metrics.observe_cycle(cycle("planned", create=9))
+    text = metrics.render()[0].decode()
+    assert sample(text, "syncd_rejected_rows_total", target="news", code="unspecified") == 1
+    assert sample(text, "syncd_rows_total", target="news", operation="created") is None
+    assert sample(text, "syncd_cycles_total", target="news", outcome="planned") == 1
+    with pytest.raises(ValueError):
+        metrics.observe_inbox("lost")
+
+
+def test_healthz_and_readyz(server: StatusServer, probes: tuple[Probe, Probe]) -> None:
+    health, ready = probes
+    assert get(server, "/healthz") == (200, "application/json", '{"status": "ok"}\n')
+    assert get(server, "/readyz")[0] == 200
+
+    health.answer = (False, "scheduler not running")
+    status, _, body = get(server, "/healthz")
+    assert status == 503
+    assert json.loads(body) == {"status": "failing", "reason": "scheduler not running"}
+
+    ready.answer = (False, "store unreachable")
+    status, _, body = get(server, "/readyz")
+    assert (status, json.loads(body)["reason"]) == (503, "store unreachable")
+
+    def broken() -> tuple[bool, str]:
+        raise RuntimeError("boom")
+
+    with StatusServer(LOOPBACK, health=broken, ready=broken, metrics=Metrics()) as other:
+        status, _, body = get(other, "/readyz")
+    assert status == 503 and "RuntimeError" in body
+
+
+def test_routes_and_unknown_paths(server: StatusServer) -> None:
+    seen: list[Request] = []
+
+    def callback(request: Request) -> tuple[int, dict[str, str], bytes]:
+        seen.append(request)
+        return 202, {"Content-Type": "text/plain"}, b"thanks"
+
+    server.add_route("POST", "/hooks/unisender", callback)
+    req = urllib.request.Request(server.url + "/hooks/unisender/42?x=1", data=b"payload")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert (r.status, r.read()) == (202, b"thanks")
+    assert (seen[0].path, seen[0].query, seen[0].body) == ("/hooks/unisender/42", "x=1", b"payload")
+    assert get(server, "/hooks/unisender")[0] == 405  # mounted for POST only
+    assert get(server, "/hooks/unisenderx")[0] == 404  # prefixes match whole segments
+    assert get(server, "/nope")[0] == 404
+
+
+def test_port_taken_names_the_address(metrics: Metrics) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        taken = HttpConfig(listen=f"127.0.0.1:{port}")
+        s = StatusServer(taken, health=Probe(), ready=Probe(), metrics=metrics)
+        with pytest.raises(ListenError, match=f"127.0.0.1:{port}"):
+            s.start()
+
+
+def test_off_is_refused() -> None:
+    with pytest.raises(ValueError, match="off"):
+        StatusServer(HttpConfig(listen="off"), health=Probe(), ready=Probe(), metrics=Metrics())

@@ -1,0 +1,309 @@
+"""The change-event outbox: event building, hourly NDJSON files, crash safety, the schema."""
+
+from __future__ import annotations
+
+import json
+import stat
+import threading
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from syncd import outbox
+from syncd.engine import RemoteChange
+from syncd.outbox import ChangeEvent, OutboxEvent, event_schema, flush, record
+from syncd.projection import Projection
+from syncd.store import open_engine
+
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "change-event.schema.json"
+T0 = datetime(2025, 3, 9, 14, 59, 58, tzinfo=UTC)
+KEY = "ann@example.com"
+
+
+def proj(status: str = "active", tags: tuple[str, ...] = (), **fields: str) -> Projection:
+    return Projection.build(KEY, fields, tags, status)
+
+
+def event(before: Projection | None, after: Projection | None, now: datetime = T0) -> ChangeEvent:
+    change = RemoteChange("news", KEY, "pull", before, after)
+    return ChangeEvent.from_remote_change(change, "unisender", "c0ffee", now=now)
+
+
+def dumped(e: ChangeEvent) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(e.model_dump_json())
+    return data
+
+
+# -- building events ------------------------------------------------------------------------
+
+
+def test_signup_carries_every_field_as_new() -> None:
+    e = dumped(event(None, proj(tags=("vip",), Name="Ann", City="Oslo")))
+    assert e["kind"] == "signup"
+    assert e["changes"] == {
+        "City": {"before": None, "after": "Oslo"},
+        "Name": {"before": None, "after": "Ann"},
+        "tags": {"before": [], "after": ["vip"]},
+        "status": {"before": None, "after": "active"},
+    }
+    assert e["before"] is None
+    assert e["after"] == {
+        "fields": {"City": "Oslo", "Name": "Ann"},
+        "tags": ["vip"],
+        "status": "active",
+    }
+
+
+def test_update_lists_only_what_changed() -> None:
+    e = dumped(event(proj(Name="Ann", City="Oslo"), proj(Name="Ann", City="Bergen", Zip="5003")))
+    assert e["kind"] == "update"
+    assert e["changes"] == {
+        "City": {"before": "Oslo", "after": "Bergen"},
+        "Zip": {"before": None, "after": "5003"},
+    }
+
+
+def test_cleared_field_and_tags_only_edit_are_updates() -> None:
+    e = dumped(event(proj(tags=("a",), Name="Ann"), proj(tags=("b", "a"))))
+    assert e["kind"] == "update"
+    assert e["changes"] == {
+        "Name": {"before": "Ann", "after": None},
+        "tags": {"before": ["a"], "after": ["a", "b"]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "kind"),
+    [
+        ("active", "unsubscribed", "unsubscribe"),
+        ("active", "blocked", "block"),
+        ("blocked", "unsubscribed", "unsubscribe"),
+        ("unsubscribed", "blocked", "block"),
+        ("unsubscribed", "active", "resubscribe"),
+        ("blocked", "active", "resubscribe"),
+    ],
+)
+def test_status_changes_name_the_kind(before: str, after: str, kind: str) -> None:
+    e = dumped(event(proj(before, Name="Ann"), proj(after, Name="Ann")))
+    assert e["kind"] == kind
+    assert e["changes"] == {"status": {"before": before, "after": after}}
+
+
+def test_consent_outranks_signup_and_edits() -> None:
+    # a consumer acting only on unsubscribes must not miss one hidden in a signup or an edit
+    assert event(None, proj("unsubscribed")).kind == "unsubscribe"
+    assert event(None, proj("blocked")).kind == "block"
+    e = dumped(event(proj(Name="Ann"), proj("unsubscribed", Name="Anne")))
+    assert e["kind"] == "unsubscribe"
+    assert set(e["changes"]) == {"Name", "status"}
+
+
+def test_remote_delete() -> None:
+    e = dumped(event(proj("unsubscribed", tags=("x",), Name="Ann"), None))
+    assert e["kind"] == "delete"
+    assert e["after"] is None
+    assert e["changes"] == {
+        "Name": {"before": "Ann", "after": None},
+        "tags": {"before": ["x"], "after": []},
+        "status": {"before": "unsubscribed", "after": None},
+    }
+
+
+def test_identity_time_and_round_trip() -> None:
+    a, b = event(None, proj()), event(None, proj())
+    assert a.id != b.id and len(a.id) == 32
+    assert a.time == "2025-03-09T14:59:58Z" and a.hour == "2025-03-09T14"
+    assert (a.target, a.provider, a.key, a.cycle) == ("news", "unisender", KEY, "c0ffee")
+    naive = event(None, proj(), now=datetime(2025, 3, 9, 14, 0, 0))
+    assert naive.time == "2025-03-09T14:00:00Z"  # naive means UTC, not the host's zone
+    oslo = event(None, proj(), now=datetime(2025, 3, 9, 15, 0, tzinfo=timezone(timedelta(hours=1))))
+    assert oslo.time == "2025-03-09T14:00:00Z"
+    again = ChangeEvent.model_validate_json(a.model_dump_json())
+    assert again.model_dump_json() == a.model_dump_json()
+    with pytest.raises(ValueError):
+        event(None, None)
+
+
+# -- flushing -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Engine:
+    engine = open_engine(f"sqlite:///{tmp_path / 'syncd.db'}")
+    outbox.ensure_table(engine)  # idempotent beside open_engine's create_all
+    return engine
+
+
+def put(db: Engine, *events: ChangeEvent) -> None:
+    with Session(db) as session:
+        for e in events:
+            record(session, e)
+        session.commit()
+
+
+def pending(db: Engine) -> int:
+    with Session(db) as session:
+        return session.scalar(select(func.count()).select_from(OutboxEvent)) or 0
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_record_rolls_back_with_the_callers_transaction(db: Engine) -> None:
+    with Session(db) as session:
+        record(session, event(None, proj()))
+        session.rollback()
+    assert pending(db) == 0
+
+
+def test_flush_writes_one_owner_only_file_per_hour(db: Engine, tmp_path: Path) -> None:
+    first = event(None, proj(Name="Ann"))  # 14:59:58
+    second = event(proj(Name="Ann"), proj("unsubscribed", Name="Ann"), T0 + timedelta(seconds=1))
+    third = event(proj("unsubscribed"), None, T0 + timedelta(seconds=3))  # 15:00:01
+    put(db, first, second, third)
+    folder = tmp_path / "out" / "box"
+
+    assert flush(db, folder) == 3
+
+    assert sorted(p.name for p in folder.glob("changes-*")) == [
+        "changes-2025-03-09T14.ndjson",
+        "changes-2025-03-09T15.ndjson",
+    ]
+    assert [e["id"] for e in lines(folder / "changes-2025-03-09T14.ndjson")] == [
+        first.id,
+        second.id,
+    ]
+    assert [e["id"] for e in lines(folder / "changes-2025-03-09T15.ndjson")] == [third.id]
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for f in folder.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f.name
+    assert not list(folder.glob(".changes-*.tmp"))
+    assert pending(db) == 0
+
+
+def test_second_flush_without_new_events_writes_nothing(db: Engine, tmp_path: Path) -> None:
+    folder = tmp_path / "outbox"
+    assert flush(db, folder) == 0
+    assert not folder.exists()  # nothing pending: not even the folder is touched
+    put(db, event(None, proj()))
+    assert flush(db, folder) == 1
+    file = folder / "changes-2025-03-09T14.ndjson"
+    before = (file.read_bytes(), file.stat().st_ino, file.stat().st_mtime_ns)
+    assert flush(db, folder) == 0
+    assert (file.read_bytes(), file.stat().st_ino, file.stat().st_mtime_ns) == before
+
+
+def test_later_flush_appends_to_the_hours_file(db: Engine, tmp_path: Path) -> None:
+    folder = tmp_path / "outbox"
+    a, b = event(None, proj()), event(None, proj(), T0 + timedelta(seconds=1))
+    put(db, a)
+    flush(db, folder)
+    put(db, b)
+    assert flush(db, folder) == 1
+    assert [e["id"] for e in lines(folder / "changes-2025-03-09T14.ndjson")] == [a.id, b.id]
+
+
+def test_crash_between_rename_and_delete_duplicates_nothing(
+    db: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "outbox"
+    a, b = event(None, proj()), event(proj(), None)
+    put(db, a, b)
+
+    def crash(*_: object) -> None:
+        raise RuntimeError("killed after the rename")
+
+    with monkeypatch.context() as m:
+        m.setattr(outbox, "_forget", crash)
+        with pytest.raises(RuntimeError):
+            flush(db, folder)
+    file = folder / "changes-2025-03-09T14.ndjson"
+    assert [e["id"] for e in lines(file)] == [a.id, b.id]
+    assert pending(db) == 2  # the rows outlived the rename
+
+    c = event(None, proj(), T0 + timedelta(seconds=1))
+    put(db, c)
+    assert flush(db, folder) == 1  # only the new one
+    assert [e["id"] for e in lines(file)] == [a.id, b.id, c.id]
+    assert pending(db) == 0
+
+
+def test_foreign_lines_in_the_file_are_kept(db: Engine, tmp_path: Path) -> None:
+    folder = tmp_path / "outbox"
+    folder.mkdir(mode=0o700)
+    file = folder / "changes-2025-03-09T14.ndjson"
+    file.write_text('{"id": "x"}\nnot json')  # a damaged last line without its newline
+    (folder / ".changes-2025-03-09T14.old.tmp").write_text("left by a crash")
+    e = event(None, proj())
+    put(db, e)
+    assert flush(db, folder) == 1
+    assert file.read_text().splitlines() == ['{"id": "x"}', "not json", e.model_dump_json()]
+    assert not list(folder.glob(".changes-*.tmp"))
+
+
+def test_two_threads_flushing_at_once_lose_and_repeat_nothing(db: Engine, tmp_path: Path) -> None:
+    folder = tmp_path / "outbox"
+    events = [event(None, proj(), T0 + timedelta(seconds=i)) for i in range(40)]
+    put(db, *events)
+    start = threading.Barrier(2)
+    written: list[int] = []
+
+    def run() -> None:
+        start.wait()
+        written.append(flush(db, folder))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(written) == 40
+    ids = [e["id"] for f in sorted(folder.glob("changes-*")) for e in lines(f)]
+    assert ids == [e.id for e in events]
+
+
+# -- the schema -----------------------------------------------------------------------------
+
+
+def test_every_written_line_validates_against_the_schema(db: Engine, tmp_path: Path) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(SCHEMA_FILE.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    put(
+        db,
+        event(None, proj(tags=("vip",), Name="Ann")),
+        event(proj(Name="Ann"), proj(Name="Anne", City="Oslo")),
+        event(proj(), proj("unsubscribed")),
+        event(proj(), proj("blocked")),
+        event(proj("blocked"), proj()),
+        event(proj(tags=("a",)), None, T0 + timedelta(hours=1)),
+    )
+    folder = tmp_path / "outbox"
+    assert flush(db, folder) == 6
+    kinds = set()
+    for file in folder.glob("changes-*.ndjson"):
+        for line in lines(file):
+            validator.validate(line)
+            kinds.add(line["kind"])
+    assert kinds == {"signup", "update", "unsubscribe", "block", "resubscribe", "delete"}
+    # and the schema does reject what is not an event
+    bad = {**lines(folder / "changes-2025-03-09T14.ndjson")[0], "kind": "moved"}
+    assert not validator.is_valid(bad)
+    assert not validator.is_valid({**bad, "kind": "update", "changes": {"tags": None}})
+
+
+def test_checked_in_schema_matches_the_model(capsys: pytest.CaptureFixture[str]) -> None:
+    checked_in = json.loads(SCHEMA_FILE.read_text())
+    assert checked_in == event_schema(), (
+        "schemas/change-event.schema.json is stale: "
+        "python -m syncd.outbox --schema > schemas/change-event.schema.json"
+    )
+    assert outbox.main(["--schema"]) == 0
+    assert json.loads(capsys.readouterr().out) == checked_in

@@ -1,0 +1,116 @@
+"""sd_notify over a real AF_UNIX datagram socket, as systemd would receive it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from syncd.daemon.systemd import Notifier, WatchdogPinger, watchdog_interval
+
+
+@pytest.fixture
+def listener(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = tmp_path / "notify.sock"  # pytest's tmp paths stay well under the 108-byte limit
+    sock.bind(str(path))
+    sock.settimeout(2)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    yield sock
+    sock.close()
+
+
+def receive(sock: socket.socket) -> str:
+    return sock.recv(4096).decode()
+
+
+def test_lifecycle_messages(listener: socket.socket) -> None:
+    notifier = Notifier()
+    assert notifier.enabled
+    assert notifier.ready()
+    assert receive(listener) == "READY=1"
+    notifier.status("running;\nfailing: news")
+    assert receive(listener) == "STATUS=running; failing: news"  # one line, always
+    notifier.ready("up")
+    assert receive(listener) == "READY=1\nSTATUS=up"
+    notifier.stopping()
+    assert receive(listener) == "STOPPING=1"
+
+
+def test_watchdog_pinger_sends_at_half_the_interval(
+    listener: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    assert watchdog_interval() == pytest.approx(0.1)
+    pinger = WatchdogPinger(Notifier(), alive=lambda: True)
+    pinger.start()
+    try:
+        assert [receive(listener) for _ in range(3)] == ["WATCHDOG=1"] * 3
+    finally:
+        pinger.stop()
+    assert not pinger.is_alive()
+
+
+def test_no_pings_while_not_alive(listener: socket.socket) -> None:
+    pinger = WatchdogPinger(Notifier(), alive=lambda: False, interval=0.02)
+    pinger.start()
+    listener.settimeout(0.15)
+    with pytest.raises(TimeoutError):
+        receive(listener)
+    pinger.stop()
+
+
+def test_watchdog_interval_reads_the_environment() -> None:
+    assert watchdog_interval({}) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000"}) == 15.0
+    assert watchdog_interval({"WATCHDOG_USEC": "nonsense"}) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "0"}) is None
+    mine = {"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid())}
+    assert watchdog_interval(mine) == 1.0
+    assert watchdog_interval({**mine, "WATCHDOG_PID": "1"}) is None  # meant for another process
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract sockets are Linux-only")
+def test_abstract_namespace_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"syncd-test-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(2)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        assert Notifier().ready()
+        assert receive(sock) == "READY=1"
+
+
+def test_everything_is_a_no_op_without_notify_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    notifier = Notifier()
+    assert not notifier.enabled
+    assert not notifier.ready() and not notifier.watchdog() and not notifier.stopping()
+    pinger = WatchdogPinger(notifier, alive=lambda: True)
+    pinger.start()
+    assert not pinger.is_alive()  # no thread was started
+    pinger.stop()
+
+
+def test_a_vanished_socket_is_logged_not_raised(tmp_path: Path) -> None:
+    notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
+    assert notifier.enabled
+    assert notifier.status("x") is False
+
+
+def test_a_manager_that_stopped_reading_does_not_block_us(listener: socket.socket) -> None:
+    notifier = Notifier()
+    started = time.monotonic()
+    while notifier.watchdog():  # nobody reads: the queue fills up
+        assert time.monotonic() - started < 5
+    # the send that found no room gave up after SEND_TIMEOUT instead of hanging
+    assert time.monotonic() - started < 5
