@@ -93,6 +93,9 @@ What remains:
 - Settled rows stay as a record (one row per distinct content, the last time it applied) and do
   not stop the same content being applied again later: a nightly export identical to
   yesterday's must still re-assert its values and memberships.
+- A file bound for ``failed/`` has no ledger row (nothing of it applied): a crash between its
+  move and its report leaves it in ``failed/`` without a report. Nothing was applied, so nothing
+  is lost; dropping it again shows the reason.
 - One daemon per inbox folder: two processes watching the same folder are not coordinated.
 """
 
@@ -690,12 +693,17 @@ class Inbox:
         return FileOutcome(path.name, "processed", dest, report, lists, recovered=True)
 
     def _settle(self, digest: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(IngestedFile)
-                .where(col(IngestedFile.sha256) == digest)
-                .values(settled_at=_now())
-            )
+        """Mark the ledger row done. A failure here is only logged: the file and its report are
+        in place, and the sweep of the next ``scan()`` settles the row."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(IngestedFile)
+                    .where(col(IngestedFile.sha256) == digest)
+                    .values(settled_at=_now())
+                )
+        except Exception:
+            log.exception("inbox: could not settle the ledger row %s; the next start will", digest)
 
     def _sweep_ledger(self) -> None:
         """Unsettled rows whose file left the inbox: write a missing report, then settle."""
@@ -711,7 +719,13 @@ class Inbox:
                 continue  # still waiting: its move failed this time; the next pass retries
             moved = self.processed / row.dest
             report_path = self.processed / f"{row.dest}{REPORT_SUFFIX}"
-            if row.dest and moved.exists() and not report_path.exists():
+            if not row.dest or not moved.exists():
+                log.info(
+                    "inbox: %s was applied but is neither in the inbox nor in processed/ "
+                    "(removed by hand?); nothing to do",
+                    row.name,
+                )
+            elif not report_path.exists():
                 _write_json(report_path, {**json.loads(row.report), "recovered": True})
                 log.info("inbox: wrote the missing report of %s after a restart", row.dest)
             self._settle(row.sha256)

@@ -250,3 +250,24 @@ def test_sigkill_during_ingestion_loses_nothing_and_applies_nothing_twice(tmp_pa
     assert report["created"] in (0, 20000)  # 0 when the first run had committed it already
     assert not list(w.inbox.glob("*.csv"))
     assert w.stop()[0] == 0
+
+
+def test_config_reload_on_change_and_sighup_keeps_running_on_invalid(tmp_path, emulator):
+    w = DaemonWorld(tmp_path, emulator)
+    w.inbox.mkdir()
+    w.start()
+    good = w.config.read_text()
+    w.config.write_text(good + "\n[[target]]\nname = 'broken'\nprovider = 'nope'\n")
+    wait_for(lambda: "configuration not reloaded" in w.log.read_text(), what="refused reload")
+    assert w.get("/healthz").status_code == 200  # the old configuration keeps running
+
+    w.config.write_text(good.replace('schedule = "2s"', 'schedule = "3s"'))
+    wait_for(lambda: "configuration reloaded" in w.log.read_text(), what="reload on change")
+    before = w.log.read_text().count("configuration reloaded")
+    w.config.write_text(good)  # a change, then SIGHUP as well: both end in a reload
+    assert w.proc is not None
+    w.proc.send_signal(signal.SIGHUP)
+    wait_for(
+        lambda: w.log.read_text().count("configuration reloaded") > before, what="reload on SIGHUP"
+    )
+    assert w.stop()[0] == 0

@@ -85,9 +85,11 @@ class Daemon:
         logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per job run is noise
         if self.http is not None:
             self.http.start()
-        self.inbox.scan()  # files that arrived while the daemon was down, oldest first
         self.scheduler.start(list(self.config.target))
+        # watch first, then scan: a file renamed in between is seen by one of the two, and a
+        # file seen by both is simply gone the second time
         self.inbox.start()
+        self.inbox.scan()  # files that arrived while the daemon was down, oldest first
         self._watch_config()
         self._pinger = WatchdogPinger(self.notifier, alive=self.scheduler.alive)
         self._pinger.start()
@@ -157,6 +159,9 @@ class Daemon:
             finally:
                 provider.close()
             self.metrics.observe_cycle(result, rejected_codes=result.rejected_codes)
+            # local changes not at the provider yet: held rejections, open conflicts, deferrals
+            s = result.summary()
+            self.metrics.set_pending(target.name, s["rejected"] + s["conflicts"] + s["deferred"])
             summary = result.summary()
             level = logging.INFO if result.outcome in HEALTHY else logging.WARNING
             log.log(level, "cycle %s", result.outcome, extra={"summary": summary})
