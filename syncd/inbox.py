@@ -107,6 +107,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -131,6 +132,9 @@ from syncd.ingest import ContactChange, IngestReport, Rejection, apply, read_row
 from syncd.store.models import Contact, Membership
 
 log = logging.getLogger("syncd.inbox")
+
+#: How long a file found at start-up must have been left alone before the scan takes it.
+SETTLE_SECONDS = 2.0
 
 ACCEPTED_SUFFIXES = (".csv", ".ndjson", ".jsonl", ".json")
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".swp", "~")
@@ -312,8 +316,11 @@ class Inbox:
         config: Config,
         on_applied: Callable[[set[str]], None],
         metrics_hook: Callable[[str], None] | None = None,
+        *,
+        settle: float = SETTLE_SECONDS,
     ) -> None:
         self.engine = engine
+        self.settle = settle
         self.config = config
         self.path = Path(config.inbox.path).resolve()
         self.processed = self.path / "processed"
@@ -329,6 +336,7 @@ class Inbox:
         self._pending: set[Path] = set()
         self._retry: set[Path] = set()
         self._timers: list[threading.Timer] = []
+        self._settle_timers: list[threading.Timer] = []
         self._observer: BaseObserver | None = None
         self._stopping = threading.Event()
 
@@ -361,7 +369,8 @@ class Inbox:
         with self._lock:
             observer, self._observer = self._observer, None
             self._stopping.set()
-            timers, self._timers = self._timers, []
+            timers, self._timers = self._timers + self._settle_timers, []
+            self._settle_timers = []
         if observer is not None:
             observer.stop()
             observer.join()
@@ -379,12 +388,51 @@ class Inbox:
             with self._lock:
                 self._retry.clear()
             paths = [p for p in self.path.iterdir() if eligible(p.name) and p.is_file()]
-            outcomes = self._pass(paths, interruptible=False)
+            settled = [p for p in paths if not self._still_fresh(p)]
+            outcomes = self._pass(settled, interruptible=False)
             try:
                 self._sweep_ledger()
             except Exception:
                 log.exception("inbox: could not settle the ledger of earlier runs")
         return outcomes
+
+    # -- files still being written at start-up ---------------------------------------------
+
+    def _still_fresh(self, path: Path) -> bool:
+        """A file modified moments ago may still be open for writing: no close event can have
+        reached a watcher that was not running yet, so the scan must not take it. It is
+        left to the watcher's close event, and re-checked once it has been quiet for
+        ``settle`` seconds (for a writer that closed just before the watch began)."""
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            return True
+        if time.time() - mtime >= self.settle:
+            return False
+        self._recheck_later(path, mtime)
+        return True
+
+    def _recheck_later(self, path: Path, mtime: float) -> None:
+        def recheck() -> None:
+            try:
+                now_mtime = path.stat().st_mtime
+            except FileNotFoundError:
+                return  # taken by the watcher meanwhile
+            if now_mtime != mtime:
+                self._recheck_later(path, now_mtime)  # still growing: wait for quiet again
+            else:
+                self._notice(path)
+
+        timer = threading.Timer(self.settle, recheck)
+        timer.name = "syncd-inbox-settle"
+        timer.daemon = True
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            # not in self._timers: a new event cancels the debounce timers, never these
+            self._settle_timers = [t for t in self._settle_timers if t.is_alive()]
+            self._settle_timers.append(timer)
+        timer.start()
 
     # -- events and the debounce timer ----------------------------------------------------
 

@@ -36,7 +36,8 @@ class Box:
 
     def new_inbox(self) -> Inbox:
         """A fresh Inbox over the same folder and store: what a restarted daemon builds."""
-        return Inbox(self.db, self.config, self.applied.append, self.metrics.append)
+        # settle=0: these tests scan files they have just written and closed
+        return Inbox(self.db, self.config, self.applied.append, self.metrics.append, settle=0)
 
     def drop(self, name: str, content: str) -> Path:
         """Written beside under a .tmp name, then renamed in."""
@@ -254,7 +255,7 @@ def test_errors_in_callbacks_do_not_stop_the_watcher(box: Box) -> None:
         raise RuntimeError("callback bug")
 
     box.inbox.stop()
-    box.inbox = Inbox(box.db, box.config, explode, box.metrics.append)
+    box.inbox = Inbox(box.db, box.config, explode, box.metrics.append, settle=0)
     box.inbox.start()
     box.drop("one.csv", people(0, 1))
     wait_for(lambda: box.metrics == ["processed"])
@@ -462,3 +463,20 @@ def test_snapshot_guard_follows_the_target_setting(tmp_path: Path) -> None:
     assert outcome.status == "processed"
     assert box.members("news") == {"u0@example.com"}
     assert box.contacts() == 20
+
+
+def test_start_up_scan_leaves_a_file_still_being_written_to_its_close_event(tmp_path):
+    box = Box(tmp_path)
+    box.inbox = Inbox(box.db, box.config, box.applied.append, box.metrics.append, settle=0.5)
+    box.inbox.start()
+    try:
+        with (box.folder / "growing.csv").open("w", encoding="utf-8") as f:
+            f.write("email,lists\na@example.com,news\n")
+            f.flush()
+            assert box.inbox.scan() == []  # fresh: not taken half-written
+            f.write("b@example.com,news\n")
+        wait_for(lambda: (box.folder / "processed" / "growing.csv").exists(), what="processed")
+        report = json.loads((box.folder / "processed" / "growing.csv.report.json").read_text())
+        assert report["created"] == 2
+    finally:
+        box.inbox.stop()
