@@ -26,10 +26,12 @@ from pydantic import (
 from syncd.errors import ConfigError
 
 Policy = Literal["local", "remote", "manual"]
-PROVIDERS = ("unisender", "selzy")
+PROVIDERS = ("unisender", "selzy", "smsby", "octopush")
 DEFAULT_BASE_URLS = {
     "unisender": "https://api.unisender.com/{lang}/api",
     "selzy": "https://api.selzy.com/{lang}/api",
+    "smsby": "https://app.sms.by/api/v2",
+    "octopush": "https://api.octopush.com/v1/public",
 }
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -104,11 +106,28 @@ class IngestConfig(_Strict):
 
 class TargetConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Unique target name.")
-    provider: Literal["unisender", "selzy"]
+    provider: Literal["unisender", "selzy", "smsby", "octopush"]
     list_id: str = Field(min_length=1, description="The remote list.")
     local_list: str | None = Field(None, description="Local list feeding it (default: name).")
     key: Literal["email", "phone"] = "email"
-    api_key: SecretStr = Field(description="API key; use ${VAR} to take it from the environment.")
+    api_key: SecretStr = Field(
+        description="API key (sms.by: the token); use ${VAR} to take it from the environment."
+    )
+    api_key_file: str | None = Field(
+        None,
+        description="Read the API key from this file instead (e.g. "
+        "'${CREDENTIALS_DIRECTORY}/unisender_api_key' with systemd's LoadCredential=).",
+    )
+    api_login: str | None = Field(None, description="Octopush: the account login (api-login).")
+    max_rows_per_call: int | None = Field(
+        None,
+        gt=0,
+        description="Rows per write call where the provider documents no limit (Octopush: 500); "
+        "a batch the provider refuses as too large is split.",
+    )
+    create_missing_list: bool = Field(
+        False, description="sms.by / Octopush: create the remote list when it does not exist."
+    )
     base_url: str | None = Field(None, description="API root; default is the provider's own.")
     lang: str = Field("en", pattern=r"^[a-z]{2}$")
     fields: dict[str, str] = Field(
@@ -140,6 +159,29 @@ class TargetConfig(_Strict):
         "5m", description="Interval ('30s', '5m', '1h') or a five-field cron expression."
     )
     jitter: float = Field(10.0, ge=0, description="Up to this many seconds added to each run.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _key_from_file(cls, data: Any) -> Any:
+        """``api_key_file`` fills ``api_key`` (exactly one of the two must be given)."""
+        if not isinstance(data, dict) or data.get("api_key_file") in (None, ""):
+            return data
+        if data.get("api_key") not in (None, ""):
+            raise ValueError("give api_key or api_key_file, not both")
+        path = Path(str(data["api_key_file"]))
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"api_key_file {path}: cannot read it ({exc.strerror})") from None
+        if not key:
+            raise ValueError(f"api_key_file {path}: the file is empty")
+        return {**data, "api_key": key}
+
+    @model_validator(mode="after")
+    def _provider_needs(self) -> TargetConfig:
+        if self.provider == "octopush" and not self.api_login:
+            raise ValueError("provider octopush needs api_login (the account's login)")
+        return self
 
     @field_validator("schedule")
     @classmethod
