@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Iterable
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +136,28 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
         w.writeheader()
         w.writerows(rows)
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def emulator_process(provider: str, api_key: str, *extra: str) -> Iterator[str]:
+    """`syncd emulate PROVIDER` as a real process on a free loopback port; yields its URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "syncd", "emulate", provider, "--port", str(port)]
+    proc = subprocess.Popen(
+        [*command, "--api-key", api_key, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and "listening" in proc.stdout.readline()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,15 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import free_port
 
 KEY = "cli-e2e-key-77d1"
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def syncd(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -36,28 +30,8 @@ def syncd(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedPro
 
 @pytest.fixture
 def emulator() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "syncd",
-            "emulate",
-            "unisender",
-            "--port",
-            str(port),
-            "--api-key",
-            KEY,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    assert "listening" in proc.stdout.readline()
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    assert proc.wait(timeout=10) == 0
+    with emulator_process("unisender", KEY) as url:
+        yield url
 
 
 @pytest.fixture

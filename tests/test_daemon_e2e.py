@@ -16,15 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import emulator_process, free_port
 
 KEY = "daemon-e2e-key-5b2c"
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
@@ -43,27 +38,8 @@ def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "condi
 
 @pytest.fixture
 def emulator() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "syncd",
-            "emulate",
-            "unisender",
-            "--port",
-            str(port),
-            "--api-key",
-            KEY,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None and "listening" in proc.stdout.readline()
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
+    with emulator_process("unisender", KEY) as url:
+        yield url
 
 
 class DaemonWorld:
