@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port
+from conftest import emulator_process, free_port
 
 KEY = "cli-e2e-key-77d1"
 pytestmark = pytest.mark.slow
