@@ -161,8 +161,9 @@ def test_daemon_converges_stops_cleanly_and_picks_up_files_on_restart(tmp_path, 
         time.sleep(0.6)
         f.write(people(30, 15)[60:])
     wait_for(lambda: len(w.remote()) == 45, what="45 contacts at the provider")
-    wait_for(lambda: (w.inbox / "failed" / "broken.csv").exists(), what="broken.csv in failed/")
-    report = json.loads((w.inbox / "failed" / "broken.csv.report.json").read_text())
+    broken_report = w.inbox / "failed" / "broken.csv.report.json"
+    wait_for(broken_report.exists, what="broken.csv's report in failed/")
+    report = json.loads(broken_report.read_text())
     assert "error" in report
 
     # a change at the provider flows back without a restart, and reaches the outbox
@@ -219,10 +220,11 @@ def test_sigkill_during_ingestion_loses_nothing_and_applies_nothing_twice(tmp_pa
     w.proc.kill()
     w.proc.wait()
     w.start()
-    wait_for(lambda: (w.inbox / "processed" / "big.csv").exists(), timeout=60, what="processed")
+    big_report = w.inbox / "processed" / "big.csv.report.json"
+    wait_for(big_report.exists, timeout=60, what="big.csv's report in processed/")
     local = w.local()
     assert len([e for e in local if e.startswith("k")]) == 20000
-    report = json.loads((w.inbox / "processed" / "big.csv.report.json").read_text())
+    report = json.loads(big_report.read_text())
     assert report["created"] in (0, 20000)  # 0 when the first run had committed it already
     assert not list(w.inbox.glob("*.csv"))
     assert w.stop()[0] == 0

@@ -475,8 +475,9 @@ def test_start_up_scan_leaves_a_file_still_being_written_to_its_close_event(tmp_
             f.flush()
             assert box.inbox.scan() == []  # fresh: not taken half-written
             f.write("b@example.com,news\n")
-        wait_for(lambda: (box.folder / "processed" / "growing.csv").exists(), what="processed")
-        report = json.loads((box.folder / "processed" / "growing.csv.report.json").read_text())
+        report_path = box.folder / "processed" / "growing.csv.report.json"
+        wait_for(report_path.exists, what="the report in processed/")
+        report = json.loads(report_path.read_text())
         assert report["created"] == 2
     finally:
         box.inbox.stop()
