@@ -316,15 +316,68 @@ def resolve_cmd(config_path: str | None, key: str, take: str, target: str | None
     click.echo(f"{norm}: will take {take} at the next cycle ({n} target(s))")
 
 
+# --- setting up ---------------------------------------------------------------------------
+
+
+@main.command("init")
+@config_option
+@click.option(
+    "--provider",
+    type=click.Choice(["unisender", "selzy", "smsby", "octopush"]),
+    default="unisender",
+    show_default=True,
+    help="Which provider the starter target uses.",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing configuration file.")
+def init_cmd(config_path: str | None, provider: str, force: bool) -> None:
+    """Write a commented starter syncd.toml and the inbox/outbox folders beside it."""
+    from syncd.config import find_config_path
+    from syncd.init import STARTERS, StarterExists, write_starter
+
+    path = find_config_path(config_path)
+    try:
+        created = write_starter(path, provider, force)
+    except StarterExists as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    for item in created:
+        click.echo(f"created {item}{'/' if item.is_dir() else ''}")
+    click.echo(
+        f"next: export {STARTERS[provider].env}=..., replace CHANGE-ME in {path}, "
+        f"then run: syncd check-config --config {path} --online"
+    )
+
+
+@main.command("check-config")
+@config_option
+@click.option("--online", is_flag=True, help="Also try each target's key and list (reads only).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def check_config_cmd(config_path: str | None, online: bool, as_json: bool) -> None:
+    """Validate the configuration file; with --online, try each target's key and list.
+
+    Exit code 0 only when everything checks out; 2 the file, a key or a list is wrong;
+    3 a provider could not be reached.
+    """
+    from syncd.check import check_config
+
+    report = check_config(config_path, online)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), ensure_ascii=False))
+    else:
+        for line in report.lines():
+            click.echo(line)
+    sys.exit(report.exit_code)
+
+
 # --- trying it out ------------------------------------------------------------------------
 
 
 @main.command("emulate")
-@click.argument("provider", type=click.Choice(["unisender", "selzy"]))
+@click.argument("provider", type=click.Choice(["unisender", "selzy", "smsby", "octopush"]))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True, type=int)
 @click.option("--api-key", default=None, help="Accept only this key (default: any).")
-@click.option("--no-seed", is_flag=True, help="Start empty (no list 1 'Newsletter').")
+@click.option("--no-seed", is_flag=True, help="Start empty (no list 'Newsletter').")
 @click.option("--latency", type=float, default=0.0, help="Seconds added to every call.")
 @click.option("--5xx-rate", "http_5xx_rate", type=float, default=0.0, help="Share of HTTP 503s.")
 @click.option("--timeout-rate", type=float, default=0.0, help="Share of calls that hang 60 s.")
@@ -350,7 +403,7 @@ def emulate_cmd(
 
     Faults can also be switched at run time: POST JSON to /_emulator/faults.
     """
-    from syncd.emulators.unisender import Faults, run_emulator
+    from syncd.emulators.admin import Faults
 
     faults = Faults(
         latency=latency,
@@ -361,7 +414,18 @@ def emulate_cmd(
         error_code="api_call_limit_exceeded_for_api_key",
         seed=seed,
     )
-    run_emulator(provider, host, port, api_key, not no_seed, faults)
+    if provider == "smsby":
+        from syncd.emulators import smsby
+
+        smsby.run_emulator(host, port, api_key, not no_seed, faults)
+    elif provider == "octopush":
+        from syncd.emulators import octopush
+
+        octopush.run_emulator(host, port, api_key, not no_seed, faults)
+    else:
+        from syncd.emulators import unisender
+
+        unisender.run_emulator(provider, host, port, api_key, not no_seed, faults)
 
 
 @main.command("demo")

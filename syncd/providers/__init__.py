@@ -35,4 +35,12 @@ def make_provider(
         return UnisenderProvider(
             target, transport=transport, default_region=default_region, sleep=sleep
         )
+    if target.provider == "smsby":
+        from syncd.providers.smsby import SmsbyProvider
+
+        return SmsbyProvider(target, transport=transport, sleep=sleep)
+    if target.provider == "octopush":
+        from syncd.providers.octopush import OctopushProvider
+
+        return OctopushProvider(target, transport=transport, sleep=sleep)
     raise ValueError(f"no adapter for provider {target.provider!r}")

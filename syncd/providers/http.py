@@ -219,6 +219,34 @@ class ProviderHttp:
 
         return self._with_retries(method, write, attempt)
 
+    def send(
+        self,
+        method: str,
+        request: httpx.Request,
+        *,
+        write: bool,
+        parse: Callable[[httpx.Response], T],
+    ) -> T:
+        """Send a prepared request (any verb, any body, e.g. JSON) and return ``parse(response)``.
+
+        Retries as ``post_form`` does, but 4xx answers other than 429 reach ``parse`` too, so an
+        adapter whose provider signals errors with 4xx statuses and a JSON body (Octopush, sms.by)
+        can read the provider's message instead of a bare status. The request is re-sent as is
+        on a retry, so its body must be bytes (``json=``, ``data=``, ``content=bytes``).
+        """
+
+        def attempt() -> T:
+            response = self._send(method, request, client_errors=True)
+            try:
+                return parse(response)
+            except TryLater as exc:
+                retry_after = exc.retry_after
+                if retry_after is None:
+                    retry_after = parse_retry_after(response.headers.get("retry-after"))
+                raise _Transient(exc.reason, retry_after) from None
+
+        return self._with_retries(method, write, attempt)
+
     @contextmanager
     def download(self, label: str, url: str) -> Iterator[httpx.Response]:
         """GET ``url`` as a stream; retries until the answer's status line is in.
@@ -246,7 +274,14 @@ class ProviderHttp:
 
     # ---- internals
 
-    def _send(self, method: str, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
+    def _send(
+        self,
+        method: str,
+        request: httpx.Request,
+        *,
+        stream: bool = False,
+        client_errors: bool = False,
+    ) -> httpx.Response:
         self._throttle(method)
         try:
             response = self.client.send(request, stream=stream, follow_redirects=stream)
@@ -263,6 +298,8 @@ class ProviderHttp:
             retry_after = parse_retry_after(response.headers.get("retry-after"))
             response.close()
             raise _Transient(f"HTTP {status}", retry_after)
+        if client_errors and 400 <= status < 500:
+            return response  # the caller reads the provider's error body (``send``)
         if not 200 <= status < 300:
             response.close()
             raise ProviderError(

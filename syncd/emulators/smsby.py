@@ -1,0 +1,360 @@
+"""A local emulator of the sms.by API v2 mailing-list methods.
+
+Sources: ``/work/shared/providers/smsby.md`` ("wire facts", cited by the name of their table row,
+e.g. "Import limits") with its fidelity checklist item 19, and the importContacts page
+(``providers/seeds/000_*``, cited as "seed 000"). Behaviour the sources leave open is marked
+[ASSUMED] and chosen to be the strictest plausible one, so that syncd is tested against it.
+
+What it serves, under ``/api/v2/``:
+
+- ``importContacts``: ``token``, ``list_id``, ``field_names[j]``, ``data[i][j]``, read from the
+  query string and the body alike (checklist 19; PHP bracket arrays via ``php_params``); at most
+  500 rows and 30 field names, one of them ``phone`` or ``email`` ("Import limits", seed 000);
+  upsert by phone, then email, within the list ("Import semantics"); answer
+  ``{"status": "OK", "result": {inserted, updated, invalid, log[{index, error_message}]}}``,
+  ``log`` only when ``invalid`` > 0 ("Import result", seed 000).
+- ``createSubscriberList``: ``name`` -> ``{"status": "OK", "result": {"list_id": N}}`` ("Create
+  list").
+
+Errors: a missing or wrong token is HTTP 403 ("Errors": a client maps 403 to "Access Denied");
+a call-level failure is HTTP 200 with the v1 shape ``{"error": "..."}`` ("Errors", assumed for v2
+by checklist 19); the rate-limit answer is the one documented for the login endpoint,
+``{"status": "error", "message": "Превышен лимит запросов"}`` ("Rate limits"), sent with HTTP 429
+[ASSUMED]. No rate limit is enforced unless a fault asks for it (the contact API's limits are
+[UNCONFIRMED]).
+
+``PushOnlyControls`` below is the part both push-only emulators share (this one and
+``octopush.py``): call counts, the ``Faults`` of ``admin.py`` and the ``/_emulator/`` routes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from syncd.emulators import php_params as pp
+from syncd.emulators.admin import Faults
+from syncd.emulators.server import serve_forever
+from syncd.emulators.unisender_import import EMAIL_RE
+
+MAX_ROWS = 500  # "Import limits" / seed 000
+MAX_FIELD_NAMES = 30  # "Import limits" / seed 000: phone or email is one of them
+RATE_LIMIT_MESSAGE = "Превышен лимит запросов"  # "Rate limits"
+INCORRECT_PHONE = "Incorrect phone number"  # seed 000: the documented log message
+INCORRECT_EMAIL = "Incorrect email"  # [ASSUMED] wording, modelled on the phone one
+NO_ADDRESS = "Phone or email is required"  # [ASSUMED] wording
+_PHONE = re.compile(r"^[1-9]\d{6,14}$")  # "Phone format": digits, no '+', e.g. 375291111111
+_ROUTE = re.compile(r"^/api/v2/(?P<method>[A-Za-z]+)/?$")
+_LATER_CODES = frozenset({"retry_later"})  # plus every code that names a limit
+
+
+def fault_means_later(code: str) -> bool:
+    """Whether an injected error code stands for "come back later" (a rate limit)."""
+    return code in _LATER_CODES or "limit" in code
+
+
+class PushOnlyControls:
+    """What tests drive a push-only emulator with (shared by ``smsby.py`` and ``octopush.py``).
+
+    - ``GET  /_emulator/state``: the account (``state_json``; query parameters filter it)
+    - ``GET  /_emulator/calls``: API calls per method and the count of write calls
+    - ``POST /_emulator/faults``: replace the ``Faults`` (body: its fields); ``reset-calls``
+    - ``POST /_emulator/<op>``: the emulator's own controls (``admin_post``)
+
+    As in ``admin.py``: unknown names answer 404, bad bodies 400, a GET where a POST is due 405.
+    """
+
+    write_methods: frozenset[str] = frozenset()
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.faults = Faults()
+        self.calls: Counter[str] = Counter()
+        self.write_calls = 0
+
+    # ---- what each emulator provides
+
+    def state_json(self, query: httpx.QueryParams) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def admin_post(self, op: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Answer one emulator-specific control; None: no such control."""
+        return None
+
+    def fault_answer(self, code: str, headers: dict[str, str] | None) -> httpx.Response:
+        """The provider's own answer for an injected error ``code``."""
+        raise NotImplementedError
+
+    # ---- shared
+
+    def enter(self, method: str) -> httpx.Response | None:
+        """Count one API call and roll its faults; a response here is the call's answer."""
+        with self._lock:
+            self.calls[method] += 1
+            if method in self.write_methods:
+                self.write_calls += 1
+            inject = self.faults.draw(method)
+        injected = inject()  # sleeps or drops outside the lock
+        if injected is None or not injected.headers.get("content-type", "").startswith(
+            "application/json"
+        ):
+            return injected  # served normally, or an HTTP 5xx page
+        # ``Faults.draw`` shapes an error-code fault as Unisender's envelope: answer in ours.
+        retry = {"Retry-After": self.faults.retry_after} if self.faults.retry_after else None
+        return self.fault_answer(str(injected.json().get("code") or ""), retry)
+
+    def _admin(self, request: httpx.Request) -> httpx.Response:
+        op = request.url.path.removeprefix("/_emulator/").strip("/")
+        try:
+            body: dict[str, Any] = json.loads(request.content or b"{}")
+            if op == "state" and request.method == "GET":
+                with self._lock:
+                    return httpx.Response(200, json=self.state_json(request.url.params))
+            if op == "calls" and request.method == "GET":
+                with self._lock:
+                    calls = {"calls": dict(self.calls), "write_calls": self.write_calls}
+                return httpx.Response(200, json=calls)
+            if request.method != "POST":
+                return httpx.Response(405, json={"error": "method not allowed"})
+            if op == "faults":
+                self.faults = Faults(**body)
+                return httpx.Response(200, json=self.faults.to_json())
+            if op == "reset-calls":
+                with self._lock:
+                    self.calls.clear()
+                    self.write_calls = 0
+                return httpx.Response(200, json={})
+            with self._lock:
+                answer = self.admin_post(op, body)
+            if answer is not None:
+                return httpx.Response(200, json=answer)
+        except KeyError as exc:
+            return httpx.Response(404, json={"error": f"not found: {exc}"})
+        except (ValueError, TypeError) as exc:
+            return httpx.Response(400, json={"error": str(exc)})
+        return httpx.Response(404, json={"error": f"unknown admin endpoint {op!r}"})
+
+
+# --------------------------------------------------------------------------- sms.by state
+
+
+class _Refused(Exception):
+    """A call-level failure: answered as ``{"error": message}``."""
+
+
+@dataclass
+class Subscriber:
+    phone: str = ""
+    email: str = ""
+    fields: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"phone": self.phone, "email": self.email, "fields": dict(self.fields)}
+
+
+@dataclass
+class SubscriberList:
+    """One mailing list: contacts are per list ("Import semantics": upsert within the list)."""
+
+    id: int
+    name: str
+    subscribers: list[Subscriber] = field(default_factory=list)
+    by_phone: dict[str, Subscriber] = field(default_factory=dict)
+    by_email: dict[str, Subscriber] = field(default_factory=dict)
+
+    def find(self, phone: str, email: str) -> Subscriber | None:
+        # "Import semantics": a contact with the transferred phone number or email address
+        return (self.by_phone.get(phone) if phone else None) or (
+            self.by_email.get(email) if email else None
+        )
+
+    def set_address(self, sub: Subscriber, kind: str, value: str) -> None:
+        index = self.by_phone if kind == "phone" else self.by_email
+        old = getattr(sub, kind)
+        if old and index.get(old) is sub:
+            del index[old]
+        setattr(sub, kind, value)
+        if value:
+            index[value] = sub
+
+
+class SmsbyEmulator(PushOnlyControls):
+    """An sms.by account behind ``handle``; thread-safe (one lock around the state)."""
+
+    write_methods = frozenset({"importContacts", "createSubscriberList"})
+
+    def __init__(
+        self, token: str | None = None, max_rows: int = MAX_ROWS, max_fields: int = MAX_FIELD_NAMES
+    ) -> None:
+        super().__init__()
+        self.token = token  # None: any non-empty token is accepted
+        self.max_rows, self.max_fields = max_rows, max_fields
+        self.lists: dict[int, SubscriberList] = {}
+        self._next_list = 1
+        self._methods: dict[str, Callable[[pp.Params], dict[str, Any]]] = {
+            "importContacts": self._import_contacts,
+            "createSubscriberList": self._create_list,
+        }
+
+    # ---- in-process helpers
+
+    def add_list(self, name: str) -> int:
+        with self._lock:
+            list_id = self._next_list
+            self._next_list += 1
+            self.lists[list_id] = SubscriberList(list_id, name)
+            return list_id
+
+    def contacts_in_list(self, list_id: int) -> list[dict[str, Any]]:
+        with self._lock:
+            return [s.to_json() for s in self.lists[list_id].subscribers]
+
+    def get(self, list_id: int, phone_or_email: str) -> dict[str, Any] | None:
+        with self._lock:
+            value = phone_or_email.strip()
+            sub = self.lists[list_id].find(value.removeprefix("+"), value.lower())
+            return None if sub is None else sub.to_json()
+
+    def state_json(self, query: httpx.QueryParams) -> dict[str, Any]:
+        wanted = query.get("list_id")
+        return {
+            "lists": [
+                {"id": lst.id, "name": lst.name, "contacts": [s.to_json() for s in lst.subscribers]}
+                for lst in self.lists.values()
+                if wanted is None or str(lst.id) == wanted
+            ]
+        }
+
+    def admin_post(self, op: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        if op == "list":
+            return {"id": self.add_list(str(body["name"]))}
+        return None
+
+    def fault_answer(self, code: str, headers: dict[str, str] | None) -> httpx.Response:
+        if fault_means_later(code):  # "Rate limits"
+            body = {"status": "error", "message": RATE_LIMIT_MESSAGE}
+            return httpx.Response(429, json=body, headers=headers)
+        return httpx.Response(200, json={"error": f"Injected fault: {code}"}, headers=headers)
+
+    # ---- the HTTP entry point
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.startswith("/_emulator/"):
+            return self._admin(request)
+        route = _ROUTE.match(path)
+        method = route["method"] if route else ""
+        if method not in self._methods or request.method not in ("GET", "POST"):
+            return httpx.Response(404, json={"error": "Not found"})
+        injected = self.enter(method)
+        if injected is not None:
+            return injected
+        params = pp.request_params(request)  # checklist 19: query and body
+        token = pp.scalar(params, "token")  # "Auth"
+        if not token or (self.token is not None and token != self.token):
+            return httpx.Response(403, json={"error": "Access denied"})  # "Errors" [ASSUMED body]
+        with self._lock:
+            try:
+                result = self._methods[method](params)
+            except _Refused as exc:
+                return httpx.Response(200, json={"error": str(exc)})  # "Errors": v1 shape
+        return httpx.Response(200, json={"status": "OK", "result": result})  # "Create list"
+
+    # ---- API methods
+
+    def _create_list(self, p: pp.Params) -> dict[str, Any]:
+        name = pp.scalar(p, "name").strip()
+        if not name:
+            raise _Refused("name is required")
+        return {"list_id": self.add_list(name)}  # "Create list"
+
+    def _import_contacts(self, p: pp.Params) -> dict[str, Any]:
+        raw_id = pp.scalar(p, "list_id").strip()
+        lst = self.lists.get(int(raw_id)) if raw_id.isdigit() else None
+        if lst is None:
+            raise _Refused(f"List {raw_id or '(none)'} not found")  # [ASSUMED] wording
+        names = [(j, v) for j, v in pp.indexed(p.get("field_names")) if isinstance(v, str)]
+        if not names:
+            raise _Refused("field_names is required")
+        if len(names) > self.max_fields:  # "Import limits"
+            raise _Refused(f"The number of custom fields must not exceed {self.max_fields}")
+        columns = [v for _, v in names]
+        if "phone" not in columns and "email" not in columns:  # seed 000
+            raise _Refused("Custom fields must include phone or email")
+        if len(set(columns)) != len(columns):
+            raise _Refused("field_names must not repeat a field")  # [ASSUMED]
+        rows = pp.indexed(p.get("data"))
+        if not rows:
+            raise _Refused("data is required")
+        if len(rows) > self.max_rows:  # "Import limits"
+            raise _Refused(f"You can import no more than {self.max_rows} contacts per call")
+
+        inserted = updated = 0
+        log: list[dict[str, Any]] = []
+        for index, row in rows:
+            cells = dict(pp.indexed(row)) if isinstance(row, dict) else {}
+            values = {name: _text(cells.get(j)) for j, name in names}
+            problem = _check(values)
+            if problem:
+                log.append({"index": index, "error_message": problem})  # "Import result"
+                continue
+            if self._upsert(lst, values):
+                inserted += 1
+            else:
+                updated += 1
+        result: dict[str, Any] = {"inserted": inserted, "updated": updated, "invalid": len(log)}
+        if log:
+            result["log"] = log  # seed 000: only when invalid > 0
+        return result
+
+    def _upsert(self, lst: SubscriberList, values: dict[str, str]) -> bool:
+        """Insert or update one row; True when inserted ("Import semantics")."""
+        phone, email = values.get("phone", ""), values.get("email", "").lower()
+        sub = lst.find(phone, email)
+        new = sub is None
+        if sub is None:
+            sub = Subscriber()
+            lst.subscribers.append(sub)
+        for name, value in values.items():  # only the fields named in field_names change
+            if name == "phone":
+                lst.set_address(sub, "phone", value)
+            elif name == "email":
+                lst.set_address(sub, "email", value.lower())
+            else:
+                sub.fields[name] = value
+        return new
+
+
+def _text(value: pp.PhpValue | None) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _check(values: dict[str, str]) -> str | None:
+    """The row's error message, or None (seed 000: log entries name the row and the reason)."""
+    phone, email = values.get("phone", ""), values.get("email", "")
+    if phone and not _PHONE.match(phone):
+        return INCORRECT_PHONE  # also a '+' in front ("Phone format")
+    if email and not EMAIL_RE.match(email):
+        return INCORRECT_EMAIL
+    if not phone and not email:
+        return NO_ADDRESS
+    return None
+
+
+def run_emulator(
+    host: str, port: int, api_key: str | None, seed_list: bool, faults: Faults | None = None
+) -> None:
+    """Build an sms.by emulator (optionally with list 1 "Newsletter") and serve it."""
+    emulator = SmsbyEmulator(token=api_key)
+    if faults is not None:
+        emulator.faults = faults
+    if seed_list:
+        emulator.add_list("Newsletter")
+    serve_forever(emulator.handle, host, port)

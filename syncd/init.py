@@ -1,0 +1,190 @@
+"""``syncd init``: a commented starter configuration and the inbox/outbox folders beside it.
+
+The starter is a complete, valid configuration for one provider: the API key comes from an
+environment variable (``${UNISENDER_API_KEY}`` ...), and the values only the user can know (the
+list id, Octopush's login) read ``CHANGE-ME``, which ``syncd check-config --online`` reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from syncd.errors import SyncdError
+
+FOLDER_MODE = 0o700
+FILE_MODE = 0o600
+PLACEHOLDER = "CHANGE-ME"
+
+
+class StarterExists(SyncdError):
+    """The configuration file is already there and ``force`` was not given."""
+
+
+@dataclass(frozen=True)
+class _Provider:
+    title: str
+    key: str  # "email" or "phone"
+    env: str  # the environment variable holding the API key
+    key_note: str
+    list_note: str
+    login: bool = False  # needs api_login
+    creates_list: bool = False  # supports create_missing_list
+
+
+STARTERS: dict[str, _Provider] = {
+    "unisender": _Provider(
+        "Unisender",
+        "email",
+        "UNISENDER_API_KEY",
+        "the Unisender API key",
+        "the list's id at Unisender",
+    ),
+    "selzy": _Provider(
+        "Selzy",
+        "email",
+        "SELZY_API_KEY",
+        "the Selzy API key",
+        "the list's id at Selzy",
+    ),
+    "smsby": _Provider(
+        "sms.by",
+        "phone",
+        "SMSBY_API_KEY",
+        "the sms.by API token",
+        "the list's id at sms.by",
+        creates_list=True,
+    ),
+    "octopush": _Provider(
+        "Octopush",
+        "phone",
+        "OCTOPUSH_API_KEY",
+        "the Octopush API key",
+        "the list's id at Octopush",
+        login=True,
+        creates_list=True,
+    ),
+}
+PROVIDER_NAMES = tuple(STARTERS)
+
+
+def _toml(text: str) -> str:
+    """A TOML basic string (JSON's escapes are valid TOML)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+#: One line of the starter: a ``key = value`` setting with its comment, or a line as is.
+_Line = tuple[str, str] | str
+_COMMENT_COLUMN = 34
+
+
+def _render(lines: list[_Line]) -> str:
+    out = []
+    for line in lines:
+        if isinstance(line, str):
+            out.append(line)
+        else:
+            setting, comment = line
+            out.append(f"{setting:<{_COMMENT_COLUMN}}  # {comment}".rstrip())
+    return "\n".join(out) + "\n"
+
+
+def starter_text(provider: str, folder: Path | None = None) -> str:
+    """The starter ``syncd.toml`` for ``provider``.
+
+    Paths are relative (``./inbox``) when ``folder`` is None, the file's folder being where
+    syncd will run; otherwise they are absolute paths inside ``folder``.
+    """
+    if provider not in STARTERS:
+        raise ValueError(f"unknown provider {provider!r} (known: {', '.join(PROVIDER_NAMES)})")
+    p = STARTERS[provider]
+
+    def place(name: str) -> str:
+        return f"./{name}" if folder is None else str(folder / name)
+
+    lines: list[_Line] = [
+        f"# syncd configuration: one {p.title} list kept in agreement with a local list.",
+        f"# Written by `syncd init --provider {provider}`. Before the first run:",
+        f"#   1. export {p.env}=... (the key is read from the environment, never kept here);",
+        f"#   2. replace every {PLACEHOLDER} below;",
+        "#   3. run `syncd check-config --online`: it tries the key and the list.",
+        '# Every key is described in README.md, "Configuration reference" (schema:',
+        "# schemas/config.schema.json). ${VAR} in any value is taken from the environment.",
+        "",
+        "[store]",
+        (f"url = {_toml('sqlite:///' + place('syncd.db'))}", "SQLAlchemy URL of the local mirror"),
+        "",
+        "[inbox]",
+        (f"path = {_toml(place('inbox'))}", "contact files (CSV, NDJSON): write beside, rename in"),
+        "",
+        "[outbox]",
+        (f"path = {_toml(place('outbox'))}", "provider-side changes, one NDJSON file per hour"),
+        "",
+        "[ingest]",
+        ('# default_region = "BY"', "read phones written without '+' as this country's"),
+        ("reject_role_addresses = true", "refuse info@, sales@, no-reply@ ... at ingestion"),
+        "",
+        "[http]",
+        ('listen = "127.0.0.1:9187"', '/healthz, /readyz, /metrics; "off" disables it'),
+        "",
+        "[daemon]",
+        ("max_parallel = 4", "targets synced at the same time"),
+        "",
+        "[[target]]",
+        ('name = "newsletter"', "unique; used by --target and in logs"),
+        (f"provider = {_toml(provider)}", " | ".join(PROVIDER_NAMES)),
+        (f'list_id = "{PLACEHOLDER}"', p.list_note),
+        ('local_list = "newsletter"', "the local list (the files' `lists` column) feeding it"),
+        (f"key = {_toml(p.key)}", f"contacts are matched on their {p.key}"),
+        (f'api_key = "${{{p.env}}}"', f"{p.key_note}, from the environment"),
+        (
+            f'# api_key_file = "${{CREDENTIALS_DIRECTORY}}/{provider}_api_key"',
+            "or from a file (one of the two)",
+        ),
+    ]
+    if p.login:
+        lines.append((f'api_login = "{PLACEHOLDER}"', "the account's login (api-login)"))
+    if p.creates_list:
+        lines.append(("create_missing_list = false", "true: create the list when it is missing"))
+    lines += [
+        ("fields = {}", 'remote = local field, e.g. { Name = "name", City = "city" }'),
+        ('conflict = "local"', "who wins a field edited on both sides: local | remote | manual"),
+        ("max_delete_fraction = 0.2", "a cycle deleting a larger share stops before writing"),
+        ('schedule = "5m"', "interval (30s, 5m, 1h) or a five-field cron expression (UTC)"),
+    ]
+    return _render(lines)
+
+
+def write_starter(
+    path: str | os.PathLike[str], provider: str = "unisender", force: bool = False
+) -> list[Path]:
+    """Write the starter configuration and create inbox/, inbox/processed, inbox/failed, outbox/.
+
+    Folders are created owner-only (0700), the file 0600; folders that exist are left as they
+    are. Raises :class:`StarterExists` when the file exists and ``force`` is false. Returns the
+    file and the folders this call created.
+    """
+    config = Path(path)
+    folder = config.parent
+    relative = folder.resolve() == Path.cwd().resolve()
+    text = starter_text(provider, None if relative else folder.resolve())
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        # "x" refuses an existing file atomically; "w" replaces it when forced
+        with config.open("w" if force else "x", encoding="utf-8") as handle:
+            handle.write(text)
+    except FileExistsError:
+        raise StarterExists(
+            f"{config} already exists; nothing was written (use --force to overwrite it)"
+        ) from None
+    config.chmod(FILE_MODE)
+    created = [config]
+    for name in ("inbox", "inbox/processed", "inbox/failed", "outbox"):
+        sub = folder / name
+        if not sub.exists():
+            sub.mkdir(mode=FOLDER_MODE)
+            sub.chmod(FOLDER_MODE)  # mkdir's mode is cut by the umask
+            created.append(sub)
+    return created
