@@ -18,7 +18,7 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -94,6 +94,7 @@ class CycleResult:
     export_complete: bool = True
     counts: Counter[str] = field(default_factory=Counter)
     rejected_codes: Counter[str] = field(default_factory=Counter)  # provider code -> rows
+    unsupported: list[str] = field(default_factory=list)  # first contacts the provider cannot serve
     calls: list[PlannedCall] = field(default_factory=list)
     api_calls: int = 0
     write_calls: int = 0
@@ -125,6 +126,7 @@ class CycleResult:
             "deferred": c["deferred"],
             "kept_opted_out": c["keep_opted_out"],
             "unsupported": c["unsupported"],
+            "withheld_opted_out": c["withheld_opted_out"],
             "api_calls": self.api_calls,
             "write_calls": self.write_calls,
         }
@@ -196,6 +198,13 @@ class _Cycle:
                     if dry:
                         session.rollback()  # plan writes nothing anywhere, not even scratch
             self.result.outcome = "planned" if dry else self._outcome()
+            if self.result.unsupported and not self.result.message:
+                more = self.result.counts["unsupported"] - len(self.result.unsupported)
+                self.result.message = (
+                    "cannot be done at this provider: "
+                    + "; ".join(self.result.unsupported)
+                    + (f"; and {more} more" if more > 0 else "")
+                )
         except MassDeleteRefused as exc:
             self.result.outcome, self.result.message = "refused", str(exc)
         except _Stopped:
@@ -285,7 +294,10 @@ class _Cycle:
         for chunk in mirror.iter_diff(session, self.target.name):
             for row in chunk:
                 d = reconcile(row.local, row.base, row.remote, self.rules, takes.get(row.key))
-                remote_deletes += d.remote_op == "delete"
+                # only deletions the provider can carry out count towards the guard
+                remote_deletes += d.remote_op == "delete" and (
+                    self.caps.delete or self.caps.exclude
+                )
                 local_removes += d.local_op == "remove"
         synced = mirror.count_rows(session, Base, self.target.name)
         limit = self.target.max_delete_fraction * synced
@@ -353,7 +365,12 @@ class _Cycle:
                 continue
             change = self._row_change(d, contacts.get(d.key))
             if change is None:
+                if d.remote_op == "delete" and not self.options.dry_run:
+                    forget.append(d.key)  # reported once; the provider cannot act on it
                 continue
+            if change.op in ("delete", "exclude") and d.remote_op != "delete":
+                # an opt-out the provider cannot hold: off the list, and forget what was there
+                d = replace(d, base=None)
             held = rejections.get(d.key)
             if held is not None and not held.retryable and held.digest == change.row.digest():
                 counts["held_rejected"] += 1  # refused before; waits until the record changes
@@ -373,18 +390,45 @@ class _Cycle:
             self._clear_conflicts(session, [d.key for _, d in decisions if not d.held])
 
     def _row_change(self, d: Decision, contact: Contact | None) -> RowChange | None:
+        """The write for a decision, as far as the provider's capabilities allow (or None)."""
         assert d.remote_op is not None and d.remote_row is not None
+        if d.pushes_status and d.remote_row.status not in self.caps.statuses:
+            return self._opt_out_without_status(d)
         if d.remote_op != "delete":
             return RowChange(d.remote_op, d.remote_row, d.remote_before)
         tombstoned = contact is None or contact.deleted
         if tombstoned and self.target.on_local_delete == "delete" and self.caps.delete:
             return RowChange("delete", d.remote_row, d.remote_before)
+        return self._off_the_list(d, "the provider has no documented way to delete a contact")
+
+    def _opt_out_without_status(self, d: Decision) -> RowChange | None:
+        """The provider cannot record an opt-out: it must not be asked to hold the contact.
+
+        Never created there (it would be messaged as active); if it is there already, it is
+        taken off the list, and reported where even that is impossible.
+        """
+        if d.remote_op == "create":
+            self.result.counts["withheld_opted_out"] += 1
+            return None
+        return self._off_the_list(d, "opted out, but the provider can neither record an opt-out "
+                                  "nor remove the contact: remove it by hand")  # fmt: skip
+
+    def _off_the_list(self, d: Decision, reason: str) -> RowChange | None:
+        assert d.remote_row is not None
         if self.caps.exclude:
             return RowChange("exclude", d.remote_row, d.remote_before)
         if self.caps.delete:
             return RowChange("delete", d.remote_row, d.remote_before)
         self.result.counts["unsupported"] += 1
+        self._report_unsupported(d.key, reason)
         return None
+
+    def _report_unsupported(self, key: str, reason: str) -> None:
+        """Per contact, never silently: a log line each, and the first few in the run message."""
+        log.warning("%s: %s", key, reason, extra={"target": self.target.name})
+        shown = self.result.unsupported
+        if len(shown) < 20:
+            shown.append(f"{key}: {reason}")
 
     def _apply_local(
         self, session: Session, d: Decision, row: mirror.DiffRow, contact: Contact | None

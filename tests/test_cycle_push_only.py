@@ -182,22 +182,27 @@ def test_invalid_rows_are_rejected_one_by_one_with_the_providers_message(tmp_pat
 
 
 def test_a_locally_opted_out_contact_is_never_pushed_as_active(world: PushWorld) -> None:
+    """Neither provider can record an opt-out: an opted-out contact is never created there,
+    and one already there is taken off the list (Octopush) or reported by name (sms.by)."""
     numbers = world.add_local(3)
     world.ingest([{"phone": phone(9), "name": "Nope", "lists": ["news"], "status": "unsubscribed"}])
     first = world.cycle()
-    assert first.summary()["created"] == 3
+    assert first.summary()["created"] == 3 and first.summary()["withheld_opted_out"] == 1
     assert phone(9) not in world.remote()
-    assert world.rejections()[phone(9)][0] == "opt_out_unsupported"
-    assert first.outcome == "rejected"  # reported, not silently dropped
+    assert first.outcome == "converged"  # withholding is the right state, not an error
 
-    # an opt-out of a contact already pushed cannot be recorded either: it is reported, and
-    # nothing is written that would present it as active again
     writes = world.write_calls()
     world.ingest([{"phone": numbers[0], "status": "unsubscribed"}])
     second = world.cycle()
-    assert second.write_calls == 0 and world.write_calls() == writes
-    assert world.rejections()[numbers[0]][0] == "opt_out_unsupported"
-    assert world.cycle().write_calls == 0
+    if world.kind == "octopush":
+        assert second.summary()["deleted"] == 1 and numbers[0] not in world.remote()
+        assert second.outcome == "converged"
+    else:
+        assert second.write_calls == 0 and world.write_calls() == writes
+        assert second.summary()["unsupported"] == 1 and numbers[0] in second.message
+        assert second.outcome == "rejected"  # a consent gap a person must close
+    third = world.cycle()
+    assert third.write_calls == 0
 
 
 def test_plan_shows_the_calls_and_writes_nothing(world: PushWorld) -> None:
@@ -222,8 +227,9 @@ def test_smsby_local_delete_is_reported_as_unsupported(tmp_path: Path) -> None:
     assert result.summary()["unsupported"] == 1 and result.summary()["deleted"] == 0
     assert result.write_calls == 0
     assert numbers[1] in world.remote()  # still there: sms.by documents no delete
+    assert numbers[1] in result.message  # reported by name, not silently dropped
     again = world.cycle()
-    assert again.write_calls == 0 and again.summary()["unsupported"] == 1  # reported every cycle
+    assert again.write_calls == 0 and again.outcome == "converged"  # reported once
 
 
 def test_smsby_rows_split_at_500(tmp_path: Path) -> None:
@@ -279,3 +285,13 @@ def test_octopush_rows_split_by_the_setting_and_by_the_provider(tmp_path: Path) 
     assert result.write_calls == 6  # 10 refused, 5 refused, then 3+2, and the other 5 as 3+2
     assert len(other.remote()) == 10
     assert other.cycle().write_calls == 0
+
+
+def test_deletes_the_provider_cannot_do_do_not_trip_the_mass_delete_guard(tmp_path: Path) -> None:
+    world = PushWorld(tmp_path, "smsby")
+    numbers = world.add_local(20)
+    world.cycle()
+    world.ingest({"phone": n, "delete": 1} for n in numbers[:11])
+    result = world.cycle()
+    assert result.outcome != "refused"  # nothing would be deleted at all
+    assert result.summary()["unsupported"] == 11 and result.write_calls == 0
