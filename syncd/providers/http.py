@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
@@ -358,3 +358,16 @@ class ProviderHttp:
                     f"{'try' if number == 1 else 'tries'} (last: {exc.reason})"
                 )
             ) from None
+
+
+def answer_count(obj: Mapping[str, Any], name: str) -> int | None:
+    """A non-negative integer counter in a provider's answer, as a number or a numeric string;
+    None if absent or odd (callers then refuse to confirm rows from that answer)."""
+    value = obj.get(name)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None

@@ -40,8 +40,7 @@ from syncd.providers.base import (
     RowChange,
     RowOutcome,
 )
-from syncd.providers.http import ProviderHttp, TryLater, key_fingerprint
-from syncd.providers.unisender import _count  # the same lenient counter reader
+from syncd.providers.http import ProviderHttp, TryLater, answer_count, key_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +266,7 @@ class SmsbyProvider(Provider):
         where = f"{self.name} {IMPORT}"
         if not isinstance(result, dict):
             raise ProviderError(f"{where}: `result` is not an object", code="bad_answer")
-        counts = [_count(result, name) for name in ("inserted", "updated", "invalid")]
+        counts = [answer_count(result, name) for name in ("inserted", "updated", "invalid")]
         if any(n is None for n in counts):
             raise ProviderError(
                 f"{where}: the answer lacks inserted, updated or invalid", code="bad_answer"
@@ -285,7 +284,7 @@ class SmsbyProvider(Provider):
         named: dict[int, list[str]] = {}
         for entry in entries:
             entry = entry if isinstance(entry, dict) else {"entry": entry}
-            index = _count(entry, "index")
+            index = answer_count(entry, "index")
             if index is None or index >= rows:
                 raise ProviderError(
                     f"{where}: a `log` entry names no row of the {rows} sent: {entry!r}",

@@ -36,7 +36,7 @@ from syncd.providers.base import (
     RowChange,
     RowOutcome,
 )
-from syncd.providers.http import ProviderHttp, TryLater
+from syncd.providers.http import ProviderHttp, TryLater, answer_count
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +340,7 @@ class UnisenderProvider(Provider):
         where = f"{self.name} {IMPORT}"
         if not isinstance(result, dict):
             raise ProviderError(f"{where}: `result` is not an object", code="bad_answer")
-        total = _count(result, "total")
+        total = answer_count(result, "total")
         if total is None:
             raise ProviderError(f"{where}: the answer has no `total`", code="bad_answer")
         if total != rows:
@@ -358,7 +358,7 @@ class UnisenderProvider(Provider):
         for entry in entries:
             if not isinstance(entry, dict):
                 raise ProviderError(f"{where}: a `log` entry is not an object", code="bad_answer")
-            index = _count(entry, "index")  # §1.4: a number; some servers send a string
+            index = answer_count(entry, "index")  # §1.4: a number; some servers send a string
             if index is None or not 0 <= index < rows:
                 raise ProviderError(
                     f"{where}: a `log` entry names no row of the {rows} sent: {entry!r}",
@@ -383,7 +383,7 @@ class UnisenderProvider(Provider):
         # out than the log names as errors, a "warning" may hide a dropped row. Which one is
         # unknowable, so none of the warned rows is confirmed; if that still does not cover
         # the gap, nothing is.
-        applied = [_count(result, name) for name in ("inserted", "updated", "deleted")]
+        applied = [answer_count(result, name) for name in ("inserted", "updated", "deleted")]
         if all(n is not None for n in applied):
             left_out = total - sum(n for n in applied if n is not None)
             if left_out > len(errors):
@@ -618,18 +618,6 @@ class UnisenderProvider(Provider):
 
 class _Truncated(Exception):
     """The file's own framing (gzip) says it ended early."""
-
-
-def _count(obj: Mapping[str, Any], name: str) -> int | None:
-    """A non-negative integer counter, as a number or a numeric string; None if absent/odd."""
-    value = obj.get(name)
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
 
 
 def _split(cell: str) -> list[str]:
