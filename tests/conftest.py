@@ -49,7 +49,7 @@ class World:
             "list_id": str(self.list_id),
             "local_list": "news",
             "api_key": API_KEY,
-            "base_url": "http://emulator.test/en/api",
+            "base_url": "http://127.0.0.1:9/en/api",
             "fields": {"Name": "name", "City": "city"},
             "export_poll_interval": 0.001,
             "export_rate_limit_per_minute": 1_000_000,

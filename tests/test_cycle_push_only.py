@@ -33,11 +33,11 @@ LOGIN = "ops@example.com"
 
 SETUPS: dict[str, dict[str, Any]] = {
     "smsby": {
-        "base_url": "http://smsby.test/api/v2",
+        "base_url": "http://127.0.0.1:9/api/v2",
         "fields": {"name": "name", "city": "city"},
     },
     "octopush": {
-        "base_url": "http://octopush.test/v1/public",
+        "base_url": "http://127.0.0.1:9/v1/public",
         "api_login": LOGIN,
         "fields": {"first_name": "name", "param1": "city"},
     },

@@ -188,7 +188,7 @@ def config_file(world: World, path: Path, **target: Any) -> Path:
         "provider": "unisender",
         "list_id": str(world.list_id),
         "api_key": "${KEY}",
-        "base_url": "http://emulator.test/en/api",
+        "base_url": "http://127.0.0.1:9/en/api",
         "fields": {"Name": "name"},
         **target,
     }
