@@ -207,17 +207,8 @@ class ProviderHttp:
         retry and ``ProviderError`` for answers that are final errors.
         """
 
-        def attempt() -> T:
-            response = self._send(method, self.client.build_request("POST", url, data=form))
-            try:
-                return parse(response)
-            except TryLater as exc:
-                retry_after = exc.retry_after
-                if retry_after is None:
-                    retry_after = parse_retry_after(response.headers.get("retry-after"))
-                raise _Transient(exc.reason, retry_after) from None
-
-        return self._with_retries(method, write, attempt)
+        request = self.client.build_request("POST", url, data=form)
+        return self._request(method, request, write=write, parse=parse, client_errors=False)
 
     def send(
         self,
@@ -235,8 +226,21 @@ class ProviderHttp:
         on a retry, so its body must be bytes (``json=``, ``data=``, ``content=bytes``).
         """
 
+        return self._request(method, request, write=write, parse=parse, client_errors=True)
+
+    def _request(
+        self,
+        method: str,
+        request: httpx.Request,
+        *,
+        write: bool,
+        parse: Callable[[httpx.Response], T],
+        client_errors: bool,
+    ) -> T:
+        """One request with retries; ``parse`` turns the answer into a result or ``TryLater``."""
+
         def attempt() -> T:
-            response = self._send(method, request, client_errors=True)
+            response = self._send(method, request, client_errors=client_errors)
             try:
                 return parse(response)
             except TryLater as exc:
