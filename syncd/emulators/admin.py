@@ -26,11 +26,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
-from syncd.emulators.server import DropConnection
+from syncd.emulators.server import DropConnection, serve_forever
 from syncd.emulators.unisender_import import CALL_ERROR_CODES, ApiError, error_response, now_utc
 
 if TYPE_CHECKING:
@@ -232,46 +232,25 @@ class EmulatorControls:
     # ---- /_emulator/: the same helpers over HTTP (JSON, no api key) ------------------------
 
     def _admin(self, request: httpx.Request) -> httpx.Response:
-        op = request.url.path.removeprefix("/_emulator/").strip("/")
-        try:
-            body: dict[str, Any] = json.loads(request.content or b"{}")
-            if op == "state" and request.method == "GET":
-                list_id = request.url.params.get("list_id")
-                with self._lock:
-                    rows = (
-                        self.contacts_in_list(int(list_id))
-                        if list_id
-                        else [c.to_json() for c in self.contacts.values()]
-                    )
-                    state = {"lists": self._lists_json(), "fields": self._fields_json()}
-                return httpx.Response(200, json=state | {"contacts": rows})
-            if op == "calls" and request.method == "GET":
-                with self._lock:
-                    return httpx.Response(
-                        200, json={"calls": dict(self.calls), "write_calls": self.write_calls}
-                    )
-            if request.method != "POST":
-                return httpx.Response(405, json={"error": "method not allowed"})
-            if op == "faults":
-                self.faults = Faults(**body)
-                return httpx.Response(200, json=self.faults.to_json())
-            if op == "reset-calls":
-                with self._lock:
-                    self.calls.clear()
-                    self.write_calls = 0
-                return httpx.Response(200, json={})
-            if op == "list":
-                return httpx.Response(200, json={"id": self.add_list(body["title"])})
-            if op == "field":
-                new_id = self.add_field(body["name"], body.get("type", "string"))
-                return httpx.Response(200, json={"id": new_id})
-            if op == "contact":
-                return httpx.Response(200, json=self._admin_contact(body) or {})
-        except KeyError as exc:
-            return httpx.Response(404, json={"error": f"not found: {exc}"})
-        except (ValueError, TypeError) as exc:
-            return httpx.Response(400, json={"error": str(exc)})
-        return httpx.Response(404, json={"error": f"unknown admin endpoint {op!r}"})
+        return admin_response(self, request, self._admin_state, self._admin_post)
+
+    def _admin_state(self, query: httpx.QueryParams) -> dict[str, Any]:
+        list_id = query.get("list_id")
+        rows = (
+            self.contacts_in_list(int(list_id))
+            if list_id
+            else [c.to_json() for c in self.contacts.values()]
+        )
+        return {"lists": self._lists_json(), "fields": self._fields_json(), "contacts": rows}
+
+    def _admin_post(self, op: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        if op == "list":
+            return {"id": self.add_list(body["title"])}
+        if op == "field":
+            return {"id": self.add_field(body["name"], body.get("type", "string"))}
+        if op == "contact":
+            return self._admin_contact(body) or {}
+        return None
 
     def _admin_contact(self, body: dict[str, Any]) -> dict[str, Any] | None:
         action, email = body.pop("action"), body.pop("email")
@@ -289,3 +268,61 @@ class EmulatorControls:
             raise ValueError(f"unknown action {action!r}")
         actions[action]()
         return self.get(email)
+
+
+class _Controlled(Protocol):
+    _lock: threading.RLock
+    calls: Counter[str]
+    write_calls: int
+    faults: Faults
+
+
+def admin_response(
+    emulator: _Controlled,
+    request: httpx.Request,
+    state: Callable[[httpx.QueryParams], dict[str, Any]],
+    post: Callable[[str, dict[str, Any]], dict[str, Any] | None],
+) -> httpx.Response:
+    """``/_emulator/`` for every emulator: ``state``, ``calls``, ``faults`` and ``reset-calls``
+    here, anything else through ``post`` (None: no such control). JSON in and out, no API key;
+    unknown names answer 404, bad bodies 400, a GET where a POST is due 405."""
+    op = request.url.path.removeprefix("/_emulator/").strip("/")
+    try:
+        body: dict[str, Any] = json.loads(request.content or b"{}")
+        if op == "state" and request.method == "GET":
+            with emulator._lock:
+                return httpx.Response(200, json=state(request.url.params))
+        if op == "calls" and request.method == "GET":
+            with emulator._lock:
+                calls = {"calls": dict(emulator.calls), "write_calls": emulator.write_calls}
+            return httpx.Response(200, json=calls)
+        if request.method != "POST":
+            return httpx.Response(405, json={"error": "method not allowed"})
+        if op == "faults":
+            emulator.faults = Faults(**body)
+            return httpx.Response(200, json=emulator.faults.to_json())
+        if op == "reset-calls":
+            with emulator._lock:
+                emulator.calls.clear()
+                emulator.write_calls = 0
+            return httpx.Response(200, json={})
+        with emulator._lock:
+            answer = post(op, body)
+        if answer is not None:
+            return httpx.Response(200, json=answer)
+    except KeyError as exc:
+        return httpx.Response(404, json={"error": f"not found: {exc}"})
+    except (ValueError, TypeError) as exc:
+        return httpx.Response(400, json={"error": str(exc)})
+    return httpx.Response(404, json={"error": f"unknown admin endpoint {op!r}"})
+
+
+class _Servable(_Controlled, Protocol):
+    def handle(self, request: httpx.Request) -> httpx.Response: ...
+
+
+def serve(emulator: _Servable, host: str, port: int, faults: Faults | None) -> None:
+    """What every ``run_emulator`` ends with: the command line's faults, then serve forever."""
+    if faults is not None:
+        emulator.faults = faults
+    serve_forever(emulator.handle, host, port)

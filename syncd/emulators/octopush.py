@@ -41,8 +41,7 @@ from typing import Any
 
 import httpx
 
-from syncd.emulators.admin import Faults
-from syncd.emulators.server import serve_forever
+from syncd.emulators.admin import Faults, serve
 from syncd.emulators.smsby import PushOnlyControls, fault_means_later
 
 CONTACT_FIELDS = ("first_name", "last_name", "param1", "param2", "param3", "param4", "param5")
@@ -299,8 +298,6 @@ def run_emulator(
 ) -> None:
     """Build an Octopush emulator (optionally with list "Newsletter") and serve it."""
     emulator = OctopushEmulator(api_key=api_key)
-    if faults is not None:
-        emulator.faults = faults
     if seed_list:
         emulator.add_list("Newsletter")
-    serve_forever(emulator.handle, host, port)
+    serve(emulator, host, port, faults)

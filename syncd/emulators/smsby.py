@@ -29,7 +29,6 @@ by checklist 19); the rate-limit answer is the one documented for the login endp
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections import Counter
@@ -40,8 +39,7 @@ from typing import Any
 import httpx
 
 from syncd.emulators import php_params as pp
-from syncd.emulators.admin import Faults
-from syncd.emulators.server import serve_forever
+from syncd.emulators.admin import Faults, admin_response, serve
 from syncd.emulators.unisender_import import EMAIL_RE
 
 MAX_ROWS = 500  # "Import limits" / seed 000
@@ -111,35 +109,7 @@ class PushOnlyControls:
         return self.fault_answer(str(injected.json().get("code") or ""), retry)
 
     def _admin(self, request: httpx.Request) -> httpx.Response:
-        op = request.url.path.removeprefix("/_emulator/").strip("/")
-        try:
-            body: dict[str, Any] = json.loads(request.content or b"{}")
-            if op == "state" and request.method == "GET":
-                with self._lock:
-                    return httpx.Response(200, json=self.state_json(request.url.params))
-            if op == "calls" and request.method == "GET":
-                with self._lock:
-                    calls = {"calls": dict(self.calls), "write_calls": self.write_calls}
-                return httpx.Response(200, json=calls)
-            if request.method != "POST":
-                return httpx.Response(405, json={"error": "method not allowed"})
-            if op == "faults":
-                self.faults = Faults(**body)
-                return httpx.Response(200, json=self.faults.to_json())
-            if op == "reset-calls":
-                with self._lock:
-                    self.calls.clear()
-                    self.write_calls = 0
-                return httpx.Response(200, json={})
-            with self._lock:
-                answer = self.admin_post(op, body)
-            if answer is not None:
-                return httpx.Response(200, json=answer)
-        except KeyError as exc:
-            return httpx.Response(404, json={"error": f"not found: {exc}"})
-        except (ValueError, TypeError) as exc:
-            return httpx.Response(400, json={"error": str(exc)})
-        return httpx.Response(404, json={"error": f"unknown admin endpoint {op!r}"})
+        return admin_response(self, request, self.state_json, self.admin_post)
 
 
 # --------------------------------------------------------------------------- sms.by state
@@ -353,8 +323,6 @@ def run_emulator(
 ) -> None:
     """Build an sms.by emulator (optionally with list 1 "Newsletter") and serve it."""
     emulator = SmsbyEmulator(token=api_key)
-    if faults is not None:
-        emulator.faults = faults
     if seed_list:
         emulator.add_list("Newsletter")
-    serve_forever(emulator.handle, host, port)
+    serve(emulator, host, port, faults)

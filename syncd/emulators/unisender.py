@@ -40,9 +40,11 @@ from typing import Any
 import httpx
 
 from syncd.emulators import php_params as pp
-from syncd.emulators.admin import EmulatorControls
-from syncd.emulators.admin import Faults as Faults  # re-exported (public API of this module)
-from syncd.emulators.server import serve_forever
+from syncd.emulators.admin import (
+    EmulatorControls,
+    serve,  # re-exported (public API of this module)
+)
+from syncd.emulators.admin import Faults as Faults
 from syncd.emulators.unisender_import import CALL_ERROR_CODES as CALL_ERROR_CODES  # re-exported
 from syncd.emulators.unisender_import import (
     EMAIL_RE,
@@ -515,10 +517,8 @@ def run_emulator(
 ) -> None:
     """Build an emulator (optionally with list 1 "Newsletter" and fields Name, City) and serve."""
     emulator = UnisenderEmulator(api_key=api_key, brand=brand)
-    if faults is not None:
-        emulator.faults = faults
     if seed_list:
         emulator.add_list("Newsletter")
         emulator.add_field("Name")
         emulator.add_field("City")
-    serve_forever(emulator.handle, host, port)
+    serve(emulator, host, port, faults)
