@@ -7,6 +7,9 @@
   three-way comparison is a set operation done by the database, not a Python dict of the list.
 - ``run``, ``rejection``, ``conflict``: what cycles did, rows the provider refused, and
   conflicts waiting for a person under ``conflict = "manual"``.
+- ``push_job`` / ``push_job_part`` / ``push_job_row``: batches handed to a provider that
+  confirms them later by calling back (Netcore's hosted-file bulk upload). Their rows move the
+  base only when every part of the job has been confirmed (rule 4).
 """
 
 from __future__ import annotations
@@ -97,3 +100,43 @@ class Conflict(SQLModel, table=True):
     base: str | None = None
     resolution: str | None = None  # None (open) | "local" | "remote"
     at: str
+
+
+class PushJob(SQLModel, table=True):
+    """One batch sent to a provider that confirms it later, by callback."""
+
+    __tablename__ = "push_job"
+    id: str = Field(primary_key=True)  # random; appears in the file and callback URLs
+    target: str = Field(index=True)
+    state: str = "open"  # open | done | expired | failed
+    created_at: str
+    expires_at: str  # ISO UTC; past it, the rows are released and sent again by a later cycle
+    parts: int  # one per provider call (column groups split a batch into several)
+
+
+class PushJobPart(SQLModel, table=True):
+    """One provider call of a job: its hosted file, its callback secret and its request id."""
+
+    __tablename__ = "push_job_part"
+    job_id: str = Field(primary_key=True)
+    part: int = Field(primary_key=True)
+    file_secret: str  # SHA-256 (hex) of the secret in the file URL; the secret itself is not kept
+    callback_secret: str  # SHA-256 (hex) of the secret in the callback URL
+    body: bytes | None = None  # the file served to the provider; dropped once confirmed
+    content_type: str = "text/csv"
+    requestid: str | None = None  # the provider's id for the call
+    state: str = "pending"  # pending | sent | done | failed
+    result: str = ""  # what the callback said (JSON), for status and debugging
+    callback_at: str | None = None
+
+
+class PushJobRow(SQLModel, table=True):
+    """A contact waiting for its job's confirmation: neither sent again nor counted as done."""
+
+    __tablename__ = "push_job_row"
+    job_id: str = Field(primary_key=True)
+    key: str = Field(primary_key=True)
+    target: str = Field(index=True)
+    op: str
+    base: str | None = None  # projection JSON that becomes the base once confirmed; None: forget
+    digest: str  # of the row as sent (kept with a rejection)
