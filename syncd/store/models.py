@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
 
 
@@ -134,9 +135,10 @@ class PushJobRow(SQLModel, table=True):
     """A contact waiting for its job's confirmation: neither sent again nor counted as done."""
 
     __tablename__ = "push_job_row"
+    __table_args__ = (Index("ix_push_job_row_target_key", "target", "key"),)
     job_id: str = Field(primary_key=True)
     key: str = Field(primary_key=True)
-    target: str = Field(index=True)
+    target: str
     op: str
     base: str | None = None  # projection JSON that becomes the base once confirmed; None: forget
     digest: str  # of the row as sent (kept with a rejection)
