@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
-from syncd import outbox
+from syncd import jobs, outbox
 from syncd.config import Config, TargetConfig
+from syncd.daemon import hooks
+from syncd.daemon.http import StatusServer
 from syncd.engine import CycleOptions, CycleResult, run_cycle
 from syncd.errors import SyncdError
-from syncd.providers import make_provider
+from syncd.metrics import Metrics
+from syncd.providers import callback_reader, make_provider
 from syncd.providers.base import Provider
 from syncd.store import open_engine
 from syncd.store.models import Conflict, Rejection, Run
@@ -41,27 +45,92 @@ def run_once(
     db: Engine | None = None,
     options: CycleOptions | None = None,
     providers: ProviderFactory = build_provider,
+    callback_wait: float | None = None,
 ) -> list[CycleResult]:
-    """One cycle for every target (or one), in the order the configuration lists them."""
+    """One cycle for every target (or one), in the order the configuration lists them.
+
+    Targets whose provider confirms by calling back (Netcore with a ``public_url``) need the
+    listener: it serves their files and takes their callbacks while the cycles run, and then
+    until every callback came, the jobs' ``callback_timeout`` passed, or ``callback_wait``
+    seconds did.
+    """
     db = db or open_store(config)
     outbox.ensure_table(db)
     base_options = options or CycleOptions()
+    chosen = config.targets(target)
+    listener = None if base_options.dry_run else _job_listener(config, db, chosen)
     results = []
-    for t in config.targets(target):
-        provider = providers(config, t)
-        cycle_id = uuid.uuid4().hex[:12]
-        # remote-born changes reach the outbox however the cycle was started
-        opts = replace(
-            base_options,
-            cycle_id=cycle_id,
-            on_remote_change=outbox.recorder(provider.name, cycle_id),
-        )
-        try:
-            results.append(run_cycle(db, t, provider, opts))
-        finally:
-            provider.close()
-        outbox.flush(db, Path(config.outbox.path))
+    try:
+        for t in chosen:
+            provider = providers(config, t)
+            cycle_id = uuid.uuid4().hex[:12]
+            # remote-born changes reach the outbox however the cycle was started
+            opts = replace(
+                base_options,
+                cycle_id=cycle_id,
+                on_remote_change=outbox.recorder(provider.name, cycle_id),
+            )
+            try:
+                results.append(run_cycle(db, t, provider, opts))
+            finally:
+                provider.close()
+            outbox.flush(db, Path(config.outbox.path))
+        if listener is not None:
+            _await_callbacks(db, results, chosen, callback_wait)
+    finally:
+        if listener is not None:
+            listener.stop()
     return results
+
+
+def _job_listener(config: Config, db: Engine, targets: list[TargetConfig]) -> StatusServer | None:
+    if not any(callback_reader(t) for t in targets) or not config.http.enabled:
+        return None
+    server = StatusServer(
+        config.http, health=lambda: (True, ""), ready=lambda: (True, ""), metrics=Metrics()
+    )
+    hooks.mount(server, db, lambda: config)
+    server.start()
+    return server
+
+
+def _await_callbacks(
+    db: Engine, results: list[CycleResult], targets: list[TargetConfig], wait: float | None
+) -> None:
+    """Wait for the callbacks of this run's jobs, then say how each waiting target ended."""
+    waiting = {r.target: r for r in results if r.outcome == "awaiting"}
+    if not waiting:
+        return
+    timeouts = [t.callback_timeout for t in targets if t.name in waiting]
+    limit = min(max(timeouts), wait if wait is not None else float("inf"))
+    deadline = time.monotonic() + limit
+    while jobs.open_jobs(db, list(waiting)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with Session(db) as session:
+        for name, result in waiting.items():
+            left = jobs.waiting_rows(session, name)
+            refused = session.execute(
+                select(func.count()).select_from(Rejection).where(col(Rejection.target) == name)
+            ).scalar_one()
+            if left:
+                result.message = (
+                    f"{left} rows still wait for the provider's callback; if none comes they are "
+                    "sent again once callback_timeout has passed"
+                )
+            elif refused:
+                result.outcome = "rejected"
+                result.message = f"the provider's callbacks refused {refused} rows"
+            else:
+                result.outcome = "converged"
+                result.message = "confirmed by the provider's callbacks"
+            result.counts["confirmed_later"] = result.counts["awaiting"] - left
+            run = session.execute(
+                select(Run).where(col(Run.target) == name).order_by(col(Run.id).desc()).limit(1)
+            ).scalar_one_or_none()
+            if run is not None:
+                run.outcome, run.message = result.outcome, result.message
+                run.summary = json.dumps(result.summary())
+        session.commit()
 
 
 def exit_code(results: list[CycleResult]) -> int:

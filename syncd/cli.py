@@ -76,12 +76,20 @@ def run_cmd(config_path: str | None, log_level: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Reconcile and plan, write nothing anywhere.")
 @click.option("--allow-mass-delete", is_flag=True, help="Let this run pass the delete guard.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON lines.")
+@click.option(
+    "--callback-wait",
+    type=float,
+    default=None,
+    help="Seconds to wait for providers' callbacks (Netcore) before exiting "
+    "[default: the target's callback_timeout].",
+)
 def run_once_cmd(
     config_path: str | None,
     target: str | None,
     dry_run: bool,
     allow_mass_delete: bool,
     as_json: bool,
+    callback_wait: float | None,
 ) -> None:
     """Run one cycle per target and print a one-line summary for each."""
     config = _load(config_path)
@@ -89,7 +97,7 @@ def run_once_cmd(
         options = CycleOptions(
             dry_run=dry_run, allow_mass_delete=allow_mass_delete, progress=progress
         )
-        results = _run(config, target, options)
+        results = _run(config, target, options, callback_wait)
     for r in results:
         click.echo(json.dumps(r.summary()) if as_json else _summary_line(r))
     sys.exit(app.exit_code(results))
@@ -111,9 +119,11 @@ def plan_cmd(config_path: str | None, target: str | None, as_json: bool) -> None
     sys.exit(max((r.exit_code for r in results if r.outcome != "planned"), default=0))
 
 
-def _run(config: Config, target: str | None, options: CycleOptions) -> list[CycleResult]:
+def _run(
+    config: Config, target: str | None, options: CycleOptions, callback_wait: float | None = None
+) -> list[CycleResult]:
     try:
-        return app.run_once(config, target=target, options=options)
+        return app.run_once(config, target=target, options=options, callback_wait=callback_wait)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_CONFIG)
@@ -131,6 +141,11 @@ def _summary_line(r: CycleResult) -> str:
         line += f"; {s['kept_opted_out']} opted-out contacts kept at the provider"
     if s["deferred"]:
         line += f"; {s['deferred']} creates/deletes deferred"
+    if s["awaiting_confirmation"] or s["still_awaiting"]:
+        line += (
+            f"; {s['awaiting_confirmation']} sent for confirmation by callback "
+            f"({s['confirmed_later']} confirmed), {s['still_awaiting']} still waiting from before"
+        )
     if r.message:
         line += f"\n  {r.message}"
     return line
@@ -373,7 +388,9 @@ def check_config_cmd(config_path: str | None, online: bool, as_json: bool) -> No
 
 
 @main.command("emulate")
-@click.argument("provider", type=click.Choice(["unisender", "selzy", "smsby", "octopush"]))
+@click.argument(
+    "provider", type=click.Choice(["unisender", "selzy", "smsby", "octopush", "netcore"])
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True, type=int)
 @click.option("--api-key", default=None, help="Accept only this key (default: any).")
@@ -386,6 +403,13 @@ def check_config_cmd(config_path: str | None, online: bool, as_json: bool) -> No
     "--rate-limit-rate", type=float, default=0.0, help="Share of rate-limit error answers."
 )
 @click.option("--seed", type=int, default=None, help="Seed for the fault dice (reproducible).")
+@click.option(
+    "--primary-key",
+    type=click.Choice(["EMAIL", "MOBILE"]),
+    default="EMAIL",
+    show_default=True,
+    help="netcore: the account's primary key attribute.",
+)
 def emulate_cmd(
     provider: str,
     host: str,
@@ -398,6 +422,7 @@ def emulate_cmd(
     drop_rate: float,
     rate_limit_rate: float,
     seed: int | None,
+    primary_key: str,
 ) -> None:
     """Run a faithful local emulator of a provider's API on loopback.
 
@@ -418,6 +443,10 @@ def emulate_cmd(
         from syncd.emulators import smsby
 
         smsby.run_emulator(host, port, api_key, not no_seed, faults)
+    elif provider == "netcore":
+        from syncd.emulators import netcore
+
+        netcore.run_emulator(host, port, api_key, not no_seed, faults, primary_key)
     elif provider == "octopush":
         from syncd.emulators import octopush
 

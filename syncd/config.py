@@ -26,12 +26,13 @@ from pydantic import (
 from syncd.errors import ConfigError
 
 Policy = Literal["local", "remote", "manual"]
-PROVIDERS = ("unisender", "selzy", "smsby", "octopush")
+PROVIDERS = ("unisender", "selzy", "smsby", "octopush", "netcore")
 DEFAULT_BASE_URLS = {
     "unisender": "https://api.unisender.com/{lang}/api",
     "selzy": "https://api.selzy.com/{lang}/api",
     "smsby": "https://app.sms.by/api/v2",
     "octopush": "https://api.octopush.com/v1/public",
+    "netcore": "https://api.netcoresmartech.com/apiv2",
 }
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -106,7 +107,7 @@ class IngestConfig(_Strict):
 
 class TargetConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Unique target name.")
-    provider: Literal["unisender", "selzy", "smsby", "octopush"]
+    provider: Literal["unisender", "selzy", "smsby", "octopush", "netcore"]
     list_id: str = Field(min_length=1, description="The remote list.")
     local_list: str | None = Field(None, description="Local list feeding it (default: name).")
     key: Literal["email", "phone"] = "email"
@@ -124,6 +125,28 @@ class TargetConfig(_Strict):
         gt=0,
         description="Rows per write call where the provider documents no limit (Octopush: 500); "
         "a batch the provider refuses as too large is split.",
+    )
+    max_fields_per_call: int | None = Field(
+        None,
+        ge=2,
+        description="Columns per call, the key included, where the provider documents no limit "
+        "(Netcore: 20); contacts with more fields go in several calls.",
+    )
+    public_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/?#]+(/[^?#]*)?$",
+        description="Netcore: the URL at which the provider reaches syncd's HTTP listener "
+        "([http] listen), e.g. behind a reverse proxy. It fetches each batch's file and posts its "
+        "callback there. Without it, contacts go one by one (activity=addsync).",
+    )
+    callback_timeout: float = Field(
+        3600.0,
+        gt=0,
+        description="Netcore: seconds a bulk upload may wait for its callback; after that its "
+        "rows are sent again by the next cycle.",
+    )
+    notify_email: str | None = Field(
+        None, description="Netcore: an address the provider emails when a bulk upload is done."
     )
     create_missing_list: bool = Field(
         False, description="sms.by / Octopush: create the remote list when it does not exist."
@@ -222,6 +245,16 @@ class Config(_Strict):
     http: HttpConfig = HttpConfig()
     daemon: DaemonConfig = DaemonConfig()
     target: list[TargetConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _listener_for_callbacks(self) -> Config:
+        needing = [t.name for t in self.target if t.public_url]
+        if needing and not self.http.enabled:
+            raise ValueError(
+                f"target(s) {', '.join(needing)} set public_url, which is served by the HTTP "
+                'listener: set [http] listen (it is "off")'
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:

@@ -8,7 +8,10 @@ The order of writes is what keeps the safety rules (DESIGN §3):
   so the mass-delete guard can stop the cycle while both sides are untouched (rule 2);
 - remote-born changes are applied to the mirror chunk by chunk, each chunk in one transaction;
 - each provider call's answer is read row by row, and only confirmed rows move the base
-  (rule 4) — a crash anywhere leaves a difference the next cycle sees again.
+  (rule 4) — a crash anywhere leaves a difference the next cycle sees again;
+- a provider that confirms by calling back (``Capabilities.confirms_later``) gets its batch
+  recorded as a job first (``syncd.jobs``): its rows wait for the callback, are not sent again
+  meanwhile, and move the base when it comes.
 """
 
 from __future__ import annotations
@@ -26,11 +29,19 @@ from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
+from syncd import jobs
 from syncd.config import TargetConfig
 from syncd.errors import ExportIncomplete, MassDeleteRefused, ProviderError, ProviderUnreachable
 from syncd.plan import Batch, Batcher
 from syncd.projection import Projection, digest_of
-from syncd.providers.base import Capabilities, Provider, PushCall, RowChange, RowOutcome
+from syncd.providers.base import (
+    Capabilities,
+    JobTicket,
+    Provider,
+    PushCall,
+    RowChange,
+    RowOutcome,
+)
 from syncd.reconcile import Decision, FieldConflict, Rules, Take, reconcile
 from syncd.store import mirror
 from syncd.store.models import Base, Conflict, Contact, Rejection, Run, StageLocal, StageRemote
@@ -127,6 +138,9 @@ class CycleResult:
             "kept_opted_out": c["keep_opted_out"],
             "unsupported": c["unsupported"],
             "withheld_opted_out": c["withheld_opted_out"],
+            "awaiting_confirmation": c["awaiting"],
+            "still_awaiting": c["still_awaiting"],
+            "confirmed_later": c["confirmed_later"],
             "api_calls": self.api_calls,
             "write_calls": self.write_calls,
         }
@@ -230,6 +244,8 @@ class _Cycle:
             return "conflicts"
         if c["rejected"] or c["held_rejected"] or c["unsupported"]:
             return "rejected"
+        if c["awaiting"] or c["still_awaiting"]:
+            return "awaiting"  # sent; the provider's callback will confirm (syncd.jobs)
         return "converged"
 
     def _progress(self, stage: str, n: int) -> None:
@@ -313,6 +329,9 @@ class _Cycle:
     # -- pass 2: carry out ----------------------------------------------------------------
 
     def _execute(self, session: Session) -> None:
+        if self.caps.confirms_later and not self.options.dry_run:
+            jobs.expire(session, self.target.name)  # released rows are in the diff: sent again
+            session.commit()
         takes = self._resolutions(session)
         rejections = self._rejections(session)
         batcher = Batcher(self.caps, tuple(self.target.fields))
@@ -343,6 +362,11 @@ class _Cycle:
         ]
         wanted = [d.key for _, d in decisions if d.local_op or d.remote_op == "delete"]
         contacts = mirror.contacts_by_key(session, self.view, wanted) if wanted else {}
+        awaiting = (
+            jobs.pending_keys(session, self.target.name, [d.key for _, d in decisions])
+            if self.caps.confirms_later
+            else set()
+        )
         settle: list[Projection] = []
         forget: list[str] = []
         for row, d in decisions:
@@ -353,6 +377,10 @@ class _Cycle:
                 continue
             if d.keep_base:
                 counts[d.case] += 1
+                continue
+            if d.key in awaiting and d.remote_op is not None:
+                counts["still_awaiting"] += 1  # sent before; its callback has not come yet
+                self.held_keys.add(d.key)
                 continue
             counts["conflicts_settled"] += len(d.conflicts)
             if d.local_op is not None:
@@ -454,15 +482,31 @@ class _Cycle:
     def _push(self, session: Session, batch: Batch) -> None:
         self._check_stop()
         outcomes: dict[str, RowOutcome] = {}
-        for call in batch.calls:
+        calls = batch.calls
+        answered: list[tuple[JobTicket, bool, list[RowOutcome]]] = []
+        if self.caps.confirms_later and not self.options.dry_run:
+            calls = self._open_job(session, batch)
+        for call in calls:
             self.result.calls.append(self._describe(call))
             if self.options.dry_run:
                 continue
-            for answer in self.provider.push(call):
+            try:
+                answers = self.provider.push(call)
+            except Exception as exc:
+                if call.job is not None:  # no part of this batch will be waited for
+                    session.rollback()
+                    jobs.abandon(session, call.job.job_id, f"{type(exc).__name__}: {exc}")
+                    session.commit()
+                raise
+            if call.job is not None:
+                answered.append((call.job, any(a.ok for a in answers), answers))
+            for answer in answers:
                 first = outcomes.get(answer.key)
-                if first is None or (first.ok and not answer.ok):
+                if first is None or (first.ok and (not answer.ok or answer.pending)):
                     outcomes[answer.key] = answer  # a row fails if any of its calls failed it
         counts = self.result.counts
+        job_id = next((c.job.job_id for c in calls if c.job is not None), None)
+        settled_now: list[str] = []
         settle: list[Projection] = []
         forget: list[str] = []
         for change in batch.rows:
@@ -471,6 +515,10 @@ class _Cycle:
                 counts[change.op] += 1
                 continue
             outcome = outcomes.get(change.row.key)
+            if outcome is not None and outcome.ok and outcome.pending:
+                counts["awaiting"] += 1  # the job's callback moves the base (syncd.jobs)
+                continue
+            settled_now.append(d.key)  # by the answer: its callback has nothing left to settle
             if outcome is not None and outcome.ok:
                 counts[change.op] += 1
                 if d.base is None:
@@ -497,6 +545,12 @@ class _Cycle:
             )
         if self.options.dry_run:
             return
+        if job_id is not None:
+            # rows the answers settled leave the job before the job can settle the rest
+            jobs.release_rows(session, job_id, settled_now)
+            for ticket, accepted, answers in answered:
+                refusal = "" if accepted or not answers else answers[0].message
+                jobs.record_answer(session, ticket, accepted, refusal)
         mirror.set_base(session, self.target.name, settle)
         mirror.drop_base(session, self.target.name, forget)
         confirmed = [p.key for p in settle] + forget
@@ -508,6 +562,24 @@ class _Cycle:
                 )
             )
         session.commit()  # this batch's confirmations are durable before the next call
+
+    def _open_job(self, session: Session, batch: Batch) -> tuple[PushCall, ...]:
+        """Record the batch as a job before any call (a callback may beat the answer home)."""
+        files = [self.provider.hosted_file(call) for call in batch.calls]
+        if all(f is None for f in files):
+            return batch.calls
+        rows = []
+        for change in batch.rows:
+            d = self.pending[change.row.key]
+            rows.append(jobs.JobRowSpec(d.key, change.op, d.base, change.row.digest()))
+        tickets = jobs.open_job(
+            session, self.target.name, rows, files, self.target.callback_timeout
+        )
+        session.commit()
+        return tuple(
+            call if ticket is None else replace(call, job=ticket)
+            for call, ticket in zip(batch.calls, tickets, strict=True)
+        )
 
     def _describe(self, call: PushCall) -> PlannedCall:
         return PlannedCall(

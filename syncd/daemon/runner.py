@@ -25,6 +25,7 @@ from watchdog.observers import Observer
 from syncd import outbox
 from syncd.app import build_provider
 from syncd.config import Config, TargetConfig, load_config
+from syncd.daemon import hooks
 from syncd.daemon.http import StatusServer
 from syncd.daemon.scheduler import TargetScheduler
 from syncd.daemon.systemd import Notifier, WatchdogPinger
@@ -39,7 +40,7 @@ log = logging.getLogger("syncd.daemon")
 
 #: Outcomes after which the target counts as healthy (the provider answered and the cycle ended
 #: in a defined state); "unreachable" and "failed" start or continue a failing streak.
-HEALTHY = {"converged", "rejected", "conflicts", "refused", "stopped"}
+HEALTHY = {"converged", "rejected", "conflicts", "refused", "stopped", "awaiting"}
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Daemon:
             self.http = StatusServer(
                 config.http, health=self._healthy, ready=self._ready, metrics=self.metrics
             )
+            hooks.mount(self.http, self.db, lambda: self.config)  # Netcore's files, callbacks
         self._config_watch = Observer()
         self._pinger: WatchdogPinger | None = None
 

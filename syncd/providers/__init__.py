@@ -9,9 +9,9 @@ if TYPE_CHECKING:
     import httpx
 
     from syncd.config import TargetConfig
-    from syncd.providers.base import Provider
+    from syncd.providers.base import CallbackReport, Provider
 
-__all__ = ["make_provider"]
+__all__ = ["callback_reader", "make_provider"]
 
 
 def make_provider(
@@ -39,8 +39,23 @@ def make_provider(
         from syncd.providers.smsby import SmsbyProvider
 
         return SmsbyProvider(target, transport=transport, sleep=sleep)
+    if target.provider == "netcore":
+        from syncd.providers.netcore import NetcoreProvider
+
+        return NetcoreProvider(target, transport=transport, sleep=sleep)
     if target.provider == "octopush":
         from syncd.providers.octopush import OctopushProvider
 
         return OctopushProvider(target, transport=transport, sleep=sleep)
     raise ValueError(f"no adapter for provider {target.provider!r}")
+
+
+def callback_reader(target: TargetConfig) -> Callable[[bytes, str], CallbackReport] | None:
+    """How to read the provider's callbacks for ``target`` (None: its provider sends none)."""
+    if target.provider == "netcore" and target.public_url:
+        from syncd.providers.netcore import NetcoreProvider
+
+        return lambda body, content_type: NetcoreProvider.read_callback(
+            body, content_type, target.key
+        )
+    return None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -37,6 +37,10 @@ class Capabilities:
     # Statuses the provider can hold for a contact on the list, in syncd's vocabulary. Statuses
     # outside this set fold onto the nearest one (blocked -> unsubscribed) on both sides.
     statuses: frozenset[str] = frozenset({"active", "unsubscribed"})
+    # Some writes are only accepted by the answer and confirmed later by the provider calling
+    # syncd back (Netcore's bulk upload). The engine then hosts the call's file and keeps the
+    # rows waiting (``syncd.jobs``) instead of moving the base on the answer.
+    confirms_later: bool = False
 
     def fold_status(self, status: str) -> str:
         if status in self.statuses:
@@ -53,6 +57,37 @@ class RowChange:
     remote: Projection | None = None  # the remote state the change starts from (None: absent)
 
 
+@dataclass(slots=True)
+class JobTicket:
+    """One call of a batch the provider confirms later: where it fetches the call's file and
+    where it reports back. The secrets exist only here, in memory; the store keeps their hashes.
+    """
+
+    job_id: str
+    part: int
+    file_secret: str
+    callback_secret: str
+    requestid: str | None = None  # filled in by the adapter from the provider's answer
+
+    @property
+    def file_path(self) -> str:
+        """The listener path serving the file (behind the target's ``public_url``)."""
+        return f"/jobs/{self.job_id}/{self.part}/file/{self.file_secret}"
+
+    @property
+    def callback_path(self) -> str:
+        return f"/jobs/{self.job_id}/{self.part}/callback/{self.callback_secret}"
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackReport:
+    """What a provider's callback says about one call it had accepted."""
+
+    processed: bool  # False: the provider says the whole call failed
+    message: str = ""
+    failed: Mapping[str, str] = field(default_factory=dict)  # key -> reason, rows refused
+
+
 @dataclass(frozen=True, slots=True)
 class PushCall:
     """One write call: rows that share an operation, a header and a pair of flags."""
@@ -64,6 +99,7 @@ class PushCall:
     with_tags: bool = False  # carries a tags column
     overwrite_tags: bool = False  # tags replace rather than add (only when a removal needs it)
     overwrite_lists: bool = False  # never set for single-list targets; see README
+    job: JobTicket | None = None  # set for calls the provider confirms later
 
 
 @dataclass(slots=True)
@@ -75,6 +111,7 @@ class RowOutcome:
     code: str = ""
     message: str = ""
     retryable: bool = False
+    pending: bool = False  # accepted; the provider's callback will confirm it (or not)
 
 
 class RemoteContact(NamedTuple):
@@ -123,6 +160,18 @@ class Provider(ABC):
     @abstractmethod
     def method_name(self, call: PushCall) -> str:
         """The provider method a call goes to (for plans and summaries)."""
+
+    def hosted_file(self, call: PushCall) -> bytes | None:
+        """The file the provider fetches for ``call`` (only with ``confirms_later``); None: the
+        call needs no file and is confirmed by its answer."""
+        return None
+
+    @classmethod
+    def read_callback(cls, body: bytes, content_type: str, key: str) -> CallbackReport:
+        """Read the provider's callback for a call it confirms later (``key``: the target's key
+        kind, email or phone, to name refused rows by their syncd keys). ValueError: unreadable.
+        """
+        raise NotImplementedError(f"{cls.__name__} confirms every call by its answer")
 
     def wire_rows(self, call: PushCall, limit: int) -> list[dict[str, str]]:
         """The first ``limit`` rows as they would go on the wire (for ``syncd plan``)."""
