@@ -146,6 +146,7 @@ class TargetStatus:
     last_run: dict[str, Any] | None
     rejected: int
     open_conflicts: int
+    awaiting_callback: int = 0  # rows sent to a provider that confirms later, not yet confirmed
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -155,6 +156,7 @@ class TargetStatus:
             "last_run": self.last_run,
             "rejected": self.rejected,
             "open_conflicts": self.open_conflicts,
+            "awaiting_callback": self.awaiting_callback,
         }
 
 
@@ -186,8 +188,11 @@ def status(config: Config, db: Engine | None = None) -> list[TargetStatus]:
             provider = build_provider(config, t)
             two_way = provider.capabilities.export
             provider.close()
+            awaiting = jobs.waiting_rows(session, t.name)
             out.append(
-                TargetStatus(t.name, t.provider, two_way, last, len(rejected), len(conflicts))
+                TargetStatus(
+                    t.name, t.provider, two_way, last, len(rejected), len(conflicts), awaiting
+                )
             )
     return out
 

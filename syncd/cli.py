@@ -280,6 +280,8 @@ def status_cmd(config_path: str | None, as_json: bool) -> None:
                 f"  pushed {counts.get('pushed', 0)}, deleted {counts.get('deleted', 0)}, "
                 f"pulled {counts.get('pulled', 0)}, calls {counts.get('api_calls', 0)}"
             )
+        if s.awaiting_callback:
+            click.echo(f"  {s.awaiting_callback} rows wait for the provider's callback")
         if not s.two_way:
             click.echo("  push-only: changes made at this provider cannot be seen by syncd")
 
@@ -338,7 +340,7 @@ def resolve_cmd(config_path: str | None, key: str, take: str, target: str | None
 @config_option
 @click.option(
     "--provider",
-    type=click.Choice(["unisender", "selzy", "smsby", "octopush"]),
+    type=click.Choice(["unisender", "selzy", "smsby", "octopush", "netcore"]),
     default="unisender",
     show_default=True,
     help="Which provider the starter target uses.",

@@ -58,7 +58,8 @@ class OutboxConfig(_Strict):
 class HttpConfig(_Strict):
     listen: str = Field(
         "127.0.0.1:9187",
-        description="host:port for /healthz, /readyz and /metrics; 'off' disables the listener.",
+        description="host:port for /healthz, /readyz, /metrics and Netcore's /jobs/ (files and "
+        "callbacks); 'off' disables the listener.",
     )
 
     @property

@@ -32,6 +32,7 @@ class _Provider:
     list_note: str
     login: bool = False  # needs api_login
     creates_list: bool = False  # supports create_missing_list
+    calls_back: bool = False  # confirms uploads by calling syncd's listener (public_url)
 
 
 STARTERS: dict[str, _Provider] = {
@@ -65,6 +66,14 @@ STARTERS: dict[str, _Provider] = {
         "the list's id at Octopush",
         login=True,
         creates_list=True,
+    ),
+    "netcore": _Provider(
+        "Netcore Smartech",
+        "email",
+        "NETCORE_API_KEY",
+        "the Netcore API key",
+        "the list's number (listid) at Netcore",
+        calls_back=True,
     ),
 }
 PROVIDER_NAMES = tuple(STARTERS)
@@ -148,6 +157,14 @@ def starter_text(provider: str, folder: Path | None = None) -> str:
         lines.append((f'api_login = "{PLACEHOLDER}"', "the account's login (api-login)"))
     if p.creates_list:
         lines.append(("create_missing_list = false", "true: create the list when it is missing"))
+    if p.calls_back:
+        lines += [
+            (
+                '# public_url = "https://syncd.example.com"',
+                "where Netcore reaches [http] listen; unset: one addsync call per contact",
+            ),
+            ("callback_timeout = 3600", "seconds an upload waits for its callback"),
+        ]
     lines += [
         ("fields = {}", 'remote = local field, e.g. { Name = "name", City = "city" }'),
         ('conflict = "local"', "who wins a field edited on both sides: local | remote | manual"),

@@ -63,7 +63,7 @@ _SECTION_DESCRIPTIONS = {
 _KEY_DESCRIPTIONS = {
     "TargetConfig": {
         "provider": "Whose API: unisender, selzy (Unisender's international brand, same API), "
-        "smsby or octopush.",
+        "smsby, octopush or netcore (Netcore Smartech).",
         "key": "What contacts are matched on at this target: email, or phone (E.164).",
         "lang": "Language segment of the Unisender/Selzy API address.",
         "on_local_delete": "A contact deleted locally: delete it at the provider, or only take "

@@ -232,6 +232,8 @@ def test_a_callback_that_never_comes_holds_the_rows_until_the_timeout_then_they_
     assert "3 rows still wait for the provider's callback" in first.message
     assert world.waiting() == set(emails) and world.base_keys() == set()
     assert sorted(world.remote()) == emails  # the provider did apply the file
+    (status,) = app.status(world.config, db=world.db)
+    assert status.awaiting_callback == 3 and not status.two_way
 
     held = world.cycle(wait=0.5)  # still within callback_timeout: not sent again
     assert held.summary()["still_awaiting"] == 3 and held.write_calls == 0
