@@ -9,14 +9,19 @@ job's callback there, as Netcore would. The listener is the one ``run_once`` sta
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Iterable
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import free_port
+from conftest import emulator_process, free_port
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -239,8 +244,6 @@ def test_a_callback_that_never_comes_holds_the_rows_until_the_timeout_then_they_
     assert held.summary()["still_awaiting"] == 3 and held.write_calls == 0
 
     world.emu.admin_post("callbacks", {"mode": "normal"})
-    import time
-
     time.sleep(2.1)  # past callback_timeout: the job expires and its rows go again
     again = world.cycle()
     assert again.outcome == "converged", again.message
@@ -363,3 +366,94 @@ class Listener:
 
     def __exit__(self, *exc: object) -> None:
         self.server.stop()
+
+
+@pytest.mark.slow
+def test_the_daemon_serves_files_and_takes_callbacks_between_cycles(tmp_path: Path) -> None:
+    """`syncd run` and `syncd emulate netcore` as real processes: the daemon's own listener
+    serves the batch file and takes the callback; the next cycle finds nothing to write."""
+    port = free_port()
+    inbox = tmp_path / "inbox"
+    config = tmp_path / "syncd.toml"
+    with emulator_process("netcore", API_KEY) as emulator:
+        config.write_text(
+            f"""
+[store]
+url = "sqlite:///{tmp_path / "syncd.db"}"
+[inbox]
+path = "{inbox}"
+[outbox]
+path = "{tmp_path / "outbox"}"
+[http]
+listen = "127.0.0.1:{port}"
+[daemon]
+debounce = 0.2
+[[target]]
+name = "news"
+provider = "netcore"
+list_id = "1"
+api_key = "{API_KEY}"
+base_url = "{emulator}/apiv2"
+public_url = "http://127.0.0.1:{port}"
+fields = {{ FIRST_NAME = "name" }}
+schedule = "1s"
+jitter = 0
+""",
+            encoding="utf-8",
+        )
+        env = {k: v for k, v in os.environ.items() if k != "SYNCD_CONFIG"}
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "syncd", "run", "--config", str(config)],
+            env=env,
+            stdout=(tmp_path / "daemon.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200)
+            inbox.mkdir(exist_ok=True)
+            rows = [
+                {"email": f"d{i}@example.com", "name": f"D {i}", "lists": ["news"]}
+                for i in range(4)
+            ]
+            (inbox / ".in.tmp").write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+            (inbox / ".in.tmp").rename(inbox / "in.ndjson")
+
+            def state() -> dict[str, Any]:
+                return httpx.get(f"{emulator}/_emulator/state").json()  # type: ignore[no-any-return]
+
+            wait_until(lambda: [j["callback_answers"] for j in state()["jobs"]] == [[200]])
+            (listed,) = state()["lists"]
+            assert sorted(c["EMAIL"] for c in listed["contacts"]) == [r["email"] for r in rows]
+
+            def last_status() -> dict[str, Any]:
+                done = subprocess.run(
+                    [sys.executable, "-m", "syncd", "status", "--json", "--config", str(config)],
+                    env=env, capture_output=True, text=True, timeout=60,
+                )  # fmt: skip
+                return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+            quiet = wait_until(
+                lambda: (
+                    (s := last_status())["last_run"]["outcome"] == "converged"
+                    and s["awaiting_callback"] == 0
+                    and s["last_run"]["counts"]["write_calls"] == 0
+                    and s
+                )
+            )
+            assert quiet["last_run"]["counts"]["still_awaiting"] == 0
+            assert len(state()["jobs"]) == 1  # nothing was sent twice
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=15) == 0
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if result := check():
+                return result
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError("timed out")
