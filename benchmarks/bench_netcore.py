@@ -1,0 +1,123 @@
+"""Benchmark: the first push of N contacts to Netcore through hosted files and callbacks.
+
+A mirror of N contacts (default 200,000) on list 'bench', nothing at the provider yet. Prints for
+syncd's own process (the emulator runs in another one, fetching files and calling back over
+loopback):
+- the first `syncd run-once`: wall time, CPU time, peak memory (RSS), jobs and rows confirmed;
+- the second `syncd run-once`: wall time and write calls (expected: 0).
+
+Usage: python benchmarks/bench_netcore.py [--contacts N] [--rows-per-file R] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_cycle import free_port, measured
+from sqlalchemy import text
+
+from syncd.store import open_engine
+
+API_KEY = "bench-key-not-a-secret"
+CHUNK = 20_000
+
+
+def build_mirror(url: str, n: int) -> None:
+    db = open_engine(url)
+    with db.begin() as conn:
+        for start in range(0, n, CHUNK):
+            ids = range(start, min(n, start + CHUNK))
+            conn.execute(
+                text(
+                    "INSERT INTO contact (id, email, fields, tags, status, deleted) "
+                    "VALUES (:id, :email, :fields, '[]', 'active', 0)"
+                ),
+                [
+                    {
+                        "id": i + 1,
+                        "email": f"user{i}@example.com",
+                        "fields": json.dumps({"city": "Pune", "name": f"User {i}"}),
+                    }
+                    for i in ids
+                ],
+            )
+            conn.execute(
+                text("INSERT INTO membership (contact_id, list_name) VALUES (:id, 'bench')"),
+                [{"id": i + 1} for i in ids],
+            )
+    db.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contacts", type=int, default=200_000)
+    parser.add_argument("--rows-per-file", type=int, default=10_000)
+    parser.add_argument("--keep", default=None, help="Work in this folder and keep it.")
+    args = parser.parse_args()
+    n = args.contacts
+    workdir = Path(args.keep or tempfile.mkdtemp(prefix="syncd-bench-netcore-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{workdir / 'bench.db'}"
+    port, listen = free_port(), free_port()
+    emulator = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "emulate", "netcore", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        t = time.perf_counter()
+        build_mirror(url, n)
+        print(f"setup: mirror of {n:,} contacts built in {time.perf_counter() - t:.1f} s")
+        assert emulator.stdout is not None and b"listening" in emulator.stdout.readline()
+        config = workdir / "syncd.toml"
+        config.write_text(
+            f"""
+[store]
+url = "{url}"
+
+[http]
+listen = "127.0.0.1:{listen}"
+
+[[target]]
+name = "bench"
+provider = "netcore"
+list_id = "1"
+api_key = "{API_KEY}"
+base_url = "http://127.0.0.1:{port}/apiv2"
+public_url = "http://127.0.0.1:{listen}"
+max_rows_per_call = {args.rows_per_file}
+fields = {{ FIRST_NAME = "name", CITY = "city" }}
+rate_limit_per_minute = 1000000
+""",
+            encoding="utf-8",
+        )
+        env = {**os.environ, "SYNCD_CONFIG": str(config)}
+        syncd = [sys.executable, "-m", "syncd", "run-once", "--json"]
+        wall, cpu, rss, code, out = measured(syncd, env)
+        summary = json.loads(out.strip().splitlines()[-1])
+        files = -(-n // args.rows_per_file)
+        print(
+            f"first push, {n:,} contacts in {files} files: wall {wall:.1f} s, syncd CPU "
+            f"{cpu:.1f} s, peak RSS {rss:.0f} MiB, exit {code}, outcome {summary['outcome']}, "
+            f"confirmed by callback {summary['confirmed_later']:,}"
+        )
+        wall, cpu, rss, code, out = measured(syncd, env)
+        summary = json.loads(out.strip().splitlines()[-1])
+        print(
+            f"second run: wall {wall:.1f} s, syncd CPU {cpu:.1f} s, peak RSS {rss:.0f} MiB, "
+            f"write calls {summary['write_calls']}, outcome {summary['outcome']}"
+        )
+    finally:
+        emulator.kill()
+        emulator.wait()
+
+
+if __name__ == "__main__":
+    main()
