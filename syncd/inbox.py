@@ -40,7 +40,8 @@ listed by line in its report, and the file goes to ``processed/``.
 
 Errors never leave the watcher's threads: a file that fails for another reason (the store is
 unreachable, a disk error) is logged with its name and the reason, stays in the inbox and is
-tried again with the next pass or at the next start.
+tried again with the next pass or at the next start. An unexpected error while the file is read
+and checked (before any write) is the file's own and would recur: it goes to ``failed/``.
 
 One transaction
 ---------------
@@ -550,6 +551,13 @@ class Inbox:
             changes, rejected = validate(read_rows(path), self.config.ingest)
         except IngestError as exc:
             return self._fail(path, _empty_report(name), str(exc))
+        except Exception as exc:
+            # Reading and checking touch nothing but the file: a failure here is a reader bug
+            # that the same bytes would hit again on every pass, so the file is set aside
+            # rather than retried for ever.
+            log.exception("inbox: %s could not be read", name)
+            reason = f"could not be read: {type(exc).__name__}: {exc}"
+            return self._fail(path, _empty_report(name), reason)
 
         rows = len(changes) + len(rejected)
         if not changes and rejected:

@@ -21,6 +21,17 @@ A file that cannot be read at all (not UTF-8, broken CSV quoting, no usable head
 raises ``IngestError`` and changes nothing. A bad row is rejected with its line and reason and
 the good rows still apply (DESIGN §3 rules 6 and 8).
 
+Limits
+------
+So that a broken or hostile file costs bounded memory and time, and is refused with a reason
+rather than half-read: a physical line holds at most ``MAX_LINE_BYTES`` (a longer one refuses
+the file, naming the line, without reading the rest of it into memory); a CSV header has at most
+``MAX_COLUMNS`` columns; a JSON array file (read whole, see ``read_rows``) is at most
+``MAX_JSON_ARRAY_BYTES``. Per row: at most ``MAX_COLUMNS`` keys, text values of at most
+``MAX_VALUE_CHARS`` characters (the csv module's own field limit, so both formats agree), no NUL
+character and no lone UTF-16 surrogate (JSON can spell one, ``"\\ud800"``; it is not text and
+no database or provider can store it), numbers of at most 4300 digits (Python's limit).
+
 What a row does
 ---------------
 - Matching: by email when the row has one and a contact holds it, otherwise by phone. If the
@@ -46,6 +57,7 @@ What a row does
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import math
@@ -70,6 +82,13 @@ from syncd.store.models import Contact, Membership
 RESERVED: tuple[str, ...] = ("email", "phone", "tags", "lists", "status", "delete")
 CHUNK_SIZE = 1000  # keys looked up per IN query and rows written per bulk statement
 JSON_SUFFIXES = (".ndjson", ".jsonl", ".json")
+
+MAX_LINE_BYTES = 1 << 20  # one physical line; far above any real contact record
+MAX_COLUMNS = 1000  # header columns (CSV) or keys (JSON record); providers take 30-50 fields
+MAX_VALUE_CHARS = csv.field_size_limit()  # 131072: what the csv module accepts in one cell
+MAX_JSON_ARRAY_BYTES = 32 << 20  # a JSON array is read whole; NDJSON and CSV stream
+_SHOWN_CHARS = 60  # a value quoted in a reason is cut to this, so reports stay readable
+_REPORTED_CHARS = 400  # a rejection's key and reason are cut to this
 
 Outcome = Literal["created", "updated", "deleted", "unchanged"]
 
@@ -168,6 +187,9 @@ def read_rows(path: str | os.PathLike[str]) -> Iterator[RawRow]:
         raise IngestError(f"{file}: unknown file type {suffix or '(none)'!r}; use .csv or .ndjson")
     try:
         with file.open("rb") as handle:
+            if suffix != ".csv" and _starts_a_json_array(handle):
+                yield from _read_json_array(file, _whole_json_array(file, handle), 1)
+                return
             lines = _decoded_lines(file, handle)
             if suffix == ".csv":
                 yield from _read_csv(file, lines)
@@ -177,17 +199,75 @@ def read_rows(path: str | os.PathLike[str]) -> Iterator[RawRow]:
         raise IngestError(f"{file}: cannot be read: {exc.strerror or exc}") from None
 
 
+_UTF16_OR_32_BOMS = (
+    codecs.BOM_UTF32_LE,
+    codecs.BOM_UTF32_BE,
+    codecs.BOM_UTF16_LE,
+    codecs.BOM_UTF16_BE,
+)
+
+
+def _not_utf8(file: Path, line: int, raw: bytes, exc: UnicodeDecodeError) -> IngestError:
+    if line == 1 and raw.startswith(_UTF16_OR_32_BOMS):
+        return IngestError(
+            f"{file}: the file is UTF-16 or UTF-32 (it starts with that byte order mark); "
+            "save it as UTF-8"
+        )
+    return IngestError(
+        f"{file}: line {line} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte "
+        f"{exc.start + 1} of the line); save the file as UTF-8"
+    )
+
+
 def _decoded_lines(file: Path, handle: BinaryIO) -> Iterator[str]:
     """Physical lines as text, so that a decoding error can name its line.
 
     Splitting bytes on b"\\n" is safe in UTF-8: that byte never occurs inside a multi-byte
-    character. Each yielded line keeps its line ending, as ``csv`` expects.
+    character. Each yielded line keeps its line ending, as ``csv`` expects. A line is read at
+    most ``MAX_LINE_BYTES`` at a time, so an endless line costs that much memory, not its length.
     """
-    for number, raw in enumerate(handle, start=1):
+    number = 0
+    while raw := handle.readline(MAX_LINE_BYTES + 1):
+        number += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            raise IngestError(
+                f"{file}: line {number} is longer than {MAX_LINE_BYTES:,} bytes; a contact "
+                "file holds one record a line (or a CSV record over a few lines)"
+            )
         try:
             yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
-        except UnicodeDecodeError:
-            raise IngestError(f"{file}: line {number} is not valid UTF-8") from None
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(file, number, raw, exc) from None
+
+
+def _starts_a_json_array(handle: BinaryIO) -> bool:
+    """Whether the first character that is not a BOM or white space is ``[``; rewinds."""
+    first = b""
+    while chunk := handle.read(1 << 16):
+        first = chunk.removeprefix(codecs.BOM_UTF8) if not first else chunk
+        first = first.lstrip(b" \t\r\n") or b" "
+        if first != b" ":
+            break
+    handle.seek(0)
+    return first.startswith(b"[")
+
+
+def _whole_json_array(file: Path, handle: BinaryIO) -> str:
+    """A JSON array file as one text: the standard library cannot stream one."""
+    data = handle.read(MAX_JSON_ARRAY_BYTES + 1)
+    if len(data) > MAX_JSON_ARRAY_BYTES:
+        raise IngestError(
+            f"{file}: a JSON array file is read whole and may be at most "
+            f"{MAX_JSON_ARRAY_BYTES >> 20} MiB; write bigger files as NDJSON (one object a line)"
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        start = data.rfind(b"\n", 0, exc.start) + 1
+        end = data.find(b"\n", exc.start)
+        raw = data[start : end if end >= 0 else len(data)]
+        moved = UnicodeDecodeError(exc.encoding, exc.object, exc.start - start, exc.end, exc.reason)
+        raise _not_utf8(file, data.count(b"\n", 0, exc.start) + 1, raw, moved) from None
 
 
 def _column_name(raw: str) -> str:
@@ -218,10 +298,29 @@ def _read_csv(file: Path, lines: Iterator[str]) -> Iterator[RawRow]:
                 continue
             yield RawRow(line, dict(zip(columns, cells, strict=False)))
     except csv.Error as exc:
-        raise IngestError(f"{file}: line {reader.line_num}: not valid CSV: {exc}") from None
+        raise IngestError(
+            f"{file}: line {reader.line_num}: not valid CSV: {_csv_problem(exc)}"
+        ) from None
+
+
+def _csv_problem(exc: csv.Error) -> str:
+    """The csv module's message, in words a person who made the file can act on."""
+    text = str(exc)
+    if "field larger than field limit" in text:
+        return f"a value is longer than {MAX_VALUE_CHARS:,} characters (an unclosed quote?)"
+    if "new-line character seen in unquoted field" in text:
+        return (
+            "a carriage return inside an unquoted value: save the file with LF or CRLF line "
+            "endings (not CR alone), or quote the value"
+        )
+    return text
 
 
 def _csv_columns(file: Path, header: list[str]) -> list[str]:
+    if len(header) > MAX_COLUMNS:
+        raise IngestError(
+            f"{file}: the header has {len(header):,} columns; at most {MAX_COLUMNS:,} are read"
+        )
     columns = [_column_name(cell) for cell in header]
     seen: set[str] = set()
     for position, name in enumerate(columns, start=1):
@@ -251,22 +350,28 @@ def _read_json(file: Path, lines: Iterator[str]) -> Iterator[RawRow]:
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
-        if first_record and text.lstrip().startswith("["):
-            yield from _read_json_array(file, text + "".join(lines), number)
-            return
         try:
             value = json.loads(text, object_pairs_hook=_JsonObject)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:
             if first_record:
                 # The first record decides whether this is JSON at all.
                 raise IngestError(
-                    f"{file}: line {number} is not JSON ({exc.msg}); expected one JSON object "
-                    "per line or one JSON array of objects"
+                    f"{file}: line {number} is not JSON ({_json_problem(exc)}); expected one "
+                    "JSON object per line or one JSON array of objects"
                 ) from None
-            yield RawRow(number, {}, f"not valid JSON: {exc.msg} at column {exc.colno}")
+            yield RawRow(number, {}, f"not valid JSON: {_json_problem(exc)}")
             continue
         first_record = False
         yield _json_record(number, value)
+
+
+def _json_problem(exc: ValueError | RecursionError) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at column {exc.colno}"
+    if isinstance(exc, RecursionError):
+        return "values nested too deeply"
+    # int() refuses numbers of more than 4300 digits (CVE-2020-10735)
+    return "a number has too many digits"
 
 
 def _read_json_array(file: Path, text: str, first_line: int) -> Iterator[RawRow]:
@@ -296,6 +401,8 @@ def _read_json_array(file: Path, text: str, first_line: int) -> Iterator[RawRow]
                 value, end = decoder.raw_decode(text, pos)
             except json.JSONDecodeError as exc:
                 raise broken(exc.pos, exc.msg) from None
+            except (ValueError, RecursionError) as exc:
+                raise broken(pos, _json_problem(exc)) from None
             yield _json_record(line_of(pos), value)
             pos = skip_space(end)
             if text.startswith(",", pos):
@@ -312,15 +419,24 @@ def _read_json_array(file: Path, text: str, first_line: int) -> Iterator[RawRow]
 def _json_record(line: int, value: Any) -> RawRow:
     if not isinstance(value, _JsonObject):
         return RawRow(line, {}, "record is not a JSON object")
+    if len(value) > MAX_COLUMNS:
+        return RawRow(line, {}, f"record has {len(value):,} keys; at most {MAX_COLUMNS:,}")
     values: dict[str, Any] = {}
     for raw_key, item in value:
         name = _column_name(raw_key)
         if not name:
             return RawRow(line, values, "a key is empty")
+        if _SURROGATE.search(name):
+            return RawRow(line, values, _NOT_TEXT.format(what="a key"))
         if name in values:
-            return RawRow(line, values, f"key {raw_key!r} appears more than once")
+            return RawRow(line, values, f"key {_shown(raw_key)} appears more than once")
         values[name] = _plain(item)
     return RawRow(line, values)
+
+
+# JSON can spell a lone UTF-16 surrogate ("\\ud800"); it is no character and cannot be encoded.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NOT_TEXT = "{what} holds a lone UTF-16 surrogate, which is not a character"
 
 
 def _plain(value: Any) -> Any:
@@ -353,8 +469,22 @@ def validate(
         try:
             changes.append(_check_row(row, config, claimed))
         except _RowProblem as problem:
-            rejections.append(Rejection(row.line, _display_key(row.values), problem.reason))
+            key = _clipped(_display_key(row.values))
+            rejections.append(Rejection(row.line, key, _clipped(problem.reason)))
     return changes, rejections
+
+
+def _clipped(text: str) -> str:
+    """A report line stays readable whatever the file held (a 100 KB "email", say)."""
+    if len(text) <= _REPORTED_CHARS:
+        return text
+    return f"{text[:_REPORTED_CHARS]}... ({len(text):,} characters)"
+
+
+def _shown(value: Any) -> str:
+    """``repr`` of a value quoted in a reason, cut short."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}..."
 
 
 def _display_key(values: Mapping[str, Any]) -> str:
@@ -362,10 +492,13 @@ def _display_key(values: Mapping[str, Any]) -> str:
     for name, normalise in (("email", normalise_email), ("phone", _phone_as_written)):
         raw = values.get(name)
         if isinstance(raw, str | int) and not isinstance(raw, bool) and str(raw).strip():
+            text = str(raw)
+            if _SURROGATE.search(text):
+                return text.encode("utf-8", "backslashreplace").decode("ascii", "replace")
             try:
-                return normalise(str(raw))
+                return normalise(text)
             except ValueError:
-                return str(raw).strip()
+                return text.strip()
     return ""
 
 
@@ -377,6 +510,8 @@ def _check_row(row: RawRow, config: IngestConfig, claimed: dict[str, int]) -> Co
     if row.problem is not None:
         raise _RowProblem(row.problem)
     values = row.values
+    for name, value in values.items():
+        _check_text(name, value)
     email = _identity(values.get("email"), "email", allow_int=False)
     phone = _identity(values.get("phone"), "phone", allow_int=True)
     if email is None and phone is None:
@@ -409,6 +544,22 @@ def _check_row(row: RawRow, config: IngestConfig, claimed: dict[str, int]) -> Co
     return ContactChange(row.line, email, phone, fields, tags, lists, status)
 
 
+def _check_text(name: str, value: Any) -> None:
+    """Text no store or provider can hold, refused before anything else looks at the row."""
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if not isinstance(item, str):
+            continue
+        if len(item) > MAX_VALUE_CHARS:
+            raise _RowProblem(
+                f"{name} is {len(item):,} characters long; at most {MAX_VALUE_CHARS:,}"
+            )
+        if "\x00" in item:
+            raise _RowProblem(f"{name} holds a NUL character")
+        if _SURROGATE.search(item):
+            raise _RowProblem(_NOT_TEXT.format(what=name))
+
+
 def _identity(value: Any, name: str, *, allow_int: bool) -> str | None:
     if value is None:
         return None
@@ -424,7 +575,9 @@ def _status(value: Any) -> Status | None:
         return None
     text = value.strip().lower() if isinstance(value, str) else value
     if text not in STATUSES:
-        raise _RowProblem(f"unknown status {value!r} (expected active, unsubscribed or blocked)")
+        raise _RowProblem(
+            f"unknown status {_shown(value)} (expected active, unsubscribed or blocked)"
+        )
     return cast(Status, text)
 
 
@@ -439,7 +592,7 @@ def _delete_flag(value: Any) -> bool:
         return value == 1
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
-    raise _RowProblem(f"delete must be 1/true or 0/empty, not {value!r}")
+    raise _RowProblem(f"delete must be 1/true or 0/empty, not {_shown(value)}")
 
 
 def _names(values: Mapping[str, Any], column: str) -> frozenset[str] | None:
@@ -458,10 +611,10 @@ def _names(values: Mapping[str, Any], column: str) -> frozenset[str] | None:
     names: set[str] = set()
     for item in items:
         if not isinstance(item, str):
-            raise _RowProblem(f"{column} must be a list of names, found {item!r}")
+            raise _RowProblem(f"{column} must be a list of names, found {_shown(item)}")
         # A comma could not survive the comma-joined CSV column; refuse it here, not on export.
         if "," in item:
-            raise _RowProblem(f"{column[:-1]} {item!r} contains a comma")
+            raise _RowProblem(f"{column[:-1]} {_shown(item)} contains a comma")
         if item.strip():
             names.add(item.strip())
     return frozenset(names)
