@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import json
 import threading
 import time
 from collections import deque
@@ -364,6 +365,36 @@ class ProviderHttp:
             ) from None
 
 
+class NotJson(Exception):
+    """An answer body that is not a JSON value Python can hold; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def answer_json(response: httpx.Response) -> Any:
+    """The answer's JSON value, or ``NotJson``.
+
+    Besides text that is not JSON (or not UTF-8), Python's json module refuses valid JSON it
+    cannot hold: values nested deeper than the interpreter's recursion limit and integers of
+    more than 4300 digits. Those are a provider's garbage too, not a reason to crash a cycle.
+    """
+    try:
+        return response.json()
+    except json.JSONDecodeError as exc:
+        raise NotJson(f"{exc.msg} at character {exc.pos}") from None
+    except UnicodeDecodeError:
+        raise NotJson("not UTF-8 text") from None
+    except RecursionError:
+        raise NotJson("values nested too deeply") from None
+    except ValueError:
+        raise NotJson("a number has too many digits") from None
+
+
+_MAX_COUNT_DIGITS = 18  # a counter of rows in one call; more digits is garbage, not a count
+
+
 def answer_count(obj: Mapping[str, Any], name: str) -> int | None:
     """A non-negative integer counter in a provider's answer, as a number or a numeric string;
     None if absent or odd (callers then refuse to confirm rows from that answer)."""
@@ -372,6 +403,9 @@ def answer_count(obj: Mapping[str, Any], name: str) -> int | None:
         return None
     if isinstance(value, int):
         return value if value >= 0 else None
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
+    if isinstance(value, str):
+        # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+        digits = value.strip()
+        if digits.isascii() and digits.isdigit() and len(digits) <= _MAX_COUNT_DIGITS:
+            return int(digits)
     return None

@@ -31,7 +31,6 @@ contacts", ...) and the "Add contacts" page (shared/providers/seeds/003_*, cited
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -54,7 +53,7 @@ from syncd.providers.base import (
     RowChange,
     RowOutcome,
 )
-from syncd.providers.http import ProviderHttp, key_fingerprint
+from syncd.providers.http import NotJson, ProviderHttp, answer_json, key_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -165,13 +164,14 @@ class OctopushProvider(Provider):
 
     def _error_of(self, response: httpx.Response) -> tuple[str, str]:
         try:
-            body = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = answer_json(response)
+        except NotJson:
             body = None
         if isinstance(body, dict) and (body.get("message") or body.get("code")):
             code, message = str(body.get("code") or ""), str(body.get("message") or "")
         else:
-            code, message = "", response.text[:200].strip() or response.reason_phrase
+            text = response.content[:200].decode("utf-8", "replace").strip()
+            code, message = "", text or response.reason_phrase
         return code, self._http.scrub(message)
 
     # ------------------------------------------------------------------ prepare

@@ -20,7 +20,6 @@ limits", ...) and the importContacts page (shared/providers/seeds/000_*, cited a
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -40,7 +39,14 @@ from syncd.providers.base import (
     RowChange,
     RowOutcome,
 )
-from syncd.providers.http import ProviderHttp, TryLater, answer_count, key_fingerprint
+from syncd.providers.http import (
+    NotJson,
+    ProviderHttp,
+    TryLater,
+    answer_count,
+    answer_json,
+    key_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +123,11 @@ class SmsbyProvider(Provider):
                 code="access_denied",
             )
         try:
-            body = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = answer_json(response)
+        except NotJson:
             body = None
         if not isinstance(body, dict):
-            snippet = self._http.scrub(response.text[:200])
+            snippet = self._http.scrub(response.content[:200].decode("utf-8", "replace"))
             raise ProviderError(
                 f"{where}: the answer is not a JSON object (HTTP {status}): {snippet!r}",
                 code="bad_answer" if status < 400 else f"http_{status}",

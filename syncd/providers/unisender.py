@@ -14,7 +14,6 @@ import codecs
 import csv
 import html
 import itertools
-import json
 import logging
 import re
 import time
@@ -36,7 +35,7 @@ from syncd.providers.base import (
     RowChange,
     RowOutcome,
 )
-from syncd.providers.http import ProviderHttp, TryLater, answer_count
+from syncd.providers.http import NotJson, ProviderHttp, TryLater, answer_count, answer_json
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +157,11 @@ class UnisenderProvider(Provider):
     def _read_envelope(self, method: str, response: httpx.Response) -> Any:
         where = f"{self.name} {method}"
         try:
-            body = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            snippet = self._http.scrub(response.text[:200])
+            body = answer_json(response)
+        except NotJson as exc:
+            snippet = self._http.scrub(response.content[:200].decode("utf-8", "replace"))
             raise ProviderError(
-                f"{where}: the answer is not JSON (HTTP {response.status_code}, "
+                f"{where}: the answer is not JSON ({exc.reason}; HTTP {response.status_code}, "
                 f"{response.headers.get('content-type', 'no content type')}): {snippet!r}",
                 code="bad_answer",
             ) from None
@@ -184,9 +183,11 @@ class UnisenderProvider(Provider):
             raise ProviderError(f"{where}: {text or 'error'} ({code})", code=code)
         if "result" not in body:
             raise ProviderError(f"{where}: the answer has no `result`", code="bad_answer")
-        for warning in body.get("warnings") or ():
-            # §1.2: success may carry warnings, e.g. {"warning": "probably not a mobile phone"}.
-            log.info("%s: warning: %s", where, warning)
+        warnings = body.get("warnings") or []
+        # §1.2: success may carry warnings, e.g. [{"warning": "probably not a mobile phone"}];
+        # they are only logged, so any other shape is logged as it is.
+        for warning in warnings if isinstance(warnings, list) else [warnings]:
+            log.info("%s: warning: %s", where, self._http.scrub(str(warning)))
         return body["result"]
 
     # ------------------------------------------------------------------ prepare
@@ -502,9 +503,15 @@ class UnisenderProvider(Provider):
         uuid = task.get("task_uuid") if isinstance(task, dict) else None
         if not isinstance(uuid, str) or not uuid:
             raise ExportIncomplete(f"{self.name} {EXPORT_ASYNC}: the answer has no task_uuid")
-        url = self._wait_for_file(uuid)
+        given = self._wait_for_file(uuid)
         # The file may sit on another host (§1.5 step 2 gives a URL) or be given relative.
-        url = str(httpx.URL(self.target.api_root + "/").join(url))
+        try:
+            url = str(httpx.URL(self.target.api_root + "/").join(given))
+        except httpx.InvalidURL as exc:
+            raise ExportIncomplete(
+                f"{self.name} {TASK_RESULT}: file_to_download {given[:200]!r} is not a usable "
+                f"URL ({exc})"
+            ) from None
         try:
             with self._http.download(DOWNLOAD, url) as response:
                 # A body shorter than its Content-Length is refused by httpx itself
