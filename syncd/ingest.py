@@ -546,6 +546,8 @@ def _check_row(row: RawRow, config: IngestConfig, claimed: dict[str, int]) -> Co
 
 def _check_text(name: str, value: Any) -> None:
     """Text no store or provider can hold, refused before anything else looks at the row."""
+    if "\x00" in name:
+        raise _RowProblem(f"column {_shown(name)} holds a NUL character in its name")
     items = value if isinstance(value, list) else [value]
     for item in items:
         if not isinstance(item, str):

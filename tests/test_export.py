@@ -152,11 +152,14 @@ def test_round_trip_changes_nothing(
 # --------------------------------------------------------------------------------------------
 # Property: export -> ingest is a fixed point for any contacts ingest can create
 
-names = st.text(st.characters(codec="utf-8", exclude_characters=","), min_size=1, max_size=8).map(
-    str.strip
-)
+# Ingest refuses NUL in any value (a sign of a binary or mis-encoded file), so none is generated.
+names = st.text(
+    st.characters(codec="utf-8", exclude_characters=",\x00"), min_size=1, max_size=8
+).map(str.strip)
 field_names = names.filter(lambda n: n != "" and n.lower() not in RESERVED)
-field_values = st.text(st.characters(codec="utf-8"), min_size=1, max_size=12)
+field_values = st.text(
+    st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=12
+)
 emails = st.builds(
     "{}@{}".format,
     st.from_regex(r"[A-Za-z0-9]{1,8}([._+-][A-Za-z0-9]{1,4})?", fullmatch=True),
