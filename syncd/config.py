@@ -6,6 +6,7 @@ config in one round trip. The models here are also the source of ``schemas/confi
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -152,7 +154,11 @@ class TargetConfig(_Strict):
     create_missing_list: bool = Field(
         False, description="sms.by / Octopush: create the remote list when it does not exist."
     )
-    base_url: str | None = Field(None, description="API root; default is the provider's own.")
+    base_url: str | None = Field(
+        None,
+        description="API root; default is the provider's own. https://, or http:// only to "
+        "this machine (127.0.0.0/8, ::1, localhost): the key is never sent in clear.",
+    )
     lang: str = Field("en", pattern=r"^[a-z]{2}$")
     fields: dict[str, str] = Field(
         default_factory=dict, description="Remote field name = local field name."
@@ -200,6 +206,27 @@ class TargetConfig(_Strict):
         if not key:
             raise ValueError(f"api_key_file {path}: the file is empty")
         return {**data, "api_key": key}
+
+    @model_validator(mode="after")
+    def _key_never_in_clear(self) -> TargetConfig:
+        """The API key travels in every request: only over TLS, or to this machine itself."""
+        root = self.api_root
+        scheme, _, rest = root.partition("://")
+        scheme = scheme.lower()
+        if scheme not in ("http", "https") or not rest:
+            raise ValueError(f"base_url {root!r} must be an https:// (or loopback http://) URL")
+        if scheme == "http":
+            try:
+                host = httpx.URL(root).host  # the host httpx will connect to, parsed its way
+            except httpx.InvalidURL as exc:
+                raise ValueError(f"base_url {root!r} is not a usable URL: {exc}") from None
+            if not is_loopback_host(host):
+                raise ValueError(
+                    f"base_url {root!r} would send the API key unencrypted to {host or 'no host'}, "
+                    "which is not this machine: use https://, or http:// only to 127.0.0.0/8, "
+                    "::1 or localhost (an emulator)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _provider_needs(self) -> TargetConfig:
@@ -273,6 +300,20 @@ class Config(_Strict):
             known = ", ".join(t.name for t in self.target) or "none"
             raise ConfigError("command line", [f"--target {name}: no such target (known: {known})"])
         return chosen
+
+
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 (also as ::ffff:127.x.x.x) or the name localhost."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False  # any other name may resolve anywhere
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def find_config_path(explicit: str | os.PathLike[str] | None) -> Path:

@@ -226,7 +226,8 @@ def test_dockerfile_runs_as_non_root_with_the_state_volume_healthcheck_and_sigte
 def test_image_config_keeps_every_write_in_the_volume_and_no_secret(runtime: Stage) -> None:
     source, _in_image = image_config_path(runtime)
     text = source.read_text(encoding="utf-8")
-    env = {v: "x" for v in config_variables(text)}
+    # with the example's values: its base_url must pass the plain-HTTP rule too
+    env = {v: "x" for v in config_variables(text)} | read_env_file(DOCKER / ".env.example")
     config = parse_config(tomllib.loads(text), str(source), env=env)
     store = config.store.url.removeprefix("sqlite:///")
     for path in (store, config.inbox.path, config.outbox.path):
@@ -318,13 +319,15 @@ def test_compose_runs_an_app_with_syncd_as_sidecar_and_the_emulator(
     # the sidecar and the app share the volume holding the inbox and outbox
     shared = volume_at(syncd_svc, STATE)
     assert shared and shared == volume_at(app, STATE) and shared in compose.get("volumes", {})
-    # syncd talks to the emulator, which listens on the compose network
+    # the emulator listens on the compose network (for the app) and syncd, in its network
+    # namespace, reaches it on loopback: the only place plain http:// may carry a key
     command = emulator["command"]
     assert command[:2] == ["emulate", "unisender"]
     assert command[command.index("--host") + 1] == "0.0.0.0"
     port = command[command.index("--port") + 1]
+    assert syncd_svc.get("network_mode") == "service:emulator"
     example = read_env_file(DOCKER / ".env.example")
-    assert example["UNISENDER_BASE_URL"].startswith(f"http://emulator:{port}/")
+    assert example["UNISENDER_BASE_URL"].startswith(f"http://127.0.0.1:{port}/")
     assert "emulator" in syncd_svc.get("depends_on", {})
     assert "syncd" in app.get("depends_on", {})
     # syncd uses the image's command and health check
@@ -599,7 +602,7 @@ def test_container_command_runs_as_nobody_with_only_the_state_dir_writable(
     listen = parse_config(
         tomllib.loads(source.read_text(encoding="utf-8")),
         str(source),
-        env={v: "x" for v in config_variables(source.read_text(encoding="utf-8"))},
+        env={v: "x" for v in config_variables(source.read_text(encoding="utf-8"))} | env_file,
     ).http.listen
 
     # The only changes: a prefix for the container's paths, a free port for /healthz, the

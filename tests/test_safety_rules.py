@@ -208,6 +208,45 @@ def test_rule7_the_store_file_is_owner_only(world: World, tmp_path):
     assert (tmp_path / "syncd.db").stat().st_mode & 0o077 == 0
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://emulator:8765/en/api",  # a compose service name is not this machine
+        "http://10.0.0.5/en/api",
+        "HTTP://api.unisender.com/en/api",
+        "http://127.0.0.1.example.com/en/api",
+        "http://user@127.0.0.1@example.com/en/api",
+        "ftp://127.0.0.1/en/api",
+    ],
+)
+def test_rule7_a_key_is_never_sent_in_clear_beyond_this_machine(url: str):
+    target = {"name": "news", "provider": "unisender", "list_id": "1", "api_key": "k"}
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"target": [{**target, "base_url": url}]}, "syncd.toml", env={})
+    (problem,) = caught.value.problems
+    assert problem.startswith("target[0]") and "base_url" in problem
+    assert "https://" in problem
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8765/en/api",
+        "http://127.3.4.5/en/api",
+        "http://[::1]:8765/en/api",
+        "http://localhost:8765/en/api",
+        "https://api.unisender.com/en/api",
+        None,  # the provider's own https:// address
+    ],
+)
+def test_rule7_https_or_loopback_http_is_accepted(url: str | None):
+    target = {"name": "news", "provider": "unisender", "list_id": "1", "api_key": "k"}
+    config = parse_config({"target": [{**target, "base_url": url}]}, "syncd.toml", env={})
+    assert config.target[0].api_root.startswith(
+        ("https://", "http://127.", "http://[::1]", "http://localhost")
+    )
+
+
 # Rule 8 -----------------------------------------------------------------------------------
 
 
