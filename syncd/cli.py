@@ -412,6 +412,12 @@ def check_config_cmd(config_path: str | None, online: bool, as_json: bool) -> No
     show_default=True,
     help="netcore: the account's primary key attribute.",
 )
+@click.option(
+    "--request-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Append every request line received (method, path and query) to this file.",
+)
 def emulate_cmd(
     provider: str,
     host: str,
@@ -425,6 +431,7 @@ def emulate_cmd(
     rate_limit_rate: float,
     seed: int | None,
     primary_key: str,
+    request_log: Path | None,
 ) -> None:
     """Run a faithful local emulator of a provider's API on loopback.
 
@@ -444,19 +451,19 @@ def emulate_cmd(
     if provider == "smsby":
         from syncd.emulators import smsby
 
-        smsby.run_emulator(host, port, api_key, not no_seed, faults)
+        smsby.run_emulator(host, port, api_key, not no_seed, faults, request_log)
     elif provider == "netcore":
         from syncd.emulators import netcore
 
-        netcore.run_emulator(host, port, api_key, not no_seed, faults, primary_key)
+        netcore.run_emulator(host, port, api_key, not no_seed, faults, primary_key, request_log)
     elif provider == "octopush":
         from syncd.emulators import octopush
 
-        octopush.run_emulator(host, port, api_key, not no_seed, faults)
+        octopush.run_emulator(host, port, api_key, not no_seed, faults, request_log)
     else:
         from syncd.emulators import unisender
 
-        unisender.run_emulator(provider, host, port, api_key, not no_seed, faults)
+        unisender.run_emulator(provider, host, port, api_key, not no_seed, faults, request_log)
 
 
 @main.command("demo")

@@ -58,12 +58,18 @@ def log_context(**fields: object) -> Iterator[None]:
 # --------------------------------------------------------------------------- secrets
 
 
+def secret_forms(value: str) -> set[str]:
+    """``value`` as it may appear in text: as is, URL-encoded (a form body echoed back), or
+    JSON-escaped."""
+    return {value, quote(value), quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1]}
+
+
 def register_secret(value: str) -> None:
     """Never let ``value`` (nor its URL- or JSON-escaped forms) reach a log line."""
     global _secrets
     if len(value) < MIN_SECRET_LENGTH:
         return
-    forms = {value, quote(value), quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1]}
+    forms = secret_forms(value)
     with _secrets_lock:
         _secrets = tuple(sorted(set(_secrets) | forms, key=len, reverse=True))
 

@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
@@ -55,6 +56,9 @@ class Faults:
     retry_after: str | None = None
     export_never_completes: bool = False
     export_truncate: bool = False
+    # Error answers quote the request they refuse, body (and so the API key) included, as
+    # some servers do: what a client logs of a provider's message must be scrubbed.
+    echo_request: bool = False
     methods: set[str] = field(default_factory=set)
     seed: int | None = None
     rng: random.Random = field(init=False, repr=False, compare=False)
@@ -321,8 +325,14 @@ class _Servable(_Controlled, Protocol):
     def handle(self, request: httpx.Request) -> httpx.Response: ...
 
 
-def serve(emulator: _Servable, host: str, port: int, faults: Faults | None) -> None:
+def serve(
+    emulator: _Servable,
+    host: str,
+    port: int,
+    faults: Faults | None,
+    request_log: Path | None = None,
+) -> None:
     """What every ``run_emulator`` ends with: the command line's faults, then serve forever."""
     if faults is not None:
         emulator.faults = faults
-    serve_forever(emulator.handle, host, port)
+    serve_forever(emulator.handle, host, port, request_log)

@@ -41,6 +41,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -357,9 +358,10 @@ def run_emulator(
     seed_list: bool,
     faults: Faults | None = None,
     primary_key: str = "EMAIL",
+    request_log: Path | None = None,
 ) -> None:
     """Build a Netcore emulator (optionally with list 1 "Newsletter") and serve it."""
     emulator = NetcoreEmulator(api_key=api_key, primary_key=primary_key)
     if seed_list:
         emulator.add_list("Newsletter")
-    serve(emulator, host, port, faults)
+    serve(emulator, host, port, faults, request_log)

@@ -37,6 +37,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -294,10 +295,15 @@ def _names(body: dict[str, Any], one: str, many: str, limit: int) -> set[str]:
 
 
 def run_emulator(
-    host: str, port: int, api_key: str | None, seed_list: bool, faults: Faults | None = None
+    host: str,
+    port: int,
+    api_key: str | None,
+    seed_list: bool,
+    faults: Faults | None = None,
+    request_log: Path | None = None,
 ) -> None:
     """Build an Octopush emulator (optionally with list "Newsletter") and serve it."""
     emulator = OctopushEmulator(api_key=api_key)
     if seed_list:
         emulator.add_list("Newsletter")
-    serve(emulator, host, port, faults)
+    serve(emulator, host, port, faults, request_log)

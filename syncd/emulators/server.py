@@ -3,6 +3,9 @@
 An emulator is one function ``handle(request: httpx.Request) -> httpx.Response``. In-process tests
 plug it into ``httpx.MockTransport``; end-to-end tests and ``syncd emulate`` serve the same
 function here, over a socket, so timeouts and dropped connections are real.
+
+With a ``request_log`` file, the server appends every request line it receives (``POST
+/en/api/importContacts HTTP/1.1``), so a test can check what a client put in its URLs.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import FrameType, TracebackType
+from typing import TextIO
 
 import httpx
 
@@ -47,11 +52,19 @@ def _read_body(req: BaseHTTPRequestHandler) -> bytes:
     return req.rfile.read(length) if length else b""
 
 
-def _make_request_handler(handler: Handler) -> type[BaseHTTPRequestHandler]:
+def _make_request_handler(
+    handler: Handler, request_log: TextIO | None = None
+) -> type[BaseHTTPRequestHandler]:
+    log_lock = threading.Lock()
+
     class _RequestHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def _serve(self) -> None:
+            if request_log is not None:
+                with log_lock:
+                    request_log.write(self.requestline + "\n")
+                    request_log.flush()
             body = _read_body(self)
             addr = self.server.server_address
             default_host = f"{addr[0]!s}:{addr[1]}" if isinstance(addr, tuple) else "localhost"
@@ -102,10 +115,18 @@ class _Server(ThreadingHTTPServer):
 class EmulatorServer:
     """Serve ``handler`` on ``host:port`` (port 0: a free port) from a daemon thread."""
 
-    def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        request_log: Path | None = None,
+    ) -> None:
         self.handler = handler
         self.host = host
         self.port = port
+        self.request_log = request_log
+        self._log: TextIO | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -118,7 +139,10 @@ class EmulatorServer:
 
     def start(self) -> EmulatorServer:
         if self._server is None:
-            self._server = _Server((self.host, self.port), _make_request_handler(self.handler))
+            if self.request_log is not None:
+                self._log = self.request_log.open("a", encoding="utf-8")
+            handler = _make_request_handler(self.handler, self._log)
+            self._server = _Server((self.host, self.port), handler)
             self._thread = threading.Thread(
                 target=self._server.serve_forever, name="emulator-server", daemon=True
             )
@@ -132,6 +156,9 @@ class EmulatorServer:
             if self._thread is not None:
                 self._thread.join(timeout=5)
             self._server = self._thread = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def __enter__(self) -> EmulatorServer:
         return self.start()
@@ -142,7 +169,7 @@ class EmulatorServer:
         self.stop()
 
 
-def serve_forever(handler: Handler, host: str, port: int) -> None:
+def serve_forever(handler: Handler, host: str, port: int, request_log: Path | None = None) -> None:
     """Serve until SIGINT or SIGTERM; print ``emulator listening on URL`` first."""
     stop = threading.Event()
 
@@ -151,7 +178,7 @@ def serve_forever(handler: Handler, host: str, port: int) -> None:
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with EmulatorServer(handler, host, port) as server:
+        with EmulatorServer(handler, host, port, request_log) as server:
             print(f"emulator listening on {server.url}", flush=True)
             while not stop.wait(0.5):
                 pass

@@ -34,6 +34,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -319,10 +320,15 @@ def _check(values: dict[str, str]) -> str | None:
 
 
 def run_emulator(
-    host: str, port: int, api_key: str | None, seed_list: bool, faults: Faults | None = None
+    host: str,
+    port: int,
+    api_key: str | None,
+    seed_list: bool,
+    faults: Faults | None = None,
+    request_log: Path | None = None,
 ) -> None:
     """Build an sms.by emulator (optionally with list 1 "Newsletter") and serve it."""
     emulator = SmsbyEmulator(token=api_key)
     if seed_list:
         emulator.add_list("Newsletter")
-    serve(emulator, host, port, faults)
+    serve(emulator, host, port, faults, request_log)

@@ -27,7 +27,9 @@ emulator with: ``Faults``, the in-process helpers (``EmulatorControls``, the bas
 from __future__ import annotations
 
 import csv
+import html
 import io
+import json
 import re
 import threading
 import time
@@ -35,6 +37,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -180,6 +183,12 @@ class UnisenderEmulator(EmulatorControls):
     # ---- the HTTP entry point -------------------------------------------------------------
 
     def handle(self, request: httpx.Request) -> httpx.Response:
+        response = self._answer(request)
+        if self.faults.echo_request and not request.url.path.startswith("/_emulator/"):
+            response = _echoing(request, response)
+        return response
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         if path.startswith("/_emulator/"):
             return self._admin(request)
@@ -507,6 +516,18 @@ def _cell(c: Contact, name: str) -> str:
     return values.get(col, "")  # not modelled (request_ip, last_read_at, ...): empty
 
 
+def _echoing(request: httpx.Request, response: httpx.Response) -> httpx.Response:
+    """An error answer that quotes the request it refuses (``Faults.echo_request``)."""
+    try:
+        body = json.loads(response.read())
+    except ValueError:
+        return response
+    if not isinstance(body, dict) or not body.get("error"):
+        return response
+    quoted = f"{request.method} {request.url} {request.content.decode('utf-8', 'replace')}"
+    return error_response(str(body.get("code")), f"{html.unescape(body['error'])} ({quoted})")
+
+
 def run_emulator(
     brand: str,
     host: str,
@@ -514,6 +535,7 @@ def run_emulator(
     api_key: str | None,
     seed_list: bool,
     faults: Faults | None = None,
+    request_log: Path | None = None,
 ) -> None:
     """Build an emulator (optionally with list 1 "Newsletter" and fields Name, City) and serve."""
     emulator = UnisenderEmulator(api_key=api_key, brand=brand)
@@ -521,4 +543,4 @@ def run_emulator(
         emulator.add_list("Newsletter")
         emulator.add_field("Name")
         emulator.add_field("City")
-    serve(emulator, host, port, faults)
+    serve(emulator, host, port, faults, request_log)

@@ -33,6 +33,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from tenacity.wait import wait_exponential_jitter
 
 from syncd.errors import ProviderError, ProviderUnreachable
+from syncd.logs import secret_forms
 from syncd.metrics import call_observer
 from syncd.providers.base import CallStats
 
@@ -174,7 +175,8 @@ class ProviderHttp:
         self.retries = retries
         self.stats = stats
         self.max_retry_after = max_retry_after
-        self._secret = api_key
+        # longest first, so a form that contains another is replaced whole
+        self._secrets = sorted(secret_forms(api_key), key=len, reverse=True) if api_key else []
         self._sleep = sleep
         self._backoff = wait_exponential_jitter(
             initial=backoff_initial, max=backoff_max, jitter=backoff_initial
@@ -271,8 +273,11 @@ class ProviderHttp:
             response.close()
 
     def scrub(self, text: str) -> str:
-        """``text`` with the API key blanked out (defence in depth: it should never be there)."""
-        return text.replace(self._secret, "***") if self._secret else text
+        """``text`` with the API key blanked out, also URL- or JSON-escaped (a provider may
+        quote the request it refuses); defence in depth: it should never be there."""
+        for form in self._secrets:
+            text = text.replace(form, "***")
+        return text
 
     def close(self) -> None:
         self.client.close()
