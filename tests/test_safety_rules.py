@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 
 from syncd import app
-from syncd.config import parse_config
+from syncd.config import is_loopback_host, parse_config
 from syncd.errors import ConfigError
 from syncd.store.models import Base
 
@@ -289,3 +289,8 @@ def test_rule8_bad_rows_are_reported_with_line_and_reason_and_good_rows_apply(wo
     assert report["created"] == 1
     assert [r["line"] for r in report["rejected"]] == [2, 3, 4]
     assert all(r["reason"] for r in report["rejected"])
+
+
+def test_rule7_the_status_listener_binds_loopback_by_default():
+    host, _port = parse_config({}, "syncd.toml", env={}).http.address()
+    assert is_loopback_host(host)
