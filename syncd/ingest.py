@@ -207,15 +207,16 @@ _UTF16_OR_32_BOMS = (
 )
 
 
-def _not_utf8(file: Path, line: int, raw: bytes, exc: UnicodeDecodeError) -> IngestError:
+def _not_utf8(file: Path, line: int, raw: bytes, at: int) -> IngestError:
+    """The error for line ``line`` (bytes ``raw``), whose byte ``at`` does not decode."""
     if line == 1 and raw.startswith(_UTF16_OR_32_BOMS):
         return IngestError(
             f"{file}: the file is UTF-16 or UTF-32 (it starts with that byte order mark); "
             "save it as UTF-8"
         )
     return IngestError(
-        f"{file}: line {line} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte "
-        f"{exc.start + 1} of the line); save the file as UTF-8"
+        f"{file}: line {line} is not valid UTF-8 (byte 0x{raw[at]:02x} at byte {at + 1} of "
+        "the line); save the file as UTF-8"
     )
 
 
@@ -237,19 +238,18 @@ def _decoded_lines(file: Path, handle: BinaryIO) -> Iterator[str]:
         try:
             yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError as exc:
-            raise _not_utf8(file, number, raw, exc) from None
+            raise _not_utf8(file, number, raw, exc.start) from None
 
 
 def _starts_a_json_array(handle: BinaryIO) -> bool:
     """Whether the first character that is not a BOM or white space is ``[``; rewinds."""
-    first = b""
-    while chunk := handle.read(1 << 16):
-        first = chunk.removeprefix(codecs.BOM_UTF8) if not first else chunk
-        first = first.lstrip(b" \t\r\n") or b" "
-        if first != b" ":
-            break
+    bom = codecs.BOM_UTF8
+    handle.seek(len(bom) if handle.read(len(bom)) == bom else 0)
+    found = b""
+    while not found and (chunk := handle.read(1 << 16)):
+        found = chunk.lstrip(b" \t\r\n")
     handle.seek(0)
-    return first.startswith(b"[")
+    return found.startswith(b"[")
 
 
 def _whole_json_array(file: Path, handle: BinaryIO) -> str:
@@ -263,11 +263,9 @@ def _whole_json_array(file: Path, handle: BinaryIO) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        start = data.rfind(b"\n", 0, exc.start) + 1
-        end = data.find(b"\n", exc.start)
-        raw = data[start : end if end >= 0 else len(data)]
-        moved = UnicodeDecodeError(exc.encoding, exc.object, exc.start - start, exc.end, exc.reason)
-        raise _not_utf8(file, data.count(b"\n", 0, exc.start) + 1, raw, moved) from None
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise _not_utf8(file, line, data[line_start : exc.end], exc.start - line_start) from None
 
 
 def _column_name(raw: str) -> str:
