@@ -311,3 +311,16 @@ def test_an_export_file_url_that_is_not_a_url_is_an_incomplete_export() -> None:
     provider = make(target("unisender"), serving(answer))
     with pytest.raises(ProviderError, match="file_to_download"):
         list(provider.export())
+
+
+# ---------------------------------------------------------------------------- Netcore
+
+NETCORE_KEYS = ["result", "requestid", "message", "status", "errors"]
+
+
+@FUZZ
+@given(answers(NETCORE_KEYS, lambda v: v), STATUSES, CONTENT_TYPES)
+def test_netcore_answer(body: bytes, status: int, content_type: str) -> None:
+    provider = make(target("netcore"), fixed(status, body, content_type))
+    call = PushCall("create", ("NAME",), ROWS)
+    expect_verdict_or_provider_error(lambda: provider.push(call), rows=len(ROWS))

@@ -56,7 +56,7 @@ from syncd.providers.base import (
     RowChange,
     RowOutcome,
 )
-from syncd.providers.http import ProviderHttp, TryLater
+from syncd.providers.http import NotJson, ProviderHttp, TryLater, answer_json
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +126,11 @@ class NetcoreProvider(Provider):
     def _read_answer(self, activity: str, response: httpx.Response) -> str:
         where = f"{self.name} {activity}"
         try:
-            body = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = answer_json(response)
+        except NotJson:
             body = None
         if not isinstance(body, dict):
-            snippet = self._http.scrub(response.text[:200])
+            snippet = self._http.scrub(response.content[:200].decode("utf-8", "replace"))
             raise ProviderError(
                 f"{where}: the answer is not a JSON object: {snippet!r}", code="bad_answer"
             )
