@@ -20,6 +20,7 @@ from syncd import __version__, app
 from syncd.config import Config, load_config
 from syncd.engine import CycleOptions, CycleResult
 from syncd.errors import ConfigError, IngestError, SyncdError
+from syncd.logs import SecretFilter, register_secret
 
 EXIT_CONFIG = 2
 
@@ -34,10 +35,13 @@ config_option = click.option(
 
 def _load(config_path: str | None) -> Config:
     try:
-        return load_config(config_path)
+        config = load_config(config_path)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_CONFIG)
+    for target in config.target:  # every command's log lines go through the SecretFilter
+        register_secret(target.api_key.get_secret_value())
+    return config
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,6 +54,8 @@ def main(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(SecretFilter())  # keys registered by _load never reach a log line
 
 
 # --- cycles -------------------------------------------------------------------------------

@@ -343,7 +343,8 @@ def test_read_callback_accepts_what_it_knows_and_refuses_what_it_cannot_read() -
         "email",
     )
     assert form.processed and not form.failed
-    for bad in (b"{", b"[1]", b'{"errors": 3}', b'{"errors": [{"reason": "no key"}]}'):
+    nasty = (b"[" * 100_000, b'{"status": ' + b"9" * 5000 + b"}")
+    for bad in (b"{", b"[1]", b'{"errors": 3}', b'{"errors": [{"reason": "no key"}]}', *nasty):
         with pytest.raises(ValueError):
             NetcoreProvider.read_callback(bad, "application/json", "email")
 

@@ -298,6 +298,10 @@ def _callback_payload(body: bytes, content_type: str) -> dict[str, Any]:
         payload = json.loads(text) if text else {}
     except json.JSONDecodeError as exc:
         raise ValueError(f"the callback is not JSON: {exc}") from None
+    except RecursionError:  # valid JSON Python cannot hold is the sender's garbage too
+        raise ValueError("the callback's JSON is nested too deeply") from None
+    except ValueError:
+        raise ValueError("the callback's JSON has a number with too many digits") from None
     if not isinstance(payload, dict):
         raise ValueError("the callback is not a JSON object")
     return payload
