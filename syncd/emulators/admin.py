@@ -9,7 +9,8 @@ syncd in another process reaches the same helpers over HTTP (JSON in and out, no
 
 - ``GET  /_emulator/state[?list_id=N]``: lists, fields and contacts (all, or those in list N)
 - ``GET  /_emulator/calls``: API calls per method and the count of write calls
-- ``POST /_emulator/faults``: replace the ``Faults`` (body: its fields); ``reset-calls``
+- ``GET  /_emulator/faults``: the ``Faults`` in force and ``injected``, the faults served so far
+  by kind; ``POST /_emulator/faults``: replace them (body: their fields); ``reset-calls``
 - ``POST /_emulator/list`` ``{"title"}``, ``/_emulator/field`` ``{"name", "type"?}``: new ids
 - ``POST /_emulator/contact`` ``{"action", "email", ...}``: edit, unsubscribe, block, delete,
   set_tags, sign_up; answers the contact afterwards
@@ -19,6 +20,7 @@ Unknown contacts and endpoints answer 404, bad bodies 400, a GET where a POST is
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import threading
@@ -43,7 +45,15 @@ class Faults:
     """Injected failures. ``methods`` names the API methods they hit (empty: all); async ones are
     named ``async/exportContacts``, ``async/getTaskResult`` (their bare name matches too).
     ``export_never_completes`` and ``export_truncate`` apply to exports regardless of
-    ``methods``. A timeout hangs ``hang_seconds`` and then answers (the call IS applied)."""
+    ``methods``. A timeout hangs ``hang_seconds`` and then answers (the call IS applied).
+
+    Two faults concern the rows of an import rather than the call (the importer reads them):
+    ``row_reject_rate`` refuses that share of rows in the answer's ``log`` with
+    ``row_reject_code`` (the rest of the call applies, §1.4); ``refuse_rate`` picks that share of
+    contact keys (fixed per key and ``seed``, so a retry or a smaller batch meets the same key
+    again) whose presence makes the provider refuse the whole call with an untyped error naming
+    the row, as it does for "Contacts X and Y already exist but owned by different subscribers"
+    (§1.2). ``injected`` counts every fault served, by kind, for reports."""
 
     latency: float = 0.0
     http_5xx_rate: float = 0.0
@@ -59,9 +69,13 @@ class Faults:
     # Error answers quote the request they refuse, body (and so the API key) included, as
     # some servers do: what a client logs of a provider's message must be scrubbed.
     echo_request: bool = False
+    row_reject_rate: float = 0.0
+    row_reject_code: str = "retry_later"
+    refuse_rate: float = 0.0
     methods: set[str] = field(default_factory=set)
     seed: int | None = None
     rng: random.Random = field(init=False, repr=False, compare=False)
+    injected: Counter[str] = field(init=False, default_factory=Counter, compare=False)
 
     def __post_init__(self) -> None:
         self.methods = set(self.methods)
@@ -73,8 +87,18 @@ class Faults:
     def roll(self, rate: float) -> bool:
         return rate > 0 and self.rng.random() < rate
 
+    def count(self, kind: str) -> None:
+        self.injected[kind] += 1
+
+    def refuses(self, key: str) -> bool:
+        """Whether ``refuse_rate`` picked this contact key (the same answer on every call)."""
+        if self.refuse_rate <= 0:
+            return False
+        digest = hashlib.sha256(f"{self.seed}:{key}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < self.refuse_rate
+
     def to_json(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rng"}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         return data | {"methods": sorted(self.methods)}
 
     def draw(self, method: str) -> Callable[[], httpx.Response | None]:
@@ -85,6 +109,17 @@ class Faults:
         hang = hit and self.roll(self.timeout_rate)
         http5xx = hit and self.roll(self.http_5xx_rate)
         errored = hit and self.roll(self.error_code_rate)
+        retry = {"Retry-After": self.retry_after} if self.retry_after else None
+        if drop:
+            self.count("dropped_connection")
+        else:  # a hang then answers, so what follows it is served too
+            for kind, rolled in (
+                ("read_timeout", hang),
+                (f"http_{self.http_5xx_status}", http5xx),
+                (self.error_code, errored and not http5xx),
+            ):
+                if rolled:
+                    self.count(kind + (" +Retry-After" if retry and kind != "read_timeout" else ""))
 
         def inject() -> httpx.Response | None:
             if hit and self.latency > 0:
@@ -93,7 +128,6 @@ class Faults:
                 raise DropConnection()
             if hang:
                 time.sleep(self.hang_seconds)
-            retry = {"Retry-After": self.retry_after} if self.retry_after else None
             if http5xx:
                 status = self.http_5xx_status
                 return httpx.Response(status, text=f"<html><h1>{status}</h1></html>", headers=retry)
@@ -296,6 +330,12 @@ def admin_response(
         if op == "state" and request.method == "GET":
             with emulator._lock:
                 return httpx.Response(200, json=state(request.url.params))
+        if op == "faults" and request.method == "GET":
+            with emulator._lock:
+                faults = emulator.faults
+                return httpx.Response(
+                    200, json=faults.to_json() | {"injected": dict(sorted(faults.injected.items()))}
+                )
         if op == "calls" and request.method == "GET":
             with emulator._lock:
                 calls = {"calls": dict(emulator.calls), "write_calls": emulator.write_calls}
@@ -303,8 +343,10 @@ def admin_response(
         if request.method != "POST":
             return httpx.Response(405, json={"error": "method not allowed"})
         if op == "faults":
-            emulator.faults = Faults(**body)
-            return httpx.Response(200, json=emulator.faults.to_json())
+            body.pop("injected", None)  # what GET answers may be posted back as it is
+            with emulator._lock:
+                emulator.faults = Faults(**body)
+                return httpx.Response(200, json=emulator.faults.to_json())
         if op == "reset-calls":
             with emulator._lock:
                 emulator.calls.clear()

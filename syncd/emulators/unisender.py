@@ -237,6 +237,8 @@ class UnisenderEmulator(EmulatorControls):
         with self._lock:
             task = self.tasks.get(name.removesuffix(".csv"))
             truncate = self.faults.export_truncate
+            if task is not None and truncate:
+                self.faults.count("export_truncated")
         if task is None:
             return httpx.Response(404, text="Not Found")
         text = task.csv_text
@@ -478,6 +480,8 @@ class UnisenderEmulator(EmulatorControls):
             raise ApiError(CALL_ERROR_CODES["not_found"], "Task not found")
         task.polls += 1  # §1.5 step 2: new -> processing -> completed
         done = task.polls >= self.export_polls and not self.faults.export_never_completes
+        if task.polls >= self.export_polls and not done:
+            self.faults.count("export_never_completes")  # one per poll answered "processing"
         result = {
             "task_uuid": task.uuid,
             "status": "completed" if done else "processing",

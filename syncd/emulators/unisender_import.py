@@ -151,11 +151,22 @@ def import_contacts(emu: UnisenderEmulator, p: pp.Params) -> dict[str, Any]:
     if len(rows) > MAX_ROWS:  # §1.4: at most 500 contacts per call
         raise ApiError(CALL_ERROR_CODES["too_many_rows"], f"Too many rows (max {MAX_ROWS})")
     overwrite_tags, overwrite_lists = flag_arg(p, "overwrite_tags"), flag_arg(p, "overwrite_lists")
+    table = [
+        (index, {cols[i]: v for i, v in pp.indexed(raw) if i in cols and isinstance(v, str)})
+        for index, raw in rows  # item 3: the row's own index, sparse cells stay absent
+    ]
+    _refuse_injected(emu, table)
     counts = dict.fromkeys(("inserted", "updated", "deleted", "new_emails", "invalid"), 0)
     log: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for index, raw in rows:  # item 3: the row's own index, sparse cells stay absent
-        cells = {cols[i]: v for i, v in pp.indexed(raw) if i in cols and isinstance(v, str)}
+    faults = emu.faults
+    reject_rows = faults.hits("importContacts") and faults.row_reject_rate > 0
+    for index, cells in table:
+        if reject_rows and faults.roll(faults.row_reject_rate):  # injected: row not imported
+            faults.count(f"row_rejected {faults.row_reject_code}")
+            message = f"Injected fault: row not imported ({faults.row_reject_code})"
+            log.append({"index": index, "code": faults.row_reject_code, "message": message})
+            continue
         try:
             outcome, is_new = _import_row(emu, cells, seen, overwrite_tags, overwrite_lists)
         except _RowError as exc:  # item 13: numeric 0-based index
@@ -168,6 +179,18 @@ def import_contacts(emu: UnisenderEmulator, p: pp.Params) -> dict[str, Any]:
         counts[outcome] += 1
         counts["new_emails"] += is_new
     return {"total": len(rows), **counts, "log": log}
+
+
+def _refuse_injected(emu: UnisenderEmulator, table: list[tuple[int, dict[str, str]]]) -> None:
+    """The injected whole-call refusal (``Faults.refuse_rate``): one picked row in the data and
+    nothing applies, answered like the §1.2 untyped errors that name the contacts at fault."""
+    if emu.faults.refuse_rate <= 0 or not emu.faults.hits("importContacts"):
+        return
+    for index, cells in table:
+        key = cells.get("email", "").strip().lower() or cells.get("phone", "").strip()
+        if key and emu.faults.refuses(key):
+            emu.faults.count("import_refused")
+            raise ApiError("unspecified", f'Contact "{key}" (data[{index}]) cannot be imported')
 
 
 def _import_row(

@@ -53,6 +53,10 @@ LATER_CODES = frozenset(
     {"retry_later", "api_call_limit_exceeded_for_api_key", "api_call_limit_exceeded_for_ip"}
 )
 AUTH_CODES = frozenset({"invalid_api_key", "access_denied"})
+# §1.2: the codes an error about one contact of an import arrives with ("Contacts X and Y already
+# exist but owned by different subscribers" is `unspecified`; a bad value is `invalid_arg`).
+_ROW_REFUSAL_CODES = frozenset({"unspecified", "invalid_arg"})
+SPLIT_CALLS = 64  # extra calls one push may spend isolating the rows of a refused import
 
 # §1.4 / §1.5: system column names. A mapped field with one of these names is not a user field.
 _SYSTEM_SUFFIXES = (
@@ -180,6 +184,8 @@ class UnisenderProvider(Provider):
                     f"{self.target.name!r} and that API access is enabled for the account",
                     code=code,
                 )
+            if code in _ROW_REFUSAL_CODES:
+                raise _Refused(f"{where}: {text or 'error'} ({code})", code=code, text=text)
             raise ProviderError(f"{where}: {text or 'error'} ({code})", code=code)
         if "result" not in body:
             raise ProviderError(f"{where}: the answer has no `result`", code="bad_answer")
@@ -305,15 +311,25 @@ class UnisenderProvider(Provider):
     def push(self, call: PushCall) -> list[RowOutcome]:
         outcomes: list[RowOutcome | None] = [self._refuse_locally(call, rc) for rc in call.rows]
         sent = [i for i, outcome in enumerate(outcomes) if outcome is None]
-        if not sent:
-            return [o for o in outcomes if o is not None]
+        if sent:
+            try:
+                verdicts = self._import(call, sent)
+            except _Refused as refusal:
+                if len(sent) == 1:
+                    raise  # one row alone: nothing tells a bad row from a bad call; fail the call
+                verdicts = self._isolate(call, sent, refusal, [SPLIT_CALLS])
+            for position, outcome in verdicts.items():
+                outcomes[position] = outcome
+        return [o for o in outcomes if o is not None]
 
+    def _import(self, call: PushCall, positions: Sequence[int]) -> dict[int, RowOutcome]:
+        """One importContacts call for these rows of ``call``; one outcome per position."""
         header = self._header(call)
         params: dict[str, str | Sequence[str]] = {}
         # §1.1/§1.4: indexed PHP arrays, every cell present (a missing cell means "not given").
         for j, name in enumerate(header):
             params[f"field_names[{j}]"] = name
-        for i, position in enumerate(sent):
+        for i, position in enumerate(positions):
             for j, cell in enumerate(self._cells(header, call.rows[position])):
                 params[f"data[{i}][{j}]"] = cell
         # §1.4: both flags default to 0 (add only); send 1 only when the call needs a removal.
@@ -323,12 +339,55 @@ class UnisenderProvider(Provider):
             params["overwrite_lists"] = "1"
 
         result = self._call(IMPORT, params, write=True)
-        verdicts = self._read_import_answer(result, len(sent))
-        for i, position in enumerate(sent):
-            key = call.rows[position].row.key
+        verdicts = self._read_import_answer(result, len(positions))
+        outcomes: dict[int, RowOutcome] = {}
+        for i, position in enumerate(positions):
             ok, code, message = verdicts.get(i, (True, "", ""))
-            outcomes[position] = RowOutcome(key, ok, code, message, False)
-        return [o for o in outcomes if o is not None]
+            # §1.2 `retry_later` and the rate-limit codes are temporary wherever they appear:
+            # such a row is sent again next cycle instead of waiting for a local change.
+            later = not ok and code in LATER_CODES
+            outcomes[position] = RowOutcome(call.rows[position].row.key, ok, code, message, later)
+        return outcomes
+
+    def _isolate(
+        self, call: PushCall, part: Sequence[int], refusal: _Refused, budget: list[int]
+    ) -> dict[int, RowOutcome]:
+        """The provider refused the whole import of ``part`` (§1.2: an untyped error can name
+        one contact, "Contacts X and Y already exist but owned by different subscribers").
+        Send each half again until the refused rows stand alone (DESIGN §8, "Partial
+        batches"), spending at most ``budget[0]`` extra calls; rows the budget leaves unsent
+        are retried next cycle.
+
+        An answer is about the call, not a row, when both halves get it word for word (a row
+        sits in one half only): that fails the cycle instead of holding every row.
+        """
+        keys = [call.rows[i].row.key for i in part]
+        if len(part) == 1:
+            return {part[0]: RowOutcome(keys[0], False, refusal.code, refusal.text)}
+        if budget[0] < 2:
+            message = f"not sent: {IMPORT} refused its batch ({refusal.text})"
+            return {
+                i: RowOutcome(key, False, refusal.code, message, True)
+                for i, key in zip(part, keys, strict=True)
+            }
+        budget[0] -= 2
+        half = (len(part) + 1) // 2
+        verdicts: dict[int, RowOutcome] = {}
+        refused: list[tuple[Sequence[int], _Refused]] = []
+        for piece in (part[:half], part[half:]):
+            try:
+                verdicts.update(self._import(call, piece))
+            except _Refused as exc:
+                refused.append((piece, exc))
+        if len(refused) == 2 and all(r.answer == refusal.answer for _, r in refused):
+            raise ProviderError(
+                f"{self.name} {IMPORT}: both halves of a batch of {len(part)} were refused with "
+                f"the answer of the whole, so it concerns the call, not a row: {refusal}",
+                code=refusal.code,
+            )
+        for piece, piece_refusal in refused:
+            verdicts.update(self._isolate(call, piece, piece_refusal, budget))
+        return verdicts
 
     def _read_import_answer(self, result: Any, rows: int) -> dict[int, tuple[bool, str, str]]:
         """Read an importContacts `result` back to rows: {index: (ok, code, message)}.
@@ -621,6 +680,15 @@ class UnisenderProvider(Provider):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+class _Refused(ProviderError):
+    """An error envelope that may be about one row of an import (``_ROW_REFUSAL_CODES``)."""
+
+    def __init__(self, message: str, *, code: str, text: str) -> None:
+        super().__init__(message, code=code)
+        self.text = text or code
+        self.answer = (code, text)
 
 
 class _Truncated(Exception):
