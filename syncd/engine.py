@@ -212,6 +212,8 @@ class _Cycle:
                     if dry:
                         session.rollback()  # plan writes nothing anywhere, not even scratch
             self.result.outcome = "planned" if dry else self._outcome()
+            if self.result.outcome == "rejected" and not self.result.unsupported:
+                self.result.message = self._rejected_message()
             if self.result.unsupported and not self.result.message:
                 more = self.result.counts["unsupported"] - len(self.result.unsupported)
                 self.result.message = (
@@ -247,6 +249,20 @@ class _Cycle:
         if c["awaiting"] or c["still_awaiting"]:
             return "awaiting"  # sent; the provider's callback will confirm (syncd.jobs)
         return "converged"
+
+    def _rejected_message(self) -> str:
+        """Why a cycle did not converge although every call was answered: the refused rows."""
+        c, codes = self.result.counts, self.result.rejected_codes
+        parts = []
+        if c["rejected"]:
+            by_code = ", ".join(f"{code} {n}" for code, n in codes.most_common())
+            parts.append(f"{c['rejected']} rows refused by the provider ({by_code})")
+        if c["held_rejected"]:
+            parts.append(
+                f"{c['held_rejected']} rows held since an earlier refusal until their local "
+                "record changes"
+            )
+        return "; ".join(parts)
 
     def _progress(self, stage: str, n: int) -> None:
         if self.options.progress:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -161,3 +162,41 @@ def emulator_process(provider: str, api_key: str, *extra: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# -- the figures table of tests/test_faults.py ------------------------------------------------
+# Each test writes its row to a file; the run's own process prints them all at the end, so the
+# table shows under xdist too (workers inherit the folder through the environment).
+
+_FIGURES_ENV = "SYNCD_FAULT_FIGURES"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the main process, with or without xdist
+        import tempfile
+
+        os.environ[_FIGURES_ENV] = tempfile.mkdtemp(prefix="syncd-fault-figures-")
+
+
+def record_fault_figures(row: dict[str, Any]) -> None:
+    folder = Path(os.environ[_FIGURES_ENV])
+    name = "".join(c if c.isalnum() else "-" for c in str(row["scenario"]))
+    (folder / f"{name}.json").write_text(json.dumps(row), encoding="utf-8")
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    import shutil
+
+    folder = Path(os.environ.get(_FIGURES_ENV, ""))
+    if hasattr(config, "workerinput") or not folder.is_dir() or not folder.name:
+        return
+    rows = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
+    shutil.rmtree(folder, ignore_errors=True)
+    if not rows:
+        return
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    terminalreporter.section("faults: figures per scenario")
+    terminalreporter.line("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        terminalreporter.line("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))

@@ -480,8 +480,8 @@ class UnisenderEmulator(EmulatorControls):
             raise ApiError(CALL_ERROR_CODES["not_found"], "Task not found")
         task.polls += 1  # §1.5 step 2: new -> processing -> completed
         done = task.polls >= self.export_polls and not self.faults.export_never_completes
-        if task.polls >= self.export_polls and not done:
-            self.faults.count("export_never_completes")  # one per poll answered "processing"
+        if task.polls == self.export_polls and not done:
+            self.faults.count("export_never_completes")  # once per task held back
         result = {
             "task_uuid": task.uuid,
             "status": "completed" if done else "processing",
