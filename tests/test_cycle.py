@@ -125,3 +125,15 @@ def test_plan_writes_nothing_anywhere(world: World):
     assert world.local() == before_local
     real = world.cycle()
     assert real.summary()["created"] == 7  # the dry run left no base behind
+
+
+def test_rows_refused_for_now_are_named_in_the_message_and_sent_again(world: World):
+    from syncd.emulators.admin import Faults
+
+    world.add_local(5)
+    world.emu.faults = Faults(row_reject_rate=1.0, seed=1)  # every row: "retry_later"
+    r = world.cycle()
+    assert r.outcome == "rejected" and r.exit_code == 1
+    assert r.message == "5 rows refused by the provider (retry_later 5)"
+    world.emu.faults = Faults()
+    assert world.cycle().outcome == "converged" and len(world.remote()) == 5

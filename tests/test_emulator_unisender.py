@@ -391,6 +391,44 @@ def test_fault_injection_is_scoped_and_counted(
     assert len(set(seq)) == 1  # same seed, same first roll
 
 
+def test_row_faults_refuse_rows_or_the_whole_import_and_are_counted(
+    client: httpx.Client, emu: UnisenderEmulator
+) -> None:
+    emails = [[f"p{i}@example.com"] for i in range(40)]
+    emu.faults = Faults(row_reject_rate=0.5, seed=3)
+    result = imp(client, ["email"], emails)
+    refused = {entry["index"] for entry in result["log"]}
+    assert 0 < len(refused) < 40 and {e["code"] for e in result["log"]} == {"retry_later"}
+    assert result["inserted"] == 40 - len(refused)  # the counters add up (§1.4)
+    assert {i for i, (e,) in enumerate(emails) if emu.get(e) is None} == refused
+    assert emu.faults.injected == {"row_rejected retry_later": len(refused)}
+
+    emu.faults = Faults(refuse_rate=0.1, seed=3)
+    picked = [e for (e,) in emails if emu.faults.refuses(e)]
+    assert picked and all(Faults(refuse_rate=0.1, seed=3).refuses(e) for e in picked)
+    answer = call(client, "importContacts", **rows(["email"], [[picked[0]], ["new@example.com"]]))
+    assert answer["code"] == "unspecified" and picked[0] in answer["error"]
+    assert emu.get("new@example.com") is None  # nothing of a refused call applies
+    fine = [[e] for (e,) in emails if e not in picked]
+    assert imp(client, ["email"], fine)["log"] == []
+    assert emu.faults.injected == {"import_refused": 1}
+
+
+def test_injected_faults_are_counted_by_kind_over_admin(
+    client: httpx.Client, emu: UnisenderEmulator
+) -> None:
+    body = {"error_code_rate": 1.0, "retry_after": "2", "methods": ["getLists"], "seed": 1}
+    assert client.post("/_emulator/faults", json=body).status_code == 200
+    for _ in range(3):
+        assert client.post("/en/api/getLists", data={"api_key": KEY}).json()["code"]
+    call(client, "getFields")
+    state = client.get("/_emulator/faults").json()
+    assert state["injected"] == {"retry_later +Retry-After": 3} and state["retry_after"] == "2"
+    # what GET answers may be posted back as it is: the counts start again
+    assert client.post("/_emulator/faults", json=state).status_code == 200
+    assert client.get("/_emulator/faults").json()["injected"] == {}
+
+
 def test_admin_endpoints(client: httpx.Client, emu: UnisenderEmulator) -> None:
     def admin(path: str, body: dict[str, Any] | None = None) -> Any:
         r = (

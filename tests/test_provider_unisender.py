@@ -493,6 +493,67 @@ def test_other_error_codes_keep_their_code(
     assert s.provider.stats.by_method[("importContacts", "error")] == 1
 
 
+def _refusing(emu: UnisenderEmulator, bad: set[str]) -> Handler:
+    """The emulator, except that an import holding a key of ``bad`` is refused whole (§1.2's
+    untyped error naming the contact)."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        request.read()
+        if request.url.path.endswith("/importContacts"):
+            _, rows = header_and_rows(request)
+            named = [r[0] for r in rows if r[0] in bad]
+            if named:
+                text = (
+                    f"Contacts {named[0]} and +375291234567 already exist "
+                    "but owned by different subscribers"
+                )
+                return httpx.Response(
+                    200, json={"error": text, "code": "unspecified", "result": ""}
+                )
+        return emu.handle(request)
+
+    return handle
+
+
+def test_an_import_refused_for_one_row_is_split_until_that_row_stands_alone(
+    make: Callable[..., Setup], emu: UnisenderEmulator
+) -> None:
+    keys = [f"p{i}@example.com" for i in range(8)]
+    s = make(_refusing(emu, {"p5@example.com"}))
+    outcomes = s.provider.push(PushCall("create", (), tuple(row("create", k) for k in keys)))
+    assert [o.key for o in outcomes] == keys
+    refused = [o for o in outcomes if not o.ok]
+    assert [o.key for o in refused] == ["p5@example.com"]
+    assert refused[0].code == "unspecified" and "owned by different" in refused[0].message
+    assert not refused[0].retryable  # held until the local record changes (DESIGN §4)
+    assert {c["email"] for c in emu.contacts_in_list(1)} == set(keys) - {"p5@example.com"}
+    assert len(s.transport.calls("importContacts")) == 1 + 2 * 3  # 8 -> 4 -> 2 -> 1
+
+
+def test_a_refusal_both_halves_repeat_is_about_the_call(
+    make: Callable[..., Setup], emu: UnisenderEmulator
+) -> None:
+    s = make()
+    rows = tuple(row("create", f"p{i}@example.com") for i in range(6))
+    # A column the account does not have: every part gets the same answer.
+    with pytest.raises(ProviderError, match="concerns the call") as caught:
+        s.provider.push(PushCall("create", ("Nope",), rows))
+    assert caught.value.code == "invalid_arg"
+    assert len(s.transport.calls("importContacts")) == 3 and not emu.contacts
+
+
+def test_a_row_told_to_retry_later_is_retried_not_held(
+    make: Callable[..., Setup], emu: UnisenderEmulator
+) -> None:
+    emu.faults = Faults(row_reject_rate=1.0, row_reject_code="retry_later", seed=1)
+    s = make()
+    (outcome,) = s.provider.push(PushCall("create", (), (row("create", "ann@example.com"),)))
+    assert not outcome.ok and outcome.code == "retry_later" and outcome.retryable
+    emu.faults = Faults(row_reject_rate=1.0, row_reject_code="e_email_invalid", seed=1)
+    (outcome,) = s.provider.push(PushCall("create", (), (row("create", "ann@example.com"),)))
+    assert not outcome.ok and not outcome.retryable
+
+
 # --------------------------------------------------------------------------- prepare
 
 
