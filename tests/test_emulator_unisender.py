@@ -6,8 +6,10 @@ import bz2
 import csv
 import io
 import signal
+import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -530,3 +532,18 @@ def test_run_emulator_subprocess_stops_on_sigterm(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_keep_alive_answers_do_not_wait_for_a_delayed_ack() -> None:
+    """The server writes headers and body separately; with Nagle's algorithm on, each answer
+    on a kept-alive connection stalled ~40 ms for the client's delayed ACK."""
+    with (
+        EmulatorServer(lambda request: httpx.Response(200, json={"ok": True})) as server,
+        httpx.Client(base_url=server.url) as client,
+    ):
+        took = []
+        for _ in range(15):
+            started = time.perf_counter()
+            assert client.post("/x", json={"a": 1}).status_code == 200
+            took.append(time.perf_counter() - started)
+    assert statistics.median(took) < 0.02

@@ -59,6 +59,9 @@ def _make_request_handler(
 
     class _RequestHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body leave in two writes; with Nagle's algorithm the body then waits for
+        # the client's delayed ACK of the headers, about 40 ms on every keep-alive request.
+        disable_nagle_algorithm = True
 
         def _serve(self) -> None:
             if request_log is not None:
