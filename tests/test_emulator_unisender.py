@@ -416,6 +416,21 @@ def test_row_faults_refuse_rows_or_the_whole_import_and_are_counted(
     assert emu.faults.injected == {"import_refused": 1}
 
 
+def test_the_export_download_gets_http_faults_but_no_error_envelope(
+    client: httpx.Client, emu: UnisenderEmulator
+) -> None:
+    task = call(client, "async/exportContacts")["result"]["task_uuid"]
+    for _ in range(2):
+        url = call(client, "async/getTaskResult", task_uuid=task)["result"].get("file_to_download")
+    assert url
+    emu.faults = Faults(http_5xx_rate=1.0, error_code_rate=1.0, methods={"download"})
+    assert call(client, "getLists")["result"]  # only the download is hit
+    assert client.get(url).status_code == 503
+    emu.faults = Faults(error_code_rate=1.0, methods={"download"})
+    assert client.get(url).text.startswith("id,email")  # a file has no error envelope
+    assert emu.faults.injected == {}
+
+
 def test_injected_faults_are_counted_by_kind_over_admin(
     client: httpx.Client, emu: UnisenderEmulator
 ) -> None:

@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 @dataclass
 class Faults:
     """Injected failures. ``methods`` names the API methods they hit (empty: all); async ones are
-    named ``async/exportContacts``, ``async/getTaskResult`` (their bare name matches too).
+    named ``async/exportContacts``, ``async/getTaskResult`` (their bare name matches too), and the
+    export file's download ``download`` (drops, hangs and 5xx only: a file has no envelope).
     ``export_never_completes`` and ``export_truncate`` apply to exports regardless of
     ``methods``. A timeout hangs ``hang_seconds`` and then answers (the call IS applied).
 
@@ -101,14 +102,15 @@ class Faults:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         return data | {"methods": sorted(self.methods)}
 
-    def draw(self, method: str) -> Callable[[], httpx.Response | None]:
+    def draw(self, method: str, *, envelope: bool = True) -> Callable[[], httpx.Response | None]:
         """Roll this call's faults now (under the emulator's lock). The returned step, run outside
-        it, sleeps, drops the connection or answers the injected failure; None: serve the call."""
+        it, sleeps, drops the connection or answers the injected failure; None: serve the call.
+        ``envelope`` False (a file download): no API error code, only HTTP-level faults."""
         hit = self.hits(method)
         drop = hit and self.roll(self.drop_rate)
         hang = hit and self.roll(self.timeout_rate)
         http5xx = hit and self.roll(self.http_5xx_rate)
-        errored = hit and self.roll(self.error_code_rate)
+        errored = hit and envelope and self.roll(self.error_code_rate)
         retry = {"Retry-After": self.retry_after} if self.retry_after else None
         if drop:
             self.count("dropped_connection")

@@ -193,7 +193,9 @@ class UnisenderEmulator(EmulatorControls):
         if path.startswith("/_emulator/"):
             return self._admin(request)
         if path.startswith("/_files/"):
-            return self._download(path.removeprefix("/_files/"))
+            with self._lock:
+                inject = self.faults.draw("download", envelope=False)
+            return inject() or self._download(path.removeprefix("/_files/"))
         route = _ROUTE.match(path)  # item 1: /{lang}/api/{method} and /{lang}/api/async/{method}
         if route is None or request.method not in ("GET", "POST"):
             return httpx.Response(404, text="Not Found")
