@@ -213,7 +213,8 @@ class _Cycle:
                         session.rollback()  # plan writes nothing anywhere, not even scratch
             self.result.outcome = "planned" if dry else self._outcome()
             if self.result.outcome == "rejected" and not self.result.unsupported:
-                self.result.message = self._rejected_message()
+                said = (self.result.message, self._rejected_message())  # e.g. export incomplete
+                self.result.message = "; ".join(part for part in said if part)
             if self.result.unsupported and not self.result.message:
                 more = self.result.counts["unsupported"] - len(self.result.unsupported)
                 self.result.message = (

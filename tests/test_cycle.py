@@ -137,3 +137,8 @@ def test_rows_refused_for_now_are_named_in_the_message_and_sent_again(world: Wor
     assert r.message == "5 rows refused by the provider (retry_later 5)"
     world.emu.faults = Faults()
     assert world.cycle().outcome == "converged" and len(world.remote()) == 5
+    # what the cycle had to say already stays
+    world.ingest([{"email": "person0@example.com", "city": "Pinsk"}])
+    world.emu.faults = Faults(row_reject_rate=1.0, export_truncate=True, seed=1)
+    r = world.cycle()
+    assert r.message.startswith("export incomplete") and r.message.endswith("(retry_later 1)")
