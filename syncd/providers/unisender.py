@@ -6,6 +6,8 @@ Every call is a form-encoded POST to ``{api_root}/{method}`` with ``format=json`
 in the body (§1.1: POST keeps the key out of URLs and proxy logs; DESIGN rule 7). Arrays use PHP
 bracket syntax (§1.1). Writes go through ``importContacts`` (§1.4); reads through the async
 ``exportContacts`` task and its CSV file, or the legacy paged ``exportContacts`` (§1.5).
+An import refused whole for one contact (§1.2 untyped errors) is split in halves until that row
+stands alone (DESIGN §8, "Partial batches").
 """
 
 from __future__ import annotations
