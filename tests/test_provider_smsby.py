@@ -381,7 +381,8 @@ def test_emulator_admin_routes_and_faults(emu: SmsbyEmulator) -> None:
     assert emulator_call(emu, "importContacts", {}).status_code == 503
     assert admin("GET", "calls").json() == {"calls": {"importContacts": 3}, "write_calls": 3}
     assert admin("POST", "reset-calls").is_success
-    assert admin("GET", "faults").status_code == 405
+    assert admin("GET", "faults").json()["injected"] == {"http_503": 1}  # since the last POST
+    assert admin("GET", "reset-calls").status_code == 405
     assert admin("POST", "nope").status_code == 404
     assert admin("POST", "faults", {"bogus": 1}).status_code == 400
 
