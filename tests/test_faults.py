@@ -65,13 +65,13 @@ class Scenario:
 
 
 SCENARIOS = [
-    Scenario("5xx answers", {"http_5xx_rate": 0.25}),
+    Scenario("5xx answers", {"http_5xx_rate": 0.2}),
     Scenario("read timeouts", {"timeout_rate": 0.2, "hang_seconds": 1.0}),
-    Scenario("dropped connections", {"drop_rate": 0.25}),
-    Scenario("retry_later", {"error_code_rate": 0.25, "error_code": "retry_later"}, cli=False),
+    Scenario("dropped connections", {"drop_rate": 0.2}),
+    Scenario("retry_later", {"error_code_rate": 0.2, "error_code": "retry_later"}, cli=False),
     Scenario(
         "retry_later, Retry-After",
-        {"error_code_rate": 0.25, "error_code": "retry_later", "retry_after": "1"},
+        {"error_code_rate": 0.2, "error_code": "retry_later", "retry_after": "1"},
         cli=False,
     ),
     Scenario(
@@ -82,7 +82,7 @@ SCENARIOS = [
     Scenario(
         "rate limit, Retry-After",
         {
-            "error_code_rate": 0.25,
+            "error_code_rate": 0.2,
             "error_code": "api_call_limit_exceeded_for_ip",
             "retry_after": "1",
         },
