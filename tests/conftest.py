@@ -221,3 +221,33 @@ def emulator_process(provider: str, api_key: str, *extra: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# -- figures printed at the end of the run (written by xdist workers, read by the controller) --
+
+
+def _figures_dir(config: pytest.Config) -> Path:
+    assert config.cache is not None
+    return config.cache.mkdir("syncd-figures")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # the controller (or a run without xdist)
+        for old in _figures_dir(session.config).glob("*.txt"):
+            old.unlink()
+
+
+@pytest.fixture
+def record_figure(request: pytest.FixtureRequest) -> Callable[[str, list[str]], None]:
+    """Keep a test's measured figures for the summary at the end of the run."""
+
+    def record(name: str, lines: list[str]) -> None:
+        (_figures_dir(request.config) / f"{name}.txt").write_text("\n".join(lines) + "\n")
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    for path in sorted(_figures_dir(config).glob("*.txt")):
+        terminalreporter.write_sep("-", f"figures: {path.stem}")
+        terminalreporter.write(path.read_text())

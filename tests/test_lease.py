@@ -36,6 +36,17 @@ def test_one_holder_at_a_time_and_free_again_once_released(db: Engine) -> None:
     assert b.acquire("news")
 
 
+def test_a_scheduled_tick_just_after_another_replicas_cycle_does_nothing(db: Engine) -> None:
+    a, b = Leases(db, "a", 30), Leases(db, "b", 30)
+    assert a.acquire("news")
+    a.release("news")
+    assert not b.acquire("news", fresh_for=5)  # a's cycle began less than 5 s ago
+    assert b.acquire("news", fresh_for=0)  # asked for (inbox changes): it runs at once
+    b.release("news")
+    time.sleep(0.3)
+    assert a.acquire("news", fresh_for=0.2)
+
+
 def test_a_lease_not_renewed_lapses_after_the_timeout(db: Engine) -> None:
     a, b = Leases(db, "a", 1.0), Leases(db, "b", 1.0)
     assert a.acquire("news")  # and then a dies: nobody renews

@@ -51,7 +51,7 @@ def test_the_migrations_create_exactly_the_models(store_url: str) -> None:
 def test_opening_an_up_to_date_store_changes_nothing(store_url: str) -> None:
     engine = open_engine(store_url)
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO lease (target, holder, expires_at) VALUES ('a', 'h', 1)"))
+        conn.execute(text("INSERT INTO lease VALUES ('a', 'h', 1, 1)"))
     engine.dispose()
     again = open_engine(store_url)
     with again.connect() as conn:

@@ -146,13 +146,13 @@ class Daemon:
 
     # -- cycles ---------------------------------------------------------------------------
 
-    def _run_cycle(self, target: TargetConfig) -> bool:
+    def _run_cycle(self, target: TargetConfig, fresh_for: float) -> bool:
         if self.stop_event.is_set():
             return True
-        with self.leases.hold(target.name) as lease:
+        with self.leases.hold(target.name, fresh_for=fresh_for) as lease:
             if lease is None:
-                log.debug("%s is being synced by another process", target.name)
-                return True  # not a failure: the target is in hand
+                log.debug("%s is in hand or was just synced by another process", target.name)
+                return True  # not a failure: the target is looked after
             return self._leased_cycle(target, lease)
 
     def _leased_cycle(self, target: TargetConfig, lease: Lease) -> bool:

@@ -2,7 +2,10 @@
 
 A lease is a row of ``lease`` (target, holder, expires_at). Taking it is one upsert that only
 succeeds when the target has no lease or its lease has expired, so two processes can never both
-win; the winner renews it from a background thread while its cycle runs and deletes it after.
+win; the winner renews it from a background thread while its cycle runs and ends it after.
+Every replica schedules every target, so a scheduled tick also passes ``fresh_for``: a cycle
+that began that recently (in whichever replica) makes the tick a no-op, and three replicas do
+not sync a target three times as often as its schedule says.
 A process that dies stops renewing, and its lease lapses after ``[daemon] lease_timeout``: then
 another replica takes the target at its next tick. Expiry is judged by the database's clock,
 never a replica's own, so replicas whose clocks disagree still agree on who holds what.
@@ -57,19 +60,26 @@ class Leases:
         self.holder = holder
         self.timeout = timeout
         now = _NOW[engine.dialect.name]
+        self._now = now
         self._take = text(
-            "INSERT INTO lease (target, holder, expires_at) VALUES (:t, :h, "
-            f"{now} + :ttl) ON CONFLICT (target) DO UPDATE SET holder = excluded.holder, "
-            f"expires_at = excluded.expires_at WHERE lease.expires_at < {now}"
+            "INSERT INTO lease (target, holder, expires_at, started_at) "
+            f"VALUES (:t, :h, {now} + :ttl, {now}) ON CONFLICT (target) DO UPDATE "
+            "SET holder = excluded.holder, expires_at = excluded.expires_at, "
+            f"started_at = excluded.started_at WHERE lease.expires_at < {now} "
+            f"AND lease.started_at <= {now} - :fresh"
         )
         self._renew = text(
             f"UPDATE lease SET expires_at = {now} + :ttl WHERE target = :t AND holder = :h"
         )
 
-    def acquire(self, target: str) -> bool:
-        """Take the target's lease if it is free or expired; False when another holds it."""
+    def acquire(self, target: str, fresh_for: float = 0.0) -> bool:
+        """Take the target's lease if it is free or expired, and no cycle of it began in the
+        last ``fresh_for`` seconds; False otherwise."""
         with self.engine.begin() as conn:
-            taken = conn.execute(self._take, {"t": target, "h": self.holder, "ttl": self.timeout})
+            taken = conn.execute(
+                self._take,
+                {"t": target, "h": self.holder, "ttl": self.timeout, "fresh": fresh_for},
+            )
             return taken.rowcount == 1
 
     def renew(self, target: str) -> bool:
@@ -81,22 +91,30 @@ class Leases:
             return renewed.rowcount == 1
 
     def release(self, target: str) -> None:
+        """End the lease now (the row stays: it remembers when the last cycle began)."""
         with self.engine.begin() as conn:
             conn.execute(
-                text("DELETE FROM lease WHERE target = :t AND holder = :h"),
+                text("UPDATE lease SET expires_at = 0 WHERE target = :t AND holder = :h"),
                 {"t": target, "h": self.holder},
             )
 
     def holder_of(self, target: str) -> str | None:
+        """Who holds the target's lease now, if anyone."""
         with self.engine.connect() as conn:
-            row = conn.execute(text("SELECT holder FROM lease WHERE target = :t"), {"t": target})
+            row = conn.execute(
+                text(f"SELECT holder FROM lease WHERE target = :t AND expires_at >= {self._now}"),
+                {"t": target},
+            )
             return row.scalar_one_or_none()
 
     @contextmanager
-    def hold(self, target: str, wait: bool = False) -> Iterator[Lease | None]:
-        """The target's lease for the length of the block, renewed meanwhile; None when another
-        process holds it (or, with ``wait``, once it has been given back or has lapsed)."""
-        while not self.acquire(target):
+    def hold(
+        self, target: str, *, wait: bool = False, fresh_for: float = 0.0
+    ) -> Iterator[Lease | None]:
+        """The target's lease for the length of the block, renewed meanwhile. None when another
+        process holds it or a cycle began within ``fresh_for`` seconds; with ``wait``, it waits
+        until the lease has been given back or has lapsed instead."""
+        while not self.acquire(target, fresh_for):
             if not wait:
                 yield None
                 return

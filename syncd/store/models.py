@@ -84,8 +84,9 @@ class Lease(SQLModel, table=True):
     """A target being synced: by whom, and until when unless renewed (the database's clock)."""
 
     target: str = Field(primary_key=True)
-    holder: str
+    holder: str  # the last holder; the lease is free once expires_at has passed
     expires_at: float  # seconds since the epoch, by the database's clock
+    started_at: float  # when the last cycle began: replicas skip a tick just after another's
 
 
 class Rejection(SQLModel, table=True):

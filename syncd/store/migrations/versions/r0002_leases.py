@@ -22,6 +22,7 @@ def upgrade() -> None:
         sa.Column("target", sa.String(), nullable=False),
         sa.Column("holder", sa.String(), nullable=False),
         sa.Column("expires_at", sa.Float(), nullable=False),
+        sa.Column("started_at", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("target"),
     )
     op.add_column("run", sa.Column("holder", sa.String(), nullable=True))
