@@ -151,7 +151,8 @@ class TargetScheduler:
         job = self._scheduler.get_job(name)
         if job is None or job.next_run_time is None:
             return 0.0
-        return max(0.0, (job.next_run_time - datetime.now(UTC)).total_seconds() / 2)
+        wait = float((job.next_run_time - datetime.now(UTC)).total_seconds())
+        return max(0.0, wait / 2)
 
     def _one(self, state: _TargetState, fresh_for: float) -> None:
         name = state.target.name
