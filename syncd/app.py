@@ -188,6 +188,7 @@ def status(config: Config, db: Engine | None = None) -> list[TargetStatus]:
                     "finished_at": run.finished_at,
                     "outcome": run.outcome,
                     "message": run.message,
+                    "holder": run.holder,  # the process that ran it (leases)
                     "counts": json.loads(run.summary),
                 }
             rejected = session.execute(
