@@ -24,6 +24,7 @@ from syncd.metrics import Metrics
 from syncd.providers import callback_reader, make_provider
 from syncd.providers.base import Provider
 from syncd.store import open_engine
+from syncd.store.lease import Lease, Leases, new_holder
 from syncd.store.models import Conflict, Rejection, Run
 
 ProviderFactory = Callable[[Config, TargetConfig], Provider]
@@ -53,27 +54,34 @@ def run_once(
     listener: it serves their files and takes their callbacks while the cycles run, and then
     until every callback came, the jobs' ``callback_timeout`` passed, or ``callback_wait``
     seconds did.
+
+    Each cycle runs under the target's lease: a target that a daemon (or another replica) is
+    syncing right now is waited for, never synced twice at once.
     """
     db = db or open_store(config)
-    outbox.ensure_table(db)
     base_options = options or CycleOptions()
     chosen = config.targets(target)
     listener = None if base_options.dry_run else _job_listener(config, db, chosen)
+    leases = Leases(db, new_holder(), config.daemon.lease_timeout)
     results = []
     try:
         for t in chosen:
-            provider = providers(config, t)
-            cycle_id = uuid.uuid4().hex[:12]
-            # remote-born changes reach the outbox however the cycle was started
-            opts = replace(
-                base_options,
-                cycle_id=cycle_id,
-                on_remote_change=outbox.recorder(provider.name, cycle_id),
-            )
-            try:
-                results.append(run_cycle(db, t, provider, opts))
-            finally:
-                provider.close()
+            with leases.hold(t.name, wait=True) as lease:
+                assert lease is not None  # waiting, hold() only returns once it has the lease
+                provider = providers(config, t)
+                cycle_id = uuid.uuid4().hex[:12]
+                # remote-born changes reach the outbox however the cycle was started
+                opts = replace(
+                    base_options,
+                    cycle_id=cycle_id,
+                    on_remote_change=outbox.recorder(provider.name, cycle_id),
+                    holder=leases.holder,
+                    should_stop=_stop_when(lease, base_options.should_stop),
+                )
+                try:
+                    results.append(run_cycle(db, t, provider, opts))
+                finally:
+                    provider.close()
             outbox.flush(db, Path(config.outbox.path))
         if listener is not None:
             _await_callbacks(db, results, chosen, callback_wait)
@@ -81,6 +89,11 @@ def run_once(
         if listener is not None:
             listener.stop()
     return results
+
+
+def _stop_when(lease: Lease, asked: Callable[[], bool] | None) -> Callable[[], bool]:
+    """Stop after the batch in flight once the caller asks or the lease is lost."""
+    return lambda: lease.lost.is_set() or (asked is not None and asked())
 
 
 def _job_listener(config: Config, db: Engine, targets: list[TargetConfig]) -> StatusServer | None:
@@ -175,6 +188,7 @@ def status(config: Config, db: Engine | None = None) -> list[TargetStatus]:
                     "finished_at": run.finished_at,
                     "outcome": run.outcome,
                     "message": run.message,
+                    "holder": run.holder,  # the process that ran it (leases)
                     "counts": json.loads(run.summary),
                 }
             rejected = session.execute(

@@ -95,6 +95,12 @@ class DaemonConfig(_Strict):
     retry_backoff_max: float = Field(
         300.0, gt=0, description="Longest wait before retrying a failed cycle (seconds)."
     )
+    lease_timeout: float = Field(
+        60.0,
+        ge=1,
+        description="Seconds a target's lease lasts unless renewed (every third of it while a "
+        "cycle runs): a replica that dies gives its targets up to the others after this long.",
+    )
 
 
 class IngestConfig(_Strict):

@@ -77,6 +77,7 @@ class CycleOptions:
     # Asked between batches: when it says stop, the cycle ends after the batch in flight.
     should_stop: Callable[[], bool] | None = None
     cycle_id: str | None = None  # given by the daemon so its log lines can carry it
+    holder: str | None = None  # the process holding the target's lease, kept in the run record
 
 
 class _Stopped(Exception):
@@ -174,6 +175,11 @@ def project_local(
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _now_ms() -> str:
+    """Run records to the millisecond: cycles a second apart must still be told apart."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class _Cycle:
@@ -668,7 +674,7 @@ class _Cycle:
 
     def _record_start(self) -> int:
         with Session(self.db) as session:
-            run = Run(target=self.target.name, started_at=_now())
+            run = Run(target=self.target.name, started_at=_now_ms(), holder=self.options.holder)
             session.add(run)
             session.commit()
             assert run.id is not None
@@ -679,7 +685,7 @@ class _Cycle:
             run = session.get(Run, run_id)
             if run is None:
                 return
-            run.finished_at = _now()
+            run.finished_at = _now_ms()
             run.outcome = self.result.outcome
             run.summary = json.dumps(self.result.summary())
             run.message = self.result.message

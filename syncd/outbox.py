@@ -283,7 +283,7 @@ class OutboxEvent(SQLModel, table=True):
 
 
 def ensure_table(engine: Engine) -> None:
-    """Create the outbox table if missing (open_engine creates it too once this is imported)."""
+    """Create the outbox table if missing (the store's migrations create it too)."""
     OutboxEvent.__table__.create(engine, checkfirst=True)  # type: ignore[attr-defined]
 
 

@@ -1,4 +1,10 @@
-"""Shared fixtures: an emulated provider account, a fresh mirror, and a config pointing at both."""
+"""Shared fixtures: an emulated provider account, a fresh mirror, and a config pointing at both.
+
+The mirror is SQLite, or PostgreSQL when a test asks for ``store_url`` (each test then runs once
+for each database). PostgreSQL comes from ``SYNCD_TEST_PG_URL`` (``scripts/pg-for-tests``
+starts a server); each test gets a schema of its own, so xdist workers never meet. Without the
+variable those tests skip, unless ``SYNCD_TEST_PG_REQUIRED=1`` (CI) makes that a failure.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +22,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
 
 from syncd import app
 from syncd.config import Config, TargetConfig, parse_config
@@ -27,13 +36,53 @@ from syncd.providers.base import Provider
 from syncd.store import open_engine
 
 API_KEY = "test-key-3f9a"
+PG_URL = os.environ.get("SYNCD_TEST_PG_URL", "")
+PG_REQUIRED = os.environ.get("SYNCD_TEST_PG_REQUIRED") == "1"
+
+
+def need_postgresql() -> str:
+    """The test server's URL; skips the test without one (fails it where CI promised one)."""
+    if not PG_URL:
+        message = "no PostgreSQL for tests: SYNCD_TEST_PG_URL is not set (scripts/pg-for-tests)"
+        if PG_REQUIRED:
+            pytest.fail(message + ", but SYNCD_TEST_PG_REQUIRED=1 says it must be")
+        pytest.skip(message)
+    return PG_URL
+
+
+@contextmanager
+def postgresql_schema() -> Iterator[str]:
+    """A store URL whose tables live in a fresh schema of the test server, dropped afterwards."""
+    admin = create_engine(need_postgresql(), poolclass=NullPool)
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text("SET lock_timeout = '10s'"))
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The mirror's URL, once for each database syncd supports."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'syncd.db'}"
+        return
+    with postgresql_schema() as url:
+        yield url
 
 
 class World:
     """An emulator account, a mirror and a config: one target 'news' on list 1."""
 
-    def __init__(self, tmp_path: Path, **target: Any) -> None:
+    def __init__(self, tmp_path: Path, store_url: str | None = None, **target: Any) -> None:
         self.tmp = tmp_path
+        self.store_url = store_url or f"sqlite:///{tmp_path / 'syncd.db'}"
         # many cycles a minute in tests: lift the provider's 20 exports/min on both sides
         self.emu = UnisenderEmulator(api_key=API_KEY, export_rate_limit=1_000_000)
         self.list_id = self.emu.add_list("Newsletter")
@@ -58,7 +107,7 @@ class World:
         base.update(target)
         return parse_config(
             {
-                "store": {"url": f"sqlite:///{self.tmp / 'syncd.db'}"},
+                "store": {"url": self.store_url},
                 "ingest": {"reject_role_addresses": False},
                 "target": [base],
             },
@@ -121,13 +170,23 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> World:
-    return World(tmp_path)
+def world(tmp_path: Path, store_url: str) -> Iterator[World]:
+    w = World(tmp_path, store_url)
+    yield w
+    w.db.dispose()  # PostgreSQL: hand the connections back before the schema is dropped
 
 
 @pytest.fixture
-def make_world(tmp_path: Path) -> Callable[..., World]:
-    return lambda **target: World(tmp_path, **target)
+def make_world(tmp_path: Path, store_url: str) -> Iterator[Callable[..., World]]:
+    made: list[World] = []
+
+    def make(**target: Any) -> World:
+        made.append(World(tmp_path, store_url, **target))
+        return made[-1]
+
+    yield make
+    for w in made:
+        w.db.dispose()
 
 
 def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
@@ -184,7 +243,7 @@ def record_fault_figures(row: dict[str, Any]) -> None:
     (folder / f"{name}.json").write_text(json.dumps(row), encoding="utf-8")
 
 
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+def _print_fault_figures(terminalreporter: Any, config: pytest.Config) -> None:
     import shutil
 
     folder = Path(os.environ.get(_FIGURES_ENV, ""))
@@ -200,3 +259,34 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.line("  ".join(c.ljust(widths[c]) for c in columns))
     for r in rows:
         terminalreporter.line("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+# -- figures printed at the end of the run (written by xdist workers, read by the controller) --
+
+
+def _figures_dir(config: pytest.Config) -> Path:
+    assert config.cache is not None
+    return config.cache.mkdir("syncd-figures")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # the controller (or a run without xdist)
+        for old in _figures_dir(session.config).glob("*.txt"):
+            old.unlink()
+
+
+@pytest.fixture
+def record_figure(request: pytest.FixtureRequest) -> Callable[[str, list[str]], None]:
+    """Keep a test's measured figures for the summary at the end of the run."""
+
+    def record(name: str, lines: list[str]) -> None:
+        (_figures_dir(request.config) / f"{name}.txt").write_text("\n".join(lines) + "\n")
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    _print_fault_figures(terminalreporter, config)
+    for path in sorted(_figures_dir(config).glob("*.txt")):
+        terminalreporter.write_sep("-", f"figures: {path.stem}")
+        terminalreporter.write(path.read_text())

@@ -35,6 +35,7 @@ from syncd.inbox import Inbox
 from syncd.logs import log_context, register_secret
 from syncd.metrics import Metrics, set_call_observer
 from syncd.store import open_engine
+from syncd.store.lease import Lease, Leases, new_holder
 
 log = logging.getLogger("syncd.daemon")
 
@@ -56,7 +57,8 @@ class Daemon:
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
         self.db = open_engine(config.store.url)
-        outbox.ensure_table(self.db)
+        # every cycle runs under its target's lease: replicas sharing a store take turns
+        self.leases = Leases(self.db, new_holder(), config.daemon.lease_timeout)
         self.metrics = Metrics()
         self.notifier = Notifier()
         self.health: dict[str, _Health] = {}
@@ -97,7 +99,10 @@ class Daemon:
         self._pinger.start()
         self.notifier.ready()
         self._status("running")
-        log.info("started", extra={"targets": [t.name for t in self.config.target]})
+        log.info(
+            "started",
+            extra={"targets": [t.name for t in self.config.target], "holder": self.leases.holder},
+        )
         while not self.stop_event.wait(0.5):
             if self.reload_event.is_set():
                 self.reload_event.clear()
@@ -141,9 +146,16 @@ class Daemon:
 
     # -- cycles ---------------------------------------------------------------------------
 
-    def _run_cycle(self, target: TargetConfig) -> bool:
+    def _run_cycle(self, target: TargetConfig, fresh_for: float) -> bool:
         if self.stop_event.is_set():
             return True
+        with self.leases.hold(target.name, fresh_for=fresh_for) as lease:
+            if lease is None:
+                log.debug("%s is in hand or was just synced by another process", target.name)
+                return True  # not a failure: the target is looked after
+            return self._leased_cycle(target, lease)
+
+    def _leased_cycle(self, target: TargetConfig, lease: Lease) -> bool:
         cycle_id = uuid.uuid4().hex[:12]
         with log_context(target=target.name, cycle=cycle_id):
             provider = build_provider(self.config, target)
@@ -154,8 +166,9 @@ class Daemon:
                     provider,
                     CycleOptions(
                         on_remote_change=outbox.recorder(provider.name, cycle_id),
-                        should_stop=self.stop_event.is_set,
+                        should_stop=lambda: self.stop_event.is_set() or lease.lost.is_set(),
                         cycle_id=cycle_id,
+                        holder=self.leases.holder,
                     ),
                 )
             finally:

@@ -1,18 +1,34 @@
-"""Opening the store: one SQLAlchemy engine per URL, tables created on first use."""
+"""Opening the store: one SQLAlchemy engine per URL, its schema brought to the latest migration.
+
+SQLite (one file, the default) and PostgreSQL (several replicas may share it) run the same
+Alembic migrations (``store/migrations``). Opening a store upgrades it: a new database is created
+from nothing, an older one gains what later versions added, and one made before syncd had
+migrations is adopted as it is (see the first revision).
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, create_engine
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import Session, create_engine
 
-from syncd.store import models  # noqa: F401 - registers the tables
+from syncd.errors import SyncdError
+from syncd.store.schema import MIGRATIONS
+
+#: Replicas starting at once against a new PostgreSQL store take turns to migrate it
+#: (an arbitrary constant: the key of a transaction-level advisory lock).
+_MIGRATION_LOCK = 0x73796E6364
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -25,7 +41,7 @@ def _sqlite_path(url: str) -> Path | None:
 
 
 def open_engine(url: str) -> Engine:
-    """Create the engine, the file (owner-only) and the tables."""
+    """Create the engine, the file (owner-only) and the tables, upgraded to the latest schema."""
     path = _sqlite_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,13 +50,47 @@ def open_engine(url: str) -> Engine:
             fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
             os.close(fd)
     connect_args: dict[str, Any] = {}
+    options: dict[str, Any] = {}
     if url.startswith("sqlite"):
         connect_args = {"check_same_thread": False, "timeout": 30}
-    engine = create_engine(url, connect_args=connect_args)
+    else:
+        options["pool_pre_ping"] = True  # a server restart must not fail the next cycle
+    try:
+        engine = create_engine(url, connect_args=connect_args, **options)
+    except ModuleNotFoundError as exc:
+        raise SyncdError(
+            f"[store] url: the database driver {exc.name!r} is not installed "
+            "(for PostgreSQL: pip install 'syncd[postgres]')"
+        ) from None
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
-    SQLModel.metadata.create_all(engine)
+    upgrade(engine)
     return engine
+
+
+@cache
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory(str(MIGRATIONS))
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the store's schema to the latest revision (nothing to do is one quick query)."""
+    with engine.begin() as conn:
+        if _at_head(conn):
+            return
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+            if _at_head(conn):
+                return  # another replica migrated it while this one waited
+        config = AlembicConfig()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+
+
+def _at_head(conn: Connection) -> bool:
+    current = MigrationContext.configure(conn).get_current_heads()
+    return set(current) == set(_scripts().get_heads())
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -5,8 +5,9 @@
 - ``base``: per target and key, the projection both sides last agreed on (DESIGN §1).
 - ``stage_local`` / ``stage_remote`` / ``stage_diff``: per-cycle scratch tables so that the
   three-way comparison is a set operation done by the database, not a Python dict of the list.
-- ``run``, ``rejection``, ``conflict``: what cycles did, rows the provider refused, and
-  conflicts waiting for a person under ``conflict = "manual"``.
+- ``run``, ``rejection``, ``conflict``: what cycles did (and which process did it), rows the
+  provider refused, and conflicts waiting for a person under ``conflict = "manual"``.
+- ``lease``: which process is syncing a target right now, and until when (``store/lease.py``).
 - ``push_job`` / ``push_job_part`` / ``push_job_row``: batches handed to a provider that
   confirms them later by calling back (Netcore's hosted-file bulk upload). Their rows move the
   base only when every part of the job has been confirmed (rule 4).
@@ -76,6 +77,16 @@ class Run(SQLModel, table=True):
     outcome: str = "running"  # converged | rejected | conflicts | failed | refused | dry-run
     summary: str = "{}"  # JSON counts
     message: str = ""
+    holder: str | None = None  # the process that held the target's lease (store/lease.py)
+
+
+class Lease(SQLModel, table=True):
+    """A target being synced: by whom, and until when unless renewed (the database's clock)."""
+
+    target: str = Field(primary_key=True)
+    holder: str  # the last holder; the lease is free once expires_at has passed
+    expires_at: float  # seconds since the epoch, by the database's clock
+    started_at: float  # when the last cycle began: replicas skip a tick just after another's
 
 
 class Rejection(SQLModel, table=True):

@@ -1,0 +1,154 @@
+"""Leases: one process at a time syncs a target, however many replicas share the store.
+
+A lease is a row of ``lease`` (target, holder, expires_at). Taking it is one upsert that only
+succeeds when the target has no lease or its lease has expired, so two processes can never both
+win; the winner renews it from a background thread while its cycle runs and ends it after.
+Every replica schedules every target, so a scheduled tick also passes ``fresh_for``: a cycle
+that began that recently (in whichever replica) makes the tick a no-op, and three replicas do
+not sync a target three times as often as its schedule says.
+A process that dies stops renewing, and its lease lapses after ``[daemon] lease_timeout``: then
+another replica takes the target at its next tick. Expiry is judged by the database's clock,
+never a replica's own, so replicas whose clocks disagree still agree on who holds what.
+
+A holder that cannot renew in time (the store unreachable, the process stalled) marks its
+lease ``lost``; the cycle asks between batches and stops after the batch in flight. Pushes are
+idempotent and the base moves only on confirmation (rules 4 and 5), so even that last batch
+cannot corrupt anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+log = logging.getLogger("syncd.lease")
+
+#: The database's own clock, in seconds since the epoch.
+_NOW = {
+    "postgresql": "EXTRACT(EPOCH FROM clock_timestamp())",
+    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
+}
+
+
+def new_holder() -> str:
+    """A name for this process, unique across restarts, readable in logs and run records."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Lease:
+    """A lease this process holds; ``lost`` is set once it can no longer be sure it does."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.lost = threading.Event()
+
+
+class Leases:
+    """Takes, renews and gives back one process's leases on targets."""
+
+    def __init__(self, engine: Engine, holder: str, timeout: float) -> None:
+        self.engine = engine
+        self.holder = holder
+        self.timeout = timeout
+        now = _NOW[engine.dialect.name]
+        self._now = now
+        self._take = text(
+            "INSERT INTO lease (target, holder, expires_at, started_at) "
+            f"VALUES (:t, :h, {now} + :ttl, {now}) ON CONFLICT (target) DO UPDATE "
+            "SET holder = excluded.holder, expires_at = excluded.expires_at, "
+            f"started_at = excluded.started_at WHERE lease.expires_at < {now} "
+            f"AND lease.started_at <= {now} - :fresh"
+        )
+        self._renew = text(
+            f"UPDATE lease SET expires_at = {now} + :ttl WHERE target = :t AND holder = :h"
+        )
+
+    def acquire(self, target: str, fresh_for: float = 0.0) -> bool:
+        """Take the target's lease if it is free or expired, and no cycle of it began in the
+        last ``fresh_for`` seconds; False otherwise."""
+        with self.engine.begin() as conn:
+            taken = conn.execute(
+                self._take,
+                {"t": target, "h": self.holder, "ttl": self.timeout, "fresh": fresh_for},
+            )
+            return taken.rowcount == 1
+
+    def renew(self, target: str) -> bool:
+        """Push the expiry out again; False when the lease is no longer ours."""
+        with self.engine.begin() as conn:
+            renewed = conn.execute(
+                self._renew, {"t": target, "h": self.holder, "ttl": self.timeout}
+            )
+            return renewed.rowcount == 1
+
+    def release(self, target: str) -> None:
+        """End the lease now (the row stays: it remembers when the last cycle began)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                text("UPDATE lease SET expires_at = 0 WHERE target = :t AND holder = :h"),
+                {"t": target, "h": self.holder},
+            )
+
+    def holder_of(self, target: str) -> str | None:
+        """Who holds the target's lease now, if anyone."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                text(f"SELECT holder FROM lease WHERE target = :t AND expires_at >= {self._now}"),
+                {"t": target},
+            )
+            return row.scalar_one_or_none()
+
+    @contextmanager
+    def hold(
+        self, target: str, *, wait: bool = False, fresh_for: float = 0.0
+    ) -> Iterator[Lease | None]:
+        """The target's lease for the length of the block, renewed meanwhile. None when another
+        process holds it or a cycle began within ``fresh_for`` seconds; with ``wait``, it waits
+        until the lease has been given back or has lapsed instead."""
+        while not self.acquire(target, fresh_for):
+            if not wait:
+                yield None
+                return
+            log.info("waiting for %s to finish syncing %s", self.holder_of(target), target)
+            time.sleep(min(1.0, self.timeout / 4))
+        lease = Lease(target)
+        done = threading.Event()
+        renewer = threading.Thread(
+            target=self._keep, args=(lease, done), name=f"syncd-lease-{target}", daemon=True
+        )
+        renewer.start()
+        try:
+            yield lease
+        finally:
+            done.set()
+            renewer.join()
+            try:
+                self.release(target)
+            except Exception:  # it lapses by itself; the next holder only waits longer
+                log.warning("could not give back the lease on %s", target, exc_info=True)
+
+    def _keep(self, lease: Lease, done: threading.Event) -> None:
+        """Renew every third of the timeout; a lease not renewed in time is lost."""
+        last_renewed = time.monotonic()
+        while not done.wait(self.timeout / 3):
+            try:
+                if self.renew(lease.target):
+                    last_renewed = time.monotonic()
+                    continue
+                log.error("the lease on %s was taken over: stopping its cycle", lease.target)
+            except Exception:
+                if time.monotonic() - last_renewed < self.timeout * 2 / 3:
+                    log.warning("could not renew the lease on %s", lease.target, exc_info=True)
+                    continue
+                log.error("the lease on %s could not be renewed in time", lease.target)
+            lease.lost.set()
+            return

@@ -1,0 +1,23 @@
+"""Every table of the store, and the Alembic migrations that create and upgrade them.
+
+The tables are declared beside the code that owns them (``store/models.py``, ``inbox.py``,
+``outbox.py``); ``metadata()`` gathers them all, so that the migrations can be compared with the
+models (``tests/test_migrations.py`` fails when a model changes without a migration).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import MetaData
+from sqlmodel import SQLModel
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def metadata() -> MetaData:
+    # Imported here, not at the top: inbox and outbox import the store themselves.
+    from syncd import inbox, outbox  # noqa: F401 - registers ingested_file and outbox_event
+    from syncd.store import models  # noqa: F401 - registers the mirror's tables
+
+    return SQLModel.metadata

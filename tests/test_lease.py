@@ -1,0 +1,101 @@
+"""Leases on both databases: one holder at a time, lapsing when not renewed, renewed while held."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from conftest import World
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from syncd import app
+from syncd.store import open_engine
+from syncd.store.lease import Leases
+from syncd.store.models import Run
+
+
+@pytest.fixture
+def db(store_url: str) -> Iterator[Engine]:
+    engine = open_engine(store_url)
+    yield engine
+    engine.dispose()
+
+
+def test_one_holder_at_a_time_and_free_again_once_released(db: Engine) -> None:
+    a, b = Leases(db, "a", 30), Leases(db, "b", 30)
+    assert a.acquire("news")
+    assert not b.acquire("news") and not a.acquire("news")  # not even twice by the same one
+    assert b.acquire("promo")  # other targets are independent
+    assert a.holder_of("news") == "a"
+    b.release("news")  # giving back a lease one does not hold changes nothing
+    assert a.holder_of("news") == "a"
+    a.release("news")
+    assert b.acquire("news")
+
+
+def test_a_scheduled_tick_just_after_another_replicas_cycle_does_nothing(db: Engine) -> None:
+    a, b = Leases(db, "a", 30), Leases(db, "b", 30)
+    assert a.acquire("news")
+    a.release("news")
+    assert not b.acquire("news", fresh_for=5)  # a's cycle began less than 5 s ago
+    assert b.acquire("news", fresh_for=0)  # asked for (inbox changes): it runs at once
+    b.release("news")
+    time.sleep(0.3)
+    assert a.acquire("news", fresh_for=0.2)
+
+
+def test_a_lease_not_renewed_lapses_after_the_timeout(db: Engine) -> None:
+    a, b = Leases(db, "a", 1.0), Leases(db, "b", 1.0)
+    assert a.acquire("news")  # and then a dies: nobody renews
+    started = time.monotonic()
+    while not b.acquire("news"):
+        assert time.monotonic() - started < 5, "the lease never lapsed"
+        time.sleep(0.05)
+    assert time.monotonic() - started >= 0.8  # and not before its time
+    assert not a.renew("news")  # the old holder learns it has lost it
+
+
+def test_a_held_lease_is_renewed_for_as_long_as_it_is_held(db: Engine) -> None:
+    a, b = Leases(db, "a", 1.0), Leases(db, "b", 1.0)
+    with a.hold("news") as lease:
+        assert lease is not None
+        deadline = time.monotonic() + 2.5  # more than twice the timeout
+        while time.monotonic() < deadline:
+            assert not b.acquire("news")
+            time.sleep(0.1)
+        assert not lease.lost.is_set()
+        with b.hold("news") as other:
+            assert other is None
+    assert a.holder_of("news") is None  # given back at the end of the block
+
+
+def test_a_lease_taken_over_is_marked_lost(db: Engine) -> None:
+    a = Leases(db, "a", 1.0)
+    with a.hold("news") as lease:
+        assert lease is not None
+        with db.begin() as conn:  # as if it had lapsed and another replica had taken it
+            conn.execute(text("UPDATE lease SET holder = 'b'"))
+        assert lease.lost.wait(2.0)
+    assert a.holder_of("news") == "b"  # not given back: it is not ours any more
+
+
+def test_run_once_waits_for_the_target_and_records_its_holder(world: World) -> None:
+    world.add_local(3)
+    other = Leases(world.db, "another-replica", 30)
+    assert other.acquire("news")
+    threading.Timer(1.0, other.release, args=["news"]).start()
+    started = time.monotonic()
+    result = world.cycle()
+    assert time.monotonic() - started >= 0.9  # it waited for the other holder
+    assert result.outcome == "converged"
+    with Session(world.db) as s:
+        (run,) = s.exec(select(Run)).all()
+    assert run.holder and run.holder != "another-replica"
+    assert run.started_at.endswith("Z") and "." in run.started_at  # milliseconds
+    assert other.holder_of("news") is None
+    (status,) = app.status(world.config, db=world.db)
+    assert status.last_run is not None and status.last_run["holder"] == run.holder
