@@ -42,7 +42,7 @@ from syncd.providers.base import (
     RowChange,
     RowOutcome,
 )
-from syncd.reconcile import Decision, FieldConflict, Rules, Take, reconcile
+from syncd.reconcile import Decision, FieldConflict, Owner, Rules, Take, reconcile
 from syncd.store import mirror
 from syncd.store.models import Base, Conflict, Contact, Rejection, Run, StageLocal, StageRemote
 
@@ -168,6 +168,8 @@ def project_local(
             else local_fields.get(local_name)
         )
         fields[remote_name] = None if value is None else str(value)
+    if view.reference is not None:
+        fields[view.reference] = contact.ref
     tags = json.loads(contact.tags) if caps.tags else ()
     return Projection.build(key, fields, tags, caps.fold_status(contact.status))
 
@@ -183,10 +185,16 @@ class _Cycle:
         self.provider = provider
         self.options = options
         self.caps = provider.capabilities
-        self.view = mirror.LocalView(target.key, target.local_list_name, dict(target.fields))
-        self.rules = Rules(
-            policy=target.policy_for, edit_beats_delete=target.on_edit_delete == "edit"
+        self.view = mirror.LocalView(
+            target.key, target.local_list_name, dict(target.fields), target.reference_field
         )
+        self.rules = Rules(
+            policy=target.policy_for,
+            edit_beats_delete=target.on_edit_delete == "edit",
+            reference=target.reference_field,
+        )
+        self.owners: dict[str, Owner] = {}  # remote key -> the local contact its reference names
+        self.moved: dict[str, str] = {}  # key the provider moved a contact from -> its new key
         self.result = CycleResult(target.name, options.cycle_id or uuid.uuid4().hex[:12])
         self.pending: dict[str, Decision] = {}
         self.held_keys: set[str] = set()
@@ -200,12 +208,13 @@ class _Cycle:
         writes_before = self.provider.stats.writes
         try:
             self.provider.prepare(
-                list(self.target.fields),
+                self.target.remote_fields,
                 create_missing=self.target.create_missing_fields and not dry,
             )
             with Session(self.db) as session:
                 try:
                     self._stage(session)
+                    self._recognise(session)
                     self._guard(session)
                     self._execute(session)
                 finally:
@@ -302,6 +311,54 @@ class _Cycle:
                 "data": data,
             }
 
+    # -- references: remote rows that are ours ---------------------------------------------
+
+    def _recognise(self, session: Session) -> None:
+        """Find the local contact behind each base-less remote row that carries a reference
+        while its key has no local contact (reconcile.Owner says what that means)."""
+        if self.view.reference is None:
+            return
+        name = self.target.name
+        for chunk in mirror.iter_diff(session, name):
+            refs = {
+                ref: row.key
+                for row in chunk
+                if row.base is None
+                and row.local is None
+                and (ref := self.rules.ref_of(row.remote)) is not None
+            }
+            if not refs:
+                continue
+            owned = {refs[c.ref]: c for c in mirror.contacts_by_ref(session, list(refs)) if c.ref}
+            own_keys = [k for c in owned.values() if (k := getattr(c, self.view.key))]
+            local = mirror.projections(session, StageLocal, name, own_keys)
+            base = mirror.projections(session, Base, name, own_keys)
+            remote = mirror.projections(session, StageRemote, name, own_keys)
+            holders = mirror.contacts_by_key(session, self.view, list(owned))
+            for key, contact in owned.items():
+                own = getattr(contact, self.view.key)
+                holder = holders.get(key)
+                owner = Owner(
+                    local=local.get(own) if own else None,
+                    base=base.get(own) if own else None,
+                    remote_at_key=own in remote,
+                    key_taken=holder is not None and holder.id != contact.id,
+                )
+                self.owners[key] = owner
+                if owner.moved_at_provider(key):
+                    self.moved[own] = key
+
+    def _decide(self, row: mirror.DiffRow, takes: dict[str, Take]) -> Decision:
+        return reconcile(
+            row.local,
+            row.base,
+            row.remote,
+            self.rules,
+            takes.get(row.key),
+            self.owners.get(row.key),
+            self.moved.get(row.key),
+        )
+
     # -- pass 1: count before writing -----------------------------------------------------
 
     def _guard(self, session: Session) -> None:
@@ -309,7 +366,7 @@ class _Cycle:
         takes = self._resolutions(session)
         for chunk in mirror.iter_diff(session, self.target.name):
             for row in chunk:
-                d = reconcile(row.local, row.base, row.remote, self.rules, takes.get(row.key))
+                d = self._decide(row, takes)
                 # only deletions the provider can carry out count towards the guard
                 remote_deletes += d.remote_op == "delete" and (
                     self.caps.delete or self.caps.exclude
@@ -334,7 +391,7 @@ class _Cycle:
             session.commit()
         takes = self._resolutions(session)
         rejections = self._rejections(session)
-        batcher = Batcher(self.caps, tuple(self.target.fields))
+        batcher = Batcher(self.caps, tuple(self.target.remote_fields))
         for chunk in mirror.iter_diff(session, self.target.name):
             self._check_stop()
             self._apply_chunk(session, chunk, takes, rejections, batcher)
@@ -356,11 +413,9 @@ class _Cycle:
         batcher: Batcher,
     ) -> None:
         counts = self.result.counts
-        decisions = [
-            (row, reconcile(row.local, row.base, row.remote, self.rules, takes.get(row.key)))
-            for row in chunk
-        ]
+        decisions = [(row, self._decide(row, takes)) for row in chunk]
         wanted = [d.key for _, d in decisions if d.local_op or d.remote_op == "delete"]
+        wanted += [d.rekey_from for _, d in decisions if d.rekey_from]
         contacts = mirror.contacts_by_key(session, self.view, wanted) if wanted else {}
         awaiting = (
             jobs.pending_keys(session, self.target.name, [d.key for _, d in decisions])
@@ -384,7 +439,9 @@ class _Cycle:
                 continue
             counts["conflicts_settled"] += len(d.conflicts)
             if d.local_op is not None:
-                self._apply_local(session, d, row, contacts.get(d.key))
+                self._apply_local(session, d, row, contacts.get(d.rekey_from or d.key))
+            if d.rekey_from is not None:
+                forget.append(d.rekey_from)  # the old key's base goes with the move
             if d.remote_op is None:
                 if d.base is None:
                     forget.append(d.key)

@@ -8,11 +8,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
-from syncd.store import models  # noqa: F401 - registers the tables
+from syncd.store import models  # registers the tables
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -40,7 +40,28 @@ def open_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
     SQLModel.metadata.create_all(engine)
+    upgrade(engine)
     return engine
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring a store made by an older syncd up to the current tables.
+
+    ``create_all`` makes missing tables but never alters an existing one. The one change so far:
+    ``contact.ref`` (nullable), added with its unique index and filled with a fresh random
+    reference for every contact that has none. Idempotent; a no-op on a current store.
+    """
+    columns = {c["name"] for c in inspect(engine).get_columns("contact")}
+    with engine.begin() as conn:
+        if "ref" not in columns:
+            conn.execute(text("ALTER TABLE contact ADD COLUMN ref VARCHAR"))
+            conn.execute(text("CREATE UNIQUE INDEX IF NOT EXISTS ix_contact_ref ON contact (ref)"))
+        missing = conn.execute(text("SELECT id FROM contact WHERE ref IS NULL")).scalars().all()
+        if missing:
+            conn.execute(
+                text("UPDATE contact SET ref = :ref WHERE id = :id"),
+                [{"ref": models.new_ref(), "id": i} for i in missing],
+            )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

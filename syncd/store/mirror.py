@@ -150,6 +150,21 @@ def set_base(session: Session, target: str, rows: Sequence[Projection]) -> None:
     session.execute(stmt, values)
 
 
+def projections(
+    session: Session, model: Any, target: str, keys: Sequence[str]
+) -> dict[str, Projection]:
+    """The staged or base rows of these keys (``model``: StageLocal, StageRemote or Base)."""
+    found: dict[str, Projection] = {}
+    for i in range(0, len(keys), 500):
+        rows = session.execute(
+            select(model.key, model.data).where(
+                model.target == target, model.key.in_(keys[i : i + 500])
+            )
+        )
+        found.update((key, Projection.from_json(data)) for key, data in rows)
+    return found
+
+
 def drop_base(session: Session, target: str, keys: Sequence[str]) -> None:
     for i in range(0, len(keys), 500):
         session.execute(
@@ -167,6 +182,7 @@ class LocalView:
     key: str  # "email" | "phone"
     local_list: str
     fields: dict[str, str]  # remote name -> local name
+    reference: str | None = None  # remote field that carries the contact's ``ref``, if any
 
     def key_column(self) -> Any:
         return col(Contact.email) if self.key == "email" else col(Contact.phone)
@@ -178,6 +194,7 @@ class MemberRow(NamedTuple):
     fields: str
     tags: str
     status: str
+    ref: str | None
 
 
 def iter_local_members(session: Session, view: LocalView) -> Iterator[MemberRow]:
@@ -190,6 +207,7 @@ def iter_local_members(session: Session, view: LocalView) -> Iterator[MemberRow]
             col(Contact.fields),
             col(Contact.tags),
             col(Contact.status),
+            col(Contact.ref),
         )
         .join(Membership, col(Membership.contact_id) == col(Contact.id))
         .where(col(Membership.list_name) == view.local_list, col(Contact.deleted) == False)  # noqa: E712
@@ -209,6 +227,15 @@ def contacts_by_key(session: Session, view: LocalView, keys: Sequence[str]) -> d
     return found
 
 
+def contacts_by_ref(session: Session, refs: Sequence[str]) -> list[Contact]:
+    found: list[Contact] = []
+    for i in range(0, len(refs), 500):
+        found += session.execute(
+            select(Contact).where(col(Contact.ref).in_(refs[i : i + 500]))
+        ).scalars()
+    return found
+
+
 def apply_remote_state(
     session: Session, view: LocalView, row: Projection, raw_status: str, existing: Contact | None
 ) -> Contact:
@@ -218,6 +245,8 @@ def apply_remote_state(
     )
     if existing is None:
         session.add(contact)
+    elif getattr(contact, view.key) != row.key and not _taken(session, view.key, row.key):
+        setattr(contact, view.key, row.key)  # the provider changed the key (reconcile's rekey)
     local_fields: dict[str, Any] = json.loads(contact.fields)
     remote_fields = row.field_map
     for remote_name, local_name in view.fields.items():
