@@ -44,7 +44,16 @@ from syncd.providers.base import (
 )
 from syncd.reconcile import Decision, FieldConflict, Owner, Rules, Take, reconcile
 from syncd.store import mirror
-from syncd.store.models import Base, Conflict, Contact, Rejection, Run, StageLocal, StageRemote
+from syncd.store.models import (
+    Base,
+    Conflict,
+    Contact,
+    InFlight,
+    Rejection,
+    Run,
+    StageLocal,
+    StageRemote,
+)
 
 log = logging.getLogger("syncd.engine")
 
@@ -195,6 +204,7 @@ class _Cycle:
         )
         self.owners: dict[str, Owner] = {}  # remote key -> the local contact its reference names
         self.moved: dict[str, str] = {}  # key the provider moved a contact from -> its new key
+        self.sent: dict[str, Projection] = {}  # the chunk's writes whose answer was lost
         self.result = CycleResult(target.name, options.cycle_id or uuid.uuid4().hex[:12])
         self.pending: dict[str, Decision] = {}
         self.held_keys: set[str] = set()
@@ -267,6 +277,7 @@ class _Cycle:
         name = self.target.name
         mirror.clear_stage(session, name)
         if self.caps.export:
+            log.debug("exporting the remote list")
             try:
                 n = mirror.stage_rows(session, StageRemote, self._remote_rows())
                 self._progress("exported", n)
@@ -283,6 +294,7 @@ class _Cycle:
         self._progress("staged local", n)
         n = mirror.compute_diff(session, name)
         self._progress("differing keys", n)
+        log.debug("planning: %d differing keys", n)
         if not self.options.dry_run:
             session.commit()
 
@@ -348,6 +360,11 @@ class _Cycle:
                 if owner.moved_at_provider(key):
                     self.moved[own] = key
 
+    def _in_flight(self, session: Session, chunk: list[mirror.DiffRow]) -> None:
+        """The lost answers among this chunk's keys (see InFlight), for ``_decide``."""
+        keys = [row.key for row in chunk]
+        self.sent = mirror.projections(session, InFlight, self.target.name, keys)
+
     def _decide(self, row: mirror.DiffRow, takes: dict[str, Take]) -> Decision:
         return reconcile(
             row.local,
@@ -357,6 +374,7 @@ class _Cycle:
             takes.get(row.key),
             self.owners.get(row.key),
             self.moved.get(row.key),
+            self.sent.get(row.key),
         )
 
     # -- pass 1: count before writing -----------------------------------------------------
@@ -365,6 +383,7 @@ class _Cycle:
         remote_deletes = local_removes = 0
         takes = self._resolutions(session)
         for chunk in mirror.iter_diff(session, self.target.name):
+            self._in_flight(session, chunk)
             for row in chunk:
                 d = self._decide(row, takes)
                 # only deletions the provider can carry out count towards the guard
@@ -401,6 +420,10 @@ class _Cycle:
             self._push(session, batch)
         if not self.options.dry_run:
             self._forget_stale(session, rejections)
+            if self.result.export_complete:
+                # every write of this cycle was answered, and every lost answer of an earlier
+                # one has been read back from this export (or settled with its key)
+                mirror.drop_in_flight(session, self.target.name)
             mirror.clear_stage(session, self.target.name)
             session.commit()
 
@@ -413,6 +436,7 @@ class _Cycle:
         batcher: Batcher,
     ) -> None:
         counts = self.result.counts
+        self._in_flight(session, chunk)
         decisions = [(row, self._decide(row, takes)) for row in chunk]
         wanted = [d.key for _, d in decisions if d.local_op or d.remote_op == "delete"]
         wanted += [d.rekey_from for _, d in decisions if d.rekey_from]
@@ -538,6 +562,12 @@ class _Cycle:
 
     def _push(self, session: Session, batch: Batch) -> None:
         self._check_stop()
+        if not self.options.dry_run:
+            log.debug("pushing %d rows (%s)", len(batch.rows), batch.calls[0].op)
+            if batch.calls[0].op in ("create", "update"):
+                rows = [change.row for change in batch.rows]
+                mirror.set_in_flight(session, self.target.name, rows)
+                session.commit()  # durable before the call: its answer may never come
         outcomes: dict[str, RowOutcome] = {}
         calls = batch.calls
         answered: list[tuple[JobTicket, bool, list[RowOutcome]]] = []
@@ -608,8 +638,10 @@ class _Cycle:
             for ticket, accepted, answers in answered:
                 refusal = "" if accepted or not answers else answers[0].message
                 jobs.record_answer(session, ticket, accepted, refusal)
+        log.debug("answer read: moving the base of %d rows", len(settle) + len(forget))
         mirror.set_base(session, self.target.name, settle)
         mirror.drop_base(session, self.target.name, forget)
+        mirror.drop_in_flight(session, self.target.name, [c.row.key for c in batch.rows])
         confirmed = [p.key for p in settle] + forget
         for i in range(0, len(confirmed), 500):
             session.execute(
@@ -619,6 +651,7 @@ class _Cycle:
                 )
             )
         session.commit()  # this batch's confirmations are durable before the next call
+        log.debug("base updated")
 
     def _open_job(self, session: Session, batch: Batch) -> tuple[PushCall, ...]:
         """Record the batch as a job before any call (a callback may beat the answer home)."""

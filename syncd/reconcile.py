@@ -127,14 +127,25 @@ def reconcile(
     take: Take | None = None,
     owner: Owner | None = None,
     moved_to: str | None = None,
+    sent: Projection | None = None,
 ) -> Decision:
     """Decide one key. ``take`` settles a manual conflict that a person resolved.
 
     ``owner``: the remote row has no base and carries the reference of a local contact that is
     not under this key (see ``Owner``). ``moved_to``: this key's contact was moved by the
-    provider to that key, whose decision carries the move.
+    provider to that key, whose decision carries the move. ``sent``: the last create or update
+    syncd sent for this key and never read the answer of.
     """
     key = _key_of(local, base, remote)
+
+    if (
+        sent is not None
+        and remote is not None
+        and (remote == sent or _created(sent, base, remote, rules))
+    ):
+        # the write landed and only its answer was lost: what was sent is what both sides last
+        # agreed on, so reading it back is syncd's own echo, not a remote edit (DESIGN §8)
+        base = sent
 
     if moved_to is not None:
         # the provider changed this contact's key: the new key's decision moves it; nothing here
@@ -216,6 +227,12 @@ def reconcile(
 
     # gone on both sides: forget the history
     return Decision(key, "drop_base", base=None)
+
+
+def _created(sent: Projection, base: Projection | None, remote: Projection, rules: Rules) -> bool:
+    """A create that landed (the remote carries its reference), edited remotely since."""
+    ref = rules.ref_of(remote)
+    return base is None and ref is not None and ref == rules.ref_of(sent)
 
 
 def _rekeyed(p: Projection, key: str) -> Projection:

@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -161,3 +162,23 @@ def emulator_process(provider: str, api_key: str, *extra: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_SESSION_STARTED] = time.time()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """The crash test's tally of SIGKILLs by phase; it runs in a worker under xdist, so it
+    leaves the tally in pytest's cache and the controller prints it here."""
+    found = config.cache.get("syncd/crash-tally", None) if config.cache else None
+    if not found or found["at"] < config.stash.get(_SESSION_STARTED, 0):
+        return  # not run in this session
+    tally = ", ".join(f"{phase} {n}" for phase, n in sorted(found["tally"].items()))
+    terminalreporter.write_sep("-", "crash test")
+    terminalreporter.write_line(
+        f"{sum(found['tally'].values())} SIGKILLs by phase hit: {tally} ({found['seconds']:.0f} s)"
+    )
+
+
+_SESSION_STARTED = pytest.StashKey[float]()

@@ -355,3 +355,32 @@ def test_the_old_key_of_a_contact_moved_by_the_provider_writes_nothing():
 
 def test_without_a_reference_field_a_lost_create_meets_as_before():
     assert reconcile(r(Name="Anna"), None, r(Name="Ann")).case == "first_meeting"
+
+
+# --- lost answers: the write syncd sent last and never read the answer of ---------------------
+
+
+def test_a_lost_update_read_back_is_an_echo_so_a_later_local_delete_is_carried_out():
+    old, sent = r(Name="Ann"), r(Name="Anna")
+    assert reconcile(None, old, sent, REF).case == "revive_local"  # what an echo looks like
+    d = reconcile(None, old, sent, REF, sent=sent)
+    assert (d.case, d.remote_op, d.local_op) == ("local_deleted", "delete", None)
+
+
+def test_a_lost_create_edited_remotely_since_keeps_both_sides_edits():
+    sent = r(Name="Ann", City="Minsk")
+    d = reconcile(r(Name="Anna", City="Minsk"), None, r(Name="Ann", City="Brest"), REF, sent=sent)
+    assert d.base == r(Name="Anna", City="Brest") and d.conflicts == ()
+    assert d.remote_op == "update" and d.local_op == "upsert"
+
+
+def test_a_write_that_never_landed_is_sent_again():
+    old, sent = r(Name="Ann"), r(Name="Anna")
+    d = reconcile(sent, old, old, REF, sent=sent)
+    assert (d.case, d.remote_op, d.base) == ("push", "update", sent)
+
+
+def test_a_lost_update_overtaken_by_a_remote_edit_is_not_taken_as_landed():
+    old, sent = r(Name="Ann", City="Minsk"), r(Name="Anna", City="Minsk")
+    d = reconcile(sent, old, r(Name="Ann", City="Brest"), REF, sent=sent)
+    assert d.base == r(Name="Anna", City="Brest")  # an ordinary merge from the old base

@@ -19,7 +19,15 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from syncd.projection import Projection, digest_of, is_opted_out
-from syncd.store.models import Base, Contact, Membership, StageDiff, StageLocal, StageRemote
+from syncd.store.models import (
+    Base,
+    Contact,
+    InFlight,
+    Membership,
+    StageDiff,
+    StageLocal,
+    StageRemote,
+)
 
 CHUNK = 5000
 
@@ -163,6 +171,30 @@ def projections(
         )
         found.update((key, Projection.from_json(data)) for key, data in rows)
     return found
+
+
+def set_in_flight(session: Session, target: str, rows: Sequence[Projection]) -> None:
+    if not rows:
+        return
+    values = [{"target": target, "key": p.key, "data": p.to_json()} for p in rows]
+    stmt = _insert(session, InFlight)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["target", "key"], set_={"data": stmt.excluded.data}
+    )
+    session.execute(stmt, values)
+
+
+def drop_in_flight(session: Session, target: str, keys: Sequence[str] | None = None) -> None:
+    """Forget these keys' writes (their answer was read); None: every key of the target."""
+    if keys is None:
+        session.execute(delete(InFlight).where(col(InFlight.target) == target))
+        return
+    for i in range(0, len(keys), 500):
+        session.execute(
+            delete(InFlight).where(
+                col(InFlight.target) == target, col(InFlight.key).in_(keys[i : i + 500])
+            )
+        )
 
 
 def drop_base(session: Session, target: str, keys: Sequence[str]) -> None:

@@ -4,6 +4,7 @@
   contact stays as a tombstone (``deleted``) so its consent status survives re-creation. Each
   contact has a stable random ``ref`` (see ``reference_field`` in the README).
 - ``base``: per target and key, the projection both sides last agreed on (DESIGN §1).
+- ``in_flight``: creates and updates sent whose answer has not been read (lost answers).
 - ``stage_local`` / ``stage_remote`` / ``stage_diff``: per-cycle scratch tables so that the
   three-way comparison is a set operation done by the database, not a Python dict of the list.
 - ``run``, ``rejection``, ``conflict``: what cycles did, rows the provider refused, and
@@ -54,6 +55,21 @@ class Base(SQLModel, table=True):
     key: str = Field(primary_key=True)
     digest: str
     data: str
+
+
+class InFlight(SQLModel, table=True):
+    """A create or update handed to the provider whose answer has not been read yet.
+
+    Written and committed before the call, removed with the base update that the answer
+    brings. One left behind means the answer was lost (a crash, a cut connection): if the next
+    export shows exactly this row, the write landed, and it counts as confirmed (rule 4), so
+    syncd's own write is not mistaken for a remote edit (DESIGN §8, echo loops).
+    """
+
+    __tablename__ = "in_flight"
+    target: str = Field(primary_key=True)
+    key: str = Field(primary_key=True)
+    data: str  # the projection as sent
 
 
 class StageLocal(SQLModel, table=True):
