@@ -42,13 +42,12 @@ from syncd.providers.base import (
     RowChange,
     RowOutcome,
 )
-from syncd.reconcile import Decision, FieldConflict, Owner, Rules, Take, reconcile
+from syncd.reconcile import Decision, FieldConflict, Owner, Rules, Sent, Take, reconcile
 from syncd.store import mirror
 from syncd.store.models import (
     Base,
     Conflict,
     Contact,
-    InFlight,
     Rejection,
     Run,
     StageLocal,
@@ -204,7 +203,7 @@ class _Cycle:
         )
         self.owners: dict[str, Owner] = {}  # remote key -> the local contact its reference names
         self.moved: dict[str, str] = {}  # key the provider moved a contact from -> its new key
-        self.sent: dict[str, Projection] = {}  # the chunk's writes whose answer was lost
+        self.sent: dict[str, Sent] = {}  # the chunk's writes whose answer was lost
         self.result = CycleResult(target.name, options.cycle_id or uuid.uuid4().hex[:12])
         self.pending: dict[str, Decision] = {}
         self.held_keys: set[str] = set()
@@ -363,7 +362,7 @@ class _Cycle:
     def _in_flight(self, session: Session, chunk: list[mirror.DiffRow]) -> None:
         """The lost answers among this chunk's keys (see InFlight), for ``_decide``."""
         keys = [row.key for row in chunk]
-        self.sent = mirror.projections(session, InFlight, self.target.name, keys)
+        self.sent = mirror.in_flight(session, self.target.name, keys)
 
     def _decide(self, row: mirror.DiffRow, takes: dict[str, Take]) -> Decision:
         return reconcile(
@@ -565,7 +564,7 @@ class _Cycle:
         if not self.options.dry_run:
             log.debug("pushing %d rows (%s)", len(batch.rows), batch.calls[0].op)
             if batch.calls[0].op in ("create", "update"):
-                rows = [change.row for change in batch.rows]
+                rows = [(change.row, change.remote) for change in batch.rows]
                 mirror.set_in_flight(session, self.target.name, rows)
                 session.commit()  # durable before the call: its answer may never come
         outcomes: dict[str, RowOutcome] = {}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from syncd.projection import Projection, is_opted_out
 
@@ -75,6 +75,36 @@ class FieldConflict:
 
 
 @dataclass(frozen=True, slots=True)
+class Sent:
+    """A create or update syncd sent for a key and never read the answer of.
+
+    The mirror already holds ``row`` (a local write of the same decision is committed before
+    the call); the provider holds it only if the write landed. The export tells, part by part
+    (each field, the tags, the status): a part the write was to change that still shows its
+    ``before`` value did not land; any other part did, or was edited there since.
+    """
+
+    row: Projection  # as sent
+    before: Projection | None  # the remote row it was to change (None: a create)
+
+    def agreed(self, remote: Projection) -> Projection:
+        """What both sides last agreed on: the base to reconcile ``remote`` against."""
+        before = self.before or Projection.build(remote.key)
+        s, b, r = self.row.field_map, before.field_map, remote.field_map
+
+        def part(sent: Any, was: Any, now: Any) -> Any:
+            return was if sent != was and now == was else sent
+
+        fields = {f: part(s.get(f), b.get(f), r.get(f)) for f in s.keys() | b.keys()}
+        return Projection.build(
+            remote.key,
+            fields,
+            part(self.row.tags, before.tags, remote.tags),
+            part(self.row.status, before.status, remote.status),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     key: str
     case: str  # which row of the table applied (shown by `plan`, asserted by tests)
@@ -127,7 +157,7 @@ def reconcile(
     take: Take | None = None,
     owner: Owner | None = None,
     moved_to: str | None = None,
-    sent: Projection | None = None,
+    sent: Sent | None = None,
 ) -> Decision:
     """Decide one key. ``take`` settles a manual conflict that a person resolved.
 
@@ -138,14 +168,10 @@ def reconcile(
     """
     key = _key_of(local, base, remote)
 
-    if (
-        sent is not None
-        and remote is not None
-        and (remote == sent or _created(sent, base, remote, rules))
-    ):
-        # the write landed and only its answer was lost: what was sent is what both sides last
-        # agreed on, so reading it back is syncd's own echo, not a remote edit (DESIGN §8)
-        base = sent
+    if sent is not None and remote is not None:
+        # a write whose answer was lost: where it landed, reading it back is syncd's own echo,
+        # not a remote edit (DESIGN §8); where it did not, it is still to be done
+        base = sent.agreed(remote)
 
     if moved_to is not None:
         # the provider changed this contact's key: the new key's decision moves it; nothing here
@@ -227,12 +253,6 @@ def reconcile(
 
     # gone on both sides: forget the history
     return Decision(key, "drop_base", base=None)
-
-
-def _created(sent: Projection, base: Projection | None, remote: Projection, rules: Rules) -> bool:
-    """A create that landed (the remote carries its reference), edited remotely since."""
-    ref = rules.ref_of(remote)
-    return base is None and ref is not None and ref == rules.ref_of(sent)
 
 
 def _rekeyed(p: Projection, key: str) -> Projection:

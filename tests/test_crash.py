@@ -275,6 +275,9 @@ def test_fifty_sigkills_lose_nothing_duplicate_nothing_resurrect_nothing(
             if w.wait_for(aim, timeout=8):
                 time.sleep(rng.uniform(0, SPREAD[aim]))
             tally[w.kill()] += 1
+            # a write the dead daemon had sent still lands after the injected latency; an edit
+            # made at the provider before that would be overwritten there, whatever syncd does
+            time.sleep(2 * LATENCY)
 
         # no more kills: run until a cycle writes nothing and the inbox is empty
         w.admin("faults", {})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from syncd.projection import Projection
-from syncd.reconcile import Owner, Rules, reconcile
+from syncd.reconcile import Owner, Rules, Sent, reconcile
 
 K = "ann@example.com"
 
@@ -363,12 +363,12 @@ def test_without_a_reference_field_a_lost_create_meets_as_before():
 def test_a_lost_update_read_back_is_an_echo_so_a_later_local_delete_is_carried_out():
     old, sent = r(Name="Ann"), r(Name="Anna")
     assert reconcile(None, old, sent, REF).case == "revive_local"  # what an echo looks like
-    d = reconcile(None, old, sent, REF, sent=sent)
+    d = reconcile(None, old, sent, REF, sent=Sent(sent, old))
     assert (d.case, d.remote_op, d.local_op) == ("local_deleted", "delete", None)
 
 
 def test_a_lost_create_edited_remotely_since_keeps_both_sides_edits():
-    sent = r(Name="Ann", City="Minsk")
+    sent = Sent(r(Name="Ann", City="Minsk"), None)
     d = reconcile(r(Name="Anna", City="Minsk"), None, r(Name="Ann", City="Brest"), REF, sent=sent)
     assert d.base == r(Name="Anna", City="Brest") and d.conflicts == ()
     assert d.remote_op == "update" and d.local_op == "upsert"
@@ -376,11 +376,20 @@ def test_a_lost_create_edited_remotely_since_keeps_both_sides_edits():
 
 def test_a_write_that_never_landed_is_sent_again():
     old, sent = r(Name="Ann"), r(Name="Anna")
-    d = reconcile(sent, old, old, REF, sent=sent)
+    d = reconcile(sent, old, old, REF, sent=Sent(sent, old))
     assert (d.case, d.remote_op, d.base) == ("push", "update", sent)
 
 
-def test_a_lost_update_overtaken_by_a_remote_edit_is_not_taken_as_landed():
-    old, sent = r(Name="Ann", City="Minsk"), r(Name="Anna", City="Minsk")
-    d = reconcile(sent, old, r(Name="Ann", City="Brest"), REF, sent=sent)
-    assert d.base == r(Name="Anna", City="Brest")  # an ordinary merge from the old base
+def test_a_merge_whose_push_answer_was_lost_keeps_a_later_remote_edit():
+    """The merge wrote City=Brest into the mirror and sent Name=Anna, City=Brest; the answer
+    was lost; then City changed again at the provider. The new City is a remote edit, not a
+    conflict with the mirror's copy of the old one."""
+    base = r(Name="Ann", City="Minsk")
+    before = r(Name="Ann", City="Brest")
+    sent = r(Name="Anna", City="Brest")
+    d = reconcile(sent, base, r(Name="Anna", City="Pinsk"), REF, sent=Sent(sent, before))
+    assert d.base == r(Name="Anna", City="Pinsk") and d.conflicts == ()
+    assert d.remote_op is None and d.local_op == "upsert"
+    # ... and when the push did not land, the edit it carried is sent again
+    d = reconcile(sent, base, r(Name="Ann", City="Pinsk"), REF, sent=Sent(sent, before))
+    assert d.base == r(Name="Anna", City="Pinsk") and d.remote_op == "update"

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from syncd.projection import Projection, digest_of, is_opted_out
+from syncd.reconcile import Sent
 from syncd.store.models import (
     Base,
     Contact,
@@ -173,15 +174,37 @@ def projections(
     return found
 
 
-def set_in_flight(session: Session, target: str, rows: Sequence[Projection]) -> None:
+def set_in_flight(
+    session: Session, target: str, rows: Sequence[tuple[Projection, Projection | None]]
+) -> None:
+    """Record writes about to be sent: (the row as sent, the remote row it starts from)."""
     if not rows:
         return
-    values = [{"target": target, "key": p.key, "data": p.to_json()} for p in rows]
+    values = [
+        {"target": target, "key": p.key, "data": p.to_json(), "before": b and b.to_json()}
+        for p, b in rows
+    ]
     stmt = _insert(session, InFlight)
     stmt = stmt.on_conflict_do_update(
-        index_elements=["target", "key"], set_={"data": stmt.excluded.data}
+        index_elements=["target", "key"],
+        set_={"data": stmt.excluded.data, "before": stmt.excluded.before},
     )
     session.execute(stmt, values)
+
+
+def in_flight(session: Session, target: str, keys: Sequence[str]) -> dict[str, Sent]:
+    found: dict[str, Sent] = {}
+    for i in range(0, len(keys), 500):
+        rows = session.execute(
+            select(col(InFlight.key), col(InFlight.data), col(InFlight.before)).where(
+                col(InFlight.target) == target, col(InFlight.key).in_(keys[i : i + 500])
+            )
+        )
+        for key, data, before in rows:
+            found[key] = Sent(
+                Projection.from_json(data), Projection.from_json(before) if before else None
+            )
+    return found
 
 
 def drop_in_flight(session: Session, target: str, keys: Sequence[str] | None = None) -> None:

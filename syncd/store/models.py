@@ -61,15 +61,16 @@ class InFlight(SQLModel, table=True):
     """A create or update handed to the provider whose answer has not been read yet.
 
     Written and committed before the call, removed with the base update that the answer
-    brings. One left behind means the answer was lost (a crash, a cut connection): if the next
-    export shows exactly this row, the write landed, and it counts as confirmed (rule 4), so
-    syncd's own write is not mistaken for a remote edit (DESIGN §8, echo loops).
+    brings. One left behind means the answer was lost (a crash, a cut connection): the next
+    export shows, field by field, whether the write landed, so that syncd's own write is not
+    mistaken for a remote edit (DESIGN §8, echo loops; see ``reconcile.Sent``).
     """
 
     __tablename__ = "in_flight"
     target: str = Field(primary_key=True)
     key: str = Field(primary_key=True)
     data: str  # the projection as sent
+    before: str | None = None  # the remote projection it was meant to change (None: a create)
 
 
 class StageLocal(SQLModel, table=True):
