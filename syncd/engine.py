@@ -447,6 +447,7 @@ class _Cycle:
         )
         settle: list[Projection] = []
         forget: list[str] = []
+        flying: list[tuple[Projection, Projection | None]] = []
         for row, d in decisions:
             if d.held:
                 counts["conflicts_open"] += 1
@@ -488,14 +489,30 @@ class _Cycle:
                 counts["deferred"] += 1  # the remote state is unknown: no creates or deletes
                 continue
             self.pending[d.key] = d
+            if change.op in ("create", "update"):
+                flying.append((change.row, change.remote))
             for batch in batcher.add(
                 change, with_status=d.pushes_status, overwrite_tags=d.overwrite_tags
             ):
+                self._journal(session, flying)
                 self._push(session, batch)
         if not self.options.dry_run:
+            self._journal(session, flying)
             mirror.set_base(session, self.target.name, settle)
             mirror.drop_base(session, self.target.name, forget)
+            # a lost answer is settled once its key's base moves: kept, it would misread the
+            # next export against a base it no longer belongs to
+            mirror.drop_in_flight(session, self.target.name, [p.key for p in settle] + forget)
             self._clear_conflicts(session, [d.key for _, d in decisions if not d.held])
+
+    def _journal(
+        self, session: Session, flying: list[tuple[Projection, Projection | None]]
+    ) -> None:
+        """Record writes about to be sent (InFlight) in the transaction of the chunk's local
+        writes: a local write of a decision is never committed without its remote half."""
+        if not self.options.dry_run:
+            mirror.set_in_flight(session, self.target.name, flying)
+        flying.clear()
 
     def _row_change(self, d: Decision, contact: Contact | None) -> RowChange | None:
         """The write for a decision, as far as the provider's capabilities allow (or None)."""
@@ -563,10 +580,7 @@ class _Cycle:
         self._check_stop()
         if not self.options.dry_run:
             log.debug("pushing %d rows (%s)", len(batch.rows), batch.calls[0].op)
-            if batch.calls[0].op in ("create", "update"):
-                rows = [(change.row, change.remote) for change in batch.rows]
-                mirror.set_in_flight(session, self.target.name, rows)
-                session.commit()  # durable before the call: its answer may never come
+            session.commit()  # the journal (in_flight) is durable before the call
         outcomes: dict[str, RowOutcome] = {}
         calls = batch.calls
         answered: list[tuple[JobTicket, bool, list[RowOutcome]]] = []

@@ -43,9 +43,12 @@ class Faults:
     """Injected failures. ``methods`` names the API methods they hit (empty: all); async ones are
     named ``async/exportContacts``, ``async/getTaskResult`` (their bare name matches too).
     ``export_never_completes`` and ``export_truncate`` apply to exports regardless of
-    ``methods``. A timeout hangs ``hang_seconds`` and then answers (the call IS applied)."""
+    ``methods``. A timeout hangs ``hang_seconds`` and then answers (the call IS applied).
+    ``answer_delay`` (Unisender/Selzy): the call is applied at once and its answer held that
+    long, so a client that dies meanwhile has written without knowing it."""
 
     latency: float = 0.0
+    answer_delay: float = 0.0
     http_5xx_rate: float = 0.0
     http_5xx_status: int = 503
     timeout_rate: float = 0.0
