@@ -510,7 +510,7 @@ class _Cycle:
     ) -> None:
         """Record writes about to be sent (InFlight) in the transaction of the chunk's local
         writes: a local write of a decision is never committed without its remote half."""
-        if not self.options.dry_run:
+        if not self.options.dry_run and self.caps.export:  # only an export can read them back
             mirror.set_in_flight(session, self.target.name, flying)
         flying.clear()
 

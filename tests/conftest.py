@@ -21,6 +21,7 @@ from syncd import app
 from syncd.config import Config, TargetConfig, parse_config
 from syncd.emulators.unisender import UnisenderEmulator
 from syncd.engine import CycleOptions, CycleResult
+from syncd.errors import ProviderUnreachable
 from syncd.ingest import ingest_file
 from syncd.providers import make_provider
 from syncd.providers.base import Provider
@@ -75,6 +76,26 @@ class World:
         (result,) = app.run_once(
             self.config, db=self.db, options=CycleOptions(**options), providers=self.provider
         )
+        return result
+
+    def cycle_losing_answers(self, *, land: bool = True) -> CycleResult:
+        """A cycle whose first write call reaches the provider (``land``) or not; either way its
+        answer never comes back, as when the connection breaks or syncd is killed."""
+
+        def provider(config: Config, target: TargetConfig) -> Provider:
+            adapter = self.provider(config, target)
+            push = adapter.push
+
+            def push_and_lose(call: Any) -> Any:
+                if land:
+                    push(call)
+                raise ProviderUnreachable("connection reset before the answer")
+
+            adapter.push = push_and_lose  # type: ignore[method-assign]
+            return adapter
+
+        options = CycleOptions()
+        (result,) = app.run_once(self.config, db=self.db, options=options, providers=provider)
         return result
 
     def ingest(self, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:

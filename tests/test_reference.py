@@ -12,10 +12,8 @@ from conftest import World
 from sqlalchemy import select
 from sqlmodel import Session, col
 
-from syncd import app
 from syncd.config import parse_config
-from syncd.engine import CycleOptions, CycleResult
-from syncd.errors import ConfigError, ProviderUnreachable
+from syncd.errors import ConfigError
 from syncd.store import open_engine
 from syncd.store.models import Base, Contact
 
@@ -30,24 +28,6 @@ def world(tmp_path: Path) -> World:
 def refs(w: World) -> dict[str, str]:
     with Session(w.db) as s:
         return {c.email: c.ref for c in s.exec(select(Contact)).scalars() if c.email and c.ref}
-
-
-def cycle_losing_answers(w: World) -> CycleResult:
-    """A cycle whose writes reach the provider, but whose answers never come back."""
-
-    def provider(config: Any, target: Any) -> Any:
-        adapter = w.provider(config, target)
-        push = adapter.push
-
-        def push_then_lose(call: Any) -> Any:
-            push(call)
-            raise ProviderUnreachable("connection reset before the answer")
-
-        adapter.push = push_then_lose
-        return adapter
-
-    (result,) = app.run_once(w.config, db=w.db, options=CycleOptions(), providers=provider)
-    return result
 
 
 def people(w: World, n: int) -> None:
@@ -74,7 +54,7 @@ def test_each_contact_is_created_with_its_reference_and_keeps_it(world: World) -
 
 def test_lost_creates_are_recognised_not_repeated_not_resurrected(world: World) -> None:
     people(world, 4)
-    assert cycle_losing_answers(world).outcome == "unreachable"
+    assert world.cycle_losing_answers().outcome == "unreachable"
     assert len(world.remote()) == 4  # the creates went through; the base knows nothing of it
     with Session(world.db) as s:
         assert s.scalar(select(col(Base.key))) is None
