@@ -44,15 +44,7 @@ from syncd.providers.base import (
 )
 from syncd.reconcile import Decision, FieldConflict, Owner, Rules, Sent, Take, reconcile
 from syncd.store import mirror
-from syncd.store.models import (
-    Base,
-    Conflict,
-    Contact,
-    Rejection,
-    Run,
-    StageLocal,
-    StageRemote,
-)
+from syncd.store.models import Base, Conflict, Contact, Rejection, Run, StageLocal, StageRemote
 
 log = logging.getLogger("syncd.engine")
 
