@@ -42,7 +42,8 @@ from syncd.providers.base import (
     RowChange,
     RowOutcome,
 )
-from syncd.reconcile import Decision, FieldConflict, Owner, Rules, Sent, Take, reconcile
+from syncd.reconcile import Decision, FieldConflict, Rules, Sent, Take, reconcile
+from syncd.references import Owners, find_owners
 from syncd.store import mirror
 from syncd.store.models import Base, Conflict, Contact, Rejection, Run, StageLocal, StageRemote
 
@@ -193,8 +194,7 @@ class _Cycle:
             edit_beats_delete=target.on_edit_delete == "edit",
             reference=target.reference_field,
         )
-        self.owners: dict[str, Owner] = {}  # remote key -> the local contact its reference names
-        self.moved: dict[str, str] = {}  # key the provider moved a contact from -> its new key
+        self.owners = Owners()  # remote rows that are syncd's own (reference_field)
         self.sent: dict[str, Sent] = {}  # the chunk's writes whose answer was lost
         self.result = CycleResult(target.name, options.cycle_id or uuid.uuid4().hex[:12])
         self.pending: dict[str, Decision] = {}
@@ -215,7 +215,7 @@ class _Cycle:
             with Session(self.db) as session:
                 try:
                     self._stage(session)
-                    self._recognise(session)
+                    self.owners = find_owners(session, self.target.name, self.view, self.rules)
                     self._guard(session)
                     self._execute(session)
                 finally:
@@ -314,43 +314,6 @@ class _Cycle:
                 "data": data,
             }
 
-    # -- references: remote rows that are ours ---------------------------------------------
-
-    def _recognise(self, session: Session) -> None:
-        """Find the local contact behind each base-less remote row that carries a reference
-        while its key has no local contact (reconcile.Owner says what that means)."""
-        if self.view.reference is None:
-            return
-        name = self.target.name
-        for chunk in mirror.iter_diff(session, name):
-            refs = {
-                ref: row.key
-                for row in chunk
-                if row.base is None
-                and row.local is None
-                and (ref := self.rules.ref_of(row.remote)) is not None
-            }
-            if not refs:
-                continue
-            owned = {refs[c.ref]: c for c in mirror.contacts_by_ref(session, list(refs)) if c.ref}
-            own_keys = [k for c in owned.values() if (k := getattr(c, self.view.key))]
-            local = mirror.projections(session, StageLocal, name, own_keys)
-            base = mirror.projections(session, Base, name, own_keys)
-            remote = mirror.projections(session, StageRemote, name, own_keys)
-            holders = mirror.contacts_by_key(session, self.view, list(owned))
-            for key, contact in owned.items():
-                own = getattr(contact, self.view.key)
-                holder = holders.get(key)
-                owner = Owner(
-                    local=local.get(own) if own else None,
-                    base=base.get(own) if own else None,
-                    remote_at_key=own in remote,
-                    key_taken=holder is not None and holder.id != contact.id,
-                )
-                self.owners[key] = owner
-                if owner.moved_at_provider(key):
-                    self.moved[own] = key
-
     def _in_flight(self, session: Session, chunk: list[mirror.DiffRow]) -> None:
         """The lost answers among this chunk's keys (see InFlight), for ``_decide``."""
         keys = [row.key for row in chunk]
@@ -363,8 +326,8 @@ class _Cycle:
             row.remote,
             self.rules,
             takes.get(row.key),
-            self.owners.get(row.key),
-            self.moved.get(row.key),
+            self.owners.by_remote_key.get(row.key),
+            self.owners.moved.get(row.key),
             self.sent.get(row.key),
         )
 
