@@ -269,7 +269,7 @@ def probe_target(config: Config, target: TargetConfig, providers: ProviderFactor
         check.notes.append(f"{NOT_CHECKED} ({exc})")
         return check
     try:
-        provider.prepare(list(target.fields), create_missing=False)
+        provider.prepare(target.remote_fields, create_missing=False)
     except ProviderUnreachable as exc:
         check.reachable = False
         check.problems.append(f"not reachable at {target.api_root}: {exc}")

@@ -169,6 +169,14 @@ class TargetConfig(_Strict):
     fields: dict[str, str] = Field(
         default_factory=dict, description="Remote field name = local field name."
     )
+    reference_field: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z][A-Za-z0-9_-]*$",
+        description="Unisender/Selzy: a custom field at the provider that holds syncd's stable id "
+        "of each contact (created like the mapped fields), so that a create whose answer was lost, "
+        "or a contact whose key changed at the provider, is recognised instead of duplicated. "
+        "Not set: no such field.",
+    )
     conflict: Policy | dict[str, Policy] = Field(
         "local",
         description="Who wins a field changed on both sides: local | remote | manual, or a table "
@@ -239,6 +247,29 @@ class TargetConfig(_Strict):
         if self.provider == "octopush" and not self.api_login:
             raise ValueError("provider octopush needs api_login (the account's login)")
         return self
+
+    @model_validator(mode="after")
+    def _check_reference_field(self) -> TargetConfig:
+        if self.reference_field is None:
+            return self
+        if self.reference_field in self.fields:
+            raise ValueError(
+                f"reference_field {self.reference_field!r} is also in `fields`: syncd owns the "
+                "reference field, so it cannot carry a local field too"
+            )
+        from syncd.providers import keeps_references  # the adapters declare it
+
+        if not keeps_references(self.provider):
+            raise ValueError(
+                f"reference_field: provider {self.provider} cannot keep it (it needs custom "
+                "fields and an export to read them back); remove the setting"
+            )
+        return self
+
+    @property
+    def remote_fields(self) -> list[str]:
+        """Every custom field a cycle writes and reads: the mapped ones, then the reference."""
+        return [*self.fields, *([self.reference_field] if self.reference_field else [])]
 
     @field_validator("schedule")
     @classmethod

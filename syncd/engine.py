@@ -42,7 +42,8 @@ from syncd.providers.base import (
     RowChange,
     RowOutcome,
 )
-from syncd.reconcile import Decision, FieldConflict, Rules, Take, reconcile
+from syncd.reconcile import Decision, FieldConflict, Rules, Sent, Take, reconcile
+from syncd.references import Owners, find_owners
 from syncd.store import mirror
 from syncd.store.models import Base, Conflict, Contact, Rejection, Run, StageLocal, StageRemote
 
@@ -169,6 +170,8 @@ def project_local(
             else local_fields.get(local_name)
         )
         fields[remote_name] = None if value is None else str(value)
+    if view.reference is not None:
+        fields[view.reference] = contact.ref
     tags = json.loads(contact.tags) if caps.tags else ()
     return Projection.build(key, fields, tags, caps.fold_status(contact.status))
 
@@ -189,10 +192,16 @@ class _Cycle:
         self.provider = provider
         self.options = options
         self.caps = provider.capabilities
-        self.view = mirror.LocalView(target.key, target.local_list_name, dict(target.fields))
-        self.rules = Rules(
-            policy=target.policy_for, edit_beats_delete=target.on_edit_delete == "edit"
+        self.view = mirror.LocalView(
+            target.key, target.local_list_name, dict(target.fields), target.reference_field
         )
+        self.rules = Rules(
+            policy=target.policy_for,
+            edit_beats_delete=target.on_edit_delete == "edit",
+            reference=target.reference_field,
+        )
+        self.owners = Owners()  # remote rows that are syncd's own (reference_field)
+        self.sent: dict[str, Sent] = {}  # the chunk's writes whose answer was lost
         self.result = CycleResult(target.name, options.cycle_id or uuid.uuid4().hex[:12])
         self.pending: dict[str, Decision] = {}
         self.held_keys: set[str] = set()
@@ -206,12 +215,13 @@ class _Cycle:
         writes_before = self.provider.stats.writes
         try:
             self.provider.prepare(
-                list(self.target.fields),
+                self.target.remote_fields,
                 create_missing=self.target.create_missing_fields and not dry,
             )
             with Session(self.db) as session:
                 try:
                     self._stage(session)
+                    self.owners = find_owners(session, self.target.name, self.view, self.rules)
                     self._guard(session)
                     self._execute(session)
                 finally:
@@ -281,6 +291,7 @@ class _Cycle:
         name = self.target.name
         mirror.clear_stage(session, name)
         if self.caps.export:
+            log.debug("exporting the remote list")
             try:
                 n = mirror.stage_rows(session, StageRemote, self._remote_rows())
                 self._progress("exported", n)
@@ -297,6 +308,7 @@ class _Cycle:
         self._progress("staged local", n)
         n = mirror.compute_diff(session, name)
         self._progress("differing keys", n)
+        log.debug("planning: %d differing keys", n)
         if not self.options.dry_run:
             session.commit()
 
@@ -325,14 +337,32 @@ class _Cycle:
                 "data": data,
             }
 
+    def _in_flight(self, session: Session, chunk: list[mirror.DiffRow]) -> None:
+        """The lost answers among this chunk's keys (see InFlight), for ``_decide``."""
+        keys = [row.key for row in chunk]
+        self.sent = mirror.in_flight(session, self.target.name, keys)
+
+    def _decide(self, row: mirror.DiffRow, takes: dict[str, Take]) -> Decision:
+        return reconcile(
+            row.local,
+            row.base,
+            row.remote,
+            self.rules,
+            takes.get(row.key),
+            self.owners.by_remote_key.get(row.key),
+            self.owners.moved.get(row.key),
+            self.sent.get(row.key),
+        )
+
     # -- pass 1: count before writing -----------------------------------------------------
 
     def _guard(self, session: Session) -> None:
         remote_deletes = local_removes = 0
         takes = self._resolutions(session)
         for chunk in mirror.iter_diff(session, self.target.name):
+            self._in_flight(session, chunk)
             for row in chunk:
-                d = reconcile(row.local, row.base, row.remote, self.rules, takes.get(row.key))
+                d = self._decide(row, takes)
                 # only deletions the provider can carry out count towards the guard
                 remote_deletes += d.remote_op == "delete" and (
                     self.caps.delete or self.caps.exclude
@@ -357,7 +387,7 @@ class _Cycle:
             session.commit()
         takes = self._resolutions(session)
         rejections = self._rejections(session)
-        batcher = Batcher(self.caps, tuple(self.target.fields))
+        batcher = Batcher(self.caps, tuple(self.target.remote_fields))
         for chunk in mirror.iter_diff(session, self.target.name):
             self._check_stop()
             self._apply_chunk(session, chunk, takes, rejections, batcher)
@@ -367,6 +397,10 @@ class _Cycle:
             self._push(session, batch)
         if not self.options.dry_run:
             self._forget_stale(session, rejections)
+            if self.result.export_complete:
+                # every write of this cycle was answered, and every lost answer of an earlier
+                # one has been read back from this export (or settled with its key)
+                mirror.drop_in_flight(session, self.target.name)
             mirror.clear_stage(session, self.target.name)
             session.commit()
 
@@ -379,11 +413,10 @@ class _Cycle:
         batcher: Batcher,
     ) -> None:
         counts = self.result.counts
-        decisions = [
-            (row, reconcile(row.local, row.base, row.remote, self.rules, takes.get(row.key)))
-            for row in chunk
-        ]
+        self._in_flight(session, chunk)
+        decisions = [(row, self._decide(row, takes)) for row in chunk]
         wanted = [d.key for _, d in decisions if d.local_op or d.remote_op == "delete"]
+        wanted += [d.rekey_from for _, d in decisions if d.rekey_from]
         contacts = mirror.contacts_by_key(session, self.view, wanted) if wanted else {}
         awaiting = (
             jobs.pending_keys(session, self.target.name, [d.key for _, d in decisions])
@@ -392,6 +425,7 @@ class _Cycle:
         )
         settle: list[Projection] = []
         forget: list[str] = []
+        flying: list[tuple[Projection, Projection | None]] = []
         for row, d in decisions:
             if d.held:
                 counts["conflicts_open"] += 1
@@ -407,7 +441,9 @@ class _Cycle:
                 continue
             counts["conflicts_settled"] += len(d.conflicts)
             if d.local_op is not None:
-                self._apply_local(session, d, row, contacts.get(d.key))
+                self._apply_local(session, d, row, contacts.get(d.rekey_from or d.key))
+            if d.rekey_from is not None:
+                forget.append(d.rekey_from)  # the old key's base goes with the move
             if d.remote_op is None:
                 if d.base is None:
                     forget.append(d.key)
@@ -431,14 +467,30 @@ class _Cycle:
                 counts["deferred"] += 1  # the remote state is unknown: no creates or deletes
                 continue
             self.pending[d.key] = d
+            if change.op in ("create", "update"):
+                flying.append((change.row, change.remote))
             for batch in batcher.add(
                 change, with_status=d.pushes_status, overwrite_tags=d.overwrite_tags
             ):
+                self._journal(session, flying)
                 self._push(session, batch)
         if not self.options.dry_run:
+            self._journal(session, flying)
             mirror.set_base(session, self.target.name, settle)
             mirror.drop_base(session, self.target.name, forget)
+            # a lost answer is settled once its key's base moves: kept, it would misread the
+            # next export against a base it no longer belongs to
+            mirror.drop_in_flight(session, self.target.name, [p.key for p in settle] + forget)
             self._clear_conflicts(session, [d.key for _, d in decisions if not d.held])
+
+    def _journal(
+        self, session: Session, flying: list[tuple[Projection, Projection | None]]
+    ) -> None:
+        """Record writes about to be sent (InFlight) in the transaction of the chunk's local
+        writes: a local write of a decision is never committed without its remote half."""
+        if not self.options.dry_run and self.caps.export:  # only an export can read them back
+            mirror.set_in_flight(session, self.target.name, flying)
+        flying.clear()
 
     def _row_change(self, d: Decision, contact: Contact | None) -> RowChange | None:
         """The write for a decision, as far as the provider's capabilities allow (or None)."""
@@ -504,6 +556,9 @@ class _Cycle:
 
     def _push(self, session: Session, batch: Batch) -> None:
         self._check_stop()
+        if not self.options.dry_run:
+            log.debug("pushing %d rows (%s)", len(batch.rows), batch.calls[0].op)
+            session.commit()  # the journal (in_flight) is durable before the call
         outcomes: dict[str, RowOutcome] = {}
         calls = batch.calls
         answered: list[tuple[JobTicket, bool, list[RowOutcome]]] = []
@@ -574,8 +629,10 @@ class _Cycle:
             for ticket, accepted, answers in answered:
                 refusal = "" if accepted or not answers else answers[0].message
                 jobs.record_answer(session, ticket, accepted, refusal)
+        log.debug("answer read: moving the base of %d rows", len(settle) + len(forget))
         mirror.set_base(session, self.target.name, settle)
         mirror.drop_base(session, self.target.name, forget)
+        mirror.drop_in_flight(session, self.target.name, [c.row.key for c in batch.rows])
         confirmed = [p.key for p in settle] + forget
         for i in range(0, len(confirmed), 500):
             session.execute(
@@ -585,6 +642,7 @@ class _Cycle:
                 )
             )
         session.commit()  # this batch's confirmations are durable before the next call
+        log.debug("base updated")
 
     def _open_job(self, session: Session, batch: Batch) -> tuple[PushCall, ...]:
         """Record the batch as a job before any call (a callback may beat the answer home)."""

@@ -543,6 +543,7 @@ class Inbox:
         if pending is not None:
             return self._recover(path, pending)
 
+        log.debug("inbox: ingesting %s", name)
         snapshot = snapshot_list(name)
         if snapshot is not None and (snapshot != snapshot.strip() or "," in snapshot):
             reason = f"snapshot list name {snapshot!r} has a comma or surrounding spaces"

@@ -7,13 +7,18 @@ are decided from the base, never from timestamps.
 Symbols: L = local projection, B = base (what both sides last agreed on), R = remote projection;
 each may be absent (None). The decision says what to write on each side and what the base
 becomes once those writes are confirmed.
+
+References (``Rules.reference``): where a target keeps syncd's stable id of each contact in a
+remote field, a remote row without a base that carries a local contact's id is *ours*, not a
+sign-up: a create whose answer was lost, or a contact whose key changed at the provider. The
+engine finds the owning contact (``Owner``); the rows below decide what it means.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from syncd.projection import Projection, is_opted_out
 
@@ -31,6 +36,34 @@ class Rules:
         "local"
     )  # who wins a field changed on both sides
     edit_beats_delete: bool = True  # one side edited, the other deleted: keep the edit
+    reference: str | None = None  # the remote field holding syncd's stable id (reference_field)
+
+    def ref_of(self, p: Projection | None) -> str | None:
+        return None if p is None or self.reference is None else p.field_map.get(self.reference)
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The local contact whose reference a base-less remote row carries, seen under its own key.
+
+    ``local`` None: it was deleted or left the list. ``key_taken``: another local contact holds
+    the remote row's key, so the mirror cannot take that key for this one.
+    """
+
+    local: Projection | None
+    base: Projection | None  # the base of the owner's own key
+    remote_at_key: bool  # the export holds the owner's own key too
+    key_taken: bool = False
+
+    def moved_at_provider(self, key: str) -> bool:
+        """Synced under its own key, gone from there, now under ``key``: the provider moved it."""
+        return (
+            self.local is not None
+            and self.local.key != key
+            and self.base is not None
+            and not self.remote_at_key
+            and not self.key_taken
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +72,36 @@ class FieldConflict:
     local: str | None
     remote: str | None
     base: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A create or update syncd sent for a key and never read the answer of.
+
+    The mirror already holds ``row`` (a local write of the same decision is committed before
+    the call); the provider holds it only if the write landed. The export tells, part by part
+    (each field, the tags, the status): a part the write was to change that still shows its
+    ``before`` value did not land; any other part did, or was edited there since.
+    """
+
+    row: Projection  # as sent
+    before: Projection | None  # the remote row it was to change (None: a create)
+
+    def agreed(self, remote: Projection) -> Projection:
+        """What both sides last agreed on: the base to reconcile ``remote`` against."""
+        before = self.before or Projection.build(remote.key)
+        s, b, r = self.row.field_map, before.field_map, remote.field_map
+
+        def part(sent: Any, was: Any, now: Any) -> Any:
+            return was if sent != was and now == was else sent
+
+        fields = {f: part(s.get(f), b.get(f), r.get(f)) for f in s.keys() | b.keys()}
+        return Projection.build(
+            remote.key,
+            fields,
+            part(self.row.tags, before.tags, remote.tags),
+            part(self.row.status, before.status, remote.status),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +117,9 @@ class Decision:
     conflicts: tuple[FieldConflict, ...] = ()
     held: bool = False  # a manual conflict is open: touch neither side
     keep_base: bool = False  # write nothing at all, not even the base
+    # the provider changed the contact's key: the mirror's contact under this key takes the
+    # decision's key, and this key's base goes (with the local write, in one transaction)
+    rekey_from: str | None = None
 
     @property
     def is_noop(self) -> bool:
@@ -89,11 +155,61 @@ def reconcile(
     remote: Projection | None,
     rules: Rules = Rules(),
     take: Take | None = None,
+    owner: Owner | None = None,
+    moved_to: str | None = None,
+    sent: Sent | None = None,
 ) -> Decision:
-    """Decide one key. ``take`` settles a manual conflict that a person resolved."""
+    """Decide one key. ``take`` settles a manual conflict that a person resolved.
+
+    ``owner``: the remote row has no base and carries the reference of a local contact that is
+    not under this key (see ``Owner``). ``moved_to``: this key's contact was moved by the
+    provider to that key, whose decision carries the move. ``sent``: the last create or update
+    syncd sent for this key and never read the answer of.
+    """
     key = _key_of(local, base, remote)
 
+    if sent is not None and remote is not None:
+        # a write whose answer was lost: where it landed, reading it back is syncd's own echo,
+        # not a remote edit (DESIGN §8); where it did not, it is still to be done
+        base = sent.agreed(remote)
+
+    if moved_to is not None:
+        # the provider changed this contact's key: the new key's decision moves it; nothing here
+        return Decision(key, "moved_at_provider", base=base, keep_base=True)
+
+    if base is None and remote is not None and local is None and owner is not None:
+        if owner.moved_at_provider(key):
+            # synced under another key, now here at the provider: follow the key change and
+            # merge as usual, from the base of the old key
+            assert owner.local is not None and owner.base is not None
+            d = _merge(
+                key,
+                _rekeyed(owner.local, key),
+                _rekeyed(owner.base, key),
+                remote,
+                rules,
+                take,
+                "key_changed_remote",
+            )
+            if d.held:
+                return d
+            return replace(
+                d,
+                local_op="upsert",
+                local_row=d.local_row or d.base,
+                rekey_from=owner.local.key,
+            )
+        # ours, under a key the mirror no longer has (a lost create, then a local delete or key
+        # change): as if that create had been confirmed, so the table carries out the delete
+        # instead of bringing the contact back
+        return replace(reconcile(None, remote, remote, rules), case="recognised_stale")
+
     if base is None:
+        ref = rules.ref_of(local)
+        if local is not None and remote is not None and ref and ref == rules.ref_of(remote):
+            # our own create whose answer was lost: the remote holds what was sent, take it as
+            # the base so that later local edits are pushed as edits, not merged as a meeting
+            return _merge(key, local, remote, remote, rules, take, "recognised_create")
         if local is not None and remote is None:
             # new locally, unknown remotely: create it at the provider
             return Decision(key, "create_remote", "create", local, None, base=local)
@@ -137,6 +253,10 @@ def reconcile(
 
     # gone on both sides: forget the history
     return Decision(key, "drop_base", base=None)
+
+
+def _rekeyed(p: Projection, key: str) -> Projection:
+    return Projection(key, p.fields, p.tags, p.status)
 
 
 def _pull_back(key: str, remote: Projection, case: str) -> Decision:

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from syncd import app
 from syncd.config import Config, TargetConfig, parse_config
 from syncd.emulators.unisender import UnisenderEmulator
 from syncd.engine import CycleOptions, CycleResult
+from syncd.errors import ProviderUnreachable
 from syncd.ingest import ingest_file
 from syncd.providers import make_provider
 from syncd.providers.base import Provider
@@ -124,6 +126,26 @@ class World:
         (result,) = app.run_once(
             self.config, db=self.db, options=CycleOptions(**options), providers=self.provider
         )
+        return result
+
+    def cycle_losing_answers(self, *, land: bool = True) -> CycleResult:
+        """A cycle whose first write call reaches the provider (``land``) or not; either way its
+        answer never comes back, as when the connection breaks or syncd is killed."""
+
+        def provider(config: Config, target: TargetConfig) -> Provider:
+            adapter = self.provider(config, target)
+            push = adapter.push
+
+            def push_and_lose(call: Any) -> Any:
+                if land:
+                    push(call)
+                raise ProviderUnreachable("connection reset before the answer")
+
+            adapter.push = push_and_lose  # type: ignore[method-assign]
+            return adapter
+
+        options = CycleOptions()
+        (result,) = app.run_once(self.config, db=self.db, options=options, providers=provider)
         return result
 
     def ingest(self, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -270,6 +292,7 @@ def _figures_dir(config: pytest.Config) -> Path:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_SESSION_STARTED] = time.time()
     if not hasattr(session.config, "workerinput"):  # the controller (or a run without xdist)
         for old in _figures_dir(session.config).glob("*.txt"):
             old.unlink()
@@ -287,6 +310,23 @@ def record_figure(request: pytest.FixtureRequest) -> Callable[[str, list[str]], 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     _print_fault_figures(terminalreporter, config)
+    _print_crash_tally(terminalreporter, config)
     for path in sorted(_figures_dir(config).glob("*.txt")):
         terminalreporter.write_sep("-", f"figures: {path.stem}")
         terminalreporter.write(path.read_text())
+
+
+def _print_crash_tally(terminalreporter: Any, config: pytest.Config) -> None:
+    """The crash test's tally of SIGKILLs by phase; it runs in a worker under xdist, so it
+    leaves the tally in pytest's cache and the controller prints it here."""
+    found = config.cache.get("syncd/crash-tally", None) if config.cache else None
+    if not found or found["at"] < config.stash.get(_SESSION_STARTED, 0):
+        return  # not run in this session
+    tally = ", ".join(f"{phase} {n}" for phase, n in sorted(found["tally"].items()))
+    terminalreporter.write_sep("-", "crash test")
+    terminalreporter.write_line(
+        f"{sum(found['tally'].values())} SIGKILLs by phase hit: {tally} ({found['seconds']:.0f} s)"
+    )
+
+
+_SESSION_STARTED = pytest.StashKey[float]()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from syncd.projection import Projection
-from syncd.reconcile import Rules, reconcile
+from syncd.reconcile import Owner, Rules, Sent, reconcile
 
 K = "ann@example.com"
 
@@ -180,3 +180,216 @@ def test_remote_opt_out_of_a_locally_deleted_contact_comes_back_to_the_mirror():
 def test_creates_of_active_contacts_carry_no_status():
     assert not reconcile(p(), None, None).pushes_status
     assert reconcile(p(status="unsubscribed"), None, None).pushes_status
+
+
+# --- references: remote rows that carry syncd's stable id -----------------------------------
+
+REF = Rules(reference="syncd_id")
+NEW = "ann.new@example.com"
+
+
+def r(key: str = K, ref: str | None = "ref-ann", status: str = "active", **fields: str):
+    return Projection.build(key, {**fields, "syncd_id": ref}, (), status)
+
+
+# (case, L, B, R, owner, expected case, remote op, local op, base, rekey_from)
+REFERENCE_TABLE = [
+    (
+        "lost create, nothing changed since: nothing is sent again",
+        r(Name="Ann"),
+        None,
+        r(Name="Ann"),
+        None,
+        "recognised_create",
+        None,
+        None,
+        r(Name="Ann"),
+        None,
+    ),
+    (
+        "lost create, edited locally since: the edit goes as an update, not a create",
+        r(Name="Anna"),
+        None,
+        r(Name="Ann"),
+        None,
+        "recognised_create",
+        "update",
+        None,
+        r(Name="Anna"),
+        None,
+    ),
+    (
+        "lost create, then deleted locally: deleted there, not brought back",
+        None,
+        None,
+        r(Name="Ann"),
+        Owner(local=None, base=None, remote_at_key=False),
+        "recognised_stale",
+        "delete",
+        None,
+        None,
+        None,
+    ),
+    (
+        "lost create, then the key changed locally: the old key goes, no duplicate",
+        None,
+        None,
+        r(Name="Ann"),
+        Owner(local=r(NEW, Name="Ann"), base=None, remote_at_key=False),
+        "recognised_stale",
+        "delete",
+        None,
+        None,
+        None,
+    ),
+    (
+        "lost create of an opted-out contact, deleted locally: its opt-out stays there",
+        None,
+        None,
+        r(status="unsubscribed"),
+        Owner(local=None, base=None, remote_at_key=False),
+        "recognised_stale",
+        None,
+        None,
+        r(status="unsubscribed"),
+        None,
+    ),
+    (
+        "key changed at the provider: the mirror's contact follows, the old base goes",
+        None,
+        None,
+        r(Name="Ann"),
+        Owner(local=r(NEW, Name="Ann"), base=r(NEW, Name="Ann"), remote_at_key=False),
+        "key_changed_remote",
+        None,
+        "upsert",
+        r(Name="Ann"),
+        NEW,
+    ),
+    (
+        "key changed at the provider, a field edited locally meanwhile: both kept",
+        None,
+        None,
+        r(Name="Ann", City="Brest"),
+        Owner(local=r(NEW, Name="Anna"), base=r(NEW, Name="Ann"), remote_at_key=False),
+        "key_changed_remote",
+        "update",
+        "upsert",
+        r(Name="Anna", City="Brest"),
+        NEW,
+    ),
+    (
+        "the owner's key is still at the provider too: this row is a stale copy",
+        None,
+        None,
+        r(Name="Ann"),
+        Owner(local=r(NEW, Name="Ann"), base=r(NEW, Name="Ann"), remote_at_key=True),
+        "recognised_stale",
+        "delete",
+        None,
+        None,
+        None,
+    ),
+    (
+        "another local contact holds the new key: the mirror cannot follow, a stale copy",
+        None,
+        None,
+        r(Name="Ann"),
+        Owner(
+            local=r(NEW, Name="Ann"), base=r(NEW, Name="Ann"), remote_at_key=False, key_taken=True
+        ),
+        "recognised_stale",
+        "delete",
+        None,
+        None,
+        None,
+    ),
+    (
+        "a sign-up at the provider carries no reference: it enters the mirror",
+        None,
+        None,
+        r(ref=None, Name="Ann"),
+        None,
+        "create_local",
+        None,
+        "upsert",
+        r(ref=None, Name="Ann"),
+        None,
+    ),
+    (
+        "another contact's reference under a key the mirror holds: merged as a first meeting",
+        r(Name="Ann"),
+        None,
+        r(ref="ref-other", Name="Ann"),
+        None,
+        "first_meeting",
+        "update",
+        None,
+        r(Name="Ann"),
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("row", "L", "B", "R", "owner", "case", "rop", "lop", "base", "rekey"),
+    REFERENCE_TABLE,
+    ids=[t[0] for t in REFERENCE_TABLE],
+)
+def test_reference_table(row, L, B, R, owner, case, rop, lop, base, rekey):
+    d = reconcile(L, B, R, REF, owner=owner)
+    assert (d.case, d.remote_op, d.local_op, d.base, d.rekey_from) == (
+        case,
+        rop,
+        lop,
+        base,
+        rekey,
+    ), row
+
+
+def test_the_old_key_of_a_contact_moved_by_the_provider_writes_nothing():
+    old = r(NEW, Name="Ann")
+    d = reconcile(old, old, None, REF, moved_to=K)
+    assert d.case == "moved_at_provider" and d.is_noop and d.keep_base
+
+
+def test_without_a_reference_field_a_lost_create_meets_as_before():
+    assert reconcile(r(Name="Anna"), None, r(Name="Ann")).case == "first_meeting"
+
+
+# --- lost answers: the write syncd sent last and never read the answer of ---------------------
+
+
+def test_a_lost_update_read_back_is_an_echo_so_a_later_local_delete_is_carried_out():
+    old, sent = r(Name="Ann"), r(Name="Anna")
+    assert reconcile(None, old, sent, REF).case == "revive_local"  # what an echo looks like
+    d = reconcile(None, old, sent, REF, sent=Sent(sent, old))
+    assert (d.case, d.remote_op, d.local_op) == ("local_deleted", "delete", None)
+
+
+def test_a_lost_create_edited_remotely_since_keeps_both_sides_edits():
+    sent = Sent(r(Name="Ann", City="Minsk"), None)
+    d = reconcile(r(Name="Anna", City="Minsk"), None, r(Name="Ann", City="Brest"), REF, sent=sent)
+    assert d.base == r(Name="Anna", City="Brest") and d.conflicts == ()
+    assert d.remote_op == "update" and d.local_op == "upsert"
+
+
+def test_a_write_that_never_landed_is_sent_again():
+    old, sent = r(Name="Ann"), r(Name="Anna")
+    d = reconcile(sent, old, old, REF, sent=Sent(sent, old))
+    assert (d.case, d.remote_op, d.base) == ("push", "update", sent)
+
+
+def test_a_merge_whose_push_answer_was_lost_keeps_a_later_remote_edit():
+    """The merge wrote City=Brest into the mirror and sent Name=Anna, City=Brest; the answer
+    was lost; then City changed again at the provider. The new City is a remote edit, not a
+    conflict with the mirror's copy of the old one."""
+    base = r(Name="Ann", City="Minsk")
+    before = r(Name="Ann", City="Brest")
+    sent = r(Name="Anna", City="Brest")
+    d = reconcile(sent, base, r(Name="Anna", City="Pinsk"), REF, sent=Sent(sent, before))
+    assert d.base == r(Name="Anna", City="Pinsk") and d.conflicts == ()
+    assert d.remote_op is None and d.local_op == "upsert"
+    # ... and when the push did not land, the edit it carried is sent again
+    d = reconcile(sent, base, r(Name="Ann", City="Pinsk"), REF, sent=Sent(sent, before))
+    assert d.base == r(Name="Anna", City="Pinsk") and d.remote_op == "update"

@@ -12,8 +12,8 @@ syncd in another process reaches the same helpers over HTTP (JSON in and out, no
 - ``GET  /_emulator/faults``: the ``Faults`` in force and ``injected``, the faults served so far
   by kind; ``POST /_emulator/faults``: replace them (body: their fields); ``reset-calls``
 - ``POST /_emulator/list`` ``{"title"}``, ``/_emulator/field`` ``{"name", "type"?}``: new ids
-- ``POST /_emulator/contact`` ``{"action", "email", ...}``: edit, unsubscribe, block, delete,
-  set_tags, sign_up; answers the contact afterwards
+- ``POST /_emulator/contact`` ``{"action", "email", ...}``: edit, change_email (``new_email``),
+  unsubscribe, block, delete, set_tags, sign_up; answers the contact afterwards
 
 Unknown contacts and endpoints answer 404, bad bodies 400, a GET where a POST is due 405.
 """
@@ -54,9 +54,12 @@ class Faults:
     contact keys (fixed per key and ``seed``, so a retry or a smaller batch meets the same key
     again) whose presence makes the provider refuse the whole call with an untyped error naming
     the row, as it does for "Contacts X and Y already exist but owned by different subscribers"
-    (§1.2). ``injected`` counts every fault served, by kind, for reports."""
+    (§1.2). ``injected`` counts every fault served, by kind, for reports.
+    ``answer_delay`` (Unisender/Selzy): the call is applied at once and its answer held that
+    long, so a client that dies meanwhile has written without knowing it."""
 
     latency: float = 0.0
+    answer_delay: float = 0.0
     http_5xx_rate: float = 0.0
     http_5xx_status: int = 503
     timeout_rate: float = 0.0
@@ -207,6 +210,16 @@ class EmulatorControls:
                 raise KeyError(f"unknown fields {sorted(unknown)}")
             contact.fields.update(values)
 
+    def change_email(self, email: str, new_email: str) -> None:
+        """The person changes their address at the provider (a profile form or the UI): the
+        same contact, with its lists, fields and status, under the new address."""
+        with self._lock:
+            contact = self._need(email)
+            new = new_email.strip().lower()
+            if self._find(new) is not None:
+                raise ValueError(f"{new} belongs to another contact")
+            self._set_address(contact, "email", new)
+
     def set_tags(self, email: str, tags: list[str]) -> None:
         with self._lock:
             self._set_tags(self._need(email), tags)
@@ -296,6 +309,7 @@ class EmulatorControls:
         action, email = body.pop("action"), body.pop("email")
         actions: dict[str, Callable[..., Any]] = {
             "edit": lambda: self.edit(email, **body.get("fields", body)),
+            "change_email": lambda: self.change_email(email, body["new_email"]),
             "unsubscribe": lambda: self.unsubscribe(email, body.get("list_id")),
             "block": lambda: self.block(email),
             "delete": lambda: self.delete(email),
@@ -307,7 +321,7 @@ class EmulatorControls:
         if action not in actions:
             raise ValueError(f"unknown action {action!r}")
         actions[action]()
-        return self.get(email)
+        return self.get(body["new_email"] if action == "change_email" else email)
 
 
 class _Controlled(Protocol):

@@ -221,9 +221,13 @@ class UnisenderEmulator(EmulatorControls):
             if handler is None:
                 return error_response("unknown_method", f"Unknown method {method}")  # §1.2 / item 7
             try:
-                return _ok(handler(params, request))
+                response = _ok(handler(params, request))
             except ApiError as exc:
-                return error_response(exc.code, exc.message)
+                response = error_response(exc.code, exc.message)
+            delay = self.faults.answer_delay if self.faults.hits(method) else 0.0
+        if delay > 0:
+            time.sleep(delay)  # applied already: only the answer is late (outside the lock)
+        return response
 
     def _rate_limited(self, method: str, key: str, ip: str) -> str | None:
         codes = ["api_call_limit_exceeded_for_api_key", "api_call_limit_exceeded_for_ip"]

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from syncd.config import TargetConfig
     from syncd.providers.base import CallbackReport, Provider
 
-__all__ = ["callback_reader", "make_provider"]
+__all__ = ["callback_reader", "keeps_references", "make_provider"]
 
 
 def make_provider(
@@ -59,3 +59,12 @@ def callback_reader(target: TargetConfig) -> Callable[[bytes, str], CallbackRepo
             body, content_type, target.key
         )
     return None
+
+
+def keeps_references(provider: str) -> bool:
+    """Whether the provider's adapter declares ``Capabilities.reference`` (for config checks)."""
+    if provider in ("unisender", "selzy"):
+        from syncd.providers.unisender import UnisenderProvider
+
+        return UnisenderProvider.capabilities.reference
+    return False  # the others document no export to read a reference back from

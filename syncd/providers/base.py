@@ -34,6 +34,9 @@ class Capabilities:
     tags: bool = True
     max_tags: int | None = None
     export: bool = True  # can the remote list be read back? If not, remote is taken as the base
+    # can keep syncd's stable reference in a custom field and give it back in the export
+    # (``reference_field``): needs both custom fields and an export
+    reference: bool = False
     # Statuses the provider can hold for a contact on the list, in syncd's vocabulary. Statuses
     # outside this set fold onto the nearest one (blocked -> unsubscribed) on both sides.
     statuses: frozenset[str] = frozenset({"active", "unsubscribed"})

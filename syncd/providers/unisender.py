@@ -109,6 +109,7 @@ class UnisenderProvider(Provider):
         tags=True,
         max_tags=MAX_TAGS,
         export=True,  # §1.5
+        reference=True,  # §1.6 createField, §1.5 exports every requested user field
         statuses=frozenset({"active", "unsubscribed"}),
     )
 
@@ -469,7 +470,7 @@ class UnisenderProvider(Provider):
     def _export_columns(self) -> list[str]:
         k = self._key
         system = [k, f"{k}_status", f"{k}_unsubscribed_list_ids", "tags"]
-        return list(dict.fromkeys([*system, *self.target.fields]))
+        return list(dict.fromkeys([*system, *self.target.remote_fields]))
 
     def export(self) -> Iterator[RemoteContact]:
         self.skipped_rows = 0
@@ -549,7 +550,7 @@ class UnisenderProvider(Provider):
         # local side, so both sides compare in the same vocabulary.
         active = raw_status in _ACTIVE_STATUSES
         status = "active" if active else self.capabilities.fold_status(raw_status)
-        fields = {name: cell(name) for name in self.target.fields}
+        fields = {name: cell(name) for name in self.target.remote_fields}
         tags = _split(cell("tags"))
         return RemoteContact(Projection.build(key, fields, tags, status), raw_status)
 

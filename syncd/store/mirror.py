@@ -19,7 +19,16 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from syncd.projection import Projection, digest_of, is_opted_out
-from syncd.store.models import Base, Contact, Membership, StageDiff, StageLocal, StageRemote
+from syncd.reconcile import Sent
+from syncd.store.models import (
+    Base,
+    Contact,
+    InFlight,
+    Membership,
+    StageDiff,
+    StageLocal,
+    StageRemote,
+)
 
 CHUNK = 5000
 
@@ -150,6 +159,67 @@ def set_base(session: Session, target: str, rows: Sequence[Projection]) -> None:
     session.execute(stmt, values)
 
 
+def projections(
+    session: Session, model: Any, target: str, keys: Sequence[str]
+) -> dict[str, Projection]:
+    """The staged or base rows of these keys (``model``: StageLocal, StageRemote or Base)."""
+    found: dict[str, Projection] = {}
+    for i in range(0, len(keys), 500):
+        rows = session.execute(
+            select(model.key, model.data).where(
+                model.target == target, model.key.in_(keys[i : i + 500])
+            )
+        )
+        found.update((key, Projection.from_json(data)) for key, data in rows)
+    return found
+
+
+def set_in_flight(
+    session: Session, target: str, rows: Sequence[tuple[Projection, Projection | None]]
+) -> None:
+    """Record writes about to be sent: (the row as sent, the remote row it starts from)."""
+    if not rows:
+        return
+    values = [
+        {"target": target, "key": p.key, "data": p.to_json(), "before": b and b.to_json()}
+        for p, b in rows
+    ]
+    stmt = _insert(session, InFlight)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["target", "key"],
+        set_={"data": stmt.excluded.data, "before": stmt.excluded.before},
+    )
+    session.execute(stmt, values)
+
+
+def in_flight(session: Session, target: str, keys: Sequence[str]) -> dict[str, Sent]:
+    found: dict[str, Sent] = {}
+    for i in range(0, len(keys), 500):
+        rows = session.execute(
+            select(col(InFlight.key), col(InFlight.data), col(InFlight.before)).where(
+                col(InFlight.target) == target, col(InFlight.key).in_(keys[i : i + 500])
+            )
+        )
+        for key, data, before in rows:
+            found[key] = Sent(
+                Projection.from_json(data), Projection.from_json(before) if before else None
+            )
+    return found
+
+
+def drop_in_flight(session: Session, target: str, keys: Sequence[str] | None = None) -> None:
+    """Forget these keys' writes (their answer was read); None: every key of the target."""
+    if keys is None:
+        session.execute(delete(InFlight).where(col(InFlight.target) == target))
+        return
+    for i in range(0, len(keys), 500):
+        session.execute(
+            delete(InFlight).where(
+                col(InFlight.target) == target, col(InFlight.key).in_(keys[i : i + 500])
+            )
+        )
+
+
 def drop_base(session: Session, target: str, keys: Sequence[str]) -> None:
     for i in range(0, len(keys), 500):
         session.execute(
@@ -167,6 +237,7 @@ class LocalView:
     key: str  # "email" | "phone"
     local_list: str
     fields: dict[str, str]  # remote name -> local name
+    reference: str | None = None  # remote field that carries the contact's ``ref``, if any
 
     def key_column(self) -> Any:
         return col(Contact.email) if self.key == "email" else col(Contact.phone)
@@ -178,6 +249,7 @@ class MemberRow(NamedTuple):
     fields: str
     tags: str
     status: str
+    ref: str | None
 
 
 def iter_local_members(session: Session, view: LocalView) -> Iterator[MemberRow]:
@@ -190,6 +262,7 @@ def iter_local_members(session: Session, view: LocalView) -> Iterator[MemberRow]
             col(Contact.fields),
             col(Contact.tags),
             col(Contact.status),
+            col(Contact.ref),
         )
         .join(Membership, col(Membership.contact_id) == col(Contact.id))
         .where(col(Membership.list_name) == view.local_list, col(Contact.deleted) == False)  # noqa: E712
@@ -209,6 +282,15 @@ def contacts_by_key(session: Session, view: LocalView, keys: Sequence[str]) -> d
     return found
 
 
+def contacts_by_ref(session: Session, refs: Sequence[str]) -> list[Contact]:
+    found: list[Contact] = []
+    for i in range(0, len(refs), 500):
+        found += session.execute(
+            select(Contact).where(col(Contact.ref).in_(refs[i : i + 500]))
+        ).scalars()
+    return found
+
+
 def apply_remote_state(
     session: Session, view: LocalView, row: Projection, raw_status: str, existing: Contact | None
 ) -> Contact:
@@ -218,6 +300,8 @@ def apply_remote_state(
     )
     if existing is None:
         session.add(contact)
+    elif getattr(contact, view.key) != row.key and not _taken(session, view.key, row.key):
+        setattr(contact, view.key, row.key)  # the provider changed the key (reconcile's rekey)
     local_fields: dict[str, Any] = json.loads(contact.fields)
     remote_fields = row.field_map
     for remote_name, local_name in view.fields.items():

@@ -1,8 +1,10 @@
 """The mirror's tables. The store is the only place syncd keeps state.
 
 - ``contact`` / ``membership``: the local contacts and their local list memberships. A deleted
-  contact stays as a tombstone (``deleted``) so its consent status survives re-creation.
+  contact stays as a tombstone (``deleted``) so its consent status survives re-creation. Each
+  contact has a stable random ``ref`` (see ``reference_field`` in the README).
 - ``base``: per target and key, the projection both sides last agreed on (DESIGN §1).
+- ``in_flight``: creates and updates sent whose answer has not been read (lost answers).
 - ``stage_local`` / ``stage_remote`` / ``stage_diff``: per-cycle scratch tables so that the
   three-way comparison is a set operation done by the database, not a Python dict of the list.
 - ``run``, ``rejection``, ``conflict``: what cycles did (and which process did it), rows the
@@ -15,14 +17,29 @@
 
 from __future__ import annotations
 
+import uuid
+
 from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
+
+
+def new_ref() -> str:
+    """A contact's stable reference: random, so it says nothing about the person."""
+    return uuid.uuid4().hex
 
 
 class Contact(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     email: str | None = Field(default=None, unique=True, index=True)
     phone: str | None = Field(default=None, unique=True, index=True)
+    # syncd's own id for the contact, given at creation and never changed; pushed to providers
+    # that keep custom fields (``reference_field``) so that a contact is recognised there even
+    # when its create's answer was lost or its key changed. Nullable only for stores made
+    # before it existed: migration 0003 fills those rows. The column default covers Core
+    # inserts (ingestion's bulk insert), the factory ORM objects.
+    ref: str | None = Field(
+        default_factory=new_ref, unique=True, index=True, sa_column_kwargs={"default": new_ref}
+    )
     fields: str = "{}"  # JSON object of custom fields, local names
     tags: str = "[]"  # JSON array, sorted
     status: str = "active"
@@ -39,6 +56,22 @@ class Base(SQLModel, table=True):
     key: str = Field(primary_key=True)
     digest: str
     data: str
+
+
+class InFlight(SQLModel, table=True):
+    """A create or update handed to the provider whose answer has not been read yet.
+
+    Written and committed before the call, removed with the base update that the answer
+    brings. One left behind means the answer was lost (a crash, a cut connection): the next
+    export shows, field by field, whether the write landed, so that syncd's own write is not
+    mistaken for a remote edit (DESIGN §8, echo loops; see ``reconcile.Sent``).
+    """
+
+    __tablename__ = "in_flight"
+    target: str = Field(primary_key=True)
+    key: str = Field(primary_key=True)
+    data: str  # the projection as sent
+    before: str | None = None  # the remote projection it was meant to change (None: a create)
 
 
 class StageLocal(SQLModel, table=True):

@@ -1,0 +1,69 @@
+"""Writes whose answer never came back (a crash, a cut connection): ``in_flight`` remembers them,
+so the next export tells syncd's own echo from a remote edit (found by tests/test_crash.py)."""
+
+from __future__ import annotations
+
+from conftest import World
+from sqlmodel import Session, select
+
+from syncd.store.models import InFlight
+
+
+def edit(w: World, email: str, **fields: str) -> None:
+    w.ingest([{"email": email, **fields}])
+
+
+def test_a_lost_update_then_a_local_delete_deletes_instead_of_reviving(world: World) -> None:
+    (ann,) = world.add_local(1)
+    world.cycle()
+    edit(world, ann, name="Edited")
+    assert world.cycle_losing_answers().outcome == "unreachable"  # landed; answer lost
+    world.ingest([{"email": ann, "delete": "1"}])
+    result = world.cycle()
+    assert result.outcome == "converged", result.summary()
+    assert ann not in world.local() and ann not in world.remote()
+    assert world.cycle().write_calls == 0
+
+
+def test_a_merge_stopped_before_its_push_keeps_a_later_remote_edit(world: World) -> None:
+    """The merge writes the remote City into the mirror and stops before pushing the local
+    Name; a newer remote City must then read as a remote edit, not as a conflict."""
+    (ann,) = world.add_local(1)
+    world.cycle()
+    edit(world, ann, name="Edited")
+    world.emu.edit(ann, City="Brest")
+    asked = iter([False, True])  # go at the chunk, stop at the push
+    assert world.cycle(should_stop=lambda: next(asked)).outcome == "stopped"
+    assert world.local()[ann]["city"] == "Brest"  # the mirror's half is committed
+    world.emu.edit(ann, City="Pinsk")
+    assert world.cycle().outcome == "converged"
+    assert world.local()[ann]["city"] == world.remote()[ann]["fields"]["City"] == "Pinsk"
+    assert world.remote()[ann]["fields"]["Name"] == "Edited"
+
+
+def test_a_lost_answer_is_forgotten_once_its_key_settles(world: World) -> None:
+    ann, bob = world.add_local(2)
+    world.cycle()
+    edit(world, ann, name="Edited")
+    world.cycle_losing_answers()  # ann's update landed, its answer lost
+    world.emu.edit(ann, City="Brest")
+    edit(world, bob, name="Bob")
+    world.cycle_losing_answers()  # ann settles (City pulled); bob's push loses its answer
+    with Session(world.db) as s:
+        assert [f.key for f in s.exec(select(InFlight)).all()] == [bob]
+    world.emu.edit(ann, City="Pinsk")
+    assert world.cycle().outcome == "converged"
+    assert world.local()[ann]["city"] == world.remote()[ann]["fields"]["City"] == "Pinsk"
+    with Session(world.db) as s:
+        assert s.exec(select(InFlight)).all() == []
+
+
+def test_without_an_answer_the_write_is_sent_again(world: World) -> None:
+    (ann,) = world.add_local(1)
+    world.cycle()
+    edit(world, ann, name="Edited")
+    world.cycle_losing_answers(land=False)
+    assert world.remote()[ann]["fields"]["Name"] == "Person 0"
+    result = world.cycle()
+    assert result.counts["update"] == 1
+    assert world.remote()[ann]["fields"]["Name"] == "Edited"
