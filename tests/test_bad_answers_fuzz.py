@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from syncd.config import TargetConfig
@@ -211,6 +211,7 @@ def test_unisender_async_export_answers(task: bytes, result: bytes, file: bytes)
 
 @FUZZ
 @given(st.text(max_size=60), st.binary(max_size=300))
+@example("A:", b"")  # a scheme and nothing else: not a place a file can come from
 def test_unisender_export_file_url_and_body(url: str, file: bytes) -> None:
     """A completed task names any text as its file; the file holds any bytes."""
     envelopes = {

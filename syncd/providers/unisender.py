@@ -568,7 +568,10 @@ class UnisenderProvider(Provider):
         given = self._wait_for_file(uuid)
         # The file may sit on another host (§1.5 step 2 gives a URL) or be given relative.
         try:
-            url = str(httpx.URL(self.target.api_root + "/").join(given))
+            joined = httpx.URL(self.target.api_root + "/").join(given)
+            if joined.scheme not in ("http", "https") or not joined.host:
+                raise httpx.InvalidURL("not an http(s) address with a host")
+            url = str(joined)
         except httpx.InvalidURL as exc:
             raise ExportIncomplete(
                 f"{self.name} {TASK_RESULT}: file_to_download {given[:200]!r} is not a usable "
