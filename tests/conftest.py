@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import settings
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
@@ -36,6 +37,11 @@ from syncd.ingest import ingest_file
 from syncd.providers import make_provider
 from syncd.providers.base import Provider
 from syncd.store import open_engine
+
+# CI explores the same examples every run (a landing must not hang on a lucky draw); local runs
+# keep drawing new ones, which is where new bugs are found. `.ci/run` sets HYPOTHESIS_PROFILE=ci.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 API_KEY = "test-key-3f9a"
 PG_URL = os.environ.get("SYNCD_TEST_PG_URL", "")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +18,7 @@ from sqlmodel import Session, select
 
 from syncd import app
 from syncd.store import open_engine
-from syncd.store.lease import Leases
+from syncd.store.lease import Leases, new_holder
 from syncd.store.models import Run
 
 
@@ -46,6 +50,24 @@ def test_a_scheduled_tick_just_after_another_replicas_cycle_does_nothing(db: Eng
     b.release("news")
     time.sleep(0.3)
     assert a.acquire("news", fresh_for=0.2)
+
+
+def test_a_lease_of_a_dead_process_of_this_machine_is_ended_at_once(db: Engine) -> None:
+    """A daemon restarted after SIGKILL must not wait out lease_timeout behind itself."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    here = socket.gethostname()
+    dead = Leases(db, f"{here}:{gone.pid}:0a1b2c", 300)
+    alive = Leases(db, f"{here}:{os.getppid()}:0a1b2c", 300)  # a process that is running
+    elsewhere = Leases(db, f"other-host:{gone.pid}:0a1b2c", 300)
+    me = Leases(db, new_holder(), 300)
+    for holder in (alive, elsewhere):
+        assert holder.acquire("news")
+        assert not me.acquire("news")  # still held: by a live process, or on another machine
+        holder.release("news")
+    assert dead.acquire("news")
+    assert me.acquire("news")  # its holder is gone: no need to wait 300 s
+    assert not dead.renew("news")
 
 
 def test_a_lease_not_renewed_lapses_after_the_timeout(db: Engine) -> None:

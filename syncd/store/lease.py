@@ -44,6 +44,27 @@ def new_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+def _died_here(holder: str) -> bool:
+    """Whether ``holder`` (see ``new_holder``) names a process of this machine that is gone.
+
+    The same pid under another holder name is an earlier life of a process whose pid came back
+    (pid 1 in a restarted container), so it is gone too.
+    """
+    parts = holder.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
+
+
 class Lease:
     """A lease this process holds; ``lost`` is set once it can no longer be sure it does."""
 
@@ -75,12 +96,30 @@ class Leases:
     def acquire(self, target: str, fresh_for: float = 0.0) -> bool:
         """Take the target's lease if it is free or expired, and no cycle of it began in the
         last ``fresh_for`` seconds; False otherwise."""
+        params = {"t": target, "h": self.holder, "ttl": self.timeout, "fresh": fresh_for}
         with self.engine.begin() as conn:
-            taken = conn.execute(
-                self._take,
-                {"t": target, "h": self.holder, "ttl": self.timeout, "fresh": fresh_for},
+            if conn.execute(self._take, params).rowcount == 1:
+                return True
+        if not self._end_if_dead(target):
+            return False
+        with self.engine.begin() as conn:
+            return conn.execute(self._take, params).rowcount == 1
+
+    def _end_if_dead(self, target: str) -> bool:
+        """End a lease whose holder was a process of this machine that is gone (a crash, a
+        SIGKILL, a restart under systemd or Docker), so a restarted daemon does not wait out
+        ``lease_timeout`` behind its own dead self. Holders elsewhere lapse by the clock."""
+        holder = self.holder_of(target)
+        if holder is None or holder == self.holder or not _died_here(holder):
+            return False
+        with self.engine.begin() as conn:
+            ended = conn.execute(
+                text("UPDATE lease SET expires_at = 0 WHERE target = :t AND holder = :h"),
+                {"t": target, "h": holder},
             )
-            return taken.rowcount == 1
+        if ended.rowcount:
+            log.warning("%s held %s and is gone: its lease is ended", holder, target)
+        return bool(ended.rowcount)
 
     def renew(self, target: str) -> bool:
         """Push the expiry out again; False when the lease is no longer ours."""
