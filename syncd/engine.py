@@ -202,6 +202,7 @@ class _Cycle:
         )
         self.owners = Owners()  # remote rows that are syncd's own (reference_field)
         self.sent: dict[str, Sent] = {}  # the chunk's writes whose answer was lost
+        self.off_list: dict[str, Projection] = {}  # the chunk's keys syncd took off the list
         self.result = CycleResult(target.name, options.cycle_id or uuid.uuid4().hex[:12])
         self.pending: dict[str, Decision] = {}
         self.held_keys: set[str] = set()
@@ -338,9 +339,11 @@ class _Cycle:
             }
 
     def _in_flight(self, session: Session, chunk: list[mirror.DiffRow]) -> None:
-        """The lost answers among this chunk's keys (see InFlight), for ``_decide``."""
+        """The lost answers among this chunk's keys (see InFlight), and those taken off the list
+        that the provider keeps (see OffList), for ``_decide``."""
         keys = [row.key for row in chunk]
         self.sent = mirror.in_flight(session, self.target.name, keys)
+        self.off_list = mirror.off_list(session, self.target.name, keys) if self.caps.tags else {}
 
     def _decide(self, row: mirror.DiffRow, takes: dict[str, Take]) -> Decision:
         return reconcile(
@@ -352,6 +355,7 @@ class _Cycle:
             self.owners.by_remote_key.get(row.key),
             self.owners.moved.get(row.key),
             self.sent.get(row.key),
+            self.off_list.get(row.key),
         )
 
     # -- pass 1: count before writing -----------------------------------------------------
@@ -478,6 +482,7 @@ class _Cycle:
             self._journal(session, flying)
             mirror.set_base(session, self.target.name, settle)
             mirror.drop_base(session, self.target.name, forget)
+            mirror.drop_off_list(session, self.target.name, [p.key for p in settle])
             # a lost answer is settled once its key's base moves: kept, it would misread the
             # next export against a base it no longer belongs to
             mirror.drop_in_flight(session, self.target.name, [p.key for p in settle] + forget)
@@ -587,6 +592,7 @@ class _Cycle:
         settled_now: list[str] = []
         settle: list[Projection] = []
         forget: list[str] = []
+        left: list[Projection] = []  # taken off the list, kept by the provider
         for change in batch.rows:
             d = self.pending.pop(change.row.key)
             if self.options.dry_run:
@@ -599,6 +605,8 @@ class _Cycle:
             settled_now.append(d.key)  # by the answer: its callback has nothing left to settle
             if outcome is not None and outcome.ok:
                 counts[change.op] += 1
+                if change.op == "exclude" and self.caps.tags:
+                    left.append(change.row)  # its tags stay there (see OffList)
                 if d.base is None:
                     forget.append(d.key)
                 else:
@@ -632,6 +640,8 @@ class _Cycle:
         log.debug("answer read: moving the base of %d rows", len(settle) + len(forget))
         mirror.set_base(session, self.target.name, settle)
         mirror.drop_base(session, self.target.name, forget)
+        mirror.drop_off_list(session, self.target.name, [p.key for p in settle])
+        mirror.set_off_list(session, self.target.name, left)
         mirror.drop_in_flight(session, self.target.name, [c.row.key for c in batch.rows])
         confirmed = [p.key for p in settle] + forget
         for i in range(0, len(confirmed), 500):

@@ -131,9 +131,13 @@ class Decision:
 
     @property
     def overwrite_tags(self) -> bool:
-        """Tags must be replaced (not added to) only when a tag has to go at the remote."""
+        """Tags must be replaced (not added to) only when a tag has to go at the remote.
+
+        A create starts from a remote state too when the provider still holds the contact
+        outside the list (``off_list`` of ``reconcile``): its tags would otherwise survive.
+        """
         return (
-            self.remote_op == "update"
+            self.remote_op in ("create", "update")
             and self.remote_before is not None
             and self.remote_row is not None
             and bool(self.remote_before.tags - self.remote_row.tags)
@@ -146,6 +150,8 @@ class Decision:
             return False
         if not is_opted_out(self.remote_row.status):
             return False
+        if self.remote_op == "create":
+            return True  # what the provider kept off the list is not on the list's record
         return self.remote_before is None or self.remote_before.status != self.remote_row.status
 
 
@@ -158,13 +164,16 @@ def reconcile(
     owner: Owner | None = None,
     moved_to: str | None = None,
     sent: Sent | None = None,
+    off_list: Projection | None = None,
 ) -> Decision:
     """Decide one key. ``take`` settles a manual conflict that a person resolved.
 
     ``owner``: the remote row has no base and carries the reference of a local contact that is
     not under this key (see ``Owner``). ``moved_to``: this key's contact was moved by the
     provider to that key, whose decision carries the move. ``sent``: the last create or update
-    syncd sent for this key and never read the answer of.
+    syncd sent for this key and never read the answer of. ``off_list``: the remote state of this
+    key when syncd took it off the list at a provider that keeps it in the account; the export
+    of the list no longer shows it, but its tags are still there.
     """
     key = _key_of(local, base, remote)
 
@@ -211,8 +220,9 @@ def reconcile(
             # the base so that later local edits are pushed as edits, not merged as a meeting
             return _merge(key, local, remote, remote, rules, take, "recognised_create")
         if local is not None and remote is None:
-            # new locally, unknown remotely: create it at the provider
-            return Decision(key, "create_remote", "create", local, None, base=local)
+            # new locally, unknown remotely: create it at the provider; back on the list after
+            # syncd took it off, the create starts from what the provider kept (its tags)
+            return Decision(key, "create_remote", "create", local, off_list, base=local)
         if local is None and remote is not None:
             # born at the provider (a sign-up): bring it into the mirror
             return Decision(key, "create_local", local_op="upsert", local_row=remote, base=remote)

@@ -142,3 +142,33 @@ def test_rows_refused_for_now_are_named_in_the_message_and_sent_again(world: Wor
     world.emu.faults = Faults(row_reject_rate=1.0, export_truncate=True, seed=1)
     r = world.cycle()
     assert r.message.startswith("export incomplete") and r.message.endswith("(retry_later 1)")
+
+
+def _leaves_the_list_then_returns_with_fewer_tags(world: World, *leave: dict) -> None:
+    e = "p4@example.com"
+    world.ingest([{"email": e, "name": "Ann", "tags": ["a", "b", "c"], "lists": ["news"]}])
+    assert world.cycle().outcome == "converged"
+    for row in leave:
+        world.ingest([row])
+    r = world.cycle()
+    assert [c.op for c in r.calls] == ["exclude"]  # off the list; the provider keeps it, tags too
+    world.ingest([{"email": e, "name": "Ann", "tags": ["a"], "lists": ["news"]}])
+    r = world.cycle()
+    assert r.outcome == "converged"
+    assert world.remote()[e]["tags"] == ["a"] == world.local()[e]["tags"]
+    again = world.cycle()
+    assert again.write_calls == 0 and again.summary()["pulled"] == 0
+    assert world.local()[e]["tags"] == ["a"]  # b and c did not come back into the mirror
+
+
+def test_tags_dropped_while_off_the_list_are_removed_when_it_returns(world: World):
+    # a status row revives the tombstone as a contact on no list: excluded, not deleted
+    e = "p4@example.com"
+    _leaves_the_list_then_returns_with_fewer_tags(
+        world, {"email": e, "delete": 1}, {"email": e, "status": "active"}
+    )
+
+
+def test_tags_dropped_while_excluded_are_removed_when_it_returns(make_world):
+    world = make_world(on_local_delete="exclude")
+    _leaves_the_list_then_returns_with_fewer_tags(world, {"email": "p4@example.com", "delete": 1})

@@ -144,6 +144,17 @@ def test_tag_additions_only_use_the_additive_form():
     assert d.remote_op == "update" and not d.overwrite_tags
 
 
+def test_a_create_back_onto_the_list_removes_the_tags_the_provider_kept():
+    # taken off the list with tags a, b, c; the provider kept the contact (and its tags)
+    kept = p(Name="Ann", tags=("a", "b", "c"))
+    d = reconcile(p(Name="Ann", tags=("a",)), None, None, off_list=kept)
+    assert d.remote_op == "create" and d.remote_before == kept
+    assert d.overwrite_tags  # b and c must go: an additive create would leave them there
+    d = reconcile(p(Name="Ann", tags=("a", "b", "c", "x")), None, None, off_list=kept)
+    assert d.remote_op == "create" and not d.overwrite_tags
+    assert not reconcile(p(Name="Ann", tags=("a",)), None, None).overwrite_tags
+
+
 # --- status: consent ----------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from syncd.store.models import (
     Contact,
     InFlight,
     Membership,
+    OffList,
     StageDiff,
     StageLocal,
     StageRemote,
@@ -216,6 +217,41 @@ def drop_in_flight(session: Session, target: str, keys: Sequence[str] | None = N
         session.execute(
             delete(InFlight).where(
                 col(InFlight.target) == target, col(InFlight.key).in_(keys[i : i + 500])
+            )
+        )
+
+
+def set_off_list(session: Session, target: str, rows: Sequence[Projection]) -> None:
+    """Remember contacts taken off the list that the provider keeps: their remote state."""
+    if not rows:
+        return
+    values = [{"target": target, "key": p.key, "data": p.to_json()} for p in rows]
+    stmt = _insert(session, OffList)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["target", "key"], set_={"data": stmt.excluded.data}
+    )
+    session.execute(stmt, values)
+
+
+def off_list(session: Session, target: str, keys: Sequence[str]) -> dict[str, Projection]:
+    found: dict[str, Projection] = {}
+    for i in range(0, len(keys), 500):
+        rows = session.execute(
+            select(col(OffList.key), col(OffList.data)).where(
+                col(OffList.target) == target, col(OffList.key).in_(keys[i : i + 500])
+            )
+        )
+        for key, data in rows:
+            found[key] = Projection.from_json(data)
+    return found
+
+
+def drop_off_list(session: Session, target: str, keys: Sequence[str]) -> None:
+    """These keys are on the list at both sides again (they have a base)."""
+    for i in range(0, len(keys), 500):
+        session.execute(
+            delete(OffList).where(
+                col(OffList.target) == target, col(OffList.key).in_(keys[i : i + 500])
             )
         )
 

@@ -5,6 +5,7 @@
   contact has a stable random ``ref`` (see ``reference_field`` in the README).
 - ``base``: per target and key, the projection both sides last agreed on (DESIGN §1).
 - ``in_flight``: creates and updates sent whose answer has not been read (lost answers).
+- ``off_list``: contacts syncd took off a list while the provider keeps them, tags and all.
 - ``stage_local`` / ``stage_remote`` / ``stage_diff``: per-cycle scratch tables so that the
   three-way comparison is a set operation done by the database, not a Python dict of the list.
 - ``run``, ``rejection``, ``conflict``: what cycles did (and which process did it), rows the
@@ -72,6 +73,22 @@ class InFlight(SQLModel, table=True):
     key: str = Field(primary_key=True)
     data: str  # the projection as sent
     before: str | None = None  # the remote projection it was meant to change (None: a create)
+
+
+class OffList(SQLModel, table=True):
+    """A contact syncd took off a target's list at a provider that keeps it in the account.
+
+    The base goes with the exclusion, but the provider still holds the contact, tags included
+    (tags belong to the contact, not to the list), and a later export of the list no longer
+    shows it. Should the contact come back to the list, its create starts from this state, so
+    the tags dropped locally in the meantime are removed there (``overwrite_tags``) instead of
+    surviving the additive create and coming back into the mirror.
+    """
+
+    __tablename__ = "off_list"
+    target: str = Field(primary_key=True)
+    key: str = Field(primary_key=True)
+    data: str  # the remote projection when it left the list
 
 
 class StageLocal(SQLModel, table=True):
