@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from sqlalchemy import text
+from sqlalchemy.engine import Connection
 
 from syncd.projection import Projection
 from syncd.store import open_engine
@@ -34,30 +35,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def insert_contacts(conn: Connection, ids: range, city: str) -> None:
+    """Contacts user{i}@example.com on the local list 'bench'."""
+    conn.execute(
+        text(
+            "INSERT INTO contact (id, email, fields, tags, status, deleted) "
+            "VALUES (:id, :email, :fields, '[]', 'active', 0)"
+        ),
+        [
+            {
+                "id": i + 1,
+                "email": f"user{i}@example.com",
+                "fields": json.dumps({"city": city, "name": f"User {i}"}),
+            }
+            for i in ids
+        ],
+    )
+    conn.execute(
+        text("INSERT INTO membership (contact_id, list_name) VALUES (:id, 'bench')"),
+        [{"id": i + 1} for i in ids],
+    )
+
+
 def build_mirror(url: str, n: int) -> None:
     """N contacts on list 'bench', and a base saying both sides agreed on each of them."""
     db = open_engine(url)
     with db.begin() as conn:
         for start in range(0, n, CHUNK):
             ids = range(start, min(n, start + CHUNK))
-            conn.execute(
-                text(
-                    "INSERT INTO contact (id, email, fields, tags, status, deleted) "
-                    "VALUES (:id, :email, :fields, '[]', 'active', 0)"
-                ),
-                [
-                    {
-                        "id": i + 1,
-                        "email": f"user{i}@example.com",
-                        "fields": json.dumps({"city": "Minsk", "name": f"User {i}"}),
-                    }
-                    for i in ids
-                ],
-            )
-            conn.execute(
-                text("INSERT INTO membership (contact_id, list_name) VALUES (:id, 'bench')"),
-                [{"id": i + 1} for i in ids],
-            )
+            insert_contacts(conn, ids, "Minsk")
             rows = []
             for i in ids:
                 p = Projection.build(

@@ -20,8 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_cycle import free_port, measured
-from sqlalchemy import text
+from bench_cycle import free_port, insert_contacts, measured
 
 from syncd.store import open_engine
 
@@ -30,28 +29,11 @@ CHUNK = 20_000
 
 
 def build_mirror(url: str, n: int) -> None:
+    """N contacts on list 'bench' and no base: nothing was ever pushed."""
     db = open_engine(url)
     with db.begin() as conn:
         for start in range(0, n, CHUNK):
-            ids = range(start, min(n, start + CHUNK))
-            conn.execute(
-                text(
-                    "INSERT INTO contact (id, email, fields, tags, status, deleted) "
-                    "VALUES (:id, :email, :fields, '[]', 'active', 0)"
-                ),
-                [
-                    {
-                        "id": i + 1,
-                        "email": f"user{i}@example.com",
-                        "fields": json.dumps({"city": "Pune", "name": f"User {i}"}),
-                    }
-                    for i in ids
-                ],
-            )
-            conn.execute(
-                text("INSERT INTO membership (contact_id, list_name) VALUES (:id, 'bench')"),
-                [{"id": i + 1} for i in ids],
-            )
+            insert_contacts(conn, range(start, min(n, start + CHUNK)), "Pune")
     db.dispose()
 
 

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
@@ -36,6 +36,9 @@ from syncd.errors import ProviderError, ProviderUnreachable
 from syncd.logs import secret_forms
 from syncd.metrics import call_observer
 from syncd.providers.base import CallStats
+
+if TYPE_CHECKING:
+    from syncd.config import TargetConfig
 
 T = TypeVar("T")
 
@@ -191,6 +194,30 @@ class ProviderHttp:
             transport=transport,
             headers={"User-Agent": "syncd"},
             follow_redirects=False,  # a redirected POST would drop its body (and the key in it)
+        )
+
+    @classmethod
+    def for_target(
+        cls,
+        provider: str,
+        target: TargetConfig,
+        stats: CallStats,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] | None = None,
+        method_limits: Mapping[str, int] | None = None,
+    ) -> ProviderHttp:
+        """The client a target's settings describe (timeout, retries, rate limit, key)."""
+        return cls(
+            provider=provider,
+            api_key=target.api_key.get_secret_value(),
+            timeout=target.timeout,
+            retries=target.retries,
+            rate_limit_per_minute=target.rate_limit_per_minute,
+            stats=stats,
+            transport=transport,
+            sleep=sleep or time.sleep,
+            method_limits=method_limits,
         )
 
     # ---- public

@@ -37,7 +37,6 @@ import csv
 import io
 import json
 import logging
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs
@@ -99,15 +98,9 @@ class NetcoreProvider(Provider):
             confirms_later=bool(self.public_url),
         )
         self._key = target.api_key.get_secret_value()
-        self._http = ProviderHttp(
-            provider=self.name,
-            api_key=self._key,
-            timeout=target.timeout,
-            retries=target.retries,
-            rate_limit_per_minute=target.rate_limit_per_minute,  # "4.2": [UNCONFIRMED]
-            stats=self.stats,
-            transport=transport,
-            sleep=sleep or time.sleep,
+        # rate limits of the contact API are [UNCONFIRMED]: the target's setting applies
+        self._http = ProviderHttp.for_target(
+            self.name, target, self.stats, transport=transport, sleep=sleep
         )
 
     # ------------------------------------------------------------------ the envelope

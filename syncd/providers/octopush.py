@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -124,15 +123,9 @@ class OctopushProvider(Provider):
         api_key = target.api_key.get_secret_value()
         self._fingerprint = key_fingerprint(api_key)
         self._auth = {"api-login": target.api_login or "", "api-key": api_key}  # "Auth"
-        self._http = ProviderHttp(
-            provider=self.name,
-            api_key=api_key,
-            timeout=target.timeout,
-            retries=target.retries,
-            rate_limit_per_minute=target.rate_limit_per_minute,  # "Rate limits": [UNCONFIRMED]
-            stats=self.stats,
-            transport=transport,
-            sleep=sleep or time.sleep,
+        # rate limits of the contact API are [UNCONFIRMED]: the target's setting applies
+        self._http = ProviderHttp.for_target(
+            self.name, target, self.stats, transport=transport, sleep=sleep
         )
 
     # ------------------------------------------------------------------ the wire

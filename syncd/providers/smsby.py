@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -90,15 +89,9 @@ class SmsbyProvider(Provider):
         self.target = target
         self._key = target.key  # "phone" or "email": both are upsert keys ("Import semantics")
         self._token = target.api_key.get_secret_value()
-        self._http = ProviderHttp(
-            provider=self.name,
-            api_key=self._token,
-            timeout=target.timeout,
-            retries=target.retries,
-            rate_limit_per_minute=target.rate_limit_per_minute,  # "Rate limits": [UNCONFIRMED]
-            stats=self.stats,
-            transport=transport,
-            sleep=sleep or time.sleep,
+        # rate limits of the contact API are [UNCONFIRMED]: the target's setting applies
+        self._http = ProviderHttp.for_target(
+            self.name, target, self.stats, transport=transport, sleep=sleep
         )
 
     # ------------------------------------------------------------------ the envelope

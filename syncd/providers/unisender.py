@@ -130,13 +130,10 @@ class UnisenderProvider(Provider):
         self._key = target.key  # "email" or "phone": the column family every call uses
         self._list_id = target.list_id
         self._api_key = target.api_key.get_secret_value()
-        self._http = ProviderHttp(
-            provider=self.name,
-            api_key=self._api_key,
-            timeout=target.timeout,
-            retries=target.retries,
-            rate_limit_per_minute=target.rate_limit_per_minute,
-            stats=self.stats,
+        self._http = ProviderHttp.for_target(
+            self.name,
+            target,
+            self.stats,
             transport=transport,
             sleep=sleep,
             # §1.3: async exportContacts has its own, much lower limit.
