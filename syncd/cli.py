@@ -454,22 +454,25 @@ def emulate_cmd(
         error_code="api_call_limit_exceeded_for_api_key",
         seed=seed,
     )
-    if provider == "smsby":
-        from syncd.emulators import smsby
-
-        smsby.run_emulator(host, port, api_key, not no_seed, faults, request_log)
-    elif provider == "netcore":
-        from syncd.emulators import netcore
-
-        netcore.run_emulator(host, port, api_key, not no_seed, faults, primary_key, request_log)
-    elif provider == "octopush":
-        from syncd.emulators import octopush
-
-        octopush.run_emulator(host, port, api_key, not no_seed, faults, request_log)
-    else:
+    if provider in ("unisender", "selzy"):
         from syncd.emulators import unisender
 
         unisender.run_emulator(provider, host, port, api_key, not no_seed, faults, request_log)
+        return
+    from syncd.emulators.admin import serve
+    from syncd.emulators.netcore import NetcoreEmulator
+    from syncd.emulators.octopush import OctopushEmulator
+    from syncd.emulators.smsby import PushOnlyControls, SmsbyEmulator
+
+    push_only: dict[str, Callable[[], PushOnlyControls]] = {
+        "smsby": lambda: SmsbyEmulator(token=api_key),
+        "octopush": lambda: OctopushEmulator(api_key=api_key),
+        "netcore": lambda: NetcoreEmulator(api_key=api_key, primary_key=primary_key),
+    }
+    emulator = push_only[provider]()
+    if not no_seed:
+        emulator.add_list("Newsletter")  # sms.by and Netcore: list 1; Octopush: by its name
+    serve(emulator, host, port, faults, request_log)
 
 
 @main.command("demo")

@@ -390,7 +390,7 @@ def serve(
     faults: Faults | None,
     request_log: Path | None = None,
 ) -> None:
-    """What every ``run_emulator`` ends with: the command line's faults, then serve forever."""
+    """What `syncd emulate` ends with: the command line's faults, then serve forever."""
     if faults is not None:
         emulator.faults = faults
     serve_forever(emulator.handle, host, port, request_log)

@@ -41,13 +41,11 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from syncd.emulators import php_params as pp
-from syncd.emulators.admin import Faults, serve
 from syncd.emulators.smsby import PushOnlyControls, fault_means_later
 from syncd.emulators.unisender_import import EMAIL_RE
 
@@ -349,19 +347,3 @@ class NetcoreEmulator(PushOnlyControls):
         contact[self.primary_key] = key
         if list_id is not None:
             self.lists[list_id][1].add(key)
-
-
-def run_emulator(
-    host: str,
-    port: int,
-    api_key: str | None,
-    seed_list: bool,
-    faults: Faults | None = None,
-    primary_key: str = "EMAIL",
-    request_log: Path | None = None,
-) -> None:
-    """Build a Netcore emulator (optionally with list 1 "Newsletter") and serve it."""
-    emulator = NetcoreEmulator(api_key=api_key, primary_key=primary_key)
-    if seed_list:
-        emulator.add_list("Newsletter")
-    serve(emulator, host, port, faults, request_log)

@@ -37,12 +37,10 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from syncd.emulators.admin import Faults, serve
 from syncd.emulators.smsby import PushOnlyControls, fault_means_later
 
 CONTACT_FIELDS = ("first_name", "last_name", "param1", "param2", "param3", "param4", "param5")
@@ -292,18 +290,3 @@ def _names(body: dict[str, Any], one: str, many: str, limit: int) -> set[str]:
     if isinstance(more, list):
         names.update(_cast(v).strip() for v in more)
     return {n[:limit] for n in names if n}
-
-
-def run_emulator(
-    host: str,
-    port: int,
-    api_key: str | None,
-    seed_list: bool,
-    faults: Faults | None = None,
-    request_log: Path | None = None,
-) -> None:
-    """Build an Octopush emulator (optionally with list "Newsletter") and serve it."""
-    emulator = OctopushEmulator(api_key=api_key)
-    if seed_list:
-        emulator.add_list("Newsletter")
-    serve(emulator, host, port, faults, request_log)

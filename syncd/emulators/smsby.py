@@ -34,13 +34,12 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from syncd.emulators import php_params as pp
-from syncd.emulators.admin import Faults, admin_response, serve
+from syncd.emulators.admin import Faults, admin_response
 from syncd.emulators.unisender_import import EMAIL_RE
 
 MAX_ROWS = 500  # "Import limits" / seed 000
@@ -79,6 +78,14 @@ class PushOnlyControls:
         self.write_calls = 0
 
     # ---- what each emulator provides
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        """The API itself, ``/_emulator/`` included (``_admin``)."""
+        raise NotImplementedError
+
+    def add_list(self, name: str) -> object:
+        """A new empty list (what ``syncd emulate`` seeds as "Newsletter")."""
+        raise NotImplementedError
 
     def state_json(self, query: httpx.QueryParams) -> dict[str, Any]:
         raise NotImplementedError
@@ -317,18 +324,3 @@ def _check(values: dict[str, str]) -> str | None:
     if not phone and not email:
         return NO_ADDRESS
     return None
-
-
-def run_emulator(
-    host: str,
-    port: int,
-    api_key: str | None,
-    seed_list: bool,
-    faults: Faults | None = None,
-    request_log: Path | None = None,
-) -> None:
-    """Build an sms.by emulator (optionally with list 1 "Newsletter") and serve it."""
-    emulator = SmsbyEmulator(token=api_key)
-    if seed_list:
-        emulator.add_list("Newsletter")
-    serve(emulator, host, port, faults, request_log)
