@@ -643,14 +643,7 @@ class _Cycle:
         mirror.drop_off_list(session, self.target.name, [p.key for p in settle])
         mirror.set_off_list(session, self.target.name, left)
         mirror.drop_in_flight(session, self.target.name, [c.row.key for c in batch.rows])
-        confirmed = [p.key for p in settle] + forget
-        for i in range(0, len(confirmed), 500):
-            session.execute(
-                delete(Rejection).where(
-                    col(Rejection.target) == self.target.name,
-                    col(Rejection.key).in_(confirmed[i : i + 500]),
-                )
-            )
+        mirror.drop_rejections(session, self.target.name, [p.key for p in settle] + forget)
         session.commit()  # this batch's confirmations are durable before the next call
         log.debug("base updated")
 
@@ -728,13 +721,7 @@ class _Cycle:
     def _forget_stale(self, session: Session, rejections: dict[str, Rejection]) -> None:
         """Rejections and conflicts whose key no longer differs have settled by themselves."""
         stale = [k for k in rejections if k not in self.held_keys]
-        for i in range(0, len(stale), 500):
-            session.execute(
-                delete(Rejection).where(
-                    col(Rejection.target) == self.target.name,
-                    col(Rejection.key).in_(stale[i : i + 500]),
-                )
-            )
+        mirror.drop_rejections(session, self.target.name, stale)
         open_keys = session.execute(
             select(col(Conflict.key)).where(col(Conflict.target) == self.target.name)
         ).scalars()

@@ -370,14 +370,7 @@ def _settle_if_complete(session: Session, job: PushJob) -> None:
             settle.append(Projection.from_json(row.base))
     mirror.set_base(session, job.target, settle)
     mirror.drop_base(session, job.target, forget)
-    confirmed = [p.key for p in settle] + forget
-    for i in range(0, len(confirmed), 500):
-        session.execute(
-            delete(Rejection).where(
-                col(Rejection.target) == job.target,
-                col(Rejection.key).in_(confirmed[i : i + 500]),
-            )
-        )
+    mirror.drop_rejections(session, job.target, [p.key for p in settle] + forget)
     session.execute(delete(PushJobRow).where(col(PushJobRow.job_id) == job.id))
     failed = session.execute(
         select(func.count())

@@ -26,6 +26,7 @@ from syncd.store.models import (
     InFlight,
     Membership,
     OffList,
+    Rejection,
     StageDiff,
     StageLocal,
     StageRemote,
@@ -260,6 +261,16 @@ def drop_base(session: Session, target: str, keys: Sequence[str]) -> None:
     for i in range(0, len(keys), 500):
         session.execute(
             delete(Base).where(col(Base.target) == target, col(Base.key).in_(keys[i : i + 500]))
+        )
+
+
+def drop_rejections(session: Session, target: str, keys: Sequence[str]) -> None:
+    """Rejections of keys that are settled now (confirmed, or no longer differing)."""
+    for i in range(0, len(keys), 500):
+        session.execute(
+            delete(Rejection).where(
+                col(Rejection.target) == target, col(Rejection.key).in_(keys[i : i + 500])
+            )
         )
 
 
