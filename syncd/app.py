@@ -137,13 +137,16 @@ def _await_callbacks(
                 result.outcome = "converged"
                 result.message = "confirmed by the provider's callbacks"
             result.counts["confirmed_later"] = result.counts["awaiting"] - left
-            run = session.execute(
-                select(Run).where(col(Run.target) == name).order_by(col(Run.id).desc()).limit(1)
-            ).scalar_one_or_none()
+            run = _last_run(session, name)
             if run is not None:
                 run.outcome, run.message = result.outcome, result.message
                 run.summary = json.dumps(result.summary())
         session.commit()
+
+
+def _last_run(session: Session, target: str) -> Run | None:
+    query = select(Run).where(col(Run.target) == target).order_by(col(Run.id).desc()).limit(1)
+    return session.execute(query).scalar_one_or_none()
 
 
 def exit_code(results: list[CycleResult]) -> int:
@@ -178,9 +181,7 @@ def status(config: Config, db: Engine | None = None) -> list[TargetStatus]:
     out = []
     with Session(db) as session:
         for t in config.targets():
-            run = session.execute(
-                select(Run).where(col(Run.target) == t.name).order_by(col(Run.id).desc()).limit(1)
-            ).scalar_one_or_none()
+            run = _last_run(session, t.name)
             last = None
             if run is not None:
                 last = {
