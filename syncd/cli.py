@@ -147,6 +147,8 @@ def _summary_line(r: CycleResult) -> str:
         line += f"; {s['kept_opted_out']} opted-out contacts kept at the provider"
     if s["deferred"]:
         line += f"; {s['deferred']} creates/deletes deferred"
+    if s["edited_during_cycle"]:
+        line += f"; {s['edited_during_cycle']} edited locally meanwhile, left for the next cycle"
     if s["awaiting_confirmation"] or s["still_awaiting"]:
         line += (
             f"; {s['awaiting_confirmation']} sent for confirmation by callback "

@@ -137,6 +137,7 @@ class CycleResult:
             "rejected": c["rejected"] + c["held_rejected"],
             "conflicts": c["conflicts_open"],
             "deferred": c["deferred"],
+            "edited_during_cycle": c["edited_during_cycle"],
             "kept_opted_out": c["keep_opted_out"],
             "unsupported": c["unsupported"],
             "withheld_opted_out": c["withheld_opted_out"],
@@ -394,9 +395,11 @@ class _Cycle:
         batcher = Batcher(self.caps, tuple(self.target.remote_fields))
         for chunk in mirror.iter_diff(session, self.target.name):
             self._check_stop()
-            self._apply_chunk(session, chunk, takes, rejections, batcher)
+            full = self._apply_chunk(session, chunk, takes, rejections, batcher)
             if not self.options.dry_run:
-                session.commit()
+                session.commit()  # the chunk's local writes with their journal, then the calls
+            for batch in full:
+                self._push(session, batch)
         for batch in batcher.flush():
             self._push(session, batch)
         if not self.options.dry_run:
@@ -415,13 +418,19 @@ class _Cycle:
         takes: dict[str, Take],
         rejections: dict[str, Rejection],
         batcher: Batcher,
-    ) -> None:
+    ) -> list[Batch]:
+        """Decide the chunk and write its local half; return the batches it filled, to be
+        pushed once that is committed (the lock taken here is not held across a call)."""
         counts = self.result.counts
+        if not self.options.dry_run:
+            mirror.take_write_turn(session)
         self._in_flight(session, chunk)
         decisions = [(row, self._decide(row, takes)) for row in chunk]
+        edited = self._edited_since_staged(session, decisions)
         wanted = [d.key for _, d in decisions if d.local_op or d.remote_op == "delete"]
         wanted += [d.rekey_from for _, d in decisions if d.rekey_from]
         contacts = mirror.contacts_by_key(session, self.view, wanted) if wanted else {}
+        full: list[Batch] = []
         awaiting = (
             jobs.pending_keys(session, self.target.name, [d.key for _, d in decisions])
             if self.caps.confirms_later
@@ -431,6 +440,10 @@ class _Cycle:
         forget: list[str] = []
         flying: list[tuple[Projection, Projection | None]] = []
         for row, d in decisions:
+            if d.key in edited:
+                counts["edited_during_cycle"] += 1  # decided on a stale read: next cycle
+                self.held_keys.add(d.key)
+                continue
             if d.held:
                 counts["conflicts_open"] += 1
                 self.held_keys.add(d.key)
@@ -473,11 +486,9 @@ class _Cycle:
             self.pending[d.key] = d
             if change.op in ("create", "update"):
                 flying.append((change.row, change.remote))
-            for batch in batcher.add(
+            full += batcher.add(
                 change, with_status=d.pushes_status, overwrite_tags=d.overwrite_tags
-            ):
-                self._journal(session, flying)
-                self._push(session, batch)
+            )
         if not self.options.dry_run:
             self._journal(session, flying)
             mirror.set_base(session, self.target.name, settle)
@@ -487,6 +498,39 @@ class _Cycle:
             # next export against a base it no longer belongs to
             mirror.drop_in_flight(session, self.target.name, [p.key for p in settle] + forget)
             self._clear_conflicts(session, [d.key for _, d in decisions if not d.held])
+        return full
+
+    def _edited_since_staged(
+        self, session: Session, decisions: list[tuple[mirror.DiffRow, Decision]]
+    ) -> set[str]:
+        """Keys whose decision writes the mirror but whose contact changed since it was staged
+        (an inbox file applied during this cycle). Written back, the pulled row would undo that
+        local edit; left alone, the next cycle decides them again from what is there now.
+        Called with the write lock held, so nothing can change them between this read and the
+        chunk's commit."""
+        staged: dict[str, Projection | None] = {}
+        for row, d in decisions:
+            if d.local_op is not None:
+                staged[d.key] = row.local
+            if d.rekey_from is not None and self.owners.by_remote_key.get(d.key) is not None:
+                staged[d.rekey_from] = self.owners.by_remote_key[d.key].local
+        if not staged or self.options.dry_run:
+            return set()
+        now: dict[str, Projection] = {}
+        for member in mirror.local_members(session, self.view, sorted(staged)):
+            p = project_local(member, self.view, self.caps)
+            if p is not None:
+                now[p.key] = p
+        changed = {key for key, was in staged.items() if now.get(key) != was}
+        keys = {d.key for _, d in decisions if d.key in changed or d.rekey_from in changed}
+        if keys:
+            log.info(
+                "%d contacts were edited locally while this cycle ran; the next cycle takes "
+                "them up",
+                len(keys),
+                extra={"target": self.target.name},
+            )
+        return keys
 
     def _journal(
         self, session: Session, flying: list[tuple[Projection, Projection | None]]

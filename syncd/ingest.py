@@ -76,6 +76,7 @@ from syncd.config import IngestConfig
 from syncd.contacts import is_role_address, normalise_email, normalise_phone
 from syncd.errors import IngestError
 from syncd.projection import STATUSES, Status, is_opted_out
+from syncd.store import mirror
 from syncd.store.db import transaction
 from syncd.store.models import Contact, Membership
 
@@ -654,6 +655,7 @@ def apply(
     """
     report = IngestReport(rows=len(changes))
     with transaction(engine) as session:
+        mirror.take_write_turn(session)  # a cycle re-reading contacts it will write waits
         for start in range(0, len(changes), chunk_size):
             chunk = changes[start : start + chunk_size]
             working = _Chunk.load(session, chunk)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
+import pytest
 from conftest import World
+
+from syncd.store import mirror
 
 
 def test_1200_new_contacts_go_out_in_three_calls_then_nothing(world: World):
@@ -30,6 +35,39 @@ def test_local_edit_is_pushed_and_remote_edit_is_pulled(world: World):
     assert r.summary()["updated"] == 1 and r.summary()["pulled"] == 1
     assert world.remote()["person0@example.com"]["fields"]["City"] == "Brest"
     assert world.local()["person1@example.com"]["name"] == "Changed Remotely"
+    assert world.cycle().write_calls == 0
+
+
+def test_a_local_edit_made_while_the_cycle_runs_is_not_undone(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """An inbox file lands after the cycle staged the mirror and before it writes back what it
+    pulled from the provider: written back, the pulled row would carry the staged (old) name
+    and undo that edit. The contact is left for the next cycle, which carries both edits."""
+    world.add_local(3)
+    world.cycle()
+    world.emu.edit("person0@example.com", City="Pinsk")  # to be pulled into the mirror
+    real_iter_diff = mirror.iter_diff
+    landed: list[dict[str, Any]] = []
+
+    def inbox_lands_meanwhile(*args: Any, **kwargs: Any) -> Iterator[list[mirror.DiffRow]]:
+        if not landed:  # once, between staging and the first decision
+            landed.append(world.ingest([{"email": "person0@example.com", "name": "Meanwhile"}]))
+        yield from real_iter_diff(*args, **kwargs)
+
+    monkeypatch.setattr(mirror, "iter_diff", inbox_lands_meanwhile)
+    r = world.cycle()
+    monkeypatch.undo()
+    assert landed and landed[0]["updated"] == 1
+    assert world.local()["person0@example.com"]["name"] == "Meanwhile"
+    assert r.summary()["edited_during_cycle"] == 1 and r.summary()["pulled"] == 0
+
+    r = world.cycle()
+    assert r.summary()["updated"] == 1 and r.summary()["pulled"] == 1
+    assert world.local()["person0@example.com"]["name"] == "Meanwhile"
+    assert world.local()["person0@example.com"]["city"] == "Pinsk"
+    remote = world.remote()["person0@example.com"]["fields"]
+    assert remote["Name"] == "Meanwhile" and remote["City"] == "Pinsk"
     assert world.cycle().write_calls == 0
 
 

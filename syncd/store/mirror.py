@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import Connection, delete, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import col
@@ -33,6 +33,25 @@ from syncd.store.models import (
 )
 
 CHUNK = 5000
+#: key of the transaction-level advisory lock that the mirror's writers take turns on (PostgreSQL)
+_WRITE_TURN_LOCK = 0x73796E6377
+
+
+def take_write_turn(db: Session | Connection) -> None:
+    """Hold the mirror's write lock until this transaction ends.
+
+    The inbox and the cycles write the same contacts from different threads or processes. A
+    cycle decides from the local state it staged, then writes back what it pulled: if an inbox
+    file changed one of those contacts in between, the write would undo a local edit. So a
+    cycle re-reads the contacts it is about to write with this lock held, and the inbox takes
+    it too. SQLite has one writer at a time: any write statement takes its lock (this one
+    changes nothing). PostgreSQL: a transaction-level advisory lock, released by commit.
+    """
+    bind = db.get_bind() if isinstance(db, Session) else db
+    if bind.dialect.name == "postgresql":
+        db.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _WRITE_TURN_LOCK})
+    else:
+        db.execute(text("UPDATE contact SET id = id WHERE 0 = 1"))
 
 
 def _insert(session: Session, model: Any) -> Any:
@@ -299,10 +318,8 @@ class MemberRow(NamedTuple):
     ref: str | None
 
 
-def iter_local_members(session: Session, view: LocalView) -> Iterator[MemberRow]:
-    """Every live contact on the target's local list, streamed in id order, as plain rows
-    (no ORM objects: a million of them would cost more than the rest of the cycle)."""
-    stmt = (
+def _members_query(view: LocalView) -> Any:
+    return (
         select(
             col(Contact.email),
             col(Contact.phone),
@@ -313,11 +330,25 @@ def iter_local_members(session: Session, view: LocalView) -> Iterator[MemberRow]
         )
         .join(Membership, col(Membership.contact_id) == col(Contact.id))
         .where(col(Membership.list_name) == view.local_list, col(Contact.deleted) == False)  # noqa: E712
-        .order_by(col(Contact.id))
-        .execution_options(yield_per=CHUNK)
     )
+
+
+def iter_local_members(session: Session, view: LocalView) -> Iterator[MemberRow]:
+    """Every live contact on the target's local list, streamed in id order, as plain rows
+    (no ORM objects: a million of them would cost more than the rest of the cycle)."""
+    stmt = _members_query(view).order_by(col(Contact.id)).execution_options(yield_per=CHUNK)
     for row in session.execute(stmt):
         yield MemberRow(*row)
+
+
+def local_members(session: Session, view: LocalView, keys: Sequence[str]) -> list[MemberRow]:
+    """The live members among these keys, as they are now (the rows a cycle re-reads)."""
+    found: list[MemberRow] = []
+    column = view.key_column()
+    for i in range(0, len(keys), 500):
+        stmt = _members_query(view).where(column.in_(keys[i : i + 500]))
+        found += [MemberRow(*row) for row in session.execute(stmt)]
+    return found
 
 
 def contacts_by_key(session: Session, view: LocalView, keys: Sequence[str]) -> dict[str, Contact]:
