@@ -203,6 +203,9 @@ def test_dockerfile_is_multi_stage_on_a_pinned_slim_python_and_installs_a_wheel(
     ), "the runtime stage must take the wheels from the build stage"
     install = [run for run in runtime.all("RUN") if re.search(r"\bpip install\b", run)]
     assert install and all("--no-index" in run for run in install), install
+    # one image for both stores: the PostgreSQL driver is built and installed with syncd
+    assert any(re.search(r"pip wheel\b.*\[postgres\]", run) for run in build.all("RUN"))
+    assert any("syncd[postgres]" in run for run in install), install
     assert not any("pip wheel" in run or "setup.py" in run for run in runtime.all("RUN"))
     assert "syncd" not in copy_sources(runtime), "the runtime stage gets syncd as a wheel only"
 
