@@ -335,15 +335,13 @@ def _flush_hour(engine: Engine, folder: Path, hour: str) -> int:
     tmp = Path(tmp_name)
     seqs: list[int] = []
     written = 0
-    try:
-        with os.fdopen(fd, "wb") as out:
-            seen = _copy_existing(final, out)
-            with Session(engine) as session:
-                rows = session.execute(
-                    select(col(OutboxEvent.seq), col(OutboxEvent.body))
-                    .where(col(OutboxEvent.hour) == hour)
-                    .order_by(col(OutboxEvent.seq))
-                )
+    # One session from the claim to the delete: on PostgreSQL the claimed rows stay locked
+    # until their file is durable and they are gone.
+    with Session(engine) as session:
+        try:
+            with os.fdopen(fd, "wb") as out:
+                rows = _claim(session, hour)
+                seen = _copy_existing(final, out)
                 for seq, body in rows:
                     seqs.append(seq)
                     event_id = _event_id(body)
@@ -353,18 +351,35 @@ def _flush_hour(engine: Engine, folder: Path, hour: str) -> int:
                         seen.add(event_id)
                     out.write(body.encode() + b"\n")
                     written += 1
-            out.flush()
-            os.fsync(out.fileno())
-        if written:
-            os.replace(tmp, final)
-            _fsync_dir(folder)
-        else:
-            tmp.unlink()
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _forget(engine, seqs)
+                out.flush()
+                os.fsync(out.fileno())
+            if written:
+                os.replace(tmp, final)
+                _fsync_dir(folder)
+            else:
+                tmp.unlink()
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _forget(session, seqs)
     return written
+
+
+def _claim(session: Session, hour: str) -> list[tuple[int, str]]:
+    """The hour's pending rows that no other process is flushing.
+
+    Replicas share the store's outbox table but each writes its own folder. On PostgreSQL the
+    rows are locked (``FOR UPDATE SKIP LOCKED``) until this flush deletes them, so a replica
+    flushing at the same moment skips them instead of writing them a second time. SQLite has
+    one writer per store file, and the folder lock serialises the processes sharing a folder.
+    """
+    rows = session.execute(
+        select(col(OutboxEvent.seq), col(OutboxEvent.body))
+        .where(col(OutboxEvent.hour) == hour)
+        .order_by(col(OutboxEvent.seq))
+        .with_for_update(skip_locked=True)
+    )
+    return [(seq, body) for seq, body in rows]
 
 
 def _copy_existing(final: Path, out: Any) -> set[str]:
@@ -396,14 +411,13 @@ def _event_id(line: str | bytes) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _forget(engine: Engine, seqs: Sequence[int]) -> None:
+def _forget(session: Session, seqs: Sequence[int]) -> None:
     """Delete the flushed rows, all in one transaction, only after their file is durable."""
-    with Session(engine) as session:
-        for i in range(0, len(seqs), _DELETE_CHUNK):
-            session.execute(
-                delete(OutboxEvent).where(col(OutboxEvent.seq).in_(seqs[i : i + _DELETE_CHUNK]))
-            )
-        session.commit()
+    for i in range(0, len(seqs), _DELETE_CHUNK):
+        session.execute(
+            delete(OutboxEvent).where(col(OutboxEvent.seq).in_(seqs[i : i + _DELETE_CHUNK]))
+        )
+    session.commit()
 
 
 def _make_folder(folder: Path) -> None:

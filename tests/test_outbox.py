@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from conftest import postgresql_schema
+from sqlalchemy import func, make_url, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -266,6 +267,31 @@ def test_two_threads_flushing_at_once_lose_and_repeat_nothing(db: Engine, tmp_pa
     assert sum(written) == 40
     ids = [e["id"] for f in sorted(folder.glob("changes-*")) for e in lines(f)]
     assert ids == [e.id for e in events]
+
+
+def test_rows_another_replica_is_flushing_are_not_written_twice(tmp_path: Path) -> None:
+    """Replicas share one PostgreSQL outbox table and each flushes into its own folder: rows
+    that one replica has claimed and not yet deleted are skipped by the other, not copied."""
+    with postgresql_schema() as url:
+        # a flush that took claimed rows would then wait on their locks: fail, do not hang
+        options = make_url(url).query["options"]
+        assert isinstance(options, str)
+        db = open_engine(
+            make_url(url)
+            .update_query_dict({"options": f"{options} -clock_timeout=5s"})
+            .render_as_string(hide_password=False)
+        )
+        a, b = event(None, proj()), event(proj(), None)
+        put(db, a, b)
+        with Session(db) as first:  # the first replica, between its claim and its delete
+            claimed = first.execute(select(OutboxEvent).with_for_update()).all()
+            assert len(claimed) == 2
+            assert flush(db, tmp_path / "second") == 0
+            assert not list((tmp_path / "second").glob("changes-*"))
+            first.rollback()  # it died before its delete: the rows are free again
+        assert flush(db, tmp_path / "second") == 2
+        assert pending(db) == 0
+        db.dispose()
 
 
 # -- the schema -----------------------------------------------------------------------------
