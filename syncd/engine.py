@@ -439,6 +439,7 @@ class _Cycle:
         settle: list[Projection] = []
         forget: list[str] = []
         flying: list[tuple[Projection, Projection | None]] = []
+        leaving: list[Projection] = []
         for row, d in decisions:
             if d.key in edited:
                 counts["edited_during_cycle"] += 1  # decided on a stale read: next cycle
@@ -486,14 +487,16 @@ class _Cycle:
             self.pending[d.key] = d
             if change.op in ("create", "update"):
                 flying.append((change.row, change.remote))
+            elif change.op == "exclude" and self.caps.tags:
+                leaving.append(change.row)
             full += batcher.add(
                 change, with_status=d.pushes_status, overwrite_tags=d.overwrite_tags
             )
         if not self.options.dry_run:
-            self._journal(session, flying)
             mirror.set_base(session, self.target.name, settle)
             mirror.drop_base(session, self.target.name, forget)
             mirror.drop_off_list(session, self.target.name, [p.key for p in settle])
+            self._journal(session, flying, leaving)
             # a lost answer is settled once its key's base moves: kept, it would misread the
             # next export against a base it no longer belongs to
             mirror.drop_in_flight(session, self.target.name, [p.key for p in settle] + forget)
@@ -533,13 +536,26 @@ class _Cycle:
         return keys
 
     def _journal(
-        self, session: Session, flying: list[tuple[Projection, Projection | None]]
+        self,
+        session: Session,
+        flying: list[tuple[Projection, Projection | None]],
+        leaving: list[Projection],
     ) -> None:
-        """Record writes about to be sent (InFlight) in the transaction of the chunk's local
-        writes: a local write of a decision is never committed without its remote half."""
-        if not self.options.dry_run and self.caps.export:  # only an export can read them back
+        """Record the chunk's writes before they are sent, in the transaction of its local
+        writes, so that a local write is never committed without its remote half and a lost
+        answer still leaves a trace:
+
+        - creates and updates (InFlight), for the next export to read back;
+        - excludes at a provider that keeps the contact and its tags (OffList): the state left
+          there, from which a later return to the list starts. Recorded only on confirmation,
+          an exclude whose answer was lost would leave no record, and tags removed locally in
+          the meantime would stay at the provider. A record whose exclude did not land is
+          harmless: it is read only when the contact is created again, and dropped once the
+          key has a base.
+        """
+        if self.caps.export:  # only an export can read them back
             mirror.set_in_flight(session, self.target.name, flying)
-        flying.clear()
+        mirror.set_off_list(session, self.target.name, leaving)
 
     def _row_change(self, d: Decision, contact: Contact | None) -> RowChange | None:
         """The write for a decision, as far as the provider's capabilities allow (or None)."""

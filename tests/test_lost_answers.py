@@ -3,6 +3,8 @@ so the next export tells syncd's own echo from a remote edit (found by tests/tes
 
 from __future__ import annotations
 
+from typing import Any
+
 from conftest import World
 from sqlmodel import Session, select
 
@@ -67,3 +69,23 @@ def test_without_an_answer_the_write_is_sent_again(world: World) -> None:
     result = world.cycle()
     assert result.counts["update"] == 1
     assert world.remote()[ann]["fields"]["Name"] == "Edited"
+
+
+def test_an_exclude_whose_answer_was_lost_still_lets_a_returning_contact_shed_tags(
+    make_world: Any,
+) -> None:
+    """Unisender keeps an excluded contact and its tags. With the exclude's answer lost, the next
+    export no longer shows the contact and the base goes; the record of what was left there must
+    already exist, or tags removed locally meanwhile would stay at the provider on its return."""
+    world: World = make_world(on_local_delete="exclude")
+    e = "p4@example.com"
+    world.ingest([{"email": e, "name": "Ann", "tags": ["a", "b", "c"], "lists": ["news"]}])
+    assert world.cycle().outcome == "converged"
+    world.ingest([{"email": e, "delete": 1}])
+    assert world.cycle_losing_answers().outcome == "unreachable"  # landed; answer lost
+    assert e not in world.remote() and world.emu.get(e) is not None  # off the list, kept
+    assert world.cycle().outcome == "converged"  # reads the exclude back: nothing to send
+    world.ingest([{"email": e, "name": "Ann", "tags": ["a"], "lists": ["news"]}])
+    assert world.cycle().outcome == "converged"
+    assert world.remote()[e]["tags"] == ["a"] == world.local()[e]["tags"]
+    assert world.cycle().write_calls == 0
