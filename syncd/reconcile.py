@@ -82,6 +82,11 @@ class Sent:
     the call); the provider holds it only if the write landed. The export tells, part by part
     (each field, the tags, the status): a part the write was to change that still shows its
     ``before`` value did not land; any other part did, or was edited there since.
+
+    An update names only the fields in which ``row`` differs from ``before`` (where the provider
+    keeps what a call does not name, ``syncd.plan``). A field it did not name has the same value
+    in both, so it is never taken as sent: whatever the export shows there is measured against
+    ``before``, and a change is the provider's own edit, made while the write was on its way.
     """
 
     row: Projection  # as sent

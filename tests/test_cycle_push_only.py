@@ -205,6 +205,28 @@ def test_a_locally_opted_out_contact_is_never_pushed_as_active(world: PushWorld)
     assert third.write_calls == 0
 
 
+def test_an_update_carries_what_the_provider_would_otherwise_lose(world: PushWorld) -> None:
+    """sms.by updates only the fields an import names ("Import semantics"): the changed one
+    goes alone. Octopush's create overwrites the contact and omitted params are undocumented
+    (``partial_update`` False): every mapped field goes, the unchanged one with its value."""
+    numbers = world.add_local(2)
+    world.cycle()
+    world.ingest([{"phone": numbers[1], "city": "Brest"}])
+    result = world.cycle()
+    assert result.outcome == "converged", result.message
+    name, city = NAME[world.kind], CITY[world.kind]
+    (call,) = result.calls
+    if world.kind == "smsby":
+        assert call.columns == (city,)
+        assert call.first_rows == ({"phone": numbers[1].removeprefix("+"), city: "Brest"},)
+    else:
+        assert call.columns == (name, city)
+        assert call.first_rows == ({"phone_number": numbers[1], name: "Person 1", city: "Brest"},)
+    assert world.remote()[numbers[1]][name] == "Person 1"
+    assert world.remote()[numbers[1]][city] == "Brest"
+    assert world.cycle().write_calls == 0
+
+
 def test_plan_shows_the_calls_and_writes_nothing(world: PushWorld) -> None:
     world.add_local(3)
     plan = world.cycle(dry_run=True)

@@ -8,6 +8,11 @@ from typing import Any
 from conftest import World
 from sqlmodel import Session, select
 
+from syncd import app
+from syncd.config import Config, TargetConfig
+from syncd.engine import CycleOptions, CycleResult
+from syncd.errors import ProviderUnreachable
+from syncd.providers.base import Provider, PushCall
 from syncd.store.models import InFlight
 
 
@@ -88,4 +93,57 @@ def test_an_exclude_whose_answer_was_lost_still_lets_a_returning_contact_shed_ta
     world.ingest([{"email": e, "name": "Ann", "tags": ["a"], "lists": ["news"]}])
     assert world.cycle().outcome == "converged"
     assert world.remote()[e]["tags"] == ["a"] == world.local()[e]["tags"]
+
+
+def cycle_with_remote_city(world: World, email: str, city: str, *, land: bool) -> CycleResult:
+    """A cycle whose first write call meets a remote edit of City made after the export (a
+    person at the provider), then lands (``land``) or not; its answer never comes back."""
+
+    def provider(config: Config, target: TargetConfig) -> Provider:
+        adapter = world.provider(config, target)
+        push = adapter.push
+
+        def edit_push_and_lose(call: PushCall) -> Any:
+            world.emu.edit(email, City=city)
+            if land:
+                push(call)
+            raise ProviderUnreachable("connection reset before the answer")
+
+        adapter.push = edit_push_and_lose  # type: ignore[method-assign]
+        return adapter
+
+    (result,) = app.run_once(world.config, db=world.db, options=CycleOptions(), providers=provider)
+    return result
+
+
+def test_a_lost_partial_update_takes_a_field_it_did_not_send_as_a_remote_edit(
+    world: World,
+) -> None:
+    """The update named Name only. City, edited at the provider while it was on its way, is
+    neither overwritten by it nor read back as syncd's own write: it is pulled."""
+    (ann,) = world.add_local(1)
+    world.cycle()
+    edit(world, ann, name="Edited")
+    assert cycle_with_remote_city(world, ann, "Brest", land=True).outcome == "unreachable"
+    with Session(world.db) as s:
+        assert [f.key for f in s.exec(select(InFlight)).all()] == [ann]
+    assert world.remote()[ann]["fields"] == {"Name": "Edited", "City": "Brest"}
+    result = world.cycle()
+    assert result.outcome == "converged", result.message
+    assert result.write_calls == 0 and result.counts["conflicts_settled"] == 0
+    assert result.summary()["pulled"] == 1
+    assert world.local()[ann]["city"] == "Brest" and world.local()[ann]["name"] == "Edited"
+    assert world.cycle().write_calls == 0
+
+
+def test_a_partial_update_that_did_not_land_is_sent_again_alone(world: World) -> None:
+    (ann,) = world.add_local(1)
+    world.cycle()
+    edit(world, ann, name="Edited")
+    cycle_with_remote_city(world, ann, "Brest", land=False)
+    result = world.cycle()
+    assert result.outcome == "converged", result.message
+    assert [(c.op, c.columns) for c in result.calls] == [("update", ("Name",))]
+    assert world.remote()[ann]["fields"] == {"Name": "Edited", "City": "Brest"}
+    assert world.local()[ann]["city"] == "Brest"
     assert world.cycle().write_calls == 0

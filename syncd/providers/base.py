@@ -44,6 +44,12 @@ class Capabilities:
     # syncd back (Netcore's bulk upload). The engine then hosts the call's file and keeps the
     # rows waiting (``syncd.jobs``) instead of moving the base on the answer.
     confirms_later: bool = False
+    # An import names its columns, and the provider leaves the fields of an existing contact
+    # that a call does not name as they are: an update then carries only the fields that
+    # changed (``syncd.plan``), so an edit made at the provider meanwhile to another field
+    # survives. False (the safe default): the provider may replace or reset what it is not
+    # given, so every update carries every mapped field.
+    partial_update: bool = False
 
     def fold_status(self, status: str) -> str:
         if status in self.statuses:
@@ -57,7 +63,9 @@ class RowChange:
 
     op: Op
     row: Projection  # the desired remote state (for delete/exclude: the last known state)
-    remote: Projection | None = None  # the remote state the change starts from (None: absent)
+    # the remote state the change starts from (None: absent); with ``partial_update`` an
+    # update writes only the fields in which ``row`` differs from it
+    remote: Projection | None = None
 
 
 @dataclass(slots=True)

@@ -96,6 +96,13 @@ class NetcoreProvider(Provider):
             export=False,
             statuses=frozenset({"active"}),
             confirms_later=bool(self.public_url),
+            # "4.1": add/addsync on an existing primary key "updates fields", but whether a
+            # bulk upload's CSV, or an addsync's data, leaves the attributes it does not name
+            # alone or blanks them is [UNCONFIRMED] (the callback and CSV pages are cut off).
+            # Unclear: every update sends every mapped field, as it always did, so that a contact
+            # of at most max_fields_per_call fields never depends on it (only the column split of
+            # a wider one does, DESIGN §4).
+            partial_update=False,
         )
         self._key = target.api_key.get_secret_value()
         # rate limits of the contact API are [UNCONFIRMED]: the target's setting applies

@@ -117,6 +117,11 @@ class OctopushProvider(Provider):
             tags=False,
             export=False,  # "List/fetch contacts": not documented
             statuses=frozenset({"active"}),
+            # "Add contacts" / "Update contact": an existing number is *overwritten* by
+            # contact/create, and what becomes of a parameter the contact object leaves out is
+            # not documented; the API "applies defaults" to what it is not given ("Lenient
+            # input"), so a missing param may well be reset. Every update sends every field.
+            partial_update=False,
         )
         self._list = target.list_id
         self._row_cap = self.capabilities.rows_per_call  # shrinks after a "too large" refusal

@@ -76,6 +76,10 @@ class SmsbyProvider(Provider):
         tags=False,
         export=False,  # "Export / delete contacts": no documented export
         statuses=frozenset({"active"}),  # no documented way to push an opt-out
+        # "Import semantics" [CONFIRMED], seed 000: an existing contact's "parameters, which are
+        # transferred in field_names, will be updated" -- the others stay: an update sends only
+        # the fields that changed since the base.
+        partial_update=True,
     )
 
     def __init__(

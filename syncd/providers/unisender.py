@@ -111,6 +111,13 @@ class UnisenderProvider(Provider):
         export=True,  # §1.5
         reference=True,  # §1.6 createField, §1.5 exports every requested user field
         statuses=frozenset({"active", "unsubscribed"}),
+        # §1.4: an import row holds the columns named in `field_names`, and an existing
+        # contact keeps the fields a call does not name. sms.by's page for the same import
+        # says so outright (smsby.md "Import semantics", seed 000: the parameters "transferred
+        # in field_names will be updated"); here it is [INFERRED] from that, and DESIGN §4's
+        # column split (each call repeating the key) assumes it. So an update sends only what
+        # changed.
+        partial_update=True,
     )
 
     def __init__(

@@ -1,0 +1,234 @@
+"""Updates carry only the fields that changed (``Capabilities.partial_update``).
+
+At Unisender/Selzy an import leaves the fields it does not name as they are, so an update that
+names only the changed fields cannot overwrite an edit made at the provider between syncd's
+export and its push. A provider that may replace what it is not given gets every field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import World, emulator_process
+
+from syncd import app
+from syncd.config import Config, TargetConfig
+from syncd.engine import CycleOptions, CycleResult
+from syncd.providers.base import Provider, PushCall
+from syncd.providers.netcore import NetcoreProvider
+from syncd.providers.octopush import OctopushProvider
+from syncd.providers.smsby import SmsbyProvider
+from syncd.providers.unisender import UnisenderProvider
+
+
+def cycle_with(world: World, before_push: Callable[[PushCall], None]) -> CycleResult:
+    """A cycle whose provider runs ``before_push`` right before each write call: after the
+    export, before the import, as a person editing at the provider meanwhile would."""
+
+    def provider(config: Config, target: TargetConfig) -> Provider:
+        adapter = world.provider(config, target)
+        push = adapter.push
+
+        def hooked(call: PushCall) -> Any:
+            before_push(call)
+            return push(call)
+
+        adapter.push = hooked  # type: ignore[method-assign]
+        return adapter
+
+    (result,) = app.run_once(world.config, db=world.db, options=CycleOptions(), providers=provider)
+    return result
+
+
+def once(action: Callable[[], None]) -> Callable[[PushCall], None]:
+    done: list[bool] = []
+
+    def run(_call: PushCall) -> None:
+        if not done:
+            done.append(True)
+            action()
+
+    return run
+
+
+def test_each_adapter_declares_partial_updates_from_its_wire_facts() -> None:
+    # Unisender/Selzy and sms.by keep the fields an import does not name; Octopush overwrites
+    # the contact and Netcore's bulk upload is undocumented on this point: every field goes.
+    assert UnisenderProvider.capabilities.partial_update
+    assert SmsbyProvider.capabilities.partial_update
+    octopush = OctopushProvider(_target("octopush", key="phone", api_login="me@example.com"))
+    netcore = NetcoreProvider(_target("netcore"))
+    assert not octopush.capabilities.partial_update
+    assert not netcore.capabilities.partial_update
+
+
+def _target(provider: str, **values: Any) -> TargetConfig:
+    return TargetConfig(name="t", provider=provider, list_id="1", api_key="k", fields={}, **values)
+
+
+def test_an_update_sends_the_key_and_the_changed_fields_only(world: World) -> None:
+    ann, bob = world.add_local(2)
+    first = world.cycle()
+    assert [(c.op, c.columns) for c in first.calls] == [("create", ("Name", "City"))]
+    world.ingest([{"email": ann, "city": "Brest"}, {"email": bob, "name": ""}])
+    result = world.cycle()
+    assert result.outcome == "converged", result.message
+    assert [(c.op, c.columns, c.first_rows) for c in result.calls] == [
+        ("update", ("City",), ({"email": ann, "tags": "", "City": "Brest"},)),
+        ("update", ("Name",), ({"email": bob, "tags": "", "Name": ""},)),
+    ]
+    assert world.remote()[ann]["fields"] == {"Name": "Person 0", "City": "Brest"}
+    assert world.remote()[bob]["fields"] == {"Name": "", "City": "Minsk"}  # cleared: sent as ""
+    assert world.cycle().write_calls == 0
+
+
+def test_a_remote_edit_made_during_the_push_survives_a_local_edit_of_another_field(
+    world: World,
+) -> None:
+    ann, bob = world.add_local(2)
+    world.cycle()
+    world.ingest([{"email": ann, "name": "Anna"}, {"email": bob, "city": "Grodno"}])
+
+    def edit_remotely() -> None:
+        world.emu.edit(ann, City="Brest")
+        world.emu.edit(bob, Name="Robert")
+
+    assert cycle_with(world, once(edit_remotely)).outcome == "converged"
+    assert world.remote()[ann]["fields"] == {"Name": "Anna", "City": "Brest"}
+    assert world.remote()[bob]["fields"] == {"Name": "Robert", "City": "Grodno"}
+    pulled = world.cycle()  # the remote edits are remote edits: into the mirror, no conflict
+    assert pulled.summary()["pulled"] == 2 and pulled.write_calls == 0
+    assert pulled.counts["conflicts_settled"] == 0
+    assert (world.local()[ann]["city"], world.local()[bob]["name"]) == ("Brest", "Robert")
+    assert world.cycle().write_calls == 0
+
+
+def test_without_partial_updates_every_field_is_sent(world: World, monkeypatch: Any) -> None:
+    """The capability decides: a provider that may reset what it is not given gets it all."""
+    ann, bob = world.add_local(2)
+    world.cycle()
+    original = world.provider
+
+    def whole(config: Config, target: TargetConfig) -> Provider:
+        adapter = original(config, target)
+        adapter.capabilities = replace(adapter.capabilities, partial_update=False)
+        return adapter
+
+    monkeypatch.setattr(world, "provider", whole)
+    world.ingest([{"email": ann, "city": "Brest"}, {"email": bob, "name": "Bob"}])
+    result = world.cycle()
+    assert [(c.op, c.columns, c.rows) for c in result.calls] == [("update", ("Name", "City"), 2)]
+    assert result.calls[0].first_rows[0] == {
+        "email": ann,
+        "tags": "",
+        "Name": "Person 0",
+        "City": "Brest",
+    }
+    assert world.cycle().write_calls == 0
+
+
+# ------------------------------------------------------------ end to end, real processes
+
+KEY = "partial-e2e-key-5b0c"
+LATENCY = 3.0  # seconds each importContacts waits before it is applied: the window for an edit
+
+
+def _syncd(cwd: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "syncd", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _run(cwd: Path, env: dict[str, str], *args: str) -> dict[str, Any]:
+    out, err = _syncd(cwd, env, *args).communicate(timeout=120)
+    assert out.strip(), err
+    return json.loads(out) if args[0] == "run-once" else {"out": out}
+
+
+@pytest.mark.slow
+def test_a_remote_edit_between_export_and_import_survives_end_to_end(tmp_path: Path) -> None:
+    """`syncd run-once` against `syncd emulate unisender`. The emulator holds each import back
+    (its `latency` fault on importContacts); once the first import has arrived, after the
+    export, the test edits those contacts at the provider, before the import is applied."""
+    with emulator_process("unisender", KEY) as emulator:
+        (tmp_path / "syncd.toml").write_text(
+            f"""
+[store]
+url = "sqlite:///{tmp_path / "syncd.db"}"
+
+[[target]]
+name = "news"
+provider = "unisender"
+list_id = "1"
+api_key = "{KEY}"
+base_url = "{emulator}/en/api"
+fields = {{ Name = "name", City = "city" }}
+export_poll_interval = 0.05
+""",
+            encoding="utf-8",
+        )
+        env = {k: v for k, v in os.environ.items() if k != "SYNCD_CONFIG"}
+        people = tmp_path / "people.csv"
+        people.write_text(
+            "email,name,city,lists\nann@example.com,Ann,Minsk,news\nbob@example.com,Bob,Minsk,news\n"
+        )
+        _run(tmp_path, env, "ingest", str(people))
+        assert _run(tmp_path, env, "run-once", "--json")["outcome"] == "converged"
+
+        edits = tmp_path / "edits.csv"
+        edits.write_text(
+            "email,name,city\nann@example.com,Anna,Minsk\nbob@example.com,Bob,Grodno\n"
+        )
+        _run(tmp_path, env, "ingest", str(edits))
+        admin = httpx.Client(base_url=f"{emulator}/_emulator", timeout=10)
+        imports = admin.get("/calls").json()["calls"].get("importContacts", 0)
+        admin.post("/faults", json={"latency": LATENCY, "methods": ["importContacts"]})
+        push = _syncd(tmp_path, env, "run-once", "--json")
+        deadline = time.monotonic() + 60
+        while admin.get("/calls").json()["calls"].get("importContacts", 0) == imports:
+            assert push.poll() is None and time.monotonic() < deadline, push.communicate()
+            time.sleep(0.01)
+        # the first import has arrived and waits: edit the other field of each contact
+        ann = admin.post(
+            "/contact", json={"action": "edit", "email": "ann@example.com", "City": "Brest"}
+        ).json()
+        bob = admin.post(
+            "/contact", json={"action": "edit", "email": "bob@example.com", "Name": "Robert"}
+        ).json()
+        # the edits came before the import was applied, or the test proves nothing
+        assert (ann["fields"]["Name"], bob["fields"]["City"]) == ("Ann", "Minsk")
+        admin.post("/faults", json={})  # the import in flight keeps its delay; no others wait
+        out, err = push.communicate(timeout=120)
+        assert push.returncode == 0, out + err
+        assert json.loads(out)["updated"] == 2
+
+        state = admin.get("/state", params={"list_id": 1}).json()["contacts"]
+        fields = {c["email"]: c["fields"] for c in state}
+        assert fields["ann@example.com"] == {"Name": "Anna", "City": "Brest"}
+        assert fields["bob@example.com"] == {"Name": "Robert", "City": "Grodno"}
+
+        pulled = _run(tmp_path, env, "run-once", "--json")
+        assert (pulled["pulled"], pulled["write_calls"], pulled["conflicts"]) == (2, 0, 0)
+        local = {
+            r["email"]: r
+            for r in map(json.loads, _run(tmp_path, env, "export")["out"].split("\n")[:-1])
+        }
+        assert local["ann@example.com"]["city"] == "Brest"
+        assert local["bob@example.com"]["name"] == "Robert"
+        assert _run(tmp_path, env, "run-once", "--json")["write_calls"] == 0
+        admin.close()
