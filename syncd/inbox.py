@@ -129,7 +129,9 @@ from watchdog.observers.api import BaseObserver
 
 from syncd.config import Config, TargetConfig
 from syncd.errors import IngestError
-from syncd.ingest import ContactChange, IngestReport, Rejection, apply, read_rows, validate
+from syncd.ingest.check import ContactChange, Rejection, validate
+from syncd.ingest.read import read_rows
+from syncd.ingest.write import IngestReport, apply
 from syncd.store.models import Contact, Membership
 
 log = logging.getLogger("syncd.inbox")
