@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from syncd.ingest import RESERVED
+from syncd.ingest.read import RESERVED
 from syncd.store.models import Contact, Membership
 
 Format = Literal["ndjson", "csv"]

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from syncd import outbox
 from syncd.config import Config
-from syncd.ingest import RESERVED
+from syncd.ingest.read import RESERVED
 from syncd.projection import STATUSES
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"

@@ -30,11 +30,13 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from syncd import ingest
 from syncd.config import IngestConfig, parse_config
 from syncd.errors import IngestError
 from syncd.inbox import Inbox
-from syncd.ingest import IngestReport, ingest_file, read_rows, validate
+from syncd.ingest import ingest_file
+from syncd.ingest.check import validate
+from syncd.ingest.read import MAX_COLUMNS, read_rows
+from syncd.ingest.write import IngestReport
 from syncd.store import open_engine
 
 CONFIG = IngestConfig(reject_role_addresses=True)
@@ -276,7 +278,7 @@ def test_each_bad_row_is_named_by_line_and_reason_and_the_good_row_applies(
 
 
 def test_a_json_record_with_too_many_keys_is_rejected(mirror: Mirror) -> None:
-    keys = b", ".join(b'"k%d": 1' % i for i in range(ingest.MAX_COLUMNS + 1))
+    keys = b", ".join(b'"k%d": 1' % i for i in range(MAX_COLUMNS + 1))
     report = check_whole_or_nothing(
         mirror, GOOD + b'{"email": "c@x.com", ' + keys + b"}\n", ".ndjson"
     )

@@ -19,7 +19,8 @@ from syncd import export
 from syncd.config import IngestConfig
 from syncd.contacts import is_role_address
 from syncd.export import export_contacts
-from syncd.ingest import RESERVED, ingest_file
+from syncd.ingest import ingest_file
+from syncd.ingest.read import RESERVED
 from syncd.projection import STATUSES
 from syncd.store.db import open_engine
 

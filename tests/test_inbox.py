@@ -13,9 +13,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from syncd import inbox as inbox_module
 from syncd.config import Config, parse_config
-from syncd.inbox import Inbox, IngestedFile
+from syncd.inbox import Inbox
+from syncd.inbox import ledger as ledger_module
+from syncd.inbox.ledger import IngestedFile, Ledger
 from syncd.ingest import ingest_file
 from syncd.store import open_engine
 
@@ -333,7 +334,7 @@ def test_ledger_stops_a_reapply_after_a_crash_between_commit_and_move(
         raise SimulatedCrash
 
     with monkeypatch.context() as m:
-        m.setattr(Inbox, "_finish", crash)
+        m.setattr(Ledger, "finish", crash)
         with pytest.raises(SimulatedCrash):
             box.inbox.scan()
     # committed with its ledger row, never moved
@@ -372,7 +373,7 @@ def test_crash_after_the_move_gets_its_report_written_at_start(
         raise SimulatedCrash
 
     with monkeypatch.context() as m:
-        m.setattr(inbox_module, "_write_json", crash)
+        m.setattr(ledger_module, "_write_json", crash)
         with pytest.raises(SimulatedCrash):
             box.inbox.scan()
     assert (box.folder / "processed" / "late.csv").exists()

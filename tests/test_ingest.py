@@ -10,10 +10,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from syncd import ingest
 from syncd.config import IngestConfig
 from syncd.errors import IngestError
-from syncd.ingest import ContactChange, apply, ingest_file, read_rows, validate
+from syncd.ingest import ingest_file
+from syncd.ingest.check import ContactChange, validate
+from syncd.ingest.read import read_rows
+from syncd.ingest.write import IngestReport, _Chunk, apply
 from syncd.store.db import open_engine
 
 CONFIG = IngestConfig()
@@ -57,7 +59,7 @@ def by_email(engine: Engine, email: str) -> dict[str, Any]:
     return found
 
 
-def counts(report: ingest.IngestReport) -> dict[str, int]:
+def counts(report: IngestReport) -> dict[str, int]:
     return {k: report.to_dict()[k] for k in ("created", "updated", "deleted", "unchanged")}
 
 
@@ -450,16 +452,16 @@ def test_a_failure_mid_apply_writes_nothing(
     )
     changes, _ = validate(read_rows(write(tmp_path, "2.csv", rows)), CONFIG)
 
-    real_write = ingest._Chunk.write
+    real_write = _Chunk.write
     calls = []
 
-    def failing_write(self: ingest._Chunk, session: Any) -> None:
+    def failing_write(self: _Chunk, session: Any) -> None:
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("disk on fire")
         real_write(self, session)
 
-    monkeypatch.setattr(ingest._Chunk, "write", failing_write)
+    monkeypatch.setattr(_Chunk, "write", failing_write)
     with pytest.raises(RuntimeError, match="disk on fire"):
         apply(engine, changes, chunk_size=2)
     assert len(calls) == 2  # the first chunk was written to the session, then rolled back

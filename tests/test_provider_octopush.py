@@ -12,14 +12,13 @@ from typing import Any
 import httpx
 import pytest
 from conftest import emulator_process
-from test_provider_unisender import Recorder
+from provider_helpers import Recorder, adapter_for, row
 
 from syncd.config import TargetConfig
 from syncd.emulators.admin import Faults
 from syncd.emulators.octopush import OctopushEmulator
 from syncd.emulators.server import EmulatorServer
 from syncd.errors import AuthError, ProviderError
-from syncd.projection import Projection
 from syncd.providers import make_provider
 from syncd.providers.base import Op, PushCall, RowChange
 from syncd.providers.octopush import OctopushProvider
@@ -46,12 +45,6 @@ def target(**overrides: Any) -> TargetConfig:
     return TargetConfig(**values)
 
 
-def row(
-    op: Op, key: str, fields: dict[str, str] | None = None, status: str = "active"
-) -> RowChange:
-    return RowChange(op, Projection.build(key, fields or {}, (), status))
-
-
 def call(op: Op, *rows: RowChange, columns: tuple[str, ...] = ("first_name", "param1")) -> PushCall:
     return PushCall(op=op, columns=() if op == "delete" else columns, rows=rows)
 
@@ -70,12 +63,8 @@ def emu() -> OctopushEmulator:
 def adapter(
     emu: OctopushEmulator | None = None, transport: httpx.BaseTransport | None = None, **over: Any
 ) -> OctopushProvider:
-    if transport is None:
-        assert emu is not None
-        transport = httpx.MockTransport(emu.handle)
-    provider = make_provider(target(**over), transport=transport, sleep=lambda _s: None)
-    assert isinstance(provider, OctopushProvider)
-    return provider
+    handler = None if emu is None else emu.handle
+    return adapter_for(OctopushProvider, target(**over), handler, transport)
 
 
 def body(request: httpx.Request) -> Any:

@@ -12,14 +12,13 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 from conftest import emulator_process
-from test_provider_unisender import Recorder, form, header_and_rows
+from provider_helpers import Recorder, adapter_for, form, header_and_rows, row
 
 from syncd.config import TargetConfig
 from syncd.emulators.admin import Faults
 from syncd.emulators.server import EmulatorServer
 from syncd.emulators.smsby import SmsbyEmulator
 from syncd.errors import AuthError, ProviderError
-from syncd.projection import Projection
 from syncd.providers import make_provider
 from syncd.providers.base import Op, PushCall, RowChange
 from syncd.providers.smsby import SmsbyProvider
@@ -44,12 +43,6 @@ def target(**overrides: Any) -> TargetConfig:
     return TargetConfig(**values)
 
 
-def row(
-    op: Op, key: str, fields: dict[str, str] | None = None, status: str = "active"
-) -> RowChange:
-    return RowChange(op, Projection.build(key, fields or {}, (), status))
-
-
 def call(op: Op, *rows: RowChange, columns: tuple[str, ...] = ("name", "email")) -> PushCall:
     return PushCall(op=op, columns=columns, rows=rows)
 
@@ -64,12 +57,8 @@ def emu() -> SmsbyEmulator:
 def adapter(
     emu: SmsbyEmulator | None = None, transport: httpx.BaseTransport | None = None, **over: Any
 ) -> SmsbyProvider:
-    if transport is None:
-        assert emu is not None
-        transport = httpx.MockTransport(emu.handle)
-    provider = make_provider(target(**over), transport=transport, sleep=lambda _s: None)
-    assert isinstance(provider, SmsbyProvider)
-    return provider
+    handler = None if emu is None else emu.handle
+    return adapter_for(SmsbyProvider, target(**over), handler, transport)
 
 
 def answering(body: Any, status: int = 200) -> httpx.MockTransport:

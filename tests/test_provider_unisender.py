@@ -6,12 +6,12 @@ Wire facts: shared/providers/unisender-selzy.md (cited as §1.x).
 from __future__ import annotations
 
 import gzip
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import parse_qsl
 
 import httpx
 import pytest
+from provider_helpers import Handler, Recorder, form, header_and_rows, row
 
 from syncd.config import TargetConfig
 from syncd.emulators.server import EmulatorServer
@@ -19,49 +19,12 @@ from syncd.emulators.unisender import Faults, UnisenderEmulator
 from syncd.errors import AuthError, ExportIncomplete, ProviderError, ProviderUnreachable
 from syncd.projection import Projection
 from syncd.providers import make_provider
-from syncd.providers.base import Op, PushCall, RemoteContact, RowChange
+from syncd.providers.base import PushCall, RemoteContact
 from syncd.providers.http import RateWindow, key_fingerprint, parse_retry_after, shared_bucket
 from syncd.providers.unisender import UnisenderProvider
 
 API_KEY = "sk-test-0123456789abcdef"
 ROOT = "https://api.unisender.test/en/api"
-
-Handler = Callable[[httpx.Request], httpx.Response]
-
-
-class Recorder(httpx.BaseTransport):
-    """Serves ``handler`` in-process and keeps every request, body read."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.requests: list[httpx.Request] = []
-        self._inner = httpx.MockTransport(handler)
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        request.read()
-        self.requests.append(request)
-        return self._inner.handle_request(request)
-
-    def calls(self, method: str) -> list[httpx.Request]:
-        return [r for r in self.requests if r.url.path.endswith(f"/api/{method}")]
-
-
-def form(request: httpx.Request) -> list[tuple[str, str]]:
-    return parse_qsl(request.content.decode(), keep_blank_values=True)
-
-
-def header_and_rows(request: httpx.Request) -> tuple[list[str], list[list[str]]]:
-    """Rebuild `field_names` and `data` from indexed PHP brackets (§1.1)."""
-    names: dict[int, str] = {}
-    cells: dict[int, dict[int, str]] = {}
-    for key, value in form(request):
-        if key.startswith("field_names["):
-            names[int(key[12:-1])] = value
-        elif key.startswith("data["):
-            i, j = (int(x) for x in key[5:-1].split("]["))
-            cells.setdefault(i, {})[j] = value
-    header = [names[j] for j in sorted(names)]
-    rows = [[cells[i][j] for j in sorted(cells[i])] for i in sorted(cells)]
-    return header, rows
 
 
 def target(**overrides: Any) -> TargetConfig:
@@ -110,17 +73,6 @@ def make(emu: UnisenderEmulator) -> Iterator[Callable[..., Setup]]:
     yield _make
     for setup in made:
         setup.provider.close()
-
-
-def row(
-    op: Op,
-    key: str,
-    fields: dict[str, str] | None = None,
-    *,
-    tags: Iterable[str] = (),
-    status: str = "active",
-) -> RowChange:
-    return RowChange(op, Projection.build(key, fields or {}, tags, status))
 
 
 def exported(provider: UnisenderProvider) -> dict[str, RemoteContact]:

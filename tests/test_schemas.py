@@ -23,7 +23,9 @@ from sqlalchemy.engine import Engine
 from syncd import schemas
 from syncd.config import Config, IngestConfig, parse_config
 from syncd.errors import ConfigError
-from syncd.ingest import ingest_file, read_rows, validate
+from syncd.ingest import ingest_file
+from syncd.ingest.check import validate
+from syncd.ingest.read import read_rows
 from syncd.init import PROVIDER_NAMES, STARTERS, starter_text
 from syncd.outbox import ChangeEvent
 from syncd.store import open_engine

@@ -1,0 +1,325 @@
+"""One inbox file into the mirror: its rows, its snapshot and its ledger row in one transaction.
+
+Per file
+--------
+The rows are read and checked (``ingest.read_rows`` / ``ingest.validate``), then applied in ONE
+transaction together with a ledger row (``IngestedFile``), then the file is moved to
+``processed/`` with ``NAME.report.json`` beside it (the ``IngestReport`` dict plus
+``ingested_at``). It goes to ``failed/`` instead, with the reason in ``error``, when nothing in it
+could apply: it is unreadable (``IngestError``), every row was rejected, or a snapshot trips the
+mass-delete guard. Bad rows of a file that otherwise applies are listed by line in its report,
+and the file goes to ``processed/``. An unexpected error while the file is read and checked
+(before any write) is the file's own and would recur: it goes to ``failed/`` too. Any other error
+leaves the file in the inbox for the next pass (see ``syncd.inbox``).
+
+One transaction
+---------------
+``ingest.apply`` opens its own unit of work with ``Session(bind)``. Given a ``Connection`` that
+is already inside a transaction instead of an ``Engine``, SQLAlchemy joins that transaction
+(``join_transaction_mode="conservative_savepoint"``, the default): the session's commit does not
+commit it and its rollback rolls it back. ``FileApplier`` opens ``engine.begin()``, writes the
+ledger row, applies the rows through that connection, does a snapshot's membership removals,
+checks the guard, and commits once. The tests check that a refused snapshot leaves its rows
+unapplied.
+
+Snapshots
+---------
+``LIST.snapshot.csv`` (or ``.ndjson``, ``.jsonl``, ``.json``) replaces the membership of the local
+list ``LIST``: its rows apply as usual and each contact they touch is put on ``LIST`` (whatever
+its ``lists`` column says otherwise); members of ``LIST`` the snapshot does not name leave the list
+(the membership only; the contact stays). A member named by a rejected row stays: a bad row is no
+statement that the contact left. Explicit ``delete`` rows are deletions, not counted as leaving.
+Mass-delete guard (DESIGN §3 rule 2): if more than 10 members would leave and that is more than
+the smallest ``max_delete_fraction`` among the targets fed by ``LIST`` (0.2 when no target is)
+of the members before the file, nothing applies and the file goes to ``failed/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import col
+
+from syncd.config import Config, TargetConfig
+from syncd.errors import IngestError
+from syncd.inbox.ledger import FileOutcome, IngestedFile, Ledger, now, snapshot_list
+from syncd.ingest.check import ContactChange, Rejection, validate
+from syncd.ingest.read import read_rows
+from syncd.ingest.write import IngestReport, apply
+from syncd.store.models import Contact, Membership
+
+log = logging.getLogger("syncd.inbox")
+
+MASS_DELETE_MIN = 10  # a snapshot may always remove this many members
+CHUNK = 500  # keys per IN (...) query
+
+_T = TypeVar("_T")
+
+
+class _Refused(Exception):
+    """Nothing of the file may apply: the transaction rolls back and the file goes to failed/."""
+
+    def __init__(self, reason: str, report: dict[str, Any]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.report = report
+
+
+def _chunks(items: Sequence[_T], size: int = CHUNK) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _sha256(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+def _empty_report(name: str) -> dict[str, Any]:
+    return IngestReport(file=name).to_dict()
+
+
+def _mass_delete_fraction(config: Config, list_name: str) -> tuple[float, list[str]]:
+    fed = [t for t in config.target if t.local_list_name == list_name]
+    if not fed:
+        default = TargetConfig.model_fields["max_delete_fraction"].default
+        return float(default), []
+    return min(t.max_delete_fraction for t in fed), [t.name for t in fed]
+
+
+@dataclass(frozen=True, slots=True)
+class _Applied:
+    report: dict[str, Any]
+    lists: frozenset[str]
+
+
+class FileApplier:
+    """Takes one file: checks it, applies it with its ledger row, and hands it to the ledger."""
+
+    def __init__(self, engine: Engine, config: Config, ledger: Ledger) -> None:
+        self.engine = engine
+        self.config = config
+        self.ledger = ledger
+
+    def process(self, path: Path) -> FileOutcome:
+        name, ledger = path.name, self.ledger
+        try:
+            digest, size = _sha256(path)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            return ledger.fail(path, _empty_report(name), f"cannot be read: {exc.strerror or exc}")
+
+        pending = ledger.unsettled(digest, name)
+        if pending is not None:
+            return ledger.recover(path, pending)
+
+        log.debug("inbox: ingesting %s", name)
+        snapshot = snapshot_list(name)
+        if snapshot is not None and (snapshot != snapshot.strip() or "," in snapshot):
+            reason = f"snapshot list name {snapshot!r} has a comma or surrounding spaces"
+            return ledger.fail(path, _empty_report(name), reason)
+        try:
+            changes, rejected = validate(read_rows(path), self.config.ingest)
+        except IngestError as exc:
+            return ledger.fail(path, _empty_report(name), str(exc))
+        except Exception as exc:
+            # Reading and checking touch nothing but the file: a failure here is a reader bug
+            # that the same bytes would hit again on every pass, so the file is set aside
+            # rather than retried for ever.
+            log.exception("inbox: %s could not be read", name)
+            reason = f"could not be read: {type(exc).__name__}: {exc}"
+            return ledger.fail(path, _empty_report(name), reason)
+
+        rows = len(changes) + len(rejected)
+        if not changes and rejected:
+            report = IngestReport(file=name, rows=rows, rejected=rejected).to_dict()
+            return ledger.fail(path, report, f"nothing applied: all {rows} rows were rejected")
+        if not changes and snapshot is None:  # an empty file: nothing to apply, nothing wrong
+            report = {**_empty_report(name), "ingested_at": now()}
+            dest = ledger.finish(
+                path, ledger.processed, ledger.reserve(ledger.processed, name), report
+            )
+            return FileOutcome(name, "processed", dest, report)
+
+        reserved = ledger.reserve(ledger.processed, name)
+        try:
+            applied = self._apply(digest, name, size, reserved, changes, rejected, snapshot)
+        except _Refused as refused:
+            return ledger.fail(path, refused.report, refused.reason)
+        dest = ledger.finish(path, ledger.processed, reserved, applied.report)
+        ledger.settle(digest)
+        return FileOutcome(name, "processed", dest, applied.report, applied.lists)
+
+    def _apply(
+        self,
+        digest: str,
+        name: str,
+        size: int,
+        reserved: str,
+        changes: list[ContactChange],
+        rejected: list[Rejection],
+        snapshot: str | None,
+    ) -> _Applied:
+        """Rows, snapshot removals and the ledger row: one transaction (see the docstring)."""
+        rows = len(changes) + len(rejected)
+        with self.engine.begin() as conn:
+            # The ledger write comes first: on SQLite it takes the write lock, so every read
+            # below sees the state this transaction commits on top of.
+            conn.execute(delete(IngestedFile).where(col(IngestedFile.sha256) == digest))
+            conn.execute(
+                insert(IngestedFile).values(
+                    sha256=digest, name=name, size=size, applied_at=now(), dest=reserved
+                )
+            )
+            members_before = 0 if snapshot is None else _member_count(conn, snapshot)
+            before = _lists_of(conn, changes)
+            # Joins this transaction: apply's session neither commits nor outlives it.
+            result = apply(cast(Engine, conn), changes)
+            apply_rejected = list(result.rejected)
+            result.file = name
+            result.rows = rows
+            result.rejected = sorted(rejected + apply_rejected, key=lambda r: r.line)
+            applied = result.created + result.updated + result.deleted + result.unchanged
+            if applied == 0 and rows > 0:
+                report = IngestReport(file=name, rows=rows, rejected=result.rejected).to_dict()
+                raise _Refused(f"nothing applied: all {rows} rows were rejected", report)
+
+            lists = before | _lists_of(conn, changes)
+            lists |= {n for c in changes if c.lists is not None for n in c.lists}
+            report = result.to_dict()
+            if snapshot is not None:
+                removed = self._replace_members(
+                    conn, snapshot, members_before, changes, rejected, apply_rejected, result
+                )
+                lists.add(snapshot)
+                report["snapshot"] = {"list": snapshot, "removed": removed}
+            report["ingested_at"] = now()
+            conn.execute(
+                update(IngestedFile)
+                .where(col(IngestedFile.sha256) == digest)
+                .values(report=json.dumps(report), lists=json.dumps(sorted(lists)))
+            )
+        return _Applied(report, frozenset(lists))
+
+    def _replace_members(
+        self,
+        conn: Connection,
+        list_name: str,
+        members_before: int,
+        changes: list[ContactChange],
+        rejected: list[Rejection],
+        apply_rejected: list[Rejection],
+        result: IngestReport,
+    ) -> int:
+        """Put every contact the snapshot touched on the list; take the others off it."""
+        refused_lines = {r.line for r in apply_rejected}
+        kept = [c for c in changes if not c.delete and c.line not in refused_lines]
+        ids = _ids_by_key(
+            conn, [c.email for c in kept if c.email], [c.phone for c in kept if c.phone]
+        )
+        touched = {
+            ids[c.email if c.email is not None else cast(str, c.phone)]
+            for c in kept
+            if (c.email if c.email is not None else c.phone) in ids
+        }
+        # A bad row is no statement that its contact left the list.
+        protected_keys = {r.key for r in rejected if r.key}
+        protected_keys |= {
+            k for c in changes if c.line in refused_lines for k in (c.email, c.phone) if k
+        }
+        keys = sorted(protected_keys)
+        protected = set(_ids_by_key(conn, keys, keys).values())
+        current = set(
+            conn.execute(
+                select(col(Membership.contact_id)).where(col(Membership.list_name) == list_name)
+            ).scalars()
+        )
+        leaving = sorted(current - touched - protected)
+        fraction, targets = _mass_delete_fraction(self.config, list_name)
+        if len(leaving) > MASS_DELETE_MIN and len(leaving) > fraction * members_before:
+            fed = f"targets {', '.join(targets)}" if targets else "the default"
+            reason = (
+                f"mass-delete guard: the snapshot would remove {len(leaving)} of the "
+                f"{members_before} members of list {list_name!r} "
+                f"({len(leaving) / members_before:.0%}), more than the {fraction:.0%} allowed "
+                f"by {fed} (max_delete_fraction); nothing was applied"
+            )
+            report = IngestReport(result.file, result.rows, rejected=result.rejected).to_dict()
+            report["snapshot"] = {"list": list_name, "removed": 0, "would_remove": len(leaving)}
+            raise _Refused(reason, report)
+        for chunk in _chunks(leaving):
+            conn.execute(
+                delete(Membership).where(
+                    col(Membership.list_name) == list_name, col(Membership.contact_id).in_(chunk)
+                )
+            )
+        joining = sorted(touched - current)
+        if joining:
+            conn.execute(
+                insert(Membership), [{"contact_id": i, "list_name": list_name} for i in joining]
+            )
+        return len(leaving)
+
+
+# -- queries -------------------------------------------------------------------------------
+
+
+def _lists_of(conn: Connection, changes: Sequence[ContactChange]) -> set[str]:
+    """The local lists of the contacts these rows name (by email or phone), now."""
+    names: set[str] = set()
+    for column, keys in (
+        (Contact.email, sorted({c.email for c in changes if c.email is not None})),
+        (Contact.phone, sorted({c.phone for c in changes if c.phone is not None})),
+    ):
+        for chunk in _chunks(keys):
+            names.update(
+                conn.execute(
+                    select(col(Membership.list_name))
+                    .join(Contact, col(Contact.id) == col(Membership.contact_id))
+                    .where(col(column).in_(chunk))
+                    .distinct()
+                ).scalars()
+            )
+    return names
+
+
+def _ids_by_key(conn: Connection, emails: Sequence[str], phones: Sequence[str]) -> dict[str, int]:
+    """Live contacts' ids by email and by phone (one dict: emails and phones never collide)."""
+    found: dict[str, int] = {}
+    for column, keys in (
+        (Contact.email, sorted(set(emails))),
+        (Contact.phone, sorted(set(phones))),
+    ):
+        for chunk in _chunks(keys):
+            for key, contact_id in conn.execute(
+                select(col(column), col(Contact.id)).where(
+                    col(column).in_(chunk), col(Contact.deleted).is_(False)
+                )
+            ):
+                if key is not None and contact_id is not None:
+                    found[key] = contact_id
+    return found
+
+
+def _member_count(conn: Connection, list_name: str) -> int:
+    return int(
+        conn.execute(
+            select(func.count())
+            .select_from(Membership)
+            .where(col(Membership.list_name) == list_name)
+        ).scalar_one()
+    )

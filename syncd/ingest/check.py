@@ -1,0 +1,243 @@
+"""Checking rows: each raw record becomes a ``ContactChange`` or a ``Rejection`` with its reason.
+
+``validate`` looks at the rows alone, never at the mirror: keys are normalised (an email
+trimmed, checked and lower-cased, a phone made E.164), the reserved columns parsed, every other
+column read as a custom field's text, and refused: text no store or provider can hold (the
+limits are in ``syncd.ingest.read``), and a key an earlier row of the file already used. What a
+good row then does to the mirror is ``syncd.ingest.write``'s ("What a row does").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from syncd.config import IngestConfig
+from syncd.contacts import is_role_address, normalise_email, normalise_phone
+from syncd.ingest.read import (
+    MAX_VALUE_CHARS,
+    NOT_TEXT,
+    RESERVED,
+    SURROGATE,
+    RawRow,
+    shown,
+)
+from syncd.projection import STATUSES, Status
+
+_REPORTED_CHARS = 400  # a rejection's key and reason are cut to this
+
+
+@dataclass(frozen=True, slots=True)
+class ContactChange:
+    """One checked row: normalised keys, and only what the row carries (None = not carried)."""
+
+    line: int
+    email: str | None = None
+    phone: str | None = None
+    fields: Mapping[str, str | None] = field(default_factory=dict)  # None = remove the field
+    tags: frozenset[str] | None = None
+    lists: frozenset[str] | None = None
+    status: Status | None = None
+    delete: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.email or self.phone or ""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A row that was not applied, and why."""
+
+    line: int
+    key: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"line": self.line, "key": self.key, "reason": self.reason}
+
+
+class _RowProblem(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def validate(
+    rows: Iterable[RawRow], config: IngestConfig
+) -> tuple[list[ContactChange], list[Rejection]]:
+    """Check every row: the good ones become changes, each bad one a rejection with its reason."""
+    changes: list[ContactChange] = []
+    rejections: list[Rejection] = []
+    claimed: dict[str, int] = {}  # email or phone -> the line that used it first
+    for row in rows:
+        try:
+            changes.append(_check_row(row, config, claimed))
+        except _RowProblem as problem:
+            key = _clipped(_display_key(row.values))
+            rejections.append(Rejection(row.line, key, _clipped(problem.reason)))
+    return changes, rejections
+
+
+def _clipped(text: str) -> str:
+    """A report line stays readable whatever the file held (a 100 KB "email", say)."""
+    if len(text) <= _REPORTED_CHARS:
+        return text
+    return f"{text[:_REPORTED_CHARS]}... ({len(text):,} characters)"
+
+
+def _display_key(values: Mapping[str, Any]) -> str:
+    """The row's key for a report, normalised when possible so it matches what is stored."""
+    for name, normalise in (("email", normalise_email), ("phone", _phone_as_written)):
+        raw = values.get(name)
+        if isinstance(raw, str | int) and not isinstance(raw, bool) and str(raw).strip():
+            text = str(raw)
+            if SURROGATE.search(text):
+                return text.encode("utf-8", "backslashreplace").decode("ascii", "replace")
+            try:
+                return normalise(text)
+            except ValueError:
+                return text.strip()
+    return ""
+
+
+def _phone_as_written(raw: str) -> str:
+    return normalise_phone(raw, None) if raw.strip().startswith("+") else raw.strip()
+
+
+def _check_row(row: RawRow, config: IngestConfig, claimed: dict[str, int]) -> ContactChange:
+    if row.problem is not None:
+        raise _RowProblem(row.problem)
+    values = row.values
+    for name, value in values.items():
+        _check_text(name, value)
+    email = _identity(values.get("email"), "email", allow_int=False)
+    phone = _identity(values.get("phone"), "phone", allow_int=True)
+    if email is None and phone is None:
+        raise _RowProblem("row has neither email nor phone")
+    try:
+        email = None if email is None else normalise_email(email)
+        phone = None if phone is None else normalise_phone(phone, config.default_region)
+    except ValueError as exc:
+        raise _RowProblem(str(exc)) from None
+    if email is not None and config.reject_role_addresses and is_role_address(email):
+        raise _RowProblem(
+            f"role address {email}: providers refuse addresses that reach a function, not a person"
+        )
+    for name, key in (("email", email), ("phone", phone)):
+        if key is not None and key in claimed:
+            raise _RowProblem(f"duplicate {name} {key}: already on line {claimed[key]}")
+    # A row with a valid identity claims its keys even if it is rejected below, so a later
+    # duplicate is never applied in its place.
+    for key in (email, phone):
+        if key is not None:
+            claimed[key] = row.line
+
+    status = _status(values.get("status"))
+    delete = _delete_flag(values.get("delete"))
+    tags = _names(values, "tags")
+    lists = _names(values, "lists")
+    fields = {name: _field_value(name, v) for name, v in values.items() if name not in RESERVED}
+    if delete:
+        return ContactChange(row.line, email, phone, delete=True)
+    return ContactChange(row.line, email, phone, fields, tags, lists, status)
+
+
+def _check_text(name: str, value: Any) -> None:
+    """Text no store or provider can hold, refused before anything else looks at the row."""
+    if "\x00" in name:
+        raise _RowProblem(f"column {shown(name)} holds a NUL character in its name")
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if not isinstance(item, str):
+            continue
+        if len(item) > MAX_VALUE_CHARS:
+            raise _RowProblem(
+                f"{name} is {len(item):,} characters long; at most {MAX_VALUE_CHARS:,}"
+            )
+        if "\x00" in item:
+            raise _RowProblem(f"{name} holds a NUL character")
+        if SURROGATE.search(item):
+            raise _RowProblem(NOT_TEXT.format(what=name))
+
+
+def _identity(value: Any, name: str, *, allow_int: bool) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and allow_int:
+        return str(value)
+    if not isinstance(value, str):
+        raise _RowProblem(f"{name} must be text")
+    return value if value.strip() else None
+
+
+def _status(value: Any) -> Status | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    text = value.strip().lower() if isinstance(value, str) else value
+    if text not in STATUSES:
+        raise _RowProblem(
+            f"unknown status {shown(value)} (expected active, unsubscribed or blocked)"
+        )
+    return cast(Status, text)
+
+
+_TRUE = frozenset({"1", "true", "yes"})
+_FALSE = frozenset({"", "0", "false", "no"})
+
+
+def _delete_flag(value: Any) -> bool:
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int) and value in (0, 1):
+        return value == 1
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise _RowProblem(f"delete must be 1/true or 0/empty, not {shown(value)}")
+
+
+def _names(values: Mapping[str, Any], column: str) -> frozenset[str] | None:
+    """A tags or lists column: None when absent, else the set it replaces the old one with."""
+    if column not in values:
+        return None
+    value = values[column]
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        items: list[Any] = value.split(",")
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise _RowProblem(f"{column} must be a list of names")
+    names: set[str] = set()
+    for item in items:
+        if not isinstance(item, str):
+            raise _RowProblem(f"{column} must be a list of names, found {shown(item)}")
+        # A comma could not survive the comma-joined CSV column; refuse it here, not on export.
+        if "," in item:
+            raise _RowProblem(f"{column[:-1]} {shown(item)} contains a comma")
+        if item.strip():
+            names.add(item.strip())
+    return frozenset(names)
+
+
+def _field_value(name: str, value: Any) -> str | None:
+    """A custom field's value as stored text; None removes the field."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _RowProblem(f"field {name!r}: {value} is not a usable number")
+        return json.dumps(value)
+    if isinstance(value, dict):
+        raise _RowProblem(f"field {name!r} holds a nested object; custom fields take one value")
+    raise _RowProblem(f"field {name!r} holds a list; custom fields take one value")

@@ -1,0 +1,343 @@
+"""Reading contact files: records out of CSV and JSON, within limits, before any checking.
+
+``read_rows`` streams ``RawRow`` values; ``syncd.ingest.check`` decides what each one means.
+
+Files
+-----
+- CSV (``.csv``): comma-separated, UTF-8 with or without a BOM, a header row. A line number is
+  the physical line a record starts on (the header is line 1; quoted values may span lines).
+- JSON (``.ndjson``, ``.jsonl``, ``.json``): one object per line, or one JSON array of objects.
+  Values are strings, numbers, booleans or null; ``tags``/``lists`` are arrays of strings (a
+  string is read as comma-separated, as in CSV).
+
+Columns: ``email``, ``phone``, ``tags`` and ``lists`` (comma-separated in CSV), ``status``
+(active | unsubscribed | blocked; empty = not given), ``delete`` (1/true/yes = delete; 0/false/no
+or empty = no). These names are reserved: they are matched case-insensitively and always mean the
+column, so no custom field can carry them. Every other column is a custom field.
+
+Limits
+------
+So that a broken or hostile file costs bounded memory and time, and is refused with a reason
+rather than half-read: a physical line holds at most ``MAX_LINE_BYTES`` (a longer one refuses
+the file, naming the line, without reading the rest of it into memory); a CSV header has at most
+``MAX_COLUMNS`` columns; a JSON array file (read whole, see ``read_rows``) is at most
+``MAX_JSON_ARRAY_BYTES``. Per row: at most ``MAX_COLUMNS`` keys, text values of at most
+``MAX_VALUE_CHARS`` characters (the csv module's own field limit, so both formats agree), no NUL
+character and no lone UTF-16 surrogate (JSON can spell one, ``"\\ud800"``; it is not text and
+no database or provider can store it), numbers of at most 4300 digits (Python's limit).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from syncd.errors import IngestError
+
+RESERVED: tuple[str, ...] = ("email", "phone", "tags", "lists", "status", "delete")
+JSON_SUFFIXES = (".ndjson", ".jsonl", ".json")
+
+MAX_LINE_BYTES = 1 << 20  # one physical line; far above any real contact record
+MAX_COLUMNS = 1000  # header columns (CSV) or keys (JSON record); providers take 30-50 fields
+MAX_VALUE_CHARS = csv.field_size_limit()  # 131072: what the csv module accepts in one cell
+MAX_JSON_ARRAY_BYTES = 32 << 20  # a JSON array is read whole; NDJSON and CSV stream
+_SHOWN_CHARS = 60  # a value quoted in a reason is cut to this, so reports stay readable
+
+
+@dataclass(frozen=True, slots=True)
+class RawRow:
+    """One record as read, before any checking.
+
+    ``values`` maps column names (reserved ones folded to lower case) to the value as read: text
+    for CSV, any JSON value for JSON. ``problem`` is set when the reader could already tell the
+    record is unusable (a line that is not JSON, a CSV row with too few values, ...).
+    """
+
+    line: int
+    values: Mapping[str, Any]
+    problem: str | None = None
+
+
+def read_rows(path: str | os.PathLike[str]) -> Iterator[RawRow]:
+    """Stream the records of a CSV or JSON contact file; raise ``IngestError`` if it is unreadable.
+
+    The file is read lazily, so an unreadable part late in the file raises only when reached:
+    consume everything before writing anything (``ingest_file`` does). CSV and NDJSON stream
+    line by line; a JSON array is read whole, as the standard library cannot stream one.
+    """
+    file = Path(path)
+    suffix = file.suffix.lower()
+    if suffix != ".csv" and suffix not in JSON_SUFFIXES:
+        raise IngestError(f"{file}: unknown file type {suffix or '(none)'!r}; use .csv or .ndjson")
+    try:
+        with file.open("rb") as handle:
+            if suffix != ".csv" and _starts_a_json_array(handle):
+                yield from _read_json_array(file, _whole_json_array(file, handle), 1)
+                return
+            lines = _decoded_lines(file, handle)
+            if suffix == ".csv":
+                yield from _read_csv(file, lines)
+            else:
+                yield from _read_json(file, lines)
+    except OSError as exc:
+        raise IngestError(f"{file}: cannot be read: {exc.strerror or exc}") from None
+
+
+_UTF16_OR_32_BOMS = (
+    codecs.BOM_UTF32_LE,
+    codecs.BOM_UTF32_BE,
+    codecs.BOM_UTF16_LE,
+    codecs.BOM_UTF16_BE,
+)
+
+
+def _not_utf8(file: Path, line: int, raw: bytes, at: int) -> IngestError:
+    """The error for line ``line`` (bytes ``raw``), whose byte ``at`` does not decode."""
+    if line == 1 and raw.startswith(_UTF16_OR_32_BOMS):
+        return IngestError(
+            f"{file}: the file is UTF-16 or UTF-32 (it starts with that byte order mark); "
+            "save it as UTF-8"
+        )
+    return IngestError(
+        f"{file}: line {line} is not valid UTF-8 (byte 0x{raw[at]:02x} at byte {at + 1} of "
+        "the line); save the file as UTF-8"
+    )
+
+
+def _decoded_lines(file: Path, handle: BinaryIO) -> Iterator[str]:
+    """Physical lines as text, so that a decoding error can name its line.
+
+    Splitting bytes on b"\\n" is safe in UTF-8: that byte never occurs inside a multi-byte
+    character. Each yielded line keeps its line ending, as ``csv`` expects. A line is read at
+    most ``MAX_LINE_BYTES`` at a time, so an endless line costs that much memory, not its length.
+    """
+    number = 0
+    while raw := handle.readline(MAX_LINE_BYTES + 1):
+        number += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            raise IngestError(
+                f"{file}: line {number} is longer than {MAX_LINE_BYTES:,} bytes; a contact "
+                "file holds one record a line (or a CSV record over a few lines)"
+            )
+        try:
+            yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(file, number, raw, exc.start) from None
+
+
+def _starts_a_json_array(handle: BinaryIO) -> bool:
+    """Whether the first character that is not a BOM or white space is ``[``; rewinds."""
+    bom = codecs.BOM_UTF8
+    handle.seek(len(bom) if handle.read(len(bom)) == bom else 0)
+    found = b""
+    while not found and (chunk := handle.read(1 << 16)):
+        found = chunk.lstrip(b" \t\r\n")
+    handle.seek(0)
+    return found.startswith(b"[")
+
+
+def _whole_json_array(file: Path, handle: BinaryIO) -> str:
+    """A JSON array file as one text: the standard library cannot stream one."""
+    data = handle.read(MAX_JSON_ARRAY_BYTES + 1)
+    if len(data) > MAX_JSON_ARRAY_BYTES:
+        raise IngestError(
+            f"{file}: a JSON array file is read whole and may be at most "
+            f"{MAX_JSON_ARRAY_BYTES >> 20} MiB; write bigger files as NDJSON (one object a line)"
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise _not_utf8(file, line, data[line_start : exc.end], exc.start - line_start) from None
+
+
+def _column_name(raw: str) -> str:
+    name = raw.strip()
+    folded = name.lower()
+    return folded if folded in RESERVED else name
+
+
+def _read_csv(file: Path, lines: Iterator[str]) -> Iterator[RawRow]:
+    # strict: broken quoting is an error, not a quote silently swallowing the rest of the file.
+    reader = csv.reader(lines, strict=True)
+    try:
+        header: list[str] = []
+        for header in reader:
+            if any(cell.strip() for cell in header):
+                break
+        else:
+            raise IngestError(f"{file}: the file is empty; the first line must be the header")
+        columns = _csv_columns(file, header)
+        done = reader.line_num  # physical lines consumed so far
+        for cells in reader:
+            line, done = done + 1, reader.line_num
+            if not any(cell.strip() for cell in cells):
+                continue  # blank line
+            if len(cells) < len(columns) or any(c.strip() for c in cells[len(columns) :]):
+                problem = f"row has {len(cells)} values but the header has {len(columns)} columns"
+                yield RawRow(line, dict(zip(columns, cells, strict=False)), problem)
+                continue
+            yield RawRow(line, dict(zip(columns, cells, strict=False)))
+    except csv.Error as exc:
+        raise IngestError(
+            f"{file}: line {reader.line_num}: not valid CSV: {_csv_problem(exc)}"
+        ) from None
+
+
+def _csv_problem(exc: csv.Error) -> str:
+    """The csv module's message, in words a person who made the file can act on."""
+    text = str(exc)
+    if "field larger than field limit" in text:
+        return f"a value is longer than {MAX_VALUE_CHARS:,} characters (an unclosed quote?)"
+    if "new-line character seen in unquoted field" in text:
+        return (
+            "a carriage return inside an unquoted value: save the file with LF or CRLF line "
+            "endings (not CR alone), or quote the value"
+        )
+    return text
+
+
+def _csv_columns(file: Path, header: list[str]) -> list[str]:
+    if len(header) > MAX_COLUMNS:
+        raise IngestError(
+            f"{file}: the header has {len(header):,} columns; at most {MAX_COLUMNS:,} are read"
+        )
+    columns = [_column_name(cell) for cell in header]
+    seen: set[str] = set()
+    for position, name in enumerate(columns, start=1):
+        if not name:
+            raise IngestError(f"{file}: header column {position} has no name")
+        if name in seen:
+            raise IngestError(f"{file}: column {name!r} appears twice in the header")
+        seen.add(name)
+    if "email" not in seen and "phone" not in seen:
+        found = ", ".join(repr(c) for c in columns)
+        raise IngestError(
+            f"{file}: the header has no email or phone column (found {found}); "
+            "the file must be comma-separated with a header row"
+        )
+    return columns
+
+
+class _JsonObject(list[tuple[str, Any]]):
+    """A JSON object as its key/value pairs, so that repeated keys can be reported."""
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _read_json(file: Path, lines: Iterator[str]) -> Iterator[RawRow]:
+    first_record = True
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            value = json.loads(text, object_pairs_hook=_JsonObject)
+        except (ValueError, RecursionError) as exc:
+            if first_record:
+                # The first record decides whether this is JSON at all.
+                raise IngestError(
+                    f"{file}: line {number} is not JSON ({_json_problem(exc)}); expected one "
+                    "JSON object per line or one JSON array of objects"
+                ) from None
+            yield RawRow(number, {}, f"not valid JSON: {_json_problem(exc)}")
+            continue
+        first_record = False
+        yield _json_record(number, value)
+
+
+def _json_problem(exc: ValueError | RecursionError) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at column {exc.colno}"
+    if isinstance(exc, RecursionError):
+        return "values nested too deeply"
+    # int() refuses numbers of more than 4300 digits (CVE-2020-10735)
+    return "a number has too many digits"
+
+
+def _read_json_array(file: Path, text: str, first_line: int) -> Iterator[RawRow]:
+    """Walk one JSON array element by element, so each record knows the line it starts on."""
+    decoder = json.JSONDecoder(object_pairs_hook=_JsonObject)
+    line, counted = first_line, 0
+
+    def skip_space(at: int) -> int:
+        match = _JSON_SPACE.match(text, at)
+        return match.end() if match else at
+
+    def line_of(at: int) -> int:
+        nonlocal line, counted
+        line += text.count("\n", counted, at)
+        counted = at
+        return line
+
+    def broken(at: int, what: str) -> IngestError:
+        return IngestError(f"{file}: line {line_of(at)}: not a valid JSON array: {what}")
+
+    pos = skip_space(text.index("[") + 1)
+    if text.startswith("]", pos):
+        pos += 1
+    else:
+        while True:
+            try:
+                value, end = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError as exc:
+                raise broken(exc.pos, exc.msg) from None
+            except (ValueError, RecursionError) as exc:
+                raise broken(pos, _json_problem(exc)) from None
+            yield _json_record(line_of(pos), value)
+            pos = skip_space(end)
+            if text.startswith(",", pos):
+                pos = skip_space(pos + 1)
+            elif text.startswith("]", pos):
+                pos += 1
+                break
+            else:
+                raise broken(pos, "expected ',' or ']'")
+    if skip_space(pos) != len(text):
+        raise broken(skip_space(pos), "text after the closing ']'")
+
+
+def _json_record(line: int, value: Any) -> RawRow:
+    if not isinstance(value, _JsonObject):
+        return RawRow(line, {}, "record is not a JSON object")
+    if len(value) > MAX_COLUMNS:
+        return RawRow(line, {}, f"record has {len(value):,} keys; at most {MAX_COLUMNS:,}")
+    values: dict[str, Any] = {}
+    for raw_key, item in value:
+        name = _column_name(raw_key)
+        if not name:
+            return RawRow(line, values, "a key is empty")
+        if SURROGATE.search(name):
+            return RawRow(line, values, NOT_TEXT.format(what="a key"))
+        if name in values:
+            return RawRow(line, values, f"key {shown(raw_key)} appears more than once")
+        values[name] = _plain(item)
+    return RawRow(line, values)
+
+
+# JSON can spell a lone UTF-16 surrogate ("\\ud800"); it is no character and cannot be encoded.
+SURROGATE = re.compile("[\ud800-\udfff]")
+NOT_TEXT = "{what} holds a lone UTF-16 surrogate, which is not a character"
+
+
+def _plain(value: Any) -> Any:
+    """Nested pair lists back to ordinary dicts (``validate`` rejects them as nested objects)."""
+    if isinstance(value, _JsonObject):
+        return {k: _plain(v) for k, v in value}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def shown(value: Any) -> str:
+    """``repr`` of a value quoted in a reason, cut short."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}..."
