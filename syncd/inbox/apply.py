@@ -54,6 +54,7 @@ from syncd.inbox.ledger import FileOutcome, IngestedFile, Ledger, now, snapshot_
 from syncd.ingest.check import ContactChange, Rejection, validate
 from syncd.ingest.read import read_rows
 from syncd.ingest.write import IngestReport, apply
+from syncd.store import mirror
 from syncd.store.models import Contact, Membership
 
 log = logging.getLogger("syncd.inbox")
@@ -177,8 +178,10 @@ class FileApplier:
         """Rows, snapshot removals and the ledger row: one transaction (see the docstring)."""
         rows = len(changes) + len(rejected)
         with self.engine.begin() as conn:
-            # The ledger write comes first: on SQLite it takes the write lock, so every read
-            # below sees the state this transaction commits on top of.
+            # The mirror's write lock comes first (SQLite's own, or PostgreSQL's advisory lock
+            # that cycles take too): every read below, the member counts of the mass-delete
+            # guard included, sees the state this transaction commits on top of.
+            mirror.take_write_turn(conn)
             conn.execute(delete(IngestedFile).where(col(IngestedFile.sha256) == digest))
             conn.execute(
                 insert(IngestedFile).values(

@@ -39,6 +39,7 @@ from sqlmodel import Session, col, select
 
 from syncd.ingest.check import ContactChange, Rejection
 from syncd.projection import is_opted_out
+from syncd.store import mirror
 from syncd.store.db import transaction
 from syncd.store.models import Contact, Membership
 
@@ -91,6 +92,7 @@ def apply(
     """
     report = IngestReport(rows=len(changes))
     with transaction(engine) as session:
+        mirror.take_write_turn(session)  # a cycle re-reading contacts it will write waits
         for start in range(0, len(changes), chunk_size):
             chunk = changes[start : start + chunk_size]
             working = _Chunk.load(session, chunk)
