@@ -230,6 +230,21 @@ def test_sigkill_during_ingestion_loses_nothing_and_applies_nothing_twice(tmp_pa
     assert w.stop()[0] == 0
 
 
+def test_a_reloaded_ingest_setting_applies_to_the_next_inbox_file(tmp_path, emulator):
+    w = DaemonWorld(tmp_path, emulator)
+    w.inbox.mkdir()
+    w.start()
+    w.config.write_text(w.config.read_text() + "\n[ingest]\nreject_role_addresses = false\n")
+    wait_for(lambda: "configuration reloaded" in w.log.read_text(), what="reload on change")
+    (w.inbox / ".role.tmp").write_text('{"email": "info@example.com", "lists": ["news"]}\n')
+    (w.inbox / ".role.tmp").rename(w.inbox / "role.ndjson")
+    reports = [w.inbox / f / "role.ndjson.report.json" for f in ("processed", "failed")]
+    wait_for(lambda: any(r.exists() for r in reports), what="the file's report")
+    assert reports[0].exists(), reports[1].read_text()  # by default a role address is refused
+    assert json.loads(reports[0].read_text())["rejected"] == []
+    assert w.stop()[0] == 0
+
+
 def test_config_reload_on_change_and_sighup_keeps_running_on_invalid(tmp_path, emulator):
     w = DaemonWorld(tmp_path, emulator)
     w.inbox.mkdir()

@@ -87,6 +87,11 @@ class Daemon:
         self._install_signals()
         set_call_observer(self.metrics.observe_call)
         logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per job run is noise
+        # Watch the configuration before anything answers: a change made once /healthz is up
+        # must not fall between the load and the watch. One check at start covers the change
+        # made before the watch (a reload with nothing new does nothing).
+        self._watch_config()
+        self.reload_event.set()
         if self.http is not None:
             self.http.start()
         self.scheduler.start(list(self.config.target))
@@ -94,7 +99,6 @@ class Daemon:
         # file seen by both is simply gone the second time
         self.inbox.start()
         self.inbox.scan()  # files that arrived while the daemon was down, oldest first
-        self._watch_config()
         self._pinger = WatchdogPinger(self.notifier, alive=self.scheduler.alive)
         self._pinger.start()
         self.notifier.ready()
@@ -276,5 +280,6 @@ class Daemon:
             update={s: getattr(self.config, s) for s in ("store", "inbox", "outbox", "http")}
         )
         self.scheduler.replace(list(self.config.target))
+        self.inbox.reconfigure(self.config)
         log.info("configuration reloaded", extra={"targets": [t.name for t in self.config.target]})
         self._status("running (reloaded)")

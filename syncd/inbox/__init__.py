@@ -149,6 +149,15 @@ class Inbox:
             self._observer = observer
         log.info("watching the inbox %s", self.path)
 
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded configuration: ``[ingest]``, the debounce and the targets (the lists
+        they feed and their ``max_delete_fraction``) apply from the next file on. The folder
+        itself (``[inbox] path``) stays until a restart. Waits for a file being applied."""
+        with self._work:
+            self._applier.config = config
+            with self._lock:
+                self._debounce = config.daemon.debounce
+
     def stop(self) -> None:
         """Stop watching and wait for the pass in flight to finish its current file.
 
