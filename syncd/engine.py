@@ -30,6 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from syncd import jobs
+from syncd.clock import stamp
 from syncd.config import TargetConfig
 from syncd.errors import ExportIncomplete, MassDeleteRefused, ProviderError, ProviderUnreachable
 from syncd.plan import Batch, Batcher
@@ -175,10 +176,6 @@ def project_local(
         fields[view.reference] = contact.ref
     tags = json.loads(contact.tags) if caps.tags else ()
     return Projection.build(key, fields, tags, caps.fold_status(contact.status))
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _now_ms() -> str:
@@ -686,7 +683,7 @@ class _Cycle:
                     code=reason.code,
                     message=reason.message,
                     retryable=reason.retryable,
-                    at=_now(),
+                    at=stamp(),
                 )
             )
         if self.options.dry_run:
@@ -765,7 +762,7 @@ class _Cycle:
                 remote=row.remote.to_json() if row.remote else None,
                 base=row.base.to_json() if row.base else None,
                 resolution=None,
-                at=_now(),
+                at=stamp(),
             )
         )
 

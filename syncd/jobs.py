@@ -37,6 +37,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
+from syncd.clock import stamp
 from syncd.projection import Projection
 from syncd.providers.base import CallbackReport, JobTicket
 from syncd.store import mirror, transaction
@@ -65,10 +66,6 @@ class Answer:
     status: int
     reason: str
     body: bytes = b""
-
-
-def _stamp(at: datetime) -> str:
-    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _now() -> datetime:
@@ -120,8 +117,8 @@ def open_job(
         PushJob(
             id=job_id,
             target=target,
-            created_at=_stamp(now),
-            expires_at=_stamp(now + timedelta(seconds=ttl)),
+            created_at=stamp(now),
+            expires_at=stamp(now + timedelta(seconds=ttl)),
             parts=parts,
         )
     )
@@ -197,8 +194,8 @@ def pending_keys(session: Session, target: str, keys: Sequence[str]) -> set[str]
 
 def expire(session: Session, target: str | None = None, now: datetime | None = None) -> int:
     """Expire open jobs past their deadline; returns the rows released to be sent again."""
-    stamp = _stamp(now or _now())
-    query = select(PushJob).where(col(PushJob.state) == "open", col(PushJob.expires_at) < stamp)
+    deadline = stamp(now or _now())
+    query = select(PushJob).where(col(PushJob.state) == "open", col(PushJob.expires_at) < deadline)
     if target is not None:
         query = query.where(col(PushJob.target) == target)
     released = 0
@@ -305,7 +302,7 @@ def receive_callback(
         except ValueError as exc:
             log.warning("callback for job %s part %s: %s", job_id, part_no, exc, extra=where)
             return Answer(400, str(exc))
-        part.state, part.body, part.callback_at = "done", None, _stamp(_now())
+        part.state, part.body, part.callback_at = "done", None, stamp(_now())
         part.result = json.dumps(
             {"processed": report.processed, "message": report.message, "failed": len(report.failed)}
         )
@@ -329,7 +326,7 @@ def _reject(session: Session, job: PushJob, report: CallbackReport) -> None:
         if not report.failed:
             return
         query = query.where(col(PushJobRow.key).in_(list(report.failed)))
-    now = _stamp(_now())
+    now = stamp(_now())
     for row in session.execute(query).scalars().all():
         reason = report.failed.get(row.key) or report.message or "the provider's job failed"
         session.merge(

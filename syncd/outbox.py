@@ -33,7 +33,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
 
@@ -44,6 +44,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, col
 
+from syncd.clock import stamp
 from syncd.projection import OPTED_OUT, Projection, Status
 
 if TYPE_CHECKING:
@@ -176,12 +177,9 @@ class ChangeEvent(BaseModel):
         before, after = change.before, change.after
         if before is None and after is None:
             raise ValueError(f"{change.target}/{change.key}: a change needs a before or an after")
-        moment = now or datetime.now(UTC)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)  # a naive time is taken as UTC, never local
         return cls(
             id=uuid.uuid4().hex,
-            time=moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            time=stamp(now),  # a naive time is taken as UTC, never local
             target=change.target,
             provider=provider,
             key=change.key,

@@ -48,9 +48,10 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
+from syncd.clock import stamp
 from syncd.config import Config, TargetConfig
 from syncd.errors import IngestError
-from syncd.inbox.ledger import FileOutcome, IngestedFile, Ledger, now, snapshot_list
+from syncd.inbox.ledger import FileOutcome, IngestedFile, Ledger, snapshot_list
 from syncd.ingest.check import ContactChange, Rejection, validate
 from syncd.ingest.read import read_rows
 from syncd.ingest.write import IngestReport, apply
@@ -150,7 +151,7 @@ class FileApplier:
             report = IngestReport(file=name, rows=rows, rejected=rejected).to_dict()
             return ledger.fail(path, report, f"nothing applied: all {rows} rows were rejected")
         if not changes and snapshot is None:  # an empty file: nothing to apply, nothing wrong
-            report = {**_empty_report(name), "ingested_at": now()}
+            report = {**_empty_report(name), "ingested_at": stamp()}
             dest = ledger.finish(
                 path, ledger.processed, ledger.reserve(ledger.processed, name), report
             )
@@ -185,7 +186,7 @@ class FileApplier:
             conn.execute(delete(IngestedFile).where(col(IngestedFile.sha256) == digest))
             conn.execute(
                 insert(IngestedFile).values(
-                    sha256=digest, name=name, size=size, applied_at=now(), dest=reserved
+                    sha256=digest, name=name, size=size, applied_at=stamp(), dest=reserved
                 )
             )
             members_before = 0 if snapshot is None else _member_count(conn, snapshot)
@@ -210,7 +211,7 @@ class FileApplier:
                 )
                 lists.add(snapshot)
                 report["snapshot"] = {"list": snapshot, "removed": removed}
-            report["ingested_at"] = now()
+            report["ingested_at"] = stamp()
             conn.execute(
                 update(IngestedFile)
                 .where(col(IngestedFile.sha256) == digest)

@@ -48,13 +48,14 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, SQLModel, col
+
+from syncd.clock import stamp
 
 log = logging.getLogger("syncd.inbox")
 
@@ -108,11 +109,6 @@ def snapshot_list(name: str) -> str | None:
         if lower.endswith(mark) and len(name) > len(mark):
             return name[: -len(mark)]
     return None
-
-
-def now() -> str:
-    """The time now, in UTC, as the ledger and the reports write it."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -196,7 +192,7 @@ class Ledger:
         return dest
 
     def fail(self, path: Path, report: dict[str, Any], reason: str) -> FileOutcome:
-        report = {**report, "error": reason, "ingested_at": now()}
+        report = {**report, "error": reason, "ingested_at": stamp()}
         dest = self.finish(path, self.failed, self.reserve(self.failed, path.name), report)
         return FileOutcome(path.name, "failed", dest, report)
 
@@ -233,7 +229,7 @@ class Ledger:
                 conn.execute(
                     update(IngestedFile)
                     .where(col(IngestedFile.sha256) == digest)
-                    .values(settled_at=now())
+                    .values(settled_at=stamp())
                 )
         except Exception:
             log.exception("inbox: could not settle the ledger row %s; the next start will", digest)
