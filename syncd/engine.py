@@ -225,7 +225,11 @@ class _Cycle:
                     self._execute(session)
                 finally:
                     if dry:
-                        session.rollback()  # plan writes nothing anywhere, not even scratch
+                        # plan writes nothing anywhere: what is not committed goes back, and the
+                        # export's scratch rows (committed as they streamed in) go
+                        session.rollback()
+                        mirror.clear_stage(session, self.target.name)
+                        session.commit()
             self.result.outcome = "planned" if dry else self._outcome()
             if self.result.outcome == "rejected" and not self.result.unsupported:
                 said = (self.result.message, self._rejected_message())  # e.g. export incomplete
@@ -291,8 +295,9 @@ class _Cycle:
         mirror.clear_stage(session, name)
         if self.caps.export:
             log.debug("exporting the remote list")
+            session.commit()  # no write lock held while the provider prepares the export
             try:
-                n = mirror.stage_rows(session, StageRemote, self._remote_rows())
+                n = mirror.stage_rows(session, StageRemote, self._remote_rows(), commit_chunks=True)
                 self._progress("exported", n)
             except ExportIncomplete as exc:
                 # Rule 1: a partial export proves nothing about absence. Start over from the base.

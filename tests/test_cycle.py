@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -9,6 +10,10 @@ from typing import Any
 import pytest
 from conftest import World
 
+from syncd import app
+from syncd.config import Config, TargetConfig
+from syncd.engine import CycleOptions
+from syncd.providers.base import Provider
 from syncd.store import mirror
 
 
@@ -69,6 +74,48 @@ def test_a_local_edit_made_while_the_cycle_runs_is_not_undone(
     remote = world.remote()["person0@example.com"]["fields"]
     assert remote["Name"] == "Meanwhile" and remote["City"] == "Pinsk"
     assert world.cycle().write_calls == 0
+
+
+def test_the_store_stays_writable_while_an_export_streams(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """A big export streams for minutes: staged in one transaction, it would hold SQLite's
+    write lock all that time, and inbox files and lease renewals would wait (or time out)."""
+    if world.db.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL has no store-wide write lock")
+    monkeypatch.setattr(mirror, "CHUNK", 50)  # several staging chunks from a small list
+    world.add_local(120)
+    world.cycle()
+    writes: list[str] = []
+
+    def another_writer() -> str:
+        """An inbox or a lease renewal, with a short patience instead of 30 s."""
+        db = sqlite3.connect(str(world.db.url.database), timeout=1)
+        try:
+            db.execute("UPDATE contact SET status = status WHERE id = 1")
+            db.commit()
+            return "written"
+        except sqlite3.OperationalError as exc:
+            return str(exc)
+        finally:
+            db.close()
+
+    def provider(config: Config, target: TargetConfig) -> Provider:
+        adapter = world.provider(config, target)
+        export = adapter.export
+
+        def export_with_a_writer_meanwhile() -> Iterator[Any]:
+            for n, row in enumerate(export()):
+                if n == 75:  # the first chunk is staged; the export goes on
+                    writes.append(another_writer())
+                yield row
+
+        adapter.export = export_with_a_writer_meanwhile  # type: ignore[method-assign]
+        return adapter
+
+    (r,) = app.run_once(world.config, db=world.db, options=CycleOptions(), providers=provider)
+    assert writes == ["written"]
+    assert r.outcome == "converged" and r.write_calls == 0
 
 
 def test_sign_up_at_the_provider_enters_the_mirror(world: World):
@@ -161,6 +208,9 @@ def test_plan_writes_nothing_anywhere(world: World):
     assert plan.calls[0].first_rows[0]["email"] == "person0@example.com"
     assert world.import_calls() == 0 and world.remote() == {}
     assert world.local() == before_local
+    with world.db.connect() as conn:  # not even the export's scratch rows, staged as they came
+        for table in ("stage_remote", "stage_local", "stage_diff", "base"):
+            assert conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar() == 0, table
     real = world.cycle()
     assert real.summary()["created"] == 7  # the dry run left no base behind
 

@@ -66,9 +66,20 @@ def clear_stage(session: Session, target: str) -> None:
 
 
 def stage_rows(
-    session: Session, model: type[StageLocal] | type[StageRemote], rows: Iterable[dict[str, str]]
+    session: Session,
+    model: type[StageLocal] | type[StageRemote],
+    rows: Iterable[dict[str, str]],
+    *,
+    commit_chunks: bool = False,
 ) -> int:
-    """Insert rows in chunks; a key met twice keeps its first row (the export may repeat one)."""
+    """Insert rows in chunks; a key met twice keeps its first row (the export may repeat one).
+
+    ``commit_chunks``: commit after each chunk. For rows that come off the network (an export
+    of a million contacts may stream for minutes): one transaction would hold SQLite's write
+    lock all that time, and the inbox and the lease renewals would wait behind it. The stage
+    tables are this target's scratch, cleared at the start of every cycle, so a half-staged
+    export left by a crash is harmless.
+    """
     count = 0
     chunk: list[dict[str, str]] = []
     for row in rows:
@@ -76,6 +87,8 @@ def stage_rows(
         if len(chunk) >= CHUNK:
             count += _flush(session, model, chunk)
             chunk = []
+            if commit_chunks:
+                session.commit()
     if chunk:
         count += _flush(session, model, chunk)
     return count
