@@ -8,25 +8,31 @@ A row counts as confirmed only when every call that carried part of it confirmed
 Which columns a row carries:
 
 - a create, and an update at a provider that replaces what it is not given
-  (``Capabilities.partial_update`` False), carry every mapped field;
+  (``Capabilities.partial_update`` False), carry every mapped field and the tags;
 - an update at a provider that keeps the fields a call does not name carries only the fields
-  whose desired value differs from the exported one (``changed_columns``). Sending the others
+  whose desired value differs from the exported one (``changed_columns``), and the tags only
+  when the desired set differs from the exported one (``tags_changed``). Sending the others
   would be more than the minimum, and would overwrite an edit made at the provider between the
-  export and the push with the value the export showed;
+  export and the push with the value the export showed: for the tags, put back a tag removed
+  there meanwhile (an additive import adds every tag it names);
 - deletes and excludes carry none.
+
+The status travels only where the decision records an opt-out (``with_status``), as before.
 
 Partial updates and the number of calls. A call has one header, so every row in it writes every
 column it names: rows with different changed sets cannot share a call without writing someone's
-untouched field. Updates are therefore grouped by their exact changed set, which is part of the
+untouched field, or re-sending someone's unchanged tags. Updates are therefore grouped by their
+exact changed set -- the changed fields, and whether the tags changed -- which is part of the
 signature. In a typical workload (a large list where most updates change the same one or two
 fields) there are few sets, each group fills whole calls, and the cost over sending every field
 is at most one part-filled call per set. Scattered sets (many fields, each update touching a
 different few) would instead leave many small groups, each its own call, all held in memory. So
 part-filled update groups -- at the end, or whenever more than ``hold_limit`` rows wait in them --
 go out the cheaper of two ways (``_pack``): each group as it is, or one call per column carrying
-every held row that changed that column (a row then travels in as many calls as it changed
-fields, its tags and status in each; the answers of all of them confirm it). The second bounds
-the tail at about one call per mapped field, whatever the number of sets.
+every held row that changed that column, and one call of no column for the rows whose tags
+changed (a row then travels in as many calls as it changed parts, its status in each; the
+answers of all of them confirm it). The second bounds the tail at about one call per mapped
+field, whatever the number of sets.
 """
 
 from __future__ import annotations
@@ -47,8 +53,13 @@ class Signature:
 
     op: Op
     with_status: bool
-    overwrite_tags: bool
+    overwrite_tags: bool  # only with with_tags: a removal needs the full set to replace
     columns: tuple[str, ...] = ()  # the custom fields every row of the call writes
+    with_tags: bool = False  # every row of the call writes its tags
+
+
+#: What a call packed by column writes for its rows: its columns, and whether the tags.
+Part = tuple[tuple[str, ...], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +84,11 @@ def changed_columns(change: RowChange, columns: Iterable[str]) -> tuple[str, ...
     return tuple(c for c in columns if want.get(c) != have.get(c))
 
 
+def tags_changed(change: RowChange) -> bool:
+    """Whether the desired tags differ from the remote ones (without a remote row: they do)."""
+    return change.remote is None or change.row.tags != change.remote.tags
+
+
 @dataclass
 class Batcher:
     """Collects row changes and hands back full batches as soon as they are full."""
@@ -88,13 +104,20 @@ class Batcher:
             self.hold_limit = HOLD_CALLS * self.capabilities.rows_per_call
 
     def signature(self, change: RowChange, *, with_status: bool, overwrite_tags: bool) -> Signature:
+        caps = self.capabilities
         if change.op in ("delete", "exclude"):
             columns: tuple[str, ...] = ()
-        elif change.op == "update" and self.capabilities.partial_update:
+            with_tags = False
+        elif change.op == "update" and caps.partial_update:
             columns = changed_columns(change, self.columns)
+            with_tags = caps.tags and tags_changed(change)
         else:
             columns = self.columns
-        return Signature(change.op, with_status, overwrite_tags, columns)
+            with_tags = caps.tags
+        # a tag to remove means the tags differ, so the flag never goes without its column
+        return Signature(
+            change.op, with_status, overwrite_tags and with_tags, columns, with_tags=with_tags
+        )
 
     def add(self, change: RowChange, *, with_status: bool, overwrite_tags: bool) -> Iterator[Batch]:
         sig = self.signature(change, with_status=with_status, overwrite_tags=overwrite_tags)
@@ -148,25 +171,31 @@ class Batcher:
     def _by_column(
         self, groups: dict[Signature, list[RowChange]], with_status: bool, overwrite_tags: bool
     ) -> Batch:
-        """One call per column (and per ``rows_per_call`` rows) carrying the rows that changed it;
-        rows that changed no field (tags or status only) go in calls of no column."""
+        """One call per part (and per ``rows_per_call`` rows) carrying the rows that changed it:
+        a column, or the tags (a call of no column); rows that changed neither (status only) go
+        in calls of no column and no tags. The tags are a part like a column, so no call names
+        them for a row whose tags did not change."""
         caps = self.capabilities
-        per_column: dict[str, list[RowChange]] = {}  # "": rows that changed no field
+        nothing: Part = ((), False)
+        tags: Part = ((), True)
+        per_part: dict[Part, list[RowChange]] = {}
         for sig, rows in groups.items():
-            for name in sig.columns or ("",):
-                per_column.setdefault(name, []).extend(rows)
+            parts = [((name,), False) for name in sig.columns] + ([tags] if sig.with_tags else [])
+            for part in parts or [nothing]:
+                per_part.setdefault(part, []).extend(rows)
         calls = []
-        for name in ("", *self.columns):
-            rows = per_column.get(name, [])
+        for part in (nothing, tags, *(((name,), False) for name in self.columns)):
+            rows = per_part.get(part, [])
+            columns, with_tags = part
             for i in range(0, len(rows), caps.rows_per_call):
                 calls.append(
                     PushCall(
                         op="update",
-                        columns=(name,) if name else (),
+                        columns=columns,
                         rows=tuple(rows[i : i + caps.rows_per_call]),
                         with_status=with_status,
-                        with_tags=caps.tags,
-                        overwrite_tags=overwrite_tags,
+                        with_tags=with_tags,
+                        overwrite_tags=with_tags and overwrite_tags,
                     )
                 )
         rows_all = tuple(rc for rows in groups.values() for rc in rows)
@@ -178,9 +207,9 @@ def split_columns(
 ) -> Iterator[PushCall]:
     """One call per group of at most ``fields_per_call`` of the signature's custom fields.
 
-    The first call carries the tags and status with the first column group; later calls carry
-    only the key and their fields. Deletes and excludes carry no fields at all, and an update
-    that changes no field (only tags or status) one call of no field.
+    The first call carries the tags (when the signature does) and status with the first column
+    group; later calls carry only the key and their fields. Deletes and excludes carry no fields
+    at all, and an update that changes no field (only tags or status) one call of no field.
     """
     columns = sig.columns
     if not columns:
@@ -196,6 +225,6 @@ def split_columns(
             columns=cols,
             rows=rows,
             with_status=carries_row_state and sig.with_status,
-            with_tags=carries_row_state and caps.tags,
+            with_tags=carries_row_state and sig.with_tags,
             overwrite_tags=carries_row_state and sig.overwrite_tags,
         )

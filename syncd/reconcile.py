@@ -84,9 +84,11 @@ class Sent:
     ``before`` value did not land; any other part did, or was edited there since.
 
     An update names only the fields in which ``row`` differs from ``before`` (where the provider
-    keeps what a call does not name, ``syncd.plan``). A field it did not name has the same value
-    in both, so it is never taken as sent: whatever the export shows there is measured against
-    ``before``, and a change is the provider's own edit, made while the write was on its way.
+    keeps what a call does not name, ``syncd.plan``), carries the tags only when the two sets
+    differ, and the status only to record an opt-out ``before`` lacks. A part it did not send
+    has the same value in both, so it is never taken as sent: whatever the export shows there is
+    measured against ``before``, and a change is the provider's own edit (a field edited, a tag
+    removed), made while the write was on its way.
     """
 
     row: Projection  # as sent

@@ -3,6 +3,7 @@ so the next export tells syncd's own echo from a remote edit (found by tests/tes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from conftest import World
@@ -98,13 +99,21 @@ def test_an_exclude_whose_answer_was_lost_still_lets_a_returning_contact_shed_ta
 def cycle_with_remote_city(world: World, email: str, city: str, *, land: bool) -> CycleResult:
     """A cycle whose first write call meets a remote edit of City made after the export (a
     person at the provider), then lands (``land``) or not; its answer never comes back."""
+    return cycle_with_remote_edit(world, lambda: world.emu.edit(email, City=city), land=land)
+
+
+def cycle_with_remote_edit(
+    world: World, remote_edit: Callable[[], None], *, land: bool
+) -> CycleResult:
+    """A cycle whose first write call meets ``remote_edit``, made at the provider after the export,
+    then lands (``land``) or not; its answer never comes back."""
 
     def provider(config: Config, target: TargetConfig) -> Provider:
         adapter = world.provider(config, target)
         push = adapter.push
 
         def edit_push_and_lose(call: PushCall) -> Any:
-            world.emu.edit(email, City=city)
+            remote_edit()
             if land:
                 push(call)
             raise ProviderUnreachable("connection reset before the answer")
@@ -146,4 +155,42 @@ def test_a_partial_update_that_did_not_land_is_sent_again_alone(world: World) ->
     assert [(c.op, c.columns) for c in result.calls] == [("update", ("Name",))]
     assert world.remote()[ann]["fields"] == {"Name": "Edited", "City": "Brest"}
     assert world.local()[ann]["city"] == "Brest"
+    assert world.cycle().write_calls == 0
+
+
+def test_a_lost_update_that_sent_no_tags_takes_a_tag_removed_meanwhile_as_a_remote_edit(
+    world: World,
+) -> None:
+    """The update named Name and no tags (they did not change). A tag removed at the provider
+    while it was on its way stays removed, and is read back as a remote edit, not as a part of
+    syncd's write that failed to land: pulled, with no write."""
+    (ann,) = world.add_local(1, tags=["news", "vip"])
+    world.cycle()
+    edit(world, ann, name="Edited")
+    untag = cycle_with_remote_edit(world, lambda: world.emu.set_tags(ann, ["news"]), land=True)
+    assert untag.outcome == "unreachable"
+    assert world.remote()[ann]["tags"] == ["news"]
+    assert world.remote()[ann]["fields"]["Name"] == "Edited"
+    result = world.cycle()
+    assert result.outcome == "converged", result.message
+    assert result.write_calls == 0 and result.counts["conflicts_settled"] == 0
+    assert result.summary()["pulled"] == 1
+    assert world.local()[ann]["tags"] == ["news"] and world.local()[ann]["name"] == "Edited"
+    assert world.cycle().write_calls == 0
+
+
+def test_a_lost_update_that_did_not_land_is_sent_again_without_the_tags(world: World) -> None:
+    """Not landed: Name goes again, alone; the tag removed at the provider meanwhile is pulled,
+    not put back."""
+    (ann,) = world.add_local(1, tags=["news", "vip"])
+    world.cycle()
+    edit(world, ann, name="Edited")
+    cycle_with_remote_edit(world, lambda: world.emu.set_tags(ann, ["news"]), land=False)
+    result = world.cycle()
+    assert result.outcome == "converged", result.message
+    assert [(c.op, c.columns, c.first_rows) for c in result.calls] == [
+        ("update", ("Name",), ({"email": ann, "Name": "Edited"},))
+    ]
+    assert world.remote()[ann]["tags"] == ["news"] == world.local()[ann]["tags"]
+    assert world.remote()[ann]["fields"]["Name"] == "Edited"
     assert world.cycle().write_calls == 0

@@ -46,9 +46,10 @@ class Capabilities:
     confirms_later: bool = False
     # An import names its columns, and the provider leaves the fields of an existing contact
     # that a call does not name as they are: an update then carries only the fields that
-    # changed (``syncd.plan``), so an edit made at the provider meanwhile to another field
-    # survives. False (the safe default): the provider may replace or reset what it is not
-    # given, so every update carries every mapped field.
+    # changed, and the tags only if they changed (``syncd.plan``), so an edit made at the
+    # provider meanwhile to another field, or a tag removed there, survives. False (the safe
+    # default): the provider may replace or reset what it is not given, so every update
+    # carries every mapped field and the tags.
     partial_update: bool = False
 
     def fold_status(self, status: str) -> str:
@@ -64,7 +65,7 @@ class RowChange:
     op: Op
     row: Projection  # the desired remote state (for delete/exclude: the last known state)
     # the remote state the change starts from (None: absent); with ``partial_update`` an
-    # update writes only the fields in which ``row`` differs from it
+    # update writes only the fields (and tags) in which ``row`` differs from it
     remote: Projection | None = None
 
 
