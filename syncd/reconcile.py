@@ -80,8 +80,10 @@ class Sent:
 
     The mirror already holds ``row`` (a local write of the same decision is committed before
     the call); the provider holds it only if the write landed. The export tells, part by part
-    (each field, the tags, the status): a part the write was to change that still shows its
-    ``before`` value did not land; any other part did, or was edited there since.
+    (each field, each tag, the status): a part the write was to change that still shows its
+    ``before`` value did not land; any other part did, or was edited there since. Tags are read
+    one by one, not as a set: a tag the write added that is still missing did not land, even
+    when the provider removed another tag meanwhile.
 
     An update names only the fields in which ``row`` differs from ``before`` (where the provider
     keeps what a call does not name, ``syncd.plan``), carries the tags only when the two sets
@@ -103,11 +105,14 @@ class Sent:
             return was if sent != was and now == was else sent
 
         fields = {f: part(s.get(f), b.get(f), r.get(f)) for f in s.keys() | b.keys()}
+        sent_tags, was_tags, now_tags = set(self.row.tags), set(before.tags), set(remote.tags)
+        tags = [
+            t
+            for t in sent_tags | was_tags | now_tags
+            if part(t in sent_tags, t in was_tags, t in now_tags)
+        ]
         return Projection.build(
-            remote.key,
-            fields,
-            part(self.row.tags, before.tags, remote.tags),
-            part(self.row.status, before.status, remote.status),
+            remote.key, fields, tags, part(self.row.status, before.status, remote.status)
         )
 
 

@@ -404,3 +404,15 @@ def test_a_merge_whose_push_answer_was_lost_keeps_a_later_remote_edit():
     # ... and when the push did not land, the edit it carried is sent again
     d = reconcile(sent, base, r(Name="Ann", City="Pinsk"), REF, sent=Sent(sent, before))
     assert d.base == r(Name="Anna", City="Pinsk") and d.remote_op == "update"
+
+
+def test_a_lost_tag_addition_is_read_tag_by_tag():
+    """Sent {a,b,c} over {a,b}; the provider removed b meanwhile. Read as one set, {a} would
+    look like "landed, then edited there" and c would be lost; tag by tag, c did not land and
+    b was removed there: both edits are kept."""
+    before, sent = p(tags=("a", "b")), p(tags=("a", "b", "c"))
+    d = reconcile(sent, before, p(tags=("a",)), sent=Sent(sent, before))
+    assert d.base == p(tags=("a", "c")) and d.remote_op == "update" and d.local_op == "upsert"
+    # landed, then b removed there: only the removal comes back into the mirror
+    d = reconcile(sent, before, p(tags=("a", "c")), sent=Sent(sent, before))
+    assert d.base == p(tags=("a", "c")) and d.remote_op is None and d.local_op == "upsert"
