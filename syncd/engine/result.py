@@ -63,9 +63,9 @@ class PlannedCall:
 class CycleResult:
     target: str
     cycle_id: str
-    outcome: str = (
-        "running"  # converged | rejected | conflicts | refused | unreachable | failed | planned
-    )
+    # converged | awaiting | rejected | conflicts | refused | stopped | unreachable | failed |
+    # planned (a dry run); "running" until the cycle ends
+    outcome: str = "running"
     message: str = ""
     export_complete: bool = True
     counts: Counter[str] = field(default_factory=Counter)
