@@ -18,7 +18,8 @@ from syncd import jobs, outbox
 from syncd.config import Config, TargetConfig
 from syncd.daemon import hooks
 from syncd.daemon.http import StatusServer
-from syncd.engine import CycleOptions, CycleResult, run_cycle
+from syncd.engine import run_cycle
+from syncd.engine.result import CycleOptions, CycleResult
 from syncd.errors import SyncdError
 from syncd.metrics import Metrics
 from syncd.providers import callback_reader, make_provider

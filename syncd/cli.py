@@ -18,7 +18,7 @@ import click
 
 from syncd import __version__, app
 from syncd.config import Config, load_config
-from syncd.engine import CycleOptions, CycleResult
+from syncd.engine.result import CycleOptions, CycleResult
 from syncd.errors import ConfigError, IngestError, SyncdError
 from syncd.logs import SecretFilter, register_secret
 

@@ -18,7 +18,7 @@ from syncd import app
 from syncd.config import Config, parse_config
 from syncd.emulators.server import EmulatorServer
 from syncd.emulators.unisender import UnisenderEmulator
-from syncd.engine import CycleResult
+from syncd.engine.result import CycleResult
 from syncd.ingest import ingest_file
 from syncd.store import open_engine
 

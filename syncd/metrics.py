@@ -27,7 +27,7 @@ from prometheus_client import (
 )
 
 if TYPE_CHECKING:  # at run time this would make providers.http -> metrics -> engine circular
-    from syncd.engine import CycleResult
+    from syncd.engine.result import CycleResult
 
 # prometheus-client leaves this one unannotated; naming its type keeps strict mypy quiet
 # whether or not a later release annotates it.

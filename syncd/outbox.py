@@ -48,7 +48,7 @@ from syncd.clock import stamp
 from syncd.projection import OPTED_OUT, Projection, Status
 
 if TYPE_CHECKING:
-    from syncd.engine import RemoteChange
+    from syncd.engine.result import RemoteChange
 
 #: What ``CycleOptions.on_remote_change`` takes: called inside the transaction that applies the
 #: change to the mirror, so a recorder that calls :func:`record` commits with it. A string

@@ -31,7 +31,7 @@ from sqlalchemy.pool import NullPool
 from syncd import app
 from syncd.config import Config, TargetConfig, parse_config
 from syncd.emulators.unisender import UnisenderEmulator
-from syncd.engine import CycleOptions, CycleResult
+from syncd.engine.result import CycleOptions, CycleResult
 from syncd.errors import ProviderUnreachable
 from syncd.ingest import ingest_file
 from syncd.providers import make_provider

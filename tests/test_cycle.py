@@ -12,7 +12,7 @@ from conftest import World
 
 from syncd import app
 from syncd.config import Config, TargetConfig
-from syncd.engine import CycleOptions
+from syncd.engine.result import CycleOptions
 from syncd.providers.base import Provider
 from syncd.store import mirror
 

@@ -21,7 +21,7 @@ from syncd import app
 from syncd.config import Config, TargetConfig, parse_config
 from syncd.emulators.octopush import OctopushEmulator
 from syncd.emulators.smsby import SmsbyEmulator
-from syncd.engine import CycleOptions, CycleResult
+from syncd.engine.result import CycleOptions, CycleResult
 from syncd.ingest import ingest_file
 from syncd.providers import make_provider
 from syncd.providers.base import Provider

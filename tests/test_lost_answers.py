@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 
 from syncd import app
 from syncd.config import Config, TargetConfig
-from syncd.engine import CycleOptions, CycleResult
+from syncd.engine.result import CycleOptions, CycleResult
 from syncd.errors import ProviderUnreachable
 from syncd.providers.base import Provider, PushCall
 from syncd.store.models import InFlight

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from syncd import outbox
-from syncd.engine import RemoteChange
+from syncd.engine.result import RemoteChange
 from syncd.outbox import ChangeEvent, OutboxEvent, event_schema, flush, record
 from syncd.projection import Projection
 from syncd.store import open_engine

@@ -25,7 +25,7 @@ from conftest import World, emulator_process
 
 from syncd import app
 from syncd.config import Config, TargetConfig
-from syncd.engine import CycleOptions, CycleResult
+from syncd.engine.result import CycleOptions, CycleResult
 from syncd.providers.base import Provider, PushCall
 from syncd.providers.netcore import NetcoreProvider
 from syncd.providers.octopush import OctopushProvider

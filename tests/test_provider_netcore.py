@@ -30,7 +30,7 @@ from syncd.config import Config, TargetConfig, parse_config
 from syncd.daemon import hooks
 from syncd.daemon.http import StatusServer
 from syncd.emulators.netcore import NetcoreEmulator
-from syncd.engine import CycleOptions, CycleResult
+from syncd.engine.result import CycleOptions, CycleResult
 from syncd.ingest import ingest_file
 from syncd.metrics import Metrics
 from syncd.projection import Projection

@@ -29,7 +29,8 @@ from syncd.daemon import hooks
 from syncd.daemon.http import StatusServer
 from syncd.daemon.scheduler import TargetScheduler
 from syncd.daemon.systemd import Notifier, WatchdogPinger
-from syncd.engine import CycleOptions, run_cycle
+from syncd.engine import run_cycle
+from syncd.engine.result import CycleOptions
 from syncd.errors import ConfigError
 from syncd.inbox import Inbox
 from syncd.logs import log_context, register_secret

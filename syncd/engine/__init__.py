@@ -1,0 +1,152 @@
+"""One cycle for one target: export, stage, diff, reconcile, guard, push, apply, record.
+
+The order of writes is what keeps the safety rules (DESIGN §3):
+
+- the remote export and the local projection are staged, and the database finds the keys that
+  differ; nothing is inferred from an export that did not complete (rule 1);
+- a first pass reconciles every differing key and counts deletions before anything is written,
+  so the mass-delete guard can stop the cycle while both sides are untouched (rule 2);
+- remote-born changes are applied to the mirror chunk by chunk, each chunk in one transaction;
+- each provider call's answer is read row by row, and only confirmed rows move the base
+  (rule 4) — a crash anywhere leaves a difference the next cycle sees again;
+- a provider that confirms by calling back (``Capabilities.confirms_later``) gets its batch
+  recorded as a job first (``syncd.jobs``): its rows wait for the callback, are not sent again
+  meanwhile, and move the base when it comes.
+
+This module is the driver: ``run_cycle`` and the two passes over the diff, in that order. The
+steps live beside it, each taking the cycle's ``CycleState`` (``state``): staging and the diff
+(``stage``), one chunk decided and its local half written (``chunk``), one batch pushed and its
+answers read (``push``), conflicts, rejections and run records (``records``). What goes in and
+comes out (``CycleOptions``, ``CycleResult``, ``RemoteChange``) is in ``result``. The decisions
+themselves are ``syncd.reconcile``'s, pure; the batches are ``syncd.plan``'s.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from syncd import jobs
+from syncd.config import TargetConfig
+from syncd.engine import records
+from syncd.engine.chunk import apply_chunk, decide
+from syncd.engine.push import push_batch
+from syncd.engine.result import CycleOptions, CycleResult
+from syncd.engine.stage import stage_and_diff
+from syncd.engine.state import CycleState, Stopped
+from syncd.errors import MassDeleteRefused, ProviderError, ProviderUnreachable
+from syncd.plan import Batcher
+from syncd.providers.base import Provider
+from syncd.references import find_owners
+from syncd.store import mirror
+from syncd.store.models import Base
+
+log = logging.getLogger("syncd.engine")
+
+#: Below this many deletions the share guard does not apply: on a small list one deletion is
+#: already a large share, and stopping there would only teach people to pass --allow-mass-delete.
+MASS_DELETE_FLOOR = 10
+
+
+def run_cycle(
+    db: Engine, target: TargetConfig, provider: Provider, options: CycleOptions | None = None
+) -> CycleResult:
+    cycle = CycleState.start(db, target, provider, options or CycleOptions())
+    result = cycle.result
+    dry = cycle.dry_run
+    run_id = None if dry else records.record_start(db, target.name, cycle.options.holder)
+    calls_before = provider.stats.total()
+    writes_before = provider.stats.writes
+    try:
+        provider.prepare(
+            target.remote_fields,
+            create_missing=target.create_missing_fields and not dry,
+        )
+        with Session(db) as session:
+            try:
+                stage_and_diff(session, cycle)
+                cycle.owners = find_owners(session, target.name, cycle.view, cycle.rules)
+                _guard(session, cycle)
+                _execute(session, cycle)
+            finally:
+                if dry:
+                    # plan writes nothing anywhere: what is not committed goes back, and the
+                    # export's scratch rows (committed as they streamed in) go
+                    session.rollback()
+                    mirror.clear_stage(session, target.name)
+                    session.commit()
+        result.conclude(dry)
+    except MassDeleteRefused as exc:
+        result.outcome, result.message = "refused", str(exc)
+    except Stopped:
+        result.outcome = "stopped"
+        result.message = "stopped by shutdown; the next cycle carries on from the base"
+    except ProviderUnreachable as exc:
+        result.outcome, result.message = "unreachable", str(exc)
+    except ProviderError as exc:
+        result.outcome, result.message = "failed", f"{exc.code}: {exc}"
+    except Exception as exc:  # a bug or a broken store: record it, never half-report it
+        log.exception("cycle failed unexpectedly", extra={"target": target.name})
+        result.outcome = "failed"
+        result.message = f"internal error: {type(exc).__name__}: {exc}"
+    result.api_calls = provider.stats.total() - calls_before
+    result.write_calls = provider.stats.writes - writes_before
+    if run_id is not None:
+        records.record_end(db, run_id, result)
+    return result
+
+
+# -- pass 1: count before writing ---------------------------------------------------------
+
+
+def _guard(session: Session, cycle: CycleState) -> None:
+    target, caps = cycle.target, cycle.caps
+    remote_deletes = local_removes = 0
+    takes = records.resolutions(session, target.name)
+    for chunk in mirror.iter_diff(session, target.name):
+        for _, d in decide(session, cycle, chunk, takes):
+            # only deletions the provider can carry out count towards the guard
+            remote_deletes += d.remote_op == "delete" and (caps.delete or caps.exclude)
+            local_removes += d.local_op == "remove"
+    synced = mirror.count_rows(session, Base, target.name)
+    limit = target.max_delete_fraction * synced
+    for side, n in (("remote", remote_deletes), ("local", local_removes)):
+        if n > MASS_DELETE_FLOOR and n > limit and not cycle.options.allow_mass_delete:
+            raise MassDeleteRefused(
+                f"{target.name}: this cycle would delete {n} of {synced} synced contacts "
+                f"on the {side} side, more than max_delete_fraction="
+                f"{target.max_delete_fraction}; nothing was written. Check the source, "
+                f"then run once with --allow-mass-delete if it is intended."
+            )
+
+
+# -- pass 2: carry out --------------------------------------------------------------------
+
+
+def _execute(session: Session, cycle: CycleState) -> None:
+    target, dry = cycle.target, cycle.dry_run
+    if cycle.caps.confirms_later and not dry:
+        jobs.expire(session, target.name)  # released rows are in the diff: sent again
+        session.commit()
+    takes = records.resolutions(session, target.name)
+    rejections = records.rejections(session, target.name)
+    batcher = Batcher(cycle.caps, tuple(target.remote_fields))
+    for chunk in mirror.iter_diff(session, target.name):
+        cycle.check_stop()
+        full = apply_chunk(session, cycle, chunk, takes, rejections, batcher)
+        if not dry:
+            session.commit()  # the chunk's local writes with their journal, then the calls
+        for batch in full:
+            push_batch(session, cycle, batch)
+    for batch in batcher.flush():
+        push_batch(session, cycle, batch)
+    if not dry:
+        records.forget_stale(session, target.name, rejections, cycle.held_keys)
+        if cycle.result.export_complete:
+            # every write of this cycle was answered, and every lost answer of an earlier
+            # one has been read back from this export (or settled with its key)
+            mirror.drop_in_flight(session, target.name)
+        mirror.clear_stage(session, target.name)
+        session.commit()

@@ -1,0 +1,283 @@
+"""One chunk of the diff: decided, its local half written, its remote half journalled and batched.
+
+``decide`` reconciles a chunk's keys with what ``reconcile`` needs beyond the three snapshots:
+a person's resolution of a conflict, the owner of a remote row that is syncd's own, the writes
+of an earlier cycle whose answer was lost (``InFlight``) and the state left at a provider that
+keeps a contact taken off the list (``OffList``). The guard pass and the execute pass both use it.
+
+``apply_chunk`` is the execute pass for one chunk, inside the mirror's write lock: it re-reads
+the contacts it would write (an inbox file may have edited them since they were staged), writes
+what came from the provider into the mirror (with the outbox's record of it), moves the base of
+keys that need no call, journals the calls about to be made, and hands the writes to the batcher.
+The caller commits all of it in one transaction and only then pushes the full batches, so a local
+write never commits without its remote half's journal, and the lock is never held across a call.
+
+What the provider cannot do is decided here too (``_row_change``): an opt-out at a provider
+without statuses, a delete at a provider without deletes. Each such contact is reported, never
+dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from sqlmodel import Session
+
+from syncd import jobs
+from syncd.engine import records
+from syncd.engine.result import RemoteChange
+from syncd.engine.stage import project_local
+from syncd.engine.state import CycleState
+from syncd.plan import Batch, Batcher
+from syncd.projection import Projection
+from syncd.providers.base import RowChange
+from syncd.reconcile import Decision, Take, reconcile
+from syncd.store import mirror
+from syncd.store.models import Contact, Rejection
+
+log = logging.getLogger("syncd.engine")
+
+
+def decide(
+    session: Session, cycle: CycleState, chunk: list[mirror.DiffRow], takes: dict[str, Take]
+) -> list[tuple[mirror.DiffRow, Decision]]:
+    """Each key of the chunk decided, with the lost answers among its keys (see InFlight) and
+    those taken off the list that the provider keeps (see OffList)."""
+    keys = [row.key for row in chunk]
+    target = cycle.target.name
+    sent = mirror.in_flight(session, target, keys)  # the chunk's writes whose answer was lost
+    # the chunk's keys syncd took off the list
+    off_list = mirror.off_list(session, target, keys) if cycle.caps.tags else {}
+    return [
+        (
+            row,
+            reconcile(
+                row.local,
+                row.base,
+                row.remote,
+                cycle.rules,
+                takes.get(row.key),
+                cycle.owners.by_remote_key.get(row.key),
+                cycle.owners.moved.get(row.key),
+                sent.get(row.key),
+                off_list.get(row.key),
+            ),
+        )
+        for row in chunk
+    ]
+
+
+def apply_chunk(
+    session: Session,
+    cycle: CycleState,
+    chunk: list[mirror.DiffRow],
+    takes: dict[str, Take],
+    rejections: dict[str, Rejection],
+    batcher: Batcher,
+) -> list[Batch]:
+    """Decide the chunk and write its local half; return the batches it filled, to be
+    pushed once that is committed (the lock taken here is not held across a call)."""
+    counts = cycle.result.counts
+    target = cycle.target.name
+    if not cycle.dry_run:
+        mirror.take_write_turn(session)
+    decisions = decide(session, cycle, chunk, takes)
+    edited = _edited_since_staged(session, cycle, decisions)
+    wanted = [d.key for _, d in decisions if d.local_op or d.remote_op == "delete"]
+    wanted += [d.rekey_from for _, d in decisions if d.rekey_from]
+    contacts = mirror.contacts_by_key(session, cycle.view, wanted) if wanted else {}
+    full: list[Batch] = []
+    awaiting = (
+        jobs.pending_keys(session, target, [d.key for _, d in decisions])
+        if cycle.caps.confirms_later
+        else set()
+    )
+    settle: list[Projection] = []
+    forget: list[str] = []
+    flying: list[tuple[Projection, Projection | None]] = []
+    leaving: list[Projection] = []
+    for row, d in decisions:
+        if d.key in edited:
+            counts["edited_during_cycle"] += 1  # decided on a stale read: next cycle
+            cycle.held_keys.add(d.key)
+            continue
+        if d.held:
+            counts["conflicts_open"] += 1
+            cycle.held_keys.add(d.key)
+            if not cycle.dry_run:
+                records.record_conflict(session, target, d, row)
+            continue
+        if d.keep_base:
+            counts[d.case] += 1
+            continue
+        if d.key in awaiting and d.remote_op is not None:
+            counts["still_awaiting"] += 1  # sent before; its callback has not come yet
+            cycle.held_keys.add(d.key)
+            continue
+        counts["conflicts_settled"] += len(d.conflicts)
+        if d.local_op is not None:
+            _apply_local(session, cycle, d, row, contacts.get(d.rekey_from or d.key))
+        if d.rekey_from is not None:
+            forget.append(d.rekey_from)  # the old key's base goes with the move
+        if d.remote_op is None:
+            if d.base is None:
+                forget.append(d.key)
+            else:
+                settle.append(d.base)
+            continue
+        change = _row_change(cycle, d, contacts.get(d.key))
+        if change is None:
+            if d.remote_op == "delete" and not cycle.dry_run:
+                forget.append(d.key)  # reported once; the provider cannot act on it
+            continue
+        if change.op in ("delete", "exclude") and d.remote_op != "delete":
+            # an opt-out the provider cannot hold: off the list, and forget what was there
+            d = replace(d, base=None)
+        held = rejections.get(d.key)
+        if held is not None and not held.retryable and held.digest == change.row.digest():
+            counts["held_rejected"] += 1  # refused before; waits until the record changes
+            cycle.held_keys.add(d.key)
+            continue
+        if not cycle.result.export_complete and change.op in ("create", "delete", "exclude"):
+            counts["deferred"] += 1  # the remote state is unknown: no creates or deletes
+            continue
+        cycle.pending[d.key] = d
+        if change.op in ("create", "update"):
+            flying.append((change.row, change.remote))
+        elif change.op == "exclude" and cycle.caps.tags:
+            leaving.append(change.row)
+        full += batcher.add(change, with_status=d.pushes_status, overwrite_tags=d.overwrite_tags)
+    if not cycle.dry_run:
+        mirror.set_base(session, target, settle)
+        mirror.drop_base(session, target, forget)
+        mirror.drop_off_list(session, target, [p.key for p in settle])
+        _journal(session, cycle, flying, leaving)
+        # a lost answer is settled once its key's base moves: kept, it would misread the
+        # next export against a base it no longer belongs to
+        mirror.drop_in_flight(session, target, [p.key for p in settle] + forget)
+        records.clear_conflicts(session, target, [d.key for _, d in decisions if not d.held])
+    return full
+
+
+def _edited_since_staged(
+    session: Session, cycle: CycleState, decisions: list[tuple[mirror.DiffRow, Decision]]
+) -> set[str]:
+    """Keys whose decision writes the mirror but whose contact changed since it was staged
+    (an inbox file applied during this cycle). Written back, the pulled row would undo that
+    local edit; left alone, the next cycle decides them again from what is there now.
+    Called with the write lock held, so nothing can change them between this read and the
+    chunk's commit."""
+    owners = cycle.owners.by_remote_key
+    staged: dict[str, Projection | None] = {}
+    for row, d in decisions:
+        if d.local_op is not None:
+            staged[d.key] = row.local
+        if d.rekey_from is not None and owners.get(d.key) is not None:
+            staged[d.rekey_from] = owners[d.key].local
+    if not staged or cycle.dry_run:
+        return set()
+    now: dict[str, Projection] = {}
+    for member in mirror.local_members(session, cycle.view, sorted(staged)):
+        p = project_local(member, cycle.view, cycle.caps)
+        if p is not None:
+            now[p.key] = p
+    changed = {key for key, was in staged.items() if now.get(key) != was}
+    keys = {d.key for _, d in decisions if d.key in changed or d.rekey_from in changed}
+    if keys:
+        log.info(
+            "%d contacts were edited locally while this cycle ran; the next cycle takes them up",
+            len(keys),
+            extra={"target": cycle.target.name},
+        )
+    return keys
+
+
+def _journal(
+    session: Session,
+    cycle: CycleState,
+    flying: list[tuple[Projection, Projection | None]],
+    leaving: list[Projection],
+) -> None:
+    """Record the chunk's writes before they are sent, in the transaction of its local
+    writes, so that a local write is never committed without its remote half and a lost
+    answer still leaves a trace:
+
+    - creates and updates (InFlight), for the next export to read back;
+    - excludes at a provider that keeps the contact and its tags (OffList): the state left
+      there, from which a later return to the list starts. Recorded only on confirmation,
+      an exclude whose answer was lost would leave no record, and tags removed locally in
+      the meantime would stay at the provider. A record whose exclude did not land is
+      harmless: it is read only when the contact is created again, and dropped once the
+      key has a base.
+    """
+    if cycle.caps.export:  # only an export can read them back
+        mirror.set_in_flight(session, cycle.target.name, flying)
+    mirror.set_off_list(session, cycle.target.name, leaving)
+
+
+def _row_change(cycle: CycleState, d: Decision, contact: Contact | None) -> RowChange | None:
+    """The write for a decision, as far as the provider's capabilities allow (or None)."""
+    assert d.remote_op is not None and d.remote_row is not None
+    if d.pushes_status and d.remote_row.status not in cycle.caps.statuses:
+        return _opt_out_without_status(cycle, d)
+    if d.remote_op != "delete":
+        return RowChange(d.remote_op, d.remote_row, d.remote_before)
+    tombstoned = contact is None or contact.deleted
+    if tombstoned and cycle.target.on_local_delete == "delete" and cycle.caps.delete:
+        return RowChange("delete", d.remote_row, d.remote_before)
+    return _off_the_list(cycle, d, "the provider has no documented way to delete a contact")
+
+
+def _opt_out_without_status(cycle: CycleState, d: Decision) -> RowChange | None:
+    """The provider cannot record an opt-out: it must not be asked to hold the contact.
+
+    Never created there (it would be messaged as active); if it is there already, it is
+    taken off the list, and reported where even that is impossible.
+    """
+    if d.remote_op == "create":
+        cycle.result.counts["withheld_opted_out"] += 1
+        return None
+    return _off_the_list(cycle, d, "opted out, but the provider can neither record an opt-out "
+                                   "nor remove the contact: remove it by hand")  # fmt: skip
+
+
+def _off_the_list(cycle: CycleState, d: Decision, reason: str) -> RowChange | None:
+    assert d.remote_row is not None
+    if cycle.caps.exclude:
+        return RowChange("exclude", d.remote_row, d.remote_before)
+    if cycle.caps.delete:
+        return RowChange("delete", d.remote_row, d.remote_before)
+    cycle.result.counts["unsupported"] += 1
+    _report_unsupported(cycle, d.key, reason)
+    return None
+
+
+def _report_unsupported(cycle: CycleState, key: str, reason: str) -> None:
+    """Per contact, never silently: a log line each, and the first few in the run message."""
+    log.warning("%s: %s", key, reason, extra={"target": cycle.target.name})
+    shown = cycle.result.unsupported
+    if len(shown) < 20:
+        shown.append(f"{key}: {reason}")
+
+
+def _apply_local(
+    session: Session,
+    cycle: CycleState,
+    d: Decision,
+    row: mirror.DiffRow,
+    contact: Contact | None,
+) -> None:
+    counts = cycle.result.counts
+    if cycle.dry_run:
+        counts["pulled" if d.local_op == "upsert" else "removed_local"] += 1
+        return
+    if d.local_op == "upsert":
+        assert d.local_row is not None
+        mirror.apply_remote_state(session, cycle.view, d.local_row, row.raw_status, contact)
+        counts["pulled"] += 1
+    elif mirror.remove_from_list(session, cycle.view, contact):
+        counts["removed_local"] += 1
+    if cycle.options.on_remote_change is not None:
+        change = RemoteChange(cycle.target.name, d.key, d.case, row.local, d.local_row)
+        cycle.options.on_remote_change(session, change)

@@ -1,0 +1,156 @@
+"""Pushing one batch and reading its answers.
+
+A batch (``syncd.plan``) is one or more provider calls over the same rows. Before the first call
+the chunk's journal is committed, so a crash during the call leaves a trace the next export
+reads back. Each call's answer is read row by row; a row fails if any of its calls failed it.
+Only confirmed rows move the base (DESIGN §3 rule 4); refused ones are recorded as rejections
+with the provider's code and message, and their keys stay differing. The batch's confirmations
+are committed before the next call, so a crash leaves only the batch in flight unconfirmed.
+
+A provider that confirms by calling back (``Capabilities.confirms_later``) gets the batch
+recorded as a job before any call (a callback may beat the answer home, ``syncd.jobs``): rows
+its answer leaves pending wait for the callback, which moves their base; rows the answer already
+settled leave the job. A call that fails outright abandons the job.
+
+In a dry run nothing is sent: the calls are only described (``PlannedCall``, shown by
+``syncd plan``) and their rows counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from sqlmodel import Session
+
+from syncd import jobs
+from syncd.clock import stamp
+from syncd.engine.result import PlannedCall
+from syncd.engine.state import CycleState
+from syncd.plan import Batch
+from syncd.projection import Projection
+from syncd.providers.base import JobTicket, Provider, PushCall, RowOutcome
+from syncd.store import mirror
+from syncd.store.models import Rejection
+
+log = logging.getLogger("syncd.engine")
+
+
+def push_batch(session: Session, cycle: CycleState, batch: Batch) -> None:
+    cycle.check_stop()
+    dry = cycle.dry_run
+    if not dry:
+        log.debug("pushing %d rows (%s)", len(batch.rows), batch.calls[0].op)
+        session.commit()  # the journal (in_flight) is durable before the call
+    outcomes: dict[str, RowOutcome] = {}
+    calls = batch.calls
+    answered: list[tuple[JobTicket, bool, list[RowOutcome]]] = []
+    if cycle.caps.confirms_later and not dry:
+        calls = _open_job(session, cycle, batch)
+    for call in calls:
+        cycle.result.calls.append(_describe(cycle.provider, call))
+        if dry:
+            continue
+        try:
+            answers = cycle.provider.push(call)
+        except Exception as exc:
+            if call.job is not None:  # no part of this batch will be waited for
+                session.rollback()
+                jobs.abandon(session, call.job.job_id, f"{type(exc).__name__}: {exc}")
+                session.commit()
+            raise
+        if call.job is not None:
+            answered.append((call.job, any(a.ok for a in answers), answers))
+        for answer in answers:
+            first = outcomes.get(answer.key)
+            if first is None or (first.ok and (not answer.ok or answer.pending)):
+                outcomes[answer.key] = answer  # a row fails if any of its calls failed it
+    counts = cycle.result.counts
+    target = cycle.target.name
+    job_id = next((c.job.job_id for c in calls if c.job is not None), None)
+    settled_now: list[str] = []
+    settle: list[Projection] = []
+    forget: list[str] = []
+    left: list[Projection] = []  # taken off the list, kept by the provider
+    for change in batch.rows:
+        d = cycle.pending.pop(change.row.key)
+        if dry:
+            counts[change.op] += 1
+            continue
+        outcome = outcomes.get(change.row.key)
+        if outcome is not None and outcome.ok and outcome.pending:
+            counts["awaiting"] += 1  # the job's callback moves the base (syncd.jobs)
+            continue
+        settled_now.append(d.key)  # by the answer: its callback has nothing left to settle
+        if outcome is not None and outcome.ok:
+            counts[change.op] += 1
+            if change.op == "exclude" and cycle.caps.tags:
+                left.append(change.row)  # its tags stay there (see OffList)
+            if d.base is None:
+                forget.append(d.key)
+            else:
+                settle.append(d.base)
+            continue
+        counts["rejected"] += 1
+        cycle.held_keys.add(d.key)
+        cycle.result.rejected_codes[outcome.code if outcome else "no_answer"] += 1
+        reason = outcome or RowOutcome(
+            d.key, False, "no_answer", "the answer did not mention this row", True
+        )
+        session.merge(
+            Rejection(
+                target=target,
+                key=d.key,
+                digest=change.row.digest(),
+                code=reason.code,
+                message=reason.message,
+                retryable=reason.retryable,
+                at=stamp(),
+            )
+        )
+    if dry:
+        return
+    if job_id is not None:
+        # rows the answers settled leave the job before the job can settle the rest
+        jobs.release_rows(session, job_id, settled_now)
+        for ticket, accepted, answers in answered:
+            refusal = "" if accepted or not answers else answers[0].message
+            jobs.record_answer(session, ticket, accepted, refusal)
+    log.debug("answer read: moving the base of %d rows", len(settle) + len(forget))
+    mirror.set_base(session, target, settle)
+    mirror.drop_base(session, target, forget)
+    mirror.drop_off_list(session, target, [p.key for p in settle])
+    mirror.set_off_list(session, target, left)
+    mirror.drop_in_flight(session, target, [c.row.key for c in batch.rows])
+    mirror.drop_rejections(session, target, [p.key for p in settle] + forget)
+    session.commit()  # this batch's confirmations are durable before the next call
+    log.debug("base updated")
+
+
+def _open_job(session: Session, cycle: CycleState, batch: Batch) -> tuple[PushCall, ...]:
+    """Record the batch as a job before any call (a callback may beat the answer home)."""
+    files = [cycle.provider.hosted_file(call) for call in batch.calls]
+    if all(f is None for f in files):
+        return batch.calls
+    rows = []
+    for change in batch.rows:
+        d = cycle.pending[change.row.key]
+        rows.append(jobs.JobRowSpec(d.key, change.op, d.base, change.row.digest()))
+    tickets = jobs.open_job(session, cycle.target.name, rows, files, cycle.target.callback_timeout)
+    session.commit()
+    return tuple(
+        call if ticket is None else replace(call, job=ticket)
+        for call, ticket in zip(batch.calls, tickets, strict=True)
+    )
+
+
+def _describe(provider: Provider, call: PushCall) -> PlannedCall:
+    return PlannedCall(
+        method=provider.method_name(call),
+        op=call.op,
+        rows=len(call.rows),
+        columns=call.columns,
+        overwrite_tags=call.overwrite_tags,
+        overwrite_lists=call.overwrite_lists,
+        first_rows=tuple(provider.wire_rows(call, 3)),
+    )

@@ -1,0 +1,113 @@
+"""What the store keeps about a target besides its base: conflicts, rejections and runs.
+
+- A **conflict** held under ``conflict = "manual"`` waits in the ``conflict`` table until
+  ``syncd resolve`` writes a resolution there; the next cycle reads it (``resolutions``) and
+  carries it out. A key that no longer differs, or was decided without holding, drops its row.
+- A **rejection** is a row the provider refused (written where the answer is read,
+  ``syncd.engine.push``); a permanent one waits until the local record changes. Read once per
+  cycle (``rejections``), dropped once its key settles.
+- A **run** record is opened before a cycle and closed after it with the outcome and summary
+  (``syncd status``, the daemon's metrics). A dry run leaves none.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col
+
+from syncd.clock import stamp
+from syncd.engine.result import CycleResult
+from syncd.reconcile import Decision, FieldConflict, Take
+from syncd.store import mirror
+from syncd.store.models import Conflict, Rejection, Run
+
+# -- conflicts and rejections -------------------------------------------------------------
+
+
+def resolutions(session: Session, target: str) -> dict[str, Take]:
+    rows = session.execute(
+        select(col(Conflict.key), col(Conflict.resolution)).where(
+            col(Conflict.target) == target,
+            col(Conflict.resolution).is_not(None),
+        )
+    )
+    return {k: r for k, r in rows if r in ("local", "remote")}
+
+
+def rejections(session: Session, target: str) -> dict[str, Rejection]:
+    rows = session.execute(select(Rejection).where(col(Rejection.target) == target)).scalars()
+    return {r.key: r for r in rows}
+
+
+def record_conflict(session: Session, target: str, d: Decision, row: mirror.DiffRow) -> None:
+    session.merge(
+        Conflict(
+            target=target,
+            key=d.key,
+            fields=json.dumps([_conflict_dict(c) for c in d.conflicts]),
+            local=row.local.to_json() if row.local else None,
+            remote=row.remote.to_json() if row.remote else None,
+            base=row.base.to_json() if row.base else None,
+            resolution=None,
+            at=stamp(),
+        )
+    )
+
+
+def clear_conflicts(session: Session, target: str, keys: list[str]) -> None:
+    for i in range(0, len(keys), 500):
+        session.execute(
+            delete(Conflict).where(
+                col(Conflict.target) == target,
+                col(Conflict.key).in_(keys[i : i + 500]),
+            )
+        )
+
+
+def forget_stale(
+    session: Session, target: str, rejections: dict[str, Rejection], held_keys: set[str]
+) -> None:
+    """Rejections and conflicts whose key no longer differs have settled by themselves."""
+    stale = [k for k in rejections if k not in held_keys]
+    mirror.drop_rejections(session, target, stale)
+    open_keys = session.execute(
+        select(col(Conflict.key)).where(col(Conflict.target) == target)
+    ).scalars()
+    clear_conflicts(session, target, [k for k in open_keys if k not in held_keys])
+
+
+def _conflict_dict(c: FieldConflict) -> dict[str, str | None]:
+    return {"field": c.field, "local": c.local, "remote": c.remote, "base": c.base}
+
+
+# -- runs ---------------------------------------------------------------------------------
+
+
+def _now_ms() -> str:
+    """Run records to the millisecond: cycles a second apart must still be told apart."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def record_start(db: Engine, target: str, holder: str | None) -> int:
+    with Session(db) as session:
+        run = Run(target=target, started_at=_now_ms(), holder=holder)
+        session.add(run)
+        session.commit()
+        assert run.id is not None
+        return run.id
+
+
+def record_end(db: Engine, run_id: int, result: CycleResult) -> None:
+    with Session(db) as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            return
+        run.finished_at = _now_ms()
+        run.outcome = result.outcome
+        run.summary = json.dumps(result.summary())
+        run.message = result.message
+        session.commit()

@@ -1,0 +1,150 @@
+"""What a cycle is given and what it gives back.
+
+``CycleOptions`` come in from the CLI or the daemon (dry run, the mass-delete override, progress,
+the outbox's recorder, the shutdown check); a ``CycleResult`` goes out: the outcome, its
+message, the counts behind the one-line summary and the run record, and the calls a plan shows.
+``RemoteChange`` is what the outbox is handed for each remote-born change applied to the mirror.
+
+The outcome follows from the counts alone (``CycleResult.conclude``), and the exit code from the
+outcome, so the CLI, the daemon's metrics and ``syncd status`` all read the same thing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlmodel import Session
+
+from syncd.projection import Projection
+
+Progress = Callable[[str, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteChange:
+    """A change that came from the provider and was applied to the mirror (for the outbox)."""
+
+    target: str
+    key: str
+    kind: str  # the reconciliation case: pull, create_local, remote_deleted, merge, ...
+    before: Projection | None
+    after: Projection | None
+
+
+@dataclass
+class CycleOptions:
+    dry_run: bool = False
+    allow_mass_delete: bool = False
+    progress: Progress | None = None
+    # Called inside the transaction that applies a remote-born change to the mirror, so that
+    # what it records (the outbox) commits or rolls back together with the change.
+    on_remote_change: Callable[[Session, RemoteChange], None] | None = None
+    # Asked between batches: when it says stop, the cycle ends after the batch in flight.
+    should_stop: Callable[[], bool] | None = None
+    cycle_id: str | None = None  # given by the daemon so its log lines can carry it
+    holder: str | None = None  # the process holding the target's lease, kept in the run record
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedCall:
+    method: str
+    op: str
+    rows: int
+    columns: tuple[str, ...]
+    overwrite_tags: bool
+    overwrite_lists: bool
+    first_rows: tuple[dict[str, str], ...]
+
+
+@dataclass
+class CycleResult:
+    target: str
+    cycle_id: str
+    # converged | awaiting | rejected | conflicts | refused | stopped | unreachable | failed |
+    # planned (a dry run); "running" until the cycle ends
+    outcome: str = "running"
+    message: str = ""
+    export_complete: bool = True
+    counts: Counter[str] = field(default_factory=Counter)
+    rejected_codes: Counter[str] = field(default_factory=Counter)  # provider code -> rows
+    unsupported: list[str] = field(default_factory=list)  # first contacts the provider cannot serve
+    calls: list[PlannedCall] = field(default_factory=list)
+    api_calls: int = 0
+    write_calls: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        if self.outcome in ("converged", "planned", "stopped"):
+            return 0
+        if self.outcome in ("unreachable", "failed"):
+            return 3
+        return 1
+
+    def summary(self) -> dict[str, Any]:
+        c = self.counts
+        return {
+            "target": self.target,
+            "cycle": self.cycle_id,
+            "outcome": self.outcome,
+            "message": self.message,
+            "export_complete": self.export_complete,
+            "pushed": c["create"] + c["update"],
+            "created": c["create"],
+            "updated": c["update"],
+            "deleted": c["delete"] + c["exclude"],
+            "pulled": c["pulled"],
+            "removed_local": c["removed_local"],
+            "rejected": c["rejected"] + c["held_rejected"],
+            "conflicts": c["conflicts_open"],
+            "deferred": c["deferred"],
+            "edited_during_cycle": c["edited_during_cycle"],
+            "kept_opted_out": c["keep_opted_out"],
+            "unsupported": c["unsupported"],
+            "withheld_opted_out": c["withheld_opted_out"],
+            "awaiting_confirmation": c["awaiting"],
+            "still_awaiting": c["still_awaiting"],
+            "confirmed_later": c["confirmed_later"],
+            "api_calls": self.api_calls,
+            "write_calls": self.write_calls,
+        }
+
+    def conclude(self, dry_run: bool) -> None:
+        """The outcome of a cycle that ran to its end, and the message that explains it."""
+        self.outcome = "planned" if dry_run else self._outcome()
+        if self.outcome == "rejected" and not self.unsupported:
+            said = (self.message, self._rejected_message())  # e.g. export incomplete
+            self.message = "; ".join(part for part in said if part)
+        if self.unsupported and not self.message:
+            more = self.counts["unsupported"] - len(self.unsupported)
+            self.message = (
+                "cannot be done at this provider: "
+                + "; ".join(self.unsupported)
+                + (f"; and {more} more" if more > 0 else "")
+            )
+
+    def _outcome(self) -> str:
+        c = self.counts
+        if c["conflicts_open"]:
+            return "conflicts"
+        if c["rejected"] or c["held_rejected"] or c["unsupported"]:
+            return "rejected"
+        if c["awaiting"] or c["still_awaiting"]:
+            return "awaiting"  # sent; the provider's callback will confirm (syncd.jobs)
+        return "converged"
+
+    def _rejected_message(self) -> str:
+        """Why a cycle did not converge although every call was answered: the refused rows."""
+        c, codes = self.counts, self.rejected_codes
+        parts = []
+        if c["rejected"]:
+            by_code = ", ".join(f"{code} {n}" for code, n in codes.most_common())
+            parts.append(f"{c['rejected']} rows refused by the provider ({by_code})")
+        if c["held_rejected"]:
+            parts.append(
+                f"{c['held_rejected']} rows held since an earlier refusal until their local "
+                "record changes"
+            )
+        return "; ".join(parts)

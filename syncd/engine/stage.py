@@ -1,0 +1,105 @@
+"""Staging: both sides of a target written to the stage tables, and the keys that differ.
+
+The provider's export goes to ``stage_remote`` and the mirror's members, projected as this
+target sees them (``project_local``), to ``stage_local``; the database then finds the keys whose
+local, base and remote rows are not all equal (``mirror.compute_diff``), and only those are
+read back and reconciled. Rows stream through the store: no side is held in Python memory.
+
+Rule 1 (DESIGN §3) is kept here: an export that did not complete is thrown away, and the base
+stands in for the remote side, so that nothing is inferred from a row's absence. A provider
+without an export (``Capabilities.export``) always has the base there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from sqlmodel import Session
+
+from syncd.engine.state import CycleState
+from syncd.errors import ExportIncomplete
+from syncd.projection import Projection, digest_of
+from syncd.providers.base import Capabilities
+from syncd.store import mirror
+from syncd.store.models import StageLocal, StageRemote
+
+log = logging.getLogger("syncd.engine")
+
+
+def project_local(
+    contact: mirror.MemberRow, view: mirror.LocalView, caps: Capabilities
+) -> Projection | None:
+    """The mirror's contact as this target sees it (remote field names, folded status)."""
+    key = getattr(contact, view.key)
+    if not key:
+        return None
+    local_fields: dict[str, Any] = json.loads(contact.fields)
+    fields: dict[str, str | None] = {}
+    for remote_name, local_name in view.fields.items():
+        value = (
+            getattr(contact, local_name)
+            if local_name in ("email", "phone")
+            else local_fields.get(local_name)
+        )
+        fields[remote_name] = None if value is None else str(value)
+    if view.reference is not None:
+        fields[view.reference] = contact.ref
+    tags = json.loads(contact.tags) if caps.tags else ()
+    return Projection.build(key, fields, tags, caps.fold_status(contact.status))
+
+
+def stage_and_diff(session: Session, cycle: CycleState) -> None:
+    name = cycle.target.name
+    mirror.clear_stage(session, name)
+    if cycle.caps.export:
+        log.debug("exporting the remote list")
+        session.commit()  # no write lock held while the provider prepares the export
+        try:
+            n = mirror.stage_rows(session, StageRemote, _remote_rows(cycle), commit_chunks=True)
+            cycle.progress("exported", n)
+        except ExportIncomplete as exc:
+            # Rule 1: a partial export proves nothing about absence. Start over from the base.
+            session.rollback()
+            mirror.clear_stage(session, name)
+            mirror.stage_remote_as_base(session, name)
+            cycle.result.export_complete = False
+            cycle.result.message = f"export incomplete, pushing local changes only: {exc}"
+    else:
+        mirror.stage_remote_as_base(session, name)
+    n = mirror.stage_rows(session, StageLocal, _local_rows(session, cycle))
+    cycle.progress("staged local", n)
+    n = mirror.compute_diff(session, name)
+    cycle.progress("differing keys", n)
+    log.debug("planning: %d differing keys", n)
+    if not cycle.dry_run:
+        session.commit()
+
+
+def _remote_rows(cycle: CycleState) -> Iterator[dict[str, str]]:
+    for remote in cycle.provider.export():
+        data = remote.projection.to_json()
+        yield {
+            "target": cycle.target.name,
+            "key": remote.projection.key,
+            "digest": digest_of(data),
+            "data": data,
+            "raw_status": remote.raw_status,
+        }
+
+
+def _local_rows(session: Session, cycle: CycleState) -> Iterator[dict[str, str]]:
+    for contact in mirror.iter_local_members(session, cycle.view):
+        p = project_local(contact, cycle.view, cycle.caps)
+        if p is None:
+            cycle.result.counts["no_key"] += 1  # a phone target meets a contact with no phone
+            continue
+        data = p.to_json()
+        yield {
+            "target": cycle.target.name,
+            "key": p.key,
+            "digest": digest_of(data),
+            "data": data,
+        }

@@ -1,0 +1,76 @@
+"""The state one cycle carries from step to step.
+
+``CycleState`` is what every step of a cycle takes: the target, its provider and the options it
+was started with, what follows from them (the provider's capabilities, the mirror's view of the
+target, the reconciliation rules), the result being filled in, and what one step hands to a
+later one: the owners of remote rows that are syncd's own (found once the stage is written,
+read by every decision), the decisions waiting for their call's answer (from the chunk that
+batched them to the push that reads the answer) and the keys left differing on purpose (their
+rejection or conflict stays when the cycle ends).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy.engine import Engine
+
+from syncd.config import TargetConfig
+from syncd.engine.result import CycleOptions, CycleResult
+from syncd.providers.base import Capabilities, Provider
+from syncd.reconcile import Decision, Rules
+from syncd.references import Owners
+from syncd.store import mirror
+
+
+class Stopped(Exception):
+    """The daemon is stopping: leave after the batch in flight, everything confirmed kept."""
+
+
+@dataclass
+class CycleState:
+    db: Engine
+    target: TargetConfig
+    provider: Provider
+    options: CycleOptions
+    caps: Capabilities
+    view: mirror.LocalView
+    rules: Rules
+    result: CycleResult
+    owners: Owners = field(default_factory=Owners)  # remote rows that are syncd's own
+    pending: dict[str, Decision] = field(default_factory=dict)  # batched, awaiting their answer
+    held_keys: set[str] = field(default_factory=set)  # their rejection or conflict stays
+
+    @classmethod
+    def start(
+        cls, db: Engine, target: TargetConfig, provider: Provider, options: CycleOptions
+    ) -> CycleState:
+        return cls(
+            db=db,
+            target=target,
+            provider=provider,
+            options=options,
+            caps=provider.capabilities,
+            view=mirror.LocalView(
+                target.key, target.local_list_name, dict(target.fields), target.reference_field
+            ),
+            rules=Rules(
+                policy=target.policy_for,
+                edit_beats_delete=target.on_edit_delete == "edit",
+                reference=target.reference_field,
+            ),
+            result=CycleResult(target.name, options.cycle_id or uuid.uuid4().hex[:12]),
+        )
+
+    @property
+    def dry_run(self) -> bool:
+        return self.options.dry_run
+
+    def progress(self, stage: str, n: int) -> None:
+        if self.options.progress:
+            self.options.progress(stage, n)
+
+    def check_stop(self) -> None:
+        if self.options.should_stop is not None and self.options.should_stop():
+            raise Stopped
