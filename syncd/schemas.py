@@ -69,7 +69,7 @@ _KEY_DESCRIPTIONS = {
         "on_local_delete": "A contact deleted locally: delete it at the provider, or only take "
         "it off the list (exclude).",
         "max_delete_fraction": "Mass-delete guard: a cycle that would delete more than this "
-        "share of the synced contacts (and more than 10) stops before writing anything.",
+        "share of either side's list (and more than 10) stops before writing anything.",
         "export_poll_interval": "Seconds between polls of an async export task.",
         "export_timeout": "Seconds an async export may take before the cycle gives up; nothing "
         "is inferred from an export that did not finish.",

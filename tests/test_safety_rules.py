@@ -86,6 +86,22 @@ def test_rule2_mass_delete_guard_protects_the_mirror_from_remote_deletes(world: 
     assert r.outcome == "refused" and len(world.local()) == 100
 
 
+def test_rule2_measures_deletions_against_the_list_not_the_base(make_world):
+    """The first push's answer was lost: 100 contacts at the provider, none in the base yet.
+    Deleting 15 of them locally is 15 % of the list, not "15 of 0 synced contacts"."""
+    world = make_world(reference_field="syncd_id")
+    emails = world.add_local(100)
+    assert world.cycle_losing_answers().outcome == "unreachable"  # landed; answer lost
+    assert len(world.remote()) == 100
+    world.ingest({"email": e, "delete": 1} for e in emails[:15])
+    r = world.cycle()
+    assert r.outcome == "converged", r.message
+    assert r.summary()["deleted"] == 15 and len(world.remote()) == 85
+    # and 25 % is still too many
+    world.ingest({"email": e, "delete": 1} for e in emails[15:37])
+    assert world.cycle().outcome == "refused"
+
+
 def test_rule2_a_few_deletes_pass(world: World):
     emails = world.add_local(100)
     world.cycle()

@@ -41,7 +41,7 @@ from syncd.plan import Batcher
 from syncd.providers.base import Provider
 from syncd.references import find_owners
 from syncd.store import mirror
-from syncd.store.models import Base
+from syncd.store.models import StageLocal, StageRemote
 
 log = logging.getLogger("syncd.engine")
 
@@ -110,12 +110,19 @@ def _guard(session: Session, cycle: CycleState) -> None:
             # only deletions the provider can carry out count towards the guard
             remote_deletes += d.remote_op == "delete" and (caps.delete or caps.exclude)
             local_removes += d.local_op == "remove"
-    synced = mirror.count_rows(session, Base, target.name)
-    limit = target.max_delete_fraction * synced
+    # Each side's deletions against that side's list as staged: the provider's export (the base
+    # where none can be read) and the local list. Not against the base alone: a target whose
+    # creates' answers were lost has contacts at the provider and little base, and deleting a
+    # few of them is no mass delete.
+    sizes = {
+        "remote": mirror.count_rows(session, StageRemote, target.name),
+        "local": mirror.count_rows(session, StageLocal, target.name),
+    }
     for side, n in (("remote", remote_deletes), ("local", local_removes)):
+        limit = target.max_delete_fraction * sizes[side]
         if n > MASS_DELETE_FLOOR and n > limit and not cycle.options.allow_mass_delete:
             raise MassDeleteRefused(
-                f"{target.name}: this cycle would delete {n} of {synced} synced contacts "
+                f"{target.name}: this cycle would delete {n} of the {sizes[side]} contacts "
                 f"on the {side} side, more than max_delete_fraction="
                 f"{target.max_delete_fraction}; nothing was written. Check the source, "
                 f"then run once with --allow-mass-delete if it is intended."
