@@ -102,6 +102,22 @@ def test_rule2_measures_deletions_against_the_list_not_the_base(make_world):
     assert world.cycle().outcome == "refused"
 
 
+def test_rule2_deletes_deferred_by_an_incomplete_export_do_not_trip_the_guard(world: World):
+    """Rule 1 defers every delete while the remote is unknown: nothing would be deleted, so
+    the cycle still pushes its edits instead of being refused."""
+    emails = world.add_local(100)
+    world.cycle()
+    world.ingest({"email": e, "delete": 1} for e in emails[:30])
+    world.ingest([{"email": emails[50], "name": "Edited"}])
+    world.emu.faults.export_truncate = True
+    r = world.cycle()
+    assert r.outcome != "refused", r.message
+    assert r.summary()["deferred"] == 30 and r.summary()["updated"] == 1
+    assert len(world.remote()) == 100
+    world.emu.faults.export_truncate = False
+    assert world.cycle().outcome == "refused"  # with the remote known, 30 % is a mass delete
+
+
 def test_rule2_a_few_deletes_pass(world: World):
     emails = world.add_local(100)
     world.cycle()

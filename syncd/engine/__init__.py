@@ -107,8 +107,13 @@ def _guard(session: Session, cycle: CycleState) -> None:
     takes = records.resolutions(session, target.name)
     for chunk in mirror.iter_diff(session, target.name):
         for _, d in decide(session, cycle, chunk, takes):
-            # only deletions the provider can carry out count towards the guard
-            remote_deletes += d.remote_op == "delete" and (caps.delete or caps.exclude)
+            # only deletions the provider can carry out count towards the guard, and none while
+            # the export is incomplete: those are deferred (rule 1), not carried out
+            remote_deletes += (
+                d.remote_op == "delete"
+                and (caps.delete or caps.exclude)
+                and cycle.result.export_complete
+            )
             local_removes += d.local_op == "remove"
     # Each side's deletions against that side's list as staged: the provider's export (the base
     # where none can be read) and the local list. Not against the base alone: a target whose
