@@ -22,7 +22,7 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from syncd.projection import Projection
+from syncd.core.projection import Projection
 from syncd.store import open_engine
 
 API_KEY = "bench-key-not-a-secret"

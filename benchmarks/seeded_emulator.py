@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from syncd.emulators.server import serve_forever
+from syncd.emulators.kit.server import serve_forever
 from syncd.emulators.unisender import UnisenderEmulator
 
 

@@ -1,4 +1,4 @@
-"""The command line: thin click commands over ``syncd.app`` and friends.
+"""The command line: thin click commands over ``syncd.commands.cycles`` and friends.
 
 Exit codes: 0 all converged, 1 rows rejected or conflicts remain, 2 configuration error,
 3 a provider could not be reached.
@@ -16,7 +16,8 @@ from typing import Any
 
 import click
 
-from syncd import __version__, app
+from syncd import __version__
+from syncd.commands import cycles
 from syncd.config import Config, load_config
 from syncd.engine.result import CycleOptions, CycleResult
 from syncd.errors import ConfigError, IngestError, SyncdError
@@ -106,7 +107,7 @@ def run_once_cmd(
         results = _run(config, target, options, callback_wait)
     for r in results:
         click.echo(json.dumps(r.summary()) if as_json else _summary_line(r))
-    sys.exit(app.exit_code(results))
+    sys.exit(cycles.exit_code(results))
 
 
 @main.command("plan")
@@ -129,7 +130,7 @@ def _run(
     config: Config, target: str | None, options: CycleOptions, callback_wait: float | None = None
 ) -> list[CycleResult]:
     try:
-        return app.run_once(config, target=target, options=options, callback_wait=callback_wait)
+        return cycles.run_once(config, target=target, options=options, callback_wait=callback_wait)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_CONFIG)
@@ -221,10 +222,10 @@ def _progress() -> Iterator[Callable[[str, int], None] | None]:
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
 def ingest_cmd(config_path: str | None, files: tuple[str, ...], as_json: bool) -> None:
     """Apply CSV or NDJSON contact files to the mirror (each file in one transaction)."""
-    from syncd.ingest import ingest_file
+    from syncd.local.ingest import ingest_file
 
     config = _load(config_path)
-    db = app.open_store(config)
+    db = cycles.open_store(config)
     worst = 0
     for name in files:
         try:
@@ -254,10 +255,10 @@ def ingest_cmd(config_path: str | None, files: tuple[str, ...], as_json: bool) -
 @click.option("--list", "list_name", default=None, help="Only members of this local list.")
 def export_cmd(config_path: str | None, fmt: str, list_name: str | None) -> None:
     """Print the mirror in the shape `ingest` reads (a round trip changes nothing)."""
-    from syncd.export import export_contacts
+    from syncd.local.export import export_contacts
 
     config = _load(config_path)
-    export_contacts(app.open_store(config), sys.stdout, fmt, list_name)  # type: ignore[arg-type]
+    export_contacts(cycles.open_store(config), sys.stdout, fmt, list_name)  # type: ignore[arg-type]
 
 
 @main.command("status")
@@ -266,7 +267,7 @@ def export_cmd(config_path: str | None, fmt: str, list_name: str | None) -> None
 def status_cmd(config_path: str | None, as_json: bool) -> None:
     """Per target: the last run, its outcome and counts, rejected rows, open conflicts."""
     config = _load(config_path)
-    for s in app.status(config):
+    for s in cycles.status(config):
         if as_json:
             click.echo(json.dumps(s.to_dict()))
             continue
@@ -301,7 +302,7 @@ def status_cmd(config_path: str | None, as_json: bool) -> None:
 def conflicts_cmd(config_path: str | None, target: str | None, as_json: bool) -> None:
     """List conflicts held under the manual policy."""
     config = _load(config_path)
-    rows = app.list_conflicts(config, target)
+    rows = cycles.list_conflicts(config, target)
     for c in rows:
         if as_json:
             click.echo(json.dumps(c, ensure_ascii=False))
@@ -323,7 +324,7 @@ def conflicts_cmd(config_path: str | None, target: str | None, as_json: bool) ->
 @click.option("--target", default=None)
 def resolve_cmd(config_path: str | None, key: str, take: str, target: str | None) -> None:
     """Settle a held conflict; the next cycle carries it out."""
-    from syncd.contacts import normalise_email, normalise_phone
+    from syncd.core.contacts import normalise_email, normalise_phone
 
     config = _load(config_path)
     try:
@@ -334,7 +335,7 @@ def resolve_cmd(config_path: str | None, key: str, take: str, target: str | None
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="KEY") from None
-    n = app.resolve(config, norm, take, target)
+    n = cycles.resolve(config, norm, take, target)
     if not n:
         click.echo(f"no conflict for {norm}", err=True)
         sys.exit(1)
@@ -356,8 +357,8 @@ def resolve_cmd(config_path: str | None, key: str, take: str, target: str | None
 @click.option("--force", is_flag=True, help="Overwrite an existing configuration file.")
 def init_cmd(config_path: str | None, provider: str, force: bool) -> None:
     """Write a commented starter syncd.toml and the inbox/outbox folders beside it."""
+    from syncd.commands.starter import STARTERS, StarterExists, write_starter
     from syncd.config import find_config_path
-    from syncd.init import STARTERS, StarterExists, write_starter
 
     path = find_config_path(config_path)
     try:
@@ -383,7 +384,7 @@ def check_config_cmd(config_path: str | None, online: bool, as_json: bool) -> No
     Exit code 0 only when everything checks out; 2 the file, a key or a list is wrong;
     3 a provider could not be reached.
     """
-    from syncd.check import check_config
+    from syncd.commands.check import check_config
 
     report = check_config(config_path, online)
     if as_json:
@@ -482,7 +483,7 @@ def emulate_cmd(
 @click.option("--keep", type=click.Path(file_okay=False), default=None, help="Keep the files here.")
 def demo_cmd(contacts: int, keep: str | None) -> None:
     """Sync a sample list with a local emulator, change both sides, and show it converge."""
-    from syncd.demo import run_demo
+    from syncd.commands.demo import run_demo
 
     sys.exit(run_demo(contacts, keep, click.echo))
 

@@ -6,7 +6,7 @@ generates, so they cannot drift from the code:
 - ``config.schema.json``: the configuration file (``syncd.config.Config``), as TOML data;
 - ``inbox-record.schema.json``: one record of an inbox file (:class:`InboxRecord`): an NDJSON
   object, or a CSV row read as an object of string cells (``$defs/CsvRow``);
-- ``change-event.schema.json``: one line of an outbox file (``syncd.outbox.event_schema``).
+- ``change-event.schema.json``: one line of an outbox file (``syncd.local.outbox.event_schema``).
 
 The README's configuration reference is rendered from the config schema by
 :func:`config_reference_markdown`. ``python -m syncd.schemas --write`` regenerates the schema
@@ -24,10 +24,10 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from syncd import outbox
 from syncd.config import Config
-from syncd.ingest.read import RESERVED
-from syncd.projection import STATUSES
+from syncd.core.projection import STATUSES
+from syncd.local import outbox
+from syncd.local.ingest.read import RESERVED
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 CONFIG_ID = "urn:syncd:schema:config:1"
@@ -197,7 +197,7 @@ def _no_default(schema: JsonSchema) -> None:
 
 
 def _record_rules(schema: JsonSchema) -> None:
-    """Rules of ``syncd.ingest`` that a model field cannot carry."""
+    """Rules of ``syncd.local.ingest`` that a model field cannot carry."""
     schema.pop("title", None)
     schema["propertyNames"] = {
         # names are trimmed by ingest; a trimmed-away or empty name is refused
@@ -217,10 +217,10 @@ def _record_rules(schema: JsonSchema) -> None:
 
 
 class InboxRecord(BaseModel):
-    """One contact record of an inbox file, as ``syncd.ingest`` reads it.
+    """One contact record of an inbox file, as ``syncd.local.ingest`` reads it.
 
     This model documents the format and generates its schema; ingestion itself is done by
-    ``syncd.ingest``, whose rules the schema follows (the tests check that both agree).
+    ``syncd.local.ingest``, whose rules the schema follows (the tests check that both agree).
     """
 
     model_config = ConfigDict(extra="allow", json_schema_extra=_record_rules)

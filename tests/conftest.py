@@ -28,12 +28,12 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from syncd import app
+from syncd.commands import cycles
 from syncd.config import Config, TargetConfig, parse_config
 from syncd.emulators.unisender import UnisenderEmulator
 from syncd.engine.result import CycleOptions, CycleResult
 from syncd.errors import ProviderUnreachable
-from syncd.ingest import ingest_file
+from syncd.local.ingest import ingest_file
 from syncd.providers import make_provider
 from syncd.providers.base import Provider
 from syncd.store import open_engine
@@ -129,7 +129,7 @@ class World:
         )
 
     def cycle(self, **options: Any) -> CycleResult:
-        (result,) = app.run_once(
+        (result,) = cycles.run_once(
             self.config, db=self.db, options=CycleOptions(**options), providers=self.provider
         )
         return result
@@ -151,7 +151,7 @@ class World:
             return adapter
 
         options = CycleOptions()
-        (result,) = app.run_once(self.config, db=self.db, options=options, providers=provider)
+        (result,) = cycles.run_once(self.config, db=self.db, options=options, providers=provider)
         return result
 
     def ingest(self, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -175,7 +175,7 @@ class World:
         """The mirror's live contacts on the target's list, by email."""
         import io
 
-        from syncd.export import export_contacts
+        from syncd.local.export import export_contacts
 
         buf = io.StringIO()
         export_contacts(self.db, buf, "ndjson", "news")

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl
 import httpx
 
 from syncd.config import TargetConfig
-from syncd.projection import Projection
+from syncd.core.projection import Projection
 from syncd.providers import make_provider
 from syncd.providers.base import Op, Provider, RowChange
 

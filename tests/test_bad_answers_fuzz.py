@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from syncd.config import TargetConfig
+from syncd.core.projection import Projection
 from syncd.errors import ProviderError
-from syncd.projection import Projection
 from syncd.providers import make_provider
 from syncd.providers.base import Provider, PushCall, RowChange
 

@@ -32,11 +32,11 @@ from sqlalchemy.engine import Engine
 
 from syncd.config import IngestConfig, parse_config
 from syncd.errors import IngestError
-from syncd.inbox import Inbox
-from syncd.ingest import ingest_file
-from syncd.ingest.check import validate
-from syncd.ingest.read import MAX_COLUMNS, read_rows
-from syncd.ingest.write import IngestReport
+from syncd.local.inbox import Inbox
+from syncd.local.ingest import ingest_file
+from syncd.local.ingest.check import validate
+from syncd.local.ingest.read import MAX_COLUMNS, read_rows
+from syncd.local.ingest.write import IngestReport
 from syncd.store import open_engine
 
 CONFIG = IngestConfig(reject_role_addresses=True)

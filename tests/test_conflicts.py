@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import World
 
-from syncd import app
+from syncd.commands import cycles
 
 
 def _diverge(world: World) -> None:
@@ -41,17 +41,17 @@ def test_manual_conflict_is_held_listed_and_resolved(make_world):
     assert world.import_calls() == calls  # untouched on both sides
     assert world.local()["person0@example.com"]["name"] == "Local Name"
     assert world.remote()["person0@example.com"]["fields"]["Name"] == "Remote Name"
-    (conflict,) = app.list_conflicts(world.config, db=world.db)
+    (conflict,) = cycles.list_conflicts(world.config, db=world.db)
     assert conflict["fields"] == [
         {"field": "Name", "local": "Local Name", "remote": "Remote Name", "base": "Person 0"}
     ]
     assert world.cycle().outcome == "conflicts"  # still held, still untouched
 
-    assert app.resolve(world.config, "person0@example.com", "remote", db=world.db) == 1
+    assert cycles.resolve(world.config, "person0@example.com", "remote", db=world.db) == 1
     done = world.cycle()
     assert done.outcome == "converged"
     assert world.local()["person0@example.com"]["name"] == "Remote Name"
-    assert app.list_conflicts(world.config, db=world.db) == []
+    assert cycles.list_conflicts(world.config, db=world.db) == []
     assert world.cycle().write_calls == 0
 
 
@@ -61,4 +61,4 @@ def test_manual_conflict_settles_by_itself_when_the_sides_agree(make_world):
     world.cycle()
     world.ingest([{"email": "person0@example.com", "name": "Remote Name"}])
     assert world.cycle().outcome == "converged"
-    assert app.list_conflicts(world.config, db=world.db) == []
+    assert cycles.list_conflicts(world.config, db=world.db) == []

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from syncd.contacts import is_role_address, normalise_email, normalise_phone
+from syncd.core.contacts import is_role_address, normalise_email, normalise_phone
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,7 @@ KEY = "crash-test-key-7d1e"
 SEED = int(os.environ.get("SYNCD_CRASH_SEED", "20261123"))  # another seed explores other kills
 KILLS = 50
 PHASES = ("export", "plan", "push", "base", "ingest")
-# the log line that opens each phase (DEBUG lines of syncd/engine/ and syncd/inbox/)
+# the log line that opens each phase (DEBUG lines of syncd/engine/ and syncd/local/inbox/)
 MARKERS = (
     ("exporting the remote list", "export"),
     ("planning:", "plan"),

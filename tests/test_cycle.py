@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from conftest import World
 
-from syncd import app
+from syncd.commands import cycles
 from syncd.config import Config, TargetConfig
 from syncd.engine.result import CycleOptions
 from syncd.providers.base import Provider
@@ -113,7 +113,7 @@ def test_the_store_stays_writable_while_an_export_streams(
         adapter.export = export_with_a_writer_meanwhile  # type: ignore[method-assign]
         return adapter
 
-    (r,) = app.run_once(world.config, db=world.db, options=CycleOptions(), providers=provider)
+    (r,) = cycles.run_once(world.config, db=world.db, options=CycleOptions(), providers=provider)
     assert writes == ["written"]
     assert r.outcome == "converged" and r.write_calls == 0
 

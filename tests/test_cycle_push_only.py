@@ -1,4 +1,5 @@
-"""Full cycles through ``syncd.app.run_once`` against the push-only emulators (sms.by, Octopush).
+"""Full cycles through ``syncd.commands.cycles.run_once`` against the push-only emulators (sms.by,
+Octopush).
 
 Neither provider documents an export, so the engine takes the remote side as the base: local
 creates, updates and deletes go out once, a cycle without local change writes nothing, and what a
@@ -17,12 +18,12 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from syncd import app
+from syncd.commands import cycles
 from syncd.config import Config, TargetConfig, parse_config
 from syncd.emulators.octopush import OctopushEmulator
 from syncd.emulators.smsby import SmsbyEmulator
 from syncd.engine.result import CycleOptions, CycleResult
-from syncd.ingest import ingest_file
+from syncd.local.ingest import ingest_file
 from syncd.providers import make_provider
 from syncd.providers.base import Provider
 from syncd.store import open_engine
@@ -85,7 +86,7 @@ class PushWorld:
         )
 
     def cycle(self, **options: Any) -> CycleResult:
-        (result,) = app.run_once(
+        (result,) = cycles.run_once(
             self.config, db=self.db, options=CycleOptions(**options), providers=self.provider
         )
         return result

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from syncd.emulators import php_params as pp
-from syncd.emulators.server import EmulatorServer
+from syncd.emulators.kit import forms as pp
+from syncd.emulators.kit.server import EmulatorServer
 from syncd.emulators.unisender import LOG_CODES, Faults, UnisenderEmulator
 
 KEY = "secret-key"

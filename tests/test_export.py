@@ -17,11 +17,11 @@ from sqlalchemy.engine import Engine
 
 from syncd import export
 from syncd.config import IngestConfig
-from syncd.contacts import is_role_address
-from syncd.export import export_contacts
-from syncd.ingest import ingest_file
-from syncd.ingest.read import RESERVED
-from syncd.projection import STATUSES
+from syncd.core.contacts import is_role_address
+from syncd.core.projection import STATUSES
+from syncd.local.export import export_contacts
+from syncd.local.ingest import ingest_file
+from syncd.local.ingest.read import RESERVED
 from syncd.store.db import open_engine
 
 CONFIG = IngestConfig()

@@ -13,8 +13,8 @@ one more that writes nothing. Checked throughout:
   applied twice (a retried import, an answer lost after the provider applied it) changed nothing.
 
 Cycles run through `syncd run-once --json` subprocesses for the main scenarios and through
-`syncd.app.run_once` in this process for the others, always over loopback to a real emulator
-process. Figures go to the table `conftest.py` prints at the end of the run.
+`syncd.commands.cycles.run_once` in this process for the others, always over loopback to a real
+emulator process. Figures go to the table `conftest.py` prints at the end of the run.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ from conftest import emulator_process, record_fault_figures
 from sqlalchemy import select
 from sqlmodel import Session, col
 
-from syncd import app
+from syncd.commands import cycles
 from syncd.config import Config, parse_config
-from syncd.export import export_contacts
-from syncd.ingest import ingest_file
+from syncd.local.export import export_contacts
+from syncd.local.ingest import ingest_file
 from syncd.store import open_engine
 from syncd.store.models import Rejection
 
@@ -240,7 +240,7 @@ fields = {{ Name = "name", City = "city" }}
             expected_exit = {"converged": 0, "unreachable": 3, "failed": 3}.get(summary["outcome"])
             assert done.returncode == (1 if expected_exit is None else expected_exit), done.stderr
         else:
-            (result,) = app.run_once(self.config, db=self.db)
+            (result,) = cycles.run_once(self.config, db=self.db)
             summary = result.summary()
         self.results.append(summary)
         return summary

@@ -14,10 +14,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from syncd.config import Config, parse_config
-from syncd.inbox import Inbox
-from syncd.inbox import ledger as ledger_module
-from syncd.inbox.ledger import IngestedFile, Ledger
-from syncd.ingest import ingest_file
+from syncd.local.inbox import Inbox
+from syncd.local.inbox import ledger as ledger_module
+from syncd.local.inbox.ledger import IngestedFile, Ledger
+from syncd.local.ingest import ingest_file
 from syncd.store import open_engine
 
 HEADER = "email,name,city,lists\n"

@@ -12,10 +12,10 @@ from sqlalchemy.engine import Engine
 
 from syncd.config import IngestConfig
 from syncd.errors import IngestError
-from syncd.ingest import ingest_file
-from syncd.ingest.check import ContactChange, validate
-from syncd.ingest.read import read_rows
-from syncd.ingest.write import IngestReport, _Chunk, apply
+from syncd.local.ingest import ingest_file
+from syncd.local.ingest.check import ContactChange, validate
+from syncd.local.ingest.read import read_rows
+from syncd.local.ingest.write import IngestReport, _Chunk, apply
 from syncd.store.db import open_engine
 
 CONFIG = IngestConfig()

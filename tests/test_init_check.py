@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 from conftest import API_KEY, World
 
-from syncd.check import NOT_CHECKED, CheckReport, check_config
 from syncd.cli import main
+from syncd.commands.check import NOT_CHECKED, CheckReport, check_config
+from syncd.commands.starter import PROVIDER_NAMES, STARTERS, StarterExists, write_starter
 from syncd.config import Config, TargetConfig, parse_config
-from syncd.emulators.server import EmulatorServer
-from syncd.init import PROVIDER_NAMES, STARTERS, StarterExists, write_starter
+from syncd.emulators.kit.server import EmulatorServer
 from syncd.providers import make_provider
 from syncd.providers.base import Provider
 
@@ -159,7 +159,7 @@ def test_a_missing_or_broken_file(tmp_path: Path) -> None:
 
 
 def test_schema_messages_never_show_a_value(tmp_path: Path) -> None:
-    from syncd.check import schema_problems
+    from syncd.commands.check import schema_problems
 
     problems = schema_problems({"target": [{"name": "x", "api_key": 98765432}]}, {})
     assert ("target[0].api_key", "value is not of type 'string'") in problems

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from syncd import app
+from syncd.commands import cycles
 from syncd.store import open_engine
 from syncd.store.lease import Leases, new_holder
 from syncd.store.models import Run
@@ -119,5 +119,5 @@ def test_run_once_waits_for_the_target_and_records_its_holder(world: World) -> N
     assert run.holder and run.holder != "another-replica"
     assert run.started_at.endswith("Z") and "." in run.started_at  # milliseconds
     assert other.holder_of("news") is None
-    (status,) = app.status(world.config, db=world.db)
+    (status,) = cycles.status(world.config, db=world.db)
     assert status.last_run is not None and status.last_run["holder"] == run.holder

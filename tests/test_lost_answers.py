@@ -9,7 +9,7 @@ from typing import Any
 from conftest import World
 from sqlmodel import Session, select
 
-from syncd import app
+from syncd.commands import cycles
 from syncd.config import Config, TargetConfig
 from syncd.engine.result import CycleOptions, CycleResult
 from syncd.errors import ProviderUnreachable
@@ -121,7 +121,9 @@ def cycle_with_remote_edit(
         adapter.push = edit_push_and_lose  # type: ignore[method-assign]
         return adapter
 
-    (result,) = app.run_once(world.config, db=world.db, options=CycleOptions(), providers=provider)
+    (result,) = cycles.run_once(
+        world.config, db=world.db, options=CycleOptions(), providers=provider
+    )
     return result
 
 

@@ -15,10 +15,10 @@ from sqlalchemy import func, make_url, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from syncd import outbox
+from syncd.core.projection import Projection
 from syncd.engine.result import RemoteChange
-from syncd.outbox import ChangeEvent, OutboxEvent, event_schema, flush, record
-from syncd.projection import Projection
+from syncd.local import outbox
+from syncd.local.outbox import ChangeEvent, OutboxEvent, event_schema, flush, record
 from syncd.store import open_engine
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "change-event.schema.json"
@@ -329,7 +329,7 @@ def test_checked_in_schema_matches_the_model(capsys: pytest.CaptureFixture[str])
     checked_in = json.loads(SCHEMA_FILE.read_text())
     assert checked_in == event_schema(), (
         "schemas/change-event.schema.json is stale: "
-        "python -m syncd.outbox --schema > schemas/change-event.schema.json"
+        "python -m syncd.local.outbox --schema > schemas/change-event.schema.json"
     )
     assert outbox.main(["--schema"]) == 0
     assert json.loads(capsys.readouterr().out) == checked_in

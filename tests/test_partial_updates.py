@@ -23,7 +23,7 @@ import httpx
 import pytest
 from conftest import World, emulator_process
 
-from syncd import app
+from syncd.commands import cycles
 from syncd.config import Config, TargetConfig
 from syncd.engine.result import CycleOptions, CycleResult
 from syncd.providers.base import Provider, PushCall
@@ -48,7 +48,9 @@ def cycle_with(world: World, before_push: Callable[[PushCall], None]) -> CycleRe
         adapter.push = hooked  # type: ignore[method-assign]
         return adapter
 
-    (result,) = app.run_once(world.config, db=world.db, options=CycleOptions(), providers=provider)
+    (result,) = cycles.run_once(
+        world.config, db=world.db, options=CycleOptions(), providers=provider
+    )
     return result
 
 

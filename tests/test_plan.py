@@ -1,4 +1,5 @@
-"""The planner (``syncd.plan``): which rows share a call, and which columns each call writes.
+"""The planner (``syncd.core.batching``): which rows share a call, and which columns each call
+writes.
 
 An update at a provider with ``partial_update`` writes only the fields that differ from the
 export, and its tags only when they differ; rows with different changed sets never share a
@@ -15,8 +16,8 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from syncd.plan import Batch, Batcher, changed_columns, tags_changed
-from syncd.projection import Projection
+from syncd.core.batching import Batch, Batcher, changed_columns, tags_changed
+from syncd.core.projection import Projection
 from syncd.providers.base import Capabilities, Op, RowChange
 
 COLUMNS = ("Name", "City", "Phone2", "Company")

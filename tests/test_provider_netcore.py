@@ -1,4 +1,5 @@
-"""Netcore Smartech: full cycles through ``syncd.app.run_once`` against the Netcore emulator.
+"""Netcore Smartech: full cycles through ``syncd.commands.cycles.run_once`` against the Netcore
+emulator.
 
 syncd's side of the calls goes to the emulator in-process (``MockTransport``); the provider's side
 is real loopback HTTP: the emulator fetches each batch file from syncd's listener and POSTs the
@@ -25,15 +26,15 @@ from conftest import emulator_process, free_port
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from syncd import app
+from syncd.commands import cycles
 from syncd.config import Config, TargetConfig, parse_config
+from syncd.core.projection import Projection
 from syncd.daemon import hooks
 from syncd.daemon.http import StatusServer
 from syncd.emulators.netcore import NetcoreEmulator
 from syncd.engine.result import CycleOptions, CycleResult
-from syncd.ingest import ingest_file
+from syncd.local.ingest import ingest_file
 from syncd.metrics import Metrics
-from syncd.projection import Projection
 from syncd.providers import make_provider
 from syncd.providers.base import Provider, PushCall, RowChange
 from syncd.providers.netcore import NetcoreProvider
@@ -85,7 +86,7 @@ class NetcoreWorld:
         )
 
     def cycle(self, wait: float | None = 10.0, **options: Any) -> CycleResult:
-        (result,) = app.run_once(
+        (result,) = cycles.run_once(
             self.config,
             db=self.db,
             options=CycleOptions(**options),
@@ -237,7 +238,7 @@ def test_a_callback_that_never_comes_holds_the_rows_until_the_timeout_then_they_
     assert "3 rows still wait for the provider's callback" in first.message
     assert world.waiting() == set(emails) and world.base_keys() == set()
     assert sorted(world.remote()) == emails  # the provider did apply the file
-    (status,) = app.status(world.config, db=world.db)
+    (status,) = cycles.status(world.config, db=world.db)
     assert status.awaiting_callback == 3 and not status.two_way
 
     held = world.cycle(wait=0.5)  # still within callback_timeout: not sent again

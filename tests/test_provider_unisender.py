@@ -14,10 +14,10 @@ import pytest
 from provider_helpers import Handler, Recorder, form, header_and_rows, row
 
 from syncd.config import TargetConfig
-from syncd.emulators.server import EmulatorServer
+from syncd.core.projection import Projection
+from syncd.emulators.kit.server import EmulatorServer
 from syncd.emulators.unisender import Faults, UnisenderEmulator
 from syncd.errors import AuthError, ExportIncomplete, ProviderError, ProviderUnreachable
-from syncd.projection import Projection
 from syncd.providers import make_provider
 from syncd.providers.base import PushCall, RemoteContact
 from syncd.providers.http import RateWindow, key_fingerprint, parse_retry_after, shared_bucket

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from syncd.projection import Projection
-from syncd.reconcile import Owner, Rules, Sent, reconcile
+from syncd.core.projection import Projection
+from syncd.core.reconcile import Owner, Rules, Sent, reconcile
 
 K = "ann@example.com"
 

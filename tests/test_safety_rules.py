@@ -9,7 +9,7 @@ from conftest import API_KEY, World
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from syncd import app
+from syncd.commands import cycles
 from syncd.config import is_loopback_host, parse_config
 from syncd.errors import ConfigError
 from syncd.store.models import Base
@@ -203,7 +203,7 @@ def test_rule4_a_rejected_row_keeps_its_base_and_waits_for_a_local_change(world:
     assert base_rows(world) == 2
     again = world.cycle()
     assert again.write_calls == 0 and again.summary()["rejected"] == 1  # held, not re-sent
-    assert app.status(world.config, world.db)[0].rejected == 1
+    assert cycles.status(world.config, world.db)[0].rejected == 1
 
 
 # Rule 5 -----------------------------------------------------------------------------------

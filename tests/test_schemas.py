@@ -21,13 +21,13 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from syncd import schemas
+from syncd.commands.starter import PROVIDER_NAMES, STARTERS, starter_text
 from syncd.config import Config, IngestConfig, parse_config
 from syncd.errors import ConfigError
-from syncd.ingest import ingest_file
-from syncd.ingest.check import validate
-from syncd.ingest.read import read_rows
-from syncd.init import PROVIDER_NAMES, STARTERS, starter_text
-from syncd.outbox import ChangeEvent
+from syncd.local.ingest import ingest_file
+from syncd.local.ingest.check import validate
+from syncd.local.ingest.read import read_rows
+from syncd.local.outbox import ChangeEvent
 from syncd.store import open_engine
 
 jsonschema = pytest.importorskip("jsonschema")

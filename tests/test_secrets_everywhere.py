@@ -30,8 +30,8 @@ import pytest
 from conftest import free_port
 
 from syncd.config import TargetConfig
+from syncd.core.projection import Projection
 from syncd.errors import ProviderError
-from syncd.projection import Projection
 from syncd.providers import make_provider
 from syncd.providers.base import PushCall, RowChange
 

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from syncd.app import ProviderFactory, build_provider
+from syncd.commands.cycles import ProviderFactory, build_provider
 from syncd.config import Config, TargetConfig, find_config_path, parse_config, substitute_env
 from syncd.errors import AuthError, ConfigError, ProviderError, ProviderUnreachable
 from syncd.schemas import config_schema

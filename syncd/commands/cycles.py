@@ -14,13 +14,13 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
-from syncd import jobs, outbox
 from syncd.config import Config, TargetConfig
 from syncd.daemon import hooks
 from syncd.daemon.http import StatusServer
-from syncd.engine import run_cycle
+from syncd.engine import confirm_later, run_cycle
 from syncd.engine.result import CycleOptions, CycleResult
 from syncd.errors import SyncdError
+from syncd.local import outbox
 from syncd.metrics import Metrics
 from syncd.providers import callback_reader, make_provider
 from syncd.providers.base import Provider
@@ -118,11 +118,11 @@ def _await_callbacks(
     timeouts = [t.callback_timeout for t in targets if t.name in waiting]
     limit = min(max(timeouts), wait if wait is not None else float("inf"))
     deadline = time.monotonic() + limit
-    while jobs.open_jobs(db, list(waiting)) and time.monotonic() < deadline:
+    while confirm_later.open_jobs(db, list(waiting)) and time.monotonic() < deadline:
         time.sleep(0.1)
     with Session(db) as session:
         for name, result in waiting.items():
-            left = jobs.waiting_rows(session, name)
+            left = confirm_later.waiting_rows(session, name)
             refused = session.execute(
                 select(func.count()).select_from(Rejection).where(col(Rejection.target) == name)
             ).scalar_one()
@@ -204,7 +204,7 @@ def status(config: Config, db: Engine | None = None) -> list[TargetStatus]:
             provider = build_provider(config, t)
             two_way = provider.capabilities.export
             provider.close()
-            awaiting = jobs.waiting_rows(session, t.name)
+            awaiting = confirm_later.waiting_rows(session, t.name)
             out.append(
                 TargetStatus(
                     t.name, t.provider, two_way, last, len(rejected), len(conflicts), awaiting

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from syncd import app
+from syncd.commands import cycles
 from syncd.config import Config, parse_config
-from syncd.emulators.server import EmulatorServer
+from syncd.emulators.kit.server import EmulatorServer
 from syncd.emulators.unisender import UnisenderEmulator
 from syncd.engine.result import CycleResult
-from syncd.ingest import ingest_file
+from syncd.local.ingest import ingest_file
 from syncd.store import open_engine
 
 FIRST = ["Ann", "Boris", "Clara", "Dmitri", "Eva", "Fyodor", "Galina", "Igor", "Lena", "Maksim"]
@@ -125,7 +125,7 @@ def run_demo(n: int, keep: str | None, echo: Echo) -> int:
 
 
 def _cycle(title: str, config: Config, db: Any, echo: Echo) -> CycleResult:
-    (result,) = app.run_once(config, db=db)
+    (result,) = cycles.run_once(config, db=db)
     s = result.summary()
     echo(
         f"{title}: {result.outcome}; created {s['created']}, updated {s['updated']}, deleted "
@@ -147,7 +147,7 @@ def _check(
     import io
     import json
 
-    from syncd.export import export_contacts
+    from syncd.local.export import export_contacts
 
     buf = io.StringIO()
     export_contacts(db, buf, "ndjson", "newsletter")

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from syncd.projection import Projection, is_opted_out
+from syncd.core.projection import Projection, is_opted_out
 
 Policy = Literal["local", "remote", "manual"]
 RemoteOp = Literal["create", "update", "delete"]
@@ -86,8 +86,8 @@ class Sent:
     when the provider removed another tag meanwhile.
 
     An update names only the fields in which ``row`` differs from ``before`` (where the provider
-    keeps what a call does not name, ``syncd.plan``), carries the tags only when the two sets
-    differ, and the status only to record an opt-out ``before`` lacks. A part it did not send
+    keeps what a call does not name, ``syncd.core.batching``), carries the tags only when the two
+    sets differ, and the status only to record an opt-out ``before`` lacks. A part it did not send
     has the same value in both, so it is never taken as sent: whatever the export shows there is
     measured against ``before``, and a change is the provider's own edit (a field edited, a tag
     removed), made while the write was on its way.

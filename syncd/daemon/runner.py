@@ -22,8 +22,7 @@ from sqlalchemy import text
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from syncd import outbox
-from syncd.app import build_provider
+from syncd.commands.cycles import build_provider
 from syncd.config import Config, TargetConfig, load_config
 from syncd.daemon import hooks
 from syncd.daemon.http import StatusServer
@@ -32,7 +31,8 @@ from syncd.daemon.systemd import Notifier, WatchdogPinger
 from syncd.engine import run_cycle
 from syncd.engine.result import CycleOptions
 from syncd.errors import ConfigError
-from syncd.inbox import Inbox
+from syncd.local import outbox
+from syncd.local.inbox import Inbox
 from syncd.logs import log_context, register_secret
 from syncd.metrics import Metrics, set_call_observer
 from syncd.store import open_engine

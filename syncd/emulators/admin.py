@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
-from syncd.emulators.server import DropConnection, serve_forever
+from syncd.emulators.kit.server import DropConnection, serve_forever
 from syncd.emulators.unisender_import import CALL_ERROR_CODES, ApiError, error_response, now_utc
 
 if TYPE_CHECKING:

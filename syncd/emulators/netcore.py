@@ -45,7 +45,7 @@ from typing import Any
 
 import httpx
 
-from syncd.emulators import php_params as pp
+from syncd.emulators.kit import forms as pp
 from syncd.emulators.smsby import PushOnlyControls, fault_means_later
 from syncd.emulators.unisender_import import EMAIL_RE
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from syncd.emulators import php_params as pp
+from syncd.emulators.kit import forms as pp
 
 if TYPE_CHECKING:
     from syncd.emulators.unisender import Contact, UnisenderEmulator

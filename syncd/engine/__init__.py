@@ -10,15 +10,15 @@ The order of writes is what keeps the safety rules (DESIGN §3):
 - each provider call's answer is read row by row, and only confirmed rows move the base
   (rule 4) — a crash anywhere leaves a difference the next cycle sees again;
 - a provider that confirms by calling back (``Capabilities.confirms_later``) gets its batch
-  recorded as a job first (``syncd.jobs``): its rows wait for the callback, are not sent again
-  meanwhile, and move the base when it comes.
+  recorded as a job first (``syncd.engine.confirm_later``): its rows wait for the callback, are not
+  sent again meanwhile, and move the base when it comes.
 
 This module is the driver: ``run_cycle`` and the two passes over the diff, in that order. The
 steps live beside it, each taking the cycle's ``CycleState`` (``state``): staging and the diff
 (``stage``), one chunk decided and its local half written (``chunk``), one batch pushed and its
 answers read (``push``), conflicts, rejections and run records (``records``). What goes in and
 comes out (``CycleOptions``, ``CycleResult``, ``RemoteChange``) is in ``result``. The decisions
-themselves are ``syncd.reconcile``'s, pure; the batches are ``syncd.plan``'s.
+themselves are ``syncd.core.reconcile``'s, pure; the batches are ``syncd.core.batching``'s.
 """
 
 from __future__ import annotations
@@ -28,18 +28,17 @@ import logging
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from syncd import jobs
 from syncd.config import TargetConfig
-from syncd.engine import records
+from syncd.core.batching import Batcher
+from syncd.engine import confirm_later, records
 from syncd.engine.chunk import apply_chunk, decide
 from syncd.engine.push import push_batch
+from syncd.engine.references import find_owners
 from syncd.engine.result import CycleOptions, CycleResult
 from syncd.engine.stage import stage_and_diff
 from syncd.engine.state import CycleState, Stopped
 from syncd.errors import MassDeleteRefused, ProviderError, ProviderUnreachable
-from syncd.plan import Batcher
 from syncd.providers.base import Provider
-from syncd.references import find_owners
 from syncd.store import mirror
 from syncd.store.models import StageLocal, StageRemote
 
@@ -140,7 +139,7 @@ def _guard(session: Session, cycle: CycleState) -> None:
 def _execute(session: Session, cycle: CycleState) -> None:
     target, dry = cycle.target, cycle.dry_run
     if cycle.caps.confirms_later and not dry:
-        jobs.expire(session, target.name)  # released rows are in the diff: sent again
+        confirm_later.expire(session, target.name)  # released rows are in the diff: sent again
         session.commit()
     takes = records.resolutions(session, target.name)
     rejections = records.rejections(session, target.name)

@@ -24,15 +24,14 @@ from dataclasses import replace
 
 from sqlmodel import Session
 
-from syncd import jobs
-from syncd.engine import records
+from syncd.core.batching import Batch, Batcher
+from syncd.core.projection import Projection
+from syncd.core.reconcile import Decision, Take, reconcile
+from syncd.engine import confirm_later, records
 from syncd.engine.result import RemoteChange
 from syncd.engine.stage import project_local
 from syncd.engine.state import CycleState
-from syncd.plan import Batch, Batcher
-from syncd.projection import Projection
 from syncd.providers.base import RowChange
-from syncd.reconcile import Decision, Take, reconcile
 from syncd.store import mirror
 from syncd.store.models import Contact, Rejection
 
@@ -89,7 +88,7 @@ def apply_chunk(
     contacts = mirror.contacts_by_key(session, cycle.view, wanted) if wanted else {}
     full: list[Batch] = []
     awaiting = (
-        jobs.pending_keys(session, target, [d.key for _, d in decisions])
+        confirm_later.pending_keys(session, target, [d.key for _, d in decisions])
         if cycle.caps.confirms_later
         else set()
     )

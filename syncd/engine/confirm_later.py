@@ -38,12 +38,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from syncd.clock import stamp
-from syncd.projection import Projection
+from syncd.core.projection import Projection
 from syncd.providers.base import CallbackReport, JobTicket
 from syncd.store import mirror, transaction
 from syncd.store.models import PushJob, PushJobPart, PushJobRow, Rejection
 
-log = logging.getLogger("syncd.jobs")
+log = logging.getLogger("syncd.engine.confirm_later")
 
 #: Reads a callback body for the job's target: (body, content type) -> report.
 CallbackReader = Callable[[bytes, str], CallbackReport]

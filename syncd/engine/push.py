@@ -1,16 +1,17 @@
 """Pushing one batch and reading its answers.
 
-A batch (``syncd.plan``) is one or more provider calls over the same rows. Before the first call
-the chunk's journal is committed, so a crash during the call leaves a trace the next export
-reads back. Each call's answer is read row by row; a row fails if any of its calls failed it.
+A batch (``syncd.core.batching``) is one or more provider calls over the same rows. Before the
+first call the chunk's journal is committed, so a crash during the call leaves a trace the next
+export reads back. Each call's answer is read row by row; a row fails if any of its calls failed it.
 Only confirmed rows move the base (DESIGN §3 rule 4); refused ones are recorded as rejections
 with the provider's code and message, and their keys stay differing. The batch's confirmations
 are committed before the next call, so a crash leaves only the batch in flight unconfirmed.
 
 A provider that confirms by calling back (``Capabilities.confirms_later``) gets the batch
-recorded as a job before any call (a callback may beat the answer home, ``syncd.jobs``): rows
-its answer leaves pending wait for the callback, which moves their base; rows the answer already
-settled leave the job. A call that fails outright abandons the job.
+recorded as a job before any call (a callback may beat the answer home,
+``syncd.engine.confirm_later``): rows its answer leaves pending wait for the callback, which moves
+their base; rows the answer already settled leave the job. A call that fails outright abandons the
+job.
 
 In a dry run nothing is sent: the calls are only described (``PlannedCall``, shown by
 ``syncd plan``) and their rows counted.
@@ -23,12 +24,12 @@ from dataclasses import replace
 
 from sqlmodel import Session
 
-from syncd import jobs
 from syncd.clock import stamp
+from syncd.core.batching import Batch
+from syncd.core.projection import Projection
+from syncd.engine import confirm_later
 from syncd.engine.result import PlannedCall
 from syncd.engine.state import CycleState
-from syncd.plan import Batch
-from syncd.projection import Projection
 from syncd.providers.base import JobTicket, Provider, PushCall, RowOutcome
 from syncd.store import mirror
 from syncd.store.models import Rejection
@@ -56,7 +57,7 @@ def push_batch(session: Session, cycle: CycleState, batch: Batch) -> None:
         except Exception as exc:
             if call.job is not None:  # no part of this batch will be waited for
                 session.rollback()
-                jobs.abandon(session, call.job.job_id, f"{type(exc).__name__}: {exc}")
+                confirm_later.abandon(session, call.job.job_id, f"{type(exc).__name__}: {exc}")
                 session.commit()
             raise
         if call.job is not None:
@@ -79,7 +80,7 @@ def push_batch(session: Session, cycle: CycleState, batch: Batch) -> None:
             continue
         outcome = outcomes.get(change.row.key)
         if outcome is not None and outcome.ok and outcome.pending:
-            counts["awaiting"] += 1  # the job's callback moves the base (syncd.jobs)
+            counts["awaiting"] += 1  # its callback moves the base (syncd.engine.confirm_later)
             continue
         settled_now.append(d.key)  # by the answer: its callback has nothing left to settle
         if outcome is not None and outcome.ok:
@@ -112,10 +113,10 @@ def push_batch(session: Session, cycle: CycleState, batch: Batch) -> None:
         return
     if job_id is not None:
         # rows the answers settled leave the job before the job can settle the rest
-        jobs.release_rows(session, job_id, settled_now)
+        confirm_later.release_rows(session, job_id, settled_now)
         for ticket, accepted, answers in answered:
             refusal = "" if accepted or not answers else answers[0].message
-            jobs.record_answer(session, ticket, accepted, refusal)
+            confirm_later.record_answer(session, ticket, accepted, refusal)
     log.debug("answer read: moving the base of %d rows", len(settle) + len(forget))
     mirror.set_base(session, target, settle)
     mirror.drop_base(session, target, forget)
@@ -135,8 +136,10 @@ def _open_job(session: Session, cycle: CycleState, batch: Batch) -> tuple[PushCa
     rows = []
     for change in batch.rows:
         d = cycle.pending[change.row.key]
-        rows.append(jobs.JobRowSpec(d.key, change.op, d.base, change.row.digest()))
-    tickets = jobs.open_job(session, cycle.target.name, rows, files, cycle.target.callback_timeout)
+        rows.append(confirm_later.JobRowSpec(d.key, change.op, d.base, change.row.digest()))
+    tickets = confirm_later.open_job(
+        session, cycle.target.name, rows, files, cycle.target.callback_timeout
+    )
     session.commit()
     return tuple(
         call if ticket is None else replace(call, job=ticket)

@@ -20,8 +20,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from syncd.clock import stamp
+from syncd.core.reconcile import Decision, FieldConflict, Take
 from syncd.engine.result import CycleResult
-from syncd.reconcile import Decision, FieldConflict, Take
 from syncd.store import mirror
 from syncd.store.models import Conflict, Rejection, Run
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
-from syncd.reconcile import Owner, Rules
+from syncd.core.reconcile import Owner, Rules
 from syncd.store import mirror
 from syncd.store.models import Base, StageLocal, StageRemote
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from syncd.projection import Projection
+from syncd.core.projection import Projection
 
 Progress = Callable[[str, int], None]
 
@@ -132,7 +132,7 @@ class CycleResult:
         if c["rejected"] or c["held_rejected"] or c["unsupported"]:
             return "rejected"
         if c["awaiting"] or c["still_awaiting"]:
-            return "awaiting"  # sent; the provider's callback will confirm (syncd.jobs)
+            return "awaiting"  # sent; the callback will confirm (syncd.engine.confirm_later)
         return "converged"
 
     def _rejected_message(self) -> str:

@@ -19,9 +19,9 @@ from typing import Any
 
 from sqlmodel import Session
 
+from syncd.core.projection import Projection, digest_of
 from syncd.engine.state import CycleState
 from syncd.errors import ExportIncomplete
-from syncd.projection import Projection, digest_of
 from syncd.providers.base import Capabilities
 from syncd.store import mirror
 from syncd.store.models import StageLocal, StageRemote

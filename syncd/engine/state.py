@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import Engine
 
 from syncd.config import TargetConfig
+from syncd.core.reconcile import Decision, Rules
+from syncd.engine.references import Owners
 from syncd.engine.result import CycleOptions, CycleResult
 from syncd.providers.base import Capabilities, Provider
-from syncd.reconcile import Decision, Rules
-from syncd.references import Owners
 from syncd.store import mirror
 
 

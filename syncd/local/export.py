@@ -1,4 +1,4 @@
-"""The mirror out to a file: the one way out, in the shape ``syncd.ingest`` reads.
+"""The mirror out to a file: the one way out, in the shape ``syncd.local.ingest`` reads.
 
 Guarantee: ingesting an exported file changes nothing (every row counts as unchanged).
 
@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from syncd.ingest.read import RESERVED
+from syncd.local.ingest.read import RESERVED
 from syncd.store.models import Contact, Membership
 
 Format = Literal["ndjson", "csv"]

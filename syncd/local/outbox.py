@@ -18,7 +18,7 @@ by name (a rewrite replaces the inode) and expect a past hour's file to still ga
 were recorded in that hour but flushed later.
 
 The event format is documented by ``schemas/change-event.schema.json``, generated from
-:class:`ChangeEvent` by ``python -m syncd.outbox --schema``.
+:class:`ChangeEvent` by ``python -m syncd.local.outbox --schema``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, col
 
 from syncd.clock import stamp
-from syncd.projection import OPTED_OUT, Projection, Status
+from syncd.core.projection import OPTED_OUT, Projection, Status
 
 if TYPE_CHECKING:
     from syncd.engine.result import RemoteChange
@@ -261,7 +261,7 @@ def event_schema() -> dict[str, Any]:
 
 
 def schema_text() -> str:
-    """The schema file's exact text (what ``python -m syncd.outbox --schema`` prints)."""
+    """The schema file's exact text (what ``python -m syncd.local.outbox --schema`` prints)."""
     return json.dumps(event_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
@@ -449,12 +449,12 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-# -- python -m syncd.outbox --schema ------------------------------------------------------
+# -- python -m syncd.local.outbox --schema ------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m syncd.outbox", description="Tools for the change-event outbox."
+        prog="python -m syncd.local.outbox", description="Tools for the change-event outbox."
     )
     parser.add_argument(
         "--schema",

@@ -3,10 +3,10 @@
 Terminology:
 
 - KEY: the normalised email or phone a target matches contacts on.
-- PROJECTION: one contact as the target sees it (``syncd.projection.Projection``), with custom
+- PROJECTION: one contact as the target sees it (``syncd.core.projection.Projection``), with custom
   fields under their *remote* names.
-- CALL: one write request to the provider. The planner (``syncd.plan``) builds calls from the
-  adapter's declared ``Capabilities`` — never from the provider's name — and the adapter only
+- CALL: one write request to the provider. The planner (``syncd.core.batching``) builds calls from
+  the adapter's declared ``Capabilities`` — never from the provider's name — and the adapter only
   translates one call to the wire and reads the answer back row by row.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
-from syncd.projection import Projection
+from syncd.core.projection import Projection
 
 Op = Literal["create", "update", "delete", "exclude"]
 
@@ -42,11 +42,11 @@ class Capabilities:
     statuses: frozenset[str] = frozenset({"active", "unsubscribed"})
     # Some writes are only accepted by the answer and confirmed later by the provider calling
     # syncd back (Netcore's bulk upload). The engine then hosts the call's file and keeps the
-    # rows waiting (``syncd.jobs``) instead of moving the base on the answer.
+    # rows waiting (``syncd.engine.confirm_later``) instead of moving the base on the answer.
     confirms_later: bool = False
     # An import names its columns, and the provider leaves the fields of an existing contact
     # that a call does not name as they are: an update then carries only the fields that
-    # changed, and the tags only if they changed (``syncd.plan``), so an edit made at the
+    # changed, and the tags only if they changed (``syncd.core.batching``), so an edit made at the
     # provider meanwhile to another field, or a tag removed there, survives. False (the safe
     # default): the provider may replace or reset what it is not given, so every update
     # carries every mapped field and the tags.

@@ -12,8 +12,8 @@ for v3) and the bulk upload page (shared/providers/seeds/004_*, cited as "seed 0
 - Creates and updates, with a ``public_url``: ``activity=bulkupload`` (seed 004). The batch is
   a CSV whose header row names the account's attributes, the primary key first ("4.1" [INFERRED]:
   upper-case names such as EMAIL, MOBILE, FIRST_NAME). syncd serves the file itself
-  (``hosted_file``; the engine records it as a job in ``syncd.jobs``) under a single-batch,
-  expiring path with a secret, gives that URL as ``path`` and a second secret URL as
+  (``hosted_file``; the engine records it as a job in ``syncd.engine.confirm_later``) under a
+  single-batch, expiring path with a secret, gives that URL as ``path`` and a second secret URL as
   ``callback``, and treats the rows as confirmed only when the callback comes.
 - Without a ``public_url`` nothing can fetch a file: each contact goes by ``activity=addsync``
   (validated server-side before the answer, "4.1"), one call per contact.
@@ -44,8 +44,8 @@ from urllib.parse import parse_qs
 import httpx
 
 from syncd.config import TargetConfig
+from syncd.core.projection import is_opted_out
 from syncd.errors import AuthError, ProviderError
-from syncd.projection import is_opted_out
 from syncd.providers.base import (
     CallbackReport,
     Capabilities,

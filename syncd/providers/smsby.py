@@ -28,8 +28,8 @@ from typing import Any
 import httpx
 
 from syncd.config import TargetConfig
+from syncd.core.projection import is_opted_out
 from syncd.errors import AuthError, ProviderError
-from syncd.projection import is_opted_out
 from syncd.providers.base import (
     Capabilities,
     Provider,

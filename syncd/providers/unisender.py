@@ -26,9 +26,9 @@ from typing import Any
 import httpx
 
 from syncd.config import TargetConfig
-from syncd.contacts import normalise_email, normalise_phone
+from syncd.core.contacts import normalise_email, normalise_phone
+from syncd.core.projection import Projection, is_opted_out
 from syncd.errors import AuthError, ExportIncomplete, ProviderError
-from syncd.projection import Projection, is_opted_out
 from syncd.providers.base import (
     Capabilities,
     Provider,

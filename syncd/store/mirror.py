@@ -18,8 +18,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from syncd.projection import Projection, digest_of, is_opted_out
-from syncd.reconcile import Sent
+from syncd.core.projection import Projection, digest_of, is_opted_out
+from syncd.core.reconcile import Sent
 from syncd.store.models import (
     Base,
     Contact,

@@ -17,8 +17,8 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 def metadata() -> MetaData:
     # Imported here, not at the top: inbox and outbox import the store themselves.
-    from syncd import outbox  # noqa: F401 - registers outbox_event
-    from syncd.inbox import ledger  # noqa: F401 - registers ingested_file
+    from syncd.local import outbox  # noqa: F401 - registers outbox_event
+    from syncd.local.inbox import ledger  # noqa: F401 - registers ingested_file
     from syncd.store import models  # noqa: F401 - registers the mirror's tables
 
     return SQLModel.metadata

@@ -30,10 +30,10 @@ from the timer thread. ``metrics_hook("processed" | "failed")`` is called once p
 Errors never leave the watcher's threads: a file that fails for a reason that is not its own
 (the store is unreachable, a disk error) is logged with its name and the reason, stays in the
 inbox and is tried again with the next pass or at the next start; a file whose content is at
-fault goes to ``failed/`` (``syncd.inbox.apply`` says when).
+fault goes to ``failed/`` (``syncd.local.inbox.apply`` says when).
 
-What happens to one file, its snapshot rules and the mass-delete guard: ``syncd.inbox.apply``.
-Where it goes afterwards, and why that holds across crashes: ``syncd.inbox.ledger``.
+What happens to one file, its snapshot rules and the mass-delete guard: ``syncd.local.inbox.apply``.
+Where it goes afterwards, and why that holds across crashes: ``syncd.local.inbox.ledger``.
 """
 
 from __future__ import annotations
@@ -58,10 +58,10 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from syncd.config import Config
-from syncd.inbox.apply import FileApplier
-from syncd.inbox.ledger import FileOutcome, Ledger, eligible
+from syncd.local.inbox.apply import FileApplier
+from syncd.local.inbox.ledger import FileOutcome, Ledger, eligible
 
-log = logging.getLogger("syncd.inbox")
+log = logging.getLogger("syncd.local.inbox")
 
 #: How long a file found at start-up must have been left alone before the scan takes it.
 SETTLE_SECONDS = 2.0

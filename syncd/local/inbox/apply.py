@@ -10,7 +10,7 @@ could apply: it is unreadable (``IngestError``), every row was rejected, or a sn
 mass-delete guard. Bad rows of a file that otherwise applies are listed by line in its report,
 and the file goes to ``processed/``. An unexpected error while the file is read and checked
 (before any write) is the file's own and would recur: it goes to ``failed/`` too. Any other error
-leaves the file in the inbox for the next pass (see ``syncd.inbox``).
+leaves the file in the inbox for the next pass (see ``syncd.local.inbox``).
 
 One transaction
 ---------------
@@ -51,14 +51,14 @@ from sqlmodel import col
 from syncd.clock import stamp
 from syncd.config import Config, TargetConfig
 from syncd.errors import IngestError
-from syncd.inbox.ledger import FileOutcome, IngestedFile, Ledger, snapshot_list
-from syncd.ingest.check import ContactChange, Rejection, validate
-from syncd.ingest.read import read_rows
-from syncd.ingest.write import IngestReport, apply
+from syncd.local.inbox.ledger import FileOutcome, IngestedFile, Ledger, snapshot_list
+from syncd.local.ingest.check import ContactChange, Rejection, validate
+from syncd.local.ingest.read import read_rows
+from syncd.local.ingest.write import IngestReport, apply
 from syncd.store import mirror
 from syncd.store.models import Contact, Membership
 
-log = logging.getLogger("syncd.inbox")
+log = logging.getLogger("syncd.local.inbox")
 
 MASS_DELETE_MIN = 10  # a snapshot may always remove this many members
 CHUNK = 500  # keys per IN (...) query

@@ -57,7 +57,7 @@ from sqlmodel import Field, SQLModel, col
 
 from syncd.clock import stamp
 
-log = logging.getLogger("syncd.inbox")
+log = logging.getLogger("syncd.local.inbox")
 
 ACCEPTED_SUFFIXES = (".csv", ".ndjson", ".jsonl", ".json")
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".swp", "~")

@@ -1,9 +1,9 @@
 """Contact files into the mirror: the one way in.
 
-Three steps, each callable on its own: ``read_rows`` (``syncd.ingest.read``) streams records out
-of a file, ``validate`` (``syncd.ingest.check``) turns them into ``ContactChange`` values or
-``Rejection`` s, and ``apply`` (``syncd.ingest.write``) writes the changes in one transaction.
-``ingest_file`` composes them.
+Three steps, each callable on its own: ``read_rows`` (``syncd.local.ingest.read``) streams records
+out of a file, ``validate`` (``syncd.local.ingest.check``) turns them into ``ContactChange`` values
+or ``Rejection`` s, and ``apply`` (``syncd.local.ingest.write``) writes the changes in one
+transaction. ``ingest_file`` composes them.
 
 A file that cannot be read at all (not UTF-8, broken CSV quoting, no usable header, not JSON)
 raises ``IngestError`` and changes nothing. A bad row is rejected with its line and reason and
@@ -21,9 +21,9 @@ import os
 from sqlalchemy.engine import Engine
 
 from syncd.config import IngestConfig
-from syncd.ingest.check import validate
-from syncd.ingest.read import read_rows
-from syncd.ingest.write import IngestReport, apply
+from syncd.local.ingest.check import validate
+from syncd.local.ingest.read import read_rows
+from syncd.local.ingest.write import IngestReport, apply
 
 
 def ingest_file(engine: Engine, path: str | os.PathLike[str], config: IngestConfig) -> IngestReport:

@@ -3,8 +3,8 @@
 ``validate`` looks at the rows alone, never at the mirror: keys are normalised (an email
 trimmed, checked and lower-cased, a phone made E.164), the reserved columns parsed, every other
 column read as a custom field's text, and refused: text no store or provider can hold (the
-limits are in ``syncd.ingest.read``), and a key an earlier row of the file already used. What a
-good row then does to the mirror is ``syncd.ingest.write``'s ("What a row does").
+limits are in ``syncd.local.ingest.read``), and a key an earlier row of the file already used. What
+a good row then does to the mirror is ``syncd.local.ingest.write``'s ("What a row does").
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from syncd.config import IngestConfig
-from syncd.contacts import is_role_address, normalise_email, normalise_phone
-from syncd.ingest.read import (
+from syncd.core.contacts import is_role_address, normalise_email, normalise_phone
+from syncd.core.projection import STATUSES, Status
+from syncd.local.ingest.read import (
     MAX_VALUE_CHARS,
     NOT_TEXT,
     RESERVED,
@@ -25,7 +26,6 @@ from syncd.ingest.read import (
     RawRow,
     shown,
 )
-from syncd.projection import STATUSES, Status
 
 _REPORTED_CHARS = 400  # a rejection's key and reason are cut to this
 

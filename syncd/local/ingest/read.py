@@ -1,6 +1,6 @@
 """Reading contact files: records out of CSV and JSON, within limits, before any checking.
 
-``read_rows`` streams ``RawRow`` values; ``syncd.ingest.check`` decides what each one means.
+``read_rows`` streams ``RawRow`` values; ``syncd.local.ingest.check`` decides what each one means.
 
 Files
 -----

@@ -1,7 +1,7 @@
 """Writing checked rows into the mirror: one transaction, in chunks, with bulk statements.
 
-``apply`` takes the ``ContactChange`` values ``syncd.ingest.check`` made and writes them all, or
-(on any error) none; ``IngestReport`` counts what each row did.
+``apply`` takes the ``ContactChange`` values ``syncd.local.ingest.check`` made and writes them all,
+or (on any error) none; ``IngestReport`` counts what each row did.
 
 What a row does
 ---------------
@@ -37,8 +37,8 @@ from sqlalchemy import delete, insert, or_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from syncd.ingest.check import ContactChange, Rejection
-from syncd.projection import is_opted_out
+from syncd.core.projection import is_opted_out
+from syncd.local.ingest.check import ContactChange, Rejection
 from syncd.store import mirror
 from syncd.store.db import transaction
 from syncd.store.models import Contact, Membership
