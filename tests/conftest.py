@@ -251,7 +251,7 @@ def emulator_process(provider: str, api_key: str, *extra: str) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-# -- the figures table of tests/test_faults.py ------------------------------------------------
+# -- the figures table of tests/system/test_faults.py --------------------------------------
 # Each test writes its row to a file; the run's own process prints them all at the end, so the
 # table shows under xdist too (workers inherit the folder through the environment).
 

@@ -2,7 +2,7 @@
 
 The tables are declared beside the code that owns them (``store/models.py``, ``inbox/ledger.py``,
 ``outbox.py``); ``metadata()`` gathers them all, so that the migrations can be compared with the
-models (``tests/test_migrations.py`` fails when a model changes without a migration).
+models (``tests/store/test_migrations.py`` fails when a model changes without a migration).
 """
 
 from __future__ import annotations

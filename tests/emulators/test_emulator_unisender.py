@@ -531,7 +531,7 @@ def test_run_emulator_subprocess_stops_on_sigterm(tmp_path: Path) -> None:
         [sys.executable, "-c", code],
         stdout=subprocess.PIPE,
         text=True,
-        cwd=Path(__file__).parents[1],
+        cwd=Path(__file__).parents[2],
     )
     try:
         assert proc.stdout is not None

@@ -1,5 +1,6 @@
 """Writes whose answer never came back (a crash, a cut connection): ``in_flight`` remembers them,
-so the next export tells syncd's own echo from a remote edit (found by tests/test_crash.py)."""
+so the next export tells syncd's own echo from a remote edit (found by
+tests/system/test_crash.py)."""
 
 from __future__ import annotations
 

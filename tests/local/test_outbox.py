@@ -21,7 +21,7 @@ from syncd.local import outbox
 from syncd.local.outbox import ChangeEvent, OutboxEvent, event_schema, flush, record
 from syncd.store import open_engine
 
-SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "change-event.schema.json"
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "change-event.schema.json"
 T0 = datetime(2025, 3, 9, 14, 59, 58, tzinfo=UTC)
 KEY = "ann@example.com"
 

@@ -40,7 +40,7 @@ import pytest
 import syncd
 from syncd.config import parse_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "deploy" / "docker"
 DOCKERFILE = DOCKER / "Dockerfile"
 STATE = "/var/lib/syncd"

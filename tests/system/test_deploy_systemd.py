@@ -19,7 +19,7 @@ import pytest
 
 from syncd.config import parse_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 UNIT_DIR = ROOT / "deploy" / "systemd"
 UNITS = ("syncd.service", "syncd-run-once.service", "syncd-run-once.timer")
 EXAMPLE_CONFIG = ROOT / "deploy" / "syncd.example.toml"

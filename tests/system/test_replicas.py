@@ -235,8 +235,8 @@ def test_three_replicas_share_twenty_targets_and_survive_a_kill(
             first_after = min(s for s, _e, h in spans if h != victim_pid and s > killed_at)
             takeover_waits.append(first_after - killed_at)
             # the replicas share a machine, so the dead holder is recognised at once rather than
-            # after its lease lapses (tests/test_lease.py covers the lapse by the clock); either
-            # way the target is not stranded for longer than a lease and a tick
+            # after its lease lapses (tests/store/test_lease.py covers the lapse by the clock);
+            # either way the target is not stranded for longer than a lease and a tick
             assert first_after - killed_at <= LEASE_TIMEOUT + 5
 
     record_figure(
