@@ -17,22 +17,10 @@ Which columns a row carries:
   there meanwhile (an additive import adds every tag it names);
 - deletes and excludes carry none.
 
-The status travels only where the decision records an opt-out (``with_status``), as before.
+The status travels only where the decision records an opt-out (``with_status``).
 
-Partial updates and the number of calls. A call has one header, so every row in it writes every
-column it names: rows with different changed sets cannot share a call without writing someone's
-untouched field, or re-sending someone's unchanged tags. Updates are therefore grouped by their
-exact changed set -- the changed fields, and whether the tags changed -- which is part of the
-signature. In a typical workload (a large list where most updates change the same one or two
-fields) there are few sets, each group fills whole calls, and the cost over sending every field
-is at most one part-filled call per set. Scattered sets (many fields, each update touching a
-different few) would instead leave many small groups, each its own call, all held in memory. So
-part-filled update groups -- at the end, or whenever more than ``hold_limit`` rows wait in them --
-go out the cheaper of two ways (``_pack``): each group as it is, or one call per column carrying
-every held row that changed that column, and one call of no column for the rows whose tags
-changed (a row then travels in as many calls as it changed parts, its status in each; the
-answers of all of them confirm it). The second bounds the tail at about one call per mapped
-field, whatever the number of sets.
+Updates of a partial-update provider are grouped by their exact changed set; why, and how the
+part-filled groups go out, is argued at ``Batcher._pack``.
 """
 
 from __future__ import annotations
@@ -152,6 +140,22 @@ class Batcher:
 
     def _pack(self, groups: dict[Signature, list[RowChange]]) -> Iterator[Batch]:
         """Part-filled partial-update groups, each as it is or all by column: the fewer calls.
+
+        A call has one header, so every row in it writes every column it names: rows with
+        different changed sets cannot share a call without writing someone's untouched
+        field, or re-sending someone's unchanged tags. Updates are therefore grouped by
+        their exact changed set -- the changed fields, and whether the tags changed -- which
+        is part of the signature. In a typical workload (a large list where most updates
+        change the same one or two fields) there are few sets, each group fills whole calls,
+        and the cost over sending every field is at most one part-filled call per set.
+        Scattered sets (many fields, each update touching a different few) would instead
+        leave many small groups, each its own call, all held in memory. So part-filled
+        update groups -- at the end, or whenever more than ``hold_limit`` rows wait in them
+        -- go out the cheaper of two ways: each group as it is, or one call per
+        column carrying every held row that changed that column, and one call of no column
+        for the rows whose tags changed (a row then travels in as many calls as it changed
+        parts, its status in each; the answers of all of them confirm it). The second bounds
+        the tail at about one call per mapped field, whatever the number of sets.
 
         Rows go by column only among rows of the same flags (one status / overwrite_tags
         setting per call).
