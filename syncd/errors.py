@@ -3,7 +3,7 @@
 Each message tells the user what to do. The tree (``tests/test_errors.py`` checks it against the
 classes)::
 
-    SyncdError                  the root: caught by the command line, printed, exit 1
+    SyncdError                  the root: the command line prints any that escapes, exit 1
     ├── FatalError              the cycle or command stops; it fails the same way until a person
     │   │                       acts on the message
     │   ├── ConfigError         the configuration is invalid: every problem, each naming its key
@@ -18,7 +18,8 @@ classes)::
     │   │                       (DESIGN rule 1)
     │   └── ProviderUnreachable (also a RetryLater, drawn there)
     └── RetryLater              transient, nothing to fix: a backoff or the next cycle does the rest
-        ├── TryLater            an answer asks to come back later: the HTTP client retries the call
+        ├── TryLater            one attempt failed in a way another may fix (a timeout, a 5xx, an
+        │                       answer that says so): the HTTP client tries again
         ├── ProviderUnreachable no usable answer after the retries: the cycle ends "unreachable"
         └── Stopped             the daemon is stopping: the cycle ends after the batch in flight
 
@@ -31,8 +32,9 @@ Skipping a row is not an exception: a row the provider refuses is a ``RowOutcome
 it), and a bad input row is a rejected row in the ingest report (``syncd.local.ingest``). Where
 an exception becomes a row's outcome, the outcome's ``retryable`` is the exception's.
 
-Signals that never leave the module that raises them (``syncd.providers.http.NotJson``, the
-private ``_Refused`` classes) are not syncd errors; the emulators have errors of their own.
+Signals caught before any caller sees them (``syncd.providers.http.NotJson``, which each adapter
+turns into a ``ProviderError``, and the private ``_Refused`` and ``_RowProblem`` classes) are not
+syncd errors; the emulators have errors of their own.
 """
 
 from __future__ import annotations

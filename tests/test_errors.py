@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
+from types import ModuleType
 
 import pytest
 
@@ -43,11 +44,25 @@ def drawn_edges() -> set[tuple[str, str]]:
     return edges
 
 
+#: Public exceptions that are not syncd errors: each is caught before any caller sees it.
+SIGNALS = {"syncd.providers.http.NotJson"}
+
+
+def syncd_modules() -> list[ModuleType]:
+    """Every module of the package but the emulators (their errors are their own)."""
+    names = [m.name for m in pkgutil.walk_packages(syncd.__path__, "syncd.")]
+    return [
+        importlib.import_module(name)
+        for name in names
+        if not name.endswith("__main__")
+        and ".migrations" not in name
+        and not name.startswith("syncd.emulators")
+    ]
+
+
 def class_edges() -> set[tuple[str, str]]:
     """(base, class) for every public error class under ``SyncdError``, in any syncd module."""
-    for module in pkgutil.walk_packages(syncd.__path__, "syncd."):
-        if not module.name.endswith("__main__") and ".migrations" not in module.name:
-            importlib.import_module(module.name)
+    syncd_modules()
     edges: set[tuple[str, str]] = set()
     todo: list[type[BaseException]] = [SyncdError]
     while todo:
@@ -61,6 +76,20 @@ def class_edges() -> set[tuple[str, str]]:
 
 def test_the_drawn_tree_is_the_class_tree() -> None:
     assert drawn_edges() == class_edges()
+
+
+def test_every_public_exception_is_a_syncd_error_or_a_known_signal() -> None:
+    outside = {
+        f"{module.__name__}.{name}"
+        for module in syncd_modules()
+        for name, value in vars(module).items()
+        if isinstance(value, type)
+        and issubclass(value, BaseException)
+        and value.__module__ == module.__name__
+        and not name.startswith("_")
+        and not issubclass(value, SyncdError)
+    }
+    assert outside == SIGNALS
 
 
 def test_every_drawn_error_is_defined_in_errors_py() -> None:
