@@ -20,7 +20,7 @@ from syncd import __version__
 from syncd.commands import cycles
 from syncd.config import Config, load_config
 from syncd.engine.result import CycleOptions, CycleResult
-from syncd.errors import ConfigError, IngestError, SyncdError
+from syncd.errors import ConfigError, IngestError, StarterExists, SyncdError
 from syncd.logs import SecretFilter, register_secret
 
 EXIT_CONFIG = 2
@@ -357,7 +357,7 @@ def resolve_cmd(config_path: str | None, key: str, take: str, target: str | None
 @click.option("--force", is_flag=True, help="Overwrite an existing configuration file.")
 def init_cmd(config_path: str | None, provider: str, force: bool) -> None:
     """Write a commented starter syncd.toml and the inbox/outbox folders beside it."""
-    from syncd.commands.starter import STARTERS, StarterExists, write_starter
+    from syncd.commands.starter import STARTERS, write_starter
     from syncd.config import find_config_path
 
     path = find_config_path(config_path)

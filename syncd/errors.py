@@ -1,4 +1,41 @@
-"""A small hierarchy of errors whose messages tell the user what to do."""
+"""Every error syncd raises on purpose, sorted by what the caller does next.
+
+Each message tells the user what to do. The tree (``tests/test_errors.py`` checks it against the
+classes)::
+
+    SyncdError                  the root: the command line prints any that escapes, exit 1
+    ├── FatalError              the cycle or command stops; it fails the same way until a person
+    │   │                       acts on the message
+    │   ├── ConfigError         the configuration is invalid: every problem, each naming its key
+    │   ├── IngestError         a file cannot be read at all: nothing of it is applied
+    │   ├── MassDeleteRefused   a cycle would delete too much (DESIGN rule 2): nothing is written
+    │   ├── ListenError         the HTTP listener cannot bind its address
+    │   └── StarterExists       the starter configuration is there and --force was not given
+    ├── ProviderError           the provider refused a call or its answer is unusable: the cycle
+    │   │                       fails with ``code``, and the next one tries again
+    │   ├── AuthError           the key or the method is refused: fix the key or the account
+    │   ├── ExportIncomplete    the export proves nothing: the cycle pushes without deleting
+    │   │                       (DESIGN rule 1)
+    │   └── ProviderUnreachable (also a RetryLater, drawn there)
+    └── RetryLater              transient, nothing to fix: a backoff or the next cycle does the rest
+        ├── TryLater            one attempt failed in a way another may fix (a timeout, a 5xx, an
+        │                       answer that says so): the HTTP client tries again
+        ├── ProviderUnreachable no usable answer after the retries: the cycle ends "unreachable"
+        └── Stopped             the daemon is stopping: the cycle ends after the batch in flight
+
+"Retry?" is asked one way: ``exc.retryable`` is ``isinstance(exc, RetryLater)``.
+``ProviderUnreachable`` is both a ``ProviderError`` (every adapter call ends in a verdict or a
+``ProviderError``) and a ``RetryLater`` (nothing is wrong with the call).
+
+Skipping a row is not an exception: a row the provider refuses is a ``RowOutcome`` with its code
+(``syncd.providers.base``; ``RowOutcome.retryable`` sends it again next cycle instead of holding
+it), and a bad input row is a rejected row in the ingest report (``syncd.local.ingest``). Where
+an exception becomes a row's outcome, the outcome's ``retryable`` is the exception's.
+
+Signals caught before any caller sees them (``syncd.providers.http.NotJson``, which each adapter
+turns into a ``ProviderError``, and the private ``_Refused`` and ``_RowProblem`` classes) are not
+syncd errors; the emulators have errors of their own.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +43,35 @@ from __future__ import annotations
 class SyncdError(Exception):
     """Base of every error syncd raises on purpose."""
 
+    @property
+    def retryable(self) -> bool:
+        """Whether a later attempt may succeed with nothing fixed (see ``RetryLater``)."""
+        return isinstance(self, RetryLater)
 
-class ConfigError(SyncdError):
+
+# --------------------------------------------------------------------------- the three groups
+
+
+class FatalError(SyncdError):
+    """The cycle or command stops, and fails the same way until a person acts on the message."""
+
+
+class ProviderError(SyncdError):
+    """The provider answered with an error envelope or an unusable answer."""
+
+    def __init__(self, message: str, *, code: str = "unspecified") -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class RetryLater(SyncdError):
+    """Transient, nothing to fix: a backoff or the next cycle does the rest."""
+
+
+# --------------------------------------------------------------------------- fatal
+
+
+class ConfigError(FatalError):
     """The configuration is invalid. ``problems`` lists every problem found, each naming its key."""
 
     def __init__(self, source: str, problems: list[str]) -> None:
@@ -17,20 +81,23 @@ class ConfigError(SyncdError):
         super().__init__(f"invalid configuration in {source}:\n{listed}")
 
 
-class ProviderError(SyncdError):
-    """The provider answered with an error envelope or an unusable answer."""
-
-    def __init__(self, message: str, *, code: str = "unspecified", retryable: bool = False) -> None:
-        self.code = code
-        self.retryable = retryable
-        super().__init__(message)
+class IngestError(FatalError):
+    """A file could not be read at all (as opposed to single bad rows, which are reported)."""
 
 
-class ProviderUnreachable(ProviderError):
-    """No usable answer after the retries: network down, timeouts, 5xx."""
+class MassDeleteRefused(FatalError):
+    """A cycle would delete more than the configured share of a target (DESIGN rule 2)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, code="unreachable", retryable=True)
+
+class ListenError(FatalError):
+    """The HTTP listener could not bind its address."""
+
+
+class StarterExists(FatalError):
+    """The configuration file is already there and ``force`` was not given."""
+
+
+# --------------------------------------------------------------------------- the provider's
 
 
 class AuthError(ProviderError):
@@ -41,9 +108,28 @@ class ExportIncomplete(ProviderError):
     """The remote export failed, was truncated or inconsistent: nothing may be inferred from it."""
 
 
-class MassDeleteRefused(SyncdError):
-    """A cycle would delete more than the configured share of a target (DESIGN rule 2)."""
+# --------------------------------------------------------------------------- retry later
 
 
-class IngestError(SyncdError):
-    """A file could not be read at all (as opposed to single bad rows, which are reported)."""
+class TryLater(RetryLater):
+    """Raised while reading an answer or sending a request: another attempt may succeed.
+
+    ``syncd.providers.http`` retries it with backoff, waiting ``retry_after`` seconds when the
+    provider said how long; when the retries run out it becomes ``ProviderUnreachable``.
+    """
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class ProviderUnreachable(ProviderError, RetryLater):
+    """No usable answer after the retries: network down, timeouts, 5xx."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="unreachable")
+
+
+class Stopped(RetryLater):
+    """The daemon is stopping: leave after the batch in flight, everything confirmed kept."""

@@ -19,7 +19,7 @@ from syncd.daemon import hooks
 from syncd.daemon.http import StatusServer
 from syncd.engine import confirm_later, run_cycle
 from syncd.engine.result import CycleOptions, CycleResult
-from syncd.errors import SyncdError
+from syncd.errors import FatalError
 from syncd.local import outbox
 from syncd.metrics import Metrics
 from syncd.providers import callback_reader, make_provider
@@ -239,7 +239,7 @@ def resolve(
 ) -> int:
     """Record a person's choice; the next cycle carries it out. Returns conflicts settled."""
     if take not in ("local", "remote"):
-        raise SyncdError(f"--take must be local or remote, not {take!r}")
+        raise FatalError(f"--take must be local or remote, not {take!r}")
     db = db or open_store(config)
     names = [t.name for t in config.targets(target)]
     with Session(db) as session:

@@ -12,15 +12,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from syncd.errors import SyncdError
+from syncd.errors import StarterExists
 
 FOLDER_MODE = 0o700
 FILE_MODE = 0o600
 PLACEHOLDER = "CHANGE-ME"
-
-
-class StarterExists(SyncdError):
-    """The configuration file is already there and ``force`` was not given."""
 
 
 @dataclass(frozen=True)

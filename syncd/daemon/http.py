@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from syncd.config import HttpConfig
-from syncd.errors import SyncdError
+from syncd.errors import ListenError
 from syncd.metrics import Metrics
 
 log = logging.getLogger("syncd.http")
@@ -31,10 +31,6 @@ Response = tuple[int, dict[str, str], bytes]
 
 MAX_BODY = 1 << 20  # mounted routes take small callbacks; anything bigger is a mistake or abuse
 REQUEST_TIMEOUT = 10.0  # seconds a client may take to send its request
-
-
-class ListenError(SyncdError):
-    """The listener could not bind its address."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,8 +36,8 @@ from syncd.engine.push import push_batch
 from syncd.engine.references import find_owners
 from syncd.engine.result import CycleOptions, CycleResult
 from syncd.engine.stage import stage_and_diff
-from syncd.engine.state import CycleState, Stopped
-from syncd.errors import MassDeleteRefused, ProviderError, ProviderUnreachable
+from syncd.engine.state import CycleState
+from syncd.errors import MassDeleteRefused, ProviderError, ProviderUnreachable, Stopped
 from syncd.providers.base import Provider
 from syncd.store import mirror
 from syncd.store.models import StageLocal, StageRemote

@@ -20,12 +20,9 @@ from syncd.config import TargetConfig
 from syncd.core.reconcile import Decision, Rules
 from syncd.engine.references import Owners
 from syncd.engine.result import CycleOptions, CycleResult
+from syncd.errors import Stopped
 from syncd.providers.base import Capabilities, Provider
 from syncd.store import mirror
-
-
-class Stopped(Exception):
-    """The daemon is stopping: leave after the batch in flight, everything confirmed kept."""
 
 
 @dataclass

@@ -32,7 +32,7 @@ import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
-from syncd.errors import ProviderError, ProviderUnreachable
+from syncd.errors import ProviderError, ProviderUnreachable, TryLater
 from syncd.logs import secret_forms
 from syncd.metrics import call_observer
 from syncd.providers.base import CallStats
@@ -45,24 +45,6 @@ T = TypeVar("T")
 CONNECT_TIMEOUT = 10.0
 MAX_RETRY_AFTER = 60.0  # a Retry-After longer than this is not worth holding a cycle for
 Form = Mapping[str, str | Sequence[str]]
-
-
-class TryLater(Exception):
-    """Raised by an adapter's answer parser: the provider asked us to come back later."""
-
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
-
-
-class _Transient(Exception):
-    """One attempt failed in a way another attempt may fix."""
-
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
 
 
 # Failures that say nothing about the request itself: the network or the server may recover.
@@ -274,10 +256,9 @@ class ProviderHttp:
             try:
                 return parse(response)
             except TryLater as exc:
-                retry_after = exc.retry_after
-                if retry_after is None:
-                    retry_after = parse_retry_after(response.headers.get("retry-after"))
-                raise _Transient(exc.reason, retry_after) from None
+                if exc.retry_after is None:
+                    exc.retry_after = parse_retry_after(response.headers.get("retry-after"))
+                raise
 
         return self._with_retries(method, write, attempt)
 
@@ -324,7 +305,7 @@ class ProviderHttp:
             response = self.client.send(request, stream=stream, follow_redirects=stream)
         except _TRANSIENT_HTTPX as exc:
             detail = str(exc) or "no detail"
-            raise _Transient(f"{type(exc).__name__}: {detail}") from None
+            raise TryLater(f"{type(exc).__name__}: {detail}") from None
         except httpx.HTTPError as exc:
             reason = f"{type(exc).__name__}: {exc}"
             raise ProviderError(
@@ -334,7 +315,7 @@ class ProviderHttp:
         if status >= 500 or status == 429:
             retry_after = parse_retry_after(response.headers.get("retry-after"))
             response.close()
-            raise _Transient(f"HTTP {status}", retry_after)
+            raise TryLater(f"HTTP {status}", retry_after)
         if client_errors and 400 <= status < 500:
             return response  # the caller reads the provider's error body (``send``)
         if not 200 <= status < 300:
@@ -355,7 +336,7 @@ class ProviderHttp:
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(exc, _Transient) and exc.retry_after is not None:
+        if isinstance(exc, TryLater) and exc.retry_after is not None:
             return min(exc.retry_after, self.max_retry_after)
         return float(self._backoff(state))
 
@@ -371,7 +352,7 @@ class ProviderHttp:
                 result = attempt()
                 outcome = "ok"
                 return result
-            except _Transient:
+            except TryLater:
                 outcome = "unreachable" if number >= tries else "retry"
                 raise
             finally:
@@ -382,13 +363,13 @@ class ProviderHttp:
         retrying = Retrying(
             stop=stop_after_attempt(tries),
             wait=self._wait,
-            retry=retry_if_exception_type(_Transient),
+            retry=retry_if_exception_type(TryLater),
             sleep=self._sleep,
             reraise=True,
         )
         try:
             return retrying(recorded)
-        except _Transient as exc:
+        except TryLater as exc:
             raise ProviderUnreachable(
                 self.scrub(
                     f"{self.provider} {method}: no usable answer after {number} "

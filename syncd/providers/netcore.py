@@ -45,7 +45,7 @@ import httpx
 
 from syncd.config import TargetConfig
 from syncd.core.projection import is_opted_out
-from syncd.errors import AuthError, ProviderError
+from syncd.errors import AuthError, ProviderError, TryLater
 from syncd.providers.base import (
     CallbackReport,
     Capabilities,
@@ -55,7 +55,7 @@ from syncd.providers.base import (
     RowChange,
     RowOutcome,
 )
-from syncd.providers.http import NotJson, ProviderHttp, TryLater, answer_json
+from syncd.providers.http import NotJson, ProviderHttp, answer_json
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,8 @@ class NetcoreProvider(Provider):
         except ProviderError as exc:
             if exc.code != "api_error":
                 raise
-            return RowOutcome(rc.row.key, False, "invalid", str(exc).split(": ", 1)[-1])
+            message = str(exc).split(": ", 1)[-1]
+            return RowOutcome(rc.row.key, False, "invalid", message, exc.retryable)
         return RowOutcome(rc.row.key, True)
 
     # ------------------------------------------------------------------ callbacks

@@ -29,7 +29,7 @@ import httpx
 
 from syncd.config import TargetConfig
 from syncd.core.projection import is_opted_out
-from syncd.errors import AuthError, ProviderError
+from syncd.errors import AuthError, ProviderError, TryLater
 from syncd.providers.base import (
     Capabilities,
     Provider,
@@ -41,7 +41,6 @@ from syncd.providers.base import (
 from syncd.providers.http import (
     NotJson,
     ProviderHttp,
-    TryLater,
     answer_count,
     answer_json,
     key_fingerprint,

@@ -28,7 +28,7 @@ import httpx
 from syncd.config import TargetConfig
 from syncd.core.contacts import normalise_email, normalise_phone
 from syncd.core.projection import Projection, is_opted_out
-from syncd.errors import AuthError, ExportIncomplete, ProviderError
+from syncd.errors import AuthError, ExportIncomplete, ProviderError, TryLater
 from syncd.providers.base import (
     Capabilities,
     Provider,
@@ -37,7 +37,7 @@ from syncd.providers.base import (
     RowChange,
     RowOutcome,
 )
-from syncd.providers.http import NotJson, ProviderHttp, TryLater, answer_count, answer_json
+from syncd.providers.http import NotJson, ProviderHttp, answer_count, answer_json
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +370,9 @@ class UnisenderProvider(Provider):
         """
         keys = [call.rows[i].row.key for i in part]
         if len(part) == 1:
-            return {part[0]: RowOutcome(keys[0], False, refusal.code, refusal.text)}
+            return {
+                part[0]: RowOutcome(keys[0], False, refusal.code, refusal.text, refusal.retryable)
+            }
         if budget[0] < 2:
             message = f"not sent: {IMPORT} refused its batch ({refusal.text})"
             return {

@@ -23,7 +23,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, create_engine
 
-from syncd.errors import SyncdError
+from syncd.errors import FatalError
 from syncd.store.schema import MIGRATIONS
 
 #: Replicas starting at once against a new PostgreSQL store take turns to migrate it
@@ -58,7 +58,7 @@ def open_engine(url: str) -> Engine:
     try:
         engine = create_engine(url, connect_args=connect_args, **options)
     except ModuleNotFoundError as exc:
-        raise SyncdError(
+        raise FatalError(
             f"[store] url: the database driver {exc.name!r} is not installed "
             "(for PostgreSQL: pip install 'syncd[postgres]')"
         ) from None

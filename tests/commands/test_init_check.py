@@ -15,9 +15,10 @@ from conftest import API_KEY, World
 
 from syncd.cli import main
 from syncd.commands.check import NOT_CHECKED, CheckReport, check_config
-from syncd.commands.starter import PROVIDER_NAMES, STARTERS, StarterExists, write_starter
+from syncd.commands.starter import PROVIDER_NAMES, STARTERS, write_starter
 from syncd.config import Config, TargetConfig, parse_config
 from syncd.emulators.kit.server import EmulatorServer
+from syncd.errors import StarterExists
 from syncd.providers import make_provider
 from syncd.providers.base import Provider
 

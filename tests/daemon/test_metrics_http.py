@@ -13,8 +13,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from syncd.config import HttpConfig
-from syncd.daemon.http import ListenError, Request, StatusServer
+from syncd.daemon.http import Request, StatusServer
 from syncd.engine.result import CycleResult
+from syncd.errors import ListenError
 from syncd.metrics import Metrics, call_observer, set_call_observer
 
 LOOPBACK = HttpConfig(listen="127.0.0.1:0")
