@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from syncd.commands.listener import ListenError
+from syncd.commands.listener import MAX_BODY, ListenError
 from syncd.config import HttpConfig
 from syncd.daemon.http import StatusServer
 from syncd.engine.result import CycleResult
@@ -177,3 +177,10 @@ def test_port_taken_names_the_address(metrics: Metrics) -> None:
 def test_off_is_refused() -> None:
     with pytest.raises(ValueError, match="off"):
         StatusServer(HttpConfig(listen="off"), health=Probe(), ready=Probe(), metrics=Metrics())
+
+
+def test_the_listener_refuses_a_body_over_its_limit(server: StatusServer) -> None:
+    server.add_route("POST", "/hooks", lambda request: httpx.Response(200))
+    url = server.url + "/hooks/x"
+    assert httpx.post(url, content=b"a" * (MAX_BODY + 1), timeout=5).status_code == 413
+    assert httpx.post(url, content=b"a" * MAX_BODY, timeout=5).status_code == 200

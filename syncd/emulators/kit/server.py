@@ -24,10 +24,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,6 +42,11 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
+#: What a Host header may hold: a name or an IPv4 literal, or a bracketed IPv6 one, and a port.
+_AUTHORITY = re.compile(r"(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+#: After refusing a request: how long and how much of the rest of it the server reads and drops.
+_DISCARD_SECONDS = 1.0
+_DISCARD_BYTES = 8 << 20
 _HOP_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 
 
@@ -137,6 +144,7 @@ def _make_request_handler(
                 payload = json.dumps({"status": "error", "reason": bad.reason}).encode() + b"\n"
                 headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
                 self._answer(httpx.Response(bad.status, headers=headers, content=payload))
+                self._discard_rest()
                 return
             try:
                 response = handler(request)
@@ -157,10 +165,14 @@ def _make_request_handler(
             default_host = (
                 show_address(str(addr[0]), int(addr[1])) if isinstance(addr, tuple) else "localhost"
             )
+            host = self.headers.get("Host") or default_host
+            # The path comes from the request line alone: a Host header must not move it.
+            if not self.path.startswith("/") or not _AUTHORITY.fullmatch(host):
+                raise _BadRequest(400, "bad request target or Host header")
             try:
                 return httpx.Request(
                     self.command,
-                    f"http://{self.headers.get('Host') or default_host}{self.path}",
+                    f"http://{host}{self.path}",
                     headers=list(self.headers.items()),
                     content=body,
                     extensions={"client_addr": self.client_address},
@@ -183,6 +195,19 @@ def _make_request_handler(
                     self.wfile.write(content)
             except OSError:
                 self.close_connection = True  # the client gave up (e.g. its timeout fired)
+
+        def _discard_rest(self) -> None:
+            """Read what the client still sends, for a moment, so that closing the socket with
+            unread bytes (a TCP reset) does not destroy the answer before the client reads it."""
+            deadline = time.monotonic() + _DISCARD_SECONDS
+            left = _DISCARD_BYTES
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_WR)
+                while left > 0 and (wait := deadline - time.monotonic()) > 0:
+                    self.connection.settimeout(wait)
+                    if not (chunk := self.connection.recv(min(left, 65536))):
+                        break
+                    left -= len(chunk)
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
 
