@@ -14,14 +14,14 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
+from syncd.commands import job_routes
+from syncd.commands.listener import listen
 from syncd.config import Config, TargetConfig
-from syncd.daemon import hooks
-from syncd.daemon.http import StatusServer
+from syncd.emulators.kit.server import LoopbackServer
 from syncd.engine import confirm_later, run_cycle
 from syncd.engine.result import CycleOptions, CycleResult
 from syncd.errors import FatalError
 from syncd.local import outbox
-from syncd.metrics import Metrics
 from syncd.providers import callback_reader, make_provider
 from syncd.providers.base import Provider
 from syncd.store import open_engine
@@ -97,15 +97,11 @@ def _stop_when(lease: Lease, asked: Callable[[], bool] | None) -> Callable[[], b
     return lambda: lease.lost.is_set() or (asked is not None and asked())
 
 
-def _job_listener(config: Config, db: Engine, targets: list[TargetConfig]) -> StatusServer | None:
+def _job_listener(config: Config, db: Engine, targets: list[TargetConfig]) -> LoopbackServer | None:
+    """The job routes alone on ``[http] listen``, when a target confirms by calling back."""
     if not any(callback_reader(t) for t in targets) or not config.http.enabled:
         return None
-    server = StatusServer(
-        config.http, health=lambda: (True, ""), ready=lambda: (True, ""), metrics=Metrics()
-    )
-    hooks.mount(server, db, lambda: config)
-    server.start()
-    return server
+    return listen(config.http, job_routes.routes(db, lambda: config))
 
 
 def _await_callbacks(

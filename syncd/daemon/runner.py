@@ -22,9 +22,9 @@ from sqlalchemy import text
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from syncd.commands import job_routes
 from syncd.commands.cycles import build_provider
 from syncd.config import Config, TargetConfig, load_config
-from syncd.daemon import hooks
 from syncd.daemon.http import StatusServer
 from syncd.daemon.scheduler import TargetScheduler
 from syncd.daemon.systemd import Notifier, WatchdogPinger
@@ -78,7 +78,9 @@ class Daemon:
             self.http = StatusServer(
                 config.http, health=self._healthy, ready=self._ready, metrics=self.metrics
             )
-            hooks.mount(self.http, self.db, lambda: self.config)  # Netcore's files, callbacks
+            jobs = job_routes.routes(self.db, lambda: self.config)  # Netcore's files, callbacks
+            for method in job_routes.METHODS:
+                self.http.add_route(method, job_routes.PREFIX, jobs)
         self._config_watch = Observer()
         self._pinger: WatchdogPinger | None = None
 

@@ -9,11 +9,13 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from syncd.commands.listener import MAX_BODY
 from syncd.config import HttpConfig
-from syncd.daemon.http import Request, StatusServer
+from syncd.daemon.http import StatusServer
 from syncd.engine.result import CycleResult
 from syncd.errors import ListenError
 from syncd.metrics import Metrics, call_observer, set_call_observer
@@ -145,17 +147,18 @@ def test_healthz_and_readyz(server: StatusServer, probes: tuple[Probe, Probe]) -
 
 
 def test_routes_and_unknown_paths(server: StatusServer) -> None:
-    seen: list[Request] = []
+    seen: list[httpx.Request] = []
 
-    def callback(request: Request) -> tuple[int, dict[str, str], bytes]:
+    def callback(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return 202, {"Content-Type": "text/plain"}, b"thanks"
+        return httpx.Response(202, headers={"Content-Type": "text/plain"}, content=b"thanks")
 
     server.add_route("POST", "/hooks/unisender", callback)
     req = urllib.request.Request(server.url + "/hooks/unisender/42?x=1", data=b"payload")
     with urllib.request.urlopen(req, timeout=5) as r:
         assert (r.status, r.read()) == (202, b"thanks")
-    assert (seen[0].path, seen[0].query, seen[0].body) == ("/hooks/unisender/42", "x=1", b"payload")
+    url, body = seen[0].url, seen[0].content
+    assert (url.path, url.query, body) == ("/hooks/unisender/42", b"x=1", b"payload")
     assert get(server, "/hooks/unisender")[0] == 405  # mounted for POST only
     assert get(server, "/hooks/unisenderx")[0] == 404  # prefixes match whole segments
     assert get(server, "/nope")[0] == 404
@@ -175,3 +178,10 @@ def test_port_taken_names_the_address(metrics: Metrics) -> None:
 def test_off_is_refused() -> None:
     with pytest.raises(ValueError, match="off"):
         StatusServer(HttpConfig(listen="off"), health=Probe(), ready=Probe(), metrics=Metrics())
+
+
+def test_the_listener_refuses_a_body_over_its_limit(server: StatusServer) -> None:
+    server.add_route("POST", "/hooks", lambda request: httpx.Response(200))
+    url = server.url + "/hooks/x"
+    assert httpx.post(url, content=b"a" * (MAX_BODY + 1), timeout=5).status_code == 413
+    assert httpx.post(url, content=b"a" * MAX_BODY, timeout=5).status_code == 200

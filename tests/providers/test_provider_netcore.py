@@ -26,10 +26,9 @@ from conftest import emulator_process, free_port
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from syncd.commands import cycles
+from syncd.commands import cycles, job_routes
 from syncd.config import Config, TargetConfig, parse_config
 from syncd.core.projection import Projection
-from syncd.daemon import hooks
 from syncd.daemon.http import StatusServer
 from syncd.emulators.netcore import NetcoreEmulator
 from syncd.engine.result import CycleOptions, CycleResult
@@ -360,7 +359,9 @@ class Listener:
             ready=lambda: (True, ""),
             metrics=Metrics(),
         )
-        hooks.mount(self.server, world.db, lambda: world.config)
+        jobs = job_routes.routes(world.db, lambda: world.config)
+        for method in job_routes.METHODS:
+            self.server.add_route(method, job_routes.PREFIX, jobs)
 
     def __enter__(self) -> Listener:
         self.server.start()

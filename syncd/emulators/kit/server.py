@@ -1,20 +1,35 @@
-"""A real loopback HTTP server around a plain ``httpx`` request handler.
+"""The one loopback HTTP server: it runs a plain ``httpx`` request handler over a real socket.
 
-An emulator is one function ``handle(request: httpx.Request) -> httpx.Response``. In-process tests
-plug it into ``httpx.MockTransport``; end-to-end tests and ``syncd emulate`` serve the same
-function here, over a socket, so timeouts and dropped connections are real.
+A handler is one function ``handle(request: httpx.Request) -> httpx.Response``: every emulator and
+the daemon's router are written that way. In-process tests plug a handler into
+``httpx.MockTransport``; end-to-end tests, ``syncd emulate``, ``syncd run`` and ``syncd run-once``
+serve the same function here, so timeouts and dropped connections are real.
+
+The server keeps the promises a listener on an open port needs, whoever runs it: each connection
+gets its own daemon thread (a slow handler delays no other request, a stuck client never holds up
+exit), an optional ``timeout`` bounds how long a client may take to send its request, an optional
+``max_body`` refuses bigger bodies with 413 before reading them, a bind failure is a
+``BindError`` naming the address, and IPv6 literal hosts (``::1``) work like IPv4 ones. A handler
+that raises ``DropConnection`` closes the socket without answering; any other exception becomes a
+500 answer rather than a hung client.
 
 With a ``request_log`` file, the server appends every request line it receives (``POST
 /en/api/importContacts HTTP/1.1``), so a test can check what a client put in its URLs.
+
+It imports nothing from syncd outside ``syncd.emulators.kit``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
+import re
 import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,8 +38,15 @@ from typing import TextIO
 
 import httpx
 
+log = logging.getLogger(__name__)
+
 Handler = Callable[[httpx.Request], httpx.Response]
 
+#: What a Host header may hold: a name or an IPv4 literal, or a bracketed IPv6 one, and a port.
+_AUTHORITY = re.compile(r"(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+#: After refusing a request: how long and how much of the rest of it the server reads and drops.
+_DISCARD_SECONDS = 1.0
+_DISCARD_BYTES = 8 << 20
 _HOP_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 
 
@@ -39,26 +61,73 @@ class DropConnection(httpx.RemoteProtocolError):
         super().__init__(message)
 
 
-def _read_body(req: BaseHTTPRequestHandler) -> bytes:
+class BindError(OSError):
+    """The server could not bind its address; ``address`` shows it, ``reason`` says why."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        self.address = address
+        self.reason = reason
+        super().__init__(f"cannot listen on {address}: {reason}")
+
+
+class _BadRequest(Exception):
+    """The request cannot be read: answer ``status`` and close the connection."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(reason)
+
+
+def show_address(host: str, port: int) -> str:
+    """``host:port`` as a URL writes it: ``[::1]:9187`` for an IPv6 literal."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _read_body(req: BaseHTTPRequestHandler, max_body: int | None) -> bytes:
     if req.headers.get("Transfer-Encoding", "").lower() == "chunked":
         chunks = []
-        while (size := int(req.rfile.readline().split(b";")[0].strip() or b"0", 16)) > 0:
+        received = 0
+        while (size := _chunk_size(req.rfile.readline())) > 0:
+            received += size
+            if max_body is not None and received > max_body:
+                raise _BadRequest(413, "body too large")
             chunks.append(req.rfile.read(size))
             req.rfile.readline()
         while req.rfile.readline() not in (b"\r\n", b"\n", b""):
             pass  # trailers
         return b"".join(chunks)
-    length = int(req.headers.get("Content-Length") or 0)
+    try:
+        length = int(req.headers.get("Content-Length") or 0)
+    except ValueError:
+        raise _BadRequest(400, "bad Content-Length") from None
+    if length < 0:
+        raise _BadRequest(400, "bad Content-Length")
+    if max_body is not None and length > max_body:
+        raise _BadRequest(413, "body too large")
     return req.rfile.read(length) if length else b""
 
 
+def _chunk_size(line: bytes) -> int:
+    try:
+        return int(line.split(b";")[0].strip() or b"0", 16)
+    except ValueError:
+        raise _BadRequest(400, "bad chunk size") from None
+
+
 def _make_request_handler(
-    handler: Handler, request_log: TextIO | None = None
+    handler: Handler,
+    request_log: TextIO | None = None,
+    *,
+    timeout: float | None = None,
+    max_body: int | None = None,
 ) -> type[BaseHTTPRequestHandler]:
     log_lock = threading.Lock()
 
     class _RequestHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        server_version = "syncd"
+        sys_version = ""
         # Headers and body leave in two writes; with Nagle's algorithm the body then waits for
         # the client's delayed ACK of the headers, about 40 ms on every keep-alive request.
         disable_nagle_algorithm = True
@@ -68,45 +137,84 @@ def _make_request_handler(
                 with log_lock:
                     request_log.write(self.requestline + "\n")
                     request_log.flush()
-            body = _read_body(self)
-            addr = self.server.server_address
-            default_host = f"{addr[0]!s}:{addr[1]}" if isinstance(addr, tuple) else "localhost"
-            host = self.headers.get("Host") or default_host
-            request = httpx.Request(
-                self.command,
-                f"http://{host}{self.path}",
-                headers=list(self.headers.items()),
-                content=body,
-                extensions={"client_addr": self.client_address},
-            )
+            try:
+                request = self._request()
+            except _BadRequest as bad:
+                self.close_connection = True  # the rest of the body is still in the socket
+                payload = json.dumps({"status": "error", "reason": bad.reason}).encode() + b"\n"
+                headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+                self._answer(httpx.Response(bad.status, headers=headers, content=payload))
+                self._discard_rest()
+                return
             try:
                 response = handler(request)
-                content = response.read()
+                response.read()
             except DropConnection:
                 self.close_connection = True
                 with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
                 return
             except Exception as exc:  # a handler bug: answer 500 rather than hang the client
+                log.debug("handler failed on %s", self.requestline, exc_info=True)
                 response = httpx.Response(500, text=f"emulator error: {exc!r}")
-                content = response.read()
+            self._answer(response)
+
+        def _request(self) -> httpx.Request:
+            body = _read_body(self, max_body)
+            addr = self.server.server_address
+            default_host = (
+                show_address(str(addr[0]), int(addr[1])) if isinstance(addr, tuple) else "localhost"
+            )
+            host = self.headers.get("Host") or default_host
+            # The path comes from the request line alone: a Host header must not move it.
+            if not self.path.startswith("/") or not _AUTHORITY.fullmatch(host):
+                raise _BadRequest(400, "bad request target or Host header")
+            try:
+                return httpx.Request(
+                    self.command,
+                    f"http://{host}{self.path}",
+                    headers=list(self.headers.items()),
+                    content=body,
+                    extensions={"client_addr": self.client_address},
+                )
+            except (httpx.InvalidURL, ValueError):
+                raise _BadRequest(400, "bad request target or Host header") from None
+
+        def _answer(self, response: httpx.Response) -> None:
+            content = response.content
             try:
                 self.send_response(response.status_code)
                 for name, value in response.headers.multi_items():
                     if name.lower() not in _HOP_HEADERS:
                         self.send_header(name, value)
                 self.send_header("Content-Length", str(len(content)))
+                if self.close_connection:
+                    self.send_header("Connection", "close")
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(content)
             except OSError:
                 self.close_connection = True  # the client gave up (e.g. its timeout fired)
 
+        def _discard_rest(self) -> None:
+            """Read what the client still sends, for a moment, so that closing the socket with
+            unread bytes (a TCP reset) does not destroy the answer before the client reads it."""
+            deadline = time.monotonic() + _DISCARD_SECONDS
+            left = _DISCARD_BYTES
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_WR)
+                while left > 0 and (wait := deadline - time.monotonic()) > 0:
+                    self.connection.settimeout(wait)
+                    if not (chunk := self.connection.recv(min(left, 65536))):
+                        break
+                    left -= len(chunk)
+
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
 
         def log_message(self, format: str, *args: object) -> None:
             pass
 
+    _RequestHandler.timeout = timeout
     return _RequestHandler
 
 
@@ -114,9 +222,23 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # a handler hanging on purpose must not block stop()
 
+    def __init__(self, host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> None:
+        # HTTPServer binds IPv4 only; "::1" needs an IPv6 socket.
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        super().__init__((host, port), handler)
 
-class EmulatorServer:
-    """Serve ``handler`` on ``host:port`` (port 0: a free port) from a daemon thread."""
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client hanging up mid-request is routine; the default prints a traceback to stderr.
+        log.debug("HTTP connection from %s failed", client_address, exc_info=True)
+
+
+class LoopbackServer:
+    """Serve ``handler`` on ``host:port`` (port 0: a free port) from a daemon thread.
+
+    ``timeout``: seconds a client may take to send its request (None: no limit). ``max_body``:
+    the largest request body taken, in bytes (None: no limit). ``name`` names the thread.
+    """
 
     def __init__(
         self,
@@ -124,32 +246,57 @@ class EmulatorServer:
         host: str = "127.0.0.1",
         port: int = 0,
         request_log: Path | None = None,
+        *,
+        timeout: float | None = None,
+        max_body: int | None = None,
+        name: str = "emulator-server",
     ) -> None:
         self.handler = handler
         self.host = host
         self.port = port
         self.request_log = request_log
+        self.timeout = timeout
+        self.max_body = max_body
+        self.name = name
         self._log: TextIO | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     @property
+    def bound_port(self) -> int:
+        """The port the server listens on (the one the system chose when asked for port 0)."""
+        if self._server is None:
+            raise RuntimeError("server not started")
+        return int(self._server.server_address[1])
+
+    @property
     def url(self) -> str:
         if self._server is None:
             raise RuntimeError("server not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return "http://" + show_address(str(self._server.server_address[0]), self.bound_port)
 
-    def start(self) -> EmulatorServer:
-        if self._server is None:
-            if self.request_log is not None:
-                self._log = self.request_log.open("a", encoding="utf-8")
-            handler = _make_request_handler(self.handler, self._log)
-            self._server = _Server((self.host, self.port), handler)
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, name="emulator-server", daemon=True
-            )
-            self._thread.start()
+    def start(self) -> LoopbackServer:
+        """Bind and serve; a port in use or an address not available raises ``BindError``."""
+        if self._server is not None:
+            return self
+        if self.request_log is not None:
+            self._log = self.request_log.open("a", encoding="utf-8")
+        handler = _make_request_handler(
+            self.handler, self._log, timeout=self.timeout, max_body=self.max_body
+        )
+        try:
+            self._server = _Server(self.host, self.port, handler)
+        except OSError as exc:
+            self.stop()  # closes the request log
+            address = show_address(self.host, self.port)
+            raise BindError(address, exc.strerror or str(exc)) from exc
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=self.name,
+            daemon=True,
+        )
+        self._thread.start()
         return self
 
     def stop(self) -> None:
@@ -163,13 +310,17 @@ class EmulatorServer:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> EmulatorServer:
+    def __enter__(self) -> LoopbackServer:
         return self.start()
 
     def __exit__(
         self, exc: type[BaseException] | None, val: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+#: The name the emulators, their tests and the demo use for the same server.
+EmulatorServer = LoopbackServer
 
 
 def serve_forever(handler: Handler, host: str, port: int, request_log: Path | None = None) -> None:
@@ -181,7 +332,7 @@ def serve_forever(handler: Handler, host: str, port: int, request_log: Path | No
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with EmulatorServer(handler, host, port, request_log) as server:
+        with LoopbackServer(handler, host, port, request_log) as server:
             print(f"emulator listening on {server.url}", flush=True)
             while not stop.wait(0.5):
                 pass
