@@ -446,7 +446,7 @@ def emulate_cmd(
 
     Faults can also be switched at run time: POST JSON to /_emulator/faults.
     """
-    from syncd.emulators.admin import Faults
+    from syncd.emulators.unisender_account import Faults
 
     faults = Faults(
         latency=latency,
@@ -462,10 +462,10 @@ def emulate_cmd(
 
         unisender.run_emulator(provider, host, port, api_key, not no_seed, faults, request_log)
         return
-    from syncd.emulators.admin import serve
     from syncd.emulators.netcore import NetcoreEmulator
     from syncd.emulators.octopush import OctopushEmulator
     from syncd.emulators.smsby import PushOnlyControls, SmsbyEmulator
+    from syncd.emulators.unisender_account import serve
 
     push_only: dict[str, Callable[[], PushOnlyControls]] = {
         "smsby": lambda: SmsbyEmulator(token=api_key),

@@ -38,8 +38,8 @@ from typing import Any
 
 import httpx
 
-from syncd.emulators.admin import Faults, admin_response
 from syncd.emulators.kit import forms as pp
+from syncd.emulators.unisender_account import Faults, admin_response
 from syncd.emulators.unisender_import import EMAIL_RE
 
 MAX_ROWS = 500  # "Import limits" / seed 000

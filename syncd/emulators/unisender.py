@@ -42,12 +42,12 @@ from typing import Any
 
 import httpx
 
-from syncd.emulators.admin import (
+from syncd.emulators.kit import forms as pp
+from syncd.emulators.unisender_account import (
     EmulatorControls,
     serve,  # re-exported (public API of this module)
 )
-from syncd.emulators.admin import Faults as Faults
-from syncd.emulators.kit import forms as pp
+from syncd.emulators.unisender_account import Faults as Faults
 from syncd.emulators.unisender_import import CALL_ERROR_CODES as CALL_ERROR_CODES  # re-exported
 from syncd.emulators.unisender_import import (
     EMAIL_RE,
