@@ -1,174 +1,181 @@
-"""Test controls of the Unisender/Selzy emulator (``unisender.py``): fault injection, the
-in-process helpers and the ``/_emulator/`` routes.
+"""The Unisender/Selzy account behind the emulator (``unisender.py``), and what tests do to it.
 
-None of this exists at the real provider; it is how tests set up, inspect and break the account.
-``Faults`` says which calls fail and how (``draw`` rolls them per call). ``EmulatorControls`` is
-the base class of ``UnisenderEmulator`` and gives it the helper methods tests call in-process
-(``add_list``, ``sign_up``, ``unsubscribe``, ``block``, ``is_opted_out``, ...). A test, a demo or
-syncd in another process reaches the same helpers over HTTP (JSON in and out, no api key):
+``UnisenderAccount`` holds the contacts, lists, fields and tags with the primitives that keep
+them consistent (the address indexes, field-name rules, id counters), the in-process helpers
+tests call (``add_list``, ``sign_up``, ``unsubscribe``, ``block``, ``is_opted_out``, ...) and
+the account's part of the ``/_emulator/`` routes (the kit's ``EmulatorControls`` serves the rest).
+Over HTTP (JSON in and out, no api key):
 
 - ``GET  /_emulator/state[?list_id=N]``: lists, fields and contacts (all, or those in list N)
-- ``GET  /_emulator/calls``: API calls per method and the count of write calls
-- ``GET  /_emulator/faults``: the ``Faults`` in force and ``injected``, the faults served so far
-  by kind; ``POST /_emulator/faults``: replace them (body: their fields); ``reset-calls``
 - ``POST /_emulator/list`` ``{"title"}``, ``/_emulator/field`` ``{"name", "type"?}``: new ids
 - ``POST /_emulator/contact`` ``{"action", "email", ...}``: edit, change_email (``new_email``),
   unsubscribe, block, delete, set_tags, sign_up; answers the contact afterwards
 
-Unknown contacts and endpoints answer 404, bad bodies 400, a GET where a POST is due 405.
+It is the bottom of the emulator's three modules: it also defines the call-level error
+(``ApiError``, its envelope and configurable codes) and the timestamp format every API method
+shares. ``unisender_import.py`` (importContacts) and ``unisender.py`` (the HTTP entry point and
+the other methods) build on it; it imports neither. Sources are cited as in ``unisender.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import random
-import threading
-import time
-from collections import Counter
+import html
+import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 
-from syncd.emulators.kit.server import DropConnection, serve_forever
-from syncd.emulators.unisender_import import CALL_ERROR_CODES, ApiError, error_response, now_utc
+from syncd.emulators.kit import EmulatorControls
 
-if TYPE_CHECKING:
-    from syncd.emulators.unisender import Contact
+# §1.5 export system field names (the *_excluded_list_ids and tags names are unverified)
+EXPORT_SYSTEM_FIELDS = (  # noqa: SIM905
+    "id email email_status email_availability email_add_time email_request_ip email_confirm_time "
+    "email_confirm_ip email_list_ids email_subscribe_times email_unsubscribed_list_ids "
+    "email_excluded_list_ids email_last_delivered_at email_last_read_at email_last_clicked_at "
+    "phone phone_status phone_availability phone_add_time phone_request_ip phone_list_ids "
+    "phone_subscribe_times phone_unsubscribed_list_ids phone_excluded_list_ids tags"
+).split()
+FIELD_TYPES = ("string", "text", "number", "date", "bool")  # §1.6 createField
+_FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")  # §1.6 createField / item 17
+# Call-level error codes that no source pins down (item 9: "make configurable").
+CALL_ERROR_CODES: dict[str, str] = {
+    "too_many_rows": "invalid_arg",
+    "no_key_column": "invalid_arg",
+    "unknown_field": "invalid_arg",
+    "missing_arg": "invalid_arg",
+    "not_found": "unspecified",  # §1.6 exclude/unsubscribe documented example
+    "duplicate": "unspecified",
+}
+CHANNEL_COLS = ("status", "availability", "list_ids", "subscribe_times")
+LIST_COLS = ("list_ids", "unsubscribed_list_ids", "excluded_list_ids")
+IMPORT_SYSTEM_FIELDS = frozenset(
+    ["delete", "tags", "email", "phone"]
+    + [f"{ch}_{c}" for ch in ("email", "phone") for c in CHANNEL_COLS + LIST_COLS]
+)
 
 
 @dataclass
-class Faults:
-    """Injected failures. ``methods`` names the API methods they hit (empty: all); async ones are
-    named ``async/exportContacts``, ``async/getTaskResult`` (their bare name matches too), and the
-    export file's download ``download`` (drops, hangs and 5xx only: a file has no envelope).
-    ``export_never_completes`` and ``export_truncate`` apply to exports regardless of
-    ``methods``. A timeout hangs ``hang_seconds`` and then answers (the call IS applied).
+class Contact:
+    id: int
+    added_at: str
+    email: str | None = None
+    phone: str | None = None
+    email_status: str = ""
+    phone_status: str = ""
+    lists: set[int] = field(default_factory=set)
+    unsubscribed: set[int] = field(default_factory=set)
+    excluded: set[int] = field(default_factory=set)
+    subscribed_at: dict[int, str] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)
 
-    Two faults concern the rows of an import rather than the call (the importer reads them):
-    ``row_reject_rate`` refuses that share of rows in the answer's ``log`` with
-    ``row_reject_code`` (the rest of the call applies, §1.4); ``refuse_rate`` picks that share of
-    contact keys (fixed per key and ``seed``, so a retry or a smaller batch meets the same key
-    again) whose presence makes the provider refuse the whole call with an untyped error naming
-    the row, as it does for "Contacts X and Y already exist but owned by different subscribers"
-    (§1.2). ``injected`` counts every fault served, by kind, for reports.
-    ``answer_delay`` (Unisender/Selzy): the call is applied at once and its answer held that
-    long, so a client that dies meanwhile has written without knowing it."""
-
-    latency: float = 0.0
-    answer_delay: float = 0.0
-    http_5xx_rate: float = 0.0
-    http_5xx_status: int = 503
-    timeout_rate: float = 0.0
-    hang_seconds: float = 60.0
-    drop_rate: float = 0.0
-    error_code_rate: float = 0.0
-    error_code: str = "retry_later"  # item 7: any documented code
-    retry_after: str | None = None
-    export_never_completes: bool = False
-    export_truncate: bool = False
-    # Error answers quote the request they refuse, body (and so the API key) included, as
-    # some servers do: what a client logs of a provider's message must be scrubbed.
-    echo_request: bool = False
-    row_reject_rate: float = 0.0
-    row_reject_code: str = "retry_later"
-    refuse_rate: float = 0.0
-    methods: set[str] = field(default_factory=set)
-    seed: int | None = None
-    rng: random.Random = field(init=False, repr=False, compare=False)
-    injected: Counter[str] = field(init=False, default_factory=Counter, compare=False)
-
-    def __post_init__(self) -> None:
-        self.methods = set(self.methods)
-        self.rng = random.Random(self.seed)
-
-    def hits(self, method: str) -> bool:
-        return not self.methods or bool({method, method.removeprefix("async/")} & self.methods)
-
-    def roll(self, rate: float) -> bool:
-        return rate > 0 and self.rng.random() < rate
-
-    def count(self, kind: str) -> None:
-        self.injected[kind] += 1
-
-    def refuses(self, key: str) -> bool:
-        """Whether ``refuse_rate`` picked this contact key (the same answer on every call)."""
-        if self.refuse_rate <= 0:
-            return False
-        digest = hashlib.sha256(f"{self.seed}:{key}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64 < self.refuse_rate
+    def in_list(self, list_id: int) -> bool:
+        """Export membership (§1.5/§1.6): subscribed or unsubscribed there, and not excluded."""
+        return list_id in (self.lists | self.unsubscribed) and list_id not in self.excluded
 
     def to_json(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
-        return data | {"methods": sorted(self.methods)}
-
-    def draw(self, method: str, *, envelope: bool = True) -> Callable[[], httpx.Response | None]:
-        """Roll this call's faults now (under the emulator's lock). The returned step, run outside
-        it, sleeps, drops the connection or answers the injected failure; None: serve the call.
-        ``envelope`` False (a file download): no API error code, only HTTP-level faults."""
-        hit = self.hits(method)
-        drop = hit and self.roll(self.drop_rate)
-        hang = hit and self.roll(self.timeout_rate)
-        http5xx = hit and self.roll(self.http_5xx_rate)
-        errored = hit and envelope and self.roll(self.error_code_rate)
-        retry = {"Retry-After": self.retry_after} if self.retry_after else None
-        if drop:
-            self.count("dropped_connection")
-        else:  # a hang then answers, so what follows it is served too
-            for kind, rolled in (
-                ("read_timeout", hang),
-                (f"http_{self.http_5xx_status}", http5xx),
-                (self.error_code, errored and not http5xx),
-            ):
-                if rolled:
-                    self.count(kind + (" +Retry-After" if retry and kind != "read_timeout" else ""))
-
-        def inject() -> httpx.Response | None:
-            if hit and self.latency > 0:
-                time.sleep(self.latency)
-            if drop:
-                raise DropConnection()
-            if hang:
-                time.sleep(self.hang_seconds)
-            if http5xx:
-                status = self.http_5xx_status
-                return httpx.Response(status, text=f"<html><h1>{status}</h1></html>", headers=retry)
-            if errored:
-                return error_response(self.error_code, f"Injected fault: {self.error_code}", retry)
-            return None
-
-        return inject
+        data = asdict(self)
+        for name in ("lists", "unsubscribed", "excluded"):
+            data[name] = sorted(data[name])
+        data["subscribed_at"] = {str(k): v for k, v in self.subscribed_at.items()}
+        return data
 
 
-class EmulatorControls:
-    """Base of ``UnisenderEmulator``: its in-process helpers and the ``/_emulator/`` router.
+class ApiError(Exception):
+    """A call-level error: answered as the §1.2 ``{"error", "code", "result": ""}`` envelope."""
 
-    The account state and its primitives belong to ``UnisenderEmulator``; they are declared below
-    only for the type checker. Every helper takes the emulator's lock.
-    """
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
 
-    _lock: threading.RLock
-    faults: Faults
-    calls: Counter[str]
-    write_calls: int
-    contacts: dict[int, Contact]
-    lists: dict[int, str]
-    user_fields: dict[int, tuple[str, str]]
-    if TYPE_CHECKING:
 
-        def _new_id(self, kind: str) -> int: ...
-        def _find(self, email_or_phone: str) -> Contact | None: ...
-        def _create(self) -> Contact: ...
-        def _set_address(self, contact: Contact, kind: str, value: str) -> None: ...
-        def _remove(self, contact: Contact) -> None: ...
-        def _set_tags(self, contact: Contact, tags: list[str]) -> None: ...
-        def _field_names(self) -> set[str]: ...
-        def _check_field(self, name: str, kind: str) -> None: ...
-        def _lists_json(self) -> list[dict[str, Any]]: ...
-        def _fields_json(self) -> list[dict[str, Any]]: ...
+def error_response(
+    code: str, message: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    # §1.2 / item 6: HTTP 200, HTML-escaped text, `result: ""` always present
+    body = {"error": html.escape(message, quote=False), "code": code, "result": ""}
+    return httpx.Response(200, json=body, headers=headers)
+
+
+def now_utc() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")  # §1.7 / item 18: UTC, no "T"
+
+
+class UnisenderAccount(EmulatorControls):
+    """The account's state and the helpers tests drive it with; every helper takes the lock."""
+
+    def __init__(self, max_user_fields: int = 50, *, sticky_list_unsubscribe: bool = True) -> None:
+        super().__init__()
+        self.max_user_fields = max_user_fields  # §1.4: 50 user fields per account
+        # [INFERRED] from the unsubscribe page: per-list unsubscribe cannot be undone via import
+        self.sticky_list_unsubscribe = sticky_list_unsubscribe
+        self.contacts: dict[int, Contact] = {}
+        self.by_email: dict[str, int] = {}
+        self.by_phone: dict[str, int] = {}
+        self.lists: dict[int, str] = {}
+        self.user_fields: dict[int, tuple[str, str]] = {}  # id -> (name, type)
+        self.tag_ids: dict[str, int] = {}
+        self._next = {"contact": 1, "list": 1, "field": 1, "tag": 1}
+
+    # ---- primitives ----------------------------------------------------------------------------
+
+    def _new_id(self, kind: str) -> int:
+        self._next[kind] += 1
+        return self._next[kind] - 1
+
+    def _find(self, email_or_phone: str) -> Contact | None:
+        key = email_or_phone.strip()
+        cid = self.by_email.get(key.lower()) or self.by_phone.get(key)
+        return self.contacts.get(cid) if cid else None
+
+    def _create(self) -> Contact:
+        contact = Contact(id=self._new_id("contact"), added_at=now_utc())
+        self.contacts[contact.id] = contact
+        return contact
+
+    def _set_address(self, contact: Contact, kind: str, value: str) -> None:
+        index = self.by_email if kind == "email" else self.by_phone
+        old = getattr(contact, kind)
+        if old is not None:
+            index.pop(old, None)
+        setattr(contact, kind, value)
+        index[value] = contact.id
+
+    def _remove(self, contact: Contact) -> None:
+        self.contacts.pop(contact.id, None)
+        self.by_email.pop(contact.email or "", None)
+        self.by_phone.pop(contact.phone or "", None)
+
+    def _set_tags(self, contact: Contact, tags: list[str]) -> None:
+        contact.tags = list(dict.fromkeys(tags))
+        for tag in contact.tags:
+            if tag not in self.tag_ids:
+                self.tag_ids[tag] = self._new_id("tag")
+
+    def _field_names(self) -> set[str]:
+        return {name for name, _ in self.user_fields.values()}
+
+    def _lists_json(self) -> list[dict[str, Any]]:
+        return [{"id": i, "title": title} for i, title in self.lists.items()]  # §1.6 getLists
+
+    def _fields_json(self) -> list[dict[str, Any]]:  # §1.6 getFields / item 17
+        return [
+            {"id": i, "name": name, "type": kind, "is_visible": 1, "view_pos": pos}
+            for pos, (i, (name, kind)) in enumerate(self.user_fields.items(), 1)
+        ]
+
+    def _check_field(self, name: str, kind: str) -> None:
+        if not _FIELD_NAME.match(name) or name in IMPORT_SYSTEM_FIELDS | set(EXPORT_SYSTEM_FIELDS):
+            raise ApiError("invalid_arg", f'Invalid field name "{name}"')  # §1.6 createField
+        if kind not in FIELD_TYPES:
+            raise ApiError("invalid_arg", f'Invalid field type "{kind}"')
+        if name in self._field_names():  # unique, case-sensitive
+            raise ApiError(CALL_ERROR_CODES["duplicate"], f'Field "{name}" already exists')
+        if len(self.user_fields) >= self.max_user_fields:  # §1.4: at most 50 user fields
+            raise ApiError("invalid_arg", f"Too many user fields (max {self.max_user_fields})")
 
     def _need(self, email_or_phone: str) -> Contact:
         contact = self._find(email_or_phone)
@@ -284,10 +291,7 @@ class EmulatorControls:
 
     # ---- /_emulator/: the same helpers over HTTP (JSON, no api key) ------------------------
 
-    def _admin(self, request: httpx.Request) -> httpx.Response:
-        return admin_response(self, request, self._admin_state, self._admin_post)
-
-    def _admin_state(self, query: httpx.QueryParams) -> dict[str, Any]:
+    def state_json(self, query: httpx.QueryParams) -> dict[str, Any]:
         list_id = query.get("list_id")
         rows = (
             self.contacts_in_list(int(list_id))
@@ -296,7 +300,7 @@ class EmulatorControls:
         )
         return {"lists": self._lists_json(), "fields": self._fields_json(), "contacts": rows}
 
-    def _admin_post(self, op: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    def admin_post(self, op: str, body: dict[str, Any]) -> dict[str, Any] | None:
         if op == "list":
             return {"id": self.add_list(body["title"])}
         if op == "field":
@@ -322,75 +326,3 @@ class EmulatorControls:
             raise ValueError(f"unknown action {action!r}")
         actions[action]()
         return self.get(body["new_email"] if action == "change_email" else email)
-
-
-class _Controlled(Protocol):
-    _lock: threading.RLock
-    calls: Counter[str]
-    write_calls: int
-    faults: Faults
-
-
-def admin_response(
-    emulator: _Controlled,
-    request: httpx.Request,
-    state: Callable[[httpx.QueryParams], dict[str, Any]],
-    post: Callable[[str, dict[str, Any]], dict[str, Any] | None],
-) -> httpx.Response:
-    """``/_emulator/`` for every emulator: ``state``, ``calls``, ``faults`` and ``reset-calls``
-    here, anything else through ``post`` (None: no such control). JSON in and out, no API key;
-    unknown names answer 404, bad bodies 400, a GET where a POST is due 405."""
-    op = request.url.path.removeprefix("/_emulator/").strip("/")
-    try:
-        body: dict[str, Any] = json.loads(request.content or b"{}")
-        if op == "state" and request.method == "GET":
-            with emulator._lock:
-                return httpx.Response(200, json=state(request.url.params))
-        if op == "faults" and request.method == "GET":
-            with emulator._lock:
-                faults = emulator.faults
-                return httpx.Response(
-                    200, json=faults.to_json() | {"injected": dict(sorted(faults.injected.items()))}
-                )
-        if op == "calls" and request.method == "GET":
-            with emulator._lock:
-                calls = {"calls": dict(emulator.calls), "write_calls": emulator.write_calls}
-            return httpx.Response(200, json=calls)
-        if request.method != "POST":
-            return httpx.Response(405, json={"error": "method not allowed"})
-        if op == "faults":
-            body.pop("injected", None)  # what GET answers may be posted back as it is
-            with emulator._lock:
-                emulator.faults = Faults(**body)
-                return httpx.Response(200, json=emulator.faults.to_json())
-        if op == "reset-calls":
-            with emulator._lock:
-                emulator.calls.clear()
-                emulator.write_calls = 0
-            return httpx.Response(200, json={})
-        with emulator._lock:
-            answer = post(op, body)
-        if answer is not None:
-            return httpx.Response(200, json=answer)
-    except KeyError as exc:
-        return httpx.Response(404, json={"error": f"not found: {exc}"})
-    except (ValueError, TypeError) as exc:
-        return httpx.Response(400, json={"error": str(exc)})
-    return httpx.Response(404, json={"error": f"unknown admin endpoint {op!r}"})
-
-
-class _Servable(_Controlled, Protocol):
-    def handle(self, request: httpx.Request) -> httpx.Response: ...
-
-
-def serve(
-    emulator: _Servable,
-    host: str,
-    port: int,
-    faults: Faults | None,
-    request_log: Path | None = None,
-) -> None:
-    """What `syncd emulate` ends with: the command line's faults, then serve forever."""
-    if faults is not None:
-        emulator.faults = faults
-    serve_forever(emulator.handle, host, port, request_log)

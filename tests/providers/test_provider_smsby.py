@@ -15,9 +15,9 @@ from conftest import emulator_process
 from provider_helpers import Recorder, adapter_for, form, header_and_rows, row
 
 from syncd.config import TargetConfig
+from syncd.emulators.kit import Faults
 from syncd.emulators.kit.server import EmulatorServer
 from syncd.emulators.smsby import SmsbyEmulator
-from syncd.emulators.unisender_account import Faults
 from syncd.errors import AuthError, ProviderError
 from syncd.providers import make_provider
 from syncd.providers.base import Op, PushCall, RowChange
