@@ -8,7 +8,7 @@ e.g. "Import limits") with its fidelity checklist item 19, and the importContact
 What it serves, under ``/api/v2/``:
 
 - ``importContacts``: ``token``, ``list_id``, ``field_names[j]``, ``data[i][j]``, read from the
-  query string and the body alike (checklist 19; PHP bracket arrays via ``php_params``); at most
+  query string and the body alike (checklist 19; PHP bracket arrays via ``kit.forms``); at most
   500 rows and 30 field names, one of them ``phone`` or ``email`` ("Import limits", seed 000);
   upsert by phone, then email, within the list ("Import semantics"); answer
   ``{"status": "OK", "result": {inserted, updated, invalid, log[{index, error_message}]}}``,
