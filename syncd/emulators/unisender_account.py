@@ -49,6 +49,8 @@ CALL_ERROR_CODES: dict[str, str] = {
     "not_found": "unspecified",  # §1.6 exclude/unsubscribe documented example
     "duplicate": "unspecified",
 }
+# §1.4 importContacts columns per channel (email_*, phone_*): with the plain ones, the system
+# fields, which no user field may be named after
 CHANNEL_COLS = ("status", "availability", "list_ids", "subscribe_times")
 LIST_COLS = ("list_ids", "unsubscribed_list_ids", "excluded_list_ids")
 IMPORT_SYSTEM_FIELDS = frozenset(
