@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from syncd.emulators.kit.server import serve_forever
+from syncd.emulators.kit import serve
 from syncd.emulators.unisender import UnisenderEmulator
 
 
@@ -22,7 +22,7 @@ def main() -> None:
         emulator.sign_up(
             f"user{i}@example.com", list_id, fields={"Name": f"User {i}", "City": "Minsk"}
         )
-    serve_forever(emulator.handle, "127.0.0.1", port)
+    serve(emulator, "127.0.0.1", port, None)
 
 
 if __name__ == "__main__":

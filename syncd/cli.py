@@ -446,9 +446,11 @@ def emulate_cmd(
 
     Faults can also be switched at run time: POST JSON to /_emulator/faults.
     """
-    from syncd.emulators.admin import Faults
+    import importlib
 
-    faults = Faults(
+    from syncd.emulators import kit
+
+    faults = kit.Faults(
         latency=latency,
         http_5xx_rate=http_5xx_rate,
         timeout_rate=timeout_rate,
@@ -457,25 +459,18 @@ def emulate_cmd(
         error_code="api_call_limit_exceeded_for_api_key",
         seed=seed,
     )
-    if provider in ("unisender", "selzy"):
-        from syncd.emulators import unisender
-
-        unisender.run_emulator(provider, host, port, api_key, not no_seed, faults, request_log)
-        return
-    from syncd.emulators.admin import serve
-    from syncd.emulators.netcore import NetcoreEmulator
-    from syncd.emulators.octopush import OctopushEmulator
-    from syncd.emulators.smsby import PushOnlyControls, SmsbyEmulator
-
-    push_only: dict[str, Callable[[], PushOnlyControls]] = {
-        "smsby": lambda: SmsbyEmulator(token=api_key),
-        "octopush": lambda: OctopushEmulator(api_key=api_key),
-        "netcore": lambda: NetcoreEmulator(api_key=api_key, primary_key=primary_key),
+    factories = {
+        "unisender": "syncd.emulators.unisender:make_emulator",
+        "selzy": "syncd.emulators.unisender:make_emulator",
+        "smsby": "syncd.emulators.smsby:make_emulator",
+        "octopush": "syncd.emulators.octopush:make_emulator",
+        "netcore": "syncd.emulators.netcore:make_emulator",
     }
-    emulator = push_only[provider]()
-    if not no_seed:
-        emulator.add_list("Newsletter")  # sms.by and Netcore: list 1; Octopush: by its name
-    serve(emulator, host, port, faults, request_log)
+    module, _, name = factories[provider].partition(":")
+    make_emulator: Callable[[kit.EmulatorOptions], kit.EmulatorControls]
+    make_emulator = getattr(importlib.import_module(module), name)
+    options = kit.EmulatorOptions(provider, api_key, seed=not no_seed, primary_key=primary_key)
+    kit.serve(make_emulator(options), host, port, faults, request_log)
 
 
 @main.command("demo")

@@ -24,7 +24,7 @@ use both). Every success is ``{"requestid": "<32 hex>", "result": "Success"}``; 
 ``{"result": "Invalid API key"}`` with HTTP 200 ("4.1"; the status is not stated [ASSUMED]).
 Limits [ASSUMED, from v3's batch call, "4.2"]: at most ``max_attributes`` (20) columns per row.
 
-Test controls (``PushOnlyControls`` of ``smsby.py`` plus): ``GET /_emulator/state`` (contacts,
+Test controls (the kit's ``EmulatorControls`` plus): ``GET /_emulator/state`` (contacts,
 lists, bulk jobs with the URLs they were given), ``POST /_emulator/list`` ``{"name"}``, and
 ``POST /_emulator/callbacks`` ``{"mode": "normal" | "never" | "twice", "delay": seconds}`` to
 withhold or repeat callbacks, and ``POST /_emulator/replay`` ``{"requestid", "times"}`` to send
@@ -45,9 +45,14 @@ from typing import Any
 
 import httpx
 
+from syncd.emulators.kit import (
+    EMAIL_RE,
+    EmulatorControls,
+    EmulatorOptions,
+    fault_means_later,
+    key_accepted,
+)
 from syncd.emulators.kit import forms as pp
-from syncd.emulators.smsby import PushOnlyControls, fault_means_later
-from syncd.emulators.unisender_import import EMAIL_RE
 
 MAX_ATTRIBUTES = 20  # "4.2": 20 attributes per contact (v3) [ASSUMED for apiv2]
 _MOBILE = re.compile(r"^[1-9]\d{6,14}$")  # country code and number, digits only [ASSUMED]
@@ -87,7 +92,7 @@ class BulkJob:
         }
 
 
-class NetcoreEmulator(PushOnlyControls):
+class NetcoreEmulator(EmulatorControls):
     """A Netcore account behind ``handle``; thread-safe (one lock around the state)."""
 
     write_methods = frozenset(ACTIVITIES)
@@ -160,10 +165,8 @@ class NetcoreEmulator(PushOnlyControls):
 
     # ---- the HTTP entry point
 
-    def handle(self, request: httpx.Request) -> httpx.Response:
+    def api_response(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
-        if path.startswith("/_emulator/"):
-            return self._admin(request)
         if not _ROUTE.match(path) or request.method not in ("GET", "POST"):
             return httpx.Response(404, json={"result": "Not found"})
         params = pp.request_params(request)  # "4.1": query and body alike
@@ -174,7 +177,7 @@ class NetcoreEmulator(PushOnlyControls):
         if injected is not None:
             return injected
         key = pp.scalar(params, "apikey")
-        if not key or (self.api_key is not None and key != self.api_key):
+        if not key_accepted(key, self.api_key):
             return httpx.Response(200, json={"result": "Invalid API key"})  # "4.1"
         if request.method == "GET" and activity != "delete":
             return httpx.Response(405, json={"result": "Method not allowed"})  # [ASSUMED]
@@ -347,3 +350,11 @@ class NetcoreEmulator(PushOnlyControls):
         contact[self.primary_key] = key
         if list_id is not None:
             self.lists[list_id][1].add(key)
+
+
+def make_emulator(options: EmulatorOptions) -> NetcoreEmulator:
+    """The emulator ``syncd emulate netcore`` serves; seeded: list 1 "Newsletter"."""
+    emulator = NetcoreEmulator(api_key=options.api_key, primary_key=options.primary_key)
+    if options.seed:
+        emulator.add_list("Newsletter")
+    return emulator

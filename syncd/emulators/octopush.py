@@ -41,7 +41,7 @@ from typing import Any
 
 import httpx
 
-from syncd.emulators.smsby import PushOnlyControls, fault_means_later
+from syncd.emulators.kit import EmulatorControls, EmulatorOptions, fault_means_later, key_accepted
 
 CONTACT_FIELDS = ("first_name", "last_name", "param1", "param2", "param3", "param4", "param5")
 MAX_DELETE = 200  # "Delete contacts": 1 to 200 numbers per call
@@ -82,7 +82,7 @@ class OctoContact:
         }
 
 
-class OctopushEmulator(PushOnlyControls):
+class OctopushEmulator(EmulatorControls):
     """An Octopush account behind ``handle``; thread-safe (one lock around the state)."""
 
     write_methods = frozenset(_VERBS)
@@ -159,10 +159,8 @@ class OctopushEmulator(PushOnlyControls):
 
     # ---- the HTTP entry point
 
-    def handle(self, request: httpx.Request) -> httpx.Response:
+    def api_response(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
-        if path.startswith("/_emulator/"):
-            return self._admin(request)
         route = _ROUTE.match(path)
         method = route["method"] if route else ""
         if method not in _VERBS:
@@ -173,12 +171,7 @@ class OctopushEmulator(PushOnlyControls):
         if injected is not None:
             return injected
         login, key = request.headers.get("api-login", ""), request.headers.get("api-key", "")
-        if (
-            not login
-            or not key
-            or (self.api_login is not None and login != self.api_login)
-            or (self.api_key is not None and key != self.api_key)
-        ):
+        if not (key_accepted(login, self.api_login) and key_accepted(key, self.api_key)):
             return httpx.Response(401, json={"code": 401, "message": "unauthorized"})  # "Errors"
         try:
             body = json.loads(request.content.decode("utf-8"))  # "Auth": UTF-8 JSON
@@ -290,3 +283,11 @@ def _names(body: dict[str, Any], one: str, many: str, limit: int) -> set[str]:
     if isinstance(more, list):
         names.update(_cast(v).strip() for v in more)
     return {n[:limit] for n in names if n}
+
+
+def make_emulator(options: EmulatorOptions) -> OctopushEmulator:
+    """The emulator ``syncd emulate octopush`` serves; seeded: the list "Newsletter"."""
+    emulator = OctopushEmulator(api_key=options.api_key)
+    if options.seed:
+        emulator.add_list("Newsletter")
+    return emulator

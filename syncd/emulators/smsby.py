@@ -8,7 +8,7 @@ e.g. "Import limits") with its fidelity checklist item 19, and the importContact
 What it serves, under ``/api/v2/``:
 
 - ``importContacts``: ``token``, ``list_id``, ``field_names[j]``, ``data[i][j]``, read from the
-  query string and the body alike (checklist 19; PHP bracket arrays via ``php_params``); at most
+  query string and the body alike (checklist 19; PHP bracket arrays via ``kit.forms``); at most
   500 rows and 30 field names, one of them ``phone`` or ``email`` ("Import limits", seed 000);
   upsert by phone, then email, within the list ("Import semantics"); answer
   ``{"status": "OK", "result": {inserted, updated, invalid, log[{index, error_message}]}}``,
@@ -23,24 +23,27 @@ by checklist 19); the rate-limit answer is the one documented for the login endp
 [ASSUMED]. No rate limit is enforced unless a fault asks for it (the contact API's limits are
 [UNCONFIRMED]).
 
-``PushOnlyControls`` below is the part both push-only emulators share (this one and
-``octopush.py``): call counts, the ``Faults`` of ``admin.py`` and the ``/_emulator/`` routes.
+Test controls (the kit's ``EmulatorControls`` plus): ``GET /_emulator/state[?list_id=N]`` (the
+lists and their contacts), ``POST /_emulator/list`` ``{"name"}`` (a new list's id).
 """
 
 from __future__ import annotations
 
 import re
-import threading
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from syncd.emulators.admin import Faults, admin_response
+from syncd.emulators.kit import (
+    EMAIL_RE,
+    EmulatorControls,
+    EmulatorOptions,
+    fault_means_later,
+    key_accepted,
+)
 from syncd.emulators.kit import forms as pp
-from syncd.emulators.unisender_import import EMAIL_RE
 
 MAX_ROWS = 500  # "Import limits" / seed 000
 MAX_FIELD_NAMES = 30  # "Import limits" / seed 000: phone or email is one of them
@@ -50,74 +53,6 @@ INCORRECT_EMAIL = "Incorrect email"  # [ASSUMED] wording, modelled on the phone 
 NO_ADDRESS = "Phone or email is required"  # [ASSUMED] wording
 _PHONE = re.compile(r"^[1-9]\d{6,14}$")  # "Phone format": digits, no '+', e.g. 375291111111
 _ROUTE = re.compile(r"^/api/v2/(?P<method>[A-Za-z]+)/?$")
-_LATER_CODES = frozenset({"retry_later"})  # plus every code that names a limit
-
-
-def fault_means_later(code: str) -> bool:
-    """Whether an injected error code stands for "come back later" (a rate limit)."""
-    return code in _LATER_CODES or "limit" in code
-
-
-class PushOnlyControls:
-    """What tests drive a push-only emulator with (shared by ``smsby.py`` and ``octopush.py``).
-
-    - ``GET  /_emulator/state``: the account (``state_json``; query parameters filter it)
-    - ``GET  /_emulator/calls``: API calls per method and the count of write calls
-    - ``POST /_emulator/faults``: replace the ``Faults`` (body: its fields); ``reset-calls``
-    - ``POST /_emulator/<op>``: the emulator's own controls (``admin_post``)
-
-    As in ``admin.py``: unknown names answer 404, bad bodies 400, a GET where a POST is due 405.
-    """
-
-    write_methods: frozenset[str] = frozenset()
-
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self.faults = Faults()
-        self.calls: Counter[str] = Counter()
-        self.write_calls = 0
-
-    # ---- what each emulator provides
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        """The API itself, ``/_emulator/`` included (``_admin``)."""
-        raise NotImplementedError
-
-    def add_list(self, name: str) -> object:
-        """A new empty list (what ``syncd emulate`` seeds as "Newsletter")."""
-        raise NotImplementedError
-
-    def state_json(self, query: httpx.QueryParams) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def admin_post(self, op: str, body: dict[str, Any]) -> dict[str, Any] | None:
-        """Answer one emulator-specific control; None: no such control."""
-        return None
-
-    def fault_answer(self, code: str, headers: dict[str, str] | None) -> httpx.Response:
-        """The provider's own answer for an injected error ``code``."""
-        raise NotImplementedError
-
-    # ---- shared
-
-    def enter(self, method: str) -> httpx.Response | None:
-        """Count one API call and roll its faults; a response here is the call's answer."""
-        with self._lock:
-            self.calls[method] += 1
-            if method in self.write_methods:
-                self.write_calls += 1
-            inject = self.faults.draw(method)
-        injected = inject()  # sleeps or drops outside the lock
-        if injected is None or not injected.headers.get("content-type", "").startswith(
-            "application/json"
-        ):
-            return injected  # served normally, or an HTTP 5xx page
-        # ``Faults.draw`` shapes an error-code fault as Unisender's envelope: answer in ours.
-        retry = {"Retry-After": self.faults.retry_after} if self.faults.retry_after else None
-        return self.fault_answer(str(injected.json().get("code") or ""), retry)
-
-    def _admin(self, request: httpx.Request) -> httpx.Response:
-        return admin_response(self, request, self.state_json, self.admin_post)
 
 
 # --------------------------------------------------------------------------- sms.by state
@@ -163,7 +98,7 @@ class SubscriberList:
             index[value] = sub
 
 
-class SmsbyEmulator(PushOnlyControls):
+class SmsbyEmulator(EmulatorControls):
     """An sms.by account behind ``handle``; thread-safe (one lock around the state)."""
 
     write_methods = frozenset({"importContacts", "createSubscriberList"})
@@ -223,11 +158,8 @@ class SmsbyEmulator(PushOnlyControls):
 
     # ---- the HTTP entry point
 
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        path = request.url.path
-        if path.startswith("/_emulator/"):
-            return self._admin(request)
-        route = _ROUTE.match(path)
+    def api_response(self, request: httpx.Request) -> httpx.Response:
+        route = _ROUTE.match(request.url.path)
         method = route["method"] if route else ""
         if method not in self._methods or request.method not in ("GET", "POST"):
             return httpx.Response(404, json={"error": "Not found"})
@@ -236,7 +168,7 @@ class SmsbyEmulator(PushOnlyControls):
             return injected
         params = pp.request_params(request)  # checklist 19: query and body
         token = pp.scalar(params, "token")  # "Auth"
-        if not token or (self.token is not None and token != self.token):
+        if not key_accepted(token, self.token):
             return httpx.Response(403, json={"error": "Access denied"})  # "Errors" [ASSUMED body]
         with self._lock:
             try:
@@ -324,3 +256,11 @@ def _check(values: dict[str, str]) -> str | None:
     if not phone and not email:
         return NO_ADDRESS
     return None
+
+
+def make_emulator(options: EmulatorOptions) -> SmsbyEmulator:
+    """The emulator ``syncd emulate smsby`` serves; seeded: list 1 "Newsletter"."""
+    emulator = SmsbyEmulator(token=options.api_key)
+    if options.seed:
+        emulator.add_list("Newsletter")
+    return emulator

@@ -17,11 +17,11 @@ the exported ``email_status`` is the ACCOUNT-level status (§1.6 unsubscribe: pe
 (same for phone). So syncd must request ``email_unsubscribed_list_ids`` (and the phone twin) in
 ``field_names`` and fold both into its per-list status.
 
-Layout: this module holds the account state, the HTTP entry point (routing, auth, rate limits)
-and every API method but one; ``unisender_import.py`` holds the importContacts rules (and the
-call-error and argument helpers all methods share); ``admin.py`` holds what tests drive the
-emulator with: ``Faults``, the in-process helpers (``EmulatorControls``, the base class of
-``UnisenderEmulator``) and the ``/_emulator/`` routes.
+Layout: ``unisender_account.py`` holds the account state, the call-level error and what tests
+drive the account with (in-process helpers, the ``/_emulator/`` state and controls);
+``unisender_import.py`` holds the importContacts rules and the argument readers; this module holds
+the HTTP entry point (routing, auth, rate limits, injected faults) and every other API method.
+``make_emulator`` builds the emulator ``syncd emulate unisender|selzy`` serves.
 """
 
 from __future__ import annotations
@@ -31,82 +31,40 @@ import html
 import io
 import json
 import re
-import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from syncd.emulators.admin import (
-    EmulatorControls,
-    serve,  # re-exported (public API of this module)
-)
-from syncd.emulators.admin import Faults as Faults
+from syncd.emulators.kit import EMAIL_RE, EmulatorOptions, key_accepted
 from syncd.emulators.kit import forms as pp
-from syncd.emulators.unisender_import import CALL_ERROR_CODES as CALL_ERROR_CODES  # re-exported
-from syncd.emulators.unisender_import import (
-    EMAIL_RE,
-    IMPORT_SYSTEM_FIELDS,
-    MAX_TAGS,
+from syncd.emulators.unisender_account import (
+    CALL_ERROR_CODES,
+    EXPORT_SYSTEM_FIELDS,
     ApiError,
-    apply_lists,
+    Contact,
+    UnisenderAccount,
     error_response,
+)
+from syncd.emulators.unisender_import import (
+    MAX_TAGS,
+    apply_lists,
     flag_arg,
     ids_arg,
     import_contacts,
     int_arg,
-    now_utc,
     required_arg,
 )
-from syncd.emulators.unisender_import import LOG_CODES as LOG_CODES  # re-exported
 
-# §1.5 export system field names (the *_excluded_list_ids and tags names are unverified)
-EXPORT_SYSTEM_FIELDS = (  # noqa: SIM905
-    "id email email_status email_availability email_add_time email_request_ip email_confirm_time "
-    "email_confirm_ip email_list_ids email_subscribe_times email_unsubscribed_list_ids "
-    "email_excluded_list_ids email_last_delivered_at email_last_read_at email_last_clicked_at "
-    "phone phone_status phone_availability phone_add_time phone_request_ip phone_list_ids "
-    "phone_subscribe_times phone_unsubscribed_list_ids phone_excluded_list_ids tags"
-).split()
-FIELD_TYPES = ("string", "text", "number", "date", "bool")  # §1.6 createField
 WRITE_METHODS = frozenset(
     "importContacts createList createField deleteField exclude unsubscribe subscribe".split()  # noqa: SIM905
 )
 MAX_EXPORT_PAGE = 1000  # §1.5: legacy exportContacts page
 _ROUTE = re.compile(r"^/(?P<lang>[A-Za-z]{2})/api/(?P<async>async/)?(?P<method>[A-Za-z]+)/?$")
-_FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")  # §1.6 createField / item 17
-
-
-@dataclass
-class Contact:
-    id: int
-    added_at: str
-    email: str | None = None
-    phone: str | None = None
-    email_status: str = ""
-    phone_status: str = ""
-    lists: set[int] = field(default_factory=set)
-    unsubscribed: set[int] = field(default_factory=set)
-    excluded: set[int] = field(default_factory=set)
-    subscribed_at: dict[int, str] = field(default_factory=dict)
-    tags: list[str] = field(default_factory=list)
-    fields: dict[str, str] = field(default_factory=dict)
-
-    def in_list(self, list_id: int) -> bool:
-        """Export membership (§1.5/§1.6): subscribed or unsubscribed there, and not excluded."""
-        return list_id in (self.lists | self.unsubscribed) and list_id not in self.excluded
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        for name in ("lists", "unsubscribed", "excluded"):
-            data[name] = sorted(data[name])
-        data["subscribed_at"] = {str(k): v for k, v in self.subscribed_at.items()}
-        return data
 
 
 @dataclass
@@ -140,8 +98,10 @@ def _ok(result: Any, **extra: Any) -> httpx.Response:
     return httpx.Response(200, json={"result": result, **extra})  # item 6
 
 
-class UnisenderEmulator(EmulatorControls):
+class UnisenderEmulator(UnisenderAccount):
     """The whole provider account behind ``handle``; thread-safe (one lock around state)."""
+
+    write_methods = WRITE_METHODS
 
     def __init__(
         self,
@@ -156,61 +116,40 @@ class UnisenderEmulator(EmulatorControls):
     ) -> None:
         if brand not in ("unisender", "selzy"):
             raise ValueError(f"unknown brand {brand!r}")
+        super().__init__(max_user_fields, sticky_list_unsubscribe=sticky_list_unsubscribe)
         self.api_key, self.brand = api_key, brand  # item 1: both brands behave the same
         self.export_polls = export_polls
-        self.max_user_fields = max_user_fields  # §1.4: 50 user fields per account
-        # [INFERRED] from the unsubscribe page: per-list unsubscribe cannot be undone via import
-        self.sticky_list_unsubscribe = sticky_list_unsubscribe
-        self.faults = Faults()
-        self.calls: Counter[str] = Counter()
-        self.write_calls = 0
-        self._lock = threading.RLock()
         self._limits = _Windows(rate_limit_per_minute)  # §1.3: 1200/min per key and per IP
         self._export_limits = _Windows(export_rate_limit)  # §1.3: async export 20 per 60 s
-        self.contacts: dict[int, Contact] = {}
-        self.by_email: dict[str, int] = {}
-        self.by_phone: dict[str, int] = {}
-        self.lists: dict[int, str] = {}
-        self.user_fields: dict[int, tuple[str, str]] = {}  # id -> (name, type)
-        self.tag_ids: dict[str, int] = {}
         self.tasks: dict[str, ExportTask] = {}
-        self._next = {"contact": 1, "list": 1, "field": 1, "tag": 1}
-
-    def _new_id(self, kind: str) -> int:
-        self._next[kind] += 1
-        return self._next[kind] - 1
 
     # ---- the HTTP entry point -------------------------------------------------------------
 
-    def handle(self, request: httpx.Request) -> httpx.Response:
+    def api_response(self, request: httpx.Request) -> httpx.Response:
         response = self._answer(request)
-        if self.faults.echo_request and not request.url.path.startswith("/_emulator/"):
+        if self.faults.echo_request:
             response = _echoing(request, response)
         return response
 
+    def fault_answer(self, code: str, headers: dict[str, str] | None) -> httpx.Response:
+        return error_response(code, f"Injected fault: {code}", headers)
+
     def _answer(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
-        if path.startswith("/_emulator/"):
-            return self._admin(request)
         if path.startswith("/_files/"):
             with self._lock:
-                inject = self.faults.draw("download", envelope=False)
+                inject = self.faults.draw("download", None)  # a file: no error envelope
             return inject() or self._download(path.removeprefix("/_files/"))
         route = _ROUTE.match(path)  # item 1: /{lang}/api/{method} and /{lang}/api/async/{method}
         if route is None or request.method not in ("GET", "POST"):
             return httpx.Response(404, text="Not Found")
         method = ("async/" if route["async"] else "") + route["method"]
-        with self._lock:
-            self.calls[method] += 1
-            if method in WRITE_METHODS:
-                self.write_calls += 1
-            inject = self.faults.draw(method)
-        injected = inject()  # sleeps or drops outside the lock; a response ends the call here
+        injected = self.enter(method)  # a response ends the call here
         if injected is not None:
             return injected
         params = pp.request_params(request)  # items 2-4: query + body, PHP brackets
         key = pp.scalar(params, "api_key")  # §1.1 Auth: only the api_key parameter
-        if not key or (self.api_key is not None and key != self.api_key):
+        if not key_accepted(key, self.api_key):
             return error_response("invalid_api_key", "Invalid API key")  # §1.2 codes
         ip = str((request.extensions.get("client_addr") or ("127.0.0.1",))[0])
         with self._lock:
@@ -253,59 +192,6 @@ class UnisenderEmulator(EmulatorControls):
             last = body.rfind("\n") + 1
             text = body[: last + max(1, (len(body) - last) // 2)]
         return httpx.Response(200, content=text.encode(), headers={"Content-Type": "text/csv"})
-
-    # ---- state helpers ----------------------------------------------------------------------
-
-    def _find(self, email_or_phone: str) -> Contact | None:
-        key = email_or_phone.strip()
-        cid = self.by_email.get(key.lower()) or self.by_phone.get(key)
-        return self.contacts.get(cid) if cid else None
-
-    def _create(self) -> Contact:
-        contact = Contact(id=self._new_id("contact"), added_at=now_utc())
-        self.contacts[contact.id] = contact
-        return contact
-
-    def _set_address(self, contact: Contact, kind: str, value: str) -> None:
-        index = self.by_email if kind == "email" else self.by_phone
-        old = getattr(contact, kind)
-        if old is not None:
-            index.pop(old, None)
-        setattr(contact, kind, value)
-        index[value] = contact.id
-
-    def _remove(self, contact: Contact) -> None:
-        self.contacts.pop(contact.id, None)
-        self.by_email.pop(contact.email or "", None)
-        self.by_phone.pop(contact.phone or "", None)
-
-    def _set_tags(self, contact: Contact, tags: list[str]) -> None:
-        contact.tags = list(dict.fromkeys(tags))
-        for tag in contact.tags:
-            if tag not in self.tag_ids:
-                self.tag_ids[tag] = self._new_id("tag")
-
-    def _field_names(self) -> set[str]:
-        return {name for name, _ in self.user_fields.values()}
-
-    def _lists_json(self) -> list[dict[str, Any]]:
-        return [{"id": i, "title": title} for i, title in self.lists.items()]  # §1.6 getLists
-
-    def _fields_json(self) -> list[dict[str, Any]]:  # §1.6 getFields / item 17
-        return [
-            {"id": i, "name": name, "type": kind, "is_visible": 1, "view_pos": pos}
-            for pos, (i, (name, kind)) in enumerate(self.user_fields.items(), 1)
-        ]
-
-    def _check_field(self, name: str, kind: str) -> None:
-        if not _FIELD_NAME.match(name) or name in IMPORT_SYSTEM_FIELDS | set(EXPORT_SYSTEM_FIELDS):
-            raise ApiError("invalid_arg", f'Invalid field name "{name}"')  # §1.6 createField
-        if kind not in FIELD_TYPES:
-            raise ApiError("invalid_arg", f'Invalid field type "{kind}"')
-        if name in self._field_names():  # unique, case-sensitive
-            raise ApiError(CALL_ERROR_CODES["duplicate"], f'Field "{name}" already exists')
-        if len(self.user_fields) >= self.max_user_fields:  # §1.4: at most 50 user fields
-            raise ApiError("invalid_arg", f"Too many user fields (max {self.max_user_fields})")
 
     # ---- API methods ------------------------------------------------------------------------
 
@@ -538,19 +424,12 @@ def _echoing(request: httpx.Request, response: httpx.Response) -> httpx.Response
     return error_response(str(body.get("code")), f"{html.unescape(body['error'])} ({quoted})")
 
 
-def run_emulator(
-    brand: str,
-    host: str,
-    port: int,
-    api_key: str | None,
-    seed_list: bool,
-    faults: Faults | None = None,
-    request_log: Path | None = None,
-) -> None:
-    """Build an emulator (optionally with list 1 "Newsletter" and fields Name, City) and serve."""
-    emulator = UnisenderEmulator(api_key=api_key, brand=brand)
-    if seed_list:
+def make_emulator(options: EmulatorOptions) -> UnisenderEmulator:
+    """The emulator ``syncd emulate unisender|selzy`` serves; seeded: list 1 "Newsletter" and
+    the fields Name and City."""
+    emulator = UnisenderEmulator(api_key=options.api_key, brand=options.provider)
+    if options.seed:
         emulator.add_list("Newsletter")
         emulator.add_field("Name")
         emulator.add_field("City")
-    serve(emulator, host, port, faults, request_log)
+    return emulator

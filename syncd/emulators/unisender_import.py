@@ -7,25 +7,27 @@ and list columns (``_row_lists``, ``apply_lists``; the ``subscribe`` method reus
 Sources are cited as in ``unisender.py``: §1.x of ``/work/shared/providers/unisender-selzy.md``,
 "item N" of its emulator checklist, "seed 002" for the providers' importContacts page.
 
-This module is also the bottom layer: it defines the call-level error (``ApiError``, its envelope
-and configurable codes), the argument helpers and the timestamp format every API method shares,
-so that ``unisender.py`` and ``admin.py`` import from it and it imports neither (the emulator is
-only a type here).
+It works on the account of ``unisender_account.py`` and also holds the argument readers every
+API method shares (``ids_arg``, ``flag_arg``, ``required_arg``, ``int_arg``); ``unisender.py``
+builds on both.
 """
 
 from __future__ import annotations
 
-import html
 import re
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import httpx
-
+from syncd.emulators.kit import EMAIL_RE
 from syncd.emulators.kit import forms as pp
-
-if TYPE_CHECKING:
-    from syncd.emulators.unisender import Contact, UnisenderEmulator
+from syncd.emulators.unisender_account import (
+    CALL_ERROR_CODES,
+    IMPORT_SYSTEM_FIELDS,
+    LIST_COLS,
+    ApiError,
+    Contact,
+    UnisenderAccount,
+    now_utc,
+)
 
 # Per-row importContacts log codes. seed 002 documents `e_email_invalid` ("Invalid email format"),
 # `e_phone_not_unique` ("Duplicate telephone number") and, for a role-based address, the code
@@ -45,15 +47,6 @@ LOG_CODES: dict[str, str] = {
     "times_mismatch": "e_subscribe_times_invalid",  # placeholder
     "owned_by_different": "unspecified",  # §1.2: an *untyped* error; text below
 }
-# Call-level error codes that no source pins down (item 9: "make configurable").
-CALL_ERROR_CODES: dict[str, str] = {
-    "too_many_rows": "invalid_arg",
-    "no_key_column": "invalid_arg",
-    "unknown_field": "invalid_arg",
-    "missing_arg": "invalid_arg",
-    "not_found": "unspecified",  # §1.6 exclude/unsubscribe documented example
-    "duplicate": "unspecified",
-}
 # §1.4 / seed 002: info@, sales@, no-reply@, all@ "… and similar"; the rest are common role names.
 ROLE_LOCAL_PARTS = frozenset(
     "info sales no-reply noreply all admin administrator support postmaster webmaster abuse "  # noqa: SIM905
@@ -61,36 +54,9 @@ ROLE_LOCAL_PARTS = frozenset(
 )
 IMPORT_EMAIL_STATUSES = ("new", "active", "inactive", "unsubscribed")  # §1.4 email_status
 IMPORT_PHONE_STATUSES = ("new", "active", "inactive", "unsubscribed")  # §1.4 "same meaning"
-_CHANNEL_COLS = ("status", "availability", "list_ids", "subscribe_times")
-_LIST_COLS = ("list_ids", "unsubscribed_list_ids", "excluded_list_ids")
-IMPORT_SYSTEM_FIELDS = frozenset(
-    ["delete", "tags", "email", "phone"]
-    + [f"{ch}_{c}" for ch in ("email", "phone") for c in _CHANNEL_COLS + _LIST_COLS]
-)
 MAX_ROWS, MAX_TAGS = 500, 10  # §1.4: rows per call, tags per contact
-EMAIL_RE = re.compile(r"^[^@\s,;\"<>]+@[^@\s,;\"<>]+\.[A-Za-z]{2,}$")
 _PHONE = re.compile(r"^\+?[1-9]\d{6,14}$")  # §1.4: international format, e.g. +79261232323
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}( \d{2}:\d{2}:\d{2})?$")  # §1.4 email_subscribe_times
-
-
-class ApiError(Exception):
-    """A call-level error: answered as the §1.2 ``{"error", "code", "result": ""}`` envelope."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-def error_response(
-    code: str, message: str, headers: dict[str, str] | None = None
-) -> httpx.Response:
-    # §1.2 / item 6: HTTP 200, HTML-escaped text, `result: ""` always present
-    body = {"error": html.escape(message, quote=False), "code": code, "result": ""}
-    return httpx.Response(200, json=body, headers=headers)
-
-
-def now_utc() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")  # §1.7 / item 18: UTC, no "T"
 
 
 def ids_arg(value: str) -> list[int]:
@@ -134,7 +100,7 @@ class _RowError(Exception):
 # ---- importContacts (§1.4, seed 001/002, items 9-13) --------------------------------------------
 
 
-def import_contacts(emu: UnisenderEmulator, p: pp.Params) -> dict[str, Any]:
+def import_contacts(emu: UnisenderAccount, p: pp.Params) -> dict[str, Any]:
     """The importContacts result: ``total``, the counters and the per-row ``log``."""
     cols = {i: v.strip() for i, v in pp.indexed(p.get("field_names")) if isinstance(v, str)}
     names = set(cols.values())
@@ -181,7 +147,7 @@ def import_contacts(emu: UnisenderEmulator, p: pp.Params) -> dict[str, Any]:
     return {"total": len(rows), **counts, "log": log}
 
 
-def _refuse_injected(emu: UnisenderEmulator, table: list[tuple[int, dict[str, str]]]) -> None:
+def _refuse_injected(emu: UnisenderAccount, table: list[tuple[int, dict[str, str]]]) -> None:
     """The injected whole-call refusal (``Faults.refuse_rate``): one picked row in the data and
     nothing applies, answered like the §1.2 untyped errors that name the contacts at fault."""
     if emu.faults.refuse_rate <= 0 or not emu.faults.hits("importContacts"):
@@ -194,7 +160,7 @@ def _refuse_injected(emu: UnisenderEmulator, table: list[tuple[int, dict[str, st
 
 
 def _import_row(
-    emu: UnisenderEmulator,
+    emu: UnisenderAccount,
     cells: dict[str, str],
     seen: set[str],
     overwrite_tags: bool,
@@ -264,13 +230,13 @@ def _import_row(
 
 
 def _row_lists(
-    emu: UnisenderEmulator, cells: dict[str, str]
+    emu: UnisenderAccount, cells: dict[str, str]
 ) -> tuple[dict[str, list[int]], dict[int, str]]:
     """The row's list columns as {column: ids} plus subscribe times per list id."""
     ops: dict[str, list[int]] = {}
     times: dict[int, str] = {}
     try:
-        for col in _LIST_COLS:
+        for col in LIST_COLS:
             for ch in ("email", "phone"):
                 if f"{ch}_{col}" in cells:
                     ops.setdefault(col, []).extend(ids_arg(cells[f"{ch}_{col}"]))
@@ -301,7 +267,7 @@ def apply_lists(
     sticky: bool,
 ) -> None:
     """Apply list columns to a contact. ``sticky``: a per-list unsubscribe survives a later
-    ``list_ids`` for that list ([INFERRED], see ``UnisenderEmulator.sticky_list_unsubscribe``)."""
+    ``list_ids`` for that list ([INFERRED], see ``UnisenderAccount.sticky_list_unsubscribe``)."""
     if not ops:
         return
     old_unsubscribed = set(c.unsubscribed)

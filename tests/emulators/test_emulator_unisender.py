@@ -17,9 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
+from syncd.emulators.kit import Faults
 from syncd.emulators.kit import forms as pp
 from syncd.emulators.kit.server import EmulatorServer
-from syncd.emulators.unisender import LOG_CODES, Faults, UnisenderEmulator
+from syncd.emulators.unisender import UnisenderEmulator
+from syncd.emulators.unisender_import import LOG_CODES
 
 KEY = "secret-key"
 
@@ -522,10 +524,11 @@ def test_server_timeout(emu: UnisenderEmulator) -> None:
         assert c.post("/en/api/getLists", data={"api_key": KEY}).json()["result"][0]["id"] == 1
 
 
-def test_run_emulator_subprocess_stops_on_sigterm(tmp_path: Path) -> None:
+def test_a_served_emulator_process_stops_on_sigterm(tmp_path: Path) -> None:
     code = (
-        "from syncd.emulators.unisender import run_emulator;"
-        "run_emulator('selzy', '127.0.0.1', 0, None, True)"
+        "from syncd.emulators.kit import EmulatorOptions, serve;"
+        "from syncd.emulators.unisender import make_emulator;"
+        "serve(make_emulator(EmulatorOptions('selzy', None, seed=True)), '127.0.0.1', 0, None)"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code],

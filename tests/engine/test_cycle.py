@@ -216,7 +216,7 @@ def test_plan_writes_nothing_anywhere(world: World):
 
 
 def test_rows_refused_for_now_are_named_in_the_message_and_sent_again(world: World):
-    from syncd.emulators.admin import Faults
+    from syncd.emulators.kit import Faults
 
     world.add_local(5)
     world.emu.faults = Faults(row_reject_rate=1.0, seed=1)  # every row: "retry_later"

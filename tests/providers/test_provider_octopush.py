@@ -15,7 +15,7 @@ from conftest import emulator_process
 from provider_helpers import Recorder, adapter_for, row
 
 from syncd.config import TargetConfig
-from syncd.emulators.admin import Faults
+from syncd.emulators.kit import Faults
 from syncd.emulators.kit.server import EmulatorServer
 from syncd.emulators.octopush import OctopushEmulator
 from syncd.errors import AuthError, ProviderError

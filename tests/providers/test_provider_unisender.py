@@ -15,8 +15,9 @@ from provider_helpers import Handler, Recorder, form, header_and_rows, row
 
 from syncd.config import TargetConfig
 from syncd.core.projection import Projection
+from syncd.emulators.kit import Faults
 from syncd.emulators.kit.server import EmulatorServer
-from syncd.emulators.unisender import Faults, UnisenderEmulator
+from syncd.emulators.unisender import UnisenderEmulator
 from syncd.errors import AuthError, ExportIncomplete, ProviderError, ProviderUnreachable
 from syncd.providers import make_provider
 from syncd.providers.base import PushCall, RemoteContact

@@ -1,0 +1,13 @@
+"""The checks several emulators make the same way: an email address's shape and the API key a
+call carries. A check one provider words or draws its own way stays in that provider's file."""
+
+from __future__ import annotations
+
+import re
+
+EMAIL_RE = re.compile(r"^[^@\s,;\"<>]+@[^@\s,;\"<>]+\.[A-Za-z]{2,}$")
+
+
+def key_accepted(given: str, expected: str | None) -> bool:
+    """A credential passes when it is given and, if the account has one (``expected``), equal."""
+    return bool(given) and (expected is None or given == expected)
