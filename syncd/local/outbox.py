@@ -35,17 +35,18 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 from pydantic import Field as PydanticField
 from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
-from sqlmodel import Field, Session, SQLModel, col
+from sqlmodel import Session, col
 
 from syncd.clock import stamp
 from syncd.core.projection import OPTED_OUT, Projection, Status
+from syncd.store.models import OutboxEvent
 
 if TYPE_CHECKING:
     from syncd.engine.result import RemoteChange
@@ -265,19 +266,7 @@ def schema_text() -> str:
     return json.dumps(event_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
-# -- the outbox table ---------------------------------------------------------------------
-
-
-class OutboxEvent(SQLModel, table=True):
-    """An event recorded with its mirror change and not yet written to a file."""
-
-    __tablename__ = "outbox_event"
-    # AUTOINCREMENT: seq never reuses a flushed row's number, so it orders events for good.
-    __table_args__: ClassVar[dict[str, Any]] = {"sqlite_autoincrement": True}
-
-    seq: int | None = Field(default=None, primary_key=True)
-    hour: str = Field(index=True)  # YYYY-MM-DDTHH, UTC: the file it goes to
-    body: str  # the event as one line of JSON
+# -- the outbox table (declared in syncd.store.models) ------------------------------------
 
 
 def ensure_table(engine: Engine) -> None:

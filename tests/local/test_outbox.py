@@ -18,8 +18,9 @@ from sqlmodel import Session
 from syncd.core.projection import Projection
 from syncd.engine.result import RemoteChange
 from syncd.local import outbox
-from syncd.local.outbox import ChangeEvent, OutboxEvent, event_schema, flush, record
+from syncd.local.outbox import ChangeEvent, event_schema, flush, record
 from syncd.store import open_engine
+from syncd.store.models import OutboxEvent
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "change-event.schema.json"
 T0 = datetime(2025, 3, 9, 14, 59, 58, tzinfo=UTC)
