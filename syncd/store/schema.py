@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import MetaData
 from sqlmodel import SQLModel
 
-from syncd.store import models  # noqa: F401 - declares every table on SQLModel.metadata
+import syncd.store.models  # noqa: F401 - declares every table on SQLModel.metadata
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
