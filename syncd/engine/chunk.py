@@ -28,9 +28,8 @@ from sqlmodel import Session
 import syncd.engine.confirm_later as confirm_later
 import syncd.engine.records as records
 from syncd.core.batching import Batch, Batcher
-from syncd.core.projection import Projection
+from syncd.core.projection import Projection, RemoteChange
 from syncd.core.reconcile import Decision, Take, reconcile
-from syncd.engine.result import RemoteChange
 from syncd.engine.stage import project_local
 from syncd.engine.state import CycleState
 from syncd.providers.base import RowChange
