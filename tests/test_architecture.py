@@ -1,17 +1,29 @@
-"""Imports point down the layers drawn in ``shared/STYLE.md``, and no import closes a circle.
+"""Imports point down the layers, no import closes a circle, and the package shows its layout.
+
+The layers, lowest first (``MAY_IMPORT`` says exactly what each may use)::
+
+    leaf       errors, clock, logs, schedule, metrics (and syncd/__init__)
+    core       pure values and rules                      -> leaf
+    config                                                -> leaf
+    store      tables, transactions, migrations           -> core, config, leaf
+    providers  adapters and their registry                -> core, config, leaf
+    local      ingest, inbox, outbox, export              -> store and below
+    engine     one cycle for one target                   -> store, providers and below
+    emulators  (kit: their server and shared parts)       -> emulators and kit only
+    commands   the library behind each command, schemas   -> all of the above
+    daemon                                                -> commands and below
+    cli        cli, __main__                              -> anything
 
 Every module under ``syncd/`` is parsed (never imported) and EVERY import is read: at module
 level, inside functions and methods, and under ``if TYPE_CHECKING:``. An import that only a type
 checker runs still ties the two modules together for a reader, and it is usually the first step
-of a circle.
-
-How a statement is read:
+of a circle. How a statement is read:
 
 - ``import a.b.c`` imports ``a.b.c``;
 - ``from a.b import c`` imports ``a.b.c`` when that is a module, and ``a.b`` itself in any case:
-  the names are read from the package's namespace, so the statement runs ``a/b/__init__.py``
-  and depends on it being complete (this is how ``engine/__init__`` <-> ``engine/chunk`` is a
-  circle);
+  the names are read from the package's namespace, so the statement runs ``a/b/__init__.py`` and
+  depends on it being complete (a step of ``syncd.engine`` that wrote ``from syncd.engine import
+  records`` would close a circle with the package, which imports the step);
 - relative imports are resolved against the importing module's package.
 
 The parent packages Python imports on the way to a module are not counted: every module would
@@ -46,7 +58,7 @@ ROOT_MODULES = {
 
 #: Which layer each module belongs to: the longest matching prefix wins.
 LAYER_OF_PREFIX = {
-    "syncd": "cli",  # the package's own __init__ holds only the version; imports nothing
+    "syncd": "leaf",  # the package's own __init__ holds only the version and imports nothing
     "syncd.errors": "leaf",
     "syncd.clock": "leaf",
     "syncd.logs": "leaf",
@@ -259,11 +271,7 @@ def test_the_package_root_holds_only_the_cross_cutting_modules() -> None:
 
 @pytest.mark.parametrize(
     "init",
-    sorted(
-        p.relative_to(ROOT).as_posix()
-        for p in PACKAGE.rglob("__init__.py")
-        if "migrations" not in p.parts
-    ),
+    sorted(p.relative_to(ROOT).as_posix() for p in PACKAGE.rglob("__init__.py")),
 )
 def test_each_package_says_what_it_owns(init: str) -> None:
     tree = ast.parse((ROOT / init).read_text(encoding="utf-8"))

@@ -21,6 +21,8 @@ comes out (``CycleOptions``, ``CycleResult``) is in ``result``. The decisions th
 ``syncd.core.reconcile``'s, pure; the batches are ``syncd.core.batching``'s.
 
 The steps import each other by module path, never through this package, which imports them.
+The engine may import ``core``, ``store``, ``providers``, ``config`` and the cross-cutting root
+modules; never the local side, commands, the daemon or the CLI.
 """
 
 from __future__ import annotations
