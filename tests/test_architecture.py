@@ -21,9 +21,9 @@ of a circle. How a statement is read:
 
 - ``import a.b.c`` imports ``a.b.c``;
 - ``from a.b import c`` imports ``a.b.c`` when that is a module, and ``a.b`` itself in any case:
-  the names are read from the package's namespace, so the statement runs ``a/b/__init__.py`` and
-  depends on it being complete (a step of ``syncd.engine`` that wrote ``from syncd.engine import
-  records`` would close a circle with the package, which imports the step);
+  the statement runs ``a/b/__init__.py`` first and looks the names up in its namespace (so a step
+  of ``syncd.engine`` that wrote ``from syncd.engine import records`` would close a circle with
+  the package, which imports the step);
 - relative imports are resolved against the importing module's package.
 
 The parent packages Python imports on the way to a module are not counted: every module would
