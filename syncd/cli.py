@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from syncd import __version__
+from syncd import __version__, schemas
 from syncd.commands import cycles
 from syncd.config import Config, load_config
 from syncd.engine.result import CycleOptions, CycleResult
@@ -481,6 +481,76 @@ def demo_cmd(contacts: int, keep: str | None) -> None:
     from syncd.commands.demo import run_demo
 
     sys.exit(run_demo(contacts, keep, click.echo))
+
+
+# --- the schemas of syncd's files ---------------------------------------------------------
+
+
+@main.group("schemas")
+def schemas_group() -> None:
+    """Generate or check the JSON Schemas in schemas/ and the README's configuration reference."""
+
+
+schema_dir_option = click.option(
+    "--dir",
+    "folder",
+    type=click.Path(file_okay=False),
+    default="schemas",
+    show_default=True,
+    help="The schema folder.",
+)
+readme_option = click.option(
+    "--readme",
+    type=click.Path(dir_okay=False),
+    default="README.md",
+    show_default=True,
+    help="The README holding the configuration reference block (skipped if missing).",
+)
+
+
+@schemas_group.command("write")
+@schema_dir_option
+@readme_option
+def schemas_write_cmd(folder: str, readme: str) -> None:
+    """Regenerate the schema files and the README's reference."""
+    for path in schemas.write_all(folder):
+        click.echo(f"wrote {path}")
+    if not Path(readme).exists():
+        return
+    try:
+        if schemas.write_readme(readme):
+            click.echo(f"updated the configuration reference in {readme}")
+    except ValueError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+
+
+@schemas_group.command("check")
+@schema_dir_option
+@readme_option
+def schemas_check_cmd(folder: str, readme: str) -> None:
+    """List stale schema files and README reference; exit 1 if any."""
+    problems = schemas.check_all(folder)
+    if Path(readme).exists():
+        problems += schemas.readme_problems(readme)
+    for problem in problems:
+        click.echo(problem, err=True)
+    sys.exit(1 if problems else 0)
+
+
+@schemas_group.command("reference")
+def schemas_reference_cmd() -> None:
+    """Print the configuration reference (Markdown) the README holds."""
+    click.echo(schemas.config_reference_markdown(), nl=False)
+
+
+@schemas_group.command("show")
+@click.argument(
+    "name", type=click.Choice([n.removesuffix(".schema.json") for n in schemas.GENERATORS])
+)
+def schemas_show_cmd(name: str) -> None:
+    """Print a schema file; change-event describes one outbox line."""
+    click.echo(schemas.schema_texts()[f"{name}.schema.json"], nl=False)
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m syncd`

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,9 +25,6 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-
-if TYPE_CHECKING:  # at run time this would make providers.http -> metrics -> engine circular
-    from syncd.engine.result import CycleResult
 
 # prometheus-client leaves this one unannotated; naming its type keeps strict mypy quiet
 # whether or not a later release annotates it.
@@ -52,6 +49,21 @@ ROW_OPERATIONS: Mapping[str, tuple[str, ...]] = {
 }
 
 INBOX_OUTCOMES = ("processed", "failed")
+
+
+class FinishedCycle(Protocol):
+    """What the metrics read of a finished cycle (the engine's ``CycleResult`` is one): metrics
+    sit below every layer, so they name the three values rather than the engine's type."""
+
+    @property
+    def target(self) -> str: ...
+
+    @property
+    def outcome(self) -> str: ...
+
+    @property
+    def counts(self) -> Mapping[str, int]: ...
+
 
 # Provider calls range from tens of milliseconds to a long export download (timeouts are 30 s by
 # default), so the default buckets, which stop at 10 s, would lump the slow tail together.
@@ -121,7 +133,7 @@ class Metrics:
 
     def observe_cycle(
         self,
-        result: CycleResult,
+        result: FinishedCycle,
         *,
         rejected_codes: Mapping[str, int] | None = None,
         now: float | None = None,
@@ -133,12 +145,12 @@ class Metrics:
         if result.outcome == "planned":
             return  # a dry run changed nothing
         for operation, keys in ROW_OPERATIONS.items():
-            n = sum(result.counts[k] for k in keys)
+            n = sum(result.counts.get(k, 0) for k in keys)
             if n:
                 self.rows.labels(target, operation).inc(n)
         codes = rejected_codes
         if codes is None:
-            codes = {"unspecified": result.counts["rejected"]}
+            codes = {"unspecified": result.counts.get("rejected", 0)}
         for code, n in codes.items():
             if n:
                 self.rejected_rows.labels(target, code or "unspecified").inc(n)

@@ -6,18 +6,17 @@ generates, so they cannot drift from the code:
 - ``config.schema.json``: the configuration file (``syncd.config.Config``), as TOML data;
 - ``inbox-record.schema.json``: one record of an inbox file (:class:`InboxRecord`): an NDJSON
   object, or a CSV row read as an object of string cells (``$defs/CsvRow``);
-- ``change-event.schema.json``: one line of an outbox file (``syncd.local.outbox.event_schema``).
+- ``change-event.schema.json``: one line of an outbox file
+  (``syncd.local.change_event.event_schema``).
 
 The README's configuration reference is rendered from the config schema by
-:func:`config_reference_markdown`. ``python -m syncd.schemas --write`` regenerates the schema
-files and the README's reference; ``--check`` lists what is stale.
+:func:`config_reference_markdown`. ``syncd schemas write`` regenerates the schema files and the
+README's reference; ``syncd schemas check`` lists what is stale (the commands are in ``syncd.cli``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -26,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from syncd.config import Config
 from syncd.core.projection import STATUSES
-from syncd.local import outbox
+from syncd.local import change_event
 from syncd.local.ingest.read import RESERVED
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
@@ -304,7 +303,7 @@ def _text(schema: JsonSchema) -> str:
 GENERATORS: dict[str, Callable[[], JsonSchema]] = {
     CONFIG_FILE: config_schema,
     INBOX_RECORD_FILE: inbox_record_schema,
-    CHANGE_EVENT_FILE: outbox.event_schema,
+    CHANGE_EVENT_FILE: change_event.event_schema,
 }
 
 
@@ -332,11 +331,9 @@ def check_all(folder: str | Path) -> list[str]:
     for name, text in schema_texts().items():
         path = Path(folder) / name
         if not path.exists():
-            problems.append(f"{path}: missing; run python -m syncd.schemas --write")
+            problems.append(f"{path}: missing; run syncd schemas write")
         elif path.read_text(encoding="utf-8") != text:
-            problems.append(
-                f"{path}: stale (the models changed); run python -m syncd.schemas --write"
-            )
+            problems.append(f"{path}: stale (the models changed); run syncd schemas write")
     return problems
 
 
@@ -348,7 +345,7 @@ def config_reference_markdown() -> str:
     schema = config_schema()
     defs: dict[str, JsonSchema] = schema["$defs"]
     out = [
-        "Generated from `schemas/config.schema.json` (`python -m syncd.schemas --write` "
+        "Generated from `schemas/config.schema.json` (`syncd schemas write` "
         "refreshes it and this section). Values are TOML; `${VAR}` in any string is taken from "
         "the environment. `syncd init [--provider NAME]` writes a commented starter file; "
         "`syncd check-config` checks one (`--online` also tries each target's key and list).",
@@ -460,9 +457,7 @@ def readme_problems(readme: str | Path) -> list[str]:
     if start < 0 or end < start:
         return [f"{readme}: no {README_START} ... {README_END} block"]
     if text[start : end + len(README_END)] != readme_section():
-        return [
-            f"{readme}: the configuration reference is stale; run python -m syncd.schemas --write"
-        ]
+        return [f"{readme}: the configuration reference is stale; run syncd schemas write"]
     return []
 
 
@@ -478,49 +473,3 @@ def write_readme(readme: str | Path) -> bool:
         return False
     path.write_text(new, encoding="utf-8")
     return True
-
-
-# -- python -m syncd.schemas ------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m syncd.schemas", description="Generate or check syncd's JSON Schemas."
-    )
-    action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--write", action="store_true", help="regenerate the schema files")
-    action.add_argument("--check", action="store_true", help="list stale files; exit 1 if any")
-    action.add_argument(
-        "--reference", action="store_true", help="print the configuration reference (Markdown)"
-    )
-    parser.add_argument("--dir", default="schemas", help="the schema folder (default: schemas)")
-    parser.add_argument(
-        "--readme",
-        default="README.md",
-        help="README holding the reference block (default: %(default)s)",
-    )
-    args = parser.parse_args(argv)
-    if args.reference:
-        sys.stdout.write(config_reference_markdown())
-        return 0
-    readme = Path(args.readme)
-    if args.write:
-        for path in write_all(args.dir):
-            print(f"wrote {path}")
-        if not readme.exists():
-            return 0
-        try:
-            if write_readme(readme):
-                print(f"updated the configuration reference in {readme}")
-        except ValueError as exc:
-            print(exc, file=sys.stderr)
-            return 1
-        return 0
-    problems = check_all(args.dir) + (readme_problems(readme) if readme.exists() else [])
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    return 1 if problems else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

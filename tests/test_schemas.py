@@ -18,16 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy.engine import Engine
 
 from syncd import schemas
+from syncd.cli import main
 from syncd.commands.starter import PROVIDER_NAMES, STARTERS, starter_text
 from syncd.config import Config, IngestConfig, parse_config
 from syncd.errors import ConfigError
+from syncd.local.change_event import ChangeEvent
 from syncd.local.ingest import ingest_file
 from syncd.local.ingest.check import validate
 from syncd.local.ingest.read import read_rows
-from syncd.local.outbox import ChangeEvent
 from syncd.store import open_engine
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -81,12 +83,16 @@ def test_check_all_names_a_stale_or_missing_file(tmp_path: Path) -> None:
     assert any("inbox-record.schema.json: missing" in p for p in problems)
 
 
+def _schemas_cli(*args: str) -> int:
+    return CliRunner().invoke(main, ["schemas", *args]).exit_code
+
+
 def test_the_command_line_checks_and_writes(tmp_path: Path) -> None:
-    assert schemas.main(["--check", "--dir", str(SCHEMAS), "--readme", str(README)]) == 0
-    assert schemas.main(["--check", "--dir", str(tmp_path), "--readme", str(README)]) == 1
+    assert _schemas_cli("check", "--dir", str(SCHEMAS), "--readme", str(README)) == 0
+    assert _schemas_cli("check", "--dir", str(tmp_path), "--readme", str(README)) == 1
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{schemas.README_START}\nold\n{schemas.README_END}\n\nafter\n")
-    assert schemas.main(["--write", "--dir", str(tmp_path), "--readme", str(readme)]) == 0
+    assert _schemas_cli("write", "--dir", str(tmp_path), "--readme", str(readme)) == 0
     assert schemas.check_all(tmp_path) == []
     assert schemas.readme_problems(readme) == []
     assert readme.read_text().endswith(f"{schemas.README_END}\n\nafter\n")
@@ -110,7 +116,7 @@ def test_readme_reference_is_the_rendered_schema() -> None:
     start = text.index(schemas.README_START) + len(schemas.README_START) + 1
     end = text.index(schemas.README_END)
     assert text[start:end] == schemas.config_reference_markdown(), (
-        "README.md's configuration reference is stale: python -m syncd.schemas --write"
+        "README.md's configuration reference is stale: syncd schemas write"
     )
     assert "## Configuration reference" in text[: text.index(schemas.README_START)]
     assert schemas.readme_problems(README) == []

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from syncd.providers.base import Capabilities, Op, PushCall, RowChange
+from syncd.core.calls import Capabilities, Op, PushCall, RowChange
 
 #: Part-filled partial-update groups are packed and sent once this many calls' worth of rows
 #: wait in them: memory stays bounded however scattered the changed sets are.

@@ -4,6 +4,9 @@ A *projection* is what reconciliation compares: the contact's key (normalised em
 the mapped custom fields under their remote names, its tags and its consent status. Local
 contacts, the base and the provider's export are all turned into projections so that the three
 can be compared by a digest, and only the keys whose digests differ need Python's attention.
+
+A ``RemoteChange`` is a pair of them: a contact before and after a change that came from the
+provider, as the engine applies it to the mirror and the outbox turns it into an event.
 """
 
 from __future__ import annotations
@@ -84,6 +87,17 @@ class Projection:
 
     def digest(self) -> str:
         return digest_of(self.to_json())
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteChange:
+    """A change that came from the provider and was applied to the mirror (for the outbox)."""
+
+    target: str
+    key: str
+    kind: str  # the reconciliation case: pull, create_local, remote_deleted, merge, ...
+    before: Projection | None
+    after: Projection | None
 
 
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode

@@ -17,8 +17,12 @@ This module is the driver: ``run_cycle`` and the two passes over the diff, in th
 steps live beside it, each taking the cycle's ``CycleState`` (``state``): staging and the diff
 (``stage``), one chunk decided and its local half written (``chunk``), one batch pushed and its
 answers read (``push``), conflicts, rejections and run records (``records``). What goes in and
-comes out (``CycleOptions``, ``CycleResult``, ``RemoteChange``) is in ``result``. The decisions
-themselves are ``syncd.core.reconcile``'s, pure; the batches are ``syncd.core.batching``'s.
+comes out (``CycleOptions``, ``CycleResult``) is in ``result``. The decisions themselves are
+``syncd.core.reconcile``'s, pure; the batches are ``syncd.core.batching``'s.
+
+The steps import each other by module path, never through this package, which imports them.
+The engine may import ``core``, ``store``, ``providers``, ``config`` and the cross-cutting root
+modules; never the local side, commands, the daemon or the CLI.
 """
 
 from __future__ import annotations

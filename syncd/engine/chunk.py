@@ -24,11 +24,12 @@ from dataclasses import replace
 
 from sqlmodel import Session
 
+# by module path, not from the package: syncd.engine imports this module (no circle)
+import syncd.engine.confirm_later as confirm_later
+import syncd.engine.records as records
 from syncd.core.batching import Batch, Batcher
-from syncd.core.projection import Projection
+from syncd.core.projection import Projection, RemoteChange
 from syncd.core.reconcile import Decision, Take, reconcile
-from syncd.engine import confirm_later, records
-from syncd.engine.result import RemoteChange
 from syncd.engine.stage import project_local
 from syncd.engine.state import CycleState
 from syncd.providers.base import RowChange

@@ -24,10 +24,11 @@ from dataclasses import replace
 
 from sqlmodel import Session
 
+# by module path, not from the package: syncd.engine imports this module (no circle)
+import syncd.engine.confirm_later as confirm_later
 from syncd.clock import stamp
 from syncd.core.batching import Batch
 from syncd.core.projection import Projection
-from syncd.engine import confirm_later
 from syncd.engine.result import PlannedCall
 from syncd.engine.state import CycleState
 from syncd.providers.base import JobTicket, Provider, PushCall, RowOutcome

@@ -3,7 +3,8 @@
 ``CycleOptions`` come in from the CLI or the daemon (dry run, the mass-delete override, progress,
 the outbox's recorder, the shutdown check); a ``CycleResult`` goes out: the outcome, its
 message, the counts behind the one-line summary and the run record, and the calls a plan shows.
-``RemoteChange`` is what the outbox is handed for each remote-born change applied to the mirror.
+Each remote-born change applied to the mirror is handed to ``on_remote_change`` as a
+``syncd.core.projection.RemoteChange``.
 
 The outcome follows from the counts alone (``CycleResult.conclude``), and the exit code from the
 outcome, so the CLI, the daemon's metrics and ``syncd status`` all read the same thing.
@@ -18,20 +19,9 @@ from typing import Any
 
 from sqlmodel import Session
 
-from syncd.core.projection import Projection
+from syncd.core.projection import RemoteChange
 
 Progress = Callable[[str, int], None]
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteChange:
-    """A change that came from the provider and was applied to the mirror (for the outbox)."""
-
-    target: str
-    key: str
-    kind: str  # the reconciliation case: pull, create_local, remote_deleted, merge, ...
-    before: Projection | None
-    after: Projection | None
 
 
 @dataclass

@@ -14,11 +14,19 @@
 - ``push_job`` / ``push_job_part`` / ``push_job_row``: batches handed to a provider that
   confirms them later by calling back (Netcore's hosted-file bulk upload). Their rows move the
   base only when every part of the job has been confirmed (rule 4).
+- ``ingested_file``: the inbox's ledger, one row per applied file content, committed with the
+  file's rows (``syncd.local.inbox.ledger`` says how it makes a file apply exactly once).
+- ``outbox_event``: change events recorded with the mirror change they describe and not yet
+  written to a file (``syncd.local.outbox`` flushes them).
+
+Every table is declared here, so that the migrations can be compared with one module's models
+(``syncd.store.schema``).
 """
 
 from __future__ import annotations
 
 import uuid
+from typing import Any, ClassVar
 
 from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
@@ -203,3 +211,30 @@ class PushJobRow(SQLModel, table=True):
     op: str
     base: str | None = None  # projection JSON that becomes the base once confirmed; None: forget
     digest: str  # of the row as sent (kept with a rejection)
+
+
+class IngestedFile(SQLModel, table=True):
+    """The inbox's ledger: one row per applied file content, written in the file's own
+    transaction."""
+
+    __tablename__ = "ingested_file"
+    sha256: str = Field(primary_key=True)
+    name: str
+    size: int
+    applied_at: str
+    dest: str = ""  # the name reserved in processed/
+    lists: str = "[]"  # JSON: the local lists the file changed
+    report: str = "{}"  # JSON: the report written beside the file
+    settled_at: str | None = None  # set once the file and its report are in processed/
+
+
+class OutboxEvent(SQLModel, table=True):
+    """A change event recorded with its mirror change and not yet written to a file."""
+
+    __tablename__ = "outbox_event"
+    # AUTOINCREMENT: seq never reuses a flushed row's number, so it orders events for good.
+    __table_args__: ClassVar[dict[str, Any]] = {"sqlite_autoincrement": True}
+
+    seq: int | None = Field(default=None, primary_key=True)
+    hour: str = Field(index=True)  # YYYY-MM-DDTHH, UTC: the file it goes to
+    body: str  # the event as one line of JSON

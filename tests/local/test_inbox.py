@@ -16,9 +16,10 @@ from sqlalchemy.engine import Engine
 from syncd.config import Config, parse_config
 from syncd.local.inbox import Inbox
 from syncd.local.inbox import ledger as ledger_module
-from syncd.local.inbox.ledger import IngestedFile, Ledger
+from syncd.local.inbox.ledger import Ledger
 from syncd.local.ingest import ingest_file
 from syncd.store import open_engine
+from syncd.store.models import IngestedFile
 
 HEADER = "email,name,city,lists\n"
 

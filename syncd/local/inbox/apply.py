@@ -51,12 +51,12 @@ from sqlmodel import col
 from syncd.clock import stamp
 from syncd.config import Config, TargetConfig
 from syncd.errors import IngestError
-from syncd.local.inbox.ledger import FileOutcome, IngestedFile, Ledger, snapshot_list
+from syncd.local.inbox.ledger import FileOutcome, Ledger, snapshot_list
 from syncd.local.ingest.check import ContactChange, Rejection, validate
 from syncd.local.ingest.read import read_rows
 from syncd.local.ingest.write import IngestReport, apply
 from syncd.store import mirror
-from syncd.store.models import Contact, Membership
+from syncd.store.models import Contact, IngestedFile, Membership
 
 log = logging.getLogger("syncd.local.inbox")
 

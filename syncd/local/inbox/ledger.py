@@ -53,9 +53,10 @@ from typing import Any, Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
-from sqlmodel import Field, SQLModel, col
+from sqlmodel import col
 
 from syncd.clock import stamp
+from syncd.store.models import IngestedFile
 
 log = logging.getLogger("syncd.local.inbox")
 
@@ -65,20 +66,6 @@ REPORT_SUFFIX = ".report.json"
 SNAPSHOT_MARK = ".snapshot"
 
 Status = Literal["processed", "failed"]
-
-
-class IngestedFile(SQLModel, table=True):
-    """The ledger: one row per applied file content, written in the file's own transaction."""
-
-    __tablename__ = "ingested_file"
-    sha256: str = Field(primary_key=True)
-    name: str
-    size: int
-    applied_at: str
-    dest: str = ""  # the name reserved in processed/
-    lists: str = "[]"  # JSON: the local lists the file changed
-    report: str = "{}"  # JSON: the report written beside the file
-    settled_at: str | None = None  # set once the file and its report are in processed/
 
 
 @dataclass(frozen=True, slots=True)
