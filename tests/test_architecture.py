@@ -109,15 +109,6 @@ KNOWN: set[tuple[str, str]] = {
     # syncd.schedule replace both).
     ("syncd.config", "syncd.providers"),
     ("syncd.config", "syncd.daemon.scheduler"),
-    # run-once serves the Netcore job routes with the daemon's listener (the job routes move
-    # below both, as an httpx handler served by the kit's server).
-    ("syncd.commands.cycles", "syncd.daemon"),
-    ("syncd.commands.cycles", "syncd.daemon.hooks"),
-    ("syncd.commands.cycles", "syncd.daemon.http"),
-    # the Unisender emulator's helpers name its Contact and emulator classes back (the shared
-    # emulator kit untangles them).
-    ("syncd.emulators.admin", "syncd.emulators.unisender"),
-    ("syncd.emulators.unisender_import", "syncd.emulators.unisender"),
 }
 
 
