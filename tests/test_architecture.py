@@ -267,3 +267,33 @@ def test_the_package_root_holds_only_the_cross_cutting_modules() -> None:
 def test_each_package_says_what_it_owns(init: str) -> None:
     tree = ast.parse((ROOT / init).read_text(encoding="utf-8"))
     assert ast.get_docstring(tree), f"{init} needs a docstring: what the folder owns and may import"
+
+
+def drawn_layers() -> dict[str, set[str]]:
+    """The README's Architecture picture: for each layer, every layer below it along arrows."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Architecture\n", 1)[1]
+    block = section.split("```mermaid\n", 1)[1].split("```", 1)[0]
+    arrows: dict[str, set[str]] = {}
+    for line in block.splitlines():
+        if "-->" not in line:
+            continue
+        source, targets = (part.strip() for part in line.split("-->", 1))
+        arrows.setdefault(source, set()).update(t.strip() for t in targets.split("&"))
+    below: dict[str, set[str]] = {}
+    for layer in MAY_IMPORT:
+        seen: set[str] = set()
+        todo = list(arrows.get(layer, ()))
+        while todo:
+            step = todo.pop()
+            if step not in seen:
+                seen.add(step)
+                todo.extend(arrows.get(step, ()))
+        below[layer] = seen
+    return below
+
+
+def test_the_readme_picture_draws_exactly_the_layers_rules() -> None:
+    drawn = drawn_layers()
+    for layer, allowed in MAY_IMPORT.items():
+        assert drawn[layer] == allowed - {layer}, f"README's picture of {layer!r} is out of date"
