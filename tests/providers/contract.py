@@ -160,7 +160,7 @@ class ProviderContract(Generic[P]):
             )
             for i, k in enumerate(keys)
         )
-        return self.call(op, *rows, columns=columns, with_tags=writes and tags)
+        return self.call(op, *rows, columns=columns if writes else (), with_tags=writes and tags)
 
     @pytest.fixture
     def emu(self) -> Emulator:
@@ -219,7 +219,7 @@ class ProviderContract(Generic[P]):
             assert all(o.ok for o in subject.push(call)), op
             assert recorder.requests and all(method in str(r.url) for r in recorder.requests)
             sent = [d for r in recorder.requests for d in self.sent_rows(r)]
-            assert sent == subject.wire_rows(call, len(call.rows)), op
+            assert sent == subject.wire_rows(call, len(call.rows)), (op, sent)
 
     def test_no_call_carries_more_rows_or_fields_than_the_capabilities_allow(
         self, emu: Emulator, recorder: Recorder

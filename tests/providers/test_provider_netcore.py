@@ -18,11 +18,13 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
 from conftest import emulator_process, free_port
+from contract import ProviderContract
+from provider_helpers import form
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -43,6 +45,36 @@ from syncd.store.models import Base, PushJob, PushJobRow, Rejection
 
 API_KEY = "netcore-key-5d1e"
 FIELDS = {"FIRST_NAME": "name", "CITY": "city"}
+
+
+class TestNetcoreContract(ProviderContract[NetcoreProvider]):
+    """Without a ``public_url``: each contact goes by ``activity=addsync``; the batch files
+    the provider fetches are the cycles' below."""
+
+    adapter_class = NetcoreProvider
+    provider = "netcore"
+    api_key = API_KEY
+    settings: ClassVar[dict[str, Any]] = {
+        "name": "news",
+        "key": "email",
+        "base_url": "https://api.netcore.test/apiv2",
+        "fields": dict(FIELDS),
+        "max_rows_per_call": 25,
+    }
+    keys = ("bob@example.com", "ann@example.com", "carl@example.com")
+    columns = ("FIRST_NAME", "CITY")
+    answer_names: ClassVar[list[str]] = ["result", "requestid", "message", "status", "errors"]
+
+    def emulator(self) -> NetcoreEmulator:
+        emulator = NetcoreEmulator(api_key=API_KEY)
+        emulator.add_list("Newsletter")
+        return emulator
+
+    def sent_rows(self, request: httpx.Request) -> list[dict[str, str]]:
+        sent = dict(form(request))
+        if request.url.params["activity"] == "delete":
+            return [{"EMAIL": sent["data"]}]
+        return [json.loads(sent["data"])]
 
 
 class NetcoreWorld:
