@@ -12,7 +12,19 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 from contract import ProviderContract
-from provider_helpers import Handler, Recorder, form, header_and_rows, imported_rows, row
+from hypothesis import example, given
+from hypothesis import strategies as st
+from provider_helpers import (
+    FUZZ,
+    Handler,
+    Recorder,
+    answering,
+    answers,
+    form,
+    header_and_rows,
+    imported_rows,
+    row,
+)
 
 from syncd.core.projection import Projection
 from syncd.emulators.kit.server import EmulatorServer
@@ -727,6 +739,107 @@ def test_phone_export_normalises_like_local_keys(
     call = PushCall("create", (), (row("create", "+375291234567"), row("create", "+375297654321")))
     assert all(o.ok for o in s.provider.push(call))
     assert set(exported(s.provider)) == {"+375291234567", "+375297654321"}
+
+
+# --------------------------------------------------------------------------- answers of any shape
+# (the contract feeds any answer to every call; these feed the export's steps one by one)
+
+FUZZ_ROWS = (
+    row("create", "a@example.com", {"Name": "A"}, tags={"x"}),
+    row("create", "b@example.com", {"Name": "B"}),
+)
+
+
+def answered(answer: Handler | httpx.MockTransport) -> UnisenderProvider:
+    """The adapter over ``answer``, without retries, its export timing out at once."""
+    transport = answer if isinstance(answer, httpx.MockTransport) else httpx.MockTransport(answer)
+    return adapter(transport=transport, retries=0, export_timeout=0.01)
+
+
+@FUZZ
+@given(
+    answers(TestUnisenderContract.answer_names, TestUnisenderContract.envelope),
+    answers(TestUnisenderContract.answer_names, TestUnisenderContract.envelope),
+    st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode)),
+)
+def test_any_answers_to_the_steps_of_an_async_export(
+    task: bytes, result: bytes, file: bytes
+) -> None:
+    """The task answer, the poll answer and the CSV file, each possibly wrong."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.endswith("/async/exportContacts"):
+            return httpx.Response(200, content=task)
+        if path.endswith("/async/getTaskResult"):
+            return httpx.Response(200, content=result)
+        return httpx.Response(200, content=file)
+
+    TestUnisenderContract().expect_verdict_or_provider_error(
+        lambda: list(answered(answer).export()), None
+    )
+
+
+@FUZZ
+@given(st.text(max_size=60), st.binary(max_size=300))
+@example("A:", b"")  # a scheme and nothing else: not a place a file can come from
+def test_any_export_file_url_and_body(url: str, file: bytes) -> None:
+    """A completed task names any text as its file; the file holds any bytes."""
+    envelopes = {
+        "async/exportContacts": {"result": {"task_uuid": "u1", "status": "new"}},
+        "async/getTaskResult": {"result": {"status": "completed", "file_to_download": url}},
+    }
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        for method, envelope in envelopes.items():
+            if request.url.path.endswith("/" + method):
+                return httpx.Response(200, json=envelope)
+        return httpx.Response(200, content=file)
+
+    TestUnisenderContract().expect_verdict_or_provider_error(
+        lambda: list(answered(answer).export()), None
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b'{"result": {"total": "\xc2\xb2"}}', "total"),
+        (b'{"result": {"total": ' + b"7" * 5000 + b"}}", "not JSON"),
+        (b'{"result": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "not JSON"),
+        (b'{"result": {"total": 2, "inserted"', "not JSON"),
+        (b"<html>oops</html>", "not JSON"),
+    ],
+)
+def test_named_bad_answers(body: bytes, says: str) -> None:
+    provider = answered(answering(body, 200, "application/json"))
+    with pytest.raises(ProviderError, match=says) as caught:
+        provider.push(PushCall("create", ("Name",), FUZZ_ROWS))
+    assert caught.value.code == "bad_answer"
+
+
+def test_warnings_of_any_shape_are_only_logged() -> None:
+    body = b'{"result": {"total": 2, "inserted": 2, "updated": 0, "deleted": 0}, "warnings": 5}'
+    outcomes = answered(answering(body, 200, "application/json")).push(
+        PushCall("create", ("Name",), FUZZ_ROWS)
+    )
+    assert [o.ok for o in outcomes] == [True, True]
+
+
+def test_an_export_file_url_that_is_not_a_url_is_an_incomplete_export() -> None:
+    envelopes = {
+        "async/exportContacts": {"result": {"task_uuid": "u1"}},
+        "async/getTaskResult": {
+            "result": {"status": "completed", "file_to_download": "http://a:b/"}
+        },
+    }
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        method = request.url.path.split("/api/", 1)[1]
+        return httpx.Response(200, json=envelopes[method])
+
+    with pytest.raises(ProviderError, match="file_to_download"):
+        list(answered(answer).export())
 
 
 # --------------------------------------------------------------------------- over real HTTP
