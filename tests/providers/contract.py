@@ -299,7 +299,9 @@ class ProviderContract(Generic[P]):
             assert len(result) == rows
             assert all(outcome.ok or outcome.code for outcome in result)
 
-    def fuzz_adapter(self, body: bytes, status: int, content_type: str, **over: Any) -> P:
+    def answered(self, data: st.DataObject, status: int, content_type: str = "", **over: Any) -> P:
+        """An adapter whose provider gives every request one drawn answer; no retries."""
+        body = data.draw(answers(self.answer_names, self.envelope), label="body")
         transport = answering(body, status, content_type)
         return self.adapter(transport=transport, retries=0, export_timeout=0.01, **over)
 
@@ -308,10 +310,8 @@ class ProviderContract(Generic[P]):
     def test_any_answer_to_a_push_gives_a_verdict_or_a_provider_error(
         self, data: st.DataObject, status: int, content_type: str
     ) -> None:
-        body = data.draw(answers(self.answer_names, self.envelope), label="body")
-        provider = self.fuzz_adapter(body, status, content_type)
-        tags = provider.capabilities.tags
-        call = self.pushed("create", self.keys[:2], self.columns, tags=tags)
+        provider = self.answered(data, status, content_type)
+        call = self.pushed("create", self.keys[:2], self.columns, tags=provider.capabilities.tags)
         self.expect_verdict_or_provider_error(lambda: provider.push(call), len(call.rows))
 
     @FUZZ
@@ -319,8 +319,7 @@ class ProviderContract(Generic[P]):
     def test_any_answer_to_prepare_gives_a_verdict_or_a_provider_error(
         self, data: st.DataObject, status: int
     ) -> None:
-        body = data.draw(answers(self.answer_names, self.envelope), label="body")
-        provider = self.fuzz_adapter(body, status, "", **self.prepare_settings)
+        provider = self.answered(data, status, **self.prepare_settings)
         run = lambda: provider.prepare(self.columns, create_missing=True)  # noqa: E731
         self.expect_verdict_or_provider_error(run, None)
 
@@ -329,8 +328,7 @@ class ProviderContract(Generic[P]):
     def test_any_answer_to_an_export_gives_contacts_or_a_provider_error(
         self, data: st.DataObject, status: int
     ) -> None:
-        body = data.draw(answers(self.answer_names, self.envelope), label="body")
-        provider = self.fuzz_adapter(body, status, "")
+        provider = self.answered(data, status)
         if provider.capabilities.export:
             self.expect_verdict_or_provider_error(lambda: list(provider.export()), None)
 

@@ -33,7 +33,7 @@ from syncd.config import Config, TargetConfig, parse_config
 from syncd.core.projection import Projection
 from syncd.daemon import hooks
 from syncd.daemon.http import StatusServer
-from syncd.emulators.netcore import NetcoreEmulator
+from syncd.emulators.netcore import BulkJob, NetcoreEmulator
 from syncd.engine.result import CycleOptions, CycleResult
 from syncd.local.ingest import ingest_file
 from syncd.metrics import Metrics
@@ -287,14 +287,20 @@ def test_a_callback_that_never_comes_holds_the_rows_until_the_timeout_then_they_
     assert world.cycle().write_calls == 0
 
 
-def test_a_second_callback_for_the_same_job_is_refused_and_changes_nothing(
-    tmp_path: Path,
-) -> None:
+def awaiting_callback(tmp_path: Path) -> tuple[NetcoreWorld, list[str], BulkJob]:
+    """A world whose first cycle uploaded two contacts and waits for a callback held back."""
     world = NetcoreWorld(tmp_path, callback_timeout=30)
     world.emu.admin_post("callbacks", {"mode": "never"})
     emails = world.add_local(2)
     assert world.cycle(wait=0.2).outcome == "awaiting"
     (job,) = world.emu.jobs
+    return world, emails, job
+
+
+def test_a_second_callback_for_the_same_job_is_refused_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    world, emails, job = awaiting_callback(tmp_path)
     with Listener(world):  # the daemon's listener between cycles
         world.emu.admin_post("replay", {"requestid": job.requestid, "times": 2})
         assert job.callback_answers == [200, 409]
@@ -319,11 +325,7 @@ def base_data(world: NetcoreWorld, key: str) -> str:
 def test_a_forged_callback_is_refused_and_the_real_one_still_counts(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    world = NetcoreWorld(tmp_path, callback_timeout=30)
-    world.emu.admin_post("callbacks", {"mode": "never"})
-    emails = world.add_local(2)
-    assert world.cycle(wait=0.2).outcome == "awaiting"
-    (job,) = world.emu.jobs
+    world, emails, job = awaiting_callback(tmp_path)
     forged = re.sub(r"/callback/[^/]+$", "/callback/" + "A" * 32, job.callback)
     report = {"requestid": job.requestid, "status": "completed", "errors": []}
     with Listener(world):
