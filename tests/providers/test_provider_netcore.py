@@ -4,7 +4,8 @@ emulator.
 syncd's side of the calls goes to the emulator in-process (``MockTransport``); the provider's side
 is real loopback HTTP: the emulator fetches each batch file from syncd's listener and POSTs the
 job's callback there, as Netcore would. The listener is the one ``run_once`` starts on
-``[http] listen`` while it waits for callbacks.
+``[http] listen`` while it waits for callbacks. What every adapter promises is
+``contract.py``'s, run here by ``TestNetcoreContract``.
 """
 
 from __future__ import annotations

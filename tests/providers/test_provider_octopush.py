@@ -1,6 +1,7 @@
 """The Octopush adapter against its emulator (in-process and over loopback HTTP), and the emulator.
 
 Wire facts: shared/providers/octopush.md (cited by row name) and seeds/003_* ("seed 003").
+What every adapter promises is ``contract.py``'s, run here by ``TestOctopushContract``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The sms.by adapter against its emulator (in-process and over loopback HTTP), and the emulator.
 
-Wire facts: shared/providers/smsby.md (cited by row name) and seeds/000_* ("seed 000").
+Wire facts: shared/providers/smsby.md (cited by row name) and seeds/000_* ("seed 000"). What
+every adapter promises is ``contract.py``'s, run here by ``TestSmsbyContract``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The Unisender/Selzy adapter against its emulator (in-process and over loopback HTTP).
 
-Wire facts: shared/providers/unisender-selzy.md (cited as §1.x).
+Wire facts: shared/providers/unisender-selzy.md (cited as §1.x). What every adapter promises
+is ``contract.py``'s, run here by ``TestUnisenderContract`` and ``TestSelzyContract``.
 """
 
 from __future__ import annotations
