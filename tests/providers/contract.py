@@ -236,15 +236,17 @@ class ProviderContract(Generic[P]):
         if "unsubscribed" in subject.capabilities.statuses:
             pytest.skip("the provider holds opt-outs: it is sent as one")
         subject.prepare(self.columns, create_missing=True)
-        recorder.requests.clear()
-        call = self.pushed("create", self.keys, self.columns)
-        opted_out = RowChange("create", row("create", self.keys[1], status="unsubscribed").row)
-        call = self.call("create", call.rows[0], opted_out, *call.rows[2:])
-        outcomes = subject.push(call)
-        assert [o.ok for o in outcomes] == [True, False, *(True for _ in call.rows[2:])]
-        sent = [d for r in recorder.requests for d in self.sent_rows(r)]
-        (withheld,) = subject.wire_rows(self.call("create", opted_out), 1)
-        assert withheld not in sent and len(sent) == len(call.rows) - 1
+        for op, status in (("create", "unsubscribed"), ("update", "blocked")):
+            recorder.requests.clear()
+            call = self.pushed(op, self.keys, self.columns)
+            opted_out = RowChange(op, row(op, self.keys[1], status=status).row)
+            call = self.call(op, call.rows[0], opted_out, *call.rows[2:])
+            outcomes = subject.push(call)
+            assert [o.ok for o in outcomes] == [True, False, *(True for _ in call.rows[2:])]
+            assert outcomes[1].code == "opt_out_unsupported" and not outcomes[1].retryable
+            sent = [d for r in recorder.requests for d in self.sent_rows(r)]
+            (withheld,) = subject.wire_rows(self.call(op, opted_out), 1)
+            assert withheld not in sent and len(sent) == len(call.rows) - 1
 
     def test_no_call_carries_more_rows_or_fields_than_the_capabilities_allow(
         self, emu: Emulator, recorder: Recorder

@@ -205,16 +205,6 @@ def test_the_split_budget_bounds_the_calls(monkeypatch: pytest.MonkeyPatch) -> N
     assert out[0].message.startswith("not sent: contact/create refused its batch")
 
 
-def test_opted_out_rows_are_refused_locally(emu: OctopushEmulator) -> None:
-    recorder = Recorder(emu.handle)
-    provider = adapter(transport=recorder)
-    out = provider.push(
-        call("update", row("update", ANN, status="unsubscribed"), row("update", BOB))
-    )
-    assert [(o.ok, o.code) for o in out] == [(False, "opt_out_unsupported"), (True, "")]
-    assert [c["phone_number"] for c in body(recorder.requests[0])["contacts"]] == [BOB]
-
-
 def test_auth_rate_limits_and_unexpected_answers() -> None:
     unauthorized = {"code": 401, "message": "unauthorized"}
     with pytest.raises(AuthError, match=r"unauthorized.*api_login"):

@@ -159,21 +159,6 @@ def test_opted_out_rows_and_deletes_are_refused_without_a_call(emu: SmsbyEmulato
     assert recorder.requests == [] and provider.stats.writes == 0
 
 
-def test_an_opted_out_row_sharing_a_call_is_left_out_of_the_wire(emu: SmsbyEmulator) -> None:
-    recorder = Recorder(emu.handle)
-    provider = adapter(transport=recorder)
-    out = provider.push(
-        call(
-            "update",
-            row("update", ANN, {"name": "A"}, status="blocked"),
-            row("update", BOB, {"name": "B"}),
-        )
-    )
-    assert [(o.key, o.ok) for o in out] == [(ANN, False), (BOB, True)]
-    _, rows = header_and_rows(recorder.requests[0])
-    assert [r[0] for r in rows] == ["375291111112"]
-
-
 def test_thirty_field_names_fit_in_one_call(emu: SmsbyEmulator) -> None:
     columns = tuple(f"f{i}" for i in range(29))
     provider = adapter(emu, fields={c: c for c in columns})
