@@ -69,7 +69,7 @@ class Emulator(Protocol):
 class ProviderContract(Generic[P]):
     """The suite; a ``Test…`` subclass per provider sets the class attributes and the hooks."""
 
-    adapter_class: type[P]
+    adapter_class: Callable[..., P]  # called as (target, transport=..., sleep=...)
     provider: ClassVar[str]  # the target's ``provider`` setting
     api_key: ClassVar[str]  # the key the emulator accepts
     settings: ClassVar[dict[str, Any]]  # base_url, key, fields and the provider's own settings
@@ -145,7 +145,8 @@ class ProviderContract(Generic[P]):
     def ops(self, provider: Provider) -> list[Op]:
         """The operations the provider's capabilities allow, in an order one list can take."""
         caps = provider.capabilities
-        return ["create", "update"] + ["exclude"] * caps.exclude + ["delete"] * caps.delete
+        ops: list[Op] = ["create", "update"]
+        return ops + ["exclude"] * caps.exclude + ["delete"] * caps.delete
 
     def pushed(
         self, op: Op, keys: tuple[str, ...], columns: tuple[str, ...], *, tags: bool = False
@@ -236,7 +237,8 @@ class ProviderContract(Generic[P]):
         if "unsubscribed" in subject.capabilities.statuses:
             pytest.skip("the provider holds opt-outs: it is sent as one")
         subject.prepare(self.columns, create_missing=True)
-        for op, status in (("create", "unsubscribed"), ("update", "blocked")):
+        cases: tuple[tuple[Op, str], ...] = (("create", "unsubscribed"), ("update", "blocked"))
+        for op, status in cases:
             recorder.requests.clear()
             call = self.pushed(op, self.keys, self.columns)
             opted_out = RowChange(op, row(op, self.keys[1], status=status).row)
