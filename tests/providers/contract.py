@@ -2,13 +2,15 @@
 
 A provider's test file subclasses ``ProviderContract`` once: it names the adapter class, the
 target settings, an emulator of the provider and how a write request carries its rows
-(``sent_rows``), and inherits one test per promise:
+(``sent_rows``; ``file_rows`` for the file of a call the provider confirms later), and inherits
+one test per promise:
 
 - ``prepare`` can run again, and a second run creates nothing;
 - ``push`` gives one outcome per row, in the call's order, and a refused row says why;
 - a contact that opted out goes out as one, or is refused without being sent (an import would
   make it an active contact of a provider that cannot hold the opt-out);
-- ``push`` sends what ``wire_rows`` shows, to the method ``method_name`` names;
+- ``push`` sends what ``wire_rows`` shows (in its requests, or in the call's file), to the
+  method ``method_name`` names;
 - no request carries more rows than ``rows_per_call`` or more fields than ``fields_per_call``,
   no tags when ``tags`` is False, and no export request is made when ``export`` is False;
 - an export is complete, or raises a ``ProviderError`` (``ExportIncomplete`` when the list was
@@ -28,7 +30,9 @@ never sends them.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from urllib.parse import quote, quote_plus
 
@@ -50,9 +54,10 @@ from provider_helpers import (
 
 from syncd.config import TargetConfig
 from syncd.errors import ExportIncomplete, ProviderError
-from syncd.providers.base import Op, Provider, PushCall, RowChange, RowOutcome
+from syncd.providers.base import JobTicket, Op, Provider, PushCall, RowChange, RowOutcome
 
 P = TypeVar("P", bound=Provider)
+Wire = dict[str, str]  # one row as ``wire_rows`` shows it
 
 COMMON: dict[str, Any] = {
     "name": "contract",
@@ -101,6 +106,11 @@ class ProviderContract(Generic[P]):
     def column_names(self, n: int) -> tuple[str, ...]:
         """``n`` remote field names the provider accepts."""
         return tuple(f"F{i}" for i in range(n))
+
+    def file_rows(self, body: bytes) -> list[dict[str, str]]:
+        """The rows of a file the provider fetches (``hosted_file``), as ``wire_rows`` shows
+        them; only for a provider that confirms calls later."""
+        raise NotImplementedError
 
     def value(self, column: str, i: int) -> str:
         """A value of ``column`` the provider accepts, for the ``i``-th row."""
@@ -171,6 +181,19 @@ class ProviderContract(Generic[P]):
             return tuple(f"p{i}@example.com" for i in range(n))
         return tuple(f"+3752910{i:05d}" for i in range(n))
 
+    def send(self, provider: Provider, call: PushCall) -> tuple[list[RowOutcome], list[Wire]]:
+        """``provider.push(call)`` as the engine makes it (a call whose rows go in a file the
+        provider fetches carries a job ticket); its outcomes and the rows of that file."""
+        body = provider.hosted_file(call)
+        if body is None:
+            return provider.push(call), []
+        ticket = JobTicket(uuid.uuid4().hex, 0, "f" * 32, "c" * 32)
+        return provider.push(replace(call, job=ticket)), self.file_rows(body)
+
+    def sent(self, requests: list[httpx.Request], filed: list[Wire]) -> list[Wire]:
+        """Every row that went out: in the write requests, then in the call's file."""
+        return [d for r in requests for d in self.sent_rows(r)] + filed
+
     @pytest.fixture
     def emu(self) -> Emulator:
         return self.emulator()
@@ -210,7 +233,7 @@ class ProviderContract(Generic[P]):
             call = self.pushed(op, self.keys, self.columns)
             if op in ("create", "update"):  # one the provider may refuse locally, mid-call
                 call = self.call(op, call.rows[0], RowChange(op, opted_out.row), *call.rows[2:])
-            outcomes = subject.push(call)
+            outcomes, _ = self.send(subject, call)
             assert [o.key for o in outcomes] == [rc.row.key for rc in call.rows], op
             assert all(isinstance(o, RowOutcome) and (o.ok or o.code) for o in outcomes), op
 
@@ -226,9 +249,10 @@ class ProviderContract(Generic[P]):
             assert recorder.requests == []  # neither asks the provider
             assert isinstance(method, str) and method, op
             assert len(shown) == 2 and all(isinstance(v, str) for d in shown for v in d.values())
-            assert all(o.ok for o in subject.push(call)), op
+            outcomes, filed = self.send(subject, call)
+            assert all(o.ok for o in outcomes), op
             assert recorder.requests and all(method in str(r.url) for r in recorder.requests)
-            sent = [d for r in recorder.requests for d in self.sent_rows(r)]
+            sent = self.sent(recorder.requests, filed)
             assert sent == subject.wire_rows(call, len(call.rows)), (op, sent)
 
     def test_an_opt_out_the_provider_cannot_hold_is_refused_and_never_sent(
@@ -243,10 +267,10 @@ class ProviderContract(Generic[P]):
             call = self.pushed(op, self.keys, self.columns)
             opted_out = RowChange(op, row(op, self.keys[1], status=status).row)
             call = self.call(op, call.rows[0], opted_out, *call.rows[2:])
-            outcomes = subject.push(call)
+            outcomes, filed = self.send(subject, call)
             assert [o.ok for o in outcomes] == [True, False, *(True for _ in call.rows[2:])]
             assert outcomes[1].code == "opt_out_unsupported" and not outcomes[1].retryable
-            sent = [d for r in recorder.requests for d in self.sent_rows(r)]
+            sent = self.sent(recorder.requests, filed)
             (withheld,) = subject.wire_rows(self.call(op, opted_out), 1)
             assert withheld not in sent and len(sent) == len(call.rows) - 1
 
@@ -260,11 +284,12 @@ class ProviderContract(Generic[P]):
         keys = self.many_keys(caps.rows_per_call)
         recorder.requests.clear()
         call = self.pushed("create", keys, columns)
-        assert all(o.ok for o in provider.push(call))
-        for request in recorder.requests:
-            sent = self.sent_rows(request)
-            assert 0 < len(sent) <= caps.rows_per_call
+        outcomes, filed = self.send(provider, call)
+        assert all(o.ok for o in outcomes)
+        for sent in [*(self.sent_rows(r) for r in recorder.requests), filed]:
+            assert len(sent) <= caps.rows_per_call
             assert all(len(set(d) & set(columns)) <= caps.fields_per_call for d in sent)
+        assert len(self.sent(recorder.requests, filed)) == len(keys)
         provider.close()
 
     def test_tags_go_out_only_when_the_capabilities_allow(
@@ -274,10 +299,10 @@ class ProviderContract(Generic[P]):
         recorder.requests.clear()
         tags = subject.capabilities.tags
         rows = [row("create", k, tags={"contracttag"}) for k in self.keys]
-        outcomes = subject.push(self.call("create", *rows, with_tags=tags))
+        outcomes, filed = self.send(subject, self.call("create", *rows, with_tags=tags))
         assert all(o.ok for o in outcomes)
         carried = [r for r in recorder.requests if b"contracttag" in r.content + r.url.raw_path]
-        assert bool(carried) == tags
+        assert bool(carried or any("contracttag" in str(d) for d in filed)) == tags
 
     # ------------------------------------------------------------------ export
 
@@ -295,7 +320,8 @@ class ProviderContract(Generic[P]):
         if not provider.capabilities.export:
             pytest.skip("the provider documents no export")
         provider.prepare(self.columns, create_missing=True)
-        assert all(o.ok for o in provider.push(self.pushed("create", self.keys, self.columns)))
+        outcomes, _ = self.send(provider, self.pushed("create", self.keys, self.columns))
+        assert all(o.ok for o in outcomes)
         recorder = Recorder(emu.handle)
         whole = {c.projection.key for c in self.adapter(transport=recorder).export()}
         assert whole == set(self.keys)
@@ -340,7 +366,8 @@ class ProviderContract(Generic[P]):
     ) -> None:
         provider = self.answered(data, status, content_type)
         call = self.pushed("create", self.keys[:2], self.columns, tags=provider.capabilities.tags)
-        self.expect_verdict_or_provider_error(lambda: provider.push(call), len(call.rows))
+        run = lambda: self.send(provider, call)[0]  # noqa: E731
+        self.expect_verdict_or_provider_error(run, len(call.rows))
 
     @FUZZ
     @given(data=st.data(), status=STATUSES)
@@ -373,7 +400,7 @@ class ProviderContract(Generic[P]):
         provider = self.adapter(transport=recorder)
         provider.prepare(self.columns, create_missing=True)
         for op in self.ops(provider):
-            provider.push(self.pushed(op, self.keys, self.columns))
+            self.send(provider, self.pushed(op, self.keys, self.columns))
         if provider.capabilities.export:
             list(provider.export())
         provider.close()
@@ -403,7 +430,7 @@ class ProviderContract(Generic[P]):
         yield lambda: with_calls.prepare(self.columns, create_missing=True)
         for op in self.ops(adapter):
             call = self.pushed(op, self.keys, self.columns)
-            yield lambda call=call: adapter.push(call)  # type: ignore[misc]
+            yield lambda call=call: self.send(adapter, call)  # type: ignore[misc]
         if adapter.capabilities.export:
             yield lambda: list(adapter.export())
 
