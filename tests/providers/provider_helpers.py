@@ -57,6 +57,13 @@ def answering(body: Any, status: int = 200, content_type: str | None = None) -> 
     return httpx.MockTransport(lambda request: httpx.Response(status, json=body))
 
 
+def admin(emulator: Any, method: str, op: str, body: Any = None) -> httpx.Response:
+    """A call to an emulator's test controls (``/_emulator/<op>``), in-process."""
+    return emulator.handle(  # type: ignore[no-any-return]
+        httpx.Request(method, f"http://emu.test/_emulator/{op}", json=body)
+    )
+
+
 def form(request: httpx.Request) -> list[tuple[str, str]]:
     return parse_qsl(request.content.decode(), keep_blank_values=True)
 

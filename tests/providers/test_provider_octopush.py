@@ -14,7 +14,7 @@ import httpx
 import pytest
 from conftest import emulator_process
 from contract import ProviderContract
-from provider_helpers import Recorder, answering, row
+from provider_helpers import Recorder, admin, answering, row
 
 from syncd.emulators.admin import Faults
 from syncd.emulators.kit.server import EmulatorServer
@@ -346,21 +346,18 @@ def test_emulator_errors_and_limits(emu: OctopushEmulator) -> None:
 
 
 def test_emulator_admin_routes_and_faults(emu: OctopushEmulator) -> None:
-    def admin(method: str, op: str, payload: Any = None) -> httpx.Response:
-        return emu.handle(httpx.Request(method, f"http://emu.test/_emulator/{op}", json=payload))
-
-    admin("POST", "refuse", {"phone_number": BOB, "message": "Unroutable"})
-    admin("POST", "blacklist", {"phone_number": ANN})
-    admin("POST", "list", {"name": "VIP"})
-    state = admin("GET", "state").json()
+    admin(emu, "POST", "refuse", {"phone_number": BOB, "message": "Unroutable"})
+    admin(emu, "POST", "blacklist", {"phone_number": ANN})
+    admin(emu, "POST", "list", {"name": "VIP"})
+    state = admin(emu, "GET", "state").json()
     assert state["lists"] == [LIST, "VIP"] and state["blacklist"] == [ANN]
     refused = request(emu, "POST", "contact/create", {"contacts": [{"phone_number": BOB}]})
     assert refused.json()["message"] == "Unroutable"
-    admin("POST", "faults", {"error_code_rate": 1.0, "error_code": "api_call_limit_exceeded"})
+    admin(emu, "POST", "faults", {"error_code_rate": 1.0, "error_code": "api_call_limit_exceeded"})
     assert request(emu, "POST", "contact/create", {}).status_code == 429
-    admin("POST", "faults", {"error_code_rate": 1.0, "error_code": "boom"})
+    admin(emu, "POST", "faults", {"error_code_rate": 1.0, "error_code": "boom"})
     assert request(emu, "POST", "contact/create", {}).json()["message"] == "Injected fault: boom"
-    assert admin("GET", "calls").json() == {"calls": {"contact/create": 3}, "write_calls": 3}
+    assert admin(emu, "GET", "calls").json() == {"calls": {"contact/create": 3}, "write_calls": 3}
 
 
 def test_over_loopback_http(emu: OctopushEmulator) -> None:

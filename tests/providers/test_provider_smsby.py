@@ -14,7 +14,7 @@ import httpx
 import pytest
 from conftest import emulator_process
 from contract import ProviderContract
-from provider_helpers import Recorder, answering, form, header_and_rows, imported_rows, row
+from provider_helpers import Recorder, admin, answering, form, header_and_rows, imported_rows, row
 
 from syncd.emulators.admin import Faults
 from syncd.emulators.kit.server import EmulatorServer
@@ -347,27 +347,26 @@ def test_emulator_wants_phone_or_email_and_a_token(emu: SmsbyEmulator) -> None:
 
 
 def test_emulator_admin_routes_and_faults(emu: SmsbyEmulator) -> None:
-    def admin(method: str, op: str, body: Any = None) -> httpx.Response:
-        return emu.handle(httpx.Request(method, f"http://emu.test/_emulator/{op}", json=body))
-
-    assert admin("POST", "list", {"name": "VIP"}).json() == {"id": 2}
-    assert [lst["name"] for lst in admin("GET", "state").json()["lists"]] == ["Newsletter", "VIP"]
-    assert admin("POST", "faults", {"error_code_rate": 1.0, "error_code": "retry_later"}).is_success
+    assert admin(emu, "POST", "list", {"name": "VIP"}).json() == {"id": 2}
+    lists = admin(emu, "GET", "state").json()["lists"]
+    assert [lst["name"] for lst in lists] == ["Newsletter", "VIP"]
+    later = {"error_code_rate": 1.0, "error_code": "retry_later"}
+    assert admin(emu, "POST", "faults", later).is_success
     limited = emulator_call(emu, "importContacts", {"token": TOKEN})
     assert limited.status_code == 429  # "Rate limits": the documented answer
     assert limited.json() == {"status": "error", "message": "Превышен лимит запросов"}
-    admin("POST", "faults", {"error_code_rate": 1.0, "error_code": "invalid_arg"})
+    admin(emu, "POST", "faults", {"error_code_rate": 1.0, "error_code": "invalid_arg"})
     assert emulator_call(emu, "importContacts", {}).json() == {
         "error": "Injected fault: invalid_arg"
     }
-    admin("POST", "faults", {"http_5xx_rate": 1.0})
+    admin(emu, "POST", "faults", {"http_5xx_rate": 1.0})
     assert emulator_call(emu, "importContacts", {}).status_code == 503
-    assert admin("GET", "calls").json() == {"calls": {"importContacts": 3}, "write_calls": 3}
-    assert admin("POST", "reset-calls").is_success
-    assert admin("GET", "faults").json()["injected"] == {"http_503": 1}  # since the last POST
-    assert admin("GET", "reset-calls").status_code == 405
-    assert admin("POST", "nope").status_code == 404
-    assert admin("POST", "faults", {"bogus": 1}).status_code == 400
+    assert admin(emu, "GET", "calls").json() == {"calls": {"importContacts": 3}, "write_calls": 3}
+    assert admin(emu, "POST", "reset-calls").is_success
+    assert admin(emu, "GET", "faults").json()["injected"] == {"http_503": 1}  # since the last POST
+    assert admin(emu, "GET", "reset-calls").status_code == 405
+    assert admin(emu, "POST", "nope").status_code == 404
+    assert admin(emu, "POST", "faults", {"bogus": 1}).status_code == 400
 
 
 def test_over_loopback_http(emu: SmsbyEmulator) -> None:
