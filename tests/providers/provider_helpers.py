@@ -1,22 +1,29 @@
-"""What the provider adapter tests share: a recording transport, the form decoding of a request,
-rows to push, and an adapter built over an emulator in-process.
+"""What the provider adapter tests share: the one place a target is built, a recording transport,
+canned answers, the form decoding of a request, rows to push, and the generated answers the
+fuzz tests feed an adapter.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 
 from syncd.config import TargetConfig
 from syncd.core.projection import Projection
-from syncd.providers import make_provider
-from syncd.providers.base import Op, Provider, RowChange
+from syncd.providers.base import Op, RowChange
 
 Handler = Callable[[httpx.Request], httpx.Response]
-P = TypeVar("P", bound=Provider)
+
+
+def build_target(values: dict[str, Any]) -> TargetConfig:
+    """A target from its settings, as a config file's ``[[target]]`` table gives them."""
+    return TargetConfig(**values)
 
 
 class Recorder(httpx.BaseTransport):
@@ -24,6 +31,7 @@ class Recorder(httpx.BaseTransport):
 
     def __init__(self, handler: Handler) -> None:
         self.requests: list[httpx.Request] = []
+        self.closed = False
         self._inner = httpx.MockTransport(handler)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -31,8 +39,29 @@ class Recorder(httpx.BaseTransport):
         self.requests.append(request)
         return self._inner.handle_request(request)
 
+    def close(self) -> None:
+        self.closed = True
+
     def calls(self, method: str) -> list[httpx.Request]:
         return [r for r in self.requests if r.url.path.endswith(f"/api/{method}")]
+
+
+def answering(body: Any, status: int = 200, content_type: str | None = None) -> httpx.MockTransport:
+    """A provider that gives every request the same answer: ``body`` as JSON, or as raw bytes
+    (with ``content_type``, when given)."""
+    if isinstance(body, bytes):
+        headers = {"content-type": content_type} if content_type else {}
+        return httpx.MockTransport(
+            lambda request: httpx.Response(status, content=body, headers=headers)
+        )
+    return httpx.MockTransport(lambda request: httpx.Response(status, json=body))
+
+
+def admin(emulator: Any, method: str, op: str, body: Any = None) -> httpx.Response:
+    """A call to an emulator's test controls (``/_emulator/<op>``), in-process."""
+    return emulator.handle(  # type: ignore[no-any-return]
+        httpx.Request(method, f"http://emu.test/_emulator/{op}", json=body)
+    )
 
 
 def form(request: httpx.Request) -> list[tuple[str, str]]:
@@ -54,6 +83,12 @@ def header_and_rows(request: httpx.Request) -> tuple[list[str], list[list[str]]]
     return header, rows
 
 
+def imported_rows(request: httpx.Request) -> list[dict[str, str]]:
+    """The rows of an import with indexed `field_names` and `data`, one dict per row."""
+    header, rows = header_and_rows(request)
+    return [dict(zip(header, cells, strict=True)) for cells in rows]
+
+
 def row(
     op: Op,
     key: str,
@@ -65,17 +100,65 @@ def row(
     return RowChange(op, Projection.build(key, fields or {}, tags, status))
 
 
-def adapter_for(
-    kind: type[P],
-    target: TargetConfig,
-    handler: Handler | None = None,
-    transport: httpx.BaseTransport | None = None,
-) -> P:
-    """The adapter ``make_provider`` builds for ``target``: over ``transport``, else ``handler``
-    served in-process; its retries never sleep."""
-    if transport is None:
-        assert handler is not None
-        transport = httpx.MockTransport(handler)
-    provider = make_provider(target, transport=transport, sleep=lambda _s: None)
-    assert isinstance(provider, kind)
-    return provider
+# ---------------------------------------------------------------------------- generated answers
+
+# Each provider runs the contract's fuzz tests on one inherited method: the examples differ by
+# subclass, which is what differing_executors warns about, and is meant here.
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.differing_executors,
+    ],
+)
+
+# Values of every JSON type, with the awkward ones over-represented: numbers as strings, Unicode
+# digits int() refuses, huge numbers, negatives, empty containers.
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(["", "0", "1", "2", " 1 ", "²", "٣", "-1", "1e3", "9" * 5000, "ok", "OK"]),
+    st.text(max_size=20),
+)
+
+
+def json_like(keys: list[str]) -> st.SearchStrategy[Any]:
+    """JSON values whose objects mostly use the names the reader looks for."""
+    names = st.one_of(st.sampled_from(keys), st.text(max_size=8))
+    return st.recursive(
+        scalars,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4), st.dictionaries(names, inner, max_size=6)
+        ),
+        max_leaves=25,
+    )
+
+
+def answers(keys: list[str], envelope: Callable[[Any], Any]) -> st.SearchStrategy[bytes]:
+    """Raw answer bodies: well-formed envelopes around odd values, cut or garbled JSON, HTML."""
+    value = json_like(keys)
+    shaped = st.builds(envelope, value).map(lambda v: json.dumps(v).encode())
+    cut = st.tuples(shaped, st.integers(0, 200)).map(lambda t: t[0][: t[1]])
+    deep = st.integers(1, 100_000).map(lambda n: b'{"result": ' + b"[" * n + b"]" * n + b"}")
+    big = st.just(b'{"result": {"total": ' + b"7" * 5000 + b"}}")
+    return st.one_of(
+        shaped,
+        shaped,
+        shaped,
+        value.map(lambda v: json.dumps(v).encode()),
+        cut,
+        deep,
+        big,
+        st.binary(max_size=64),
+        st.just(b"<html><body>502 Bad Gateway</body></html>"),
+        st.just(b'{"result": "\\ud800"}'),
+    )
+
+
+STATUSES = st.sampled_from([200, 200, 200, 201, 204, 301, 400, 401, 403, 404, 413, 422, 429, 500])
+CONTENT_TYPES = st.sampled_from(["application/json", "text/html", "text/csv", ""])

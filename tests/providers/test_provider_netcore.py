@@ -4,11 +4,14 @@ emulator.
 syncd's side of the calls goes to the emulator in-process (``MockTransport``); the provider's side
 is real loopback HTTP: the emulator fetches each batch file from syncd's listener and POSTs the
 job's callback there, as Netcore would. The listener is the one ``run_once`` starts on
-``[http] listen`` while it waits for callbacks.
+``[http] listen`` while it waits for callbacks. What every adapter promises is
+``contract.py``'s, run here by ``TestNetcoreContract``.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -18,11 +21,13 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
 from conftest import emulator_process, free_port
+from contract import ProviderContract
+from provider_helpers import form
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -30,7 +35,7 @@ from syncd.commands import cycles, job_routes
 from syncd.config import Config, TargetConfig, parse_config
 from syncd.core.projection import Projection
 from syncd.daemon.http import StatusServer
-from syncd.emulators.netcore import NetcoreEmulator
+from syncd.emulators.netcore import BulkJob, NetcoreEmulator
 from syncd.engine.result import CycleOptions, CycleResult
 from syncd.local.ingest import ingest_file
 from syncd.metrics import Metrics
@@ -42,6 +47,64 @@ from syncd.store.models import Base, PushJob, PushJobRow, Rejection
 
 API_KEY = "netcore-key-5d1e"
 FIELDS = {"FIRST_NAME": "name", "CITY": "city"}
+
+
+class TestNetcoreContract(ProviderContract[NetcoreProvider]):
+    """Without a ``public_url``: each contact goes by ``activity=addsync``; the batch files
+    the provider fetches are the cycles' below."""
+
+    adapter_class = NetcoreProvider
+    provider = "netcore"
+    api_key = API_KEY
+    settings: ClassVar[dict[str, Any]] = {
+        "name": "news",
+        "key": "email",
+        "base_url": "https://api.netcore.test/apiv2",
+        "fields": dict(FIELDS),
+        "max_rows_per_call": 25,
+    }
+    keys = ("bob@example.com", "ann@example.com", "carl@example.com")
+    columns = ("FIRST_NAME", "CITY")
+    answer_names: ClassVar[list[str]] = ["result", "requestid", "message", "status", "errors"]
+
+    def emulator(self) -> NetcoreEmulator:
+        emulator = NetcoreEmulator(api_key=API_KEY)
+        emulator.add_list("Newsletter")
+        return emulator
+
+    def sent_rows(self, request: httpx.Request) -> list[dict[str, str]]:
+        sent = dict(form(request))
+        activity = request.url.params["activity"]
+        if activity == "bulkupload":
+            return []  # the rows are in the file the provider fetches
+        if activity == "delete":
+            return [{"EMAIL": sent["data"]}]
+        return [json.loads(sent["data"])]
+
+    def file_rows(self, body: bytes) -> list[dict[str, str]]:
+        return list(csv.DictReader(io.StringIO(body.decode())))
+
+
+class HeldFiles(NetcoreEmulator):
+    """The emulator, except that it never fetches a bulk upload's file (the contract reads the
+    file from ``hosted_file``; the cycles below have it fetched over loopback)."""
+
+    def _process(self, job: BulkJob) -> None:
+        pass
+
+
+class TestNetcoreBulkContract(TestNetcoreContract):
+    """With a ``public_url``: creates and updates go in files, confirmed later."""
+
+    settings: ClassVar[dict[str, Any]] = {
+        **TestNetcoreContract.settings,
+        "public_url": "https://syncd.example.test",
+    }
+
+    def emulator(self) -> NetcoreEmulator:
+        emulator = HeldFiles(api_key=API_KEY)
+        emulator.add_list("Newsletter")
+        return emulator
 
 
 class NetcoreWorld:
@@ -254,14 +317,20 @@ def test_a_callback_that_never_comes_holds_the_rows_until_the_timeout_then_they_
     assert world.cycle().write_calls == 0
 
 
-def test_a_second_callback_for_the_same_job_is_refused_and_changes_nothing(
-    tmp_path: Path,
-) -> None:
+def awaiting_callback(tmp_path: Path) -> tuple[NetcoreWorld, list[str], BulkJob]:
+    """A world whose first cycle uploaded two contacts and waits for a callback held back."""
     world = NetcoreWorld(tmp_path, callback_timeout=30)
     world.emu.admin_post("callbacks", {"mode": "never"})
     emails = world.add_local(2)
     assert world.cycle(wait=0.2).outcome == "awaiting"
     (job,) = world.emu.jobs
+    return world, emails, job
+
+
+def test_a_second_callback_for_the_same_job_is_refused_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    world, emails, job = awaiting_callback(tmp_path)
     with Listener(world):  # the daemon's listener between cycles
         world.emu.admin_post("replay", {"requestid": job.requestid, "times": 2})
         assert job.callback_answers == [200, 409]
@@ -286,11 +355,7 @@ def base_data(world: NetcoreWorld, key: str) -> str:
 def test_a_forged_callback_is_refused_and_the_real_one_still_counts(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    world = NetcoreWorld(tmp_path, callback_timeout=30)
-    world.emu.admin_post("callbacks", {"mode": "never"})
-    emails = world.add_local(2)
-    assert world.cycle(wait=0.2).outcome == "awaiting"
-    (job,) = world.emu.jobs
+    world, emails, job = awaiting_callback(tmp_path)
     forged = re.sub(r"/callback/[^/]+$", "/callback/" + "A" * 32, job.callback)
     report = {"requestid": job.requestid, "status": "completed", "errors": []}
     with Listener(world):
