@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from syncd.errors import ConfigError
+from syncd.schedule import parse_schedule
 
 Policy = Literal["local", "remote", "manual"]
 PROVIDERS = ("unisender", "selzy", "smsby", "octopush", "netcore")
@@ -274,9 +275,7 @@ class TargetConfig(_Strict):
     @field_validator("schedule")
     @classmethod
     def _check_schedule(cls, value: str) -> str:
-        from syncd.daemon.scheduler import make_trigger  # the scheduler owns the syntax
-
-        make_trigger(value, 0)
+        parse_schedule(value)
         return value
 
     @property
