@@ -22,6 +22,7 @@ from syncd.config import Config, load_config
 from syncd.engine.result import CycleOptions, CycleResult
 from syncd.errors import ConfigError, IngestError, SyncdError
 from syncd.logs import SecretFilter, register_secret
+from syncd.providers import PROVIDERS
 
 EXIT_CONFIG = 2
 
@@ -36,7 +37,7 @@ config_option = click.option(
 
 def _load(config_path: str | None) -> Config:
     try:
-        config = load_config(config_path)
+        config = load_config(config_path, providers=PROVIDERS)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_CONFIG)

@@ -24,6 +24,7 @@ from typing import Any
 from syncd.commands.cycles import ProviderFactory, build_provider
 from syncd.config import Config, TargetConfig, find_config_path, parse_config, substitute_env
 from syncd.errors import AuthError, ConfigError, ProviderError, ProviderUnreachable
+from syncd.providers import PROVIDERS
 from syncd.schemas import config_schema
 
 EXIT_OK = 0
@@ -165,7 +166,7 @@ def check_config(
         return report
 
     try:
-        report.config = parse_config(data, str(file), environ)
+        report.config = parse_config(data, str(file), environ, providers=PROVIDERS)
     except ConfigError as exc:
         report.problems += exc.problems
     # The schema's findings are nearly always the loader's too; add only those about keys the
