@@ -350,7 +350,7 @@ def resolve_cmd(config_path: str | None, key: str, take: str, target: str | None
 @config_option
 @click.option(
     "--provider",
-    type=click.Choice(["unisender", "selzy", "smsby", "octopush", "netcore"]),
+    type=click.Choice(list(PROVIDERS)),
     default="unisender",
     show_default=True,
     help="Which provider the starter target uses.",
@@ -400,9 +400,7 @@ def check_config_cmd(config_path: str | None, online: bool, as_json: bool) -> No
 
 
 @main.command("emulate")
-@click.argument(
-    "provider", type=click.Choice(["unisender", "selzy", "smsby", "octopush", "netcore"])
-)
+@click.argument("provider", type=click.Choice(list(PROVIDERS)))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True, type=int)
 @click.option("--api-key", default=None, help="Accept only this key (default: any).")

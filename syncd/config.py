@@ -168,10 +168,9 @@ class IngestConfig(_Strict):
 
 
 class TargetConfig(BaseModel):
-    """One ``[[target]]`` table: the keys every provider shares; the provider's own keys are
-    kept in ``model_extra`` (checked with its settings model when a provider table is given).
-    """
-
+    # The keys every provider shares (no docstring: it would become the schema's description).
+    # The provider's own keys stay in ``model_extra``, checked with its settings model when
+    # ``parse_config`` is given the provider table.
     model_config = ConfigDict(extra="allow", frozen=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Unique target name.")

@@ -5,10 +5,11 @@ contract, as ``syncd.schemas.config_schema`` generates it) and by loading it as 
 (``syncd.config.parse_config``), so a file that passes is one the daemon accepts. Every problem
 names the file and the key.
 
-Online, each target whose provider has a read-only call is tried once: for Unisender/Selzy the
-adapter's ``prepare`` with field creation off, which reads ``getLists`` (reachable? key accepted?
-list there?) and ``getFields``, and writes nothing. Providers without such a call are reported as
-not checked, which is not a failure.
+Online, each target whose provider has a read-only call is tried once: the adapter's
+``prepare`` with field creation off, where its spec says that only reads
+(``ProviderSpec.read_only_prepare``; for Unisender/Selzy it reads ``getLists``: reachable? key
+accepted? list there? and ``getFields``), and writes nothing. Providers without such a call are
+reported as not checked, which is not a failure.
 """
 
 from __future__ import annotations
@@ -31,9 +32,6 @@ EXIT_OK = 0
 EXIT_CONFIG = 2  # the file, or what it names (key, list), is wrong
 EXIT_UNREACHABLE = 3  # a provider could not be reached
 
-#: Providers whose adapter can be tried without writing anything (``prepare`` with
-#: ``create_missing=False`` only reads). Others may create lists in ``prepare``.
-READ_ONLY_PROBES = frozenset({"unisender", "selzy"})
 NOT_CHECKED = "no read-only call available; not checked online"
 
 
@@ -196,7 +194,7 @@ def schema_problems(data: Mapping[str, Any], env: Mapping[str, str]) -> list[tup
     except ImportError:
         return []
     resolved = substitute_env(dict(data), env, "", [])  # unset variables: the loader says so
-    validator = jsonschema.Draft202012Validator(config_schema())
+    validator = jsonschema.Draft202012Validator(config_schema(PROVIDERS))
     found: dict[tuple[str, str], None] = {}
     for error in validator.iter_errors(resolved):
         for key, message in _describe(error, jsonschema):
@@ -220,6 +218,12 @@ def _describe(error: Any, jsonschema: Any) -> Iterable[tuple[str, str]]:
         for name in instance:
             if name not in known:
                 yield _key_text([*path, name]), "unknown key"
+    elif error.validator == "unevaluatedProperties" and isinstance(instance, dict):
+        # a [[target]]: the shared keys, then those of its provider's settings
+        known = {*error.schema.get("properties", {}), *_provider_keys(error.schema, instance)}
+        for name in instance:
+            if name not in known:
+                yield _key_text([*path, name]), "unknown key"
     elif error.validator == "not" and isinstance(error.validator_value, dict):
         together = ", ".join(error.validator_value.get("required", ())) or "this"
         yield _key_text(path), f"may not be given together: {together}"
@@ -229,6 +233,15 @@ def _describe(error: Any, jsonschema: Any) -> Iterable[tuple[str, str]]:
         if message.startswith(shown):
             message = "value" + message[len(shown) :]
         yield _key_text(path), message
+
+
+def _provider_keys(schema: Mapping[str, Any], instance: Mapping[str, Any]) -> set[str]:
+    """The keys the ``if``/``then`` branch of ``instance``'s provider adds (``syncd.schemas``)."""
+    for branch in schema.get("allOf", ()):
+        const = branch.get("if", {}).get("properties", {}).get("provider", {}).get("const")
+        if const is not None and const == instance.get("provider"):
+            return set(branch.get("then", {}).get("properties", {}))
+    return set()
 
 
 def _key_text(path: Iterable[Any]) -> str:
@@ -259,7 +272,7 @@ def _covered(key: str, problem: str) -> bool:
 def probe_target(config: Config, target: TargetConfig, providers: ProviderFactory) -> TargetCheck:
     """Try one target's key and list with read calls only, once (no retries)."""
     check = TargetCheck(target.name, target.provider, target.list_id)
-    if target.provider not in READ_ONLY_PROBES:
+    if not PROVIDERS[target.provider].read_only_prepare:  # its prepare may write
         check.notes.append(NOT_CHECKED)
         return check
     check.checked = True

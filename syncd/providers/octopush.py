@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from syncd.config import ProviderSettings, TargetConfig
 from syncd.core.projection import is_opted_out
@@ -344,8 +344,16 @@ def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
 # ---------------------------------------------------------------------- the spec
 
 
+def _login_required(schema: dict[str, Any]) -> None:
+    """What ``OctopushSettings._needs_login`` checks, said in the JSON Schema too."""
+    schema["required"] = ["api_login"]
+    schema["properties"]["api_login"]["minLength"] = 1
+
+
 class OctopushSettings(ProviderSettings):
     """Octopush's own keys of a ``[[target]]`` table."""
+
+    model_config = ConfigDict(json_schema_extra=_login_required)
 
     api_login: str | None = Field(None, description="Octopush: the account login (api-login).")
     create_missing_list: bool = Field(

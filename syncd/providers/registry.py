@@ -24,7 +24,14 @@ from importlib.metadata import EntryPoint, entry_points
 from syncd.config import TargetConfig
 from syncd.providers.spec import ProviderSpec
 
-__all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "PROVIDERS", "ProviderTable", "spec_for"]
+__all__ = [
+    "BUILTIN",
+    "BUILTIN_PROVIDERS",
+    "ENTRY_POINT_GROUP",
+    "PROVIDERS",
+    "ProviderTable",
+    "spec_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +125,9 @@ def _load(path: str) -> object:
 
 #: Every provider: the built-in ones, then those of installed packages' entry points.
 PROVIDERS = ProviderTable(BUILTIN)
+
+#: The built-in providers alone (what the checked-in configuration schema describes).
+BUILTIN_PROVIDERS = ProviderTable(BUILTIN, group=None)
 
 
 def spec_for(target: TargetConfig) -> ProviderSpec:
