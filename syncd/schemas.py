@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -32,6 +33,8 @@ from syncd.local import outbox
 from syncd.local.ingest.read import RESERVED
 from syncd.providers.registry import BUILTIN_PROVIDERS
 from syncd.providers.spec import ProviderSpec
+
+log = logging.getLogger(__name__)
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 CONFIG_ID = "urn:syncd:schema:config:1"
@@ -194,14 +197,20 @@ def _provider_rules(defs: dict[str, JsonSchema], providers: Mapping[str, Provide
     target.pop("additionalProperties", None)
     target["unevaluatedProperties"] = False
     target["properties"]["provider"]["enum"] = list(providers)
-    branches: list[JsonSchema] = []
+    specs: dict[str, ProviderSpec] = {}
     for name in providers:
-        settings = providers[name].settings
+        try:
+            specs[name] = providers[name]
+        except ValueError as exc:  # a broken package: the loader reports it where it is used
+            log.warning("provider %s left out of the schema's own keys: %s", name, exc)
+    branches: list[JsonSchema] = []
+    for name, spec in specs.items():
+        settings = spec.settings
         if not settings.model_fields:
             continue
         key = settings.__name__
         if key not in defs:
-            defs[key] = _settings_schema(settings, providers)
+            defs[key] = _settings_schema(settings, specs)
         branches.append(
             {
                 "if": {"required": ["provider"], "properties": {"provider": {"const": name}}},

@@ -9,8 +9,8 @@ packages add theirs through the entry-point group ``syncd.providers``, whose ent
     acme = "acme_syncd:SPEC"
 
 Names are known without importing anything (the CLI's choices list them); a spec is imported the
-first time its name is looked up, and must carry that name. A built-in name wins over an entry
-point of the same name, with a warning.
+first time its name is looked up, and must carry that name (ValueError when it cannot be loaded
+or does not). A built-in name wins over an entry point of the same name, with a warning.
 """
 
 from __future__ import annotations
@@ -98,9 +98,12 @@ class ProviderTable(Mapping[str, ProviderSpec]):
             spec = self._loaded.get((name, where))
         if spec is not None:
             return spec
-        found = load()
+        try:
+            found = load()
+        except Exception as exc:  # a broken package: say which, as a problem of the config
+            raise ValueError(f"provider {name!r}: cannot load {where}: {exc!r}") from exc
         if not isinstance(found, ProviderSpec):
-            raise TypeError(f"provider {name!r}: {where} is not a ProviderSpec")
+            raise ValueError(f"provider {name!r}: {where} is not a ProviderSpec")
         if found.name != name:
             raise ValueError(f"provider {name!r}: {where} is the spec of {found.name!r}")
         with self._lock:
