@@ -194,18 +194,19 @@ def schema_problems(data: Mapping[str, Any], env: Mapping[str, str]) -> list[tup
     except ImportError:
         return []
     resolved = substitute_env(dict(data), env, "", [])  # unset variables: the loader says so
-    validator = jsonschema.Draft202012Validator(config_schema(PROVIDERS))
+    schema = config_schema(PROVIDERS)
+    validator = jsonschema.Draft202012Validator(schema)
     found: dict[tuple[str, str], None] = {}
     for error in validator.iter_errors(resolved):
-        for key, message in _describe(error, jsonschema):
+        for key, message in _describe(error, jsonschema, schema):
             found[(key, message)] = None
     return sorted(found)
 
 
-def _describe(error: Any, jsonschema: Any) -> Iterable[tuple[str, str]]:
+def _describe(error: Any, jsonschema: Any, root: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
     if error.validator in ("anyOf", "oneOf") and error.context:
         # the branch that came closest says more than "not valid under any of the schemas"
-        yield from _describe(jsonschema.exceptions.best_match(error.context), jsonschema)
+        yield from _describe(jsonschema.exceptions.best_match(error.context), jsonschema, root)
         return
     path = list(error.absolute_path)
     instance = error.instance
@@ -220,7 +221,8 @@ def _describe(error: Any, jsonschema: Any) -> Iterable[tuple[str, str]]:
                 yield _key_text([*path, name]), "unknown key"
     elif error.validator == "unevaluatedProperties" and isinstance(instance, dict):
         # a [[target]]: the shared keys, then those of its provider's settings
-        known = {*error.schema.get("properties", {}), *_provider_keys(error.schema, instance)}
+        own = _provider_keys(error.schema, instance, root)
+        known = {*error.schema.get("properties", {}), *own}
         for name in instance:
             if name not in known:
                 yield _key_text([*path, name]), "unknown key"
@@ -235,12 +237,19 @@ def _describe(error: Any, jsonschema: Any) -> Iterable[tuple[str, str]]:
         yield _key_text(path), message
 
 
-def _provider_keys(schema: Mapping[str, Any], instance: Mapping[str, Any]) -> set[str]:
-    """The keys the ``if``/``then`` branch of ``instance``'s provider adds (``syncd.schemas``)."""
+def _provider_keys(
+    schema: Mapping[str, Any], instance: Mapping[str, Any], root: Mapping[str, Any]
+) -> set[str]:
+    """The keys the ``if``/``then`` branch of ``instance``'s provider adds (``syncd.schemas``:
+    ``then`` refers to the provider's settings in ``root``'s ``$defs``)."""
     for branch in schema.get("allOf", ()):
         const = branch.get("if", {}).get("properties", {}).get("provider", {}).get("const")
         if const is not None and const == instance.get("provider"):
-            return set(branch.get("then", {}).get("properties", {}))
+            then = branch.get("then", {})
+            ref = str(then.get("$ref", ""))
+            if ref.startswith("#/$defs/"):
+                then = root.get("$defs", {}).get(ref.removeprefix("#/$defs/"), {})
+            return set(then.get("properties", {}))
     return set()
 
 
@@ -272,7 +281,8 @@ def _covered(key: str, problem: str) -> bool:
 def probe_target(config: Config, target: TargetConfig, providers: ProviderFactory) -> TargetCheck:
     """Try one target's key and list with read calls only, once (no retries)."""
     check = TargetCheck(target.name, target.provider, target.list_id)
-    if not PROVIDERS[target.provider].read_only_prepare:  # its prepare may write
+    spec = PROVIDERS[target.provider]
+    if not spec.read_only_prepare:  # its prepare may write
         check.notes.append(NOT_CHECKED)
         return check
     check.checked = True
@@ -286,7 +296,7 @@ def probe_target(config: Config, target: TargetConfig, providers: ProviderFactor
         provider.prepare(target.remote_fields, create_missing=False)
     except ProviderUnreachable as exc:
         check.reachable = False
-        check.problems.append(f"not reachable at {target.api_root}: {exc}")
+        check.problems.append(f"not reachable at {spec.api_root(target)}: {exc}")
     except AuthError as exc:
         check.reachable, check.key_accepted = True, False
         check.problems.append(f"the API key was refused: {exc}")

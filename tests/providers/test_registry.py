@@ -171,6 +171,19 @@ def test_a_targets_own_keys_are_checked_by_its_providers_settings() -> None:
     assert "Extra inputs are not permitted" in caught.value.problems[1]
 
 
+def test_the_schema_knows_each_providers_own_keys_and_no_others() -> None:
+    pytest.importorskip("jsonschema")
+    from syncd.commands.check import schema_problems
+
+    smsby = _target(provider="smsby", key="phone", create_missing_list=True, xyz=1)
+    assert schema_problems({"target": [smsby]}, {}) == [("target[0].xyz", "unknown key")]
+    unisender = {**smsby, "provider": "unisender"}
+    assert schema_problems({"target": [unisender]}, {}) == [
+        ("target[0].create_missing_list", "unknown key"),
+        ("target[0].xyz", "unknown key"),
+    ]
+
+
 def test_a_target_built_directly_gets_its_default_root_from_the_table() -> None:
     target = TargetConfig(name="t", provider="netcore", list_id="1", api_key="k")
     with pytest.raises(ValueError, match="default API root"):
