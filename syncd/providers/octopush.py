@@ -134,6 +134,7 @@ class OctopushProvider(Provider):
         api_key = target.api_key.get_secret_value()
         self._fingerprint = key_fingerprint(api_key)
         self._auth = {"api-login": settings.api_login or "", "api-key": api_key}  # "Auth"
+        self._create_missing_list = settings.create_missing_list
         # rate limits of the contact API are [UNCONFIRMED]: the target's setting applies
         self._http = ProviderHttp.for_target(
             self.name, target, self.stats, transport=transport, sleep=sleep
@@ -199,7 +200,7 @@ class OctopushProvider(Provider):
                 f"{where}: an Octopush list name has at most {MAX_LIST_NAME} characters",
                 code="invalid_list_name",
             )
-        if OctopushSettings.of(self.target).create_missing_list and create_missing:
+        if self._create_missing_list and create_missing:
             self._ensure_list()
 
     def _ensure_list(self) -> None:

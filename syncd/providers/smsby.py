@@ -95,6 +95,7 @@ class SmsbyProvider(Provider):
         self.target = target
         self._key = target.key  # "phone" or "email": both are upsert keys ("Import semantics")
         self._token = target.api_key.get_secret_value()
+        self._create_missing_list = SmsbySettings.of(target).create_missing_list
         # rate limits of the contact API are [UNCONFIRMED]: the target's setting applies
         self._http = ProviderHttp.for_target(
             self.name, target, self.stats, transport=transport, sleep=sleep
@@ -156,7 +157,7 @@ class SmsbyProvider(Provider):
         if self.target.list_id.isdigit():
             return  # no documented call can check that the list exists; an import will say
         name = self.target.list_id
-        if not SmsbySettings.of(self.target).create_missing_list:
+        if not self._create_missing_list:
             raise ProviderError(
                 f"target {self.target.name!r}: an sms.by list_id is the list's number, not "
                 f"{name!r} (or set create_missing_list = true to create a list of that name)",
