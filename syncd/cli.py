@@ -22,6 +22,7 @@ from syncd.config import Config, load_config
 from syncd.engine.result import CycleOptions, CycleResult
 from syncd.errors import ConfigError, IngestError, StarterExists, SyncdError
 from syncd.logs import SecretFilter, register_secret
+from syncd.providers import PROVIDERS
 
 EXIT_CONFIG = 2
 
@@ -36,7 +37,7 @@ config_option = click.option(
 
 def _load(config_path: str | None) -> Config:
     try:
-        config = load_config(config_path)
+        config = load_config(config_path, providers=PROVIDERS)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_CONFIG)
@@ -349,7 +350,7 @@ def resolve_cmd(config_path: str | None, key: str, take: str, target: str | None
 @config_option
 @click.option(
     "--provider",
-    type=click.Choice(["unisender", "selzy", "smsby", "octopush", "netcore"]),
+    type=click.Choice(list(PROVIDERS)),
     default="unisender",
     show_default=True,
     help="Which provider the starter target uses.",
@@ -399,9 +400,7 @@ def check_config_cmd(config_path: str | None, online: bool, as_json: bool) -> No
 
 
 @main.command("emulate")
-@click.argument(
-    "provider", type=click.Choice(["unisender", "selzy", "smsby", "octopush", "netcore"])
-)
+@click.argument("provider", type=click.Choice(list(PROVIDERS)))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True, type=int)
 @click.option("--api-key", default=None, help="Accept only this key (default: any).")
@@ -446,8 +445,6 @@ def emulate_cmd(
 
     Faults can also be switched at run time: POST JSON to /_emulator/faults.
     """
-    import importlib
-
     from syncd.emulators import kit
 
     faults = kit.Faults(
@@ -459,16 +456,8 @@ def emulate_cmd(
         error_code="api_call_limit_exceeded_for_api_key",
         seed=seed,
     )
-    factories = {
-        "unisender": "syncd.emulators.unisender:make_emulator",
-        "selzy": "syncd.emulators.unisender:make_emulator",
-        "smsby": "syncd.emulators.smsby:make_emulator",
-        "octopush": "syncd.emulators.octopush:make_emulator",
-        "netcore": "syncd.emulators.netcore:make_emulator",
-    }
-    module, _, name = factories[provider].partition(":")
     make_emulator: Callable[[kit.EmulatorOptions], kit.EmulatorControls]
-    make_emulator = getattr(importlib.import_module(module), name)
+    make_emulator = PROVIDERS[provider].load_emulator()
     options = kit.EmulatorOptions(provider, api_key, seed=not no_seed, primary_key=primary_key)
     kit.serve(make_emulator(options), host, port, faults, request_log)
 

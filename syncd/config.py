@@ -2,6 +2,14 @@
 
 Every problem is reported at once, each with the file and the key it concerns, so a user fixes a
 config in one round trip. The models here are also the source of ``schemas/config.schema.json``.
+
+A ``[[target]]`` table holds the keys every provider shares (:class:`TargetConfig`) beside the
+provider's own keys, which the provider declares in its settings model (a
+:class:`ProviderSettings`). This module knows no provider: ``parse_config`` and ``load_config``
+are given the provider table (``syncd.providers.registry.PROVIDERS``, a mapping of
+:class:`ProviderRules`) and validate each target's own keys, API root and reference field with
+its provider's rules. A ``TargetConfig`` built directly, without a table, keeps the provider's
+keys unchecked in ``model_extra``; the providers read them through their settings model.
 """
 
 from __future__ import annotations
@@ -12,35 +20,80 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, Self
 
 import httpx
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from syncd.errors import ConfigError
+from syncd.schedule import parse_schedule
 
 Policy = Literal["local", "remote", "manual"]
-PROVIDERS = ("unisender", "selzy", "smsby", "octopush", "netcore")
-DEFAULT_BASE_URLS = {
-    "unisender": "https://api.unisender.com/{lang}/api",
-    "selzy": "https://api.selzy.com/{lang}/api",
-    "smsby": "https://app.sms.by/api/v2",
-    "octopush": "https://api.octopush.com/v1/public",
-    "netcore": "https://api.netcoresmartech.com/apiv2",
-}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_CONTEXT_KEY = "providers"  # where the provider table travels in pydantic's validation context
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderSettings(_Strict):
+    """A provider's own keys of a ``[[target]]`` table; each provider subclasses it.
+
+    Its fields sit beside the shared keys in the same flat table; a key that neither declares is
+    refused by name.
+    """
+
+    @classmethod
+    def of(cls, target: TargetConfig) -> Self:
+        """These settings as ``target`` gives them (its keys that are not shared ones)."""
+        return cls.model_validate(target.model_extra or {})
+
+    def listener_key(self) -> str | None:
+        """The key, when set, that has the provider call syncd's HTTP listener (else None)."""
+        return None
+
+
+class ProviderCapabilities(Protocol):
+    """What configuration reads of a provider's declared capabilities."""
+
+    @property
+    def reference(self) -> bool: ...
+
+
+class ProviderRules(Protocol):
+    """What configuration needs of a provider (``syncd.providers.spec.ProviderSpec`` has it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def default_url(self) -> str: ...  # the API root; ``{lang}`` is the target's language
+
+    @property
+    def settings(self) -> type[ProviderSettings]: ...
+
+    @property
+    def capabilities(self) -> ProviderCapabilities: ...
+
+
+ProviderTable = Mapping[str, ProviderRules]
+
+
+def _table(info: ValidationInfo) -> ProviderTable | None:
+    """The provider table given to ``parse_config`` (None: a model built directly)."""
+    context = info.context
+    return context.get(_CONTEXT_KEY) if isinstance(context, Mapping) else None
 
 
 class StoreConfig(_Strict):
@@ -114,9 +167,14 @@ class IngestConfig(_Strict):
     )
 
 
-class TargetConfig(_Strict):
+class TargetConfig(BaseModel):
+    # The keys every provider shares (no docstring: it would become the schema's description).
+    # The provider's own keys stay in ``model_extra``, checked with its settings model when
+    # ``parse_config`` is given the provider table.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Unique target name.")
-    provider: Literal["unisender", "selzy", "smsby", "octopush", "netcore"]
+    provider: str
     list_id: str = Field(min_length=1, description="The remote list.")
     local_list: str | None = Field(None, description="Local list feeding it (default: name).")
     key: Literal["email", "phone"] = "email"
@@ -128,37 +186,11 @@ class TargetConfig(_Strict):
         description="Read the API key from this file instead (e.g. "
         "'${CREDENTIALS_DIRECTORY}/unisender_api_key' with systemd's LoadCredential=).",
     )
-    api_login: str | None = Field(None, description="Octopush: the account login (api-login).")
-    max_rows_per_call: int | None = Field(
-        None,
-        gt=0,
-        description="Rows per write call where the provider documents no limit (Octopush: 500); "
-        "a batch the provider refuses as too large is split.",
-    )
-    max_fields_per_call: int | None = Field(
-        None,
-        ge=2,
-        description="Columns per call, the key included, where the provider documents no limit "
-        "(Netcore: 20); contacts with more fields go in several calls.",
-    )
-    public_url: str | None = Field(
-        None,
-        pattern=r"^https?://[^/?#]+(/[^?#]*)?$",
-        description="Netcore: the URL at which the provider reaches syncd's HTTP listener "
-        "([http] listen), e.g. behind a reverse proxy. It fetches each batch's file and posts its "
-        "callback there. Without it, contacts go one by one (activity=addsync).",
-    )
     callback_timeout: float = Field(
         3600.0,
         gt=0,
         description="Netcore: seconds a bulk upload may wait for its callback; after that its "
         "rows are sent again by the next cycle.",
-    )
-    notify_email: str | None = Field(
-        None, description="Netcore: an address the provider emails when a bulk upload is done."
-    )
-    create_missing_list: bool = Field(
-        False, description="sms.by / Octopush: create the remote list when it does not exist."
     )
     base_url: str | None = Field(
         None,
@@ -204,6 +236,17 @@ class TargetConfig(_Strict):
     )
     jitter: float = Field(10.0, ge=0, description="Up to this many seconds added to each run.")
 
+    # the provider's default API root, from the provider table (see ``bind_default_url``)
+    _default_url: str | None = PrivateAttr(None)
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, value: str, info: ValidationInfo) -> str:
+        table = _table(info)
+        if table is not None and value not in table:
+            raise ValueError(f"unknown provider {value!r} (known: {', '.join(table)})")
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _key_from_file(cls, data: Any) -> Any:
@@ -222,8 +265,26 @@ class TargetConfig(_Strict):
         return {**data, "api_key": key}
 
     @model_validator(mode="after")
+    def _provider_rules(self, info: ValidationInfo) -> TargetConfig:
+        """The provider's own keys, its default API root and whether it can keep a reference."""
+        table = _table(info)
+        if table is None:
+            return self
+        rules = table[self.provider]
+        rules.settings.of(self)  # a ValidationError names each of its keys at fault
+        self._default_url = rules.default_url
+        if self.reference_field is not None and not rules.capabilities.reference:
+            raise ValueError(
+                f"reference_field: provider {self.provider} cannot keep it (it needs custom "
+                "fields and an export to read them back); remove the setting"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _key_never_in_clear(self) -> TargetConfig:
         """The API key travels in every request: only over TLS, or to this machine itself."""
+        if self.base_url is None and self._default_url is None:
+            return self  # built without a provider table: the provider's own root, https://
         root = self.api_root
         scheme, _, rest = root.partition("://")
         scheme = scheme.lower()
@@ -243,12 +304,6 @@ class TargetConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _provider_needs(self) -> TargetConfig:
-        if self.provider == "octopush" and not self.api_login:
-            raise ValueError("provider octopush needs api_login (the account's login)")
-        return self
-
-    @model_validator(mode="after")
     def _check_reference_field(self) -> TargetConfig:
         if self.reference_field is None:
             return self
@@ -256,13 +311,6 @@ class TargetConfig(_Strict):
             raise ValueError(
                 f"reference_field {self.reference_field!r} is also in `fields`: syncd owns the "
                 "reference field, so it cannot carry a local field too"
-            )
-        from syncd.providers import keeps_references  # the adapters declare it
-
-        if not keeps_references(self.provider):
-            raise ValueError(
-                f"reference_field: provider {self.provider} cannot keep it (it needs custom "
-                "fields and an export to read them back); remove the setting"
             )
         return self
 
@@ -274,9 +322,7 @@ class TargetConfig(_Strict):
     @field_validator("schedule")
     @classmethod
     def _check_schedule(cls, value: str) -> str:
-        from syncd.daemon.scheduler import make_trigger  # the scheduler owns the syntax
-
-        make_trigger(value, 0)
+        parse_schedule(value)
         return value
 
     @property
@@ -285,8 +331,24 @@ class TargetConfig(_Strict):
 
     @property
     def api_root(self) -> str:
-        root = self.base_url or DEFAULT_BASE_URLS[self.provider].format(lang=self.lang)
-        return root.rstrip("/")
+        """``base_url``, else the provider's default root (known once a provider table has
+        validated this target, or ``bind_default_url`` was called)."""
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        if self._default_url is None:
+            raise ValueError(
+                f"target {self.name!r}: no base_url, and the default API root of provider "
+                f"{self.provider!r} is not known here (validate it with the provider table)"
+            )
+        return self._default_url.format(lang=self.lang).rstrip("/")
+
+    def bind_default_url(self, default_url: str) -> TargetConfig:
+        """This target knowing its provider's default API root (a copy when it did not)."""
+        if self._default_url == default_url:
+            return self
+        bound = self.model_copy()
+        bound._default_url = default_url
+        return bound
 
     def policy_for(self, remote_field: str) -> Policy:
         if isinstance(self.conflict, str):
@@ -312,11 +374,16 @@ class Config(_Strict):
     target: list[TargetConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _listener_for_callbacks(self) -> Config:
-        needing = [t.name for t in self.target if t.public_url]
-        if needing and not self.http.enabled:
+    def _listener_for_callbacks(self, info: ValidationInfo) -> Config:
+        table = _table(info)
+        if table is None or self.http.enabled:
+            return self
+        keys = {t.name: table[t.provider].settings.of(t).listener_key() for t in self.target}
+        needing = [name for name, key in keys.items() if key]
+        if needing:
+            said = " / ".join(sorted({key for key in keys.values() if key}))
             raise ValueError(
-                f"target(s) {', '.join(needing)} set public_url, which is served by the HTTP "
+                f"target(s) {', '.join(needing)} set {said}, which is served by the HTTP "
                 'listener: set [http] listen (it is "off")'
             )
         return self
@@ -407,13 +474,18 @@ def _duplicate_names(data: Mapping[str, Any]) -> list[str]:
 
 
 def parse_config(
-    data: Mapping[str, Any], source: str, env: Mapping[str, str] | None = None
+    data: Mapping[str, Any],
+    source: str,
+    env: Mapping[str, str] | None = None,
+    *,
+    providers: ProviderTable,
 ) -> Config:
+    """Validate ``data`` as a whole; ``providers`` is the provider table (name -> its rules)."""
     problems: list[str] = []
     resolved = substitute_env(dict(data), os.environ if env is None else env, "", problems)
     problems += _duplicate_names(resolved)
     try:
-        config = Config.model_validate(resolved)
+        config = Config.model_validate(resolved, context={_CONTEXT_KEY: providers})
     except ValidationError as exc:
         for err in exc.errors():
             problems.append(f"{_loc(tuple(err['loc']))}: {err['msg']}")
@@ -423,7 +495,9 @@ def parse_config(
     return config
 
 
-def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+def load_config(
+    explicit: str | os.PathLike[str] | None = None, *, providers: ProviderTable
+) -> Config:
     path = find_config_path(explicit)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -431,4 +505,4 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(str(path), ["file not found (use --config or $SYNCD_CONFIG)"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
-    return parse_config(data, str(path))
+    return parse_config(data, str(path), providers=providers)

@@ -3,7 +3,9 @@
 Three schemas live in ``schemas/`` and are checked by the tests against what this module
 generates, so they cannot drift from the code:
 
-- ``config.schema.json``: the configuration file (``syncd.config.Config``), as TOML data;
+- ``config.schema.json``: the configuration file (``syncd.config.Config``), as TOML data, with
+  each built-in provider's own ``[[target]]`` keys from its settings model (the provider table,
+  ``syncd.providers.registry``);
 - ``inbox-record.schema.json``: one record of an inbox file (:class:`InboxRecord`): an NDJSON
   object, or a CSV row read as an object of string cells (``$defs/CsvRow``);
 - ``change-event.schema.json``: one line of an outbox file
@@ -17,7 +19,8 @@ README's reference; ``syncd schemas check`` lists what is stale (the commands ar
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -27,6 +30,10 @@ from syncd.config import Config
 from syncd.core.projection import STATUSES
 from syncd.local import change_event
 from syncd.local.ingest.read import RESERVED
+from syncd.providers.registry import BUILTIN_PROVIDERS
+from syncd.providers.spec import ProviderSpec
+
+log = logging.getLogger(__name__)
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 CONFIG_ID = "urn:syncd:schema:config:1"
@@ -62,7 +69,8 @@ _SECTION_DESCRIPTIONS = {
 _KEY_DESCRIPTIONS = {
     "TargetConfig": {
         "provider": "Whose API: unisender, selzy (Unisender's international brand, same API), "
-        "smsby, octopush or netcore (Netcore Smartech).",
+        "smsby, octopush or netcore (Netcore Smartech), or a provider an installed package "
+        "registers. Its own keys are listed after this table.",
         "key": "What contacts are matched on at this target: email, or phone (E.164).",
         "lang": "Language segment of the Unisender/Selzy API address.",
         "on_local_delete": "A contact deleted locally: delete it at the provider, or only take "
@@ -78,18 +86,21 @@ _KEY_DESCRIPTIONS = {
 }
 
 _TARGET_RULES = (
-    "Give exactly one of `api_key` and `api_key_file`. Octopush targets need `api_login`. "
-    "Not expressed in this schema but checked when the file is loaded: `schedule` must be an "
+    "Give exactly one of `api_key` and `api_key_file`. Besides the keys below, a target takes "
+    "the keys of its provider (the tables after this one) and no others. Not expressed in "
+    "this schema but checked when the file is loaded: `schedule` must be an "
     "interval or a cron expression, the keys of a `conflict` table must be `default`, `tags`, "
     "`status` or remote names in `fields`, and target names must be unique."
 )
 
 
-def config_schema() -> JsonSchema:
+def config_schema(providers: Mapping[str, ProviderSpec] = BUILTIN_PROVIDERS) -> JsonSchema:
     """The JSON Schema of the configuration file, as checked in at schemas/config.schema.json.
 
     It describes the TOML data after ``${VAR}`` substitution. TOML has no null, so optional keys
-    are typed by their value alone and are simply left out when not wanted.
+    are typed by their value alone and are simply left out when not wanted. ``providers`` is the
+    provider table whose names and own keys it lists (the built-in ones by default; ``syncd
+    check-config`` passes every installed one).
     """
     generated = Config.model_json_schema()
     generated.pop("title", None)
@@ -106,6 +117,7 @@ def config_schema() -> JsonSchema:
     for section, prop in generated["properties"].items():
         prop["description"] = _SECTION_DESCRIPTIONS.get(section, "")
     _target_rules(defs["TargetConfig"])
+    _provider_rules(defs, providers)
     return {
         "$schema": DRAFT,
         "$id": CONFIG_ID,
@@ -172,8 +184,54 @@ def _target_rules(target: JsonSchema) -> None:
         "required": ["api_key", "api_key_file"],
         "properties": {"api_key_file": {"minLength": 1}},
     }
-    target["if"] = {"required": ["provider"], "properties": {"provider": {"const": "octopush"}}}
-    target["then"] = {"required": ["api_login"], "properties": {"api_login": {"minLength": 1}}}
+
+
+def _provider_rules(defs: dict[str, JsonSchema], providers: Mapping[str, ProviderSpec]) -> None:
+    """The provider names, and each provider's own keys as an ``if provider = X then`` branch.
+
+    A target takes the shared keys and those of its provider's settings model, nothing else
+    (``unevaluatedProperties`` sees the keys the matching branch declares).
+    """
+    target = defs["TargetConfig"]
+    target.pop("additionalProperties", None)
+    target["unevaluatedProperties"] = False
+    target["properties"]["provider"]["enum"] = list(providers)
+    specs: dict[str, ProviderSpec] = {}
+    for name in providers:
+        try:
+            specs[name] = providers[name]
+        except ValueError as exc:  # a broken package: the loader reports it where it is used
+            log.warning("provider %s left out of the schema's own keys: %s", name, exc)
+    branches: list[JsonSchema] = []
+    for name, spec in specs.items():
+        settings = spec.settings
+        if not settings.model_fields:
+            continue
+        key = settings.__name__
+        if key not in defs:
+            defs[key] = _settings_schema(settings, specs)
+        branches.append(
+            {
+                "if": {"required": ["provider"], "properties": {"provider": {"const": name}}},
+                "then": {"$ref": f"#/$defs/{key}"},
+            }
+        )
+    if branches:
+        target["allOf"] = branches
+
+
+def _settings_schema(
+    settings: type[BaseModel], providers: Mapping[str, ProviderSpec]
+) -> JsonSchema:
+    """One provider settings model as the keys it adds to a ``[[target]]`` table."""
+    schema = settings.model_json_schema()
+    schema.pop("additionalProperties", None)  # the target's schema says what else may be there
+    for prop in schema["properties"].values():
+        _drop_null(prop)
+    _factory_defaults(settings, schema)
+    names = [f"`{n}`" for n in providers if providers[n].settings is settings]
+    schema["description"] = f"The keys only a target of provider {' or '.join(names)} takes."
+    return schema
 
 
 # -- the inbox record -------------------------------------------------------------------------
@@ -359,18 +417,28 @@ def config_reference_markdown() -> str:
         out += [f"### `{heading}`", "", prop["description"]]
         if definition.get("description"):
             out += ["", definition["description"]]
-        out += ["", "| key | type | default | description |", "|---|---|---|---|"]
-        required = set(definition.get("required", ()))
-        for key, field in definition["properties"].items():
-            cells = [
-                f"`{key}`",
-                _type_text(field, defs),
-                _default_text(field, key in required),
-                field.get("description", ""),
-            ]
-            out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-        out.append("")
+        out += ["", *_key_table(definition, defs), ""]
+        for branch in definition.get("allOf", ()):  # a provider's own keys
+            name = branch["if"]["properties"]["provider"]["const"]
+            own = _resolve(branch["then"], defs)
+            out += [f"#### `provider = {json.dumps(name)}`", "", own["description"], ""]
+            out += [*_key_table(own, defs), ""]
     return "\n".join(out)
+
+
+def _key_table(definition: JsonSchema, defs: dict[str, JsonSchema]) -> list[str]:
+    """One row per key of ``definition``: key, type, default, description."""
+    out = ["| key | type | default | description |", "|---|---|---|---|"]
+    required = set(definition.get("required", ()))
+    for key, field in definition["properties"].items():
+        cells = [
+            f"`{key}`",
+            _type_text(field, defs),
+            _default_text(field, key in required),
+            field.get("description", ""),
+        ]
+        out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return out
 
 
 def _resolve(prop: JsonSchema, defs: dict[str, JsonSchema]) -> JsonSchema:

@@ -34,7 +34,7 @@ from syncd.emulators.unisender import UnisenderEmulator
 from syncd.engine.result import CycleOptions, CycleResult
 from syncd.errors import ProviderUnreachable
 from syncd.local.ingest import ingest_file
-from syncd.providers import make_provider
+from syncd.providers import PROVIDERS, make_provider
 from syncd.providers.base import Provider
 from syncd.store import open_engine
 
@@ -120,6 +120,7 @@ class World:
                 "target": [base],
             },
             "test",
+            providers=PROVIDERS,
         )
 
     def provider(self, config: Config, target: TargetConfig) -> Provider:

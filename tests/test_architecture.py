@@ -100,17 +100,6 @@ MAY_IMPORT: dict[str, set[str]] = {
     "cli": LIBRARY | {"commands", "daemon", "cli"},
 }
 
-#: Imports that break the layers or close a circle today, each fixed by its own change; an entry
-#: is (importer, imported) and exempts that one edge from both checks. The set only shrinks: an
-#: entry whose import is gone fails ``test_every_known_exception_is_still_needed``.
-KNOWN: set[tuple[str, str]] = {
-    # config validates a target's provider settings and its schedule by importing the adapters
-    # and the daemon's scheduler, which import config back (the provider registry and a pure
-    # syncd.schedule replace both).
-    ("syncd.config", "syncd.providers"),
-    ("syncd.config", "syncd.daemon.scheduler"),
-}
-
 
 @dataclass(frozen=True, order=True)
 class Import:
@@ -229,10 +218,7 @@ def test_every_module_belongs_to_a_layer() -> None:
 
 def test_imports_point_down_the_layers() -> None:
     wrong = [
-        imp
-        for imp in syncd_imports()
-        if layer(imp.imported) not in MAY_IMPORT[layer(imp.importer)]
-        and (imp.importer, imp.imported) not in KNOWN
+        imp for imp in syncd_imports() if layer(imp.imported) not in MAY_IMPORT[layer(imp.importer)]
     ]
     assert not wrong, "imports that point up or sideways:\n" + "\n".join(
         f"  {imp}  [{layer(imp.importer)} may not import {layer(imp.imported)}]" for imp in wrong
@@ -240,19 +226,9 @@ def test_imports_point_down_the_layers() -> None:
 
 
 def test_no_import_closes_a_circle() -> None:
-    edges = [
-        (imp.importer, imp.imported)
-        for imp in syncd_imports()
-        if (imp.importer, imp.imported) not in KNOWN
-    ]
+    edges = [(imp.importer, imp.imported) for imp in syncd_imports()]
     found = cycles(edges)
     assert not found, "import circles:\n" + "\n".join(f"  {' <-> '.join(c)}" for c in found)
-
-
-def test_every_known_exception_is_still_needed() -> None:
-    edges = {(imp.importer, imp.imported) for imp in syncd_imports()}
-    gone = sorted(KNOWN - edges)
-    assert not gone, f"no longer imported, drop from KNOWN: {gone}"
 
 
 def test_the_package_root_holds_only_the_cross_cutting_modules() -> None:

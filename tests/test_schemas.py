@@ -30,6 +30,7 @@ from syncd.local.change_event import ChangeEvent
 from syncd.local.ingest import ingest_file
 from syncd.local.ingest.check import validate
 from syncd.local.ingest.read import read_rows
+from syncd.providers import PROVIDERS
 from syncd.store import open_engine
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -169,7 +170,7 @@ def assert_valid_config(text: str, where: str, *, load: bool = True) -> Config |
     assert errors(v, substitute_env(data, env, "", [])) == [], where
     if not load:
         return None
-    return parse_config(data, where, env)
+    return parse_config(data, where, env, providers=PROVIDERS)
 
 
 @pytest.mark.parametrize("provider", PROVIDER_NAMES)
@@ -254,7 +255,7 @@ AGREE: list[tuple[str, dict[str, Any], bool]] = [
 def test_schema_and_loader_agree(case: str, data: dict[str, Any], valid: bool) -> None:
     schema_ok = not errors(validator(schemas.CONFIG_FILE), data)
     try:
-        parse_config(data, case, {})
+        parse_config(data, case, {}, providers=PROVIDERS)
         loader_ok = True
     except ConfigError:
         loader_ok = False
@@ -270,19 +271,19 @@ def test_key_file_rules_agree(tmp_path: Path) -> None:
     both = {**from_file, "api_key": "k"}
     v = validator(schemas.CONFIG_FILE)
     assert errors(v, {"target": [from_file]}) == []
-    assert parse_config({"target": [from_file]}, "x", {}).target[0].api_key.get_secret_value() == (
-        "secret"
-    )
+    assert parse_config({"target": [from_file]}, "x", {}, providers=PROVIDERS).target[
+        0
+    ].api_key.get_secret_value() == ("secret")
     assert errors(v, {"target": [both]})
     with pytest.raises(ConfigError, match="not both"):
-        parse_config({"target": [both]}, "x", {})
+        parse_config({"target": [both]}, "x", {}, providers=PROVIDERS)
 
 
 def test_loader_checks_more_than_the_schema_can_say() -> None:
     data = {"target": [{**_TARGET, "schedule": "every tuesday"}]}
     assert errors(validator(schemas.CONFIG_FILE), data) == []
     with pytest.raises(ConfigError, match="schedule"):
-        parse_config(data, "x", {})
+        parse_config(data, "x", {}, providers=PROVIDERS)
 
 
 # -- inbox records ----------------------------------------------------------------------------

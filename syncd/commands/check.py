@@ -5,10 +5,11 @@ contract, as ``syncd.schemas.config_schema`` generates it) and by loading it as 
 (``syncd.config.parse_config``), so a file that passes is one the daemon accepts. Every problem
 names the file and the key.
 
-Online, each target whose provider has a read-only call is tried once: for Unisender/Selzy the
-adapter's ``prepare`` with field creation off, which reads ``getLists`` (reachable? key accepted?
-list there?) and ``getFields``, and writes nothing. Providers without such a call are reported as
-not checked, which is not a failure.
+Online, each target whose provider has a read-only call is tried once: the adapter's
+``prepare`` with field creation off, where its spec says that only reads
+(``ProviderSpec.read_only_prepare``; for Unisender/Selzy it reads ``getLists``: reachable? key
+accepted? list there? and ``getFields``), and writes nothing. Providers without such a call are
+reported as not checked, which is not a failure.
 """
 
 from __future__ import annotations
@@ -24,15 +25,13 @@ from typing import Any
 from syncd.commands.cycles import ProviderFactory, build_provider
 from syncd.config import Config, TargetConfig, find_config_path, parse_config, substitute_env
 from syncd.errors import AuthError, ConfigError, ProviderError, ProviderUnreachable
+from syncd.providers import PROVIDERS
 from syncd.schemas import config_schema
 
 EXIT_OK = 0
 EXIT_CONFIG = 2  # the file, or what it names (key, list), is wrong
 EXIT_UNREACHABLE = 3  # a provider could not be reached
 
-#: Providers whose adapter can be tried without writing anything (``prepare`` with
-#: ``create_missing=False`` only reads). Others may create lists in ``prepare``.
-READ_ONLY_PROBES = frozenset({"unisender", "selzy"})
 NOT_CHECKED = "no read-only call available; not checked online"
 
 
@@ -165,7 +164,7 @@ def check_config(
         return report
 
     try:
-        report.config = parse_config(data, str(file), environ)
+        report.config = parse_config(data, str(file), environ, providers=PROVIDERS)
     except ConfigError as exc:
         report.problems += exc.problems
     # The schema's findings are nearly always the loader's too; add only those about keys the
@@ -195,18 +194,19 @@ def schema_problems(data: Mapping[str, Any], env: Mapping[str, str]) -> list[tup
     except ImportError:
         return []
     resolved = substitute_env(dict(data), env, "", [])  # unset variables: the loader says so
-    validator = jsonschema.Draft202012Validator(config_schema())
+    schema = config_schema(PROVIDERS)
+    validator = jsonschema.Draft202012Validator(schema)
     found: dict[tuple[str, str], None] = {}
     for error in validator.iter_errors(resolved):
-        for key, message in _describe(error, jsonschema):
+        for key, message in _describe(error, jsonschema, schema):
             found[(key, message)] = None
     return sorted(found)
 
 
-def _describe(error: Any, jsonschema: Any) -> Iterable[tuple[str, str]]:
+def _describe(error: Any, jsonschema: Any, root: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
     if error.validator in ("anyOf", "oneOf") and error.context:
         # the branch that came closest says more than "not valid under any of the schemas"
-        yield from _describe(jsonschema.exceptions.best_match(error.context), jsonschema)
+        yield from _describe(jsonschema.exceptions.best_match(error.context), jsonschema, root)
         return
     path = list(error.absolute_path)
     instance = error.instance
@@ -219,6 +219,13 @@ def _describe(error: Any, jsonschema: Any) -> Iterable[tuple[str, str]]:
         for name in instance:
             if name not in known:
                 yield _key_text([*path, name]), "unknown key"
+    elif error.validator == "unevaluatedProperties" and isinstance(instance, dict):
+        # a [[target]]: the shared keys, then those of its provider's settings
+        own = _provider_keys(error.schema, instance, root)
+        known = {*error.schema.get("properties", {}), *own}
+        for name in instance:
+            if name not in known:
+                yield _key_text([*path, name]), "unknown key"
     elif error.validator == "not" and isinstance(error.validator_value, dict):
         together = ", ".join(error.validator_value.get("required", ())) or "this"
         yield _key_text(path), f"may not be given together: {together}"
@@ -228,6 +235,22 @@ def _describe(error: Any, jsonschema: Any) -> Iterable[tuple[str, str]]:
         if message.startswith(shown):
             message = "value" + message[len(shown) :]
         yield _key_text(path), message
+
+
+def _provider_keys(
+    schema: Mapping[str, Any], instance: Mapping[str, Any], root: Mapping[str, Any]
+) -> set[str]:
+    """The keys the ``if``/``then`` branch of ``instance``'s provider adds (``syncd.schemas``:
+    ``then`` refers to the provider's settings in ``root``'s ``$defs``)."""
+    for branch in schema.get("allOf", ()):
+        const = branch.get("if", {}).get("properties", {}).get("provider", {}).get("const")
+        if const is not None and const == instance.get("provider"):
+            then = branch.get("then", {})
+            ref = str(then.get("$ref", ""))
+            if ref.startswith("#/$defs/"):
+                then = root.get("$defs", {}).get(ref.removeprefix("#/$defs/"), {})
+            return set(then.get("properties", {}))
+    return set()
 
 
 def _key_text(path: Iterable[Any]) -> str:
@@ -258,7 +281,8 @@ def _covered(key: str, problem: str) -> bool:
 def probe_target(config: Config, target: TargetConfig, providers: ProviderFactory) -> TargetCheck:
     """Try one target's key and list with read calls only, once (no retries)."""
     check = TargetCheck(target.name, target.provider, target.list_id)
-    if target.provider not in READ_ONLY_PROBES:
+    spec = PROVIDERS[target.provider]
+    if not spec.read_only_prepare:  # its prepare may write
         check.notes.append(NOT_CHECKED)
         return check
     check.checked = True
@@ -272,7 +296,7 @@ def probe_target(config: Config, target: TargetConfig, providers: ProviderFactor
         provider.prepare(target.remote_fields, create_missing=False)
     except ProviderUnreachable as exc:
         check.reachable = False
-        check.problems.append(f"not reachable at {target.api_root}: {exc}")
+        check.problems.append(f"not reachable at {spec.api_root(target)}: {exc}")
     except AuthError as exc:
         check.reachable, check.key_accepted = True, False
         check.problems.append(f"the API key was refused: {exc}")

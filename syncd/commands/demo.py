@@ -20,6 +20,7 @@ from syncd.emulators.kit.server import EmulatorServer
 from syncd.emulators.unisender import UnisenderEmulator
 from syncd.engine.result import CycleResult
 from syncd.local.ingest import ingest_file
+from syncd.providers import PROVIDERS
 from syncd.store import open_engine
 
 FIRST = ["Ann", "Boris", "Clara", "Dmitri", "Eva", "Fyodor", "Galina", "Igor", "Lena", "Maksim"]
@@ -73,6 +74,7 @@ def demo_config(workdir: Path, api_url: str) -> Config:
             ],
         },
         "demo",
+        providers=PROVIDERS,
     )
 
 

@@ -9,70 +9,32 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from syncd.errors import StarterExists
+from syncd.providers import PROVIDERS
+from syncd.providers.spec import PLACEHOLDER, Starter, StarterLine
 
 FOLDER_MODE = 0o700
 FILE_MODE = 0o600
-PLACEHOLDER = "CHANGE-ME"
 
 
-@dataclass(frozen=True)
-class _Provider:
-    title: str
-    key: str  # "email" or "phone"
-    env: str  # the environment variable holding the API key
-    key_note: str
-    list_note: str
-    login: bool = False  # needs api_login
-    creates_list: bool = False  # supports create_missing_list
-    calls_back: bool = False  # confirms uploads by calling syncd's listener (public_url)
+class _Starters(Mapping[str, Starter]):
+    """Each provider's part of the starter, read from its spec in the provider table."""
+
+    def __getitem__(self, name: str) -> Starter:
+        return PROVIDERS[name].starter
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(PROVIDERS)
+
+    def __len__(self) -> int:
+        return len(PROVIDERS)
 
 
-STARTERS: dict[str, _Provider] = {
-    "unisender": _Provider(
-        "Unisender",
-        "email",
-        "UNISENDER_API_KEY",
-        "the Unisender API key",
-        "the list's id at Unisender",
-    ),
-    "selzy": _Provider(
-        "Selzy",
-        "email",
-        "SELZY_API_KEY",
-        "the Selzy API key",
-        "the list's id at Selzy",
-    ),
-    "smsby": _Provider(
-        "sms.by",
-        "phone",
-        "SMSBY_API_KEY",
-        "the sms.by API token",
-        "the list's id at sms.by",
-        creates_list=True,
-    ),
-    "octopush": _Provider(
-        "Octopush",
-        "phone",
-        "OCTOPUSH_API_KEY",
-        "the Octopush API key",
-        "the list's id at Octopush",
-        login=True,
-        creates_list=True,
-    ),
-    "netcore": _Provider(
-        "Netcore Smartech",
-        "email",
-        "NETCORE_API_KEY",
-        "the Netcore API key",
-        "the list's number (listid) at Netcore",
-        calls_back=True,
-    ),
-}
-PROVIDER_NAMES = tuple(STARTERS)
+STARTERS: Mapping[str, Starter] = _Starters()
+PROVIDER_NAMES = tuple(PROVIDERS)
 
 
 def _toml(text: str) -> str:
@@ -80,12 +42,10 @@ def _toml(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-#: One line of the starter: a ``key = value`` setting with its comment, or a line as is.
-_Line = tuple[str, str] | str
 _COMMENT_COLUMN = 34
 
 
-def _render(lines: list[_Line]) -> str:
+def _render(lines: list[StarterLine]) -> str:
     out = []
     for line in lines:
         if isinstance(line, str):
@@ -102,15 +62,16 @@ def starter_text(provider: str, folder: Path | None = None) -> str:
     Paths are relative (``./inbox``) when ``folder`` is None, the file's folder being where
     syncd will run; otherwise they are absolute paths inside ``folder``.
     """
-    if provider not in STARTERS:
-        raise ValueError(f"unknown provider {provider!r} (known: {', '.join(PROVIDER_NAMES)})")
-    p = STARTERS[provider]
+    if provider not in PROVIDERS:
+        raise ValueError(f"unknown provider {provider!r} (known: {', '.join(PROVIDERS)})")
+    spec = PROVIDERS[provider]
+    p = spec.starter
 
     def place(name: str) -> str:
         return f"./{name}" if folder is None else str(folder / name)
 
-    lines: list[_Line] = [
-        f"# syncd configuration: one {p.title} list kept in agreement with a local list.",
+    lines: list[StarterLine] = [
+        f"# syncd configuration: one {spec.title} list kept in agreement with a local list.",
         f"# Written by `syncd init --provider {provider}`. Before the first run:",
         f"#   1. export {p.env}=... (the key is read from the environment, never kept here);",
         f"#   2. replace every {PLACEHOLDER} below;",
@@ -139,7 +100,7 @@ def starter_text(provider: str, folder: Path | None = None) -> str:
         "",
         "[[target]]",
         ('name = "newsletter"', "unique; used by --target and in logs"),
-        (f"provider = {_toml(provider)}", " | ".join(PROVIDER_NAMES)),
+        (f"provider = {_toml(provider)}", " | ".join(PROVIDERS)),
         (f'list_id = "{PLACEHOLDER}"', p.list_note),
         ('local_list = "newsletter"', "the local list (the files' `lists` column) feeding it"),
         (f"key = {_toml(p.key)}", f"contacts are matched on their {p.key}"),
@@ -149,18 +110,7 @@ def starter_text(provider: str, folder: Path | None = None) -> str:
             "or from a file (one of the two)",
         ),
     ]
-    if p.login:
-        lines.append((f'api_login = "{PLACEHOLDER}"', "the account's login (api-login)"))
-    if p.creates_list:
-        lines.append(("create_missing_list = false", "true: create the list when it is missing"))
-    if p.calls_back:
-        lines += [
-            (
-                '# public_url = "https://syncd.example.com"',
-                "where Netcore reaches [http] listen; unset: one addsync call per contact",
-            ),
-            ("callback_timeout = 3600", "seconds an upload waits for its callback"),
-        ]
+    lines += p.lines  # the provider's own keys
     lines += [
         ("fields = {}", 'remote = local field, e.g. { Name = "name", City = "city" }'),
         ('conflict = "local"', "who wins a field edited on both sides: local | remote | manual"),

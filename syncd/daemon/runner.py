@@ -35,6 +35,7 @@ from syncd.local import outbox
 from syncd.local.inbox import Inbox
 from syncd.logs import log_context, register_secret
 from syncd.metrics import Metrics, set_call_observer
+from syncd.providers import PROVIDERS
 from syncd.store import open_engine
 from syncd.store.lease import Lease, Leases, new_holder
 
@@ -266,7 +267,7 @@ class Daemon:
 
     def _reload(self) -> None:
         try:
-            new = load_config(self.config_path)
+            new = load_config(self.config_path, providers=PROVIDERS)
         except ConfigError as exc:
             log.error(
                 "configuration not reloaded; the running one stays",

@@ -10,7 +10,6 @@ exponential backoff, so a provider outage does not become a hammering; it never 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -23,11 +22,10 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from syncd.config import TargetConfig
+from syncd.schedule import Interval, parse_schedule
 
 log = logging.getLogger("syncd.scheduler")
 
-_INTERVAL = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 BACKOFF_BASE = 5.0
 
 #: Runs one cycle; True when it succeeded. The float is how recent a cycle of the target (in
@@ -37,19 +35,12 @@ RunCycle = Callable[[TargetConfig, float], bool]
 
 
 def make_trigger(schedule: str, jitter: float) -> Any:
-    """'30s' / '5m' / '1h' / '1d' as an interval, else a five-field cron expression (UTC)."""
-    match = _INTERVAL.match(schedule)
+    """The APScheduler trigger of a schedule (syntax: ``syncd.schedule``), in UTC."""
+    parsed = parse_schedule(schedule)
     jitter_s = int(jitter) or None
-    if match:
-        amount, unit = int(match.group(1)), match.group(2)
-        if amount <= 0:
-            raise ValueError(f"schedule {schedule!r}: the interval must be positive")
-        return IntervalTrigger(**{_UNITS[unit]: amount}, jitter=jitter_s, timezone=UTC)
-    if len(schedule.split()) != 5:
-        raise ValueError(
-            f"schedule {schedule!r}: use an interval such as '5m' or a five-field cron expression"
-        )
-    trigger = CronTrigger.from_crontab(schedule, timezone=UTC)
+    if isinstance(parsed, Interval):
+        return IntervalTrigger(**{parsed.unit: parsed.amount}, jitter=jitter_s, timezone=UTC)
+    trigger = CronTrigger.from_crontab(parsed.expression, timezone=UTC)
     trigger.jitter = jitter_s
     return trigger
 

@@ -1,17 +1,28 @@
-"""Provider adapters: one file per provider, all behind ``syncd.providers.base.Provider``."""
+"""Provider adapters: the interface every adapter implements (``base``), the HTTP they share
+(``http``), one file per provider ending with its ``SPEC`` (``spec``), and the table of them all
+(``registry.PROVIDERS``, with third-party providers from the ``syncd.providers`` entry points).
+
+``make_provider`` and ``callback_reader`` are what the rest of syncd calls: both look the
+target's provider up in the table. Adapters are imported on first use, not at package import, so
+``syncd.providers.base`` stays importable on its own (the planner and the engine need only the
+interface). It may import ``core``, ``config`` and the cross-cutting root modules; nothing above.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from syncd.providers.registry import PROVIDERS, spec_for
+
 if TYPE_CHECKING:
     import httpx
 
     from syncd.config import TargetConfig
-    from syncd.providers.base import CallbackReport, Provider
+    from syncd.providers.base import Provider
+    from syncd.providers.spec import CallbackReader
 
-__all__ = ["callback_reader", "keeps_references", "make_provider"]
+__all__ = ["PROVIDERS", "callback_reader", "make_provider"]
 
 
 def make_provider(
@@ -21,50 +32,14 @@ def make_provider(
     default_region: str | None = None,
     sleep: Callable[[float], None] | None = None,
 ) -> Provider:
-    """The adapter for ``target.provider``.
-
-    Adapters are imported here, not at package import, so that ``syncd.providers.base`` stays
-    importable on its own (the planner and the engine need only the interface).
-    """
-    if target.provider in ("unisender", "selzy"):
-        # Selzy is Unisender's international brand: same API, another host (target.api_root).
-        from syncd.providers.unisender import UnisenderProvider
-
-        if sleep is None:
-            return UnisenderProvider(target, transport=transport, default_region=default_region)
-        return UnisenderProvider(
-            target, transport=transport, default_region=default_region, sleep=sleep
-        )
-    if target.provider == "smsby":
-        from syncd.providers.smsby import SmsbyProvider
-
-        return SmsbyProvider(target, transport=transport, sleep=sleep)
-    if target.provider == "netcore":
-        from syncd.providers.netcore import NetcoreProvider
-
-        return NetcoreProvider(target, transport=transport, sleep=sleep)
-    if target.provider == "octopush":
-        from syncd.providers.octopush import OctopushProvider
-
-        return OctopushProvider(target, transport=transport, sleep=sleep)
-    raise ValueError(f"no adapter for provider {target.provider!r}")
+    """The adapter for ``target.provider``, from its spec in the provider table."""
+    spec = spec_for(target)
+    return spec.adapter(
+        spec.bind(target), transport=transport, default_region=default_region, sleep=sleep
+    )
 
 
-def callback_reader(target: TargetConfig) -> Callable[[bytes, str], CallbackReport] | None:
+def callback_reader(target: TargetConfig) -> CallbackReader | None:
     """How to read the provider's callbacks for ``target`` (None: its provider sends none)."""
-    if target.provider == "netcore" and target.public_url:
-        from syncd.providers.netcore import NetcoreProvider
-
-        return lambda body, content_type: NetcoreProvider.read_callback(
-            body, content_type, target.key
-        )
-    return None
-
-
-def keeps_references(provider: str) -> bool:
-    """Whether the provider's adapter declares ``Capabilities.reference`` (for config checks)."""
-    if provider in ("unisender", "selzy"):
-        from syncd.providers.unisender import UnisenderProvider
-
-        return UnisenderProvider.capabilities.reference
-    return False  # the others document no export to read a reference back from
+    reader = spec_for(target).callback_reader
+    return None if reader is None else reader(target)

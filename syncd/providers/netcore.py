@@ -38,12 +38,14 @@ import io
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
+from pydantic import Field
 
-from syncd.config import TargetConfig
+from syncd.config import ProviderSettings, TargetConfig
 from syncd.core.projection import is_opted_out
 from syncd.errors import AuthError, ProviderError, TryLater
 from syncd.providers.base import (
@@ -56,6 +58,7 @@ from syncd.providers.base import (
     RowOutcome,
 )
 from syncd.providers.http import NotJson, ProviderHttp, answer_json
+from syncd.providers.spec import CallbackReader, ProviderSpec, Starter
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,25 @@ DEFAULT_ROWS_PER_FILE = 10_000  # undocumented for the CSV; one file per this ma
 DEFAULT_FIELDS_PER_CALL = 20  # "4.2": 20 attributes per contact (v3), the key included
 PRIMARY_KEY = {"email": "EMAIL", "phone": "MOBILE"}  # "4.1": the attributes in every example
 _FAILED_WORDS = frozenset({"failed", "failure", "error", "rejected", "aborted"})
+
+
+CAPABILITIES = Capabilities(
+    rows_per_call=DEFAULT_ROWS_PER_FILE,  # max_rows_per_call replaces it
+    fields_per_call=DEFAULT_FIELDS_PER_CALL - 1,  # every call repeats the primary key column
+    delete=False,
+    exclude=True,  # activity=delete: off the list, the contact stays in the account
+    tags=False,
+    export=False,
+    statuses=frozenset({"active"}),
+    confirms_later=False,  # True with a public_url
+    # "4.1": add/addsync on an existing primary key "updates fields", but whether a
+    # bulk upload's CSV, or an addsync's data, leaves the attributes it does not name
+    # alone or blanks them is [UNCONFIRMED] (the callback and CSV pages are cut off).
+    # Unclear: every update sends every mapped field, so that a contact
+    # of at most max_fields_per_call fields never depends on it (only the column split of
+    # a wider one does, DESIGN §4).
+    partial_update=False,
+)
 
 
 class NetcoreProvider(Provider):
@@ -85,24 +107,15 @@ class NetcoreProvider(Provider):
         super().__init__()
         self.target = target
         self.primary_key = PRIMARY_KEY[target.key]
-        self.public_url = (target.public_url or "").rstrip("/")
-        fields = target.max_fields_per_call or DEFAULT_FIELDS_PER_CALL
-        self.capabilities = Capabilities(
-            rows_per_call=target.max_rows_per_call or DEFAULT_ROWS_PER_FILE,
+        settings = NetcoreSettings.of(target)
+        self.public_url = (settings.public_url or "").rstrip("/")
+        self.notify_email = settings.notify_email
+        fields = settings.max_fields_per_call or DEFAULT_FIELDS_PER_CALL
+        self.capabilities = replace(
+            CAPABILITIES,
+            rows_per_call=settings.max_rows_per_call or DEFAULT_ROWS_PER_FILE,
             fields_per_call=fields - 1,  # every call repeats the primary key column
-            delete=False,
-            exclude=True,  # activity=delete: off the list, the contact stays in the account
-            tags=False,
-            export=False,
-            statuses=frozenset({"active"}),
             confirms_later=bool(self.public_url),
-            # "4.1": add/addsync on an existing primary key "updates fields", but whether a
-            # bulk upload's CSV, or an addsync's data, leaves the attributes it does not name
-            # alone or blanks them is [UNCONFIRMED] (the callback and CSV pages are cut off).
-            # Unclear: every update sends every mapped field, as it always did, so that a contact
-            # of at most max_fields_per_call fields never depends on it (only the column split of
-            # a wider one does, DESIGN §4).
-            partial_update=False,
         )
         self._key = target.api_key.get_secret_value()
         # rate limits of the contact API are [UNCONFIRMED]: the target's setting applies
@@ -235,8 +248,8 @@ class NetcoreProvider(Provider):
             "callback": self.public_url + call.job.callback_path,
             "listid": self.target.list_id,
         }
-        if self.target.notify_email:
-            form["notifyemail"] = self.target.notify_email
+        if self.notify_email:
+            form["notifyemail"] = self.notify_email
         call.job.requestid = self._call(BULK, form, write=True)
         return [
             r or RowOutcome(rc.row.key, True, pending=True)
@@ -306,3 +319,78 @@ def _callback_payload(body: bytes, content_type: str) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise ValueError("the callback is not a JSON object")
     return payload
+
+
+# ---------------------------------------------------------------------- the spec
+
+
+class NetcoreSettings(ProviderSettings):
+    """Netcore's own keys of a ``[[target]]`` table."""
+
+    public_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/?#]+(/[^?#]*)?$",
+        description="Netcore: the URL at which the provider reaches syncd's HTTP listener "
+        "([http] listen), e.g. behind a reverse proxy. It fetches each batch's file and posts its "
+        "callback there. Without it, contacts go one by one (activity=addsync).",
+    )
+    notify_email: str | None = Field(
+        None, description="Netcore: an address the provider emails when a bulk upload is done."
+    )
+    max_rows_per_call: int | None = Field(
+        None,
+        gt=0,
+        description="Rows per write call where the provider documents no limit (Octopush: 500); "
+        "a batch the provider refuses as too large is split.",
+    )
+    max_fields_per_call: int | None = Field(
+        None,
+        ge=2,
+        description="Columns per call, the key included, where the provider documents no limit "
+        "(Netcore: 20); contacts with more fields go in several calls.",
+    )
+
+    def listener_key(self) -> str | None:
+        return "public_url" if self.public_url else None
+
+
+def _adapter(
+    target: TargetConfig,
+    *,
+    transport: httpx.BaseTransport | None,
+    default_region: str | None,
+    sleep: Callable[[float], None] | None,
+) -> Provider:
+    return NetcoreProvider(target, transport=transport, sleep=sleep)
+
+
+def _callback_reader(target: TargetConfig) -> CallbackReader | None:
+    """Bulk uploads call back only to a target with a ``public_url``."""
+    if not NetcoreSettings.of(target).public_url:
+        return None
+    return lambda body, content_type: NetcoreProvider.read_callback(body, content_type, target.key)
+
+
+SPEC = ProviderSpec(
+    name="netcore",
+    title="Netcore Smartech",
+    default_url="https://api.netcoresmartech.com/apiv2",
+    capabilities=CAPABILITIES,
+    settings=NetcoreSettings,
+    adapter=_adapter,
+    emulator="syncd.emulators.netcore:make_emulator",
+    starter=Starter(
+        "email",
+        "NETCORE_API_KEY",
+        "the Netcore API key",
+        "the list's number (listid) at Netcore",
+        lines=(
+            (
+                '# public_url = "https://syncd.example.com"',
+                "where Netcore reaches [http] listen; unset: one addsync call per contact",
+            ),
+            ("callback_timeout = 3600", "seconds an upload waits for its callback"),
+        ),
+    ),
+    callback_reader=_callback_reader,
+)

@@ -36,12 +36,13 @@ import re
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
+from pydantic import ConfigDict, Field, model_validator
 
-from syncd.config import TargetConfig
+from syncd.config import ProviderSettings, TargetConfig
 from syncd.core.projection import is_opted_out
 from syncd.errors import AuthError, ProviderError
 from syncd.providers.base import (
@@ -53,6 +54,7 @@ from syncd.providers.base import (
     RowOutcome,
 )
 from syncd.providers.http import NotJson, ProviderHttp, answer_json, key_fingerprint
+from syncd.providers.spec import PLACEHOLDER, ProviderSpec, Starter
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,21 @@ class _Refusal:
 
 Send = Callable[[Sequence[RowChange]], _Refusal | None]
 
+CAPABILITIES = Capabilities(
+    rows_per_call=DEFAULT_ROWS_PER_CALL,  # max_rows_per_call replaces it
+    fields_per_call=len(REMOTE_FIELDS),
+    delete=True,  # list-scoped
+    exclude=False,
+    tags=False,
+    export=False,  # "List/fetch contacts": not documented
+    statuses=frozenset({"active"}),
+    # "Add contacts" / "Update contact": an existing number is *overwritten* by
+    # contact/create, and what becomes of a parameter the contact object leaves out is
+    # not documented; the API "applies defaults" to what it is not given ("Lenient
+    # input"), so a missing param may well be reset. Every update sends every field.
+    partial_update=False,
+)
+
 
 class OctopushProvider(Provider):
     """An Octopush account plus one contact list (by name); push-only."""
@@ -109,25 +126,15 @@ class OctopushProvider(Provider):
     ) -> None:
         super().__init__()
         self.target = target
-        self.capabilities = Capabilities(
-            rows_per_call=target.max_rows_per_call or DEFAULT_ROWS_PER_CALL,
-            fields_per_call=len(REMOTE_FIELDS),
-            delete=True,  # list-scoped
-            exclude=False,
-            tags=False,
-            export=False,  # "List/fetch contacts": not documented
-            statuses=frozenset({"active"}),
-            # "Add contacts" / "Update contact": an existing number is *overwritten* by
-            # contact/create, and what becomes of a parameter the contact object leaves out is
-            # not documented; the API "applies defaults" to what it is not given ("Lenient
-            # input"), so a missing param may well be reset. Every update sends every field.
-            partial_update=False,
-        )
+        settings = OctopushSettings.of(target)
+        rows = settings.max_rows_per_call or DEFAULT_ROWS_PER_CALL
+        self.capabilities = replace(CAPABILITIES, rows_per_call=rows)
         self._list = target.list_id
         self._row_cap = self.capabilities.rows_per_call  # shrinks after a "too large" refusal
         api_key = target.api_key.get_secret_value()
         self._fingerprint = key_fingerprint(api_key)
-        self._auth = {"api-login": target.api_login or "", "api-key": api_key}  # "Auth"
+        self._auth = {"api-login": settings.api_login or "", "api-key": api_key}  # "Auth"
+        self._create_missing_list = settings.create_missing_list
         # rate limits of the contact API are [UNCONFIRMED]: the target's setting applies
         self._http = ProviderHttp.for_target(
             self.name, target, self.stats, transport=transport, sleep=sleep
@@ -193,7 +200,7 @@ class OctopushProvider(Provider):
                 f"{where}: an Octopush list name has at most {MAX_LIST_NAME} characters",
                 code="invalid_list_name",
             )
-        if self.target.create_missing_list and create_missing:
+        if self._create_missing_list and create_missing:
             self._ensure_list()
 
     def _ensure_list(self) -> None:
@@ -333,3 +340,66 @@ class OctopushProvider(Provider):
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(items), max(1, size)):
         yield items[start : start + size]
+
+
+# ---------------------------------------------------------------------- the spec
+
+
+def _login_required(schema: dict[str, Any]) -> None:
+    """What ``OctopushSettings._needs_login`` checks, said in the JSON Schema too."""
+    schema["required"] = ["api_login"]
+    schema["properties"]["api_login"]["minLength"] = 1
+
+
+class OctopushSettings(ProviderSettings):
+    """Octopush's own keys of a ``[[target]]`` table."""
+
+    model_config = ConfigDict(json_schema_extra=_login_required)
+
+    api_login: str | None = Field(None, description="Octopush: the account login (api-login).")
+    create_missing_list: bool = Field(
+        False, description="sms.by / Octopush: create the remote list when it does not exist."
+    )
+    max_rows_per_call: int | None = Field(
+        None,
+        gt=0,
+        description="Rows per write call where the provider documents no limit (Octopush: 500); "
+        "a batch the provider refuses as too large is split.",
+    )
+
+    @model_validator(mode="after")
+    def _needs_login(self) -> OctopushSettings:
+        if not self.api_login:
+            raise ValueError("provider octopush needs api_login (the account's login)")
+        return self
+
+
+def _adapter(
+    target: TargetConfig,
+    *,
+    transport: httpx.BaseTransport | None,
+    default_region: str | None,
+    sleep: Callable[[float], None] | None,
+) -> Provider:
+    return OctopushProvider(target, transport=transport, sleep=sleep)
+
+
+SPEC = ProviderSpec(
+    name="octopush",
+    title="Octopush",
+    default_url="https://api.octopush.com/v1/public",
+    capabilities=CAPABILITIES,
+    settings=OctopushSettings,
+    adapter=_adapter,
+    emulator="syncd.emulators.octopush:make_emulator",
+    starter=Starter(
+        "phone",
+        "OCTOPUSH_API_KEY",
+        "the Octopush API key",
+        "the list's id at Octopush",
+        lines=(
+            (f'api_login = "{PLACEHOLDER}"', "the account's login (api-login)"),
+            ("create_missing_list = false", "true: create the list when it is missing"),
+        ),
+    ),
+)

@@ -26,8 +26,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
+from pydantic import Field
 
-from syncd.config import TargetConfig
+from syncd.config import ProviderSettings, TargetConfig
 from syncd.core.projection import is_opted_out
 from syncd.errors import AuthError, ProviderError, TryLater
 from syncd.providers.base import (
@@ -45,6 +46,7 @@ from syncd.providers.http import (
     answer_json,
     key_fingerprint,
 )
+from syncd.providers.spec import ProviderSpec, Starter
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,7 @@ class SmsbyProvider(Provider):
         self.target = target
         self._key = target.key  # "phone" or "email": both are upsert keys ("Import semantics")
         self._token = target.api_key.get_secret_value()
+        self._create_missing_list = SmsbySettings.of(target).create_missing_list
         # rate limits of the contact API are [UNCONFIRMED]: the target's setting applies
         self._http = ProviderHttp.for_target(
             self.name, target, self.stats, transport=transport, sleep=sleep
@@ -153,7 +156,7 @@ class SmsbyProvider(Provider):
         if self.target.list_id.isdigit():
             return  # no documented call can check that the list exists; an import will say
         name = self.target.list_id
-        if not self.target.create_missing_list:
+        if not self._create_missing_list:
             raise ProviderError(
                 f"target {self.target.name!r}: an sms.by list_id is the list's number, not "
                 f"{name!r} (or set create_missing_list = true to create a list of that name)",
@@ -315,3 +318,42 @@ class SmsbyProvider(Provider):
 
 def _wire_phone(value: str) -> str:
     return value.strip().removeprefix("+")
+
+
+# ---------------------------------------------------------------------- the spec
+
+
+class SmsbySettings(ProviderSettings):
+    """sms.by's own keys of a ``[[target]]`` table."""
+
+    create_missing_list: bool = Field(
+        False, description="sms.by / Octopush: create the remote list when it does not exist."
+    )
+
+
+def _adapter(
+    target: TargetConfig,
+    *,
+    transport: httpx.BaseTransport | None,
+    default_region: str | None,
+    sleep: Callable[[float], None] | None,
+) -> Provider:
+    return SmsbyProvider(target, transport=transport, sleep=sleep)
+
+
+SPEC = ProviderSpec(
+    name="smsby",
+    title="sms.by",
+    default_url="https://app.sms.by/api/v2",
+    capabilities=SmsbyProvider.capabilities,
+    settings=SmsbySettings,
+    adapter=_adapter,
+    emulator="syncd.emulators.smsby:make_emulator",
+    starter=Starter(
+        "phone",
+        "SMSBY_API_KEY",
+        "the sms.by API token",
+        "the list's id at sms.by",
+        lines=(("create_missing_list = false", "true: create the list when it is missing"),),
+    ),
+)

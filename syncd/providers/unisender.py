@@ -38,6 +38,7 @@ from syncd.providers.base import (
     RowOutcome,
 )
 from syncd.providers.http import NotJson, ProviderHttp, answer_count, answer_json
+from syncd.providers.spec import NoSettings, ProviderSpec, Starter
 
 log = logging.getLogger(__name__)
 
@@ -768,3 +769,48 @@ def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
 def _csv_rows(response: httpx.Response) -> Iterator[list[str]]:
     # strict: an unbalanced quote (a file cut inside a quoted cell) is an error, not a row.
     yield from csv.reader(_lines(_decompressed(response.iter_bytes())), strict=True)
+
+
+# ---------------------------------------------------------------------- the specs
+
+
+def _adapter(
+    target: TargetConfig,
+    *,
+    transport: httpx.BaseTransport | None,
+    default_region: str | None,
+    sleep: Callable[[float], None] | None,
+) -> Provider:
+    if sleep is None:
+        return UnisenderProvider(target, transport=transport, default_region=default_region)
+    return UnisenderProvider(
+        target, transport=transport, default_region=default_region, sleep=sleep
+    )
+
+
+SPEC = ProviderSpec(
+    name="unisender",
+    title="Unisender",
+    default_url="https://api.unisender.com/{lang}/api",
+    capabilities=UnisenderProvider.capabilities,
+    settings=NoSettings,
+    adapter=_adapter,
+    emulator="syncd.emulators.unisender:make_emulator",
+    starter=Starter(
+        "email", "UNISENDER_API_KEY", "the Unisender API key", "the list's id at Unisender"
+    ),
+    read_only_prepare=True,  # prepare(create_missing=False) reads getLists and getFields only
+)
+
+# Selzy is Unisender's international brand: the same API and adapter on another host.
+SELZY_SPEC = ProviderSpec(
+    name="selzy",
+    title="Selzy",
+    default_url="https://api.selzy.com/{lang}/api",
+    capabilities=UnisenderProvider.capabilities,
+    settings=NoSettings,
+    adapter=_adapter,
+    emulator="syncd.emulators.unisender:make_emulator",
+    starter=Starter("email", "SELZY_API_KEY", "the Selzy API key", "the list's id at Selzy"),
+    read_only_prepare=True,
+)

@@ -19,7 +19,7 @@ from syncd.commands.starter import PROVIDER_NAMES, STARTERS, write_starter
 from syncd.config import Config, TargetConfig, parse_config
 from syncd.emulators.kit.server import EmulatorServer
 from syncd.errors import StarterExists
-from syncd.providers import make_provider
+from syncd.providers import PROVIDERS, make_provider
 from syncd.providers.base import Provider
 
 # -- init -------------------------------------------------------------------------------------
@@ -44,12 +44,12 @@ def test_init_writes_a_valid_starter_and_the_folders(
     text = (tmp_path / "syncd.toml").read_text()
     assert text.startswith("# syncd configuration")
     env = {STARTERS[provider].env: "the-key"}
-    config = parse_config(tomllib.loads(text), "syncd.toml", env)
+    config = parse_config(tomllib.loads(text), "syncd.toml", env, providers=PROVIDERS)
     assert config.inbox.path == "./inbox" and config.outbox.path == "./outbox"
     (target,) = config.target
     assert target.provider == provider
     assert target.api_key.get_secret_value() == "the-key"
-    assert (target.api_login is not None) == (provider == "octopush")
+    assert ((target.model_extra or {}).get("api_login") is not None) == (provider == "octopush")
     # without the variable the starter names it instead of running with an empty key
     assert check_config("syncd.toml", env={}).problems == [
         f"target[0].api_key: environment variable {STARTERS[provider].env} is not set"
@@ -60,7 +60,10 @@ def test_init_elsewhere_writes_absolute_paths(tmp_path: Path) -> None:
     folder = tmp_path / "etc" / "syncd"
     write_starter(folder / "syncd.toml", "selzy")
     config = parse_config(
-        tomllib.loads((folder / "syncd.toml").read_text()), "x", {"SELZY_API_KEY": "k"}
+        tomllib.loads((folder / "syncd.toml").read_text()),
+        "x",
+        {"SELZY_API_KEY": "k"},
+        providers=PROVIDERS,
     )
     assert config.inbox.path == str(folder.resolve() / "inbox")
     assert config.store.url == f"sqlite:///{folder.resolve() / 'syncd.db'}"

@@ -24,7 +24,7 @@ from syncd.emulators.octopush import OctopushEmulator
 from syncd.emulators.smsby import SmsbyEmulator
 from syncd.engine.result import CycleOptions, CycleResult
 from syncd.local.ingest import ingest_file
-from syncd.providers import make_provider
+from syncd.providers import PROVIDERS, make_provider
 from syncd.providers.base import Provider
 from syncd.store import open_engine
 from syncd.store.models import Rejection
@@ -77,7 +77,9 @@ class PushWorld:
             **target,
         }
         return parse_config(
-            {"store": {"url": f"sqlite:///{self.tmp / 'syncd.db'}"}, "target": [values]}, "test"
+            {"store": {"url": f"sqlite:///{self.tmp / 'syncd.db'}"}, "target": [values]},
+            "test",
+            providers=PROVIDERS,
         )
 
     def provider(self, config: Config, target: TargetConfig) -> Provider:

@@ -14,6 +14,7 @@ from sqlmodel import Session, col
 
 from syncd.config import parse_config
 from syncd.errors import ConfigError
+from syncd.providers import PROVIDERS
 from syncd.store import open_engine
 from syncd.store.models import Base, Contact
 
@@ -126,5 +127,7 @@ def test_a_store_from_before_references_gets_one_for_every_contact(tmp_path: Pat
 def test_reference_field_is_refused_where_it_cannot_work(target: dict[str, Any], says: str):
     base = {"name": "t", "provider": "unisender", "list_id": "1", "api_key": "k"}
     with pytest.raises(ConfigError) as err:
-        parse_config({"target": [base | {"reference_field": REF} | target]}, "test")
+        parse_config(
+            {"target": [base | {"reference_field": REF} | target]}, "test", providers=PROVIDERS
+        )
     assert says in str(err.value.problems)

@@ -12,6 +12,7 @@ from sqlmodel import Session
 from syncd.commands import cycles
 from syncd.config import is_loopback_host, parse_config
 from syncd.errors import ConfigError
+from syncd.providers import PROVIDERS
 from syncd.store.models import Base
 from syncd.store.schema import metadata
 
@@ -259,7 +260,9 @@ def test_rule7_the_store_file_is_owner_only(world: World, tmp_path):
 def test_rule7_a_key_is_never_sent_in_clear_beyond_this_machine(url: str):
     target = {"name": "news", "provider": "unisender", "list_id": "1", "api_key": "k"}
     with pytest.raises(ConfigError) as caught:
-        parse_config({"target": [{**target, "base_url": url}]}, "syncd.toml", env={})
+        parse_config(
+            {"target": [{**target, "base_url": url}]}, "syncd.toml", env={}, providers=PROVIDERS
+        )
     (problem,) = caught.value.problems
     assert problem.startswith("target[0]") and "base_url" in problem
     assert "https://" in problem
@@ -278,7 +281,9 @@ def test_rule7_a_key_is_never_sent_in_clear_beyond_this_machine(url: str):
 )
 def test_rule7_https_or_loopback_http_is_accepted(url: str | None):
     target = {"name": "news", "provider": "unisender", "list_id": "1", "api_key": "k"}
-    config = parse_config({"target": [{**target, "base_url": url}]}, "syncd.toml", env={})
+    config = parse_config(
+        {"target": [{**target, "base_url": url}]}, "syncd.toml", env={}, providers=PROVIDERS
+    )
     assert config.target[0].api_root.startswith(
         ("https://", "http://127.", "http://[::1]", "http://localhost")
     )
@@ -296,7 +301,7 @@ def test_rule8_an_invalid_config_lists_every_problem_with_its_key():
         ],
     }
     with pytest.raises(ConfigError) as exc:
-        parse_config(data, "syncd.toml", env={})
+        parse_config(data, "syncd.toml", env={}, providers=PROVIDERS)
     text = str(exc.value)
     for needle in (
         "syncd.toml",
@@ -311,7 +316,9 @@ def test_rule8_an_invalid_config_lists_every_problem_with_its_key():
 def test_rule8_duplicate_target_names_are_refused():
     t = {"provider": "unisender", "list_id": "1", "api_key": "k"}
     with pytest.raises(ConfigError, match="duplicate target name"):
-        parse_config({"target": [{"name": "a", **t}, {"name": "a", **t}]}, "f", env={})
+        parse_config(
+            {"target": [{"name": "a", **t}, {"name": "a", **t}]}, "f", env={}, providers=PROVIDERS
+        )
 
 
 def test_rule8_bad_rows_are_reported_with_line_and_reason_and_good_rows_apply(world: World):
@@ -329,5 +336,5 @@ def test_rule8_bad_rows_are_reported_with_line_and_reason_and_good_rows_apply(wo
 
 
 def test_rule7_the_status_listener_binds_loopback_by_default():
-    host, _port = parse_config({}, "syncd.toml", env={}).http.address()
+    host, _port = parse_config({}, "syncd.toml", env={}, providers=PROVIDERS).http.address()
     assert is_loopback_host(host)

@@ -37,6 +37,7 @@ from syncd.local.ingest import ingest_file
 from syncd.local.ingest.check import validate
 from syncd.local.ingest.read import MAX_COLUMNS, read_rows
 from syncd.local.ingest.write import IngestReport
+from syncd.providers import PROVIDERS
 from syncd.store import open_engine
 
 CONFIG = IngestConfig(reject_role_addresses=True)
@@ -412,6 +413,7 @@ def test_the_inbox_sets_every_bad_file_aside_with_its_reason(tmp_path: Path) -> 
     config = parse_config(
         {"store": {"url": f"sqlite:///{tmp_path / 's.db'}"}, "inbox": {"path": str(tmp_path)}},
         "test",
+        providers=PROVIDERS,
     )
     engine = open_engine(config.store.url)
     files = {

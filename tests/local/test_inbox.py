@@ -18,6 +18,7 @@ from syncd.local.inbox import Inbox
 from syncd.local.inbox import ledger as ledger_module
 from syncd.local.inbox.ledger import Ledger
 from syncd.local.ingest import ingest_file
+from syncd.providers import PROVIDERS
 from syncd.store import open_engine
 from syncd.store.models import IngestedFile
 
@@ -99,6 +100,7 @@ def make_config(tmp_path: Path, debounce: float, **target: Any) -> Config:
         },
         "test",
         env={},
+        providers=PROVIDERS,
     )
 
 

@@ -39,7 +39,7 @@ from syncd.emulators.netcore import BulkJob, NetcoreEmulator
 from syncd.engine.result import CycleOptions, CycleResult
 from syncd.local.ingest import ingest_file
 from syncd.metrics import Metrics
-from syncd.providers import make_provider
+from syncd.providers import PROVIDERS, make_provider
 from syncd.providers.base import Provider, PushCall, RowChange
 from syncd.providers.netcore import NetcoreProvider
 from syncd.store import open_engine
@@ -138,6 +138,7 @@ class NetcoreWorld:
                 "target": [values],
             },
             "test",
+            providers=PROVIDERS,
         )
         self.db: Engine = open_engine(self.config.store.url)
         self._files = 0

@@ -39,6 +39,7 @@ import pytest
 
 import syncd
 from syncd.config import parse_config
+from syncd.providers import PROVIDERS
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "deploy" / "docker"
@@ -231,7 +232,7 @@ def test_image_config_keeps_every_write_in_the_volume_and_no_secret(runtime: Sta
     text = source.read_text(encoding="utf-8")
     # with the example's values: its base_url must pass the plain-HTTP rule too
     env = {v: "x" for v in config_variables(text)} | read_env_file(DOCKER / ".env.example")
-    config = parse_config(tomllib.loads(text), str(source), env=env)
+    config = parse_config(tomllib.loads(text), str(source), env=env, providers=PROVIDERS)
     store = config.store.url.removeprefix("sqlite:///")
     for path in (store, config.inbox.path, config.outbox.path):
         assert Path(path).is_relative_to(STATE), f"{path} is outside the volume {STATE}"
@@ -606,6 +607,7 @@ def test_container_command_runs_as_nobody_with_only_the_state_dir_writable(
         tomllib.loads(source.read_text(encoding="utf-8")),
         str(source),
         env={v: "x" for v in config_variables(source.read_text(encoding="utf-8"))} | env_file,
+        providers=PROVIDERS,
     ).http.listen
 
     # The only changes: a prefix for the container's paths, a free port for /healthz, the

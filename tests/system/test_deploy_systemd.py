@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from syncd.config import parse_config
+from syncd.providers import PROVIDERS
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT_DIR = ROOT / "deploy" / "systemd"
@@ -165,7 +166,9 @@ def test_example_config_reads_the_units_credential_and_writes_only_in_its_state_
     (tmp_path / credential).write_text("key-from-credential\n", encoding="utf-8")
 
     data = tomllib.loads(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
-    config = parse_config(data, str(EXAMPLE_CONFIG), env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    config = parse_config(
+        data, str(EXAMPLE_CONFIG), env={"CREDENTIALS_DIRECTORY": str(tmp_path)}, providers=PROVIDERS
+    )
 
     assert [t.api_key.get_secret_value() for t in config.target] == ["key-from-credential"]
     assert all(t.api_key_file == f"{tmp_path}/{credential}" for t in config.target), (

@@ -41,6 +41,7 @@ from syncd.commands import cycles
 from syncd.config import Config, parse_config
 from syncd.local.export import export_contacts
 from syncd.local.ingest import ingest_file
+from syncd.providers import PROVIDERS
 from syncd.store import open_engine
 from syncd.store.models import Rejection
 
@@ -163,7 +164,9 @@ fields = {{ Name = "name", City = "city" }}
         self.env = {**os.environ, "FAULTS_API_KEY": key}
         self.env.pop("SYNCD_CONFIG", None)
         text = self.config_path.read_text(encoding="utf-8")
-        self.config: Config = parse_config(tomllib.loads(text), "test", env=self.env)
+        self.config: Config = parse_config(
+            tomllib.loads(text), "test", env=self.env, providers=PROVIDERS
+        )
         self.db = open_engine(self.config.store.url)
 
     # -- both sides ------------------------------------------------------------------------
