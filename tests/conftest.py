@@ -251,6 +251,71 @@ def emulator_process(provider: str, api_key: str, *extra: str) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
+def wait_for(check: Callable[[], Any], what: str = "condition", timeout: float = 30.0) -> Any:
+    """Poll ``check`` until it returns something true (and return that); a process that is not
+    answering yet (an HTTP, OS or parse error) counts as not yet."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except (httpx.HTTPError, OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+# -- config files for syncd processes ----------------------------------------------------------
+
+
+def config_toml(folder: Path, *targets: dict[str, Any], **tables: dict[str, Any]) -> str:
+    """The text of a syncd.toml: the SQLite mirror in ``folder``, a [table] per keyword (``store=``
+    replaces the mirror's), then one [[target]] per dict."""
+    document = {"store": {"url": f"sqlite:///{folder / 'syncd.db'}"}, **tables}
+    lines = [f"[{name}]\n{_toml_pairs(table)}" for name, table in document.items()]
+    lines += [f"[[target]]\n{_toml_pairs(target)}" for target in targets]
+    return "\n".join(lines)
+
+
+def _toml_pairs(table: dict[str, Any]) -> str:
+    return "".join(f"{key} = {_toml_value(value)}\n" for key, value in table.items())
+
+
+def _toml_value(value: Any) -> str:
+    """A dict as an inline table, a list as an array, the rest as JSON spells it (TOML alike)."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def daemon_tables(folder: Path, listen: str, **daemon: Any) -> dict[str, dict[str, Any]]:
+    """The [inbox], [outbox], [http] and [daemon] tables of a `syncd run` with its folders in
+    ``folder``, listening on ``listen`` (or "off")."""
+    return {
+        "inbox": {"path": str(folder / "inbox")},
+        "outbox": {"path": str(folder / "outbox")},
+        "http": {"listen": listen},
+        "daemon": daemon,
+    }
+
+
+def unisender_target(emulator: str, name: str = "news", **settings: Any) -> dict[str, Any]:
+    """A [[target]] for list 1 of `syncd emulate unisender` at ``emulator``, with the fields Name
+    and City; ``settings`` add to it or replace."""
+    return {
+        "name": name,
+        "provider": "unisender",
+        "list_id": "1",
+        "base_url": f"{emulator}/en/api",
+        "fields": {"Name": "name", "City": "city"},
+        **settings,
+    }
+
+
 # -- the figures table of tests/system/test_faults.py --------------------------------------
 # Each test writes its row to a file; the run's own process prints them all at the end, so the
 # table shows under xdist too (workers inherit the folder through the environment).
