@@ -316,6 +316,25 @@ def unisender_target(emulator: str, name: str = "news", **settings: Any) -> dict
     }
 
 
+def daemon_config(
+    folder: Path,
+    emulator: str,
+    listen: str,
+    key_variable: str,
+    daemon: dict[str, Any] | None = None,
+    **target: Any,
+) -> str:
+    """A `syncd run` config with its folders in ``folder``, listening on ``listen``, a debounce of
+    0.2 s (``daemon`` adds to its [daemon] table), and one target 'newsletter' on the Unisender
+    emulator: its key read from ``$key_variable``, no jitter, exports polled fast and not
+    rate-limited; ``target`` adds settings (its ``schedule`` at least)."""
+    settings = {"jitter": 0, "export_poll_interval": 0.05, "export_rate_limit_per_minute": 100000}
+    api_key = f"${{{key_variable}}}"
+    newsletter = unisender_target(emulator, "newsletter", api_key=api_key, **settings, **target)
+    tables = daemon_tables(folder, listen, debounce=0.2, **(daemon or {}))
+    return config_toml(folder, newsletter, **tables)
+
+
 # -- the figures table of tests/system/test_faults.py --------------------------------------
 # Each test writes its row to a file; the run's own process prints them all at the end, so the
 # table shows under xdist too (workers inherit the folder through the environment).
