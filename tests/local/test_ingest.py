@@ -293,35 +293,36 @@ def test_report_dict_shape(engine: Engine, tmp_path: Path) -> None:
 
 
 def test_rows_change_only_the_columns_they_carry(engine: Engine, tmp_path: Path) -> None:
-    first = 'email,phone,city,age,tags,lists\na@example.com,+375291234567,Minsk,41,"b, a",news\n'
-    assert ingest_file(engine, write(tmp_path, "1.csv", first), CONFIG).created == 1
-    stored = by_email(engine, "a@example.com")
+    def ingest(name: str, csv: str) -> tuple[IngestReport, dict[str, Any]]:
+        """Ingest ``csv`` as the file ``name``: its report, and the contact a@example.com after."""
+        report = ingest_file(engine, write(tmp_path, name, csv), CONFIG)
+        return report, by_email(engine, "a@example.com")
+
+    report, stored = ingest(
+        "1.csv",
+        'email,phone,city,age,tags,lists\na@example.com,+375291234567,Minsk,41,"b, a",news\n',
+    )
+    assert report.created == 1
     # Canonical text: sorted keys, sorted tags, no spaces.
     assert stored["fields"] == '{"age":"41","city":"Minsk"}'
-    assert stored["tags"] == '["a","b"]'
-    assert stored["lists"] == ["news"]
+    assert (stored["tags"], stored["lists"]) == ('["a","b"]', ["news"])
 
     # No tags/lists/age column: those stay; an empty city removes that field.
-    second = "email,city,zip\na@example.com,,220000\n"
-    assert ingest_file(engine, write(tmp_path, "2.csv", second), CONFIG).updated == 1
-    stored = by_email(engine, "a@example.com")
+    report, stored = ingest("2.csv", "email,city,zip\na@example.com,,220000\n")
+    assert report.updated == 1
     assert stored["fields"] == '{"age":"41","zip":"220000"}'
-    assert stored["tags"] == '["a","b"]'
-    assert stored["lists"] == ["news"]
+    assert (stored["tags"], stored["lists"]) == ('["a","b"]', ["news"])
     assert stored["phone"] == "+375291234567"
 
     # Present tags/lists columns replace the sets; an empty cell empties them.
-    third = 'email,tags,lists\na@example.com,c,"vip,news"\n'
-    ingest_file(engine, write(tmp_path, "3.csv", third), CONFIG)
-    stored = by_email(engine, "a@example.com")
+    _, stored = ingest("3.csv", 'email,tags,lists\na@example.com,c,"vip,news"\n')
     assert (stored["tags"], stored["lists"]) == ('["c"]', ["news", "vip"])
     fourth = "email,tags,lists\na@example.com,,\n"
-    ingest_file(engine, write(tmp_path, "4.csv", fourth), CONFIG)
-    stored = by_email(engine, "a@example.com")
+    _, stored = ingest("4.csv", fourth)
     assert (stored["tags"], stored["lists"]) == ("[]", [])
 
     # The same content again changes nothing.
-    assert counts(ingest_file(engine, write(tmp_path, "5.csv", fourth), CONFIG))["unchanged"] == 1
+    assert counts(ingest("5.csv", fourth)[0])["unchanged"] == 1
 
 
 def test_json_null_removes_a_field(engine: Engine, tmp_path: Path) -> None:
