@@ -1,5 +1,8 @@
 """Shared fixtures: an emulated provider account, a fresh mirror, and a config pointing at both.
 
+Tests that start syncd as a process (``syncd emulate``, ``run``, ``run-once``) write its
+syncd.toml with ``config_toml`` and the table builders beside it, and wait with ``wait_for``.
+
 The mirror is SQLite, or PostgreSQL when a test asks for ``store_url`` (each test then runs once
 for each database). PostgreSQL comes from ``SYNCD_TEST_PG_URL`` (``scripts/pg-for-tests``
 starts a server); each test gets a schema of its own, so xdist workers never meet. Without the
@@ -330,7 +333,7 @@ def daemon_config(
     rate-limited; ``target`` adds settings (its ``schedule`` at least)."""
     settings = {"jitter": 0, "export_poll_interval": 0.05, "export_rate_limit_per_minute": 100000}
     api_key = f"${{{key_variable}}}"
-    newsletter = unisender_target(emulator, "newsletter", api_key=api_key, **settings, **target)
+    newsletter = unisender_target(emulator, "newsletter", api_key=api_key, **{**settings, **target})
     tables = daemon_tables(folder, listen, debounce=0.2, **(daemon or {}))
     return config_toml(folder, newsletter, **tables)
 
