@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from syncd import export
 from syncd.config import IngestConfig
 from syncd.core.contacts import is_role_address
 from syncd.core.projection import STATUSES
+from syncd.local import export
 from syncd.local.export import export_contacts
 from syncd.local.ingest import ingest_file
 from syncd.local.ingest.read import RESERVED
