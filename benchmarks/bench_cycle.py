@@ -9,30 +9,22 @@ Usage: python benchmarks/bench_cycle.py [--contacts N] [--keep DIR]
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from support import SYNCD, bench_parser, free_port, work_folder
 
 from syncd.core.projection import Projection
 from syncd.store import open_engine
 
 API_KEY = "bench-key-not-a-secret"
 CHUNK = 20_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def insert_contacts(conn: Connection, ids: range, city: str) -> None:
@@ -106,14 +98,9 @@ def measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--contacts", type=int, default=1_000_000)
-    parser.add_argument("--keep", default=None, help="Work in this folder and keep it.")
-    args = parser.parse_args()
+    args = bench_parser(__doc__, contacts=1_000_000).parse_args()
     n = args.contacts
-    workdir = Path(args.keep or tempfile.mkdtemp(prefix="syncd-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{workdir / 'bench.db'}"
+    workdir, url = work_folder(args.keep, "syncd-bench-")
     port = free_port()
     emulator = subprocess.Popen(
         [
@@ -156,15 +143,14 @@ rate_limit_per_minute = 1000000
             encoding="utf-8",
         )
         env = {**os.environ, "SYNCD_CONFIG": str(config)}
-        syncd = [sys.executable, "-m", "syncd"]
-        wall, cpu, rss, code, out = measured([*syncd, "run-once"], env)
+        wall, cpu, rss, code, out = measured([*SYNCD, "run-once"], env)
         print(
             f"no-change cycle, {n:,} contacts: wall {wall:.1f} s, syncd CPU {cpu:.1f} s, "
             f"peak RSS {rss:.0f} MiB, exit {code}"
         )
         print("  " + out.strip().replace("\n", "\n  "))
         change_one_percent(url, n)
-        wall, cpu, rss, code, out = measured([*syncd, "plan"], env)
+        wall, cpu, rss, code, out = measured([*SYNCD, "plan"], env)
         print(
             f"plan of 1 % changes ({n // 100:,} contacts): wall {wall:.1f} s, syncd CPU "
             f"{cpu:.1f} s, peak RSS {rss:.0f} MiB, exit {code}"

@@ -12,23 +12,16 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+from support import SYNCD, free_port, start_emulator
 
 KEY = "bench-key-not-a-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(check: object, timeout: float = 30.0) -> None:
@@ -81,15 +74,9 @@ export_rate_limit_per_minute = 100000
 """,
         encoding="utf-8",
     )
-    syncd = [sys.executable, "-m", "syncd"]
-    emu = subprocess.Popen(
-        [*syncd, "emulate", "unisender", "--port", str(port), "--api-key", KEY],
-        stdout=subprocess.PIPE,
-    )
-    assert emu.stdout is not None
-    emu.stdout.readline()
+    emu = start_emulator("unisender", port, "--api-key", KEY)
     daemon = subprocess.Popen(
-        [*syncd, "run", "--config", str(tmp / "syncd.toml")],
+        [*SYNCD, "run", "--config", str(tmp / "syncd.toml")],
         stdout=(tmp / "daemon.log").open("wb"),
         stderr=subprocess.STDOUT,
     )

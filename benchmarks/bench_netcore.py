@@ -11,16 +11,12 @@ Usage: python benchmarks/bench_netcore.py [--contacts N] [--rows-per-file R] [--
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-from bench_cycle import free_port, insert_contacts, measured
+from bench_cycle import insert_contacts, measured
+from support import SYNCD, bench_parser, free_port, start_emulator, work_folder
 
 from syncd.store import open_engine
 
@@ -38,26 +34,17 @@ def build_mirror(url: str, n: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--contacts", type=int, default=200_000)
+    parser = bench_parser(__doc__, contacts=200_000)
     parser.add_argument("--rows-per-file", type=int, default=10_000)
-    parser.add_argument("--keep", default=None, help="Work in this folder and keep it.")
     args = parser.parse_args()
     n = args.contacts
-    workdir = Path(args.keep or tempfile.mkdtemp(prefix="syncd-bench-netcore-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{workdir / 'bench.db'}"
+    workdir, url = work_folder(args.keep, "syncd-bench-netcore-")
     port, listen = free_port(), free_port()
-    emulator = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "emulate", "netcore", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    emulator = start_emulator("netcore", port)
     try:
         t = time.perf_counter()
         build_mirror(url, n)
         print(f"setup: mirror of {n:,} contacts built in {time.perf_counter() - t:.1f} s")
-        assert emulator.stdout is not None and b"listening" in emulator.stdout.readline()
         config = workdir / "syncd.toml"
         config.write_text(
             f"""
@@ -81,7 +68,7 @@ rate_limit_per_minute = 1000000
             encoding="utf-8",
         )
         env = {**os.environ, "SYNCD_CONFIG": str(config)}
-        syncd = [sys.executable, "-m", "syncd", "run-once", "--json"]
+        syncd = [*SYNCD, "run-once", "--json"]
         wall, cpu, rss, code, out = measured(syncd, env)
         summary = json.loads(out.strip().splitlines()[-1])
         files = -(-n // args.rows_per_file)

@@ -1,5 +1,8 @@
 """Shared fixtures: an emulated provider account, a fresh mirror, and a config pointing at both.
 
+Tests that start syncd as a process (``syncd emulate``, ``run``, ``run-once``) write its
+syncd.toml with ``config_toml`` and the table builders beside it, and wait with ``wait_for``.
+
 The mirror is SQLite, or PostgreSQL when a test asks for ``store_url`` (each test then runs once
 for each database). PostgreSQL comes from ``SYNCD_TEST_PG_URL`` (``scripts/pg-for-tests``
 starts a server); each test gets a schema of its own, so xdist workers never meet. Without the
@@ -250,6 +253,90 @@ def emulator_process(provider: str, api_key: str, *extra: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def wait_for(check: Callable[[], Any], what: str = "condition", timeout: float = 30.0) -> Any:
+    """Poll ``check`` until it returns something true (and return that); a process that is not
+    answering yet (an HTTP, OS or parse error) counts as not yet."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except (httpx.HTTPError, OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+# -- config files for syncd processes ----------------------------------------------------------
+
+
+def config_toml(folder: Path, *targets: dict[str, Any], **tables: dict[str, Any]) -> str:
+    """The text of a syncd.toml: the SQLite mirror in ``folder``, a [table] per keyword (``store=``
+    replaces the mirror's), then one [[target]] per dict."""
+    document = {"store": {"url": f"sqlite:///{folder / 'syncd.db'}"}, **tables}
+    lines = [f"[{name}]\n{_toml_pairs(table)}" for name, table in document.items()]
+    lines += [f"[[target]]\n{_toml_pairs(target)}" for target in targets]
+    return "\n".join(lines)
+
+
+def _toml_pairs(table: dict[str, Any]) -> str:
+    return "".join(f"{key} = {_toml_value(value)}\n" for key, value in table.items())
+
+
+def _toml_value(value: Any) -> str:
+    """A dict as an inline table, a list as an array, the rest as JSON spells it (TOML alike)."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def daemon_tables(folder: Path, listen: str, **daemon: Any) -> dict[str, dict[str, Any]]:
+    """The [inbox], [outbox], [http] and [daemon] tables of a `syncd run` with its folders in
+    ``folder``, listening on ``listen`` (or "off")."""
+    return {
+        "inbox": {"path": str(folder / "inbox")},
+        "outbox": {"path": str(folder / "outbox")},
+        "http": {"listen": listen},
+        "daemon": daemon,
+    }
+
+
+def unisender_target(emulator: str, name: str = "news", **settings: Any) -> dict[str, Any]:
+    """A [[target]] for list 1 of `syncd emulate unisender` at ``emulator``, with the fields Name
+    and City; ``settings`` add to it or replace."""
+    return {
+        "name": name,
+        "provider": "unisender",
+        "list_id": "1",
+        "base_url": f"{emulator}/en/api",
+        "fields": {"Name": "name", "City": "city"},
+        **settings,
+    }
+
+
+def daemon_config(
+    folder: Path,
+    emulator: str,
+    listen: str,
+    key_variable: str,
+    daemon: dict[str, Any] | None = None,
+    **target: Any,
+) -> str:
+    """A `syncd run` config with its folders in ``folder``, listening on ``listen``, a debounce of
+    0.2 s (``daemon`` adds to its [daemon] table), and one target 'newsletter' on the Unisender
+    emulator: its key read from ``$key_variable``, no jitter, exports polled fast and not
+    rate-limited; ``target`` adds settings (its ``schedule`` at least)."""
+    settings = {"jitter": 0, "export_poll_interval": 0.05, "export_rate_limit_per_minute": 100000}
+    api_key = f"${{{key_variable}}}"
+    newsletter = unisender_target(emulator, "newsletter", api_key=api_key, **{**settings, **target})
+    tables = daemon_tables(folder, listen, debounce=0.2, **(daemon or {}))
+    return config_toml(folder, newsletter, **tables)
 
 
 # -- the figures table of tests/system/test_faults.py --------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import pytest
 
 from syncd.core.projection import Projection
@@ -203,141 +206,103 @@ def r(key: str = K, ref: str | None = "ref-ann", status: str = "active", **field
     return Projection.build(key, {**fields, "syncd_id": ref}, (), status)
 
 
+# the owner of the reference: deleted locally (or off the list); synced under NEW, its own key
+GONE = Owner(local=None, base=None, remote_at_key=False)
+SYNCED_AT_NEW = Owner(local=r(NEW, Name="Ann"), base=r(NEW, Name="Ann"), remote_at_key=False)
+
+
+def ref_row(
+    row: str,
+    case: str,
+    *,
+    L: Projection | None = None,
+    B: Projection | None = None,
+    R: Projection | None = None,
+    owner: Owner | None = None,
+    rop: str | None = None,
+    lop: str | None = None,
+    base: Projection | None = None,
+    rekey: str | None = None,
+) -> tuple[Any, ...]:
+    """A row of REFERENCE_TABLE that names only the columns holding something."""
+    return (row, L, B, R, owner, case, rop, lop, base, rekey)
+
+
+def stale_copy(row: str, owner: Owner) -> tuple[Any, ...]:
+    """A row whose remote row is a stale copy of ``owner``'s contact: it is deleted there."""
+    return ref_row(row, "recognised_stale", R=r(Name="Ann"), owner=owner, rop="delete")
+
+
 # (case, L, B, R, owner, expected case, remote op, local op, base, rekey_from)
 REFERENCE_TABLE = [
-    (
+    ref_row(
         "lost create, nothing changed since: nothing is sent again",
-        r(Name="Ann"),
-        None,
-        r(Name="Ann"),
-        None,
         "recognised_create",
-        None,
-        None,
-        r(Name="Ann"),
-        None,
+        L=r(Name="Ann"),
+        R=r(Name="Ann"),
+        base=r(Name="Ann"),
     ),
-    (
+    ref_row(
         "lost create, edited locally since: the edit goes as an update, not a create",
-        r(Name="Anna"),
-        None,
-        r(Name="Ann"),
-        None,
         "recognised_create",
-        "update",
-        None,
-        r(Name="Anna"),
-        None,
+        L=r(Name="Anna"),
+        R=r(Name="Ann"),
+        rop="update",
+        base=r(Name="Anna"),
     ),
-    (
-        "lost create, then deleted locally: deleted there, not brought back",
-        None,
-        None,
-        r(Name="Ann"),
-        Owner(local=None, base=None, remote_at_key=False),
-        "recognised_stale",
-        "delete",
-        None,
-        None,
-        None,
-    ),
-    (
+    stale_copy("lost create, then deleted locally: deleted there, not brought back", GONE),
+    stale_copy(
         "lost create, then the key changed locally: the old key goes, no duplicate",
-        None,
-        None,
-        r(Name="Ann"),
         Owner(local=r(NEW, Name="Ann"), base=None, remote_at_key=False),
-        "recognised_stale",
-        "delete",
-        None,
-        None,
-        None,
     ),
-    (
+    ref_row(
         "lost create of an opted-out contact, deleted locally: its opt-out stays there",
-        None,
-        None,
-        r(status="unsubscribed"),
-        Owner(local=None, base=None, remote_at_key=False),
         "recognised_stale",
-        None,
-        None,
-        r(status="unsubscribed"),
-        None,
+        R=r(status="unsubscribed"),
+        owner=GONE,
+        base=r(status="unsubscribed"),
     ),
-    (
+    ref_row(
         "key changed at the provider: the mirror's contact follows, the old base goes",
-        None,
-        None,
-        r(Name="Ann"),
-        Owner(local=r(NEW, Name="Ann"), base=r(NEW, Name="Ann"), remote_at_key=False),
         "key_changed_remote",
-        None,
-        "upsert",
-        r(Name="Ann"),
-        NEW,
+        R=r(Name="Ann"),
+        owner=SYNCED_AT_NEW,
+        lop="upsert",
+        base=r(Name="Ann"),
+        rekey=NEW,
     ),
-    (
+    ref_row(
         "key changed at the provider, a field edited locally meanwhile: both kept",
-        None,
-        None,
-        r(Name="Ann", City="Brest"),
-        Owner(local=r(NEW, Name="Anna"), base=r(NEW, Name="Ann"), remote_at_key=False),
         "key_changed_remote",
-        "update",
-        "upsert",
-        r(Name="Anna", City="Brest"),
-        NEW,
+        R=r(Name="Ann", City="Brest"),
+        owner=Owner(local=r(NEW, Name="Anna"), base=r(NEW, Name="Ann"), remote_at_key=False),
+        rop="update",
+        lop="upsert",
+        base=r(Name="Anna", City="Brest"),
+        rekey=NEW,
     ),
-    (
+    stale_copy(
         "the owner's key is still at the provider too: this row is a stale copy",
-        None,
-        None,
-        r(Name="Ann"),
-        Owner(local=r(NEW, Name="Ann"), base=r(NEW, Name="Ann"), remote_at_key=True),
-        "recognised_stale",
-        "delete",
-        None,
-        None,
-        None,
+        replace(SYNCED_AT_NEW, remote_at_key=True),
     ),
-    (
+    stale_copy(
         "another local contact holds the new key: the mirror cannot follow, a stale copy",
-        None,
-        None,
-        r(Name="Ann"),
-        Owner(
-            local=r(NEW, Name="Ann"), base=r(NEW, Name="Ann"), remote_at_key=False, key_taken=True
-        ),
-        "recognised_stale",
-        "delete",
-        None,
-        None,
-        None,
+        replace(SYNCED_AT_NEW, key_taken=True),
     ),
-    (
+    ref_row(
         "a sign-up at the provider carries no reference: it enters the mirror",
-        None,
-        None,
-        r(ref=None, Name="Ann"),
-        None,
         "create_local",
-        None,
-        "upsert",
-        r(ref=None, Name="Ann"),
-        None,
+        R=r(ref=None, Name="Ann"),
+        lop="upsert",
+        base=r(ref=None, Name="Ann"),
     ),
-    (
+    ref_row(
         "another contact's reference under a key the mirror holds: merged as a first meeting",
-        r(Name="Ann"),
-        None,
-        r(ref="ref-other", Name="Ann"),
-        None,
         "first_meeting",
-        "update",
-        None,
-        r(Name="Ann"),
-        None,
+        L=r(Name="Ann"),
+        R=r(ref="ref-other", Name="Ann"),
+        rop="update",
+        base=r(Name="Ann"),
     ),
 ]
 

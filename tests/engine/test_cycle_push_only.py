@@ -242,12 +242,17 @@ def test_plan_shows_the_calls_and_writes_nothing(world: PushWorld) -> None:
 # --------------------------------------------------------------------------- sms.by
 
 
-def test_smsby_local_delete_is_reported_as_unsupported(tmp_path: Path) -> None:
-    world = PushWorld(tmp_path, "smsby")
+def second_of_three_deleted_locally(world: PushWorld) -> tuple[list[str], CycleResult]:
+    """Three numbers pushed, then the second deleted locally: the numbers and the next cycle."""
     numbers = world.add_local(3)
     world.cycle()
     world.ingest([{"phone": numbers[1], "delete": 1}])
-    result = world.cycle()
+    return numbers, world.cycle()
+
+
+def test_smsby_local_delete_is_reported_as_unsupported(tmp_path: Path) -> None:
+    world = PushWorld(tmp_path, "smsby")
+    numbers, result = second_of_three_deleted_locally(world)
     assert result.outcome == "rejected"  # the cycle says a change could not be carried out
     assert result.summary()["unsupported"] == 1 and result.summary()["deleted"] == 0
     assert result.write_calls == 0
@@ -284,10 +289,7 @@ def test_smsby_columns_split_beyond_30_field_names(tmp_path: Path) -> None:
 
 def test_octopush_local_delete_goes_out_once(tmp_path: Path) -> None:
     world = PushWorld(tmp_path, "octopush")
-    numbers = world.add_local(3)
-    world.cycle()
-    world.ingest([{"phone": numbers[1], "delete": 1}])
-    result = world.cycle()
+    numbers, result = second_of_three_deleted_locally(world)
     assert result.outcome == "converged" and result.summary()["deleted"] == 1
     assert [(c.method, c.rows) for c in result.calls] == [("contact/delete", 1)]
     assert numbers[1] not in world.remote()

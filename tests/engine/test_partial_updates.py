@@ -14,14 +14,15 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import World, emulator_process
+from conftest import World, config_toml, emulator_process, unisender_target
 
 from syncd.commands import cycles
 from syncd.config import Config, TargetConfig
@@ -220,22 +221,8 @@ def _run(cwd: Path, env: dict[str, str], *args: str) -> dict[str, Any]:
 
 def _configure(tmp_path: Path, emulator: str) -> dict[str, str]:
     """A config for one target against the emulator; returns the environment to run syncd in."""
-    (tmp_path / "syncd.toml").write_text(
-        f"""
-[store]
-url = "sqlite:///{tmp_path / "syncd.db"}"
-
-[[target]]
-name = "news"
-provider = "unisender"
-list_id = "1"
-api_key = "{KEY}"
-base_url = "{emulator}/en/api"
-fields = {{ Name = "name", City = "city" }}
-export_poll_interval = 0.05
-""",
-        encoding="utf-8",
-    )
+    target = unisender_target(emulator, api_key=KEY, export_poll_interval=0.05)
+    (tmp_path / "syncd.toml").write_text(config_toml(tmp_path, target), encoding="utf-8")
     return {k: v for k, v in os.environ.items() if k != "SYNCD_CONFIG"}
 
 
@@ -256,6 +243,28 @@ def _push_held(tmp_path: Path, env: dict[str, str], admin: httpx.Client) -> subp
         assert push.poll() is None and time.monotonic() < deadline, push.communicate()
         time.sleep(0.01)
     return push
+
+
+@contextmanager
+def _edits_pushed_and_held(
+    tmp_path: Path, people: str
+) -> Iterator[tuple[dict[str, str], httpx.Client, subprocess.Popen[str]]]:
+    """`syncd emulate unisender` and the mirror in step on ``people``, then a local edit of each
+    of Ann and Bob, pushed by a `syncd run-once` whose first import waits at the emulator: yields
+    the environment, the emulator's admin client and that push."""
+    with emulator_process("unisender", KEY) as emulator:
+        env = _configure(tmp_path, emulator)
+        _ingest(tmp_path, env, "people.csv", people)
+        assert _run(tmp_path, env, "run-once", "--json")["outcome"] == "converged"
+
+        _ingest(
+            tmp_path,
+            env,
+            "edits.csv",
+            "email,name,city\nann@example.com,Anna,Minsk\nbob@example.com,Bob,Grodno\n",
+        )
+        with httpx.Client(base_url=f"{emulator}/_emulator", timeout=10) as admin:
+            yield env, admin, _push_held(tmp_path, env, admin)
 
 
 def _finish(push: subprocess.Popen[str], admin: httpx.Client) -> dict[str, Any]:
@@ -290,24 +299,10 @@ def test_a_remote_edit_between_export_and_import_survives_end_to_end(tmp_path: P
     """`syncd run-once` against `syncd emulate unisender`. The emulator holds each import back
     (its `latency` fault on importContacts); once the first import has arrived, after the
     export, the test edits those contacts at the provider, before the import is applied."""
-    with emulator_process("unisender", KEY) as emulator:
-        env = _configure(tmp_path, emulator)
-        _ingest(
-            tmp_path,
-            env,
-            "people.csv",
-            "email,name,city,lists\nann@example.com,Ann,Minsk,news\nbob@example.com,Bob,Minsk,news\n",
-        )
-        assert _run(tmp_path, env, "run-once", "--json")["outcome"] == "converged"
-
-        _ingest(
-            tmp_path,
-            env,
-            "edits.csv",
-            "email,name,city\nann@example.com,Anna,Minsk\nbob@example.com,Bob,Grodno\n",
-        )
-        admin = httpx.Client(base_url=f"{emulator}/_emulator", timeout=10)
-        push = _push_held(tmp_path, env, admin)
+    people = (
+        "email,name,city,lists\nann@example.com,Ann,Minsk,news\nbob@example.com,Bob,Minsk,news\n"
+    )
+    with _edits_pushed_and_held(tmp_path, people) as (env, admin, push):
         # the first import has arrived and waits: edit the other field of each contact
         ann = _edit(admin, "ann@example.com", "edit", City="Brest")
         bob = _edit(admin, "bob@example.com", "edit", Name="Robert")
@@ -325,7 +320,6 @@ def test_a_remote_edit_between_export_and_import_survives_end_to_end(tmp_path: P
         assert local["ann@example.com"]["city"] == "Brest"
         assert local["bob@example.com"]["name"] == "Robert"
         assert _run(tmp_path, env, "run-once", "--json")["write_calls"] == 0
-        admin.close()
 
 
 @pytest.mark.slow
@@ -335,26 +329,12 @@ def test_a_tag_removed_between_export_and_import_stays_removed_end_to_end(
     """As above, with tags: the push changes one field of each contact, and while its import
     waits at the emulator the test removes a tag of each contact there. The update names no
     tags, so the removal stands, and the next cycle pulls it into the mirror without a write."""
-    with emulator_process("unisender", KEY) as emulator:
-        env = _configure(tmp_path, emulator)
-        _ingest(
-            tmp_path,
-            env,
-            "people.csv",
-            "email,name,city,tags,lists\n"
-            'ann@example.com,Ann,Minsk,"news,vip",news\n'
-            'bob@example.com,Bob,Minsk,"news,vip",news\n',
-        )
-        assert _run(tmp_path, env, "run-once", "--json")["outcome"] == "converged"
-
-        _ingest(
-            tmp_path,
-            env,
-            "edits.csv",
-            "email,name,city\nann@example.com,Anna,Minsk\nbob@example.com,Bob,Grodno\n",
-        )
-        admin = httpx.Client(base_url=f"{emulator}/_emulator", timeout=10)
-        push = _push_held(tmp_path, env, admin)
+    people = (
+        "email,name,city,tags,lists\n"
+        'ann@example.com,Ann,Minsk,"news,vip",news\n'
+        'bob@example.com,Bob,Minsk,"news,vip",news\n'
+    )
+    with _edits_pushed_and_held(tmp_path, people) as (env, admin, push):
         ann = _edit(admin, "ann@example.com", "set_tags", tags=["news"])
         bob = _edit(admin, "bob@example.com", "set_tags", tags=["vip"])
         # the removals came before the import was applied, or the test proves nothing
@@ -373,4 +353,3 @@ def test_a_tag_removed_between_export_and_import_stays_removed_end_to_end(
         assert local["ann@example.com"]["tags"] == ["news"]
         assert local["bob@example.com"]["tags"] == ["vip"]
         assert _run(tmp_path, env, "run-once", "--json")["write_calls"] == 0
-        admin.close()

@@ -148,23 +148,25 @@ def test_rule3_never_resubscribe(world: World, how: str):
     assert world.local()[email]["status"] in ("unsubscribed", "blocked")
 
 
+def unsubscribed_there_then_deleted_here(world: World, contacts: int, email: str) -> None:
+    """``contacts`` people in step on both sides; ``email`` unsubscribes at the provider, a cycle
+    brings that back, then the local side deletes it."""
+    world.add_local(contacts)
+    world.cycle()
+    world.emu.unsubscribe(email, world.list_id)
+    world.cycle()
+    world.ingest([{"email": email, "delete": 1}])
+
+
 def test_rule3_a_remote_unsubscribe_of_a_locally_deleted_contact_is_never_deleted(world: World):
-    world.add_local(3)
-    world.cycle()
-    world.emu.unsubscribe("person1@example.com", world.list_id)
-    world.cycle()
-    world.ingest([{"email": "person1@example.com", "delete": 1}])
+    unsubscribed_there_then_deleted_here(world, 3, "person1@example.com")
     r = world.cycle()
     assert world.emu.get("person1@example.com") is not None  # the opt-out record stays
     assert r.summary()["kept_opted_out"] == 1 and r.write_calls == 0
 
 
 def test_rule3_re_created_contact_stays_opted_out(world: World):
-    world.add_local(2)
-    world.cycle()
-    world.emu.unsubscribe("person0@example.com", world.list_id)
-    world.cycle()
-    world.ingest([{"email": "person0@example.com", "delete": 1}])
+    unsubscribed_there_then_deleted_here(world, 2, "person0@example.com")
     world.ingest([{"email": "person0@example.com", "lists": ["news"]}])
     world.cycle()
     assert world.local()["person0@example.com"]["status"] == "unsubscribed"

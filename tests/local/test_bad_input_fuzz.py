@@ -351,6 +351,17 @@ def huge_file(tmp_path: Path) -> Iterator[Callable[[str, bytes, bytes, int], Pat
 MiB = 1 << 20
 
 
+def bounded_leaving_the_mirror_as_it_was(
+    mirror: Mirror, path: Path
+) -> tuple[IngestError | None, float, int]:
+    """Ingest ``path`` into a fresh mirror, ``bounded``; the mirror must come out as it went in."""
+    mirror.reset()
+    before = mirror.state()
+    measured = bounded(lambda: ingest_file(mirror.engine, path, CONFIG))
+    assert mirror.state() == before
+    return measured
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "head"),
@@ -363,12 +374,9 @@ def test_a_100_mb_line_is_refused_in_bounded_memory_and_time(
     mirror: Mirror, huge_file: Callable[[str, bytes, bytes, int], Path], name: str, head: bytes
 ) -> None:
     path = huge_file(name, head, b"x" * MiB, 100)
-    mirror.reset()
-    before = mirror.state()
-    error, seconds, peak = bounded(lambda: ingest_file(mirror.engine, path, CONFIG))
+    error, seconds, peak = bounded_leaving_the_mirror_as_it_was(mirror, path)
     assert error is not None and "line 2 is longer than 1,048,576 bytes" in str(error)
     assert peak < 8 * MiB and seconds < 5, (peak, seconds)
-    assert mirror.state() == before
 
 
 @pytest.mark.slow
@@ -397,12 +405,9 @@ def test_a_json_array_file_over_its_limit_is_refused_unread(
     mirror: Mirror, huge_file: Callable[[str, bytes, bytes, int], Path]
 ) -> None:
     path = huge_file("big.json", b'[{"email": "c@example.com"}', b" " * MiB, 33)
-    mirror.reset()
-    before = mirror.state()
-    error, seconds, peak = bounded(lambda: ingest_file(mirror.engine, path, CONFIG))
+    error, seconds, peak = bounded_leaving_the_mirror_as_it_was(mirror, path)
     assert error is not None and "may be at most 32 MiB" in str(error)
     assert peak < 40 * MiB and seconds < 5, (peak, seconds)
-    assert mirror.state() == before
 
 
 # ---------------------------------------------------------------------------- the inbox

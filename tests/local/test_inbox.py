@@ -328,18 +328,24 @@ class SimulatedCrash(BaseException):
     """Escapes every ``except Exception``, as a SIGKILL would stop everything at that point."""
 
 
+def scan_crashing_in(box: Box, monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> None:
+    """One scan of the inbox that stops dead where it calls ``owner.name``."""
+
+    def crash(*_args: Any, **_kwargs: Any) -> None:
+        raise SimulatedCrash
+
+    with monkeypatch.context() as m:
+        m.setattr(owner, name, crash)
+        with pytest.raises(SimulatedCrash):
+            box.inbox.scan()
+
+
 def test_ledger_stops_a_reapply_after_a_crash_between_commit_and_move(
     box: Box, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     box.drop("crm.csv", people(0, 2, city="Minsk"))
 
-    def crash(*_args: Any, **_kwargs: Any) -> Any:
-        raise SimulatedCrash
-
-    with monkeypatch.context() as m:
-        m.setattr(Ledger, "finish", crash)
-        with pytest.raises(SimulatedCrash):
-            box.inbox.scan()
+    scan_crashing_in(box, monkeypatch, Ledger, "finish")
     # committed with its ledger row, never moved
     assert (box.folder / "crm.csv").exists()
     ((_, name, settled),) = box.ledger()
@@ -372,13 +378,7 @@ def test_crash_after_the_move_gets_its_report_written_at_start(
 ) -> None:
     box.drop("late.csv", people(0, 3))
 
-    def crash(*_args: Any, **_kwargs: Any) -> None:
-        raise SimulatedCrash
-
-    with monkeypatch.context() as m:
-        m.setattr(ledger_module, "_write_json", crash)
-        with pytest.raises(SimulatedCrash):
-            box.inbox.scan()
+    scan_crashing_in(box, monkeypatch, ledger_module, "_write_json")
     assert (box.folder / "processed" / "late.csv").exists()
     assert not (box.folder / "processed" / "late.csv.report.json").exists()
 

@@ -14,7 +14,7 @@ from syncd.config import IngestConfig
 from syncd.errors import IngestError
 from syncd.local.ingest import ingest_file
 from syncd.local.ingest.check import ContactChange, validate
-from syncd.local.ingest.read import read_rows
+from syncd.local.ingest.read import RawRow, read_rows
 from syncd.local.ingest.write import IngestReport, _Chunk, apply
 from syncd.store.db import open_engine
 
@@ -33,6 +33,11 @@ def write(folder: Path, name: str, content: str | bytes) -> Path:
     else:
         path.write_text(content, encoding="utf-8")
     return path
+
+
+def read(folder: Path, name: str, content: str) -> list[RawRow]:
+    """The rows read from a file ``name`` written with ``content``."""
+    return list(read_rows(write(folder, name, content)))
 
 
 def ndjson(*records: dict[str, Any]) -> str:
@@ -68,7 +73,7 @@ def counts(report: IngestReport) -> dict[str, int]:
 
 
 def test_csv_rows_keep_the_line_they_start_on(tmp_path: Path) -> None:
-    path = write(
+    rows = read(
         tmp_path,
         "in.csv",
         "\ufeffEmail, Phone ,City\n"  # BOM, reserved names in any case and padded
@@ -77,26 +82,23 @@ def test_csv_rows_keep_the_line_they_start_on(tmp_path: Path) -> None:
         'b@example.com,,"two\nlines"\n'
         "c@example.com,,Brest\n",
     )
-    rows = list(read_rows(path))
     assert [r.line for r in rows] == [2, 4, 6]
     assert rows[0].values == {"email": "a@example.com", "phone": "", "City": "Minsk"}
     assert rows[1].values["City"] == "two\nlines"
 
 
 def test_csv_accepts_crlf_and_trailing_empty_cells(tmp_path: Path) -> None:
-    path = write(tmp_path, "in.csv", "email,city\r\na@example.com,Minsk,,\r\n")
-    (row,) = read_rows(path)
+    (row,) = read(tmp_path, "in.csv", "email,city\r\na@example.com,Minsk,,\r\n")
     assert row.problem is None
     assert row.values == {"email": "a@example.com", "city": "Minsk"}
 
 
 def test_ndjson_rows(tmp_path: Path) -> None:
-    path = write(
+    rows = read(
         tmp_path,
         "in.ndjson",
         '{"email": "a@example.com", "age": 41, "tags": ["x"]}\n\n{"phone": "+16502530000"}\n',
     )
-    rows = list(read_rows(path))
     assert [(r.line, dict(r.values)) for r in rows] == [
         (1, {"email": "a@example.com", "age": 41, "tags": ["x"]}),
         (3, {"phone": "+16502530000"}),
@@ -104,19 +106,18 @@ def test_ndjson_rows(tmp_path: Path) -> None:
 
 
 def test_json_array_rows_know_their_lines(tmp_path: Path) -> None:
-    path = write(
+    rows = read(
         tmp_path,
         "in.json",
         '[\n  {"email": "a@example.com"},\n  {\n    "email": "b@example.com"\n  },\n  7\n]\n',
     )
-    rows = list(read_rows(path))
     assert [(r.line, r.problem) for r in rows] == [
         (2, None),
         (3, None),
         (6, "record is not a JSON object"),
     ]
     assert rows[1].values == {"email": "b@example.com"}
-    assert list(read_rows(write(tmp_path, "empty.json", " [ ] "))) == []
+    assert read(tmp_path, "empty.json", " [ ] ") == []
 
 
 @pytest.mark.parametrize(
@@ -292,35 +293,36 @@ def test_report_dict_shape(engine: Engine, tmp_path: Path) -> None:
 
 
 def test_rows_change_only_the_columns_they_carry(engine: Engine, tmp_path: Path) -> None:
-    first = 'email,phone,city,age,tags,lists\na@example.com,+375291234567,Minsk,41,"b, a",news\n'
-    assert ingest_file(engine, write(tmp_path, "1.csv", first), CONFIG).created == 1
-    stored = by_email(engine, "a@example.com")
+    def ingest(name: str, csv: str) -> tuple[IngestReport, dict[str, Any]]:
+        """Ingest ``csv`` as the file ``name``: its report, and the contact a@example.com after."""
+        report = ingest_file(engine, write(tmp_path, name, csv), CONFIG)
+        return report, by_email(engine, "a@example.com")
+
+    report, stored = ingest(
+        "1.csv",
+        'email,phone,city,age,tags,lists\na@example.com,+375291234567,Minsk,41,"b, a",news\n',
+    )
+    assert report.created == 1
     # Canonical text: sorted keys, sorted tags, no spaces.
     assert stored["fields"] == '{"age":"41","city":"Minsk"}'
-    assert stored["tags"] == '["a","b"]'
-    assert stored["lists"] == ["news"]
+    assert (stored["tags"], stored["lists"]) == ('["a","b"]', ["news"])
 
     # No tags/lists/age column: those stay; an empty city removes that field.
-    second = "email,city,zip\na@example.com,,220000\n"
-    assert ingest_file(engine, write(tmp_path, "2.csv", second), CONFIG).updated == 1
-    stored = by_email(engine, "a@example.com")
+    report, stored = ingest("2.csv", "email,city,zip\na@example.com,,220000\n")
+    assert report.updated == 1
     assert stored["fields"] == '{"age":"41","zip":"220000"}'
-    assert stored["tags"] == '["a","b"]'
-    assert stored["lists"] == ["news"]
+    assert (stored["tags"], stored["lists"]) == ('["a","b"]', ["news"])
     assert stored["phone"] == "+375291234567"
 
     # Present tags/lists columns replace the sets; an empty cell empties them.
-    third = 'email,tags,lists\na@example.com,c,"vip,news"\n'
-    ingest_file(engine, write(tmp_path, "3.csv", third), CONFIG)
-    stored = by_email(engine, "a@example.com")
+    _, stored = ingest("3.csv", 'email,tags,lists\na@example.com,c,"vip,news"\n')
     assert (stored["tags"], stored["lists"]) == ('["c"]', ["news", "vip"])
     fourth = "email,tags,lists\na@example.com,,\n"
-    ingest_file(engine, write(tmp_path, "4.csv", fourth), CONFIG)
-    stored = by_email(engine, "a@example.com")
+    _, stored = ingest("4.csv", fourth)
     assert (stored["tags"], stored["lists"]) == ("[]", [])
 
     # The same content again changes nothing.
-    assert counts(ingest_file(engine, write(tmp_path, "5.csv", fourth), CONFIG))["unchanged"] == 1
+    assert counts(ingest("5.csv", fourth)[0])["unchanged"] == 1
 
 
 def test_json_null_removes_a_field(engine: Engine, tmp_path: Path) -> None:

@@ -8,10 +8,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from conftest import emulator_process, free_port
+from conftest import config_toml, emulator_process, free_port, unisender_target
 
 KEY = "cli-e2e-key-77d1"
 pytestmark = pytest.mark.slow
@@ -28,6 +29,14 @@ def syncd(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedPro
     )
 
 
+def config(folder: Path, emulator: str, **settings: Any) -> str:
+    """One target 'newsletter' on the emulator, its key read from $TEST_UNISENDER_KEY."""
+    target = unisender_target(
+        emulator, "newsletter", api_key="${TEST_UNISENDER_KEY}", export_poll_interval=0.05
+    )
+    return config_toml(folder, {**target, **settings})
+
+
 @pytest.fixture
 def emulator() -> Iterator[str]:
     with emulator_process("unisender", KEY) as url:
@@ -36,22 +45,7 @@ def emulator() -> Iterator[str]:
 
 @pytest.fixture
 def workdir(tmp_path: Path, emulator: str) -> tuple[Path, dict[str, str]]:
-    (tmp_path / "syncd.toml").write_text(
-        f"""
-[store]
-url = "sqlite:///{tmp_path / "syncd.db"}"
-
-[[target]]
-name = "newsletter"
-provider = "unisender"
-list_id = "1"
-api_key = "${{TEST_UNISENDER_KEY}}"
-base_url = "{emulator}/en/api"
-fields = {{ Name = "name", City = "city" }}
-export_poll_interval = 0.05
-""",
-        encoding="utf-8",
-    )
+    (tmp_path / "syncd.toml").write_text(config(tmp_path, emulator), encoding="utf-8")
     (tmp_path / "people.csv").write_text(
         "email,name,city,tags,lists\n"
         + "".join(f"user{i}@example.com,User {i},Minsk,a,newsletter\n" for i in range(30))
@@ -108,13 +102,8 @@ def test_config_errors_exit_2_naming_the_key(workdir):
 
 def test_unreachable_provider_exits_3_without_showing_the_key(workdir):
     cwd, env = workdir
-    toml = (cwd / "syncd.toml").read_text()
-    dead = f"http://127.0.0.1:{free_port()}/en/api"
-    (cwd / "dead.toml").write_text(
-        toml.replace('base_url = "', f'base_url = "{dead}" #').replace(
-            "export_poll_interval", "retries = 0\nexport_poll_interval"
-        )
-    )
+    dead = f"http://127.0.0.1:{free_port()}"
+    (cwd / "dead.toml").write_text(config(cwd, dead, retries=0))
     syncd("ingest", "people.csv", env=env, cwd=cwd)
     r = syncd("run-once", "--config", "dead.toml", env=env, cwd=cwd)
     assert r.returncode == 3, r.stdout + r.stderr
@@ -133,20 +122,9 @@ def test_demo_converges(tmp_path):
 
 
 def test_emulate_fault_switches_inject_faults():
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "emulate", "selzy", "--port", str(port), "--5xx-rate", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None and "listening" in proc.stdout.readline()
-        r = httpx.post(f"http://127.0.0.1:{port}/en/api/getLists", data={"api_key": "k"})
+    with emulator_process("selzy", "k", "--5xx-rate", "1") as url:
+        r = httpx.post(f"{url}/en/api/getLists", data={"api_key": "k"})
         assert r.status_code == 503
-        httpx.post(f"http://127.0.0.1:{port}/_emulator/faults", json={})  # switched off live
-        r = httpx.post(f"http://127.0.0.1:{port}/en/api/getLists", data={"api_key": "k"})
+        httpx.post(f"{url}/_emulator/faults", json={})  # switched off live
+        r = httpx.post(f"{url}/en/api/getLists", data={"api_key": "k"})
         assert r.status_code == 200 and r.json()["result"][0]["title"] == "Newsletter"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)

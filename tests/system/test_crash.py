@@ -34,7 +34,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import emulator_process
+from conftest import config_toml, daemon_tables, emulator_process, unisender_target
 
 pytestmark = pytest.mark.slow
 
@@ -81,38 +81,23 @@ class Crash:
         self.inbox.mkdir()
         self.db = tmp / "syncd.db"
         self.config = tmp / "syncd.toml"
-        self.config.write_text(
-            f"""
-[store]
-url = "sqlite:///{self.db}"
-[inbox]
-path = "{self.inbox}"
-[outbox]
-path = "{tmp / "outbox"}"
-[http]
-listen = "off"
-[daemon]
-debounce = 0.05
-[[target]]
-name = "news"
-provider = "unisender"
-list_id = "1"
-api_key = "{KEY}"
-base_url = "{emulator}/en/api"
-fields = {{ Name = "name", City = "city" }}
-reference_field = "syncd_id"
-export_mode = "paged"
-schedule = "1s"
-jitter = 0
-retries = 0
-# Most kills land before a cycle's deletes are answered, so each round's delete and address
-# change (a delete of the old address) pile up until one gets through: after a dozen rounds
-# that is rightly more than the 20 % guard (rule 2, tested in test_safety_rules.py), which
-# would then hold every later cycle. This test is about crashes, not about that guard.
-max_delete_fraction = 1.0
-""",
-            encoding="utf-8",
+        target = unisender_target(
+            emulator,
+            api_key=KEY,
+            reference_field="syncd_id",
+            export_mode="paged",
+            schedule="1s",
+            jitter=0,
+            retries=0,
+            # Most kills land before a cycle's deletes are answered, so each round's delete and
+            # address change (a delete of the old address) pile up until one gets through: after
+            # a dozen rounds that is rightly more than the 20 % guard (rule 2, tested in
+            # test_safety_rules.py), which would then hold every later cycle. This test is about
+            # crashes, not about that guard.
+            max_delete_fraction=1.0,
         )
+        tables = daemon_tables(tmp, "off", debounce=0.05)
+        self.config.write_text(config_toml(tmp, target, **tables), encoding="utf-8")
         self.people: dict[str, Person] = {}  # by phone: the one thing that never changes
         self.signups: dict[str, str] = {}  # email -> name, born at the provider
         self.files = 0

@@ -10,30 +10,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import emulator_process, free_port
+from conftest import daemon_config, emulator_process, free_port, wait_for
 
 KEY = "daemon-e2e-key-5b2c"
 pytestmark = pytest.mark.slow
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except (httpx.HTTPError, OSError, ValueError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture
@@ -44,44 +30,14 @@ def emulator() -> Iterator[str]:
 
 class DaemonWorld:
     def __init__(self, tmp: Path, emulator: str) -> None:
-        self.tmp = tmp
-        self.emulator = emulator
-        self.inbox = tmp / "inbox"
-        self.outbox = tmp / "outbox"
+        self.tmp, self.emulator = tmp, emulator
+        self.inbox, self.outbox = tmp / "inbox", tmp / "outbox"
         self.http_port = free_port()
         self.config = tmp / "syncd.toml"
-        self.config.write_text(
-            f"""
-[store]
-url = "sqlite:///{tmp / "syncd.db"}"
-
-[inbox]
-path = "{self.inbox}"
-
-[outbox]
-path = "{self.outbox}"
-
-[http]
-listen = "127.0.0.1:{self.http_port}"
-
-[daemon]
-debounce = 0.2
-stop_timeout = 10
-
-[[target]]
-name = "newsletter"
-provider = "unisender"
-list_id = "1"
-api_key = "${{DAEMON_TEST_KEY}}"
-base_url = "{emulator}/en/api"
-fields = {{ Name = "name", City = "city" }}
-schedule = "2s"
-jitter = 0
-export_poll_interval = 0.05
-export_rate_limit_per_minute = 100000
-""",
-            encoding="utf-8",
-        )
+        listen = f"127.0.0.1:{self.http_port}"
+        daemon = {"stop_timeout": 10}
+        text = daemon_config(tmp, emulator, listen, "DAEMON_TEST_KEY", daemon, schedule="2s")
+        self.config.write_text(text, encoding="utf-8")
         self.env = {**os.environ, "DAEMON_TEST_KEY": KEY}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = tmp / "daemon.log"

@@ -22,7 +22,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import free_port
 
 import syncd
 from syncd.config import parse_config
@@ -357,12 +357,6 @@ def test_compose_takes_secrets_from_the_git_ignored_env_file_only(
 # --- the container's command line, run here ---------------------------------------------------
 
 NOBODY = "nobody"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(

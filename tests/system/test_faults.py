@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import emulator_process, record_fault_figures
+from conftest import config_toml, emulator_process, record_fault_figures, unisender_target
 from sqlalchemy import select
 from sqlmodel import Session, col
 
@@ -132,35 +132,17 @@ class Run:
         self.remote_changed: list[str] = []  # one entry per change the test made remotely
         self.files = 0
         self.config_path = tmp / "syncd.toml"
-        target = {
+        settings = {
             "timeout": 0.5,  # an injected hang costs half a second, not the provider's 30
             "retries": 2,
             "export_poll_interval": 0.05,
             "export_timeout": 1.0,
             **scenario.target,
         }
-        settings = "".join(f"{k} = {json.dumps(v)}\n" for k, v in target.items())
-        self.config_path.write_text(
-            f"""
-[store]
-url = "sqlite:///{tmp / "syncd.db"}"
-
-[outbox]
-path = "{tmp / "outbox"}"
-
-[ingest]
-reject_role_addresses = false
-
-[[target]]
-name = "news"
-provider = "unisender"
-list_id = "{LIST}"
-api_key = "${{FAULTS_API_KEY}}"
-base_url = "{url}/en/api"
-fields = {{ Name = "name", City = "city" }}
-{settings}""",
-            encoding="utf-8",
-        )
+        target = unisender_target(url, list_id=LIST, api_key="${FAULTS_API_KEY}", **settings)
+        ingest = {"reject_role_addresses": False}
+        text = config_toml(tmp, target, outbox={"path": str(tmp / "outbox")}, ingest=ingest)
+        self.config_path.write_text(text, encoding="utf-8")
         self.env = {**os.environ, "FAULTS_API_KEY": key}
         self.env.pop("SYNCD_CONFIG", None)
         text = self.config_path.read_text(encoding="utf-8")

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import emulator_process, free_port
+from conftest import config_toml, emulator_process, free_port
 
 KEY = "five-providers-key-3a7e"
 LOGIN = "ops@example.com"
@@ -45,56 +45,44 @@ def emulators() -> Iterator[dict[str, str]]:
 
 
 def config_text(tmp: Path, urls: dict[str, str], listen_port: int) -> str:
-    common = 'local_list = "audience"\napi_key = "${FIVE_KEY}"\nrate_limit_per_minute = 100000\n'
-    return f"""
-[store]
-url = "sqlite:///{tmp / "syncd.db"}"
+    listen = f"127.0.0.1:{listen_port}"
 
-[http]
-listen = "127.0.0.1:{listen_port}"
+    def target(provider: str, path: str, fields: dict[str, str], **settings: Any) -> dict[str, Any]:
+        return {
+            "name": provider,
+            "provider": provider,
+            "base_url": f"{urls[provider]}{path}",
+            "fields": fields,
+            **settings,
+            "local_list": "audience",
+            "api_key": "${FIVE_KEY}",
+            "rate_limit_per_minute": 100000,
+        }
 
-[[target]]
-name = "unisender"
-provider = "unisender"
-list_id = "1"
-base_url = "{urls["unisender"]}/en/api"
-fields = {{ Name = "name", City = "city" }}
-export_poll_interval = 0.05
-{common}
-[[target]]
-name = "selzy"
-provider = "selzy"
-list_id = "1"
-base_url = "{urls["selzy"]}/en/api"
-fields = {{ Name = "name", City = "city" }}
-export_poll_interval = 0.05
-{common}
-[[target]]
-name = "smsby"
-provider = "smsby"
-key = "phone"
-list_id = "1"
-base_url = "{urls["smsby"]}/api/v2"
-fields = {{ name = "name", city = "city" }}
-{common}
-[[target]]
-name = "octopush"
-provider = "octopush"
-key = "phone"
-api_login = "{LOGIN}"
-list_id = "Newsletter"
-base_url = "{urls["octopush"]}/v1/public"
-fields = {{ first_name = "name", param1 = "city" }}
-{common}
-[[target]]
-name = "netcore"
-provider = "netcore"
-list_id = "1"
-base_url = "{urls["netcore"]}/apiv2"
-public_url = "http://127.0.0.1:{listen_port}"
-callback_timeout = 60
-fields = {{ FIRST_NAME = "name", CITY = "city" }}
-{common}"""
+    email_fields = {"Name": "name", "City": "city"}
+    return config_toml(
+        tmp,
+        target("unisender", "/en/api", email_fields, list_id="1", export_poll_interval=0.05),
+        target("selzy", "/en/api", email_fields, list_id="1", export_poll_interval=0.05),
+        target("smsby", "/api/v2", {"name": "name", "city": "city"}, key="phone", list_id="1"),
+        target(
+            "octopush",
+            "/v1/public",
+            {"first_name": "name", "param1": "city"},
+            key="phone",
+            api_login=LOGIN,
+            list_id="Newsletter",
+        ),
+        target(
+            "netcore",
+            "/apiv2",
+            {"FIRST_NAME": "name", "CITY": "city"},
+            list_id="1",
+            public_url=f"http://{listen}",
+            callback_timeout=60,
+        ),
+        http={"listen": listen},
+    )
 
 
 def run_once(cwd: Path, exit_code: int = 0) -> list[dict[str, Any]]:

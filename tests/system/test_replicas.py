@@ -22,10 +22,17 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import emulator_process, free_port, postgresql_schema
+from conftest import (
+    config_toml,
+    daemon_tables,
+    emulator_process,
+    free_port,
+    postgresql_schema,
+    unisender_target,
+    wait_for,
+)
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
-from test_daemon_e2e import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -46,47 +53,29 @@ class Replicas:
         self.store_url = store_url
         self.emulators = emulators
         self.procs: list[subprocess.Popen[bytes]] = []
-        targets = "".join(
-            f"""
-[[target]]
-name = "t{i:02d}"
-provider = "unisender"
-list_id = "{i % PER_EMULATOR + 1}"
-local_list = "l{i:02d}"
-api_key = "{KEY}"
-base_url = "{emulators[i // PER_EMULATOR]}/en/api"
-fields = {{ Name = "name" }}
-schedule = "{SCHEDULE}"
-jitter = 1
-export_mode = "paged"
-"""
+        self.targets = [
+            unisender_target(
+                emulators[i // PER_EMULATOR],
+                f"t{i:02d}",
+                list_id=f"{i % PER_EMULATOR + 1}",
+                local_list=f"l{i:02d}",
+                api_key=KEY,
+                fields={"Name": "name"},
+                schedule=SCHEDULE,
+                jitter=1,
+                export_mode="paged",
+            )
             for i in range(TARGETS)
-        )
-        self.targets = targets
+        ]
 
     def config(self, name: str, http_port: int | None = None) -> Path:
         path = self.tmp / f"{name}.toml"
         listen = f"127.0.0.1:{http_port}" if http_port else "off"
-        path.write_text(
-            f"""
-[store]
-url = "{self.store_url}"
-
-[inbox]
-path = "{self.tmp / name / "inbox"}"
-
-[outbox]
-path = "{self.tmp / name / "outbox"}"
-
-[http]
-listen = "{listen}"
-
-[daemon]
-lease_timeout = {LEASE_TIMEOUT}
-stop_timeout = 10
-{self.targets}""",
-            encoding="utf-8",
+        tables = daemon_tables(
+            self.tmp / name, listen, lease_timeout=LEASE_TIMEOUT, stop_timeout=10
         )
+        store = {"url": self.store_url}
+        path.write_text(config_toml(self.tmp, *self.targets, store=store, **tables), "utf-8")
         return path
 
     def ingest(self, name: str, rows: list[tuple[str, str, str]]) -> None:

@@ -19,15 +19,14 @@ import signal
 import stat
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
 
 import httpx
 import pytest
-from conftest import free_port
+from conftest import daemon_config, free_port, wait_for
 
 from syncd.config import TargetConfig
 from syncd.core.projection import Projection
@@ -44,19 +43,6 @@ ECHO_FAULT = {
     "methods": ["importContacts"],
 }
 pytestmark = pytest.mark.slow
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            found = check()
-            if found:
-                return found
-        except (httpx.HTTPError, OSError, ValueError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -86,33 +72,10 @@ class Syncd:
         self.out.mkdir()
         self.http_port = free_port()
         self.config = tmp / "syncd.toml"
-        self.config.write_text(
-            f"""
-[store]
-url = "sqlite:///{self.state / "syncd.db"}"
-[inbox]
-path = "{self.state / "inbox"}"
-[outbox]
-path = "{self.state / "outbox"}"
-[http]
-listen = "127.0.0.1:{self.http_port}"
-[daemon]
-debounce = 0.2
-[[target]]
-name = "newsletter"
-provider = "unisender"
-list_id = "1"
-api_key = "${{SECRETS_TEST_API_KEY}}"
-base_url = "{emulator}/en/api"
-fields = {{ Name = "name", City = "city" }}
-schedule = "1h"
-jitter = 0
-export_poll_interval = 0.05
-export_rate_limit_per_minute = 100000
-retries = 0
-""",
-            encoding="utf-8",
-        )
+        listen = f"127.0.0.1:{self.http_port}"
+        key = "SECRETS_TEST_API_KEY"
+        text = daemon_config(self.state, emulator, listen, key, schedule="1h", retries=0)
+        self.config.write_text(text, encoding="utf-8")
         self.env = {**os.environ, "SECRETS_TEST_API_KEY": KEY}
         self.runs = 0
 
