@@ -635,3 +635,14 @@ def test_stop_is_bounded_while_a_pass_is_stuck(tmp_path: Path) -> None:
     finally:
         release.set()
     box.inbox.stop()
+
+
+def test_a_link_made_in_place_in_a_watched_inbox_is_refused_at_once(watching: Box) -> None:
+    outside = watching.tmp / "secret.csv"
+    outside.write_text(people(0, 2), encoding="utf-8")
+    (watching.folder / "link.csv").symlink_to(outside)
+    os.mkfifo(watching.folder / "pipe.csv")
+    wait_for(lambda: watching.metrics.count("failed") == 2, what="both set aside")
+    assert watching.contacts() == 0
+    assert "symbolic link" in watching.report("failed", "link.csv")["error"]
+    assert "FIFO" in watching.report("failed", "pipe.csv")["error"]

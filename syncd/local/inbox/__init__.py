@@ -18,9 +18,10 @@ and ``*.report.json`` (a report copied back is not a contact file).
 A file is taken only once its writer is done: on close-after-write (``FileClosedEvent``, Linux
 inotify) or when it is moved or renamed into the folder (``FileMovedEvent``; on Linux the
 observer reports a move from another folder as a move, not a creation). "Modified" and
-"created" events are ignored, so a file written slowly in pieces is read once it is closed. On
-platforms without close events only renames (and ``scan()``) bring files in: write beside and
-rename, which is the safe way everywhere.
+"created" events are ignored (except the creation of a link or a FIFO in place, which has no
+writer to wait for and goes straight to ``failed/``), so a file written slowly in pieces is read
+once it is closed. On platforms without close events only renames (and ``scan()``) bring files
+in: write beside and rename, which is the safe way everywhere.
 
 Events are debounced: each one restarts a ``config.daemon.debounce`` timer; when it fires, one
 pass takes every file noticed so far, oldest first (mtime, then name), and then calls
@@ -53,6 +54,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 from watchdog.events import (
     FileClosedEvent,
+    FileCreatedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
@@ -85,12 +87,23 @@ class _Handler(FileSystemEventHandler):
                 raw = event.dest_path
             elif isinstance(event, FileClosedEvent):
                 raw = event.src_path
+            elif isinstance(event, FileCreatedEvent) and _not_a_file(event.src_path):
+                raw = event.src_path  # a link or FIFO made in place: no writer to wait for
             else:
                 return  # created / modified / opened: the writer may not be done
             if raw:
                 self._inbox._notice(Path(os.fsdecode(raw)))
         except Exception:
             log.exception("inbox: could not handle the event %r", event)
+
+
+def _not_a_file(raw: str | bytes) -> bool:
+    """Whether a new entry is neither a regular file nor a folder (a link, a FIFO, ...)."""
+    try:
+        mode = os.lstat(raw).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
 def _make_observer() -> BaseObserver:
@@ -149,7 +162,7 @@ class Inbox:
                 _Handler(self),
                 str(self.path),
                 recursive=False,
-                event_filter=[FileClosedEvent, FileMovedEvent],
+                event_filter=[FileClosedEvent, FileMovedEvent, FileCreatedEvent],
             )
             observer.start()
             self._observer = observer

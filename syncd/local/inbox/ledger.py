@@ -226,6 +226,8 @@ class Ledger:
     def finish(self, path: Path, folder: Path, name: str, report: dict[str, Any]) -> Path:
         """Move the file to ``folder/name`` (or the next free name) and write its report."""
         owner_only_folder(folder)
+        if _too_long(name):  # a ledger row older than the shortening
+            name = self.reserve(folder, name)
         dest = folder / name
         if not _move_no_replace(path, dest):
             if _same_entry(path, dest):
