@@ -123,9 +123,9 @@ class Daemon:
     def _shutdown(self) -> int:
         self.notifier.stopping()
         log.info("stopping: no new work; waiting for the batch in flight")
-        self.inbox.stop()
-        self.scheduler.shutdown()
         deadline = time.monotonic() + self.config.daemon.stop_timeout
+        self.inbox.stop(timeout=self.config.daemon.stop_timeout)
+        self.scheduler.shutdown()
         while self.scheduler.busy() and time.monotonic() < deadline:
             time.sleep(0.05)
         if self.scheduler.busy():

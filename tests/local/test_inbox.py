@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -485,3 +488,161 @@ def test_start_up_scan_leaves_a_file_still_being_written_to_its_close_event(tmp_
         assert report["created"] == 2
     finally:
         box.inbox.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# What else can be dropped in: FIFOs, links, long names; modes; a bounded stop
+
+
+def _unblock(fifo: Path) -> None:
+    """Keep giving a reader stuck on ``fifo`` its end of file for a while, so that a failing test
+    cannot hang the run."""
+
+    def keep_unblocking() -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for place in (fifo, fifo.parent / "failed" / fifo.name):
+                with contextlib.suppress(OSError):  # no reader (ENXIO) or not there
+                    os.close(os.open(place, os.O_WRONLY | os.O_NONBLOCK))
+            time.sleep(0.05)
+
+    threading.Thread(target=keep_unblocking, daemon=True).start()
+
+
+def test_a_fifo_renamed_in_goes_to_failed_and_the_next_file_is_taken(watching: Box) -> None:
+    fifo = watching.tmp / "pipe.csv"
+    os.mkfifo(fifo)
+    fifo.rename(watching.folder / "pipe.csv")
+    try:
+        watching.drop("good.csv", people(0, 3))
+        wait_for(lambda: watching.contacts() == 3, what="the file after the FIFO")
+        wait_for(lambda: watching.metrics.count("failed") == 1, what="the FIFO set aside")
+    finally:
+        _unblock(watching.folder / "pipe.csv")
+    assert not os.path.lexists(watching.folder / "pipe.csv")
+    assert stat.S_ISFIFO(os.lstat(watching.folder / "failed" / "pipe.csv").st_mode)
+    assert "FIFO" in watching.report("failed", "pipe.csv")["error"]
+    assert (watching.folder / "processed" / "good.csv").is_file()
+    started = time.monotonic()
+    assert watching.inbox.stop(timeout=5)
+    assert time.monotonic() - started < 5
+
+
+def test_the_start_up_scan_sets_a_fifo_aside_without_opening_it(box: Box) -> None:
+    os.mkfifo(box.folder / "pipe.ndjson")
+    box.drop("good.csv", people(0, 2))
+    try:
+        outcomes = box.inbox.scan()
+    finally:
+        _unblock(box.folder / "pipe.ndjson")
+    assert sorted((o.name, o.status) for o in outcomes) == [
+        ("good.csv", "processed"),
+        ("pipe.ndjson", "failed"),
+    ]
+    assert box.contacts() == 2
+    assert sorted(p.name for p in box.folder.iterdir()) == ["failed", "processed"]
+
+
+def test_a_link_to_a_file_outside_the_inbox_is_refused_with_a_report(box: Box) -> None:
+    outside = box.tmp / "secret.csv"
+    outside.write_text(people(0, 4), encoding="utf-8")
+    mode = stat.S_IMODE(outside.stat().st_mode)
+    (box.folder / "link.csv").symlink_to(outside)
+    (box.folder / "dangling.csv").symlink_to(box.tmp / "nowhere.csv")
+    outcomes = box.inbox.scan()
+    assert sorted((o.name, o.status) for o in outcomes) == [
+        ("dangling.csv", "failed"),
+        ("link.csv", "failed"),
+    ]
+    assert box.contacts() == 0 and box.applied == [] and box.ledger() == []
+    assert "symbolic link" in box.report("failed", "link.csv")["error"]
+    moved = box.folder / "failed" / "link.csv"
+    assert moved.is_symlink() and os.readlink(moved) == str(outside)  # the link, not its target
+    assert outside.read_text(encoding="utf-8") == people(0, 4)
+    assert stat.S_IMODE(outside.stat().st_mode) == mode  # nothing reached through the link
+
+
+def test_a_251_byte_name_is_applied_with_its_report_and_a_settled_ledger(box: Box) -> None:
+    long_name = "a" * 247 + ".csv"
+    other = "a" * 246 + "b.csv"  # same start: the shortened names must still differ
+    box.drop(long_name, people(0, 2))
+    box.drop(other, people(2, 1))
+    outcomes = box.inbox.scan()
+    assert [o.status for o in outcomes] == ["processed", "processed"]
+    assert box.contacts() == 3
+    assert [r[2] is not None for r in box.ledger()] == [True, True]
+    processed = box.folder / "processed"
+    reports = sorted(processed.glob("*.report.json"))
+    assert len(reports) == 2
+    files = {json.loads(r.read_text(encoding="utf-8"))["file"] for r in reports}
+    assert files == {long_name, other}
+    for report in reports:
+        moved = processed / report.name.removesuffix(".report.json")
+        assert moved.is_file() and moved.name.endswith(".csv")
+        assert len(os.fsencode(report.name)) <= 255
+    assert sorted(p.name for p in box.folder.iterdir()) == ["failed", "processed"]
+    # the same long name again: a third, distinct pair
+    box.drop(long_name, people(3, 1))
+    assert [o.status for o in box.inbox.scan()] == ["processed"]
+    assert len(list(processed.glob("*.report.json"))) == 3
+
+
+def test_processed_and_failed_are_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        box = Box(tmp_path)
+        box.drop("good.csv", people(0, 2))
+        box.drop("bad.csv", "not,a\nheader with \0 nul\n")
+        box.drop("empty.csv", HEADER)
+        box.inbox.scan()
+    finally:
+        os.umask(old)
+    for sub in ("processed", "failed"):
+        folder = box.folder / sub
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, sub
+        entries = list(folder.iterdir())
+        assert entries, sub
+        for entry in entries:
+            assert stat.S_IMODE(entry.stat().st_mode) == 0o600, entry
+
+
+def test_folders_made_by_an_earlier_version_become_owner_only(tmp_path: Path) -> None:
+    for sub in ("processed", "failed"):
+        (tmp_path / "inbox" / sub).mkdir(parents=True)
+        (tmp_path / "inbox" / sub).chmod(0o755)
+    box = Box(tmp_path)
+    for sub in ("processed", "failed"):
+        assert stat.S_IMODE((box.folder / sub).stat().st_mode) == 0o700
+
+
+def test_stop_is_bounded_while_a_pass_is_stuck(tmp_path: Path) -> None:
+    release = threading.Event()
+    entered = threading.Event()
+
+    def stuck(_lists: set[str]) -> None:
+        entered.set()
+        release.wait(30)
+
+    box = Box(tmp_path)
+    inbox = Inbox(box.db, box.config, stuck, settle=0)
+    inbox.start()
+    try:
+        box.drop("good.csv", people(0, 1))
+        assert entered.wait(5), "the pass never ran"
+        started = time.monotonic()
+        assert inbox.stop(timeout=0.5) is False
+        assert time.monotonic() - started < 2
+    finally:
+        release.set()
+    box.inbox.stop()
+
+
+def test_a_link_made_in_place_in_a_watched_inbox_is_refused_at_once(watching: Box) -> None:
+    outside = watching.tmp / "secret.csv"
+    outside.write_text(people(0, 2), encoding="utf-8")
+    (watching.folder / "link.csv").symlink_to(outside)
+    os.mkfifo(watching.folder / "pipe.csv")
+    wait_for(lambda: watching.metrics.count("failed") == 2, what="both set aside")
+    assert watching.contacts() == 0
+    assert "symbolic link" in watching.report("failed", "link.csv")["error"]
+    assert "FIFO" in watching.report("failed", "pipe.csv")["error"]

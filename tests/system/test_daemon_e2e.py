@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -220,3 +221,31 @@ def test_config_reload_on_change_and_sighup_keeps_running_on_invalid(tmp_path, e
         lambda: w.log.read_text().count("configuration reloaded") > before, what="reload on SIGHUP"
     )
     assert w.stop()[0] == 0
+
+
+def test_a_fifo_in_the_inbox_neither_wedges_ingestion_nor_the_stop(tmp_path, emulator):
+    w = DaemonWorld(tmp_path, emulator)
+    w.inbox.mkdir()
+    w.start()
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    fifo.rename(w.inbox / "pipe.csv")
+    try:
+        w.drop("good.csv", people(0, 3))
+        wait_for(
+            (w.inbox / "processed" / "good.csv.report.json").exists,
+            what="the good file after the FIFO applied",
+        )
+        wait_for((w.inbox / "failed" / "pipe.csv.report.json").exists, what="the FIFO's report")
+        report = json.loads((w.inbox / "failed" / "pipe.csv.report.json").read_text())
+        assert "FIFO" in report["error"]
+        assert {f"u{i}@example.com" for i in range(3)} <= set(w.local())
+        code, took = w.stop()
+        assert code == 0 and took < 10  # the config's stop_timeout
+    finally:
+        for place in (w.inbox / "pipe.csv", w.inbox / "failed" / "pipe.csv"):
+            with contextlib.suppress(OSError):  # a reader stuck on it gets its end of file
+                os.close(os.open(place, os.O_WRONLY | os.O_NONBLOCK))
+        if w.proc is not None and w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait()

@@ -8,17 +8,20 @@ time).
 
 Which files
 -----------
-Only the top level of the folder; ``processed/`` and ``failed/`` (created with it) and any other
-subfolder are never read. Accepted: ``*.csv``, ``*.ndjson``, ``*.jsonl``, ``*.json``. Ignored as
+Only the top level of the folder; ``processed/`` and ``failed/`` (created with it, owner-only)
+and any other subfolder are never read. Only regular files are read: a link, a FIFO, a socket
+or a device with an eligible name goes to ``failed/`` unopened (``syncd.local.inbox.apply``).
+Accepted: ``*.csv``, ``*.ndjson``, ``*.jsonl``, ``*.json``. Ignored as
 partial or foreign: dot-files, names ending ``.tmp``, ``.part``, ``.partial``, ``.swp`` or ``~``,
 and ``*.report.json`` (a report copied back is not a contact file).
 
 A file is taken only once its writer is done: on close-after-write (``FileClosedEvent``, Linux
 inotify) or when it is moved or renamed into the folder (``FileMovedEvent``; on Linux the
 observer reports a move from another folder as a move, not a creation). "Modified" and
-"created" events are ignored, so a file written slowly in pieces is read once it is closed. On
-platforms without close events only renames (and ``scan()``) bring files in: write beside and
-rename, which is the safe way everywhere.
+"created" events are ignored (except the creation of a link or a FIFO in place, which has no
+writer to wait for and goes straight to ``failed/``), so a file written slowly in pieces is read
+once it is closed. On platforms without close events only renames (and ``scan()``) bring files
+in: write beside and rename, which is the safe way everywhere.
 
 Events are debounced: each one restarts a ``config.daemon.debounce`` timer; when it fires, one
 pass takes every file noticed so far, oldest first (mtime, then name), and then calls
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import sys
 import threading
 import time
@@ -50,6 +54,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 from watchdog.events import (
     FileClosedEvent,
+    FileCreatedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
@@ -59,12 +64,14 @@ from watchdog.observers.api import BaseObserver
 
 from syncd.config import Config
 from syncd.local.inbox.apply import FileApplier
-from syncd.local.inbox.ledger import FileOutcome, Ledger, eligible
+from syncd.local.inbox.ledger import FileOutcome, Ledger, eligible, owner_only_folder
 
 log = logging.getLogger("syncd.local.inbox")
 
 #: How long a file found at start-up must have been left alone before the scan takes it.
 SETTLE_SECONDS = 2.0
+#: How long ``stop()`` waits for the watcher and a pass in flight, unless told otherwise.
+STOP_SECONDS = 10.0
 
 
 class _Handler(FileSystemEventHandler):
@@ -80,12 +87,23 @@ class _Handler(FileSystemEventHandler):
                 raw = event.dest_path
             elif isinstance(event, FileClosedEvent):
                 raw = event.src_path
+            elif isinstance(event, FileCreatedEvent) and _not_a_file(event.src_path):
+                raw = event.src_path  # a link or FIFO made in place: no writer to wait for
             else:
                 return  # created / modified / opened: the writer may not be done
             if raw:
                 self._inbox._notice(Path(os.fsdecode(raw)))
         except Exception:
             log.exception("inbox: could not handle the event %r", event)
+
+
+def _not_a_file(raw: str | bytes) -> bool:
+    """Whether a new entry is neither a regular file nor a folder (a link, a FIFO, ...)."""
+    try:
+        mode = os.lstat(raw).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
 def _make_observer() -> BaseObserver:
@@ -112,8 +130,9 @@ class Inbox:
         self.settle = settle
         self.path = Path(config.inbox.path).resolve()
         self.ledger = Ledger(engine, self.path)
-        for folder in (self.path, self.ledger.processed, self.ledger.failed):
-            folder.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+        for folder in (self.ledger.processed, self.ledger.failed):
+            owner_only_folder(folder)
         SQLModel.metadata.create_all(engine, tables=[SQLModel.metadata.tables["ingested_file"]])
         self._applier = FileApplier(engine, config, self.ledger)
         self._on_applied = on_applied
@@ -143,7 +162,7 @@ class Inbox:
                 _Handler(self),
                 str(self.path),
                 recursive=False,
-                event_filter=[FileClosedEvent, FileMovedEvent],
+                event_filter=[FileClosedEvent, FileMovedEvent, FileCreatedEvent],
             )
             observer.start()
             self._observer = observer
@@ -158,11 +177,15 @@ class Inbox:
             with self._lock:
                 self._debounce = config.daemon.debounce
 
-    def stop(self) -> None:
-        """Stop watching and wait for the pass in flight to finish its current file.
+    def stop(self, timeout: float = STOP_SECONDS) -> bool:
+        """Stop watching and wait, at most ``timeout`` seconds in all, for the pass in flight to
+        finish its current file; False when something was still running then.
 
-        Files noticed but not yet taken stay in the inbox for the next ``scan()``.
+        Files noticed but not yet taken stay in the inbox for the next ``scan()``. A pass still
+        running at the timeout is left to the process's exit, which is a crash to the ledger:
+        its file is either applied and moved at the next start, or not applied at all.
         """
+        deadline = time.monotonic() + timeout
         with self._lock:
             observer, self._observer = self._observer, None
             self._stopping.set()
@@ -170,11 +193,20 @@ class Inbox:
             self._settle_timers = []
         if observer is not None:
             observer.stop()
-            observer.join()
+            observer.join(max(0.0, deadline - time.monotonic()))
         for timer in timers:
             timer.cancel()
         for timer in timers:
-            timer.join()
+            timer.join(max(0.0, deadline - time.monotonic()))
+        running = [t.name for t in (observer, *timers) if t is not None and t.is_alive()]
+        if running:
+            log.warning(
+                "inbox: still busy after %.1fs (%s); stopping without it: a file being applied "
+                "is finished or taken again at the next start",
+                timeout,
+                ", ".join(sorted(set(running))),
+            )
+        return not running
 
     def scan(self) -> list[FileOutcome]:
         """Ingest every waiting file now, oldest first; then settle leftovers of a crash.
@@ -184,7 +216,8 @@ class Inbox:
         with self._work:
             with self._lock:
                 self._retry.clear()
-            paths = [p for p in self.path.iterdir() if eligible(p.name) and p.is_file()]
+            # not is_file(): that follows links and hides FIFOs, which must reach failed/ too
+            paths = [p for p in self.path.iterdir() if eligible(p.name) and not _is_folder(p)]
             settled = [p for p in paths if not self._still_fresh(p)]
             outcomes = self._pass(settled, interruptible=False)
             try:
@@ -201,7 +234,7 @@ class Inbox:
         left to the watcher's close event, and re-checked once it has been quiet for
         ``settle`` seconds (for a writer that closed just before the watch began)."""
         try:
-            mtime = path.stat().st_mtime
+            mtime = path.lstat().st_mtime
         except FileNotFoundError:
             return True
         if time.time() - mtime >= self.settle:
@@ -212,7 +245,7 @@ class Inbox:
     def _recheck_later(self, path: Path, mtime: float) -> None:
         def recheck() -> None:
             try:
-                now_mtime = path.stat().st_mtime
+                now_mtime = path.lstat().st_mtime
             except FileNotFoundError:
                 return  # taken by the watcher meanwhile
             if now_mtime != mtime:
@@ -285,7 +318,7 @@ class Inbox:
         found: list[tuple[int, str, Path]] = []
         for path in set(paths):
             try:
-                found.append((path.stat().st_mtime_ns, path.name, path))
+                found.append((path.lstat().st_mtime_ns, path.name, path))
             except FileNotFoundError:
                 continue  # taken already, or removed by its writer
         return [path for _, _, path in sorted(found)]
@@ -293,6 +326,8 @@ class Inbox:
     def _handle(self, path: Path) -> FileOutcome | None:
         try:
             outcome = self._applier.process(path)
+            if outcome is None:
+                return None
         except FileNotFoundError as exc:
             log.info("inbox: %s is gone (%s); nothing to do", path.name, exc)
             return None
@@ -323,6 +358,13 @@ class Inbox:
             except Exception:
                 log.exception("inbox: metrics hook failed")
         return outcome
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(path.lstat().st_mode)
+    except FileNotFoundError:
+        return True  # gone: nothing to take
 
 
 __all__ = ["Inbox"]

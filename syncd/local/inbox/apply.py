@@ -22,6 +22,16 @@ ledger row, applies the rows through that connection, does a snapshot's membersh
 checks the guard, and commits once. The tests check that a refused snapshot leaves its rows
 unapplied.
 
+Only regular files
+------------------
+A file is looked at with ``lstat`` (links not followed) and opened with ``O_NOFOLLOW`` and
+``O_NONBLOCK``, then checked again with ``fstat``, so nothing in the inbox can make a pass block
+or read outside the inbox: a symbolic link (wherever it points), a FIFO, a socket or a device
+goes to ``failed/`` with a report naming what it is, unread and unopened (a FIFO renamed in
+would otherwise block the pass, and every file after it, on an open or read with no writer).
+Where such an entry cannot be moved (the filesystem refuses), it is left in place with a log
+line. A folder is never taken.
+
 Snapshots
 ---------
 ``LIST.snapshot.csv`` (or ``.ndjson``, ``.jsonl``, ``.json``) replaces the membership of the local
@@ -39,10 +49,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, BinaryIO, TypeVar, cast
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
@@ -80,13 +92,55 @@ def _chunks(items: Sequence[_T], size: int = CHUNK) -> Iterator[Sequence[_T]]:
         yield items[start : start + size]
 
 
-def _sha256(path: Path) -> tuple[str, int]:
+_KINDS = {
+    stat.S_IFLNK: "a symbolic link (links are never followed)",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a folder",
+}
+
+
+def _kind(mode: int) -> str | None:
+    """None for a regular file; otherwise what the entry is, for its report."""
+    if stat.S_ISREG(mode):
+        return None
+    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+class _NotRegular(Exception):
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """Open a regular file for reading without following a link and without blocking; what was
+    swapped in since the ``lstat`` raises ``_NotRegular``."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        if os.path.islink(path):  # ELOOP from O_NOFOLLOW
+            raise _NotRegular(_KINDS[stat.S_IFLNK]) from None
+        raise
+    try:
+        kind = _kind(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise _NotRegular(kind)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _sha256(handle: BinaryIO) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-            size += len(block)
+    while block := handle.read(1 << 20):
+        digest.update(block)
+        size += len(block)
     return digest.hexdigest(), size
 
 
@@ -116,12 +170,50 @@ class FileApplier:
         self.config = config
         self.ledger = ledger
 
-    def process(self, path: Path) -> FileOutcome:
-        name, ledger = path.name, self.ledger
+    def process(self, path: Path) -> FileOutcome | None:
+        """Take one inbox entry; None when it is left where it is (a folder, or an entry that is
+        not a regular file and cannot be moved). ``FileNotFoundError`` when it is gone."""
+        kind = _kind(os.lstat(path).st_mode)
+        if kind is None:
+            try:
+                handle = _open_regular(path)
+            except _NotRegular as exc:
+                kind = exc.kind
+            except FileNotFoundError:
+                raise
+            except OSError as exc:
+                reason = f"cannot be read: {exc.strerror or exc}"
+                return self.ledger.fail(path, _empty_report(path.name), reason)
+        if kind is not None:
+            return self._set_aside(path, kind)
+        with handle:
+            return self._process(path, handle)
+
+    def _set_aside(self, path: Path, kind: str) -> FileOutcome | None:
+        """An entry that is not a regular file: to ``failed/`` unread, or left with a log line."""
+        if kind == _KINDS[stat.S_IFDIR]:
+            log.info("inbox: %s is a folder; folders in the inbox are never read", path.name)
+            return None
+        reason = f"not a regular file: {kind}; only regular files are taken"
         try:
-            digest, size = _sha256(path)
+            return self.ledger.fail(path, _empty_report(path.name), reason)
         except FileNotFoundError:
             raise
+        except OSError as exc:
+            log.warning(
+                "inbox: %s is %s, not a regular file, and cannot be moved to failed/ (%s); "
+                "it is ignored: remove it from the inbox",
+                path.name,
+                kind,
+                exc.strerror or exc,
+            )
+            return None
+
+    def _process(self, path: Path, handle: BinaryIO) -> FileOutcome:
+        name, ledger = path.name, self.ledger
+        try:
+            digest, size = _sha256(handle)
+            handle.seek(0)
         except OSError as exc:
             return ledger.fail(path, _empty_report(name), f"cannot be read: {exc.strerror or exc}")
 
@@ -135,7 +227,7 @@ class FileApplier:
             reason = f"snapshot list name {snapshot!r} has a comma or surrounding spaces"
             return ledger.fail(path, _empty_report(name), reason)
         try:
-            changes, rejected = validate(read_rows(path), self.config.ingest)
+            changes, rejected = validate(read_rows(path, handle), self.config.ingest)
         except IngestError as exc:
             return ledger.fail(path, _empty_report(name), str(exc))
         except Exception as exc:

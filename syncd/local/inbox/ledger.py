@@ -3,7 +3,14 @@
 Names: ``eligible`` says which files the inbox takes, ``snapshot_list`` which of them are
 snapshots. A file leaves the inbox for ``processed/`` or ``failed/`` with ``NAME.report.json``
 beside it (``Ledger.finish``). A name already taken in the destination gets a numeric suffix
-(``contacts-1.csv``); nothing is ever overwritten.
+(``contacts-1.csv``); nothing is ever overwritten. A name too long to carry the report's suffix
+(``NAME_MAX`` bytes, 255 on Linux) is shortened, keeping its start, its extension and a hash of
+the whole name, so the moved file and its report always fit and stay unique; the report's
+``file`` keeps the name as dropped.
+
+``processed/`` and ``failed/`` hold contact data: they are owner-only (0700) and the files and
+reports in them 0600, as the store and the outbox are, whatever the umask or the mode a file was
+dropped with.
 
 Exactly once across crashes (DESIGN §3 rule 6)
 ----------------------------------------------
@@ -44,9 +51,11 @@ What remains:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -66,6 +75,11 @@ REPORT_SUFFIX = ".report.json"
 SNAPSHOT_MARK = ".snapshot"
 
 Status = Literal["processed", "failed"]
+
+NAME_MAX = 255  # bytes in one file name: Linux, macOS and Windows filesystems alike
+FOLDER_MODE = 0o700
+FILE_MODE = 0o600
+_SPARE = len("-99999")  # room kept for the numeric suffix of a clash
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +125,54 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _too_long(name: str) -> bool:
+    """Whether ``name``, or the temp file its report is written through, exceeds ``NAME_MAX``."""
+    return len(os.fsencode(f".{name}{REPORT_SUFFIX}.tmp")) + _SPARE > NAME_MAX
+
+
+def _shortened(name: str) -> str:
+    """``name`` cut to fit with its report: its start, a hash of the whole name, its extension."""
+    stem, suffix = Path(name).stem, Path(name).suffix
+    tag = "-" + hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
+    while stem and _too_long(f"{stem}{tag}{suffix}"):
+        stem = stem[:-1]
+    return f"{stem}{tag}{suffix}"
+
+
+def owner_only_folder(folder: Path) -> None:
+    """Create ``folder`` if missing and make it 0700 (mkdir's mode is cut by the umask only)."""
+    folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+    if stat.S_IMODE(folder.stat().st_mode) != FOLDER_MODE:
+        folder.chmod(FOLDER_MODE)
+
+
+def _owner_only_file(path: Path) -> None:
+    """Make a moved file 0600. A link is never changed (chmod would reach its target); a file
+    owned by another user cannot be, which is logged: the folder it is in is 0700."""
+    try:
+        mode = os.lstat(path).st_mode
+        if not stat.S_ISLNK(mode) and stat.S_IMODE(mode) != FILE_MODE:
+            os.chmod(path, FILE_MODE)
+    except OSError as exc:
+        log.warning("inbox: could not make %s owner-only: %s", path, exc.strerror or exc)
+
+
+def _same_entry(a: Path, b: Path) -> bool:
+    """Whether two names are one directory entry's target (links not followed)."""
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except FileNotFoundError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write whole or not at all: a temp file beside, then a rename."""
+    """Write whole or not at all: an owner-only temp file beside, then a rename."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(tmp, flags, FILE_MODE)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        os.fchmod(fd, FILE_MODE)  # a temp file left by a crash may have another mode
         json.dump(data, handle, ensure_ascii=False, indent=2)
         handle.write("\n")
         handle.flush()
@@ -123,9 +181,10 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _move_no_replace(src: Path, dest: Path) -> bool:
-    """Move ``src`` to ``dest`` unless ``dest`` exists (then False). Never overwrites."""
+    """Move ``src`` to ``dest`` unless ``dest`` exists (then False). Never overwrites; a link is
+    moved as the link itself, never its target."""
     try:
-        os.link(src, dest)
+        os.link(src, dest, follow_symlinks=False)
     except FileExistsError:
         return False
     except OSError:
@@ -151,7 +210,10 @@ class Ledger:
 
     @staticmethod
     def reserve(folder: Path, name: str) -> str:
-        """The first free name: ``name``, then ``stem-1.ext``, ``stem-2.ext``, ..."""
+        """The first free name: ``name``, then ``stem-1.ext``, ``stem-2.ext``, ...; a name too long
+        for its report is shortened first (see the module docstring)."""
+        if _too_long(name):
+            name = _shortened(name)
         stem, suffix = Path(name).stem, Path(name).suffix
         candidate, n = name, 0
         while os.path.lexists(folder / candidate) or os.path.lexists(
@@ -163,16 +225,19 @@ class Ledger:
 
     def finish(self, path: Path, folder: Path, name: str, report: dict[str, Any]) -> Path:
         """Move the file to ``folder/name`` (or the next free name) and write its report."""
-        folder.mkdir(parents=True, exist_ok=True)
+        owner_only_folder(folder)
+        if _too_long(name):  # a ledger row older than the shortening
+            name = self.reserve(folder, name)
         dest = folder / name
         if not _move_no_replace(path, dest):
-            if os.path.exists(dest) and os.path.samefile(path, dest):
+            if _same_entry(path, dest):
                 path.unlink()  # a crash between link and unlink: finish the move
             else:
                 name = self.reserve(folder, path.name)
                 dest = folder / name
                 if not _move_no_replace(path, dest):
                     raise FileExistsError(f"{dest} appeared while moving {path.name}")
+        _owner_only_file(dest)
         _fsync_dir(folder)
         _fsync_dir(path.parent)
         _write_json(folder / f"{name}{REPORT_SUFFIX}", report)
@@ -231,7 +296,7 @@ class Ledger:
                 ).mappings()
             ]
         for row in rows:
-            if (self.path / row.name).exists():
+            if os.path.lexists(self.path / row.name):
                 continue  # still waiting: its move failed this time; the next pass retries
             moved = self.processed / row.dest
             report_path = self.processed / f"{row.dest}{REPORT_SUFFIX}"

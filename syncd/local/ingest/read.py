@@ -30,6 +30,7 @@ no database or provider can store it), numbers of at most 4300 digits (Python's 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import json
 import os
@@ -65,8 +66,12 @@ class RawRow:
     problem: str | None = None
 
 
-def read_rows(path: str | os.PathLike[str]) -> Iterator[RawRow]:
+def read_rows(path: str | os.PathLike[str], handle: BinaryIO | None = None) -> Iterator[RawRow]:
     """Stream the records of a CSV or JSON contact file; raise ``IngestError`` if it is unreadable.
+
+    ``handle``, when given, is the file already open for reading at its start (the inbox opens
+    files itself, never following a link or blocking); ``path`` then only names it and tells its
+    type, and the caller closes it.
 
     The file is read lazily, so an unreadable part late in the file raises only when reached:
     consume everything before writing anything (``ingest_file`` does). CSV and NDJSON stream
@@ -77,11 +82,12 @@ def read_rows(path: str | os.PathLike[str]) -> Iterator[RawRow]:
     if suffix != ".csv" and suffix not in JSON_SUFFIXES:
         raise IngestError(f"{file}: unknown file type {suffix or '(none)'!r}; use .csv or .ndjson")
     try:
-        with file.open("rb") as handle:
-            if suffix != ".csv" and _starts_a_json_array(handle):
-                yield from _read_json_array(file, _whole_json_array(file, handle), 1)
+        with contextlib.ExitStack() as stack:
+            stream = handle if handle is not None else stack.enter_context(file.open("rb"))
+            if suffix != ".csv" and _starts_a_json_array(stream):
+                yield from _read_json_array(file, _whole_json_array(file, stream), 1)
                 return
-            lines = _decoded_lines(file, handle)
+            lines = _decoded_lines(file, stream)
             if suffix == ".csv":
                 yield from _read_csv(file, lines)
             else:
