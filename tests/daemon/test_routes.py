@@ -22,6 +22,7 @@ from syncd.daemon.http import StatusServer
 from syncd.emulators.kit.server import Handler
 from syncd.engine import confirm_later
 from syncd.metrics import Metrics
+from syncd.providers import PROVIDERS
 from syncd.providers.base import JobTicket
 from syncd.store import open_engine
 
@@ -144,6 +145,7 @@ class Jobs:
                 ],
             },
             "test",
+            providers=PROVIDERS,
         )
         self.db: Engine = open_engine(self.config.store.url)
         row = confirm_later.JobRowSpec("a@example.com", "create", None, "digest")
