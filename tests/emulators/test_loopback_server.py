@@ -203,5 +203,11 @@ def test_a_request_whose_length_is_unclear_gets_400() -> None:
         for head in heads:
             answer = raw(server, b"POST /x HTTP/1.1\r\nHost: a\r\n" + head + b"\r\n\r\nabcd")
             assert answer.startswith(b"HTTP/1.1 400 "), head
-        chunked = b"Transfer-Encoding: chunked\r\n\r\n+2\r\nab\r\n0\r\n\r\n"
-        assert raw(server, b"POST /x HTTP/1.1\r\nHost: a\r\n" + chunked).startswith(b"HTTP/1.1 400")
+        for chunks in (
+            b"+2\r\nab\r\n0\r\n\r\n",  # a sign before the size
+            b"2\r\nabc\r\n0\r\n\r\n",  # more data than the size says
+            b"1" * 10000 + b"\r\n",  # a size line without end
+        ):
+            chunked = b"Transfer-Encoding: chunked\r\n\r\n" + chunks
+            answer = raw(server, b"POST /x HTTP/1.1\r\nHost: a\r\n" + chunked)
+            assert answer.startswith(b"HTTP/1.1 400"), chunks[:10]

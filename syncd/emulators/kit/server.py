@@ -13,10 +13,10 @@ an optional ``max_workers`` bounds the connections served at once (one more is a
 ``Retry-After`` at once, so a crowd of slow clients costs a fixed number of threads), an optional
 ``max_body`` refuses bigger bodies with 413 before reading them, a request whose length cannot be
 known for sure (a Content-Length that is not plain digits, two that differ, one beside a
-Transfer-Encoding, a coding other than chunked) is answered 400, a bind failure is a
-``BindError`` naming the address, and IPv6 literal hosts (``::1``) work like IPv4 ones. A handler
-that raises ``DropConnection`` closes the socket without answering; any other exception becomes a
-500 answer rather than a hung client.
+Transfer-Encoding, a coding other than chunked, a chunk framed wrongly) is answered 400, a bind
+failure is a ``BindError`` naming the address, and IPv6 literal hosts (``::1``) work like IPv4
+ones. A handler that raises ``DropConnection`` closes the socket without answering; any other
+exception becomes a 500 answer rather than a hung client.
 
 With a ``request_log`` file, the server appends every request line it receives (``POST
 /en/api/importContacts HTTP/1.1``), so a test can check what a client put in its URLs.
@@ -55,6 +55,7 @@ _DISCARD_SECONDS = 1.0
 _DISCARD_BYTES = 8 << 20
 _DIGITS = re.compile(r"[0-9]+")
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
+_LINE_LIMIT = 8192
 #: The answer to a connection over ``max_workers``, sent by the accepting thread without waiting.
 _BUSY_BODY = json.dumps({"status": "error", "reason": "too many connections"}).encode() + b"\n"
 _BUSY = (
@@ -145,19 +146,28 @@ def _read_body(req: BaseHTTPRequestHandler, max_body: int | None) -> bytes:
             raise _BadRequest(400, "bad Transfer-Encoding")
         chunks = []
         received = 0
-        while (size := _chunk_size(req.rfile.readline())) > 0:
+        while (size := _chunk_size(_line(req))) > 0:
             received += size
             if max_body is not None and received > max_body:
                 raise _BadRequest(413, "body too large")
             chunks.append(req.rfile.read(size))
-            req.rfile.readline()
-        while req.rfile.readline() not in (b"\r\n", b"\n", b""):
+            if req.rfile.readline(3) not in (b"\r\n", b"\n"):
+                raise _BadRequest(400, "bad chunk")
+        while _line(req) not in (b"\r\n", b"\n", b""):
             pass  # trailers
         return b"".join(chunks)
     length = _content_length(req)
     if max_body is not None and length > max_body:
         raise _BadRequest(413, "body too large")
     return req.rfile.read(length) if length else b""
+
+
+def _line(req: BaseHTTPRequestHandler) -> bytes:
+    """One line of a chunked body (a chunk's size, a trailer), of bounded length."""
+    line = req.rfile.readline(_LINE_LIMIT + 1)
+    if len(line) > _LINE_LIMIT:
+        raise _BadRequest(400, "chunk line too long")
+    return line
 
 
 def _chunk_size(line: bytes) -> int:
