@@ -196,6 +196,7 @@ def _make_request_handler(
 
         def setup(self) -> None:
             super().setup()
+            self.rfile.close()  # the plain reader; it would keep the socket's file open
             self._reader = _DeadlineReader(self.connection)
             self.rfile = io.BufferedReader(self._reader)
 
