@@ -66,7 +66,15 @@ def main(verbose: bool) -> None:
 @main.command("run")
 @config_option
 @click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING...")
-def run_cmd(config_path: str | None, log_level: str) -> None:
+@click.option(
+    "--library-log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+    default="WARNING",
+    show_default=True,
+    help="Level of the libraries' loggers (watchdog, apscheduler, httpx, httpcore, sqlalchemy, "
+    "alembic), whatever --log-level is.",
+)
+def run_cmd(config_path: str | None, log_level: str, library_log_level: str) -> None:
     """Run as a service: scheduled cycles, the watched inbox, health and metrics."""
     from syncd.config import find_config_path
     from syncd.daemon.runner import Daemon
@@ -74,7 +82,7 @@ def run_cmd(config_path: str | None, log_level: str) -> None:
 
     config = _load(config_path)
     # one event a line on stdout: JSON for journald and log shippers, text on a terminal
-    setup_logging(log_level.upper(), stream=sys.stdout)
+    setup_logging(log_level.upper(), stream=sys.stdout, library_level=library_log_level.upper())
     sys.exit(Daemon(find_config_path(config_path), config).run())
 
 

@@ -7,6 +7,9 @@
 - ``register_secret`` adds a value (an API key) that is replaced with ``***`` wherever it shows
   up: message, arguments, extra fields, exception text. This is defence in depth; code should
   not log keys in the first place, but a traceback of a request object or a URL may.
+- The libraries' loggers (``LIBRARY_LOGGERS``) stay at WARNING unless ``setup_logging`` is given
+  another ``library_level`` (``syncd run --library-log-level``): at DEBUG, watchdog logs every
+  file event and httpx every request, and a log file in a watched folder then feeds on itself.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ REDACTED = "***"
 MIN_SECRET_LENGTH = 4
 #: Context fields shown first, in this order; other extras follow in the order they were given.
 LEADING_FIELDS = ("target", "cycle")
+#: Third-party loggers kept at ``library_level`` whatever syncd's own level is.
+LIBRARY_LOGGERS = ("watchdog", "apscheduler", "httpx", "httpcore", "sqlalchemy", "alembic")
 
 _EMPTY: Mapping[str, object] = MappingProxyType({})
 _context: ContextVar[Mapping[str, object]] = ContextVar("syncd_log_context")
@@ -193,11 +198,17 @@ class _SyncdHandler(logging.StreamHandler[TextIO]):
 
 
 def setup_logging(
-    level: int | str, *, json_output: bool | None = None, stream: TextIO | None = None
+    level: int | str,
+    *,
+    json_output: bool | None = None,
+    stream: TextIO | None = None,
+    library_level: int | str = logging.WARNING,
 ) -> logging.Handler:
     """Send every log event to ``stream`` (default: stderr), one a line, scrubbed of secrets.
 
-    ``json_output`` defaults to "the stream is not a terminal".
+    ``json_output`` defaults to "the stream is not a terminal". ``library_level`` is the level of
+    the ``LIBRARY_LOGGERS``, whatever ``level`` is: their DEBUG and INFO lines (a line per file
+    event, per request, per job run) are shown only when asked for.
     """
     stream = sys.stderr if stream is None else stream
     if json_output is None:
@@ -214,10 +225,8 @@ def setup_logging(
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # httpx logs every request at INFO: one line per API call would drown the cycle events.
-    quiet = logging.WARNING if root.level > logging.DEBUG else logging.NOTSET
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(quiet)
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(library_level)
     return handler
 
 

@@ -134,3 +134,21 @@ def test_setup_replaces_console_handlers() -> None:
     second = setup_logging("INFO", stream=io.StringIO())
     assert console not in root.handlers and first not in root.handlers
     assert second in root.handlers
+
+
+def test_libraries_stay_at_warning_at_debug_unless_asked() -> None:
+    names = ("watchdog.observers.inotify_buffer", "apscheduler.scheduler", "httpx", "alembic")
+    levels = {name: logging.getLogger(name.split(".")[0]).level for name in names}
+    try:
+        out = io.StringIO()
+        setup_logging("DEBUG", stream=out, json_output=True)
+        for name in names:
+            logging.getLogger(name).debug("chatter")
+        log.debug("ours")
+        assert [line["msg"] for line in lines(out)] == ["ours"]
+        setup_logging("DEBUG", stream=out, json_output=True, library_level="DEBUG")
+        logging.getLogger("watchdog.observers.inotify_buffer").debug("asked for")
+        assert lines(out)[-1]["msg"] == "asked for"
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name.split(".")[0]).setLevel(level)

@@ -10,11 +10,15 @@ Online, each target whose provider has a read-only call is tried once: the adapt
 (``ProviderSpec.read_only_prepare``; for Unisender/Selzy it reads ``getLists``: reachable? key
 accepted? list there? and ``getFields``), and writes nothing. Providers without such a call are
 reported as not checked, which is not a failure.
+
+Warnings point at a valid setting that is risky and change no exit code: ``[http] listen`` on an
+address other than loopback serves ``/metrics`` and Netcore's ``/jobs/`` routes to the network.
 """
 
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import os
 import re
 import tomllib
@@ -94,6 +98,7 @@ class CheckReport:
     source: str
     online: bool
     problems: list[str] = field(default_factory=list)  # "key: message", from the file
+    warnings: list[str] = field(default_factory=list)  # "key: message", valid but risky
     config: Config | None = None
     targets: list[TargetCheck] = field(default_factory=list)
 
@@ -116,6 +121,7 @@ class CheckReport:
             "file": self.source,
             "valid": not self.problems,
             "problems": list(self.problems),
+            "warnings": list(self.warnings),
             "online": self.online,
             "targets": [t.to_dict() for t in self.targets],
             "ok": self.ok,
@@ -129,6 +135,8 @@ class CheckReport:
         out = [f"{self.source}: valid ({count} target{'' if count == 1 else 's'})"]
         if not self.online:
             out[0] += "; not checked online (use --online)"
+        out += [f"{self.source}: warning: {w}" for w in self.warnings]
+        if not self.online:
             return out
         for t in self.targets:
             out.append(t.line())
@@ -176,9 +184,32 @@ def check_config(
     ]
     if report.problems:
         report.config = None
-    elif online and report.config is not None:
+    elif report.config is not None:
+        report.warnings = config_warnings(report.config)
+    if online and report.config is not None:
         report.targets = [probe_target(report.config, t, providers) for t in report.config.target]
     return report
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Valid settings worth a second look, as "key: message"."""
+    warnings = []
+    if config.http.enabled and not _loopback(config.http.address()[0]):
+        warnings.append(
+            f"http.listen: {config.http.listen!r} is not a loopback address: /metrics and "
+            "Netcore's /jobs/ routes are open to the network; listen on 127.0.0.1 (or ::1) "
+            "unless a firewall or proxy stands in front"
+        )
+    return warnings
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to any address
 
 
 # -- the schema pass --------------------------------------------------------------------------

@@ -3,9 +3,10 @@ the limits an open port needs.
 
 ``syncd run`` serves its router here (``syncd.daemon.http``), ``syncd run-once`` the job routes
 alone (``syncd.commands.job_routes``) while it waits for callbacks; both go through ``listen``, so
-both get the same request timeout, body limit, error answers and bind message. The server itself
-is the loopback server the emulators use (``syncd.emulators.kit.server``): a thread per request,
-daemon threads, IPv6 literal hosts.
+both get the same request deadline, worker bound, body limit, error answers and bind message. The
+server itself is the loopback server the emulators use (``syncd.emulators.kit.server``): a thread
+per connection up to ``MAX_WORKERS`` (one more is answered 503 at once rather than queued behind
+slow clients), daemon threads, IPv6 literal hosts.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from syncd.errors import ListenError
 log = logging.getLogger("syncd.http")
 
 MAX_BODY = 1 << 20  # the routes take small callbacks; anything bigger is a mistake or abuse
-REQUEST_TIMEOUT = 10.0  # seconds a client may take to send its request
+REQUEST_TIMEOUT = 10.0  # seconds a client may take to send its whole request
+#: Connections served at once: probes, a scrape and Netcore's callbacks need a handful; the bound
+#: keeps a crowd of slow or idle clients from costing a thread each.
+MAX_WORKERS = 32
 
 
 def listen(config: HttpConfig, handler: Handler) -> LoopbackServer:
@@ -32,7 +36,13 @@ def listen(config: HttpConfig, handler: Handler) -> LoopbackServer:
     """
     host, port = config.address()
     server = LoopbackServer(
-        guarded(handler), host, port, timeout=REQUEST_TIMEOUT, max_body=MAX_BODY, name="syncd-http"
+        guarded(handler),
+        host,
+        port,
+        timeout=REQUEST_TIMEOUT,
+        max_body=MAX_BODY,
+        max_workers=MAX_WORKERS,
+        name="syncd-http",
     )
     try:
         server.start()

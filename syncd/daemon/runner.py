@@ -19,7 +19,14 @@ from pathlib import Path
 from types import FrameType
 
 from sqlalchemy import text
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 
 from syncd.commands import job_routes
@@ -90,7 +97,6 @@ class Daemon:
     def run(self) -> int:
         self._install_signals()
         set_call_observer(self.metrics.observe_call)
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per job run is noise
         # Watch the configuration before anything answers: a change made once /healthz is up
         # must not fall between the load and the watch. One check at start covers the change
         # made before the watch (a reload with nothing new does nothing).
@@ -246,7 +252,19 @@ class Daemon:
             register_secret(t.api_key.get_secret_value())
 
     def _watch_config(self) -> None:
+        """Reload when the configuration file is written (closed after writing), created or
+        renamed into place; other files in its folder cost nothing and log nothing.
+
+        The folder is watched, not the file, so that an editor's write-beside-and-rename is
+        seen. Where the system reports a file closed after writing (inotify), only those events,
+        creations and renames are asked for: a log file or a database beside the configuration
+        is written without being closed, and its writes then never wake the watcher at all.
+        Elsewhere modifications are asked for too, and filtered here by path.
+        """
         path = self.config_path.resolve()
+        kinds: list[type[FileSystemEvent]] = [FileCreatedEvent, FileMovedEvent, FileClosedEvent]
+        if type(self._config_watch).__name__ != "InotifyObserver":
+            kinds.append(FileModifiedEvent)
 
         class _Handler(FileSystemEventHandler):
             def __init__(self, daemon: Daemon) -> None:
@@ -262,7 +280,9 @@ class Daemon:
                 ):
                     self.daemon.reload_event.set()
 
-        self._config_watch.schedule(_Handler(self), str(path.parent), recursive=False)
+        self._config_watch.schedule(
+            _Handler(self), str(path.parent), recursive=False, event_filter=kinds
+        )
         self._config_watch.start()
 
     def _reload(self) -> None:

@@ -182,6 +182,31 @@ def test_check_config_command_offline(tmp_path: Path) -> None:
     assert "target[0].api_key: environment variable KEY is not set" in bad.output
 
 
+def test_a_listener_beyond_loopback_is_a_warning_not_a_failure(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for listen, warned in [
+        ("0.0.0.0:9187", True),
+        ("[::]:9187", True),
+        ("syncd.example.com:9187", True),
+        ("127.0.0.1:9187", False),
+        ("[::1]:9187", False),
+        ("localhost:9187", False),
+        ("off", False),
+    ]:
+        path = write(tmp_path / "c.toml", f'[http]\nlisten = "{listen}"\n' + GOOD)
+        text = runner.invoke(main, ["check-config", "--config", str(path)], env={"KEY": "k"})
+        as_json = runner.invoke(
+            main, ["check-config", "--config", str(path), "--json"], env={"KEY": "k"}
+        )
+        assert (text.exit_code, as_json.exit_code) == (0, 0), listen
+        warnings = json.loads(as_json.output)["warnings"]
+        assert len(warnings) == int(warned), listen
+        assert ("warning: http.listen:" in text.output) is warned, listen
+        if warned:
+            assert warnings[0].startswith("http.listen: ") and "/metrics" in warnings[0]
+            assert f"{path}: warning: http.listen: " in text.output
+
+
 # -- check-config online ----------------------------------------------------------------------
 
 

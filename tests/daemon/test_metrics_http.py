@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -13,7 +14,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from syncd.commands.listener import MAX_BODY
+from syncd.commands import listener
+from syncd.commands.listener import MAX_BODY, MAX_WORKERS
 from syncd.config import HttpConfig
 from syncd.daemon.http import StatusServer
 from syncd.engine.result import CycleResult
@@ -185,3 +187,28 @@ def test_the_listener_refuses_a_body_over_its_limit(server: StatusServer) -> Non
     url = server.url + "/hooks/x"
     assert httpx.post(url, content=b"a" * (MAX_BODY + 1), timeout=5).status_code == 413
     assert httpx.post(url, content=b"a" * MAX_BODY, timeout=5).status_code == 200
+
+
+def test_slow_clients_take_at_most_the_worker_bound_and_are_cut_off_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch, metrics: Metrics
+) -> None:
+    monkeypatch.setattr(listener, "REQUEST_TIMEOUT", 2.0)
+    with StatusServer(LOOPBACK, health=Probe(), ready=Probe(), metrics=metrics) as server:
+        slow = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(MAX_WORKERS)]
+        try:
+            for conn in slow:
+                conn.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the headers' end
+            time.sleep(0.3)
+            busy = httpx.get(server.url + "/healthz", timeout=5)
+            assert (busy.status_code, busy.json()["reason"]) == (503, "too many connections")
+            time.sleep(1.9)  # the deadline frees the slots
+            codes = []
+            for _ in range(20):
+                codes.append(httpx.get(server.url + "/healthz", timeout=5).status_code)
+                if codes[-1] != 503:
+                    break
+                time.sleep(0.1)
+            assert codes[-1] == 200
+        finally:
+            for conn in slow:
+                conn.close()

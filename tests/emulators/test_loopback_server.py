@@ -129,3 +129,85 @@ def test_the_request_log_keeps_every_request_line(tmp_path: Path) -> None:
         c.get("/a?b=1")
         c.post("/c", content=b"x")
     assert log.read_text().splitlines() == ["GET /a?b=1 HTTP/1.1", "POST /c HTTP/1.1"]
+
+
+def _trickle(port: int, seconds: float, every: float = 0.05) -> tuple[float, bytes]:
+    """Send a request a byte at a time for up to ``seconds``; how long the server kept the
+    connection open, and what it answered."""
+    data = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + b"a" * 100000
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=seconds + 5) as conn:
+        try:
+            for byte in data:
+                if time.monotonic() - started > seconds:
+                    break
+                conn.sendall(bytes([byte]))
+                time.sleep(every)
+                conn.setblocking(False)
+                try:
+                    if conn.recv(65536) == b"":
+                        return time.monotonic() - started, b""
+                except BlockingIOError:
+                    pass
+                finally:
+                    conn.setblocking(True)
+        except OSError:  # reset or broken pipe: the server closed on us
+            return time.monotonic() - started, b""
+        return time.monotonic() - started, b"still open"
+
+
+def test_a_client_trickling_its_request_is_cut_off_at_the_whole_request_deadline() -> None:
+    # Each byte arrives well inside the timeout; only a deadline for the whole request ends it.
+    with LoopbackServer(echo, timeout=0.5) as server:
+        held, answer = _trickle(server.bound_port, seconds=4.0)
+    assert answer == b"" and held < 2.5
+
+
+def test_connections_over_the_worker_bound_are_answered_503_and_threads_stay_bounded() -> None:
+    # The deadline is long enough for the checks below to run while the slow clients hold on.
+    with LoopbackServer(echo, timeout=3.0, max_workers=4) as server:
+        before = threading.active_count()
+        slow = [socket.create_connection(("127.0.0.1", server.bound_port)) for _ in range(30)]
+        try:
+            for conn in slow:
+                conn.sendall(b"POST /x HTTP/1.1\r\nHost: a\r\n")  # and never the rest
+            time.sleep(0.3)
+            assert threading.active_count() - before <= 4
+            busy = raw(server, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert busy.startswith(b"HTTP/1.1 503 ")
+            assert b"Retry-After: 1\r\n" in busy and b"too many connections" in busy
+            time.sleep(2.9)  # the deadline frees the slots the slow clients held
+            answers = []
+            for _ in range(20):
+                answers.append(httpx.post(server.url + "/x", content=b"hi", timeout=5))
+                if answers[-1].status_code != 503:
+                    break
+                time.sleep(0.1)
+            assert answers[-1].content == b"hi"
+        finally:
+            for conn in slow:
+                conn.close()
+
+
+def test_a_request_whose_length_is_unclear_gets_400() -> None:
+    heads = [
+        b"Content-Length: +3",
+        b"Content-Length: 1_0",
+        b"Content-Length: \xd9\xa1",  # an Arabic-Indic one: int() would read it
+        b"Content-Length:",
+        b"Content-Length: 3\r\nContent-Length: 4",
+        b"Content-Length: 3\r\nTransfer-Encoding: chunked",
+        b"Transfer-Encoding: gzip, chunked",
+    ]
+    with LoopbackServer(echo, timeout=5) as server:
+        for head in heads:
+            answer = raw(server, b"POST /x HTTP/1.1\r\nHost: a\r\n" + head + b"\r\n\r\nabcd")
+            assert answer.startswith(b"HTTP/1.1 400 "), head
+        for chunks in (
+            b"+2\r\nab\r\n0\r\n\r\n",  # a sign before the size
+            b"2\r\nabc\r\n0\r\n\r\n",  # more data than the size says
+            b"1" * 10000 + b"\r\n",  # a size line without end
+        ):
+            chunked = b"Transfer-Encoding: chunked\r\n\r\n" + chunks
+            answer = raw(server, b"POST /x HTTP/1.1\r\nHost: a\r\n" + chunked)
+            assert answer.startswith(b"HTTP/1.1 400"), chunks[:10]

@@ -7,11 +7,16 @@ serve the same function here, so timeouts and dropped connections are real.
 
 The server keeps the promises a listener on an open port needs, whoever runs it: each connection
 gets its own daemon thread (a slow handler delays no other request, a stuck client never holds up
-exit), an optional ``timeout`` bounds how long a client may take to send its request, an optional
-``max_body`` refuses bigger bodies with 413 before reading them, a bind failure is a
-``BindError`` naming the address, and IPv6 literal hosts (``::1``) work like IPv4 ones. A handler
-that raises ``DropConnection`` closes the socket without answering; any other exception becomes a
-500 answer rather than a hung client.
+exit), an optional ``timeout`` is a deadline for the whole request (request line, headers and body:
+a client trickling a byte at a time is cut off at the deadline, not kept while it keeps sending),
+an optional ``max_workers`` bounds the connections served at once (one more is answered 503 with
+``Retry-After`` at once, so a crowd of slow clients costs a fixed number of threads), an optional
+``max_body`` refuses bigger bodies with 413 before reading them, a request whose length cannot be
+known for sure (a Content-Length that is not plain digits, two that differ, one beside a
+Transfer-Encoding, a coding other than chunked, a chunk framed wrongly) is answered 400, a bind
+failure is a ``BindError`` naming the address, and IPv6 literal hosts (``::1``) work like IPv4
+ones. A handler that raises ``DropConnection`` closes the socket without answering; any other
+exception becomes a 500 answer rather than a hung client.
 
 With a ``request_log`` file, the server appends every request line it receives (``POST
 /en/api/importContacts HTTP/1.1``), so a test can check what a client put in its URLs.
@@ -22,6 +27,7 @@ It imports nothing from syncd outside ``syncd.emulators.kit``.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import re
@@ -34,7 +40,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import TextIO
+from typing import Any, TextIO
 
 import httpx
 
@@ -47,6 +53,16 @@ _AUTHORITY = re.compile(r"(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})
 #: After refusing a request: how long and how much of the rest of it the server reads and drops.
 _DISCARD_SECONDS = 1.0
 _DISCARD_BYTES = 8 << 20
+_DIGITS = re.compile(r"[0-9]+")
+_HEX = re.compile(rb"[0-9A-Fa-f]+")
+_LINE_LIMIT = 8192
+#: The answer to a connection over ``max_workers``, sent by the accepting thread without waiting.
+_BUSY_BODY = json.dumps({"status": "error", "reason": "too many connections"}).encode() + b"\n"
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Cache-Control: no-store\r\nRetry-After: 1\r\nConnection: close\r\n"
+    b"Content-Length: %d\r\n\r\n" % len(_BUSY_BODY)
+) + _BUSY_BODY
 _HOP_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 
 
@@ -84,35 +100,81 @@ def show_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The socket's read side, with one deadline for everything read until ``clear``.
+
+    A socket timeout alone restarts at every read, so a client sending a byte a second would keep
+    its thread for as long as it likes; here each read waits at most for what is left.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._deadline: float | None = None
+
+    def start(self, seconds: float) -> None:
+        self._deadline = time.monotonic() + seconds
+
+    def clear(self) -> None:
+        self._deadline = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self._deadline is not None:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("request deadline passed")
+            self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
+
+
+def _content_length(req: BaseHTTPRequestHandler) -> int:
+    values = req.headers.get_all("Content-Length") or []
+    # Plain ASCII digits only: int() would also take "+5", "1_0" or other scripts' digits, and a
+    # length read differently from the client's leaves the connection waiting or out of step.
+    lengths = {v.strip() for v in values}
+    if len(lengths) > 1 or not all(_DIGITS.fullmatch(v) for v in lengths):
+        raise _BadRequest(400, "bad Content-Length")
+    return int(lengths.pop()) if lengths else 0
+
+
 def _read_body(req: BaseHTTPRequestHandler, max_body: int | None) -> bytes:
-    if req.headers.get("Transfer-Encoding", "").lower() == "chunked":
+    codings = req.headers.get_all("Transfer-Encoding") or []
+    if codings:
+        if [c.strip().lower() for c in codings] != ["chunked"] or "Content-Length" in req.headers:
+            raise _BadRequest(400, "bad Transfer-Encoding")
         chunks = []
         received = 0
-        while (size := _chunk_size(req.rfile.readline())) > 0:
+        while (size := _chunk_size(_line(req))) > 0:
             received += size
             if max_body is not None and received > max_body:
                 raise _BadRequest(413, "body too large")
             chunks.append(req.rfile.read(size))
-            req.rfile.readline()
-        while req.rfile.readline() not in (b"\r\n", b"\n", b""):
+            if req.rfile.readline(3) not in (b"\r\n", b"\n"):
+                raise _BadRequest(400, "bad chunk")
+        while _line(req) not in (b"\r\n", b"\n", b""):
             pass  # trailers
         return b"".join(chunks)
-    try:
-        length = int(req.headers.get("Content-Length") or 0)
-    except ValueError:
-        raise _BadRequest(400, "bad Content-Length") from None
-    if length < 0:
-        raise _BadRequest(400, "bad Content-Length")
+    length = _content_length(req)
     if max_body is not None and length > max_body:
         raise _BadRequest(413, "body too large")
     return req.rfile.read(length) if length else b""
 
 
+def _line(req: BaseHTTPRequestHandler) -> bytes:
+    """One line of a chunked body (a chunk's size, a trailer), of bounded length."""
+    line = req.rfile.readline(_LINE_LIMIT + 1)
+    if len(line) > _LINE_LIMIT:
+        raise _BadRequest(400, "chunk line too long")
+    return line
+
+
 def _chunk_size(line: bytes) -> int:
-    try:
-        return int(line.split(b";")[0].strip() or b"0", 16)
-    except ValueError:
-        raise _BadRequest(400, "bad chunk size") from None
+    size = line.split(b";")[0].strip()
+    if not _HEX.fullmatch(size):
+        raise _BadRequest(400, "bad chunk size")
+    return int(size, 16)
 
 
 def _make_request_handler(
@@ -132,6 +194,19 @@ def _make_request_handler(
         # the client's delayed ACK of the headers, about 40 ms on every keep-alive request.
         disable_nagle_algorithm = True
 
+        def setup(self) -> None:
+            super().setup()
+            self.rfile.close()  # the plain reader; it would keep the socket's file open
+            self._reader = _DeadlineReader(self.connection)
+            self.rfile = io.BufferedReader(self._reader)
+
+        def handle_one_request(self) -> None:
+            # The deadline runs from the wait for the request line to the end of the body; the
+            # handler's own time and the answer are not the client's to spend.
+            if timeout is not None:
+                self._reader.start(timeout)
+            super().handle_one_request()
+
         def _serve(self) -> None:
             if request_log is not None:
                 with log_lock:
@@ -139,7 +214,11 @@ def _make_request_handler(
                     request_log.flush()
             try:
                 request = self._request()
+                self._reader.clear()
+                self.connection.settimeout(timeout)
             except _BadRequest as bad:
+                self._reader.clear()
+                self.connection.settimeout(timeout)
                 self.close_connection = True  # the rest of the body is still in the socket
                 payload = json.dumps({"status": "error", "reason": bad.reason}).encode() + b"\n"
                 headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
@@ -221,12 +300,55 @@ def _make_request_handler(
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # a handler hanging on purpose must not block stop()
+    # Connections the system accepts before the server takes them: socketserver's 5 would leave a
+    # burst of clients retrying their SYN a second later instead of being served or refused.
+    request_queue_size = 128
 
-    def __init__(self, host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        handler: type[BaseHTTPRequestHandler],
+        max_workers: int | None = None,
+    ) -> None:
         # HTTPServer binds IPv4 only; "::1" needs an IPv6 socket.
         if ":" in host:
             self.address_family = socket.AF_INET6
+        self._slots = None if max_workers is None else threading.BoundedSemaphore(max_workers)
         super().__init__((host, port), handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if self._slots is not None and not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            if self._slots is not None:
+                self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            if self._slots is not None:
+                self._slots.release()
+
+    def _refuse(self, sock: socket.socket) -> None:
+        """Answer 503 without a thread and without waiting: the accepting thread must stay free.
+
+        What the client already sent is read first, so that closing does not reset the
+        connection under the answer.
+        """
+        with contextlib.suppress(OSError):
+            sock.setblocking(False)
+            sock.send(_BUSY)
+            with contextlib.suppress(BlockingIOError):
+                while sock.recv(65536):
+                    pass
+            sock.shutdown(socket.SHUT_WR)
+        self.shutdown_request(sock)
 
     def handle_error(self, request: object, client_address: object) -> None:
         # A client hanging up mid-request is routine; the default prints a traceback to stderr.
@@ -236,8 +358,10 @@ class _Server(ThreadingHTTPServer):
 class LoopbackServer:
     """Serve ``handler`` on ``host:port`` (port 0: a free port) from a daemon thread.
 
-    ``timeout``: seconds a client may take to send its request (None: no limit). ``max_body``:
-    the largest request body taken, in bytes (None: no limit). ``name`` names the thread.
+    ``timeout``: seconds a client may take to send its whole request (None: no limit).
+    ``max_workers``: connections served at once, one thread each; more are answered 503 (None:
+    no limit). ``max_body``: the largest request body taken, in bytes (None: no limit). ``name``
+    names the thread.
     """
 
     def __init__(
@@ -249,6 +373,7 @@ class LoopbackServer:
         *,
         timeout: float | None = None,
         max_body: int | None = None,
+        max_workers: int | None = None,
         name: str = "emulator-server",
     ) -> None:
         self.handler = handler
@@ -257,6 +382,7 @@ class LoopbackServer:
         self.request_log = request_log
         self.timeout = timeout
         self.max_body = max_body
+        self.max_workers = max_workers
         self.name = name
         self._log: TextIO | None = None
         self._server: _Server | None = None
@@ -285,7 +411,7 @@ class LoopbackServer:
             self.handler, self._log, timeout=self.timeout, max_body=self.max_body
         )
         try:
-            self._server = _Server(self.host, self.port, handler)
+            self._server = _Server(self.host, self.port, handler, self.max_workers)
         except OSError as exc:
             self.stop()  # closes the request log
             address = show_address(self.host, self.port)
