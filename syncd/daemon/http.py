@@ -3,9 +3,9 @@
 Every route is an ``httpx.Request -> httpx.Response`` handler and ``StatusServer.handle`` is the
 one router composing them, so tests call it through ``httpx.MockTransport`` without a socket.
 ``StatusServer`` serves that router on ``[http] listen`` through ``syncd.commands.listener``: a
-thread per request, so a slow /readyz check never delays a /metrics scrape, and daemon threads,
-so a stuck client never holds up exit. The job routes Netcore calls (``syncd.commands.job_routes``)
-are mounted here by the daemon.
+thread per connection up to the listener's bound, so a slow /readyz check never delays a
+/metrics scrape, and daemon threads, so a stuck client never holds up exit. The job routes Netcore
+calls (``syncd.commands.job_routes``) are mounted here by the daemon.
 """
 
 from __future__ import annotations
