@@ -7,9 +7,15 @@ not stop every later cycle: the batch is split until the row stands alone, the r
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import httpx
 from conftest import World
 from sqlmodel import Session, col, select
 
+from syncd.config import Config, TargetConfig
+from syncd.providers import make_provider
+from syncd.providers.base import Provider
 from syncd.store.models import Rejection
 
 BAD = "person321@example.com"
@@ -41,3 +47,31 @@ def test_an_import_refused_with_http_400_applies_the_rest_and_rejects_the_row(wo
     assert again.summary()["rejected"] == 1
     assert rejections(world) == {BAD: ("invalid_arg", MESSAGE)}
     assert set(world.remote()) == set(emails) - {BAD}
+
+
+def test_a_paged_export_cut_short_pushes_local_changes_only(make_world: Callable[..., World]):
+    """Selzy/Unisender's paged export: a page answer cut short proves nothing (DESIGN rule 1);
+    the cycle still pushes local changes and infers nothing from absence."""
+    world = make_world(export_mode="paged")
+    world.add_local(3)
+    assert world.cycle().outcome == "converged"
+    world.ingest([{"email": "person0@example.com", "city": "Pinsk"}])
+    world.emu.sign_up("signup@example.com", world.list_id)
+
+    def cut(request: httpx.Request) -> httpx.Response:
+        response = world.emu.handle(request)
+        if request.url.path.endswith("/exportContacts"):
+            body = response.read()
+            return httpx.Response(200, content=body[: len(body) // 2])
+        return response
+
+    def provider(config: Config, target: TargetConfig) -> Provider:
+        return make_provider(target, transport=httpx.MockTransport(cut), sleep=lambda _s: None)
+
+    world.provider = provider  # type: ignore[method-assign]
+    r = world.cycle()
+    assert r.outcome != "failed" and r.exit_code != 3, r.message
+    assert r.message.startswith("export incomplete") and "cut short" in r.message
+    remote = world.remote()
+    assert remote["person0@example.com"]["fields"]["City"] == "Pinsk"  # the edit went out
+    assert set(world.local()) == {f"person{i}@example.com" for i in range(3)}
