@@ -305,10 +305,11 @@ class UnisenderAccount(EmulatorControls):
         of it applied, with a §1.2 envelope under HTTP ``status``: a server that breaks §1.2's
         "errors are HTTP 200" for a row it cannot take. The default message names the row."""
         key = email_or_phone.strip()
-        key = key.lower() if "@" in key else key
+        column = "email" if "@" in key else "phone"
+        key = key.lower() if column == "email" else key
         with self._lock:
             self.refused_imports[key] = ImportRefusal(
-                status, code, message or f'Invalid value of field "email": "{key}"'
+                status, code, message or f'Invalid value of field "{column}": "{key}"'
             )
 
     def is_opted_out(self, email_or_phone: str, list_id: int) -> bool:
