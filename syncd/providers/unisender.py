@@ -7,7 +7,9 @@ in the body (§1.1: POST keeps the key out of URLs and proxy logs; DESIGN rule 7
 bracket syntax (§1.1). Writes go through ``importContacts`` (§1.4); reads through the async
 ``exportContacts`` task and its CSV file, or the legacy paged ``exportContacts`` (§1.5).
 An import refused whole for one contact (§1.2 untyped errors) is split in halves until that row
-stands alone (DESIGN §8, "Partial batches").
+stands alone (DESIGN §8, "Partial batches"). An import of one row refused that way is that row's
+refusal when the answer names its key (§1.2's examples do: "Contacts X and Y already exist ...");
+otherwise nothing tells a bad row from a bad call, and the call fails.
 
 HTTP 4xx: §1.2 documents errors as HTTP 200 with an error envelope, so a 4xx is the server
 stepping outside its contract, and syncd reads it by what it says rather than by its status:
@@ -381,8 +383,10 @@ class UnisenderProvider(Provider):
             try:
                 verdicts = self._import(call, sent)
             except _Refused as refusal:
-                if len(sent) == 1:
-                    raise  # one row alone: nothing tells a bad row from a bad call; fail the call
+                if len(sent) == 1 and not refusal.names(call.rows[sent[0]].row.key):
+                    # One row alone, and the answer does not name it: nothing tells a bad row
+                    # from a bad call; fail the call. One that names the row is about the row.
+                    raise
                 verdicts = self._isolate(call, sent, refusal, [SPLIT_CALLS])
             for position, outcome in verdicts.items():
                 outcomes[position] = outcome
@@ -767,6 +771,11 @@ class _Refused(ProviderError):
         super().__init__(message, code=code)
         self.text = text or code
         self.answer = (code, text)
+
+    def names(self, key: str) -> bool:
+        """Whether the provider's text names this contact key (a phone with or without '+')."""
+        text = self.text.lower()
+        return bool(key) and (key.lower() in text or key.lstrip("+") in text)
 
 
 class _Truncated(Exception):

@@ -48,6 +48,13 @@ def test_an_import_refused_with_http_400_applies_the_rest_and_rejects_the_row(wo
     assert rejections(world) == {BAD: ("invalid_arg", MESSAGE)}
     assert set(world.remote()) == set(emails) - {BAD}
 
+    # its local record changes, still unacceptable: sent alone, named by the answer, rejected
+    world.ingest([{"email": BAD, "city": "Brest"}])
+    alone = world.cycle()
+    assert alone.outcome == "rejected" and alone.exit_code == 1, alone.message
+    assert world.import_calls() == calls + 1 and alone.summary()["rejected"] == 1
+    assert rejections(world) == {BAD: ("invalid_arg", MESSAGE)}
+
 
 def test_a_paged_export_cut_short_pushes_local_changes_only(make_world: Callable[..., World]):
     """Selzy/Unisender's paged export: a page answer cut short proves nothing (DESIGN rule 1);

@@ -573,6 +573,12 @@ def test_a_4xx_refusal_is_read_by_its_envelope(
     def answer(body: dict[str, str], code: int = status) -> Handler:
         return lambda request: httpx.Response(code, json={**body, "result": ""})
 
+    # Alone, the row is rejected when the answer names it, and fails the call when not.
+    (alone,) = make().provider.push(PushCall("create", (), rows[2:3]))
+    assert not alone.ok and alone.code == "unspecified" and not alone.retryable
+    emu.refuse_import("p3@example.com", status=status, message="Invalid value")
+    with pytest.raises(ProviderError, match="Invalid value"):
+        make().provider.push(PushCall("create", (), rows[3:4]))
     # The auth and rate-limit codes mean what they mean under HTTP 200.
     s = make(answer({"error": "Invalid API key", "code": "invalid_api_key"}))
     with pytest.raises(AuthError):
