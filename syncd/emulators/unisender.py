@@ -162,7 +162,7 @@ class UnisenderEmulator(UnisenderAccount):
             try:
                 response = _ok(handler(params, request))
             except ApiError as exc:
-                response = error_response(exc.code, exc.message)
+                response = error_response(exc.code, exc.message, status=exc.status)
             delay = self.faults.answer_delay if self.faults.hits(method) else 0.0
         if delay > 0:
             time.sleep(delay)  # applied already: only the answer is late (outside the lock)
@@ -421,7 +421,8 @@ def _echoing(request: httpx.Request, response: httpx.Response) -> httpx.Response
     if not isinstance(body, dict) or not body.get("error"):
         return response
     quoted = f"{request.method} {request.url} {request.content.decode('utf-8', 'replace')}"
-    return error_response(str(body.get("code")), f"{html.unescape(body['error'])} ({quoted})")
+    text = f"{html.unescape(body['error'])} ({quoted})"
+    return error_response(str(body.get("code")), text, status=response.status_code)
 
 
 def make_emulator(options: EmulatorOptions) -> UnisenderEmulator:

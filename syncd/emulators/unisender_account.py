@@ -10,6 +10,9 @@ Over HTTP (JSON in and out, no api key):
 - ``POST /_emulator/list`` ``{"title"}``, ``/_emulator/field`` ``{"name", "type"?}``: new ids
 - ``POST /_emulator/contact`` ``{"action", "email", ...}``: edit, change_email (``new_email``),
   unsubscribe, block, delete, set_tags, sign_up; answers the contact afterwards
+- ``POST /_emulator/refuse-import`` ``{"key", "status"?, "code"?, "message"?}``: every later
+  importContacts holding that contact is refused whole under that HTTP status (400,
+  ``invalid_arg`` and a message naming the row unless given; ``refuse_import``)
 
 It is the bottom of the emulator's three modules: it also defines the call-level error
 (``ApiError``, its envelope and configurable codes) and the timestamp format every API method
@@ -87,19 +90,30 @@ class Contact:
 
 
 class ApiError(Exception):
-    """A call-level error: answered as the §1.2 ``{"error", "code", "result": ""}`` envelope."""
+    """A call-level error: answered as the §1.2 ``{"error", "code", "result": ""}`` envelope,
+    under HTTP ``status`` (200 as documented; another only where a test asks for it)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, status: int = 200) -> None:
         super().__init__(message)
-        self.code, self.message = code, message
+        self.code, self.message, self.status = code, message, status
 
 
 def error_response(
-    code: str, message: str, headers: dict[str, str] | None = None
+    code: str, message: str, headers: dict[str, str] | None = None, *, status: int = 200
 ) -> httpx.Response:
     # §1.2 / item 6: HTTP 200, HTML-escaped text, `result: ""` always present
     body = {"error": html.escape(message, quote=False), "code": code, "result": ""}
-    return httpx.Response(200, json=body, headers=headers)
+    return httpx.Response(status, json=body, headers=headers)
+
+
+@dataclass(frozen=True)
+class ImportRefusal:
+    """How the account refuses a whole importContacts call holding one contact (``refuse_import``):
+    the envelope's ``code`` and ``message`` under HTTP ``status``."""
+
+    status: int
+    code: str
+    message: str
 
 
 def now_utc() -> str:
@@ -120,6 +134,7 @@ class UnisenderAccount(EmulatorControls):
         self.lists: dict[int, str] = {}
         self.user_fields: dict[int, tuple[str, str]] = {}  # id -> (name, type)
         self.tag_ids: dict[str, int] = {}
+        self.refused_imports: dict[str, ImportRefusal] = {}  # contact key -> its refusal
         self._next = {"contact": 1, "list": 1, "field": 1, "tag": 1}
 
     # ---- primitives ----------------------------------------------------------------------------
@@ -278,6 +293,25 @@ class UnisenderAccount(EmulatorControls):
                 self._set_tags(contact, contact.tags + tags)
             return contact.id
 
+    def refuse_import(
+        self,
+        email_or_phone: str,
+        *,
+        status: int = 400,
+        code: str = "invalid_arg",
+        message: str | None = None,
+    ) -> None:
+        """From now on, an importContacts call holding this contact is refused whole, nothing
+        of it applied, with a §1.2 envelope under HTTP ``status``: a server that breaks §1.2's
+        "errors are HTTP 200" for a row it cannot take. The default message names the row."""
+        key = email_or_phone.strip()
+        column = "email" if "@" in key else "phone"
+        key = key.lower() if column == "email" else key
+        with self._lock:
+            self.refused_imports[key] = ImportRefusal(
+                status, code, message or f'Invalid value of field "{column}": "{key}"'
+            )
+
     def is_opted_out(self, email_or_phone: str, list_id: int) -> bool:
         """Whether the contact is opted out of list L, by the rule ``unisender.py``'s docstring
         tells syncd to read from an export: its account status (of the channel given, email or
@@ -309,6 +343,14 @@ class UnisenderAccount(EmulatorControls):
             return {"id": self.add_field(body["name"], body.get("type", "string"))}
         if op == "contact":
             return self._admin_contact(body) or {}
+        if op == "refuse-import":
+            self.refuse_import(
+                str(body["key"]),
+                status=int(body.get("status", 400)),
+                code=str(body.get("code", "invalid_arg")),
+                message=body.get("message"),
+            )
+            return {}
         return None
 
     def _admin_contact(self, body: dict[str, Any]) -> dict[str, Any] | None:

@@ -122,6 +122,7 @@ def import_contacts(emu: UnisenderAccount, p: pp.Params) -> dict[str, Any]:
         for index, raw in rows  # item 3: the row's own index, sparse cells stay absent
     ]
     _refuse_injected(emu, table)
+    _refuse_named(emu, table)
     counts = dict.fromkeys(("inserted", "updated", "deleted", "new_emails", "invalid"), 0)
     log: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -157,6 +158,18 @@ def _refuse_injected(emu: UnisenderAccount, table: list[tuple[int, dict[str, str
         if key and emu.faults.refuses(key):
             emu.faults.count("import_refused")
             raise ApiError("unspecified", f'Contact "{key}" (data[{index}]) cannot be imported')
+
+
+def _refuse_named(emu: UnisenderAccount, table: list[tuple[int, dict[str, str]]]) -> None:
+    """The refusal ``refuse_import`` set for a contact in the data: nothing applies."""
+    if not emu.refused_imports:
+        return
+    for _index, cells in table:
+        key = cells.get("email", "").strip().lower() or cells.get("phone", "").strip()
+        refusal = emu.refused_imports.get(key)
+        if refusal is not None:
+            emu.faults.count(f"import_refused http_{refusal.status}")
+            raise ApiError(refusal.code, refusal.message, refusal.status)
 
 
 def _import_row(

@@ -7,7 +7,31 @@ in the body (§1.1: POST keeps the key out of URLs and proxy logs; DESIGN rule 7
 bracket syntax (§1.1). Writes go through ``importContacts`` (§1.4); reads through the async
 ``exportContacts`` task and its CSV file, or the legacy paged ``exportContacts`` (§1.5).
 An import refused whole for one contact (§1.2 untyped errors) is split in halves until that row
-stands alone (DESIGN §8, "Partial batches").
+stands alone (DESIGN §8, "Partial batches"). An import of one row refused that way is that row's
+refusal when the answer names its key (§1.2's examples do: "Contacts X and Y already exist ...");
+otherwise nothing tells a bad row from a bad call, and the call fails.
+
+HTTP 4xx: §1.2 documents errors as HTTP 200 with an error envelope, so a 4xx is the server
+stepping outside its contract, and syncd reads it by what it says rather than by its status:
+
+- 429 is a rate limit: retried by the HTTP client like a 5xx (``syncd.providers.http``);
+- a 4xx carrying a §1.2 envelope whose ``code`` is a rate-limit or ``retry_later`` code is
+  retried, and one with an auth code (``invalid_api_key``, ``access_denied``) is an
+  ``AuthError``, exactly as the same envelope under HTTP 200;
+- an importContacts answered 400 or 422 with a §1.2 envelope whose ``code`` is one of the codes
+  a refused contact arrives with (``unspecified``, ``invalid_arg``; §1.2 "Frequent untyped
+  errors") is a refused batch, as under HTTP 200: the import is split until the row at fault
+  stands alone, and that row is rejected with the provider's message. 400 (Bad Request) and 422
+  (Unprocessable Entity) are the statuses HTTP gives to "this request's content is wrong"; that
+  Unisender/Selzy use them for a row of an import is [ASSUMED] (the docs are silent, §1.2 says
+  200). A refusal about the call itself (an unknown column) reaches both halves word for word
+  and still fails the cycle (``_isolate``);
+- anything else (401/403 and every other 4xx, a body that is not an envelope) fails the call
+  with ``http_<status>``: nothing in it points at one row.
+
+The legacy paged export reads a page as one JSON answer, so a page cut short (not JSON, not an
+object, no ``result``) is an incomplete export (``ExportIncomplete``, DESIGN rule 1) like a cut
+export file, never a plain failure of the cycle.
 """
 
 from __future__ import annotations
@@ -21,7 +45,7 @@ import re
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 
@@ -59,6 +83,8 @@ AUTH_CODES = frozenset({"invalid_api_key", "access_denied"})
 # §1.2: the codes an error about one contact of an import arrives with ("Contacts X and Y already
 # exist but owned by different subscribers" is `unspecified`; a bad value is `invalid_arg`).
 _ROW_REFUSAL_CODES = frozenset({"unspecified", "invalid_arg"})
+# HTTP statuses under which such an envelope still reads as a refused batch (module docstring).
+_ROW_REFUSAL_STATUSES = frozenset({400, 422})
 SPLIT_CALLS = 64  # extra calls one push may spend isolating the rows of a refused import
 
 # §1.4 / §1.5: system column names. A mapped field with one of these names is not a user field.
@@ -158,16 +184,21 @@ class UnisenderProvider(Provider):
         """
         form: dict[str, str | Sequence[str]] = {"format": "json", "api_key": self._api_key}
         form.update(params)
-        return self._http.post_form(
+        # ``send`` hands 4xx answers (but 429) to the parser too: see the module docstring.
+        request = self._http.client.build_request(
+            "POST", f"{self.target.api_root}/{method}", data=form
+        )
+        return self._http.send(
             method,
-            f"{self.target.api_root}/{method}",
-            form,
+            request,
             write=write,
             parse=lambda response: self._read_envelope(method, response),
         )
 
     def _read_envelope(self, method: str, response: httpx.Response) -> Any:
         where = f"{self.name} {method}"
+        if response.is_client_error:
+            self._read_client_error(method, response)
         try:
             body = answer_json(response)
         except NotJson as exc:
@@ -182,16 +213,8 @@ class UnisenderProvider(Provider):
         # §1.2: an error is HTTP 200 with `error` (HTML-escaped text) and `code`; `result` is
         # then meaningless (it is "" on real errors).
         if body.get("error") or body.get("code"):
-            code = str(body.get("code") or "unspecified")
-            text = self._http.scrub(html.unescape(str(body.get("error") or "")))
-            if code in LATER_CODES:
-                raise TryLater(f"{code}: {text}")
-            if code in AUTH_CODES:
-                raise AuthError(
-                    f"{where}: {text or code} ({code}): check the API key of target "
-                    f"{self.target.name!r} and that API access is enabled for the account",
-                    code=code,
-                )
+            code, text = self._error_of(body)
+            self._raise_typed(where, code, text)
             if code in _ROW_REFUSAL_CODES:
                 raise _Refused(f"{where}: {text or 'error'} ({code})", code=code, text=text)
             raise ProviderError(f"{where}: {text or 'error'} ({code})", code=code)
@@ -203,6 +226,43 @@ class UnisenderProvider(Provider):
         for warning in warnings if isinstance(warnings, list) else [warnings]:
             log.info("%s: warning: %s", where, self._http.scrub(str(warning)))
         return body["result"]
+
+    def _error_of(self, body: Mapping[str, Any]) -> tuple[str, str]:
+        """§1.2: the envelope's ``code`` and its HTML-escaped ``error`` text, scrubbed."""
+        code = str(body.get("code") or "unspecified")
+        return code, self._http.scrub(html.unescape(str(body.get("error") or "")))
+
+    def _raise_typed(self, where: str, code: str, text: str) -> None:
+        """The §1.2 codes that mean the same under any HTTP status: later, or the key."""
+        if code in LATER_CODES:
+            raise TryLater(f"{code}: {text}")
+        if code in AUTH_CODES:
+            raise AuthError(
+                f"{where}: {text or code} ({code}): check the API key of target "
+                f"{self.target.name!r} and that API access is enabled for the account",
+                code=code,
+            )
+
+    def _read_client_error(self, method: str, response: httpx.Response) -> NoReturn:
+        """A 4xx answer (never 429, which is retried before this): raises what it means, by
+        the rules of the module docstring."""
+        where = f"{self.name} {method}"
+        status = response.status_code
+        try:
+            body = answer_json(response)
+        except NotJson:
+            body = None
+        if isinstance(body, dict) and (body.get("error") or body.get("code")):
+            code, text = self._error_of(body)
+            self._raise_typed(where, code, text)
+            if method == IMPORT and status in _ROW_REFUSAL_STATUSES and code in _ROW_REFUSAL_CODES:
+                message = f"{where}: {text or 'error'} ({code}, HTTP {status})"
+                raise _Refused(message, code=code, text=text)
+            raise ProviderError(
+                f"{where}: unexpected HTTP {status}: {text or 'error'} ({code})",
+                code=f"http_{status}",
+            )
+        raise ProviderError(f"{where}: unexpected HTTP {status}", code=f"http_{status}")
 
     # ------------------------------------------------------------------ prepare
 
@@ -323,8 +383,10 @@ class UnisenderProvider(Provider):
             try:
                 verdicts = self._import(call, sent)
             except _Refused as refusal:
-                if len(sent) == 1:
-                    raise  # one row alone: nothing tells a bad row from a bad call; fail the call
+                if len(sent) == 1 and not refusal.names(call.rows[sent[0]].row.key):
+                    # One row alone, and the answer does not name it: nothing tells a bad row
+                    # from a bad call; fail the call. One that names the row is about the row.
+                    raise
                 verdicts = self._isolate(call, sent, refusal, [SPLIT_CALLS])
             for position, outcome in verdicts.items():
                 outcomes[position] = outcome
@@ -642,16 +704,23 @@ class UnisenderProvider(Provider):
         key_at = 0
         previous_key: str | None = None
         while True:
-            result = self._call(
-                EXPORT_PAGED,
-                {
-                    "list_id": self._list_id,
-                    "field_names[]": columns,
-                    "offset": str(offset),
-                    "limit": str(PAGE_SIZE),
-                },
-                write=False,
-            )
+            try:
+                result = self._call(
+                    EXPORT_PAGED,
+                    {
+                        "list_id": self._list_id,
+                        "field_names[]": columns,
+                        "offset": str(offset),
+                        "limit": str(PAGE_SIZE),
+                    },
+                    write=False,
+                )
+            except ProviderError as exc:
+                if type(exc) is not ProviderError or exc.code != "bad_answer":
+                    raise  # a refusal, the key, or no answer at all: not a cut page
+                raise ExportIncomplete(
+                    f"{exc} (page at offset {offset}): the export is cut short"
+                ) from None
             names, data = self._read_page(result)
             if header is None:
                 header = names
@@ -702,6 +771,11 @@ class _Refused(ProviderError):
         super().__init__(message, code=code)
         self.text = text or code
         self.answer = (code, text)
+
+    def names(self, key: str) -> bool:
+        """Whether the provider's text names this contact key (a phone with or without '+')."""
+        text = self.text.lower()
+        return bool(key) and (key.lower() in text or key.lstrip("+") in text)
 
 
 class _Truncated(Exception):

@@ -218,6 +218,33 @@ def test_email_and_phone_owned_by_different_contacts(client: httpx.Client) -> No
     assert "already exist but owned by different subscribers" in res["log"][0]["message"]
 
 
+def test_an_import_holding_a_refused_contact_is_refused_whole_under_its_status(
+    client: httpx.Client, emu: UnisenderEmulator
+) -> None:
+    """``refuse_import`` (also ``POST /_emulator/refuse-import``): a server that answers a row
+    it cannot take with an HTTP 4xx and §1.2's envelope instead of 200; nothing applies."""
+    refuse = {"key": "Bad@x.io", "status": 400, "message": "Invalid value: bad@x.io"}
+    assert client.post("/_emulator/refuse-import", json=refuse).status_code == 200
+    data = rows(["email", "email_list_ids"], [["a@x.io", "1"], ["bad@x.io", "1"]])
+    response = client.post("/en/api/importContacts", data={"api_key": KEY, **data})
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "Invalid value: bad@x.io",
+        "code": "invalid_arg",
+        "result": "",
+    }
+    assert emu.contacts == {} and emu.faults.injected["import_refused http_400"] == 1
+    assert imp(client, ["email", "email_list_ids"], [["a@x.io", "1"]])["inserted"] == 1
+    emu.refuse_import("+4912345678", status=422, code="unspecified")
+    response = client.post(
+        "/en/api/importContacts", data={"api_key": KEY, **rows(["phone"], [["+4912345678"]])}
+    )
+    assert (
+        response.status_code == 422
+        and response.json()["error"] == 'Invalid value of field "phone": "+4912345678"'
+    )
+
+
 def test_delete_and_duplicates(client: httpx.Client, emu: UnisenderEmulator) -> None:
     imp(client, ["email"], [["a@x.io"]])
     res = imp(client, ["email", "delete"], [["a@x.io", "1"], ["ghost@x.io", "1"]])

@@ -88,8 +88,8 @@ class TestSelzyContract(TestUnisenderContract):
         **TestUnisenderContract.settings,
         "export_mode": "paged",
     }
-    # a page cut short is an answer that is not JSON: a ProviderError (bad_answer)
-    cut_export_raises = ProviderError
+    # a page cut short is an answer that is not JSON: the export is incomplete (DESIGN rule 1)
+    cut_export_raises = ExportIncomplete
 
 
 target = TestUnisenderContract.target
@@ -539,6 +539,78 @@ def test_a_refusal_both_halves_repeat_is_about_the_call(
     assert len(s.transport.calls("importContacts")) == 3 and not emu.contacts
 
 
+def test_an_import_refused_with_http_400_for_one_row_applies_the_rest(
+    make: Callable[..., Setup], emu: UnisenderEmulator
+) -> None:
+    """A 400 carrying §1.2's envelope about a row is a refused batch, as under HTTP 200: 499
+    rows go in, the one at fault is rejected with the provider's message, held (not retried)."""
+    keys = [f"p{i:03d}@example.com" for i in range(500)]
+    emu.refuse_import("p321@example.com", message='Invalid value of field "email": p321')
+    s = make()
+    outcomes = s.provider.push(PushCall("create", (), tuple(row("create", k) for k in keys)))
+    assert [o.key for o in outcomes] == keys
+    refused = [o for o in outcomes if not o.ok]
+    assert [(o.key, o.code, o.message) for o in refused] == [
+        ("p321@example.com", "invalid_arg", 'Invalid value of field "email": p321')
+    ]
+    assert not refused[0].retryable  # held until the local record changes (DESIGN §4)
+    assert {c["email"] for c in emu.contacts_in_list(1)} == set(keys) - {"p321@example.com"}
+    assert len(s.transport.calls("importContacts")) <= 1 + 2 * 9  # 500 -> ... -> 1: 9 levels
+
+
+@pytest.mark.parametrize("status", [400, 422])
+def test_a_4xx_refusal_is_read_by_its_envelope(
+    make: Callable[..., Setup], emu: UnisenderEmulator, status: int
+) -> None:
+    rows = tuple(row("create", f"p{i}@example.com") for i in range(6))
+    # About a row: split, the rest applied.
+    emu.refuse_import("p2@example.com", status=status, code="unspecified")
+    outcomes = make().provider.push(PushCall("create", (), rows))
+    assert [o.key for o in outcomes if not o.ok] == ["p2@example.com"]
+    assert "p2@example.com" in outcomes[2].message
+    assert len(emu.contacts_in_list(1)) == 5
+
+    def answer(body: dict[str, str], code: int = status) -> Handler:
+        return lambda request: httpx.Response(code, json={**body, "result": ""})
+
+    # Alone, the row is rejected when the answer names it, and fails the call when not.
+    (alone,) = make().provider.push(PushCall("create", (), rows[2:3]))
+    assert not alone.ok and alone.code == "unspecified" and not alone.retryable
+    emu.refuse_import("p3@example.com", status=status, message="Invalid value")
+    with pytest.raises(ProviderError, match="Invalid value"):
+        make().provider.push(PushCall("create", (), rows[3:4]))
+    # The auth and rate-limit codes mean what they mean under HTTP 200.
+    s = make(answer({"error": "Invalid API key", "code": "invalid_api_key"}))
+    with pytest.raises(AuthError):
+        s.provider.push(PushCall("create", (), rows))
+    assert len(s.transport.requests) == 1
+    s = make(answer({"error": "limit", "code": "api_call_limit_exceeded_for_api_key"}), retries=1)
+    with pytest.raises(ProviderUnreachable):
+        s.provider.push(PushCall("create", (), rows))
+    assert len(s.transport.requests) == 2
+    # A 401/403, any other code or a body that is no envelope: the call fails, not split.
+    for handler in (
+        answer({"error": "Unauthorized", "code": "invalid_arg"}, 401),
+        answer({"error": "Forbidden", "code": "unspecified"}, 403),
+        answer({"error": "Not enough money", "code": "not_enough_money"}),
+        lambda request: httpx.Response(status, text="Bad Request"),
+    ):
+        s = make(handler)
+        with pytest.raises(ProviderError, match="unexpected HTTP") as caught:
+            s.provider.push(PushCall("create", (), rows))
+        assert caught.value.code.startswith("http_") and type(caught.value) is ProviderError
+        assert len(s.transport.requests) == 1
+    # A 400 about the call (both halves get it word for word) still fails the cycle.
+    s = make(answer({"error": 'Unknown field "Nope"', "code": "invalid_arg"}))
+    with pytest.raises(ProviderError, match="concerns the call"):
+        s.provider.push(PushCall("create", (), rows))
+    # Outside importContacts a 4xx is never a row's.
+    s = make(answer({"error": "bad list", "code": "invalid_arg"}))
+    with pytest.raises(ProviderError, match="unexpected HTTP") as caught:
+        s.provider.prepare([], create_missing=False)
+    assert caught.value.code == f"http_{status}"
+
+
 def test_a_row_told_to_retry_later_is_retried_not_held(
     make: Callable[..., Setup], emu: UnisenderEmulator
 ) -> None:
@@ -659,6 +731,30 @@ def test_paged_export_notices_a_list_that_shifts(
 
     with pytest.raises(ExportIncomplete, match="changed while it was read"):
         exported(make(handler, export_mode="paged").provider)
+
+
+def test_a_paged_export_cut_short_is_incomplete(
+    make: Callable[..., Setup], emu: UnisenderEmulator
+) -> None:
+    for i in range(1500):
+        emu.sign_up(f"user{i:04d}@example.com", 1)
+    for cut in (0, 1):  # the first page, or the second after a good one
+
+        def handler(request: httpx.Request, cut: int = cut) -> httpx.Response:
+            response = emu.handle(request)
+            if request.url.path.endswith("/exportContacts") and emu.calls["exportContacts"] > cut:
+                body = response.read()
+                return httpx.Response(200, content=body[: len(body) // 2])
+            return response
+
+        emu.calls.clear()
+        with pytest.raises(ExportIncomplete, match="cut short"):
+            exported(make(handler, export_mode="paged").provider)
+    # an error envelope on a page is the provider's refusal, not a cut page
+    emu.faults = Faults(error_code_rate=1.0, error_code="invalid_arg")
+    with pytest.raises(ProviderError) as caught:
+        exported(make(export_mode="paged").provider)
+    assert not isinstance(caught.value, ExportIncomplete) and caught.value.code == "invalid_arg"
 
 
 def test_a_truncated_export_file_is_incomplete(

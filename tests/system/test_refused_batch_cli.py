@@ -1,0 +1,89 @@
+"""Through the CLI: an import the provider refuses with HTTP 400 for one row is a rejected row.
+
+`syncd emulate unisender` is told (``/_emulator/refuse-import``) to answer HTTP 400 with §1.2's
+error envelope for any import holding one contact; `syncd run-once` then applies the other 499,
+names the refused contact and exits 1 ("rejected"), not 3, on this cycle and the next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import emulator_process
+
+KEY = "cli-refused-key-31c9"
+BAD = "user321@example.com"
+pytestmark = pytest.mark.slow
+
+
+def syncd(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "syncd", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def emulator() -> Iterator[str]:
+    with emulator_process("unisender", KEY) as url:
+        yield url
+
+
+def test_run_once_rejects_the_row_a_http_400_names_and_applies_the_rest(
+    tmp_path: Path, emulator: str
+) -> None:
+    (tmp_path / "syncd.toml").write_text(
+        f"""
+[store]
+url = "sqlite:///{tmp_path / "syncd.db"}"
+
+[[target]]
+name = "newsletter"
+provider = "unisender"
+list_id = "1"
+api_key = "${{TEST_UNISENDER_KEY}}"
+base_url = "{emulator}/en/api"
+fields = {{ Name = "name", City = "city" }}
+export_poll_interval = 0.05
+""",
+        encoding="utf-8",
+    )
+    (tmp_path / "people.csv").write_text(
+        "email,name,city,lists\n"
+        + "".join(f"user{i}@example.com,User {i},Minsk,newsletter\n" for i in range(500)),
+        encoding="utf-8",
+    )
+    env = {**os.environ, "TEST_UNISENDER_KEY": KEY}
+    env.pop("SYNCD_CONFIG", None)
+    assert syncd("ingest", "people.csv", env=env, cwd=tmp_path).returncode == 0
+    message = f'Invalid value of field "email": "{BAD}"'
+    refuse = {"key": BAD, "status": 400, "code": "invalid_arg", "message": message}
+    assert httpx.post(f"{emulator}/_emulator/refuse-import", json=refuse).status_code == 200
+
+    first = syncd("run-once", env=env, cwd=tmp_path)
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "newsletter: rejected" in first.stdout and "created 499" in first.stdout
+    assert "rejected 1" in first.stdout and "invalid_arg 1" in first.stdout, first.stdout
+    state = httpx.get(f"{emulator}/_emulator/state", params={"list_id": 1}).json()
+    emails = {c["email"] for c in state["contacts"]}
+    assert len(emails) == 499 and BAD not in emails
+
+    second = syncd("run-once", "--json", env=env, cwd=tmp_path)
+    assert second.returncode == 1, second.stdout + second.stderr
+    summary = json.loads(second.stdout)
+    assert summary["outcome"] == "rejected" and summary["write_calls"] == 0
+
+    status = syncd("status", env=env, cwd=tmp_path)
+    assert "rejected; 1 rejected rows" in status.stdout, status.stdout
+    assert "1 rows held" in status.stdout, status.stdout
