@@ -47,13 +47,12 @@ from syncd.core.projection import is_opted_out
 from syncd.errors import AuthError, ProviderError
 from syncd.providers.base import (
     Capabilities,
-    Provider,
     PushCall,
     RemoteContact,
     RowChange,
     RowOutcome,
 )
-from syncd.providers.http import NotJson, ProviderHttp, answer_json, key_fingerprint
+from syncd.providers.http import HttpProvider, NotJson, answer_json, key_fingerprint
 from syncd.providers.spec import PLACEHOLDER, ProviderSpec, Starter
 
 log = logging.getLogger(__name__)
@@ -112,20 +111,12 @@ CAPABILITIES = Capabilities(
 )
 
 
-class OctopushProvider(Provider):
+class OctopushProvider(HttpProvider):
     """An Octopush account plus one contact list (by name); push-only."""
 
     name = "octopush"
 
-    def __init__(
-        self,
-        target: TargetConfig,
-        *,
-        transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] | None = None,
-    ) -> None:
-        super().__init__()
-        self.target = target
+    def configure(self, target: TargetConfig) -> None:
         settings = OctopushSettings.of(target)
         rows = settings.max_rows_per_call or DEFAULT_ROWS_PER_CALL
         self.capabilities = replace(CAPABILITIES, rows_per_call=rows)
@@ -136,9 +127,6 @@ class OctopushProvider(Provider):
         self._auth = {"api-login": settings.api_login or "", "api-key": api_key}  # "Auth"
         self._create_missing_list = settings.create_missing_list
         # rate limits of the contact API are [UNCONFIRMED]: the target's setting applies
-        self._http = ProviderHttp.for_target(
-            self.name, target, self.stats, transport=transport, sleep=sleep
-        )
 
     # ------------------------------------------------------------------ the wire
 
@@ -333,9 +321,6 @@ class OctopushProvider(Provider):
             )
         return [verdicts[i] for i in range(len(rows))]
 
-    def close(self) -> None:
-        self._http.close()
-
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(items), max(1, size)):
@@ -374,23 +359,13 @@ class OctopushSettings(ProviderSettings):
         return self
 
 
-def _adapter(
-    target: TargetConfig,
-    *,
-    transport: httpx.BaseTransport | None,
-    default_region: str | None,
-    sleep: Callable[[float], None] | None,
-) -> Provider:
-    return OctopushProvider(target, transport=transport, sleep=sleep)
-
-
 SPEC = ProviderSpec(
     name="octopush",
     title="Octopush",
     default_url="https://api.octopush.com/v1/public",
     capabilities=CAPABILITIES,
     settings=OctopushSettings,
-    adapter=_adapter,
+    adapter=OctopushProvider,
     emulator="syncd.emulators.octopush:make_emulator",
     starter=Starter(
         "phone",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -33,15 +33,14 @@ from syncd.core.projection import is_opted_out
 from syncd.errors import AuthError, ProviderError, TryLater
 from syncd.providers.base import (
     Capabilities,
-    Provider,
     PushCall,
     RemoteContact,
     RowChange,
     RowOutcome,
 )
 from syncd.providers.http import (
+    HttpProvider,
     NotJson,
-    ProviderHttp,
     answer_count,
     answer_json,
     key_fingerprint,
@@ -65,7 +64,7 @@ _created_lock = threading.Lock()
 Form = dict[str, str | Sequence[str]]
 
 
-class SmsbyProvider(Provider):
+class SmsbyProvider(HttpProvider):
     """An sms.by account plus one mailing list; push-only."""
 
     name = "smsby"
@@ -83,22 +82,11 @@ class SmsbyProvider(Provider):
         partial_update=True,
     )
 
-    def __init__(
-        self,
-        target: TargetConfig,
-        *,
-        transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] | None = None,
-    ) -> None:
-        super().__init__()
-        self.target = target
+    def configure(self, target: TargetConfig) -> None:
         self._key = target.key  # "phone" or "email": both are upsert keys ("Import semantics")
         self._token = target.api_key.get_secret_value()
         self._create_missing_list = SmsbySettings.of(target).create_missing_list
         # rate limits of the contact API are [UNCONFIRMED]: the target's setting applies
-        self._http = ProviderHttp.for_target(
-            self.name, target, self.stats, transport=transport, sleep=sleep
-        )
 
     # ------------------------------------------------------------------ the envelope
 
@@ -312,9 +300,6 @@ class SmsbyProvider(Provider):
             for index, messages in named.items()
         }
 
-    def close(self) -> None:
-        self._http.close()
-
 
 def _wire_phone(value: str) -> str:
     return value.strip().removeprefix("+")
@@ -331,23 +316,13 @@ class SmsbySettings(ProviderSettings):
     )
 
 
-def _adapter(
-    target: TargetConfig,
-    *,
-    transport: httpx.BaseTransport | None,
-    default_region: str | None,
-    sleep: Callable[[float], None] | None,
-) -> Provider:
-    return SmsbyProvider(target, transport=transport, sleep=sleep)
-
-
 SPEC = ProviderSpec(
     name="smsby",
     title="sms.by",
     default_url="https://app.sms.by/api/v2",
     capabilities=SmsbyProvider.capabilities,
     settings=SmsbySettings,
-    adapter=_adapter,
+    adapter=SmsbyProvider,
     emulator="syncd.emulators.smsby:make_emulator",
     starter=Starter(
         "phone",

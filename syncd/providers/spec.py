@@ -42,7 +42,11 @@ StarterLine = tuple[str, str] | str
 
 
 class AdapterFactory(Protocol):
-    """Builds a provider's adapter for one target (``syncd.providers.make_provider`` calls it)."""
+    """Builds a provider's adapter for one target (``syncd.providers.make_provider`` calls it).
+
+    The built-in adapters' classes have this shape themselves (``syncd.providers.http.HttpProvider``
+    takes these keywords), so a spec names its adapter class here.
+    """
 
     def __call__(
         self,
