@@ -57,7 +57,7 @@ from syncd.providers.base import (
     RowOutcome,
 )
 from syncd.providers.http import HttpProvider, NotJson, answer_json
-from syncd.providers.spec import CallbackReader, ProviderSpec, Starter
+from syncd.providers.spec import CallbackReader, MaxRowsPerCall, ProviderSpec, Starter
 
 log = logging.getLogger(__name__)
 
@@ -322,12 +322,7 @@ class NetcoreSettings(ProviderSettings):
     notify_email: str | None = Field(
         None, description="Netcore: an address the provider emails when a bulk upload is done."
     )
-    max_rows_per_call: int | None = Field(
-        None,
-        gt=0,
-        description="Rows per write call where the provider documents no limit (Octopush: 500); "
-        "a batch the provider refuses as too large is split.",
-    )
+    max_rows_per_call: MaxRowsPerCall = None
     max_fields_per_call: int | None = Field(
         None,
         ge=2,

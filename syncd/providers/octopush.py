@@ -53,7 +53,13 @@ from syncd.providers.base import (
     RowOutcome,
 )
 from syncd.providers.http import HttpProvider, NotJson, answer_json, key_fingerprint
-from syncd.providers.spec import PLACEHOLDER, ProviderSpec, Starter
+from syncd.providers.spec import (
+    PLACEHOLDER,
+    CreateMissingList,
+    MaxRowsPerCall,
+    ProviderSpec,
+    Starter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -342,15 +348,8 @@ class OctopushSettings(ProviderSettings):
     model_config = ConfigDict(json_schema_extra=_login_required)
 
     api_login: str | None = Field(None, description="Octopush: the account login (api-login).")
-    create_missing_list: bool = Field(
-        False, description="sms.by / Octopush: create the remote list when it does not exist."
-    )
-    max_rows_per_call: int | None = Field(
-        None,
-        gt=0,
-        description="Rows per write call where the provider documents no limit (Octopush: 500); "
-        "a batch the provider refuses as too large is split.",
-    )
+    create_missing_list: CreateMissingList = False
+    max_rows_per_call: MaxRowsPerCall = None
 
     @model_validator(mode="after")
     def _needs_login(self) -> OctopushSettings:

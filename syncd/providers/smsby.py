@@ -26,7 +26,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
-from pydantic import Field
 
 from syncd.config import ProviderSettings, TargetConfig
 from syncd.core.projection import is_opted_out
@@ -45,7 +44,7 @@ from syncd.providers.http import (
     answer_json,
     key_fingerprint,
 )
-from syncd.providers.spec import ProviderSpec, Starter
+from syncd.providers.spec import CreateMissingList, ProviderSpec, Starter
 
 log = logging.getLogger(__name__)
 
@@ -311,9 +310,7 @@ def _wire_phone(value: str) -> str:
 class SmsbySettings(ProviderSettings):
     """sms.by's own keys of a ``[[target]]`` table."""
 
-    create_missing_list: bool = Field(
-        False, description="sms.by / Octopush: create the remote list when it does not exist."
-    )
+    create_missing_list: CreateMissingList = False
 
 
 SPEC = ProviderSpec(
