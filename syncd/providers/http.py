@@ -289,6 +289,10 @@ class ProviderHttp:
             text = text.replace(form, "***")
         return text
 
+    def snippet(self, response: httpx.Response) -> str:
+        """The start of an answer's body, as text for a message (scrubbed of the key)."""
+        return self.scrub(response.content[:200].decode("utf-8", "replace"))
+
     def close(self) -> None:
         self.client.close()
 
@@ -456,6 +460,15 @@ def answer_json(response: httpx.Response) -> Any:
         raise NotJson("values nested too deeply") from None
     except ValueError:
         raise NotJson("a number has too many digits") from None
+
+
+def answer_object(response: httpx.Response) -> dict[str, Any] | None:
+    """The answer's JSON object; None when the body is not JSON or JSON of another kind."""
+    try:
+        body = answer_json(response)
+    except NotJson:
+        return None
+    return body if isinstance(body, dict) else None
 
 
 _MAX_COUNT_DIGITS = 18  # a counter of rows in one call; more digits is garbage, not a count

@@ -56,7 +56,7 @@ from syncd.providers.base import (
     RowChange,
     RowOutcome,
 )
-from syncd.providers.http import HttpProvider, NotJson, answer_json
+from syncd.providers.http import HttpProvider, answer_object
 from syncd.providers.spec import CallbackReader, MaxRowsPerCall, ProviderSpec, Starter
 
 log = logging.getLogger(__name__)
@@ -126,12 +126,9 @@ class NetcoreProvider(HttpProvider):
 
     def _read_answer(self, activity: str, response: httpx.Response) -> str:
         where = f"{self.name} {activity}"
-        try:
-            body = answer_json(response)
-        except NotJson:
-            body = None
-        if not isinstance(body, dict):
-            snippet = self._http.scrub(response.content[:200].decode("utf-8", "replace"))
+        body = answer_object(response)
+        if body is None:
+            snippet = self._http.snippet(response)
             raise ProviderError(
                 f"{where}: the answer is not a JSON object: {snippet!r}", code="bad_answer"
             )

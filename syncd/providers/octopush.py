@@ -52,7 +52,7 @@ from syncd.providers.base import (
     RowChange,
     RowOutcome,
 )
-from syncd.providers.http import HttpProvider, NotJson, answer_json, key_fingerprint
+from syncd.providers.http import HttpProvider, answer_object, key_fingerprint
 from syncd.providers.spec import (
     PLACEHOLDER,
     CreateMissingList,
@@ -162,11 +162,8 @@ class OctopushProvider(HttpProvider):
         raise ProviderError(f"{where}: {message} (HTTP {status})", code=code or f"http_{status}")
 
     def _error_of(self, response: httpx.Response) -> tuple[str, str]:
-        try:
-            body = answer_json(response)
-        except NotJson:
-            body = None
-        if isinstance(body, dict) and (body.get("message") or body.get("code")):
+        body = answer_object(response)
+        if body is not None and (body.get("message") or body.get("code")):
             code, message = str(body.get("code") or ""), str(body.get("message") or "")
         else:
             text = response.content[:200].decode("utf-8", "replace").strip()

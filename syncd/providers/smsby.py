@@ -39,9 +39,8 @@ from syncd.providers.base import (
 )
 from syncd.providers.http import (
     HttpProvider,
-    NotJson,
     answer_count,
-    answer_json,
+    answer_object,
     key_fingerprint,
 )
 from syncd.providers.spec import CreateMissingList, ProviderSpec, Starter
@@ -108,12 +107,9 @@ class SmsbyProvider(HttpProvider):
                 f"{self.target.name!r}",
                 code="access_denied",
             )
-        try:
-            body = answer_json(response)
-        except NotJson:
-            body = None
-        if not isinstance(body, dict):
-            snippet = self._http.scrub(response.content[:200].decode("utf-8", "replace"))
+        body = answer_object(response)
+        if body is None:
+            snippet = self._http.snippet(response)
             raise ProviderError(
                 f"{where}: the answer is not a JSON object (HTTP {status}): {snippet!r}",
                 code="bad_answer" if status < 400 else f"http_{status}",

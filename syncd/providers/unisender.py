@@ -21,6 +21,7 @@ import re
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -772,14 +773,10 @@ SPEC = ProviderSpec(
 )
 
 # Selzy is Unisender's international brand: the same API and adapter on another host.
-SELZY_SPEC = ProviderSpec(
+SELZY_SPEC = replace(
+    SPEC,
     name="selzy",
     title="Selzy",
     default_url="https://api.selzy.com/{lang}/api",
-    capabilities=UnisenderProvider.capabilities,
-    settings=NoSettings,
-    adapter=UnisenderProvider,
-    emulator="syncd.emulators.unisender:make_emulator",
     starter=Starter("email", "SELZY_API_KEY", "the Selzy API key", "the list's id at Selzy"),
-    read_only_prepare=True,
 )
