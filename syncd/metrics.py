@@ -82,51 +82,50 @@ class Metrics:
             registry = CollectorRegistry()
             ProcessCollector(registry=registry)  # memory, CPU, open files of the daemon itself
         self.registry = registry
-        r = registry
-        self.cycles = Counter(
-            "syncd_cycles_total", "Sync cycles finished.", ["target", "outcome"], registry=r
-        )
-        self.rows = Counter(
+
+        def counter(name: str, documentation: str, *labels: str) -> Counter:
+            return Counter(name, documentation, labels, registry=registry)
+
+        def gauge(name: str, documentation: str, *labels: str) -> Gauge:
+            return Gauge(name, documentation, labels, registry=registry)
+
+        self.cycles = counter("syncd_cycles_total", "Sync cycles finished.", "target", "outcome")
+        self.rows = counter(
             "syncd_rows_total",
             "Rows pushed to or pulled from providers, by operation.",
-            ["target", "operation"],
-            registry=r,
+            "target",
+            "operation",
         )
-        self.api_calls = Counter(
+        self.api_calls = counter(
             "syncd_api_calls_total",
             "Provider HTTP attempts (each retry counts).",
-            ["provider", "method", "outcome"],
-            registry=r,
+            "provider",
+            "method",
+            "outcome",
         )
         self.api_call_seconds = Histogram(
             "syncd_api_call_seconds",
             "Duration of provider HTTP attempts.",
             ["provider", "method"],
             buckets=CALL_BUCKETS,
-            registry=r,
+            registry=registry,
         )
-        self.rejected_rows = Counter(
+        self.rejected_rows = counter(
             "syncd_rejected_rows_total",
             "Rows a provider refused, by the provider's error code.",
-            ["target", "code"],
-            registry=r,
+            "target",
+            "code",
         )
-        self.last_success = Gauge(
+        self.last_success = gauge(
             "syncd_last_success_timestamp_seconds",
             "Unix time the target's last successful cycle ended.",
-            ["target"],
-            registry=r,
+            "target",
         )
-        self.inbox_files = Counter(
-            "syncd_inbox_files_total", "Inbox files handled.", ["outcome"], registry=r
+        self.inbox_files = counter("syncd_inbox_files_total", "Inbox files handled.", "outcome")
+        self.pending_local = gauge(
+            "syncd_pending_local_changes", "Local changes not yet pushed to the target.", "target"
         )
-        self.pending_local = Gauge(
-            "syncd_pending_local_changes",
-            "Local changes not yet pushed to the target.",
-            ["target"],
-            registry=r,
-        )
-        self.up = Gauge("syncd_up", "1 while the daemon is running.", registry=r)
+        self.up = gauge("syncd_up", "1 while the daemon is running.")
         for outcome in INBOX_OUTCOMES:
             self.inbox_files.labels(outcome)  # show 0 rather than no series before the first file
         self.up.set(1)

@@ -11,6 +11,8 @@ this module owns what every provider needs the same way (DESIGN §4, "HTTP"):
 - every attempt recorded in ``CallStats``;
 - the API key never reaches a message: adapters put it in POST bodies (DESIGN rule 7) and every
   text this module produces is scrubbed of it anyway.
+- ``HttpProvider``, the base of every built-in adapter: it holds the target and this client, and
+  its constructor is the shape a ``ProviderSpec`` builds adapters with.
 
 ``sleep`` and ``clock`` are injectable so that tests neither wait nor depend on wall time.
 """
@@ -35,7 +37,7 @@ from tenacity.wait import wait_exponential_jitter
 from syncd.errors import ProviderError, ProviderUnreachable, TryLater
 from syncd.logs import secret_forms
 from syncd.metrics import call_observer
-from syncd.providers.base import CallStats
+from syncd.providers.base import CallStats, Provider
 
 if TYPE_CHECKING:
     from syncd.config import TargetConfig
@@ -287,6 +289,10 @@ class ProviderHttp:
             text = text.replace(form, "***")
         return text
 
+    def snippet(self, response: httpx.Response) -> str:
+        """The start of an answer's body, as text for a message (scrubbed of the key)."""
+        return self.scrub(response.content[:200].decode("utf-8", "replace"))
+
     def close(self) -> None:
         self.client.close()
 
@@ -378,6 +384,57 @@ class ProviderHttp:
             ) from None
 
 
+# --------------------------------------------------------------------------- the adapter base
+
+
+class HttpProvider(Provider):
+    """An adapter that reaches its provider over HTTP: one target, one ``ProviderHttp``.
+
+    Every built-in adapter is built alike, ``Adapter(target, transport=..., default_region=...,
+    sleep=...)``, so the class itself is its spec's adapter factory. A subclass reads its own
+    keys of the target in ``configure``, which runs before the client exists (a bad setting opens
+    no connection), and names the methods with a rate limit of their own in ``method_limits``.
+    ``default_region`` is for adapters that normalise the provider's phones; the others ignore it.
+    """
+
+    target: TargetConfig
+
+    def __init__(
+        self,
+        target: TargetConfig,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        default_region: str | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.target = target
+        self.default_region = default_region
+        self._sleep = sleep or time.sleep
+        self.configure(target)
+        self._http = ProviderHttp.for_target(
+            self.name,
+            target,
+            self.stats,
+            transport=transport,
+            sleep=sleep,
+            method_limits=self.method_limits(target),
+        )
+
+    def configure(self, target: TargetConfig) -> None:
+        """Read the provider's own settings of ``target`` (its capabilities may follow them)."""
+
+    def method_limits(self, target: TargetConfig) -> Mapping[str, int] | None:
+        """Calls per minute for methods the provider limits apart from the rest (None: none)."""
+        return None
+
+    def close(self) -> None:
+        self._http.close()
+
+
+# --------------------------------------------------------------------------- answers
+
+
 class NotJson(Exception):
     """An answer body that is not a JSON value Python can hold; ``reason`` says why."""
 
@@ -403,6 +460,15 @@ def answer_json(response: httpx.Response) -> Any:
         raise NotJson("values nested too deeply") from None
     except ValueError:
         raise NotJson("a number has too many digits") from None
+
+
+def answer_object(response: httpx.Response) -> dict[str, Any] | None:
+    """The answer's JSON object; None when the body is not JSON or JSON of another kind."""
+    try:
+        body = answer_json(response)
+    except NotJson:
+        return None
+    return body if isinstance(body, dict) else None
 
 
 _MAX_COUNT_DIGITS = 18  # a counter of rows in one call; more digits is garbage, not a count

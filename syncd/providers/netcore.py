@@ -37,7 +37,7 @@ import csv
 import io
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs
@@ -51,14 +51,13 @@ from syncd.errors import AuthError, ProviderError, TryLater
 from syncd.providers.base import (
     CallbackReport,
     Capabilities,
-    Provider,
     PushCall,
     RemoteContact,
     RowChange,
     RowOutcome,
 )
-from syncd.providers.http import NotJson, ProviderHttp, answer_json
-from syncd.providers.spec import CallbackReader, ProviderSpec, Starter
+from syncd.providers.http import HttpProvider, answer_object
+from syncd.providers.spec import CallbackReader, MaxRowsPerCall, ProviderSpec, Starter
 
 log = logging.getLogger(__name__)
 
@@ -92,20 +91,12 @@ CAPABILITIES = Capabilities(
 )
 
 
-class NetcoreProvider(Provider):
+class NetcoreProvider(HttpProvider):
     """A Netcore Smartech account plus one list; push-only."""
 
     name = "netcore"
 
-    def __init__(
-        self,
-        target: TargetConfig,
-        *,
-        transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] | None = None,
-    ) -> None:
-        super().__init__()
-        self.target = target
+    def configure(self, target: TargetConfig) -> None:
         self.primary_key = PRIMARY_KEY[target.key]
         settings = NetcoreSettings.of(target)
         self.public_url = (settings.public_url or "").rstrip("/")
@@ -119,9 +110,6 @@ class NetcoreProvider(Provider):
         )
         self._key = target.api_key.get_secret_value()
         # rate limits of the contact API are [UNCONFIRMED]: the target's setting applies
-        self._http = ProviderHttp.for_target(
-            self.name, target, self.stats, transport=transport, sleep=sleep
-        )
 
     # ------------------------------------------------------------------ the envelope
 
@@ -138,12 +126,9 @@ class NetcoreProvider(Provider):
 
     def _read_answer(self, activity: str, response: httpx.Response) -> str:
         where = f"{self.name} {activity}"
-        try:
-            body = answer_json(response)
-        except NotJson:
-            body = None
-        if not isinstance(body, dict):
-            snippet = self._http.scrub(response.content[:200].decode("utf-8", "replace"))
+        body = answer_object(response)
+        if body is None:
+            snippet = self._http.snippet(response)
             raise ProviderError(
                 f"{where}: the answer is not a JSON object: {snippet!r}", code="bad_answer"
             )
@@ -299,9 +284,6 @@ class NetcoreProvider(Provider):
             failed[wire] = str(entry.get("reason") or entry.get("error") or "refused")
         return CallbackReport(status not in _FAILED_WORDS, message, failed)
 
-    def close(self) -> None:
-        self._http.close()
-
 
 def _callback_payload(body: bytes, content_type: str) -> dict[str, Any]:
     text = body.decode("utf-8", errors="replace").strip()
@@ -337,12 +319,7 @@ class NetcoreSettings(ProviderSettings):
     notify_email: str | None = Field(
         None, description="Netcore: an address the provider emails when a bulk upload is done."
     )
-    max_rows_per_call: int | None = Field(
-        None,
-        gt=0,
-        description="Rows per write call where the provider documents no limit (Octopush: 500); "
-        "a batch the provider refuses as too large is split.",
-    )
+    max_rows_per_call: MaxRowsPerCall = None
     max_fields_per_call: int | None = Field(
         None,
         ge=2,
@@ -352,16 +329,6 @@ class NetcoreSettings(ProviderSettings):
 
     def listener_key(self) -> str | None:
         return "public_url" if self.public_url else None
-
-
-def _adapter(
-    target: TargetConfig,
-    *,
-    transport: httpx.BaseTransport | None,
-    default_region: str | None,
-    sleep: Callable[[float], None] | None,
-) -> Provider:
-    return NetcoreProvider(target, transport=transport, sleep=sleep)
 
 
 def _callback_reader(target: TargetConfig) -> CallbackReader | None:
@@ -377,7 +344,7 @@ SPEC = ProviderSpec(
     default_url="https://api.netcoresmartech.com/apiv2",
     capabilities=CAPABILITIES,
     settings=NetcoreSettings,
-    adapter=_adapter,
+    adapter=NetcoreProvider,
     emulator="syncd.emulators.netcore:make_emulator",
     starter=Starter(
         "email",

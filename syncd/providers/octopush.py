@@ -47,14 +47,19 @@ from syncd.core.projection import is_opted_out
 from syncd.errors import AuthError, ProviderError
 from syncd.providers.base import (
     Capabilities,
-    Provider,
     PushCall,
     RemoteContact,
     RowChange,
     RowOutcome,
 )
-from syncd.providers.http import NotJson, ProviderHttp, answer_json, key_fingerprint
-from syncd.providers.spec import PLACEHOLDER, ProviderSpec, Starter
+from syncd.providers.http import HttpProvider, answer_object, key_fingerprint
+from syncd.providers.spec import (
+    PLACEHOLDER,
+    CreateMissingList,
+    MaxRowsPerCall,
+    ProviderSpec,
+    Starter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,20 +117,12 @@ CAPABILITIES = Capabilities(
 )
 
 
-class OctopushProvider(Provider):
+class OctopushProvider(HttpProvider):
     """An Octopush account plus one contact list (by name); push-only."""
 
     name = "octopush"
 
-    def __init__(
-        self,
-        target: TargetConfig,
-        *,
-        transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] | None = None,
-    ) -> None:
-        super().__init__()
-        self.target = target
+    def configure(self, target: TargetConfig) -> None:
         settings = OctopushSettings.of(target)
         rows = settings.max_rows_per_call or DEFAULT_ROWS_PER_CALL
         self.capabilities = replace(CAPABILITIES, rows_per_call=rows)
@@ -136,9 +133,6 @@ class OctopushProvider(Provider):
         self._auth = {"api-login": settings.api_login or "", "api-key": api_key}  # "Auth"
         self._create_missing_list = settings.create_missing_list
         # rate limits of the contact API are [UNCONFIRMED]: the target's setting applies
-        self._http = ProviderHttp.for_target(
-            self.name, target, self.stats, transport=transport, sleep=sleep
-        )
 
     # ------------------------------------------------------------------ the wire
 
@@ -168,11 +162,8 @@ class OctopushProvider(Provider):
         raise ProviderError(f"{where}: {message} (HTTP {status})", code=code or f"http_{status}")
 
     def _error_of(self, response: httpx.Response) -> tuple[str, str]:
-        try:
-            body = answer_json(response)
-        except NotJson:
-            body = None
-        if isinstance(body, dict) and (body.get("message") or body.get("code")):
+        body = answer_object(response)
+        if body is not None and (body.get("message") or body.get("code")):
             code, message = str(body.get("code") or ""), str(body.get("message") or "")
         else:
             text = response.content[:200].decode("utf-8", "replace").strip()
@@ -333,9 +324,6 @@ class OctopushProvider(Provider):
             )
         return [verdicts[i] for i in range(len(rows))]
 
-    def close(self) -> None:
-        self._http.close()
-
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(items), max(1, size)):
@@ -357,15 +345,8 @@ class OctopushSettings(ProviderSettings):
     model_config = ConfigDict(json_schema_extra=_login_required)
 
     api_login: str | None = Field(None, description="Octopush: the account login (api-login).")
-    create_missing_list: bool = Field(
-        False, description="sms.by / Octopush: create the remote list when it does not exist."
-    )
-    max_rows_per_call: int | None = Field(
-        None,
-        gt=0,
-        description="Rows per write call where the provider documents no limit (Octopush: 500); "
-        "a batch the provider refuses as too large is split.",
-    )
+    create_missing_list: CreateMissingList = False
+    max_rows_per_call: MaxRowsPerCall = None
 
     @model_validator(mode="after")
     def _needs_login(self) -> OctopushSettings:
@@ -374,23 +355,13 @@ class OctopushSettings(ProviderSettings):
         return self
 
 
-def _adapter(
-    target: TargetConfig,
-    *,
-    transport: httpx.BaseTransport | None,
-    default_region: str | None,
-    sleep: Callable[[float], None] | None,
-) -> Provider:
-    return OctopushProvider(target, transport=transport, sleep=sleep)
-
-
 SPEC = ProviderSpec(
     name="octopush",
     title="Octopush",
     default_url="https://api.octopush.com/v1/public",
     capabilities=CAPABILITIES,
     settings=OctopushSettings,
-    adapter=_adapter,
+    adapter=OctopushProvider,
     emulator="syncd.emulators.octopush:make_emulator",
     starter=Starter(
         "phone",

@@ -22,31 +22,28 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
-from pydantic import Field
 
 from syncd.config import ProviderSettings, TargetConfig
 from syncd.core.projection import is_opted_out
 from syncd.errors import AuthError, ProviderError, TryLater
 from syncd.providers.base import (
     Capabilities,
-    Provider,
     PushCall,
     RemoteContact,
     RowChange,
     RowOutcome,
 )
 from syncd.providers.http import (
-    NotJson,
-    ProviderHttp,
+    HttpProvider,
     answer_count,
-    answer_json,
+    answer_object,
     key_fingerprint,
 )
-from syncd.providers.spec import ProviderSpec, Starter
+from syncd.providers.spec import CreateMissingList, ProviderSpec, Starter
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +62,7 @@ _created_lock = threading.Lock()
 Form = dict[str, str | Sequence[str]]
 
 
-class SmsbyProvider(Provider):
+class SmsbyProvider(HttpProvider):
     """An sms.by account plus one mailing list; push-only."""
 
     name = "smsby"
@@ -83,22 +80,11 @@ class SmsbyProvider(Provider):
         partial_update=True,
     )
 
-    def __init__(
-        self,
-        target: TargetConfig,
-        *,
-        transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] | None = None,
-    ) -> None:
-        super().__init__()
-        self.target = target
+    def configure(self, target: TargetConfig) -> None:
         self._key = target.key  # "phone" or "email": both are upsert keys ("Import semantics")
         self._token = target.api_key.get_secret_value()
         self._create_missing_list = SmsbySettings.of(target).create_missing_list
         # rate limits of the contact API are [UNCONFIRMED]: the target's setting applies
-        self._http = ProviderHttp.for_target(
-            self.name, target, self.stats, transport=transport, sleep=sleep
-        )
 
     # ------------------------------------------------------------------ the envelope
 
@@ -121,12 +107,9 @@ class SmsbyProvider(Provider):
                 f"{self.target.name!r}",
                 code="access_denied",
             )
-        try:
-            body = answer_json(response)
-        except NotJson:
-            body = None
-        if not isinstance(body, dict):
-            snippet = self._http.scrub(response.content[:200].decode("utf-8", "replace"))
+        body = answer_object(response)
+        if body is None:
+            snippet = self._http.snippet(response)
             raise ProviderError(
                 f"{where}: the answer is not a JSON object (HTTP {status}): {snippet!r}",
                 code="bad_answer" if status < 400 else f"http_{status}",
@@ -312,9 +295,6 @@ class SmsbyProvider(Provider):
             for index, messages in named.items()
         }
 
-    def close(self) -> None:
-        self._http.close()
-
 
 def _wire_phone(value: str) -> str:
     return value.strip().removeprefix("+")
@@ -326,19 +306,7 @@ def _wire_phone(value: str) -> str:
 class SmsbySettings(ProviderSettings):
     """sms.by's own keys of a ``[[target]]`` table."""
 
-    create_missing_list: bool = Field(
-        False, description="sms.by / Octopush: create the remote list when it does not exist."
-    )
-
-
-def _adapter(
-    target: TargetConfig,
-    *,
-    transport: httpx.BaseTransport | None,
-    default_region: str | None,
-    sleep: Callable[[float], None] | None,
-) -> Provider:
-    return SmsbyProvider(target, transport=transport, sleep=sleep)
+    create_missing_list: CreateMissingList = False
 
 
 SPEC = ProviderSpec(
@@ -347,7 +315,7 @@ SPEC = ProviderSpec(
     default_url="https://app.sms.by/api/v2",
     capabilities=SmsbyProvider.capabilities,
     settings=SmsbySettings,
-    adapter=_adapter,
+    adapter=SmsbyProvider,
     emulator="syncd.emulators.smsby:make_emulator",
     starter=Starter(
         "phone",

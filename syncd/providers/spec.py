@@ -13,7 +13,9 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
+
+from pydantic import Field
 
 from syncd.config import ProviderSettings, TargetConfig
 from syncd.providers.base import CallbackReport, Capabilities, Provider
@@ -25,6 +27,8 @@ __all__ = [
     "PLACEHOLDER",
     "AdapterFactory",
     "CallbackReader",
+    "CreateMissingList",
+    "MaxRowsPerCall",
     "NoSettings",
     "ProviderSpec",
     "Starter",
@@ -42,7 +46,11 @@ StarterLine = tuple[str, str] | str
 
 
 class AdapterFactory(Protocol):
-    """Builds a provider's adapter for one target (``syncd.providers.make_provider`` calls it)."""
+    """Builds a provider's adapter for one target (``syncd.providers.make_provider`` calls it).
+
+    The built-in adapters' classes have this shape themselves (``syncd.providers.http.HttpProvider``
+    takes these keywords), so a spec names its adapter class here.
+    """
 
     def __call__(
         self,
@@ -52,6 +60,22 @@ class AdapterFactory(Protocol):
         default_region: str | None,
         sleep: Callable[[float], None] | None,
     ) -> Provider: ...
+
+
+#: ``create_missing_list``: a provider whose adapter can create the remote list it is given.
+CreateMissingList = Annotated[
+    bool, Field(description="sms.by / Octopush: create the remote list when it does not exist.")
+]
+
+#: ``max_rows_per_call``: a provider that documents no limit of rows per write call.
+MaxRowsPerCall = Annotated[
+    int | None,
+    Field(
+        gt=0,
+        description="Rows per write call where the provider documents no limit (Octopush: 500); "
+        "a batch the provider refuses as too large is split.",
+    ),
+]
 
 
 class NoSettings(ProviderSettings):

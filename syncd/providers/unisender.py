@@ -44,7 +44,8 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, NoReturn
 
 import httpx
@@ -55,13 +56,12 @@ from syncd.core.projection import Projection, is_opted_out
 from syncd.errors import AuthError, ExportIncomplete, ProviderError, TryLater
 from syncd.providers.base import (
     Capabilities,
-    Provider,
     PushCall,
     RemoteContact,
     RowChange,
     RowOutcome,
 )
-from syncd.providers.http import NotJson, ProviderHttp, answer_count, answer_json
+from syncd.providers.http import HttpProvider, NotJson, answer_count, answer_json
 from syncd.providers.spec import NoSettings, ProviderSpec, Starter
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _SAYS_IGNORED = re.compile(r"\b(error|ignored|not (been )?(imported|added))\b", re.IGNORECASE)
 
 
-class UnisenderProvider(Provider):
+class UnisenderProvider(HttpProvider):
     """A Unisender or Selzy account plus one list (``target.provider`` picks the name)."""
 
     capabilities = Capabilities(
@@ -147,32 +147,16 @@ class UnisenderProvider(Provider):
         partial_update=True,
     )
 
-    def __init__(
-        self,
-        target: TargetConfig,
-        *,
-        transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        default_region: str | None = None,
-    ) -> None:
-        super().__init__()
-        self.target = target
+    def configure(self, target: TargetConfig) -> None:
         self.name = target.provider
-        self.default_region = default_region
         self.skipped_rows = 0  # export rows whose key could not be normalised (last export)
-        self._sleep = sleep
         self._key = target.key  # "email" or "phone": the column family every call uses
         self._list_id = target.list_id
         self._api_key = target.api_key.get_secret_value()
-        self._http = ProviderHttp.for_target(
-            self.name,
-            target,
-            self.stats,
-            transport=transport,
-            sleep=sleep,
-            # §1.3: async exportContacts has its own, much lower limit.
-            method_limits={EXPORT_ASYNC: target.export_rate_limit_per_minute},
-        )
+
+    def method_limits(self, target: TargetConfig) -> Mapping[str, int]:
+        # §1.3: async exportContacts has its own, much lower limit.
+        return {EXPORT_ASYNC: target.export_rate_limit_per_minute}
 
     # ------------------------------------------------------------------ the envelope
 
@@ -848,27 +832,13 @@ def _csv_rows(response: httpx.Response) -> Iterator[list[str]]:
 # ---------------------------------------------------------------------- the specs
 
 
-def _adapter(
-    target: TargetConfig,
-    *,
-    transport: httpx.BaseTransport | None,
-    default_region: str | None,
-    sleep: Callable[[float], None] | None,
-) -> Provider:
-    if sleep is None:
-        return UnisenderProvider(target, transport=transport, default_region=default_region)
-    return UnisenderProvider(
-        target, transport=transport, default_region=default_region, sleep=sleep
-    )
-
-
 SPEC = ProviderSpec(
     name="unisender",
     title="Unisender",
     default_url="https://api.unisender.com/{lang}/api",
     capabilities=UnisenderProvider.capabilities,
     settings=NoSettings,
-    adapter=_adapter,
+    adapter=UnisenderProvider,
     emulator="syncd.emulators.unisender:make_emulator",
     starter=Starter(
         "email", "UNISENDER_API_KEY", "the Unisender API key", "the list's id at Unisender"
@@ -877,14 +847,10 @@ SPEC = ProviderSpec(
 )
 
 # Selzy is Unisender's international brand: the same API and adapter on another host.
-SELZY_SPEC = ProviderSpec(
+SELZY_SPEC = replace(
+    SPEC,
     name="selzy",
     title="Selzy",
     default_url="https://api.selzy.com/{lang}/api",
-    capabilities=UnisenderProvider.capabilities,
-    settings=NoSettings,
-    adapter=_adapter,
-    emulator="syncd.emulators.unisender:make_emulator",
     starter=Starter("email", "SELZY_API_KEY", "the Selzy API key", "the list's id at Selzy"),
-    read_only_prepare=True,
 )

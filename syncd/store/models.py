@@ -99,20 +99,21 @@ class OffList(SQLModel, table=True):
     data: str  # the remote projection when it left the list
 
 
-class StageLocal(SQLModel, table=True):
+class _Staged(SQLModel):
+    """One side's projection of a contact, staged for a cycle's comparison (not a table)."""
+
+    target: str = Field(primary_key=True)
+    key: str = Field(primary_key=True)
+    digest: str
+    data: str
+
+
+class StageLocal(_Staged, table=True):
     __tablename__ = "stage_local"
-    target: str = Field(primary_key=True)
-    key: str = Field(primary_key=True)
-    digest: str
-    data: str
 
 
-class StageRemote(SQLModel, table=True):
+class StageRemote(_Staged, table=True):
     __tablename__ = "stage_remote"
-    target: str = Field(primary_key=True)
-    key: str = Field(primary_key=True)
-    digest: str
-    data: str
     raw_status: str = ""
 
 

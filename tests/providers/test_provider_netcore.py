@@ -19,28 +19,27 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
 import pytest
-from conftest import emulator_process, free_port
+from conftest import World, config_toml, daemon_tables, emulator_process, free_port
 from contract import ProviderContract
 from provider_helpers import form
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from syncd.commands import cycles, job_routes
-from syncd.config import Config, TargetConfig, parse_config
+from syncd.config import Config, parse_config
 from syncd.core.projection import Projection
 from syncd.daemon.http import StatusServer
 from syncd.emulators.netcore import BulkJob, NetcoreEmulator
 from syncd.engine.result import CycleOptions, CycleResult
-from syncd.local.ingest import ingest_file
 from syncd.metrics import Metrics
-from syncd.providers import PROVIDERS, make_provider
-from syncd.providers.base import Provider, PushCall, RowChange
+from syncd.providers import PROVIDERS
+from syncd.providers.base import PushCall, RowChange
 from syncd.providers.netcore import NetcoreProvider
 from syncd.store import open_engine
 from syncd.store.models import Base, PushJob, PushJobRow, Rejection
@@ -107,8 +106,11 @@ class TestNetcoreBulkContract(TestNetcoreContract):
         return emulator
 
 
-class NetcoreWorld:
-    """A Netcore emulator account, a mirror and one email-keyed target 'news'."""
+class NetcoreWorld(World):
+    """A Netcore emulator account, a mirror and one email-keyed target 'news' (its contacts
+    live in Pune)."""
+
+    emu: NetcoreEmulator  # type: ignore[assignment]
 
     def __init__(self, tmp_path: Path, **target: Any) -> None:
         self.tmp = tmp_path
@@ -143,11 +145,6 @@ class NetcoreWorld:
         self.db: Engine = open_engine(self.config.store.url)
         self._files = 0
 
-    def provider(self, config: Config, target: TargetConfig) -> Provider:
-        return make_provider(
-            target, transport=httpx.MockTransport(self.emu.handle), sleep=lambda _s: None
-        )
-
     def cycle(self, wait: float | None = 10.0, **options: Any) -> CycleResult:
         (result,) = cycles.run_once(
             self.config,
@@ -158,19 +155,8 @@ class NetcoreWorld:
         )
         return result
 
-    def ingest(self, rows: Iterable[dict[str, Any]]) -> None:
-        self._files += 1
-        path = self.tmp / f"in-{self._files}.ndjson"
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        ingest_file(self.db, path, self.config.ingest)
-
     def add_local(self, n: int, start: int = 0, **extra: Any) -> list[str]:
-        emails = [f"person{i}@example.com" for i in range(start, start + n)]
-        self.ingest(
-            {"email": e, "name": f"Person {i}", "city": "Pune", "lists": ["news"], **extra}
-            for i, e in zip(range(start, start + n), emails, strict=True)
-        )
-        return emails
+        return super().add_local(n, start, **{"city": "Pune", **extra})
 
     def remote(self) -> dict[str, dict[str, str]]:
         return self.emu.members(self.list_id)
@@ -445,31 +431,19 @@ def test_the_daemon_serves_files_and_takes_callbacks_between_cycles(tmp_path: Pa
     inbox = tmp_path / "inbox"
     config = tmp_path / "syncd.toml"
     with emulator_process("netcore", API_KEY) as emulator:
-        config.write_text(
-            f"""
-[store]
-url = "sqlite:///{tmp_path / "syncd.db"}"
-[inbox]
-path = "{inbox}"
-[outbox]
-path = "{tmp_path / "outbox"}"
-[http]
-listen = "127.0.0.1:{port}"
-[daemon]
-debounce = 0.2
-[[target]]
-name = "news"
-provider = "netcore"
-list_id = "1"
-api_key = "{API_KEY}"
-base_url = "{emulator}/apiv2"
-public_url = "http://127.0.0.1:{port}"
-fields = {{ FIRST_NAME = "name" }}
-schedule = "1s"
-jitter = 0
-""",
-            encoding="utf-8",
-        )
+        news = {
+            "name": "news",
+            "provider": "netcore",
+            "list_id": "1",
+            "api_key": API_KEY,
+            "base_url": f"{emulator}/apiv2",
+            "public_url": f"http://127.0.0.1:{port}",
+            "fields": {"FIRST_NAME": "name"},
+            "schedule": "1s",
+            "jitter": 0,
+        }
+        tables = daemon_tables(tmp_path, f"127.0.0.1:{port}", debounce=0.2)
+        config.write_text(config_toml(tmp_path, news, **tables), encoding="utf-8")
         env = {k: v for k, v in os.environ.items() if k != "SYNCD_CONFIG"}
         daemon = subprocess.Popen(
             [sys.executable, "-m", "syncd", "run", "--config", str(config)],

@@ -46,7 +46,7 @@ class AcmeProvider(Provider):
     name = "acme"
     capabilities = Capabilities(rows_per_call=10, fields_per_call=5, export=False)
 
-    def __init__(self, target, *, transport=None, sleep=None):
+    def __init__(self, target, *, transport=None, default_region=None, sleep=None):
         super().__init__()
         self.target = target
         self.shard = AcmeSettings.of(target).shard
@@ -64,17 +64,13 @@ class AcmeProvider(Provider):
         return "acme.write"
 
 
-def _adapter(target, *, transport, default_region, sleep):
-    return AcmeProvider(target, transport=transport, sleep=sleep)
-
-
 SPEC = ProviderSpec(
     name="acme",
     title="Acme Mail",
     default_url="https://api.acme.example/{lang}",
     capabilities=AcmeProvider.capabilities,
     settings=AcmeSettings,
-    adapter=_adapter,
+    adapter=AcmeProvider,
     emulator="acme_syncd:make_emulator",
     starter=Starter("email", "ACME_API_KEY", "the Acme API key", "the list's id at Acme"),
 )
