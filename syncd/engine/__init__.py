@@ -73,6 +73,7 @@ def run_cycle(
                 cycle.owners = find_owners(session, target.name, cycle.view, cycle.rules)
                 _guard(session, cycle)
                 _execute(session, cycle)
+                cycle.confirm_lease()
             finally:
                 if dry:
                     # plan writes nothing anywhere: what is not committed goes back, and the
@@ -83,9 +84,9 @@ def run_cycle(
         result.conclude(dry)
     except MassDeleteRefused as exc:
         result.outcome, result.message = "refused", str(exc)
-    except Stopped:
+    except Stopped as exc:
         result.outcome = "stopped"
-        result.message = "stopped by shutdown; the next cycle carries on from the base"
+        result.message = f"stopped early: {exc}; the next cycle carries on from the base"
     except ProviderUnreachable as exc:
         result.outcome, result.message = "unreachable", str(exc)
     except ProviderError as exc:
