@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from conftest import World
 from prometheus_client.parser import text_string_to_metric_families
 
 from syncd.commands.listener import MAX_BODY
@@ -185,3 +186,19 @@ def test_the_listener_refuses_a_body_over_its_limit(server: StatusServer) -> Non
     url = server.url + "/hooks/x"
     assert httpx.post(url, content=b"a" * (MAX_BODY + 1), timeout=5).status_code == 413
     assert httpx.post(url, content=b"a" * MAX_BODY, timeout=5).status_code == 200
+
+
+def test_an_incomplete_export_shows_in_metrics_as_partial_not_success(
+    server: StatusServer, metrics: Metrics, world: World
+) -> None:
+    """A cycle whose export was cut short is counted under its own outcome and does not move
+    the last-success time, so an alert or a probe reading /metrics can tell."""
+    world.add_local(3)
+    metrics.observe_cycle(world.cycle(), now=1000.0)
+    world.add_local(1, start=10)
+    world.emu.faults.export_truncate = True
+    metrics.observe_cycle(world.cycle(), now=2000.0)
+    _, _, text = get(server, "/metrics")
+    assert sample(text, "syncd_cycles_total", target="news", outcome="partial") == 1
+    assert sample(text, "syncd_cycles_total", target="news", outcome="converged") == 1
+    assert sample(text, "syncd_last_success_timestamp_seconds", target="news") == 1000.0
