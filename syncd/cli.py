@@ -294,10 +294,13 @@ def status_cmd(config_path: str | None, as_json: bool) -> None:
             click.echo(f"  {run['message']}")
         if run:
             counts = run["counts"]
-            click.echo(
+            line = (
                 f"  pushed {counts.get('pushed', 0)}, deleted {counts.get('deleted', 0)}, "
                 f"pulled {counts.get('pulled', 0)}, calls {counts.get('api_calls', 0)}"
             )
+            if not counts.get("export_complete", True):
+                line += f"; export incomplete: {counts.get('deferred', 0)} creates/deletes wait"
+            click.echo(line)
         if s.awaiting_callback:
             click.echo(f"  {s.awaiting_callback} rows wait for the provider's callback")
         if not s.two_way:

@@ -21,7 +21,8 @@ classes)::
         ├── TryLater            one attempt failed in a way another may fix (a timeout, a 5xx, an
         │                       answer that says so): the HTTP client tries again
         ├── ProviderUnreachable no usable answer after the retries: the cycle ends "unreachable"
-        └── Stopped             the daemon is stopping: the cycle ends after the batch in flight
+        └── Stopped             the lease is lost or a stop was asked for: the cycle ends after
+                                the batch in flight, reported "stopped" with the reason
 
 "Retry?" is asked one way: ``exc.retryable`` is ``isinstance(exc, RetryLater)``.
 ``ProviderUnreachable`` is both a ``ProviderError`` (every adapter call ends in a verdict or a
@@ -132,4 +133,5 @@ class ProviderUnreachable(ProviderError, RetryLater):
 
 
 class Stopped(RetryLater):
-    """The daemon is stopping: leave after the batch in flight, everything confirmed kept."""
+    """The cycle's lease is lost or a stop was asked for: leave after the batch in flight,
+    everything confirmed kept. The message says which."""

@@ -34,7 +34,9 @@ _disable_created: Callable[[], None] = disable_created_metrics
 CallObserver = Callable[[str, str, str, float], None]
 
 #: Cycles that ran to the end. Rejected rows and open conflicts need a person, but the rest of the
-#: list converged, so they count as success; unreachable, failed, refused and stopped do not.
+#: list converged, so they count as success; unreachable, failed, refused, stopped and partial (an
+#: incomplete export: creates and deletes wait) do not. ``syncd_cycles_total``'s ``outcome`` label
+#: tells them apart, e.g. ``increase(syncd_cycles_total{outcome="partial"}[1h])``.
 SUCCESS_OUTCOMES = frozenset({"converged", "rejected", "conflicts"})
 
 #: The ``operation`` label -> the ``CycleResult.counts`` keys it sums.

@@ -25,7 +25,7 @@ from syncd.local import outbox
 from syncd.providers import callback_reader, make_provider
 from syncd.providers.base import Provider
 from syncd.store import open_engine
-from syncd.store.lease import Lease, Leases, new_holder
+from syncd.store.lease import Leases, new_holder
 from syncd.store.models import Conflict, Rejection, Run
 
 ProviderFactory = Callable[[Config, TargetConfig], Provider]
@@ -77,7 +77,7 @@ def run_once(
                     cycle_id=cycle_id,
                     on_remote_change=outbox.recorder(provider.name, cycle_id),
                     holder=leases.holder,
-                    should_stop=_stop_when(lease, base_options.should_stop),
+                    lease=lease,
                 )
                 try:
                     results.append(run_cycle(db, t, provider, opts))
@@ -90,11 +90,6 @@ def run_once(
         if listener is not None:
             listener.stop()
     return results
-
-
-def _stop_when(lease: Lease, asked: Callable[[], bool] | None) -> Callable[[], bool]:
-    """Stop after the batch in flight once the caller asks or the lease is lost."""
-    return lambda: lease.lost.is_set() or (asked is not None and asked())
 
 
 def _job_listener(config: Config, db: Engine, targets: list[TargetConfig]) -> LoopbackServer | None:
@@ -147,7 +142,8 @@ def _last_run(session: Session, target: str) -> Run | None:
 
 
 def exit_code(results: list[CycleResult]) -> int:
-    """0 all converged, 1 rows rejected or conflicts remain, 3 a provider was not reachable."""
+    """0 all converged, 1 rows rejected, conflicts open, a cycle refused, partial (its export
+    was incomplete) or stopped early, 3 a provider was not reachable."""
     return max((r.exit_code for r in results), default=0)
 
 

@@ -49,7 +49,8 @@ from syncd.store.lease import Lease, Leases, new_holder
 log = logging.getLogger("syncd.daemon")
 
 #: Outcomes after which the target counts as healthy (the provider answered and the cycle ended
-#: in a defined state); "unreachable" and "failed" start or continue a failing streak.
+#: in a defined state); "unreachable", "failed" and "partial" (the export keeps coming back
+#: incomplete, so deletes never happen) start or continue a failing streak.
 HEALTHY = {"converged", "rejected", "conflicts", "refused", "stopped", "awaiting"}
 
 
@@ -180,7 +181,8 @@ class Daemon:
                     provider,
                     CycleOptions(
                         on_remote_change=outbox.recorder(provider.name, cycle_id),
-                        should_stop=lambda: self.stop_event.is_set() or lease.lost.is_set(),
+                        should_stop=self.stop_event.is_set,
+                        lease=lease,
                         cycle_id=cycle_id,
                         holder=self.leases.holder,
                     ),

@@ -11,7 +11,10 @@ The order of writes is what keeps the safety rules (DESIGN §3):
   (rule 4) — a crash anywhere leaves a difference the next cycle sees again;
 - a provider that confirms by calling back (``Capabilities.confirms_later``) gets its batch
   recorded as a job first (``syncd.engine.confirm_later``): its rows wait for the callback, are not
-  sent again meanwhile, and move the base when it comes.
+  sent again meanwhile, and move the base when it comes;
+- between batches the cycle ends once its lease is lost or a stop is asked for, and before it
+  reports it asks the store whether the lease is still its own: a cycle not sure of its lease
+  to the end is ``stopped``, never ``converged`` (``CycleResult`` has the outcomes).
 
 This module is the driver: ``run_cycle`` and the two passes over the diff, in that order. The
 steps live beside it, each taking the cycle's ``CycleState`` (``state``): staging and the diff
@@ -80,12 +83,13 @@ def run_cycle(
                     session.rollback()
                     mirror.clear_stage(session, target.name)
                     session.commit()
+        cycle.confirm_lease()  # with nothing to push, no check between batches has run
         result.conclude(dry)
     except MassDeleteRefused as exc:
         result.outcome, result.message = "refused", str(exc)
-    except Stopped:
+    except Stopped as exc:
         result.outcome = "stopped"
-        result.message = "stopped by shutdown; the next cycle carries on from the base"
+        result.message = f"stopped early: {exc}; the next cycle carries on from the base"
     except ProviderUnreachable as exc:
         result.outcome, result.message = "unreachable", str(exc)
     except ProviderError as exc:

@@ -7,7 +7,10 @@ Each remote-born change applied to the mirror is handed to ``on_remote_change`` 
 ``syncd.core.projection.RemoteChange``.
 
 The outcome follows from the counts alone (``CycleResult.conclude``), and the exit code from the
-outcome, so the CLI, the daemon's metrics and ``syncd status`` all read the same thing.
+outcome, so the CLI, the daemon's metrics and ``syncd status`` all read the same thing. Only a
+cycle that did all its work with its lease held to the end is ``converged``: one whose export was
+incomplete is ``partial``, one that ended early (its lease lost, a stop requested) is ``stopped``,
+and neither exits 0.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 from sqlmodel import Session
 
 from syncd.core.projection import RemoteChange
+from syncd.store.lease import Lease
 
 Progress = Callable[[str, int], None]
 
@@ -34,6 +38,10 @@ class CycleOptions:
     on_remote_change: Callable[[Session, RemoteChange], None] | None = None
     # Asked between batches: when it says stop, the cycle ends after the batch in flight.
     should_stop: Callable[[], bool] | None = None
+    # The target's lease the cycle runs under: asked between batches like ``should_stop``, and
+    # asked of the store before the cycle reports, so a cycle that was not sure of its lease to
+    # the end reports "stopped", never "converged".
+    lease: Lease | None = None
     cycle_id: str | None = None  # given by the daemon so its log lines can carry it
     holder: str | None = None  # the process holding the target's lease, kept in the run record
 
@@ -53,8 +61,9 @@ class PlannedCall:
 class CycleResult:
     target: str
     cycle_id: str
-    # converged | awaiting | rejected | conflicts | refused | stopped | unreachable | failed |
-    # planned (a dry run); "running" until the cycle ends
+    # converged | awaiting | rejected | conflicts | partial (the export was incomplete) |
+    # refused | stopped (lease lost, stop requested) | unreachable | failed | planned (a dry
+    # run); "running" until the cycle ends
     outcome: str = "running"
     message: str = ""
     export_complete: bool = True
@@ -67,7 +76,8 @@ class CycleResult:
 
     @property
     def exit_code(self) -> int:
-        if self.outcome in ("converged", "planned", "stopped"):
+        """0 only for a cycle that did all its work; a partial or stopped one did not."""
+        if self.outcome in ("converged", "planned"):
             return 0
         if self.outcome in ("unreachable", "failed"):
             return 3
@@ -104,9 +114,12 @@ class CycleResult:
     def conclude(self, dry_run: bool) -> None:
         """The outcome of a cycle that ran to its end, and the message that explains it."""
         self.outcome = "planned" if dry_run else self._outcome()
+        said = [self.message]  # what the export said, first
+        if self.outcome == "partial":
+            said += [self._deferred_message(), self._rejected_message()]
         if self.outcome == "rejected" and not self.unsupported:
-            said = (self.message, self._rejected_message())  # e.g. export incomplete
-            self.message = "; ".join(part for part in said if part)
+            said.append(self._rejected_message())
+        self.message = "; ".join(part for part in said if part)
         if self.unsupported and not self.message:
             more = self.counts["unsupported"] - len(self.unsupported)
             self.message = (
@@ -117,6 +130,10 @@ class CycleResult:
 
     def _outcome(self) -> str:
         c = self.counts
+        if not self.export_complete:
+            # the provider's side was not seen whole: creates and deletes wait (rule 1) and its
+            # edits were not read, whatever else this cycle did
+            return "partial"
         if c["conflicts_open"]:
             return "conflicts"
         if c["rejected"] or c["held_rejected"] or c["unsupported"]:
@@ -124,6 +141,12 @@ class CycleResult:
         if c["awaiting"] or c["still_awaiting"]:
             return "awaiting"  # sent; the callback will confirm (syncd.engine.confirm_later)
         return "converged"
+
+    def _deferred_message(self) -> str:
+        n = self.counts["deferred"]
+        if not n:
+            return ""
+        return f"{n} creates/deletes wait for a complete export"
 
     def _rejected_message(self) -> str:
         """Why a cycle did not converge although every call was answered: the refused rows."""

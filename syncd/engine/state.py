@@ -69,5 +69,23 @@ class CycleState:
             self.options.progress(stage, n)
 
     def check_stop(self) -> None:
+        """Between batches: end the cycle once its lease is lost or a stop is asked for."""
+        lease = self.options.lease
+        if lease is not None and lease.lost.is_set():
+            raise Stopped(self._lease_lost(lease.why))
         if self.options.should_stop is not None and self.options.should_stop():
-            raise Stopped
+            raise Stopped("a stop was requested")
+
+    def confirm_lease(self) -> None:
+        """Before the cycle reports: the store must still show its lease as this process's.
+
+        A cycle with nothing to push never reaches a check between batches, and the renewal
+        thread may not have noticed a lapse yet; without this a cycle that lost its lease (to a
+        stall, or to another replica) while staging would report "converged".
+        """
+        lease = self.options.lease
+        if lease is not None and not lease.confirm():
+            raise Stopped(self._lease_lost(lease.why))
+
+    def _lease_lost(self, why: str) -> str:
+        return f"the lease on {self.target.name} was lost: {why or 'reason unknown'}"

@@ -13,7 +13,8 @@ never a replica's own, so replicas whose clocks disagree still agree on who hold
 A holder that cannot renew in time (the store unreachable, the process stalled) marks its
 lease ``lost``; the cycle asks between batches and stops after the batch in flight. Pushes are
 idempotent and the base moves only on confirmation (rules 4 and 5), so even that last batch
-cannot corrupt anything.
+cannot corrupt anything. Before a cycle reports, it asks the store itself (``Lease.confirm``):
+a cycle that was not sure of its lease to the end reports ``stopped``, never ``converged``.
 """
 
 from __future__ import annotations
@@ -66,11 +67,40 @@ def _died_here(holder: str) -> bool:
 
 
 class Lease:
-    """A lease this process holds; ``lost`` is set once it can no longer be sure it does."""
+    """A lease this process holds; ``lost`` is set once it can no longer be sure it does, and
+    ``why`` says how it was lost."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, leases: Leases | None = None) -> None:
         self.target = target
         self.lost = threading.Event()
+        self.why = ""
+        self._leases = leases
+
+    def lose(self, why: str) -> None:
+        self.why = why
+        self.lost.set()
+
+    def confirm(self) -> bool:
+        """Whether this process still holds the lease, asked of the store itself.
+
+        The renewal thread notices a lapse only at its next renewal, up to a third of the
+        timeout later, and not at all while it cannot reach the store; a cycle about to report
+        asks here instead: its holder is still this process and it has not lapsed. Any other
+        answer, or none, marks the lease lost.
+        """
+        if self.lost.is_set():
+            return False
+        if self._leases is None:
+            return True
+        try:
+            held = self._leases.holds(self.target)
+        except Exception:
+            log.warning("could not check the lease on %s", self.target, exc_info=True)
+            self.lose("the store could not confirm it")
+            return False
+        if not held:
+            self.lose("it lapsed or was taken over by another process")
+        return held
 
 
 class Leases:
@@ -137,6 +167,18 @@ class Leases:
                 {"t": target, "h": self.holder},
             )
 
+    def holds(self, target: str) -> bool:
+        """Whether this process holds the target's lease now, by the database's clock."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT 1 FROM lease WHERE target = :t AND holder = :h "
+                    f"AND expires_at >= {self._now}"
+                ),
+                {"t": target, "h": self.holder},
+            )
+            return row.first() is not None
+
     def holder_of(self, target: str) -> str | None:
         """Who holds the target's lease now, if anyone."""
         with self.engine.connect() as conn:
@@ -159,7 +201,7 @@ class Leases:
                 return
             log.info("waiting for %s to finish syncing %s", self.holder_of(target), target)
             time.sleep(min(1.0, self.timeout / 4))
-        lease = Lease(target)
+        lease = Lease(target, self)
         done = threading.Event()
         renewer = threading.Thread(
             target=self._keep, args=(lease, done), name=f"syncd-lease-{target}", daemon=True
@@ -184,10 +226,11 @@ class Leases:
                     last_renewed = time.monotonic()
                     continue
                 log.error("the lease on %s was taken over: stopping its cycle", lease.target)
+                lease.lose("it was taken over by another process")
             except Exception:
                 if time.monotonic() - last_renewed < self.timeout * 2 / 3:
                     log.warning("could not renew the lease on %s", lease.target, exc_info=True)
                     continue
                 log.error("the lease on %s could not be renewed in time", lease.target)
-            lease.lost.set()
+                lease.lose(f"it could not be renewed within lease_timeout ({self.timeout:g} s)")
             return

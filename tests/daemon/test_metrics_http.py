@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from conftest import World
 from prometheus_client.parser import text_string_to_metric_families
 
 from syncd.commands import listener
@@ -212,3 +213,19 @@ def test_slow_clients_take_at_most_the_worker_bound_and_are_cut_off_at_the_deadl
         finally:
             for conn in slow:
                 conn.close()
+
+
+def test_an_incomplete_export_shows_in_metrics_as_partial_not_success(
+    server: StatusServer, metrics: Metrics, world: World
+) -> None:
+    """A cycle whose export was cut short is counted under its own outcome and does not move
+    the last-success time, so an alert or a probe reading /metrics can tell."""
+    world.add_local(3)
+    metrics.observe_cycle(world.cycle(), now=1000.0)
+    world.add_local(1, start=10)
+    world.emu.faults.export_truncate = True
+    metrics.observe_cycle(world.cycle(), now=2000.0)
+    _, _, text = get(server, "/metrics")
+    assert sample(text, "syncd_cycles_total", target="news", outcome="partial") == 1
+    assert sample(text, "syncd_cycles_total", target="news", outcome="converged") == 1
+    assert sample(text, "syncd_last_success_timestamp_seconds", target="news") == 1000.0

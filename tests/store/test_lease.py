@@ -105,6 +105,21 @@ def test_a_lease_taken_over_is_marked_lost(db: Engine) -> None:
     assert a.holder_of("news") == "b"  # not given back: it is not ours any more
 
 
+def test_a_holder_asks_the_store_whether_its_lease_still_holds(db: Engine) -> None:
+    """The renewal thread notices a lapse or a take-over only at its next renewal; the store
+    answers at once, by its own clock."""
+    a, b = Leases(db, "a", 30), Leases(db, "b", 0.3)
+    with a.hold("news") as lease:
+        assert lease is not None and lease.confirm()
+        with db.begin() as conn:  # taken over: the renewal thread has not looked yet
+            conn.execute(text("UPDATE lease SET holder = 'c'"))
+        assert not lease.confirm() and lease.lost.is_set() and "taken over" in lease.why
+    assert b.acquire("promo")  # and one that lapses unrenewed is no longer held
+    assert b.holds("promo") and not a.holds("promo")
+    time.sleep(0.5)
+    assert not b.holds("promo")
+
+
 def test_run_once_waits_for_the_target_and_records_its_holder(world: World) -> None:
     world.add_local(3)
     other = Leases(world.db, "another-replica", 30)

@@ -238,7 +238,9 @@ class Run:
         s = self.cycle(cli=cli)
         after = {"local": self.local(), "remote": self.remote()}
         why = f"{self.scenario.name}: {s}"
-        assert s["outcome"] in ("converged", "rejected", "unreachable", "failed"), why
+        assert s["outcome"] in ("converged", "rejected", "partial", "unreachable", "failed"), why
+        if s["outcome"] in ("converged", "rejected"):  # a cycle that read a cut export is partial
+            assert s["export_complete"], why
         if s["outcome"] != "converged":
             assert s["message"], f"a cycle that did not converge says why: {why}"
         for side, rows in after.items():
