@@ -124,3 +124,22 @@ def test_a_plan_counts_the_first_meetings_it_would_hold_and_records_nothing(
     plan = world.cycle(dry_run=True)
     assert plan.outcome == "planned" and plan.summary()["first_meetings_held"] == N
     assert cycles.list_conflicts(world.config, db=world.db) == []
+
+
+def test_a_side_for_one_field_of_one_contact_keeps_the_side_chosen_for_its_others(
+    make_world: Callable[..., World],
+):
+    world = _filled(make_world)
+    world.emu.edit("person1@example.com", City="Brest")  # Name and City differ
+    world.cycle()
+    key = "person1@example.com"
+    assert cycles.resolve(world.config, key, "local", db=world.db) == 1
+    assert cycles.resolve(world.config, key, "remote", db=world.db, fields=("City",)) == 1
+    assert cycles.resolve(world.config, key, "remote", db=world.db, fields=("Phone",)) == 0
+    world.cycle()
+    p1 = world.remote()[key]["fields"]
+    assert (p1["Name"], p1["City"]) == ("Person 1", "Brest")
+    assert (world.local()[key]["name"], world.local()[key]["city"]) == ("Person 1", "Brest")
+    assert [c["key"] for c in cycles.list_conflicts(world.config, db=world.db)] == [
+        f"person{i}@example.com" for i in range(N) if i != 1
+    ]
