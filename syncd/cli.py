@@ -309,7 +309,7 @@ def status_cmd(config_path: str | None, as_json: bool) -> None:
 @click.option("--target", default=None)
 @click.option("--json", "as_json", is_flag=True)
 def conflicts_cmd(config_path: str | None, target: str | None, as_json: bool) -> None:
-    """List conflicts held under the manual policy."""
+    """List conflicts held under the manual policy, and first meetings held by first_sync."""
     config = _load(config_path)
     rows = cycles.list_conflicts(config, target)
     for c in rows:
@@ -319,8 +319,10 @@ def conflicts_cmd(config_path: str | None, target: str | None, as_json: bool) ->
         state = f"resolved: take {c['resolution']}" if c["resolution"] else "open"
         click.echo(f"{c['target']} {c['key']} ({state})")
         for f in c["fields"]:
+            chosen = f" (take {f['take']})" if f.get("take") else ""
             click.echo(
-                f"  {f['field']}: local={f['local']!r} remote={f['remote']!r} base={f['base']!r}"
+                f"  {f['field']}: local={f['local']!r} remote={f['remote']!r} "
+                f"base={f['base']!r}{chosen}"
             )
     if not rows and not as_json:
         click.echo("no conflicts")
