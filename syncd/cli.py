@@ -155,6 +155,8 @@ def _summary_line(r: CycleResult) -> str:
     )
     if s["kept_opted_out"]:
         line += f"; {s['kept_opted_out']} opted-out contacts kept at the provider"
+    if s["first_meetings_held"]:
+        line += f"; {s['first_meetings_held']} first meetings held (first_sync = manual)"
     if s["deferred"]:
         line += f"; {s['deferred']} creates/deletes deferred"
     if s["edited_during_cycle"]:
@@ -203,6 +205,12 @@ def _print_plan(r: CycleResult) -> None:
         f"  mirror: would pull {s['pulled']}, remove {s['removed_local']}; "
         f"{s['conflicts']} conflicts open, {s['rejected']} rows held back"
     )
+    if s["first_meetings_held"]:
+        click.echo(
+            f"  first sync: {s['first_meetings_held']} contacts on both sides with different "
+            "values are held (first_sync = manual); see `syncd conflicts`, settle them with "
+            "`syncd resolve --all --take local|remote`"
+        )
 
 
 @contextmanager
@@ -312,7 +320,7 @@ def status_cmd(config_path: str | None, as_json: bool) -> None:
 @click.option("--target", default=None)
 @click.option("--json", "as_json", is_flag=True)
 def conflicts_cmd(config_path: str | None, target: str | None, as_json: bool) -> None:
-    """List conflicts held under the manual policy."""
+    """List conflicts held under the manual policy, and first meetings held by first_sync."""
     config = _load(config_path)
     rows = cycles.list_conflicts(config, target)
     for c in rows:
@@ -322,8 +330,10 @@ def conflicts_cmd(config_path: str | None, target: str | None, as_json: bool) ->
         state = f"resolved: take {c['resolution']}" if c["resolution"] else "open"
         click.echo(f"{c['target']} {c['key']} ({state})")
         for f in c["fields"]:
+            chosen = f" (take {f['take']})" if f.get("take") else ""
             click.echo(
-                f"  {f['field']}: local={f['local']!r} remote={f['remote']!r} base={f['base']!r}"
+                f"  {f['field']}: local={f['local']!r} remote={f['remote']!r} "
+                f"base={f['base']!r}{chosen}"
             )
     if not rows and not as_json:
         click.echo("no conflicts")
@@ -331,27 +341,49 @@ def conflicts_cmd(config_path: str | None, target: str | None, as_json: bool) ->
 
 @main.command("resolve")
 @config_option
-@click.argument("key")
+@click.argument("key", required=False)
+@click.option("--all", "every", is_flag=True, help="Every held conflict (of --target, if given).")
 @click.option("--take", type=click.Choice(["local", "remote"]), required=True)
+@click.option(
+    "--field",
+    "fields",
+    multiple=True,
+    help="Only this field, as `syncd conflicts` names it (repeatable).",
+)
 @click.option("--target", default=None)
-def resolve_cmd(config_path: str | None, key: str, take: str, target: str | None) -> None:
-    """Settle a held conflict; the next cycle carries it out."""
+def resolve_cmd(
+    config_path: str | None,
+    key: str | None,
+    every: bool,
+    take: str,
+    fields: tuple[str, ...],
+    target: str | None,
+) -> None:
+    """Settle a held conflict (KEY) or all of them (--all); the next cycle carries it out."""
     from syncd.core.contacts import normalise_email, normalise_phone
 
+    if (key is None) == (not every):
+        raise click.UsageError("give either a KEY or --all")
     config = _load(config_path)
-    try:
-        norm = (
-            normalise_email(key)
-            if "@" in key
-            else normalise_phone(key, config.ingest.default_region)
-        )
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="KEY") from None
-    n = cycles.resolve(config, norm, take, target)
+    norm = None
+    if key is not None:
+        try:
+            norm = (
+                normalise_email(key)
+                if "@" in key
+                else normalise_phone(key, config.ingest.default_region)
+            )
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="KEY") from None
+    n = cycles.resolve(config, norm, take, target, fields=fields)
+    what = f"take {take}" + (f" for {', '.join(fields)}" if fields else "")
+    if norm is None:
+        click.echo(f"{n} held conflict(s): will {what} at the next cycle")
+        return
     if not n:
         click.echo(f"no conflict for {norm}", err=True)
         sys.exit(1)
-    click.echo(f"{norm}: will take {take} at the next cycle ({n} target(s))")
+    click.echo(f"{norm}: will {what} at the next cycle ({n} target(s))")
 
 
 # --- setting up ---------------------------------------------------------------------------

@@ -214,6 +214,13 @@ class TargetConfig(BaseModel):
         description="Who wins a field changed on both sides: local | remote | manual, or a table "
         "{ default = ..., RemoteField = ... } for per-field overrides.",
     )
+    first_sync: Policy = Field(
+        "manual",
+        description="A contact on both sides with no history yet (a first sync against a filled "
+        "list) whose fields differ: manual holds it as a conflict (syncd conflicts, syncd resolve "
+        "--all), local or remote takes that side's values. Equal values are simply agreed; an "
+        "opt-out stays whatever is chosen.",
+    )
     on_local_delete: Literal["delete", "exclude"] = "delete"
     on_edit_delete: Literal["edit", "delete"] = Field(
         "edit", description="When one side edits and the other deletes: which wins."

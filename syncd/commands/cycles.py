@@ -24,7 +24,7 @@ from syncd.errors import FatalError
 from syncd.local import outbox
 from syncd.providers import callback_reader, make_provider
 from syncd.providers.base import Provider
-from syncd.store import open_engine
+from syncd.store import mirror, open_engine
 from syncd.store.lease import Leases, new_holder
 from syncd.store.models import Conflict, Rejection, Run
 
@@ -227,22 +227,21 @@ def list_conflicts(
 
 
 def resolve(
-    config: Config, key: str, take: str, target: str | None = None, db: Engine | None = None
+    config: Config,
+    key: str | None,
+    take: str,
+    target: str | None = None,
+    db: Engine | None = None,
+    fields: tuple[str, ...] = (),
 ) -> int:
-    """Record a person's choice; the next cycle carries it out. Returns conflicts settled."""
+    """Record a person's choice; the next cycle carries it out. ``key`` None: every held
+    conflict of the chosen targets. ``fields``: only those fields (the name ``syncd conflicts``
+    shows). Returns how many conflicts the choice reached."""
     if take not in ("local", "remote"):
         raise FatalError(f"--take must be local or remote, not {take!r}")
     db = db or open_store(config)
     names = [t.name for t in config.targets(target)]
     with Session(db) as session:
-        found = (
-            session.execute(
-                select(Conflict).where(col(Conflict.key) == key, col(Conflict.target).in_(names))
-            )
-            .scalars()
-            .all()
-        )
-        for c in found:
-            c.resolution = take
+        n = mirror.resolve_conflicts(session, names, take, key=key, fields=fields)
         session.commit()
-        return len(found)
+        return n

@@ -16,7 +16,7 @@ engine finds the owning contact (``Owner``); the rows below decide what it means
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -26,6 +26,8 @@ Policy = Literal["local", "remote", "manual"]
 RemoteOp = Literal["create", "update", "delete"]
 LocalOp = Literal["upsert", "remove"]
 Take = Literal["local", "remote"]
+#: a person's resolution of a held conflict: one side for the whole contact, or one per field
+Takes = Take | Mapping[str, Take]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,9 @@ class Rules:
     )  # who wins a field changed on both sides
     edit_beats_delete: bool = True  # one side edited, the other deleted: keep the edit
     reference: str | None = None  # the remote field holding syncd's stable id (reference_field)
+    # who wins a field both sides hold with different values when there is no base yet (a first
+    # sync against a filled list): neither value is an edit, so ``policy`` does not apply
+    first_sync: Policy = "manual"
 
     def ref_of(self, p: Projection | None) -> str | None:
         return None if p is None or self.reference is None else p.field_map.get(self.reference)
@@ -172,13 +177,14 @@ def reconcile(
     base: Projection | None,
     remote: Projection | None,
     rules: Rules = Rules(),
-    take: Take | None = None,
+    take: Takes | None = None,
     owner: Owner | None = None,
     moved_to: str | None = None,
     sent: Sent | None = None,
     off_list: Projection | None = None,
 ) -> Decision:
-    """Decide one key. ``take`` settles a manual conflict that a person resolved.
+    """Decide one key. ``take`` settles a manual conflict that a person resolved (one side for
+    every field, or a side per field).
 
     ``owner``: the remote row has no base and carries the reference of a local contact that is
     not under this key (see ``Owner``). ``moved_to``: this key's contact was moved by the
@@ -239,9 +245,8 @@ def reconcile(
             # born at the provider (a sign-up): bring it into the mirror
             return Decision(key, "create_local", local_op="upsert", local_row=remote, base=remote)
         if local is not None and remote is not None:
-            # both sides have it and no history (first sync against a filled list): merge with
-            # an empty base, so each side's values count as that side's edits
-            return _merge(key, local, Projection.build(key), remote, rules, take, "first_meeting")
+            # both sides have it and no history (first sync against a filled list)
+            return _first_meeting(key, local, remote, rules, take)
         return Decision(key, "unchanged")  # nothing anywhere (cannot come out of the diff)
 
     if local is not None and remote is not None:
@@ -277,6 +282,23 @@ def reconcile(
     return Decision(key, "drop_base", base=None)
 
 
+def _first_meeting(
+    key: str, local: Projection, remote: Projection, rules: Rules, take: Takes | None
+) -> Decision:
+    """Merge with an empty base: a value one side lacks comes from the other, tags add up,
+    an opt-out from either side stays (rule 3). A field both sides hold with different values
+    has no ancestor to tell which is an edit, so ``first_sync`` decides it, not ``policy``:
+    under ``manual`` the contact is held (``first_meeting_held``) until a person chooses. The
+    reference field is syncd's own id, never the person's choice: the local one goes out.
+    """
+    first = replace(
+        rules,
+        policy=lambda name: "local" if name == rules.reference else rules.first_sync,
+    )
+    d = _merge(key, local, Projection.build(key), remote, first, take, "first_meeting")
+    return replace(d, case="first_meeting_held") if d.held else d
+
+
 def _rekeyed(p: Projection, key: str) -> Projection:
     return Projection(key, p.fields, p.tags, p.status)
 
@@ -291,7 +313,7 @@ def _merge(
     base: Projection,
     remote: Projection,
     rules: Rules,
-    take: Take | None,
+    take: Takes | None,
     case: str | None,
 ) -> Decision:
     if local == remote:
@@ -338,9 +360,10 @@ def _would_resubscribe(local: Projection, remote: Projection) -> bool:
 
 
 def _merge_fields(
-    local: Projection, base: Projection, remote: Projection, rules: Rules, take: Take | None
+    local: Projection, base: Projection, remote: Projection, rules: Rules, take: Takes | None
 ) -> tuple[dict[str, str | None], tuple[FieldConflict, ...], bool]:
-    """Fields changed on one side only come from that side; both sides -> the policy decides.
+    """Fields changed on one side only come from that side; both sides -> the policy decides,
+    unless a person chose a side for the contact or for that field (``take``).
 
     Returns the merged fields, every conflict met, and whether one waits for a person.
     """
@@ -357,7 +380,8 @@ def _merge_fields(
         else:
             # changed on both sides, differently: the policy decides (manual holds the key)
             conflicts.append(FieldConflict(name, lv, rv, bv))
-            policy = take or rules.policy(name)
+            chosen = take.get(name) if isinstance(take, Mapping) else take
+            policy = chosen or rules.policy(name)
             unresolved = unresolved or policy == "manual"
             merged[name] = lv if policy == "local" else rv if policy == "remote" else bv
     return merged, tuple(conflicts), unresolved

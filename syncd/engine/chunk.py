@@ -29,7 +29,7 @@ import syncd.engine.confirm_later as confirm_later
 import syncd.engine.records as records
 from syncd.core.batching import Batch, Batcher
 from syncd.core.projection import Projection, RemoteChange
-from syncd.core.reconcile import Decision, Take, reconcile
+from syncd.core.reconcile import Decision, Takes, reconcile
 from syncd.engine.stage import project_local
 from syncd.engine.state import CycleState
 from syncd.providers.base import RowChange
@@ -40,7 +40,7 @@ log = logging.getLogger("syncd.engine")
 
 
 def decide(
-    session: Session, cycle: CycleState, chunk: list[mirror.DiffRow], takes: dict[str, Take]
+    session: Session, cycle: CycleState, chunk: list[mirror.DiffRow], takes: dict[str, Takes]
 ) -> list[tuple[mirror.DiffRow, Decision]]:
     """Each key of the chunk decided, with the lost answers among its keys (see InFlight) and
     those taken off the list that the provider keeps (see OffList)."""
@@ -72,7 +72,7 @@ def apply_chunk(
     session: Session,
     cycle: CycleState,
     chunk: list[mirror.DiffRow],
-    takes: dict[str, Take],
+    takes: dict[str, Takes],
     rejections: dict[str, Rejection],
     batcher: Batcher,
 ) -> list[Batch]:
@@ -104,9 +104,10 @@ def apply_chunk(
             continue
         if d.held:
             counts["conflicts_open"] += 1
+            counts[d.case] += 1  # conflict_held, or first_meeting_held (first_sync = "manual")
             cycle.held_keys.add(d.key)
             if not cycle.dry_run:
-                records.record_conflict(session, target, d, row)
+                records.record_conflict(session, target, d, row, takes.get(d.key))
             continue
         if d.keep_base:
             counts[d.case] += 1

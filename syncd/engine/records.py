@@ -1,7 +1,8 @@
 """What the store keeps about a target besides its base: conflicts, rejections and runs.
 
-- A **conflict** held under ``conflict = "manual"`` waits in the ``conflict`` table until
-  ``syncd resolve`` writes a resolution there; the next cycle reads it (``resolutions``) and
+- A **conflict** held under ``conflict = "manual"`` (or a first meeting held under
+  ``first_sync = "manual"``) waits in the ``conflict`` table until ``syncd resolve`` writes a
+  resolution there, for the contact or per field; the next cycle reads it (``resolutions``) and
   carries it out. A key that no longer differs, or was decided without holding, drops its row.
 - A **rejection** is a row the provider refused (written where the answer is read,
   ``syncd.engine.push``); a permanent one waits until the local record changes. Read once per
@@ -13,14 +14,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from syncd.clock import stamp
-from syncd.core.reconcile import Decision, FieldConflict, Take
+from syncd.core.reconcile import Decision, FieldConflict, Takes
 from syncd.engine.result import CycleResult
 from syncd.store import mirror
 from syncd.store.models import Conflict, Rejection, Run
@@ -28,14 +30,28 @@ from syncd.store.models import Conflict, Rejection, Run
 # -- conflicts and rejections -------------------------------------------------------------
 
 
-def resolutions(session: Session, target: str) -> dict[str, Take]:
+def resolutions(session: Session, target: str) -> dict[str, Takes]:
+    """The sides a person chose: for the whole contact (``resolution``), else per field (a
+    ``take`` in a field's entry, written by ``syncd resolve --field``)."""
     rows = session.execute(
-        select(col(Conflict.key), col(Conflict.resolution)).where(
+        select(col(Conflict.key), col(Conflict.resolution), col(Conflict.fields)).where(
             col(Conflict.target) == target,
-            col(Conflict.resolution).is_not(None),
+            or_(col(Conflict.resolution).is_not(None), col(Conflict.fields).contains('"take"')),
         )
     )
-    return {k: r for k, r in rows if r in ("local", "remote")}
+    found: dict[str, Takes] = {}
+    for key, resolution, fields in rows:
+        if resolution in ("local", "remote"):
+            found[key] = resolution
+            continue
+        per_field = {
+            f["field"]: f["take"]
+            for f in json.loads(fields)
+            if f.get("take") in ("local", "remote")
+        }
+        if per_field:
+            found[key] = per_field
+    return found
 
 
 def rejections(session: Session, target: str) -> dict[str, Rejection]:
@@ -43,12 +59,16 @@ def rejections(session: Session, target: str) -> dict[str, Rejection]:
     return {r.key: r for r in rows}
 
 
-def record_conflict(session: Session, target: str, d: Decision, row: mirror.DiffRow) -> None:
+def record_conflict(
+    session: Session, target: str, d: Decision, row: mirror.DiffRow, take: Takes | None = None
+) -> None:
+    """Hold the key's conflict; the sides already chosen for some of its fields stay."""
+    chosen = take if isinstance(take, Mapping) else {}
     session.merge(
         Conflict(
             target=target,
             key=d.key,
-            fields=json.dumps([_conflict_dict(c) for c in d.conflicts]),
+            fields=json.dumps([_conflict_dict(c, chosen.get(c.field)) for c in d.conflicts]),
             local=row.local.to_json() if row.local else None,
             remote=row.remote.to_json() if row.remote else None,
             base=row.base.to_json() if row.base else None,
@@ -80,8 +100,11 @@ def forget_stale(
     clear_conflicts(session, target, [k for k in open_keys if k not in held_keys])
 
 
-def _conflict_dict(c: FieldConflict) -> dict[str, str | None]:
-    return {"field": c.field, "local": c.local, "remote": c.remote, "base": c.base}
+def _conflict_dict(c: FieldConflict, take: str | None = None) -> dict[str, str | None]:
+    entry = {"field": c.field, "local": c.local, "remote": c.remote, "base": c.base}
+    if take is not None:
+        entry["take"] = take
+    return entry
 
 
 # -- runs ---------------------------------------------------------------------------------

@@ -99,6 +99,7 @@ class CycleResult:
             "removed_local": c["removed_local"],
             "rejected": c["rejected"] + c["held_rejected"],
             "conflicts": c["conflicts_open"],
+            "first_meetings_held": c["first_meeting_held"],  # of the conflicts: first_sync
             "deferred": c["deferred"],
             "edited_during_cycle": c["edited_during_cycle"],
             "kept_opted_out": c["keep_opted_out"],

@@ -56,6 +56,7 @@ class CycleState:
                 policy=target.policy_for,
                 edit_beats_delete=target.on_edit_delete == "edit",
                 reference=target.reference_field,
+                first_sync=target.first_sync,
             ),
             result=CycleResult(target.name, options.cycle_id or uuid.uuid4().hex[:12]),
         )

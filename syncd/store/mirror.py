@@ -13,15 +13,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, delete, func, select, text
+from sqlalchemy import Connection, delete, func, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col
 
 from syncd.core.projection import Projection, digest_of, is_opted_out
 from syncd.core.reconcile import Sent
 from syncd.store.models import (
     Base,
+    Conflict,
     Contact,
     InFlight,
     Membership,
@@ -304,6 +306,65 @@ def drop_rejections(session: Session, target: str, keys: Sequence[str]) -> None:
                 col(Rejection.target) == target, col(Rejection.key).in_(keys[i : i + 500])
             )
         )
+
+
+# --- held conflicts -----------------------------------------------------------------------
+
+
+def resolve_conflicts(
+    session: Session,
+    targets: Sequence[str],
+    take: str,
+    *,
+    key: str | None = None,
+    fields: Sequence[str] = (),
+) -> int:
+    """Record a person's side on the held conflicts of these targets: every one, or one key's.
+
+    Without ``fields`` the side is taken for the whole contact, in one statement. With them,
+    only those fields' entries get a ``take``; the contact stays held until each field in
+    conflict has one (a side chosen for the whole contact before is kept for the others).
+    Rows are read and written a page at a time, so a first sync's many held contacts never
+    sit in memory together. Returns how many contacts the choice reached.
+    """
+    where: list[ColumnElement[bool]] = [col(Conflict.target).in_(targets)]
+    if key is not None:
+        where.append(col(Conflict.key) == key)
+    if not fields:
+        done = session.execute(update(Conflict).where(*where).values(resolution=take))
+        return int(getattr(done, "rowcount", 0) or 0)
+    named = set(fields)
+    touched = 0
+    after: tuple[str, str] | None = None
+    while True:
+        page = select(
+            col(Conflict.target), col(Conflict.key), col(Conflict.fields), col(Conflict.resolution)
+        ).where(*where)
+        if after is not None:
+            page = page.where(tuple_(col(Conflict.target), col(Conflict.key)) > after)
+        rows = session.execute(
+            page.order_by(col(Conflict.target), col(Conflict.key)).limit(1000)
+        ).all()
+        if not rows:
+            return touched
+        after = (rows[-1][0], rows[-1][1])
+        changed = []
+        for target, row_key, data, whole in rows:
+            entries: list[dict[str, Any]] = json.loads(data)
+            if not any(e["field"] in named for e in entries):
+                continue
+            for e in entries:
+                side = take if e["field"] in named else e.get("take", whole)
+                if side is not None:
+                    e["take"] = side
+            changed.append({"t": target, "k": row_key, "f": json.dumps(entries)})
+        for c in changed:
+            session.execute(
+                update(Conflict)
+                .where(col(Conflict.target) == c["t"], col(Conflict.key) == c["k"])
+                .values(fields=c["f"], resolution=None)
+            )
+        touched += len(changed)
 
 
 # --- the mirror ---------------------------------------------------------------------------

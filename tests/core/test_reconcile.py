@@ -130,6 +130,158 @@ def test_first_meeting_merges_with_an_empty_base():
     assert d.base == p(Name="Ann", City="Brest", tags=("vip",))
 
 
+# --- first meetings: both sides hold the contact and there is no base yet ------------------
+
+# (table row, first_sync, take, L, R, expected case, remote op, local op, expected base)
+FIRST_MEETINGS = [
+    (
+        "equal values: simply agreed, whatever first_sync says",
+        "manual",
+        None,
+        p(Name="Ann"),
+        p(Name="Ann"),
+        "first_meeting",
+        None,
+        None,
+        p(Name="Ann"),
+    ),
+    (
+        "different values, manual: held, neither side touched",
+        "manual",
+        None,
+        p(Name="Ann", City="Minsk"),
+        p(Name="Anna", City="Minsk"),
+        "first_meeting_held",
+        None,
+        None,
+        None,
+    ),
+    (
+        "different values, local: the local value goes out",
+        "local",
+        None,
+        p(Name="Ann"),
+        p(Name="Anna"),
+        "first_meeting",
+        "update",
+        None,
+        p(Name="Ann"),
+    ),
+    (
+        "different values, remote: the provider's value comes in",
+        "remote",
+        None,
+        p(Name="Ann"),
+        p(Name="Anna"),
+        "first_meeting",
+        None,
+        "upsert",
+        p(Name="Anna"),
+    ),
+    (
+        "held, then a person takes remote",
+        "manual",
+        "remote",
+        p(Name="Ann", City="Minsk"),
+        p(Name="Anna", City="Minsk"),
+        "first_meeting",
+        None,
+        "upsert",
+        p(Name="Anna", City="Minsk"),
+    ),
+    (
+        "held, a side per field: Name from the provider, City from local",
+        "manual",
+        {"Name": "remote", "City": "local"},
+        p(Name="Ann", City="Minsk"),
+        p(Name="Anna", City="Brest"),
+        "first_meeting",
+        "update",
+        "upsert",
+        p(Name="Anna", City="Minsk"),
+    ),
+    (
+        "held, a side for one of two fields in conflict: still held",
+        "manual",
+        {"Name": "remote"},
+        p(Name="Ann", City="Minsk"),
+        p(Name="Anna", City="Brest"),
+        "first_meeting_held",
+        None,
+        None,
+        None,
+    ),
+    (
+        "a value one side lacks is no conflict: taken from the side that has it",
+        "manual",
+        None,
+        p(Name="Ann"),
+        p(City="Brest"),
+        "first_meeting",
+        "update",
+        "upsert",
+        p(Name="Ann", City="Brest"),
+    ),
+    (
+        "opted out at the provider, local wins the fields: still opted out (rule 3)",
+        "local",
+        None,
+        p(Name="Ann"),
+        p("unsubscribed", Name="Anna"),
+        "first_meeting",
+        "update",
+        "upsert",
+        p("unsubscribed", Name="Ann"),
+    ),
+    (
+        "opted out at the provider, held then local taken: still opted out (rule 3)",
+        "manual",
+        "local",
+        p(Name="Ann"),
+        p("unsubscribed", Name="Anna"),
+        "first_meeting",
+        "update",
+        "upsert",
+        p("unsubscribed", Name="Ann"),
+    ),
+    (
+        "opted out at the provider, equal fields: the opt-out comes in",
+        "manual",
+        None,
+        p(Name="Ann"),
+        p("unsubscribed", Name="Ann"),
+        "first_meeting",
+        None,
+        "upsert",
+        p("unsubscribed", Name="Ann"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("row", "first_sync", "take", "L", "R", "case", "rop", "lop", "base"),
+    FIRST_MEETINGS,
+    ids=[t[0] for t in FIRST_MEETINGS],
+)
+def test_first_meeting_table(row, first_sync, take, L, R, case, rop, lop, base):
+    d = reconcile(L, None, R, Rules(first_sync=first_sync), take)
+    assert (d.case, d.remote_op, d.local_op, d.base) == (case, rop, lop, base), row
+    if case == "first_meeting_held":
+        assert d.held and d.keep_base and d.conflicts
+
+
+def test_a_first_meeting_follows_first_sync_not_the_conflict_policy():
+    rules = Rules(policy=lambda f: "local", first_sync="remote")
+    d = reconcile(p(Name="Ann"), None, p(Name="Anna"), rules)
+    assert d.base == p(Name="Anna") and [c.field for c in d.conflicts] == ["Name"]
+    assert reconcile(p(Name="Ann"), None, p(Name="Anna")).held  # the default is manual
+
+
+def test_a_first_meeting_sends_syncd_s_own_reference_whatever_first_sync_says():
+    d = reconcile(r(Name="Ann"), None, r(ref="ref-other", Name="Ann"), Rules(reference="syncd_id"))
+    assert not d.held and d.remote_op == "update" and d.base == r(Name="Ann")
+
+
 # --- sets ---------------------------------------------------------------------------------
 
 
@@ -330,7 +482,9 @@ def test_the_old_key_of_a_contact_moved_by_the_provider_writes_nothing():
 
 
 def test_without_a_reference_field_a_lost_create_meets_as_before():
-    assert reconcile(r(Name="Anna"), None, r(Name="Ann")).case == "first_meeting"
+    # first_sync = "local": the meeting is settled, as a meeting, rather than held
+    rules = Rules(first_sync="local")
+    assert reconcile(r(Name="Anna"), None, r(Name="Ann"), rules).case == "first_meeting"
 
 
 # --- lost answers: the write syncd sent last and never read the answer of ---------------------
