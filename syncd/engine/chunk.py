@@ -42,13 +42,15 @@ log = logging.getLogger("syncd.engine")
 def decide(
     session: Session, cycle: CycleState, chunk: list[mirror.DiffRow], takes: dict[str, Take]
 ) -> list[tuple[mirror.DiffRow, Decision]]:
-    """Each key of the chunk decided, with the lost answers among its keys (see InFlight) and
-    those taken off the list that the provider keeps (see OffList)."""
+    """Each key of the chunk decided, with the lost answers among its keys (see InFlight),
+    those taken off the list that the provider keeps (see OffList) and those deleted locally
+    whose absence at the provider is still being counted (``Base.unseen``)."""
     keys = [row.key for row in chunk]
     target = cycle.target.name
     sent = mirror.in_flight(session, target, keys)  # the chunk's writes whose answer was lost
     # the chunk's keys syncd took off the list
     off_list = mirror.off_list(session, target, keys) if cycle.caps.tags else {}
+    unseen = mirror.unseen(session, target, [row.key for row in chunk if row.base is not None])
     return [
         (
             row,
@@ -62,6 +64,7 @@ def decide(
                 cycle.owners.moved.get(row.key),
                 sent.get(row.key),
                 off_list.get(row.key),
+                unseen.get(row.key, 0),
             ),
         )
         for row in chunk
@@ -97,6 +100,7 @@ def apply_chunk(
     forget: list[str] = []
     flying: list[tuple[Projection, Projection | None]] = []
     leaving: list[Projection] = []
+    unseen: list[str] = []
     for row, d in decisions:
         if d.key in edited:
             counts["edited_during_cycle"] += 1  # decided on a stale read: next cycle
@@ -110,6 +114,8 @@ def apply_chunk(
             continue
         if d.keep_base:
             counts[d.case] += 1
+            if d.unseen:
+                unseen.append(d.key)  # one more export lacked a key deleted locally
             continue
         if d.key in awaiting and d.remote_op is not None:
             counts["still_awaiting"] += 1  # sent before; its callback has not come yet
@@ -151,6 +157,7 @@ def apply_chunk(
     if not cycle.dry_run:
         mirror.set_base(session, target, settle)
         mirror.drop_base(session, target, forget)
+        mirror.count_unseen(session, target, unseen)
         mirror.drop_off_list(session, target, [p.key for p in settle])
         _journal(session, cycle, flying, leaving)
         # a lost answer is settled once its key's base moves: kept, it would misread the
