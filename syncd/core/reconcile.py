@@ -310,12 +310,12 @@ def reconcile(
     # opted out at the provider since the base, and a delete erases that record (DESIGN §8);
     # Unisender's delete may reach the whole account, beyond the list whose export lacked it;
     # and taking a contact off a list (``on_local_delete = "exclude"``) goes through the same
-    # upsert there, which creates a contact it does not find. Counting
-    # exports writes nothing at the provider, goes through the ordinary rows (the guard counts
-    # the delete when it comes, rule 2; an incomplete export stages the base as the remote
-    # side, so it never reaches this row, rule 1), and costs only these keys in the next few
-    # diffs. The count is small because a contact that signs up again at the provider within
-    # it, with exactly the base's data, is taken for the old one and deleted.
+    # upsert there, which creates a contact it does not find. Counting exports writes nothing
+    # at the provider, goes through the ordinary rows (the guard counts the delete when it
+    # comes, rule 2; an incomplete export stages the base as the remote side, so it never
+    # reaches this row, rule 1), and costs only these keys in the next few diffs. The count is
+    # small because a contact that signs up again at the provider within it, with exactly the
+    # base's data, is taken for the old one and deleted.
     if unseen + 1 < rules.absence_exports:
         return Decision(key, "absence_unconfirmed", base=base, keep_base=True, unseen=True)
     return Decision(key, "drop_base", base=None)

@@ -57,7 +57,7 @@ def decide(
             reconcile(
                 row.local,
                 row.base,
-                row.remote,
+                _remote_of(cycle, row, row.key in unseen),
                 cycle.rules,
                 takes.get(row.key),
                 cycle.owners.by_remote_key.get(row.key),
@@ -69,6 +69,16 @@ def decide(
         )
         for row in chunk
     ]
+
+
+def _remote_of(cycle: CycleState, row: mirror.DiffRow, tombstone: bool) -> Projection | None:
+    """The remote side to decide ``row`` from. Where the export was not read whole, the base
+    stands in for it (rule 1), but a base kept as a local delete's tombstone says nothing of a
+    contact added back locally since: that one is decided as unknown at the provider, so its
+    create waits for a complete export instead of meeting the old base as the provider's row."""
+    if tombstone and row.local is not None and not cycle.result.export_complete:
+        return None
+    return row.remote
 
 
 def apply_chunk(

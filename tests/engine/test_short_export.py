@@ -129,6 +129,32 @@ def test_a_contact_added_back_locally_while_its_absence_is_counted_is_created_ag
     assert world.cycle().write_calls == 0
 
 
+def test_a_contact_added_back_locally_waits_for_a_whole_export_to_be_created(
+    world: World,
+) -> None:
+    """Added back over a tombstone while the export is incomplete: the base cannot stand in for
+    the provider's row (it is what the local side deleted), so the create waits (rule 1) instead
+    of the old base being taken as agreed, which a later export lacking the contact would read
+    as a delete at the provider."""
+    emails = world.add_local(5)
+    world.cycle()
+    back = emails[1]
+    world.ingest([{"email": back, "delete": 1}])
+    world.emu.delete(back)
+    world.cycle()
+    world.ingest([{"email": back, "name": "Person 1", "city": "Minsk", "lists": ["news"]}])
+    world.emu.faults.export_truncate = True
+    r = world.cycle()
+    assert not r.export_complete and r.summary()["deferred"] == 1 and r.write_calls == 0
+    kept = base_of(world, back)
+    assert kept is not None and kept.unseen == 1  # nothing inferred, nothing settled
+    world.emu.faults.export_truncate = False
+    r = world.cycle()
+    assert r.summary()["created"] == 1 and r.summary()["removed_local"] == 0, r.summary()
+    assert back in world.local() and back in world.remote()
+    assert world.cycle().write_calls == 0
+
+
 def test_a_base_kept_for_a_hidden_delete_starts_counting_again_once_the_key_is_seen(
     world: World,
 ) -> None:
