@@ -12,6 +12,11 @@ References (``Rules.reference``): where a target keeps syncd's stable id of each
 remote field, a remote row without a base that carries a local contact's id is *ours*, not a
 sign-up: a create whose answer was lost, or a contact whose key changed at the provider. The
 engine finds the owning contact (``Owner``); the rows below decide what it means.
+
+Absence on both sides (``Rules.absence_exports``, ``ABSENCE_EXPORTS``): a key deleted locally
+that the export lacks too is forgotten only once enough complete exports have lacked it; until
+then its base stays, so that a contact the export only seemed to lack is deleted when it shows
+again, not taken for a sign-up.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ Take = Literal["local", "remote"]
 #: a person's resolution of a held conflict: one side for the whole contact, or one per field
 Takes = Take | Mapping[str, Take]
 
+#: How many complete exports must lack a key that the local side deleted before syncd forgets
+#: it (drops its base). See ``reconcile``'s "gone on both sides" for why one is not enough.
+ABSENCE_EXPORTS = 3
+
 
 @dataclass(frozen=True, slots=True)
 class Rules:
@@ -42,6 +51,9 @@ class Rules:
     # who wins a field both sides hold with different values when there is no base yet (a first
     # sync against a filled list): neither value is an edit, so ``policy`` does not apply
     first_sync: Policy = "manual"
+    # complete exports that must lack a key deleted locally before its base goes; 1 takes each
+    # export at its word, as DESIGN §2's table reads; the engine passes ABSENCE_EXPORTS
+    absence_exports: int = 1
 
     def ref_of(self, p: Projection | None) -> str | None:
         return None if p is None or self.reference is None else p.field_map.get(self.reference)
@@ -137,6 +149,8 @@ class Decision:
     # the provider changed the contact's key: the mirror's contact under this key takes the
     # decision's key, and this key's base goes (with the local write, in one transaction)
     rekey_from: str | None = None
+    # gone on both sides, base kept: this export counts as one more that lacked the key
+    unseen: bool = False
 
     @property
     def is_noop(self) -> bool:
@@ -182,6 +196,7 @@ def reconcile(
     moved_to: str | None = None,
     sent: Sent | None = None,
     off_list: Projection | None = None,
+    unseen: int = 0,
 ) -> Decision:
     """Decide one key. ``take`` settles a manual conflict that a person resolved (one side for
     every field, or a side per field).
@@ -191,9 +206,18 @@ def reconcile(
     provider to that key, whose decision carries the move. ``sent``: the last create or update
     syncd sent for this key and never read the answer of. ``off_list``: the remote state of this
     key when syncd took it off the list at a provider that keeps it in the account; the export
-    of the list no longer shows it, but its tags are still there.
+    of the list no longer shows it, but its tags are still there. ``unseen``: how many complete
+    exports lacked this key while the local side lacked it too, since both sides last agreed
+    (kept with the base, see "gone on both sides" below).
     """
     key = _key_of(local, base, remote)
+
+    if unseen and local is not None:
+        # the base is a local delete's tombstone (see "gone on both sides"), not an agreement
+        # about this contact: back on the local side, it is a new contact there, met as if no
+        # base were kept (so a copy identical to the base is created, not taken for a delete
+        # at the provider)
+        base = None
 
     if sent is not None and remote is not None:
         # a write whose answer was lost: where it landed, reading it back is syncd's own echo,
@@ -278,7 +302,27 @@ def reconcile(
             return _pull_back(key, remote, "revive_local")
         return Decision(key, "local_delete_wins", "delete", remote, remote, base=None)
 
-    # gone on both sides: forget the history
+    # Gone on both sides. The export is complete as far as syncd can tell, but a file cut at a
+    # line break is valid CSV and Unisender states no row count: a contact in the missing tail
+    # looks deleted there too. Dropping the base at once would forget the local delete, and the
+    # next whole export would bring the contact back as a sign-up. So the base stays, as the
+    # local delete's tombstone, until ``rules.absence_exports`` complete exports have lacked the
+    # key; should it show again meanwhile, with the base's data, the row above deletes it, after
+    # the usual checks (an opt-out recorded there is kept; an edit there follows the policy).
+    #
+    # Why not send the delete anyway (the provider answers a delete of an absent contact as
+    # done)? Because it would be a write decided without seeing the row: the contact may have
+    # opted out at the provider since the base, and a delete erases that record (DESIGN §8);
+    # Unisender's delete may reach the whole account, beyond the list whose export lacked it;
+    # and taking a contact off a list (``on_local_delete = "exclude"``) goes through the same
+    # upsert there, which creates a contact it does not find. Counting exports writes nothing
+    # at the provider, goes through the ordinary rows (the guard counts the delete when it
+    # comes, rule 2; an incomplete export stages the base as the remote side, so it never
+    # reaches this row, rule 1), and costs only these keys in the next few diffs. The count is
+    # small because a contact that signs up again at the provider within it, with exactly the
+    # base's data, is taken for the old one and deleted.
+    if unseen + 1 < rules.absence_exports:
+        return Decision(key, "absence_unconfirmed", base=base, keep_base=True, unseen=True)
     return Decision(key, "drop_base", base=None)
 
 

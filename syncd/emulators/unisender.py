@@ -182,16 +182,32 @@ class UnisenderEmulator(UnisenderAccount):
         with self._lock:
             task = self.tasks.get(name.removesuffix(".csv"))
             truncate = self.faults.export_truncate
+            cut = self.faults.export_cut_rows
             if task is not None and truncate:
                 self.faults.count("export_truncated")
         if task is None:
             return httpx.Response(404, text="Not Found")
         text = task.csv_text
+        if cut is not None:
+            text = self._cut_rows(text, cut)
         if truncate:  # a transfer cut in the middle of the last row
             body = text.rstrip("\r\n")
             last = body.rfind("\n") + 1
             text = body[: last + max(1, (len(body) - last) // 2)]
         return httpx.Response(200, content=text.encode(), headers={"Content-Type": "text/csv"})
+
+    def _cut_rows(self, text: str, rows: int) -> str:
+        """The file ended after its header and ``rows`` data rows, at a row's line break: what
+        a transfer cut between two rows looks like. Nothing tells it apart from a whole file
+        (§1.5 step 4: a CSV with a header row and no row count)."""
+        table = list(csv.reader(io.StringIO(text)))
+        if len(table) - 1 <= rows:
+            return text
+        with self._lock:
+            self.faults.count("export_cut_short")
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows(table[: rows + 1])  # written as _api_export_async writes
+        return buffer.getvalue()
 
     # ---- API methods ------------------------------------------------------------------------
 

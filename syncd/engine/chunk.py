@@ -42,30 +42,43 @@ log = logging.getLogger("syncd.engine")
 def decide(
     session: Session, cycle: CycleState, chunk: list[mirror.DiffRow], takes: dict[str, Takes]
 ) -> list[tuple[mirror.DiffRow, Decision]]:
-    """Each key of the chunk decided, with the lost answers among its keys (see InFlight) and
-    those taken off the list that the provider keeps (see OffList)."""
+    """Each key of the chunk decided, with the lost answers among its keys (see InFlight),
+    those taken off the list that the provider keeps (see OffList) and those deleted locally
+    whose absence at the provider is still being counted (``Base.unseen``)."""
     keys = [row.key for row in chunk]
     target = cycle.target.name
     sent = mirror.in_flight(session, target, keys)  # the chunk's writes whose answer was lost
     # the chunk's keys syncd took off the list
     off_list = mirror.off_list(session, target, keys) if cycle.caps.tags else {}
+    unseen = mirror.unseen(session, target, [row.key for row in chunk if row.base is not None])
     return [
         (
             row,
             reconcile(
                 row.local,
                 row.base,
-                row.remote,
+                _remote_of(cycle, row, row.key in unseen),
                 cycle.rules,
                 takes.get(row.key),
                 cycle.owners.by_remote_key.get(row.key),
                 cycle.owners.moved.get(row.key),
                 sent.get(row.key),
                 off_list.get(row.key),
+                unseen.get(row.key, 0),
             ),
         )
         for row in chunk
     ]
+
+
+def _remote_of(cycle: CycleState, row: mirror.DiffRow, tombstone: bool) -> Projection | None:
+    """The remote side to decide ``row`` from. Where the export was not read whole, the base
+    stands in for it (rule 1), but a base kept as a local delete's tombstone says nothing of a
+    contact added back locally since: that one is decided as unknown at the provider, so its
+    create waits for a complete export instead of meeting the old base as the provider's row."""
+    if tombstone and row.local is not None and not cycle.result.export_complete:
+        return None
+    return row.remote
 
 
 def apply_chunk(
@@ -97,6 +110,7 @@ def apply_chunk(
     forget: list[str] = []
     flying: list[tuple[Projection, Projection | None]] = []
     leaving: list[Projection] = []
+    unseen: list[str] = []
     for row, d in decisions:
         if d.key in edited:
             counts["edited_during_cycle"] += 1  # decided on a stale read: next cycle
@@ -111,6 +125,8 @@ def apply_chunk(
             continue
         if d.keep_base:
             counts[d.case] += 1
+            if d.unseen:
+                unseen.append(d.key)  # one more export lacked a key deleted locally
             continue
         if d.key in awaiting and d.remote_op is not None:
             counts["still_awaiting"] += 1  # sent before; its callback has not come yet
@@ -152,6 +168,7 @@ def apply_chunk(
     if not cycle.dry_run:
         mirror.set_base(session, target, settle)
         mirror.drop_base(session, target, forget)
+        mirror.count_unseen(session, target, unseen)
         mirror.drop_off_list(session, target, [p.key for p in settle])
         _journal(session, cycle, flying, leaving)
         # a lost answer is settled once its key's base moves: kept, it would misread the

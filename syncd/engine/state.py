@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import Engine
 
 from syncd.config import TargetConfig
-from syncd.core.reconcile import Decision, Rules
+from syncd.core.reconcile import ABSENCE_EXPORTS, Decision, Rules
 from syncd.engine.references import Owners
 from syncd.engine.result import CycleOptions, CycleResult
 from syncd.errors import Stopped
@@ -57,6 +57,8 @@ class CycleState:
                 edit_beats_delete=target.on_edit_delete == "edit",
                 reference=target.reference_field,
                 first_sync=target.first_sync,
+                # an export may be cut short without a sign: absence is trusted after several
+                absence_exports=ABSENCE_EXPORTS,
             ),
             result=CycleResult(target.name, options.cycle_id or uuid.uuid4().hex[:12]),
         )

@@ -114,7 +114,10 @@ def stage_remote_as_base(session: Session, target: str) -> None:
 
 
 def compute_diff(session: Session, target: str) -> int:
-    """Fill stage_diff with every key whose local, base and remote digests are not all equal."""
+    """Fill stage_diff with every key whose local, base and remote digests are not all equal,
+    and every key whose base still counts the exports that lacked it (``Base.unseen``): equal
+    on all sides again, it is decided once more so that its base is settled and the count ends.
+    """
     same = "IS" if session.get_bind().dialect.name == "sqlite" else "IS NOT DISTINCT FROM"
     session.execute(
         text(
@@ -126,7 +129,7 @@ def compute_diff(session: Session, target: str) -> int:
             "LEFT JOIN stage_local l ON l.target = :t AND l.key = k.key "
             "LEFT JOIN base b ON b.target = :t AND b.key = k.key "
             "LEFT JOIN stage_remote r ON r.target = :t AND r.key = k.key "
-            f"WHERE NOT (l.digest {same} b.digest AND r.digest {same} b.digest)"
+            f"WHERE NOT (l.digest {same} b.digest AND r.digest {same} b.digest) OR b.unseen > 0"
         ),
         {"t": target},
     )
@@ -186,13 +189,42 @@ def set_base(session: Session, target: str, rows: Sequence[Projection]) -> None:
     values = []
     for p in rows:
         data = p.to_json()
-        values.append({"target": target, "key": p.key, "digest": digest_of(data), "data": data})
+        values.append(
+            {"target": target, "key": p.key, "digest": digest_of(data), "data": data, "unseen": 0}
+        )
     stmt = _insert(session, Base)
     stmt = stmt.on_conflict_do_update(
         index_elements=["target", "key"],
-        set_={"digest": stmt.excluded.digest, "data": stmt.excluded.data},
+        # both sides agree again: an earlier count of exports that lacked the key is over
+        set_={"digest": stmt.excluded.digest, "data": stmt.excluded.data, "unseen": 0},
     )
     session.execute(stmt, values)
+
+
+def unseen(session: Session, target: str, keys: Sequence[str]) -> dict[str, int]:
+    """How many complete exports have lacked each of these keys while the local side lacked
+    it too (keys never counted are left out)."""
+    found: dict[str, int] = {}
+    for i in range(0, len(keys), 500):
+        rows = session.execute(
+            select(col(Base.key), col(Base.unseen)).where(
+                col(Base.target) == target,
+                col(Base.key).in_(keys[i : i + 500]),
+                col(Base.unseen) > 0,
+            )
+        )
+        found.update((key, n) for key, n in rows)
+    return found
+
+
+def count_unseen(session: Session, target: str, keys: Sequence[str]) -> None:
+    """One more complete export lacked these keys (deleted locally, their base kept)."""
+    for i in range(0, len(keys), 500):
+        session.execute(
+            update(Base)
+            .where(col(Base.target) == target, col(Base.key).in_(keys[i : i + 500]))
+            .values(unseen=col(Base.unseen) + 1)
+        )
 
 
 def projections(

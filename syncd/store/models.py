@@ -3,7 +3,8 @@
 - ``contact`` / ``membership``: the local contacts and their local list memberships. A deleted
   contact stays as a tombstone (``deleted``) so its consent status survives re-creation. Each
   contact has a stable random ``ref`` (see ``reference_field`` in the README).
-- ``base``: per target and key, the projection both sides last agreed on (DESIGN §1).
+- ``base``: per target and key, the projection both sides last agreed on (DESIGN §1), and how
+  many exports have lacked a key deleted locally (``unseen``, the local delete's tombstone).
 - ``in_flight``: creates and updates sent whose answer has not been read (lost answers).
 - ``off_list``: contacts syncd took off a list while the provider keeps them, tags and all.
 - ``stage_local`` / ``stage_remote`` / ``stage_diff``: per-cycle scratch tables so that the
@@ -65,6 +66,10 @@ class Base(SQLModel, table=True):
     key: str = Field(primary_key=True)
     digest: str
     data: str
+    # complete exports that have lacked the key while the local side lacked it too: a local
+    # delete whose absence at the provider is not trusted yet (``reconcile.ABSENCE_EXPORTS``);
+    # back to 0 whenever the base moves
+    unseen: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class InFlight(SQLModel, table=True):

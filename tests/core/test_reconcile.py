@@ -81,6 +81,97 @@ def test_decision_table(row, L, B, R, case, rop, lop, base):
     assert (d.case, d.remote_op, d.local_op, d.base) == (case, rop, lop, base), row
 
 
+# --- gone on both sides: a local delete outlives an export that only seems to lack the key -----
+
+AFTER_THREE = Rules(absence_exports=3)
+OPTED = p(status="unsubscribed", Name="Ann")
+
+# (table row, L, B, R, exports that lacked it before, case, remote op, local op, base)
+ABSENCE_TABLE = [
+    (
+        "absent | absent, first export without it -> the base stays",
+        None,
+        BASE,
+        None,
+        0,
+        "absence_unconfirmed",
+        None,
+        None,
+        BASE,
+    ),
+    (
+        "absent | absent, second -> still",
+        None,
+        BASE,
+        None,
+        1,
+        "absence_unconfirmed",
+        None,
+        None,
+        BASE,
+    ),
+    ("absent | absent, third -> drop the base", None, BASE, None, 2, "drop_base", None, None, None),
+    (
+        "absent | back, same -> push delete",
+        None,
+        BASE,
+        BASE,
+        2,
+        "local_deleted",
+        "delete",
+        None,
+        None,
+    ),
+    (
+        "absent | back, edited -> the edit wins",
+        None,
+        BASE,
+        REMOTE_EDIT,
+        1,
+        "revive_local",
+        None,
+        "upsert",
+        REMOTE_EDIT,
+    ),
+    (
+        "re-added locally | absent -> a new contact: create",
+        BASE,
+        BASE,
+        None,
+        1,
+        "create_remote",
+        "create",
+        None,
+        BASE,
+    ),
+    ("re-added locally | back -> met anew", BASE, BASE, BASE, 1, "first_meeting", None, None, BASE),
+    (
+        "absent | back, opted out -> kept",
+        None,
+        OPTED,
+        OPTED,
+        1,
+        "keep_opted_out",
+        None,
+        None,
+        OPTED,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("row", "L", "B", "R", "unseen", "case", "rop", "lop", "base"),
+    ABSENCE_TABLE,
+    ids=[t[0] for t in ABSENCE_TABLE],
+)
+def test_absence_table(row, L, B, R, unseen, case, rop, lop, base):
+    d = reconcile(L, B, R, AFTER_THREE, unseen=unseen)
+    assert (d.case, d.remote_op, d.local_op, d.base) == (case, rop, lop, base), row
+    # only a kept base counts one more export, and it writes nothing else
+    assert d.unseen == (case == "absence_unconfirmed")
+    assert not d.unseen or (d.keep_base and d.is_noop)
+
+
 def test_both_changed_differently_merges_fields_from_each_side():
     d = reconcile(LOCAL_EDIT, BASE, REMOTE_EDIT)
     merged = p(Name="Anna", City="Brest")

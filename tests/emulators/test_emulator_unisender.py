@@ -351,6 +351,33 @@ def test_async_export_cycle_and_csv(client: httpx.Client, emu: UnisenderEmulator
     assert not client.get(url).text.endswith("\n")
 
 
+def test_an_export_file_cut_after_n_rows_is_whole_csv_with_no_error(
+    client: httpx.Client, emu: UnisenderEmulator
+) -> None:
+    """``export_cut_rows``: the file ends at a row's line break, nothing malformed, no error."""
+    imp(
+        client,
+        ["email", "Name", "email_list_ids"],
+        [[f"u{i}@x.io", f'line one\nline "{i}"', "1"] for i in range(5)],  # cells span lines
+    )
+    names = {"field_names[0]": "email", "field_names[1]": "Name"}
+    started = call(client, "async/exportContacts", list_id="1", **names)
+    uuid_ = started["result"]["task_uuid"]
+    polls = [call(client, "async/getTaskResult", task_uuid=uuid_) for _ in range(2)]
+    url = polls[-1]["result"]["file_to_download"]
+    whole = client.get(url).text
+    emu.faults = Faults(export_cut_rows=3)
+    cut = client.get(url)
+    assert cut.status_code == 200 and cut.text.endswith("\r\n") and whole.startswith(cut.text)
+    assert list(csv.reader(io.StringIO(cut.text), strict=True)) == [
+        ["email", "Name"],
+        *([f"u{i}@x.io", f'line one\nline "{i}"'] for i in range(3)),
+    ]
+    assert emu.faults.injected["export_cut_short"] == 1
+    emu.faults = Faults(export_cut_rows=5)  # no row past the cut: the file is served whole
+    assert client.get(url).text == whole and not emu.faults.injected
+
+
 def test_paged_export_limits(client: httpx.Client) -> None:
     imp(client, ["email", "email_list_ids"], [[f"u{i}@x.io", "1"] for i in range(5)])
     first = call(

@@ -35,8 +35,10 @@ class Faults:
     """Injected failures. ``methods`` names the API methods they hit (empty: all); async ones are
     named ``async/exportContacts``, ``async/getTaskResult`` (their bare name matches too), and the
     export file's download ``download`` (drops, hangs and 5xx only: a file has no envelope).
-    ``export_never_completes`` and ``export_truncate`` apply to exports regardless of
-    ``methods``. A timeout hangs ``hang_seconds`` and then answers (the call IS applied).
+    ``export_never_completes``, ``export_truncate`` and ``export_cut_rows`` apply to exports
+    regardless of ``methods``; ``export_cut_rows`` ends the export file after that many data
+    rows, at a line break, with no error: a silently short export, valid to the last byte.
+    A timeout hangs ``hang_seconds`` and then answers (the call IS applied).
 
     Two faults concern the rows of an import rather than the call (the importer reads them):
     ``row_reject_rate`` refuses that share of rows in the answer's ``log`` with
@@ -60,6 +62,7 @@ class Faults:
     retry_after: str | None = None
     export_never_completes: bool = False
     export_truncate: bool = False
+    export_cut_rows: int | None = None
     # Error answers quote the request they refuse, body (and so the API key) included, as
     # some servers do: what a client logs of a provider's message must be scrubbed.
     echo_request: bool = False
