@@ -43,29 +43,78 @@ def decide(
     session: Session, cycle: CycleState, chunk: list[mirror.DiffRow], takes: dict[str, Take]
 ) -> list[tuple[mirror.DiffRow, Decision]]:
     """Each key of the chunk decided, with the lost answers among its keys (see InFlight) and
-    those taken off the list that the provider keeps (see OffList)."""
+    those taken off the list that the provider keeps (see OffList).
+
+    Rows that syncd's own machinery would send are checked against this cycle's export first
+    (``_checked_against_export``): an update goes only to a contact the export showed."""
     keys = [row.key for row in chunk]
     target = cycle.target.name
     sent = mirror.in_flight(session, target, keys)  # the chunk's writes whose answer was lost
     # the chunk's keys syncd took off the list
     off_list = mirror.off_list(session, target, keys) if cycle.caps.tags else {}
-    return [
-        (
-            row,
-            reconcile(
-                row.local,
-                row.base,
-                row.remote,
-                cycle.rules,
-                takes.get(row.key),
-                cycle.owners.by_remote_key.get(row.key),
-                cycle.owners.moved.get(row.key),
-                sent.get(row.key),
-                off_list.get(row.key),
-            ),
+    decided = []
+    for row in chunk:
+        local = _as_local(cycle, row)
+        d = reconcile(
+            local,
+            row.base,
+            row.remote,
+            cycle.rules,
+            takes.get(row.key),
+            cycle.owners.by_remote_key.get(row.key),
+            cycle.owners.moved.get(row.key),
+            sent.get(row.key),
+            off_list.get(row.key),
         )
-        for row in chunk
-    ]
+        decided.append((row, _checked_against_export(cycle, row, d, local, row.key in sent)))
+    return decided
+
+
+def _as_local(cycle: CycleState, row: mirror.DiffRow) -> Projection | None:
+    """The local row as reconcile is to see it.
+
+    A contact that differs from its base only in syncd's reference (one pulled from the
+    provider, whose reference is not written there yet) has no local edit: where the export no
+    longer shows it, the provider deleted it, and that delete wins exactly as it does without
+    ``reference_field``. Seen as an edit, the reference would make it "edited locally, deleted
+    remotely" and re-create the contact at the provider.
+    """
+    reference, local, base = cycle.rules.reference, row.local, row.base
+    if reference is None or local is None or base is None or row.remote is not None:
+        return local
+    return base if _same_but(reference, local, base) else local
+
+
+def _checked_against_export(
+    cycle: CycleState, row: mirror.DiffRow, d: Decision, local: Projection | None, sent: bool
+) -> Decision:
+    """Hold an update that no complete export of this cycle vouches for.
+
+    importContacts is an upsert: an update for a contact no longer at the provider re-creates
+    it. With an incomplete export (rule 1) the remote side is the base, so whether the contact
+    is still there is unknown. The rows syncd sends of its own accord, the reference written
+    after a pull and a write re-sent after its answer was lost, wait for a complete export.
+    """
+    if d.remote_op != "update" or not cycle.caps.export or cycle.result.export_complete:
+        return d
+    reference = cycle.rules.reference
+    own_reference = (
+        reference is not None
+        and local is not None
+        and row.base is not None
+        and _same_but(reference, local, row.base)
+    )
+    if not (sent or own_reference):
+        return d
+    return Decision(d.key, "update_deferred", base=row.base, keep_base=True)
+
+
+def _same_but(field: str, a: Projection, b: Projection) -> bool:
+    """Equal in everything but one field."""
+    af, bf = a.field_map, b.field_map
+    af.pop(field, None)
+    bf.pop(field, None)
+    return af == bf and a.tags == b.tags and a.status == b.status
 
 
 def apply_chunk(
