@@ -29,7 +29,7 @@ import syncd.engine.confirm_later as confirm_later
 import syncd.engine.records as records
 from syncd.core.batching import Batch, Batcher
 from syncd.core.projection import Projection, RemoteChange
-from syncd.core.reconcile import Decision, Take, reconcile
+from syncd.core.reconcile import Decision, Sent, Take, reconcile
 from syncd.engine.stage import project_local
 from syncd.engine.state import CycleState
 from syncd.providers.base import RowChange
@@ -54,7 +54,7 @@ def decide(
     off_list = mirror.off_list(session, target, keys) if cycle.caps.tags else {}
     decided = []
     for row in chunk:
-        local = _as_local(cycle, row)
+        local = _as_local(cycle, row, sent.get(row.key))
         d = reconcile(
             local,
             row.base,
@@ -70,19 +70,32 @@ def decide(
     return decided
 
 
-def _as_local(cycle: CycleState, row: mirror.DiffRow) -> Projection | None:
-    """The local row as reconcile is to see it.
+def _as_local(cycle: CycleState, row: mirror.DiffRow, sent: Sent | None) -> Projection | None:
+    """The local row as reconcile is to see it, for a key this cycle's export does not show.
 
-    A contact that differs from its base only in syncd's reference (one pulled from the
-    provider, whose reference is not written there yet) has no local edit: where the export no
-    longer shows it, the provider deleted it, and that delete wins exactly as it does without
-    ``reference_field``. Seen as an edit, the reference would make it "edited locally, deleted
-    remotely" and re-create the contact at the provider.
+    Where the local row holds nothing but what syncd itself sent or is about to send, the
+    contact has no local edit the provider has not been asked to take, and its absence from
+    the export is the provider's delete, which wins exactly as it does without
+    ``reference_field``:
+
+    - a row that differs from its base only in syncd's reference (a contact pulled from the
+      provider, whose reference is not written there yet);
+    - a row that is the update whose answer was lost (``sent``), reference apart.
+
+    Seen as local edits, either would make it "edited locally, deleted remotely" and re-create
+    the contact at the provider. The row then reconciles as its base (unchanged locally). A
+    create whose answer was lost is left as it is: absent from the export, it may never have
+    arrived, and sending it again is how it gets there.
     """
-    reference, local, base = cycle.rules.reference, row.local, row.base
-    if reference is None or local is None or base is None or row.remote is not None:
+    local, base = row.local, row.base
+    if local is None or base is None or row.remote is not None:
         return local
-    return base if _same_but(reference, local, base) else local
+    reference = cycle.rules.reference
+    sent_update = sent.row if sent is not None and sent.before is not None else None
+    for own in (base, sent_update):
+        if own is not None and _same_apart_from(reference, local, own):
+            return base
+    return local
 
 
 def _checked_against_export(
@@ -102,18 +115,19 @@ def _checked_against_export(
         reference is not None
         and local is not None
         and row.base is not None
-        and _same_but(reference, local, row.base)
+        and _same_apart_from(reference, local, row.base)
     )
     if not (sent or own_reference):
         return d
     return Decision(d.key, "update_deferred", base=row.base, keep_base=True)
 
 
-def _same_but(field: str, a: Projection, b: Projection) -> bool:
-    """Equal in everything but one field."""
+def _same_apart_from(field: str | None, a: Projection, b: Projection) -> bool:
+    """Equal in everything but ``field`` (None: equal)."""
     af, bf = a.field_map, b.field_map
-    af.pop(field, None)
-    bf.pop(field, None)
+    if field is not None:
+        af.pop(field, None)
+        bf.pop(field, None)
     return af == bf and a.tags == b.tags and a.status == b.status
 
 

@@ -34,13 +34,13 @@ def signed_up_and_pulled(world: World) -> None:
     assert WHO in world.local()  # pulled; the provider's row has no reference yet
 
 
-def gone_for_good(world: World) -> None:
+def gone_for_good(world: World, who: str = WHO) -> None:
     for _ in range(3):
         result = world.cycle()
         assert result.outcome == "converged", result.summary()
-        assert WHO not in world.remote(), "re-created at the provider"
-        assert world.emu.get(WHO) is None
-        assert WHO not in world.local(), "kept in the mirror"
+        assert who not in world.remote(), "re-created at the provider"
+        assert world.emu.get(who) is None
+        assert who not in world.local(), "kept in the mirror"
     assert sorted(world.local()) == sorted(world.remote())
     assert world.cycle().write_calls == 0
 
@@ -85,3 +85,46 @@ def test_an_incomplete_export_sends_no_reference_update(world: World) -> None:
     assert world.emu.get(WHO) is None, "re-created by an update sent on an incomplete export"
     world.emu.faults.export_truncate = False
     gone_for_good(world)
+
+
+def test_deleted_after_a_local_edit_was_sent_and_the_answer_lost(world: World) -> None:
+    """The in-flight update is syncd's own write, not an edit the provider has not seen: the
+    provider's delete wins over it as over a confirmed one."""
+    world.add_local(2)
+    world.cycle()
+    world.ingest([{"email": "person0@example.com", "name": "Edited"}])
+    assert world.cycle_losing_answers().outcome == "unreachable"
+    assert world.remote()["person0@example.com"]["fields"]["Name"] == "Edited"
+    world.emu.delete("person0@example.com")
+    gone_for_good(world, "person0@example.com")
+
+
+def test_a_local_edit_made_after_the_lost_answer_still_beats_the_delete(world: World) -> None:
+    """Edited again since the write whose answer was lost: a local edit the provider never
+    saw, so the edit wins over the delete (``on_edit_delete = "edit"``), as it always does."""
+    world.add_local(2)
+    world.cycle()
+    world.ingest([{"email": "person0@example.com", "name": "Edited"}])
+    assert world.cycle_losing_answers().outcome == "unreachable"
+    world.emu.delete("person0@example.com")
+    world.ingest([{"email": "person0@example.com", "name": "Edited again"}])
+    assert world.cycle().outcome == "converged"
+    assert world.remote()["person0@example.com"]["fields"]["Name"] == "Edited again"
+    assert world.local()["person0@example.com"]["name"] == "Edited again"
+    assert world.cycle().write_calls == 0
+
+
+def test_an_incomplete_export_does_not_send_a_lost_write_again(world: World) -> None:
+    world.add_local(2)
+    world.cycle()
+    world.ingest([{"email": "person0@example.com", "name": "Edited"}])
+    assert world.cycle_losing_answers(land=False).outcome == "unreachable"
+    world.emu.delete("person0@example.com")
+    world.emu.faults.export_truncate = True
+    imports = world.import_calls()
+    result = world.cycle()
+    assert not result.export_complete and result.outcome == "partial"
+    assert world.import_calls() == imports, "a write re-sent without a complete export"
+    assert world.emu.get("person0@example.com") is None
+    world.emu.faults.export_truncate = False
+    gone_for_good(world, "person0@example.com")
