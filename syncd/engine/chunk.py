@@ -29,7 +29,7 @@ import syncd.engine.confirm_later as confirm_later
 import syncd.engine.records as records
 from syncd.core.batching import Batch, Batcher
 from syncd.core.projection import Projection, RemoteChange
-from syncd.core.reconcile import Decision, Takes, reconcile
+from syncd.core.reconcile import Decision, Sent, Takes, reconcile
 from syncd.engine.stage import project_local
 from syncd.engine.state import CycleState
 from syncd.providers.base import RowChange
@@ -44,31 +44,94 @@ def decide(
 ) -> list[tuple[mirror.DiffRow, Decision]]:
     """Each key of the chunk decided, with the lost answers among its keys (see InFlight),
     those taken off the list that the provider keeps (see OffList) and those deleted locally
-    whose absence at the provider is still being counted (``Base.unseen``)."""
+    whose absence at the provider is still being counted (``Base.unseen``).
+
+    Rows that syncd's own machinery would send are checked against this cycle's export first
+    (``_checked_against_export``): an update goes only to a contact the export showed."""
     keys = [row.key for row in chunk]
     target = cycle.target.name
     sent = mirror.in_flight(session, target, keys)  # the chunk's writes whose answer was lost
     # the chunk's keys syncd took off the list
     off_list = mirror.off_list(session, target, keys) if cycle.caps.tags else {}
     unseen = mirror.unseen(session, target, [row.key for row in chunk if row.base is not None])
-    return [
-        (
-            row,
-            reconcile(
-                row.local,
-                row.base,
-                _remote_of(cycle, row, row.key in unseen),
-                cycle.rules,
-                takes.get(row.key),
-                cycle.owners.by_remote_key.get(row.key),
-                cycle.owners.moved.get(row.key),
-                sent.get(row.key),
-                off_list.get(row.key),
-                unseen.get(row.key, 0),
-            ),
+    decided = []
+    for row in chunk:
+        local = _as_local(cycle, row, sent.get(row.key))
+        d = reconcile(
+            local,
+            row.base,
+            _remote_of(cycle, row, row.key in unseen),
+            cycle.rules,
+            takes.get(row.key),
+            cycle.owners.by_remote_key.get(row.key),
+            cycle.owners.moved.get(row.key),
+            sent.get(row.key),
+            off_list.get(row.key),
+            unseen.get(row.key, 0),
         )
-        for row in chunk
-    ]
+        decided.append((row, _checked_against_export(cycle, row, d, local, row.key in sent)))
+    return decided
+
+
+def _as_local(cycle: CycleState, row: mirror.DiffRow, sent: Sent | None) -> Projection | None:
+    """The local row as reconcile is to see it, for a key this cycle's export does not show.
+
+    Where the local row holds nothing but what syncd itself sent or is about to send, the
+    contact has no local edit the provider has not been asked to take, and its absence from
+    the export is the provider's delete, which wins exactly as it does without
+    ``reference_field``:
+
+    - a row that differs from its base only in syncd's reference (a contact pulled from the
+      provider, whose reference is not written there yet);
+    - a row that is the update whose answer was lost (``sent``), reference apart.
+
+    Seen as local edits, either would make it "edited locally, deleted remotely" and re-create
+    the contact at the provider. The row then reconciles as its base (unchanged locally). A
+    create whose answer was lost is left as it is: absent from the export, it may never have
+    arrived, and sending it again is how it gets there.
+    """
+    local, base = row.local, row.base
+    if local is None or base is None or row.remote is not None:
+        return local
+    reference = cycle.rules.reference
+    sent_update = sent.row if sent is not None and sent.before is not None else None
+    for own in (base, sent_update):
+        if own is not None and _same_apart_from(reference, local, own):
+            return base
+    return local
+
+
+def _checked_against_export(
+    cycle: CycleState, row: mirror.DiffRow, d: Decision, local: Projection | None, sent: bool
+) -> Decision:
+    """Hold an update that no complete export of this cycle vouches for.
+
+    importContacts is an upsert: an update for a contact no longer at the provider re-creates
+    it. With an incomplete export (rule 1) the remote side is the base, so whether the contact
+    is still there is unknown. The rows syncd sends of its own accord, the reference written
+    after a pull and a write re-sent after its answer was lost, wait for a complete export.
+    """
+    if d.remote_op != "update" or not cycle.caps.export or cycle.result.export_complete:
+        return d
+    reference = cycle.rules.reference
+    own_reference = (
+        reference is not None
+        and local is not None
+        and row.base is not None
+        and _same_apart_from(reference, local, row.base)
+    )
+    if not (sent or own_reference):
+        return d
+    return Decision(d.key, "update_deferred", base=row.base, keep_base=True)
+
+
+def _same_apart_from(field: str | None, a: Projection, b: Projection) -> bool:
+    """Equal in everything but ``field`` (None: equal)."""
+    af, bf = a.field_map, b.field_map
+    if field is not None:
+        af.pop(field, None)
+        bf.pop(field, None)
+    return af == bf and a.tags == b.tags and a.status == b.status
 
 
 def _remote_of(cycle: CycleState, row: mirror.DiffRow, tombstone: bool) -> Projection | None:

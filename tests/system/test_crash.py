@@ -2,18 +2,23 @@
 
 `syncd run` runs as a real process against `syncd emulate unisender`. With a fixed seed, each
 round edits both sides (inbox files with creates, name edits, deletes, unsubscribes and address
-changes; edits, unsubscribes and sign-ups at the provider), starts the daemon, waits for the log
-line that opens the phase this round aims at (export, planning, a push, the base update, an inbox
-ingestion), waits a random moment more and kills it with SIGKILL. The phase actually hit is the
-last phase line in the log before the kill; the tally is printed at the end of the session
+changes; edits, unsubscribes, sign-ups and deletes at the provider), starts the daemon, waits for
+the log line that opens the phase this round aims at (export, planning, a push, the base update,
+an inbox ingestion), waits a random moment more and kills it with SIGKILL. The phase actually hit
+is the last phase line in the log before the kill; the tally is printed at the end of the session
 (``conftest.pytest_terminal_summary``). Then the killing stops, the daemon runs until a cycle
 writes nothing, and the five properties are checked against the emulator and the mirror:
 
 1. both sides converge;
 2. no local row is lost (every local edit is there, on both sides);
 3. no remote contact is duplicated (each stable reference once, matching the mirror's);
-4. no deleted contact comes back;
+4. no deleted contact comes back, whichever side deleted it;
 5. no unsubscribed contact is active.
+
+The target keeps syncd's reference at the provider (``reference_field``), so a contact that
+signs up there gets one more write from syncd after its pull; a contact the provider deletes
+may be at any point of that when it goes. The counts of resurrected, lost, duplicated and
+resubscribed contacts are printed with the tally (``record_figure``) and must all be 0.
 """
 
 from __future__ import annotations
@@ -100,6 +105,7 @@ class Crash:
         self.config.write_text(config_toml(tmp, target, **tables), encoding="utf-8")
         self.people: dict[str, Person] = {}  # by phone: the one thing that never changes
         self.signups: dict[str, str] = {}  # email -> name, born at the provider
+        self.gone: set[str] = set()  # sign-ups and people the provider deleted
         self.files = 0
         self.runs = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -215,7 +221,7 @@ class Crash:
         return rows
 
     def remote_edits(self, rng: random.Random, round_: int) -> None:
-        theirs = [p for p in self.people.values() if p.role == "remote"]
+        theirs = [p for p in self.people.values() if p.role == "remote" and not p.deleted]
         for p in rng.sample(theirs, min(3, len(theirs))):
             city = f"City {round_}.{rng.randrange(1000)}"
             edit = {"action": "edit", "email": p.email, "fields": {"City": city}}
@@ -232,6 +238,49 @@ class Crash:
                 {"action": "sign_up", "email": email, "list_id": 1, "fields": {"Name": name}},
             )
             self.signups[email] = name
+        self.remote_deletes(rng, round_)
+
+    def remote_deletes(self, rng: random.Random, round_: int) -> None:
+        """The provider deletes contacts while no syncd runs: sign-ups (not yet pulled, pulled
+        with their reference update pending, in flight or confirmed), and people whose every
+        local edit has reached it (a later local edit rightly beats the delete)."""
+        if round_ % 5 in (0, 3) and self.signups:
+            email = rng.choice(sorted(self.signups))
+            if self.admin("contact", {"action": "delete", "email": email}) is not None:
+                del self.signups[email]
+                self.gone.add(email)
+        if round_ % 4 == 3:
+            there = {c["email"]: c for c in self.admin("state?list_id=1")["contacts"]}
+            settled = self.settled_keys()
+            ready = [
+                p
+                for p in self.people.values()
+                if p.role == "remote"
+                and not (p.deleted or p.unsubscribed)
+                and p.email in settled
+                and p.email in there
+                and there[p.email]["fields"].get("Name") == p.name
+                and there[p.email]["fields"].get("City") == p.city
+            ]
+            if ready:
+                p = rng.choice(ready)
+                if self.admin("contact", {"action": "delete", "email": p.email}) is not None:
+                    p.deleted = True
+                    self.gone.add(p.email)
+
+    def settled_keys(self) -> set[str]:
+        """Keys with a base and no create in flight: what the provider holds is syncd's."""
+        if not self.db.exists():
+            return set()
+        with sqlite3.connect(self.db) as db:
+            based = {k for (k,) in db.execute("SELECT key FROM base WHERE target = 'news'")}
+            creating = {
+                k
+                for (k,) in db.execute(
+                    "SELECT key FROM in_flight WHERE target = 'news' AND before IS NULL"
+                )
+            }
+        return based - creating
 
     # -- the state at the end -------------------------------------------------------------------
 
@@ -252,8 +301,36 @@ def opted_out(c: dict[str, Any]) -> bool:
     return c["email_status"] in ("unsubscribed", "blocked") or 1 in c["unsubscribed"]
 
 
+def figures(
+    w: Crash, live: dict[str, Any], remote: dict[str, Any], account: set[str]
+) -> dict[str, int]:
+    """What went wrong, counted: each must be 0."""
+    people = list(w.people.values())
+    deleted = {p.email for p in people if p.deleted} | w.gone
+    kept = [p for p in people if not p.deleted]
+    refs = Counter(c["fields"].get("syncd_id") for c in remote.values())
+    return {
+        "resurrected": len(deleted & (set(live) | account)),
+        "lost": sum(
+            p.email not in live
+            or live[p.email]["fields"].get("name") != p.name
+            or live[p.email]["fields"].get("city") != p.city
+            for p in kept
+        )
+        + sum(live.get(e, {}).get("fields", {}).get("name") != n for e, n in w.signups.items()),
+        "duplicated": sum(n - 1 for n in refs.values())
+        + sum(len(set(p.old_emails) & account) for p in people),
+        "resubscribed": sum(
+            p.unsubscribed
+            and p.email in live
+            and (live[p.email]["status"] == "active" or not opted_out(remote[p.email]))
+            for p in kept
+        ),
+    }
+
+
 def test_fifty_sigkills_lose_nothing_duplicate_nothing_resurrect_nothing(
-    tmp_path: Path, request: pytest.FixtureRequest
+    tmp_path: Path, request: pytest.FixtureRequest, record_figure: Any
 ) -> None:
     rng = random.Random(SEED)
     aims = [PHASES[i % len(PHASES)] for i in range(KILLS)]
@@ -301,8 +378,20 @@ def test_fifty_sigkills_lose_nothing_duplicate_nothing_resurrect_nothing(
     live, every = w.mirror()
     took = time.monotonic() - began
     request.config.cache.set(TALLY_KEY, {"at": time.time(), "tally": tally, "seconds": took})
+    found = figures(w, live, remote, account)
+    deletes = len(w.gone)
+    record_figure(
+        "crash",
+        [
+            f"{sum(tally.values())} SIGKILLs (seed {SEED}), reference_field on, "
+            f"{deletes} contacts deleted at the provider between runs: "
+            + ", ".join(f"{n} {what}" for what, n in found.items())
+        ],
+    )
 
     assert sum(tally.values()) >= 50
+    assert deletes >= 10  # the provider's deletes are part of what is tested
+    assert found == dict.fromkeys(found, 0), found
     assert not list(w.inbox.glob("*.ndjson")) and not list((w.inbox / "failed").glob("*"))
     # 1. both sides converge
     assert sorted(live) == sorted(remote)
@@ -322,6 +411,8 @@ def test_fifty_sigkills_lose_nothing_duplicate_nothing_resurrect_nothing(
         assert live[p.email]["fields"].get("city") == p.city, p
     for email, name in w.signups.items():
         assert live[email]["fields"].get("name") == name
+    for email in w.gone:  # deleted at the provider: gone from both sides
+        assert email not in live and email not in account, email
     # 3. no remote contact is duplicated: each reference once, the mirror's own
     refs = Counter(c["fields"].get("syncd_id") for c in remote.values())
     assert all(n == 1 for n in refs.values()), refs.most_common(3)
