@@ -230,6 +230,43 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
     return path
 
 
+def people_csv(
+    ids: Iterable[int], name: str = "User", *, prefix: str = "user", **columns: str
+) -> str:
+    """CSV text of one contact per id on the list 'newsletter': ``{prefix}{i}@example.com`` named
+    ``{name} {i}``, then ``columns`` (one value for every row) before the lists column."""
+    lines = [["email", "name", *columns, "lists"]]
+    for i in ids:
+        lines.append([f"{prefix}{i}@example.com", f"{name} {i}", *columns.values(), "newsletter"])
+    return "".join(",".join(line) + "\n" for line in lines)
+
+
+def syncd_env(key: tuple[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without ``SYNCD_CONFIG``, plus ``key`` (a variable and its
+    value) for a config that reads its API key from the environment."""
+    env = {**os.environ, **dict([key] if key else [])}
+    env.pop("SYNCD_CONFIG", None)
+    return env
+
+
+def run_syncd(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    key: tuple[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``syncd ARGS`` as a process in ``cwd``, to its end; its environment is ``env`` as given,
+    or else ``syncd_env(key)``."""
+    return subprocess.run(
+        [sys.executable, "-m", "syncd", *args],
+        env=syncd_env(key) if env is None else env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -318,6 +355,18 @@ def unisender_target(emulator: str, name: str = "news", **settings: Any) -> dict
         "fields": {"Name": "name", "City": "city"},
         **settings,
     }
+
+
+def newsletter_config(
+    folder: Path, emulator: str, tables: dict[str, dict[str, Any]] | None = None, **settings: Any
+) -> str:
+    """A config with the mirror in ``folder`` and one target 'newsletter' on the Unisender
+    emulator at ``emulator``, its key read from $TEST_UNISENDER_KEY, exports polled fast;
+    ``settings`` add to the target or replace, ``tables`` add tables."""
+    target = unisender_target(
+        emulator, "newsletter", api_key="${TEST_UNISENDER_KEY}", export_poll_interval=0.05
+    )
+    return config_toml(folder, {**target, **settings}, **(tables or {}))
 
 
 def daemon_config(
