@@ -292,6 +292,18 @@ def emulator_process(provider: str, api_key: str, *extra: str) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
+def emulator_fixture(provider: str, api_key: str) -> Any:
+    """A fixture ``emulator``: `syncd emulate PROVIDER` with ``api_key`` for the test's length,
+    as its URL. A module takes it as ``emulator = emulator_fixture("unisender", KEY)``."""
+
+    @pytest.fixture
+    def emulator() -> Iterator[str]:
+        with emulator_process(provider, api_key) as url:
+            yield url
+
+    return emulator
+
+
 def wait_for(check: Callable[[], Any], what: str = "condition", timeout: float = 30.0) -> Any:
     """Poll ``check`` until it returns something true (and return that); a process that is not
     answering yet (an HTTP, OS or parse error) counts as not yet."""

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import httpx
 import pytest
 from conftest import (
     daemon_config,
-    emulator_process,
+    emulator_fixture,
     free_port,
     people_csv,
     run_syncd,
@@ -30,10 +29,7 @@ KEY = "daemon-e2e-key-5b2c"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def emulator() -> Iterator[str]:
-    with emulator_process("unisender", KEY) as url:
-        yield url
+emulator = emulator_fixture("unisender", KEY)
 
 
 class DaemonWorld:

@@ -6,12 +6,17 @@ Real `syncd` processes against `syncd emulate unisender` on loopback.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import emulator_process, newsletter_config, people_csv, run_syncd, syncd_env
+from conftest import (
+    emulator_fixture,
+    newsletter_config,
+    people_csv,
+    run_syncd,
+    syncd_env,
+)
 
 KEY = "first-sync-key-5c2e"
 N = 4  # contacts on both sides whose Name differs
@@ -19,10 +24,7 @@ syncd = run_syncd
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def emulator() -> Iterator[str]:
-    with emulator_process("unisender", KEY) as url:
-        yield url
+emulator = emulator_fixture("unisender", KEY)
 
 
 def _names(emulator: str) -> dict[str, str]:

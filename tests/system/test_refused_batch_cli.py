@@ -8,12 +8,17 @@ names the refused contact and exits 1 ("rejected"), not 3, on this cycle and the
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import emulator_process, newsletter_config, people_csv, run_syncd, syncd_env
+from conftest import (
+    emulator_fixture,
+    newsletter_config,
+    people_csv,
+    run_syncd,
+    syncd_env,
+)
 
 KEY = "cli-refused-key-31c9"
 BAD = "user321@example.com"
@@ -21,10 +26,7 @@ syncd = run_syncd
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def emulator() -> Iterator[str]:
-    with emulator_process("unisender", KEY) as url:
-        yield url
+emulator = emulator_fixture("unisender", KEY)
 
 
 def test_run_once_rejects_the_row_a_http_400_names_and_applies_the_rest(

@@ -8,22 +8,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import emulator_process, newsletter_config, people_csv, run_syncd
+from conftest import emulator_fixture, newsletter_config, people_csv, run_syncd
 
 KEY = "short-export-key-5c2e"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def emulator() -> Iterator[str]:
-    with emulator_process("unisender", KEY) as url:
-        yield url
+emulator = emulator_fixture("unisender", KEY)
 
 
 def syncd(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
