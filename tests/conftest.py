@@ -1,7 +1,8 @@
 """Shared fixtures: an emulated provider account, a fresh mirror, and a config pointing at both.
 
-Tests that start syncd as a process (``syncd emulate``, ``run``, ``run-once``) write its
-syncd.toml with ``config_toml`` and the table builders beside it, and wait with ``wait_for``.
+Tests that start syncd as a process (``syncd emulate``, ``run``, ``run-once``) take the emulator
+from ``emulator_fixture``, write its syncd.toml with ``config_toml`` and the builders beside it
+and its CSV files with ``people_csv``, call it with ``run_syncd``, and wait with ``wait_for``.
 
 The mirror is SQLite, or PostgreSQL when a test asks for ``store_url`` (each test then runs once
 for each database). PostgreSQL comes from ``SYNCD_TEST_PG_URL`` (``scripts/pg-for-tests``
@@ -11,7 +12,6 @@ variable those tests skip, unless ``SYNCD_TEST_PG_REQUIRED=1`` (CI) makes that a
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import socket
@@ -219,15 +219,6 @@ def make_world(tmp_path: Path, store_url: str) -> Iterator[Callable[..., World]]
     yield make
     for w in made:
         w.db.dispose()
-
-
-def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
-    columns = sorted({k for r in rows for k in r})
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        w.writerows(rows)
-    return path
 
 
 def people_csv(

@@ -16,14 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import (
-    daemon_config,
-    emulator_fixture,
-    free_port,
-    people_csv,
-    run_syncd,
-    wait_for,
-)
+from conftest import daemon_config, emulator_fixture, free_port, people_csv, run_syncd, wait_for
 
 KEY = "daemon-e2e-key-5b2c"
 pytestmark = pytest.mark.slow

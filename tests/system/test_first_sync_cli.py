@@ -10,13 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import (
-    emulator_fixture,
-    newsletter_config,
-    people_csv,
-    run_syncd,
-    syncd_env,
-)
+from conftest import emulator_fixture, newsletter_config, people_csv, run_syncd, syncd_env
 
 KEY = "first-sync-key-5c2e"
 N = 4  # contacts on both sides whose Name differs

@@ -12,13 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import (
-    emulator_fixture,
-    newsletter_config,
-    people_csv,
-    run_syncd,
-    syncd_env,
-)
+from conftest import emulator_fixture, newsletter_config, people_csv, run_syncd, syncd_env
 
 KEY = "cli-refused-key-31c9"
 BAD = "user321@example.com"
