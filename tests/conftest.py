@@ -1,7 +1,8 @@
 """Shared fixtures: an emulated provider account, a fresh mirror, and a config pointing at both.
 
-Tests that start syncd as a process (``syncd emulate``, ``run``, ``run-once``) write its
-syncd.toml with ``config_toml`` and the table builders beside it, and wait with ``wait_for``.
+Tests that start syncd as a process (``syncd emulate``, ``run``, ``run-once``) take the emulator
+from ``emulator_fixture``, write its syncd.toml with ``config_toml`` and the builders beside it
+and its CSV files with ``people_csv``, call it with ``run_syncd``, and wait with ``wait_for``.
 
 The mirror is SQLite, or PostgreSQL when a test asks for ``store_url`` (each test then runs once
 for each database). PostgreSQL comes from ``SYNCD_TEST_PG_URL`` (``scripts/pg-for-tests``
@@ -11,7 +12,6 @@ variable those tests skip, unless ``SYNCD_TEST_PG_REQUIRED=1`` (CI) makes that a
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import socket
@@ -221,13 +221,41 @@ def make_world(tmp_path: Path, store_url: str) -> Iterator[Callable[..., World]]
         w.db.dispose()
 
 
-def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
-    columns = sorted({k for r in rows for k in r})
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        w.writerows(rows)
-    return path
+def people_csv(
+    ids: Iterable[int], name: str = "User", *, prefix: str = "user", **columns: str
+) -> str:
+    """CSV text of one contact per id on the list 'newsletter': ``{prefix}{i}@example.com`` named
+    ``{name} {i}``, then ``columns`` (one value for every row) before the lists column."""
+    lines = [["email", "name", *columns, "lists"]]
+    for i in ids:
+        lines.append([f"{prefix}{i}@example.com", f"{name} {i}", *columns.values(), "newsletter"])
+    return "".join(",".join(line) + "\n" for line in lines)
+
+
+def syncd_env(key: tuple[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without ``SYNCD_CONFIG``, plus ``key`` (a variable and its
+    value) for a config that reads its API key from the environment."""
+    env = {**os.environ, **dict([key] if key else [])}
+    env.pop("SYNCD_CONFIG", None)
+    return env
+
+
+def run_syncd(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    key: tuple[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``syncd ARGS`` as a process in ``cwd``, to its end; its environment is ``env`` as given,
+    or else ``syncd_env(key)``."""
+    return subprocess.run(
+        [sys.executable, "-m", "syncd", *args],
+        env=syncd_env(key) if env is None else env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def free_port() -> int:
@@ -253,6 +281,18 @@ def emulator_process(provider: str, api_key: str, *extra: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def emulator_fixture(provider: str, api_key: str) -> Any:
+    """A fixture ``emulator``: `syncd emulate PROVIDER` with ``api_key`` for the test's length,
+    as its URL. A module takes it as ``emulator = emulator_fixture("unisender", KEY)``."""
+
+    @pytest.fixture
+    def emulator() -> Iterator[str]:
+        with emulator_process(provider, api_key) as url:
+            yield url
+
+    return emulator
 
 
 def wait_for(check: Callable[[], Any], what: str = "condition", timeout: float = 30.0) -> Any:
@@ -318,6 +358,18 @@ def unisender_target(emulator: str, name: str = "news", **settings: Any) -> dict
         "fields": {"Name": "name", "City": "city"},
         **settings,
     }
+
+
+def newsletter_config(
+    folder: Path, emulator: str, tables: dict[str, dict[str, Any]] | None = None, **settings: Any
+) -> str:
+    """A config with the mirror in ``folder`` and one target 'newsletter' on the Unisender
+    emulator at ``emulator``, its key read from $TEST_UNISENDER_KEY, exports polled fast;
+    ``settings`` add to the target or replace, ``tables`` add tables."""
+    target = unisender_target(
+        emulator, "newsletter", api_key="${TEST_UNISENDER_KEY}", export_poll_interval=0.05
+    )
+    return config_toml(folder, {**target, **settings}, **(tables or {}))
 
 
 def daemon_config(

@@ -21,64 +21,46 @@ BASE = p(Name="Ann", City="Minsk")
 LOCAL_EDIT = p(Name="Anna", City="Minsk")
 REMOTE_EDIT = p(Name="Ann", City="Brest")
 
-# (table row, L, B, R, expected case, remote op, local op, expected base)
+# (table row, (L, B, R), (expected case, remote op, local op, expected base))
 TABLE = [
-    ("same | same", BASE, BASE, BASE, "agree", None, None, BASE),
-    ("changed | same -> push L", LOCAL_EDIT, BASE, BASE, "push", "update", None, LOCAL_EDIT),
-    ("same | changed -> pull R", BASE, BASE, REMOTE_EDIT, "pull", None, "upsert", REMOTE_EDIT),
-    ("changed | changed, R == L", LOCAL_EDIT, BASE, LOCAL_EDIT, "agree", None, None, LOCAL_EDIT),
+    ("same | same", (BASE, BASE, BASE), ("agree", None, None, BASE)),
+    ("changed | same -> push L", (LOCAL_EDIT, BASE, BASE), ("push", "update", None, LOCAL_EDIT)),
+    ("same | changed -> pull R", (BASE, BASE, REMOTE_EDIT), ("pull", None, "upsert", REMOTE_EDIT)),
+    (
+        "changed | changed, R == L",
+        (LOCAL_EDIT, BASE, LOCAL_EDIT),
+        ("agree", None, None, LOCAL_EDIT),
+    ),
     (
         "new | absent -> push create",
-        LOCAL_EDIT,
-        None,
-        None,
-        "create_remote",
-        "create",
-        None,
-        LOCAL_EDIT,
+        (LOCAL_EDIT, None, None),
+        ("create_remote", "create", None, LOCAL_EDIT),
     ),
     (
         "absent | new -> pull create",
-        None,
-        None,
-        REMOTE_EDIT,
-        "create_local",
-        None,
-        "upsert",
-        REMOTE_EDIT,
+        (None, None, REMOTE_EDIT),
+        ("create_local", None, "upsert", REMOTE_EDIT),
     ),
-    ("same | absent -> tombstone", BASE, BASE, None, "remote_deleted", None, "remove", None),
-    ("absent | same -> push delete", None, BASE, BASE, "local_deleted", "delete", None, None),
+    ("same | absent -> tombstone", (BASE, BASE, None), ("remote_deleted", None, "remove", None)),
+    ("absent | same -> push delete", (None, BASE, BASE), ("local_deleted", "delete", None, None)),
     (
         "edited | deleted remotely",
-        LOCAL_EDIT,
-        BASE,
-        None,
-        "recreate_remote",
-        "create",
-        None,
-        LOCAL_EDIT,
+        (LOCAL_EDIT, BASE, None),
+        ("recreate_remote", "create", None, LOCAL_EDIT),
     ),
     (
         "deleted locally | edited",
-        None,
-        BASE,
-        REMOTE_EDIT,
-        "revive_local",
-        None,
-        "upsert",
-        REMOTE_EDIT,
+        (None, BASE, REMOTE_EDIT),
+        ("revive_local", None, "upsert", REMOTE_EDIT),
     ),
-    ("absent | absent -> drop base", None, BASE, None, "drop_base", None, None, None),
+    ("absent | absent -> drop base", (None, BASE, None), ("drop_base", None, None, None)),
 ]
 
 
-@pytest.mark.parametrize(
-    ("row", "L", "B", "R", "case", "rop", "lop", "base"), TABLE, ids=[t[0] for t in TABLE]
-)
-def test_decision_table(row, L, B, R, case, rop, lop, base):
-    d = reconcile(L, B, R)
-    assert (d.case, d.remote_op, d.local_op, d.base) == (case, rop, lop, base), row
+@pytest.mark.parametrize(("row", "sides", "expected"), TABLE, ids=[t[0] for t in TABLE])
+def test_decision_table(row, sides, expected):
+    d = reconcile(*sides)
+    assert (d.case, d.remote_op, d.local_op, d.base) == expected, row
 
 
 # --- gone on both sides: a local delete outlives an export that only seems to lack the key -----
@@ -86,87 +68,59 @@ def test_decision_table(row, L, B, R, case, rop, lop, base):
 AFTER_THREE = Rules(absence_exports=3)
 OPTED = p(status="unsubscribed", Name="Ann")
 
-# (table row, L, B, R, exports that lacked it before, case, remote op, local op, base)
+# (table row, (L, B, R, exports that lacked it before), (case, remote op, local op, base))
 ABSENCE_TABLE = [
     (
         "absent | absent, first export without it -> the base stays",
-        None,
-        BASE,
-        None,
-        0,
-        "absence_unconfirmed",
-        None,
-        None,
-        BASE,
+        (None, BASE, None, 0),
+        ("absence_unconfirmed", None, None, BASE),
     ),
     (
         "absent | absent, second -> still",
-        None,
-        BASE,
-        None,
-        1,
-        "absence_unconfirmed",
-        None,
-        None,
-        BASE,
+        (None, BASE, None, 1),
+        ("absence_unconfirmed", None, None, BASE),
     ),
-    ("absent | absent, third -> drop the base", None, BASE, None, 2, "drop_base", None, None, None),
+    (
+        "absent | absent, third -> drop the base",
+        (None, BASE, None, 2),
+        ("drop_base", None, None, None),
+    ),
     (
         "absent | back, same -> push delete",
-        None,
-        BASE,
-        BASE,
-        2,
-        "local_deleted",
-        "delete",
-        None,
-        None,
+        (None, BASE, BASE, 2),
+        ("local_deleted", "delete", None, None),
     ),
     (
         "absent | back, edited -> the edit wins",
-        None,
-        BASE,
-        REMOTE_EDIT,
-        1,
-        "revive_local",
-        None,
-        "upsert",
-        REMOTE_EDIT,
+        (None, BASE, REMOTE_EDIT, 1),
+        ("revive_local", None, "upsert", REMOTE_EDIT),
     ),
     (
         "re-added locally | absent -> a new contact: create",
-        BASE,
-        BASE,
-        None,
-        1,
-        "create_remote",
-        "create",
-        None,
-        BASE,
+        (BASE, BASE, None, 1),
+        ("create_remote", "create", None, BASE),
     ),
-    ("re-added locally | back -> met anew", BASE, BASE, BASE, 1, "first_meeting", None, None, BASE),
+    (
+        "re-added locally | back -> met anew",
+        (BASE, BASE, BASE, 1),
+        ("first_meeting", None, None, BASE),
+    ),
     (
         "absent | back, opted out -> kept",
-        None,
-        OPTED,
-        OPTED,
-        1,
-        "keep_opted_out",
-        None,
-        None,
-        OPTED,
+        (None, OPTED, OPTED, 1),
+        ("keep_opted_out", None, None, OPTED),
     ),
 ]
 
 
 @pytest.mark.parametrize(
-    ("row", "L", "B", "R", "unseen", "case", "rop", "lop", "base"),
-    ABSENCE_TABLE,
-    ids=[t[0] for t in ABSENCE_TABLE],
+    ("row", "given", "expected"), ABSENCE_TABLE, ids=[t[0] for t in ABSENCE_TABLE]
 )
-def test_absence_table(row, L, B, R, unseen, case, rop, lop, base):
+def test_absence_table(row, given, expected):
+    L, B, R, unseen = given
+    case = expected[0]
     d = reconcile(L, B, R, AFTER_THREE, unseen=unseen)
-    assert (d.case, d.remote_op, d.local_op, d.base) == (case, rop, lop, base), row
+    assert (d.case, d.remote_op, d.local_op, d.base) == expected, row
     # only a kept base counts one more export, and it writes nothing else
     assert d.unseen == (case == "absence_unconfirmed")
     assert not d.unseen or (d.keep_base and d.is_noop)
@@ -223,140 +177,79 @@ def test_first_meeting_merges_with_an_empty_base():
 
 # --- first meetings: both sides hold the contact and there is no base yet ------------------
 
-# (table row, first_sync, take, L, R, expected case, remote op, local op, expected base)
+# (table row, (first_sync, take, L, R), (expected case, remote op, local op, expected base))
 FIRST_MEETINGS = [
     (
         "equal values: simply agreed, whatever first_sync says",
-        "manual",
-        None,
-        p(Name="Ann"),
-        p(Name="Ann"),
-        "first_meeting",
-        None,
-        None,
-        p(Name="Ann"),
+        ("manual", None, p(Name="Ann"), p(Name="Ann")),
+        ("first_meeting", None, None, p(Name="Ann")),
     ),
     (
         "different values, manual: held, neither side touched",
-        "manual",
-        None,
-        p(Name="Ann", City="Minsk"),
-        p(Name="Anna", City="Minsk"),
-        "first_meeting_held",
-        None,
-        None,
-        None,
+        ("manual", None, p(Name="Ann", City="Minsk"), p(Name="Anna", City="Minsk")),
+        ("first_meeting_held", None, None, None),
     ),
     (
         "different values, local: the local value goes out",
-        "local",
-        None,
-        p(Name="Ann"),
-        p(Name="Anna"),
-        "first_meeting",
-        "update",
-        None,
-        p(Name="Ann"),
+        ("local", None, p(Name="Ann"), p(Name="Anna")),
+        ("first_meeting", "update", None, p(Name="Ann")),
     ),
     (
         "different values, remote: the provider's value comes in",
-        "remote",
-        None,
-        p(Name="Ann"),
-        p(Name="Anna"),
-        "first_meeting",
-        None,
-        "upsert",
-        p(Name="Anna"),
+        ("remote", None, p(Name="Ann"), p(Name="Anna")),
+        ("first_meeting", None, "upsert", p(Name="Anna")),
     ),
     (
         "held, then a person takes remote",
-        "manual",
-        "remote",
-        p(Name="Ann", City="Minsk"),
-        p(Name="Anna", City="Minsk"),
-        "first_meeting",
-        None,
-        "upsert",
-        p(Name="Anna", City="Minsk"),
+        ("manual", "remote", p(Name="Ann", City="Minsk"), p(Name="Anna", City="Minsk")),
+        ("first_meeting", None, "upsert", p(Name="Anna", City="Minsk")),
     ),
     (
         "held, a side per field: Name from the provider, City from local",
-        "manual",
-        {"Name": "remote", "City": "local"},
-        p(Name="Ann", City="Minsk"),
-        p(Name="Anna", City="Brest"),
-        "first_meeting",
-        "update",
-        "upsert",
-        p(Name="Anna", City="Minsk"),
+        (
+            "manual",
+            {"Name": "remote", "City": "local"},
+            p(Name="Ann", City="Minsk"),
+            p(Name="Anna", City="Brest"),
+        ),
+        ("first_meeting", "update", "upsert", p(Name="Anna", City="Minsk")),
     ),
     (
         "held, a side for one of two fields in conflict: still held",
-        "manual",
-        {"Name": "remote"},
-        p(Name="Ann", City="Minsk"),
-        p(Name="Anna", City="Brest"),
-        "first_meeting_held",
-        None,
-        None,
-        None,
+        ("manual", {"Name": "remote"}, p(Name="Ann", City="Minsk"), p(Name="Anna", City="Brest")),
+        ("first_meeting_held", None, None, None),
     ),
     (
         "a value one side lacks is no conflict: taken from the side that has it",
-        "manual",
-        None,
-        p(Name="Ann"),
-        p(City="Brest"),
-        "first_meeting",
-        "update",
-        "upsert",
-        p(Name="Ann", City="Brest"),
+        ("manual", None, p(Name="Ann"), p(City="Brest")),
+        ("first_meeting", "update", "upsert", p(Name="Ann", City="Brest")),
     ),
     (
         "opted out at the provider, local wins the fields: still opted out (rule 3)",
-        "local",
-        None,
-        p(Name="Ann"),
-        p("unsubscribed", Name="Anna"),
-        "first_meeting",
-        "update",
-        "upsert",
-        p("unsubscribed", Name="Ann"),
+        ("local", None, p(Name="Ann"), p("unsubscribed", Name="Anna")),
+        ("first_meeting", "update", "upsert", p("unsubscribed", Name="Ann")),
     ),
     (
         "opted out at the provider, held then local taken: still opted out (rule 3)",
-        "manual",
-        "local",
-        p(Name="Ann"),
-        p("unsubscribed", Name="Anna"),
-        "first_meeting",
-        "update",
-        "upsert",
-        p("unsubscribed", Name="Ann"),
+        ("manual", "local", p(Name="Ann"), p("unsubscribed", Name="Anna")),
+        ("first_meeting", "update", "upsert", p("unsubscribed", Name="Ann")),
     ),
     (
         "opted out at the provider, equal fields: the opt-out comes in",
-        "manual",
-        None,
-        p(Name="Ann"),
-        p("unsubscribed", Name="Ann"),
-        "first_meeting",
-        None,
-        "upsert",
-        p("unsubscribed", Name="Ann"),
+        ("manual", None, p(Name="Ann"), p("unsubscribed", Name="Ann")),
+        ("first_meeting", None, "upsert", p("unsubscribed", Name="Ann")),
     ),
 ]
 
 
 @pytest.mark.parametrize(
-    ("row", "first_sync", "take", "L", "R", "case", "rop", "lop", "base"),
-    FIRST_MEETINGS,
-    ids=[t[0] for t in FIRST_MEETINGS],
+    ("row", "given", "expected"), FIRST_MEETINGS, ids=[t[0] for t in FIRST_MEETINGS]
 )
-def test_first_meeting_table(row, first_sync, take, L, R, case, rop, lop, base):
+def test_first_meeting_table(row, given, expected):
+    first_sync, take, L, R = given
+    case = expected[0]
     d = reconcile(L, None, R, Rules(first_sync=first_sync), take)
-    assert (d.case, d.remote_op, d.local_op, d.base) == (case, rop, lop, base), row
+    assert (d.case, d.remote_op, d.local_op, d.base) == expected, row
     if case == "first_meeting_held":
         assert d.held and d.keep_base and d.conflicts
 

@@ -45,14 +45,31 @@ def base_of(world: World, key: str) -> Base | None:
         return s.scalars(select(Base).where(col(Base.key) == key)).first()
 
 
-def test_a_local_delete_hidden_by_a_silently_short_export_is_carried_out_later(
-    world: World, tmp_path: Path
-) -> None:
+def hide_a_local_delete(world: World) -> str:
+    """20 contacts in agreement; the one the export file lists last is deleted locally, and the
+    file is cut, cleanly, just before it. Returns its address."""
     world.add_local(20)
     assert world.cycle().outcome == "converged"
     gone = export_order(world)[-1]  # the last row of the file
     world.ingest([{"email": gone, "delete": 1}])
     world.emu.faults.export_cut_rows = 19  # the file ends, cleanly, just before it
+    return gone
+
+
+def delete_on_both_sides(world: World, index: int) -> str:
+    """Five contacts in agreement; the one at ``index`` is deleted locally and at the provider.
+    Returns its address."""
+    gone = world.add_local(5)[index]
+    world.cycle()
+    world.ingest([{"email": gone, "delete": 1}])
+    world.emu.delete(gone)
+    return gone
+
+
+def test_a_local_delete_hidden_by_a_silently_short_export_is_carried_out_later(
+    world: World, tmp_path: Path
+) -> None:
+    gone = hide_a_local_delete(world)
     r = world.cycle()
     assert world.emu.faults.injected["export_cut_short"] == 1
     assert r.export_complete and r.outcome == "converged", r.message  # nothing tells it apart
@@ -70,11 +87,7 @@ def test_a_local_delete_hidden_by_a_silently_short_export_is_carried_out_later(
 
 
 def test_a_local_delete_outlives_short_exports_in_a_row(world: World, tmp_path: Path) -> None:
-    world.add_local(20)
-    world.cycle()
-    gone = export_order(world)[-1]
-    world.ingest([{"email": gone, "delete": 1}])
-    world.emu.faults.export_cut_rows = 19
+    gone = hide_a_local_delete(world)
     for _ in range(ABSENCE_EXPORTS - 1):
         assert world.cycle().write_calls == 0
     world.emu.faults.export_cut_rows = None
@@ -88,11 +101,7 @@ def test_a_delete_on_both_sides_converges_in_one_cycle(world: World, tmp_path: P
     """The plain case: deleted locally and at the provider. One cycle converges with no write;
     the base goes once enough whole exports lacked the contact, and only then does a new
     sign-up with the same address count as one."""
-    emails = world.add_local(5)
-    world.cycle()
-    gone = emails[2]
-    world.ingest([{"email": gone, "delete": 1}])
-    world.emu.delete(gone)
+    gone = delete_on_both_sides(world, 2)
     r = world.cycle()
     assert r.outcome == "converged" and r.write_calls == 0, r.message
     assert gone not in world.local() and world.emu.get(gone) is None
@@ -113,14 +122,10 @@ def test_a_contact_added_back_locally_while_its_absence_is_counted_is_created_ag
 ) -> None:
     """The kept base is the local delete's tombstone, not an agreement: the same contact added
     back locally, unchanged, is a new contact to create, not one the provider deleted."""
-    emails = world.add_local(5)
-    world.cycle()
-    back = emails[1]
-    world.ingest([{"email": back, "delete": 1}])
-    world.emu.delete(back)
+    back = delete_on_both_sides(world, 1)
     world.cycle()
     assert base_of(world, back) is not None  # counting the exports that lack it
-    world.ingest([{"email": back, "name": "Person 1", "city": "Minsk", "lists": ["news"]}])
+    world.add_local(1, start=1)  # the same contact, unchanged
     r = world.cycle()
     assert r.summary()["created"] == 1 and r.summary()["removed_local"] == 0, r.summary()
     assert back in world.local() and world.remote()[back]["fields"]["Name"] == "Person 1"
@@ -136,13 +141,9 @@ def test_a_contact_added_back_locally_waits_for_a_whole_export_to_be_created(
     the provider's row (it is what the local side deleted), so the create waits (rule 1) instead
     of the old base being taken as agreed, which a later export lacking the contact would read
     as a delete at the provider."""
-    emails = world.add_local(5)
+    back = delete_on_both_sides(world, 1)
     world.cycle()
-    back = emails[1]
-    world.ingest([{"email": back, "delete": 1}])
-    world.emu.delete(back)
-    world.cycle()
-    world.ingest([{"email": back, "name": "Person 1", "city": "Minsk", "lists": ["news"]}])
+    world.add_local(1, start=1)  # the same contact, unchanged
     world.emu.faults.export_truncate = True
     r = world.cycle()
     assert not r.export_complete and r.summary()["deferred"] == 1 and r.write_calls == 0
@@ -161,11 +162,7 @@ def test_a_base_kept_for_a_hidden_delete_starts_counting_again_once_the_key_is_s
     """The count is of exports since both sides last agreed: an edit at the provider brings
     the contact back (an edit beats a delete) and settles the base, so a later local delete
     hidden by a short export is counted from nothing again."""
-    world.add_local(20)
-    world.cycle()
-    gone = export_order(world)[-1]
-    world.ingest([{"email": gone, "delete": 1}])
-    world.emu.faults.export_cut_rows = 19
+    gone = hide_a_local_delete(world)
     world.cycle()
     kept = base_of(world, gone)
     assert kept is not None and kept.unseen == 1
@@ -183,11 +180,7 @@ def test_a_contact_added_back_unchanged_settles_its_count_and_follows_later_dele
     """Deleted locally, hidden by a short export, then added back unchanged while the provider
     kept it all along: all three sides are equal again, and the count still ends, so that a
     later delete at the provider is followed as usual."""
-    world.add_local(20)
-    world.cycle()
-    gone = export_order(world)[-1]
-    world.ingest([{"email": gone, "delete": 1}])
-    world.emu.faults.export_cut_rows = 19
+    gone = hide_a_local_delete(world)
     world.cycle()
     world.emu.faults.export_cut_rows = None
     row = next(r for r in world.emu.contacts_in_list(world.list_id) if r["email"] == gone)

@@ -3,58 +3,37 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from conftest import config_toml, emulator_process, free_port, unisender_target
+from conftest import (
+    emulator_fixture,
+    emulator_process,
+    free_port,
+    newsletter_config,
+    people_csv,
+    run_syncd,
+    syncd_env,
+)
 
 KEY = "cli-e2e-key-77d1"
+syncd = run_syncd
 pytestmark = pytest.mark.slow
 
 
-def syncd(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "syncd", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def config(folder: Path, emulator: str, **settings: Any) -> str:
-    """One target 'newsletter' on the emulator, its key read from $TEST_UNISENDER_KEY."""
-    target = unisender_target(
-        emulator, "newsletter", api_key="${TEST_UNISENDER_KEY}", export_poll_interval=0.05
-    )
-    return config_toml(folder, {**target, **settings})
-
-
-@pytest.fixture
-def emulator() -> Iterator[str]:
-    with emulator_process("unisender", KEY) as url:
-        yield url
+emulator = emulator_fixture("unisender", KEY)
 
 
 @pytest.fixture
 def workdir(tmp_path: Path, emulator: str) -> tuple[Path, dict[str, str]]:
-    (tmp_path / "syncd.toml").write_text(config(tmp_path, emulator), encoding="utf-8")
-    (tmp_path / "people.csv").write_text(
-        "email,name,city,tags,lists\n"
-        + "".join(f"user{i}@example.com,User {i},Minsk,a,newsletter\n" for i in range(30))
-        + "not-an-email,Bad,Minsk,,newsletter\n",
-        encoding="utf-8",
-    )
-    env = {**os.environ, "TEST_UNISENDER_KEY": KEY}
-    env.pop("SYNCD_CONFIG", None)
-    return tmp_path, env
+    (tmp_path / "syncd.toml").write_text(newsletter_config(tmp_path, emulator), encoding="utf-8")
+    bad = "not-an-email,Bad,Minsk,,newsletter\n"
+    people = people_csv(range(30), city="Minsk", tags="a") + bad
+    (tmp_path / "people.csv").write_text(people, encoding="utf-8")
+    return tmp_path, syncd_env(("TEST_UNISENDER_KEY", KEY))
 
 
 def test_ingest_run_once_plan_status_export_round_trip(workdir, emulator):
@@ -103,7 +82,7 @@ def test_config_errors_exit_2_naming_the_key(workdir):
 def test_unreachable_provider_exits_3_without_showing_the_key(workdir):
     cwd, env = workdir
     dead = f"http://127.0.0.1:{free_port()}"
-    (cwd / "dead.toml").write_text(config(cwd, dead, retries=0))
+    (cwd / "dead.toml").write_text(newsletter_config(cwd, dead, retries=0))
     syncd("ingest", "people.csv", env=env, cwd=cwd)
     r = syncd("run-once", "--config", "dead.toml", env=env, cwd=cwd)
     assert r.returncode == 3, r.stdout + r.stderr

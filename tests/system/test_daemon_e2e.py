@@ -11,22 +11,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import daemon_config, emulator_process, free_port, wait_for
+from conftest import daemon_config, emulator_fixture, free_port, people_csv, run_syncd, wait_for
 
 KEY = "daemon-e2e-key-5b2c"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def emulator() -> Iterator[str]:
-    with emulator_process("unisender", KEY) as url:
-        yield url
+emulator = emulator_fixture("unisender", KEY)
 
 
 class DaemonWorld:
@@ -73,19 +69,12 @@ class DaemonWorld:
         return {c["email"]: c for c in state["contacts"]}
 
     def local(self) -> dict[str, dict[str, Any]]:
-        out = subprocess.run(
-            [sys.executable, "-m", "syncd", "export", "--config", str(self.config)],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
+        out = run_syncd("export", "--config", str(self.config), cwd=self.tmp, env=self.env).stdout
         return {r["email"]: r for r in map(json.loads, out.splitlines())}
 
 
 def people(start: int, n: int) -> str:
-    rows = "".join(f"u{i}@example.com,User {i},Minsk,newsletter\n" for i in range(start, start + n))
-    return "email,name,city,lists\n" + rows
+    return people_csv(range(start, start + n), prefix="u", city="Minsk")
 
 
 def test_daemon_converges_stops_cleanly_and_picks_up_files_on_restart(tmp_path, emulator):
@@ -168,10 +157,7 @@ def test_sigkill_during_ingestion_loses_nothing_and_applies_nothing_twice(tmp_pa
     w = DaemonWorld(tmp_path, emulator)
     w.inbox.mkdir()
     w.start()
-    big = "email,name,city,lists\n" + "".join(
-        f"k{i}@example.com,K {i},Minsk,newsletter\n" for i in range(20000)
-    )
-    w.drop("big.csv", big)
+    w.drop("big.csv", people_csv(range(20000), "K", prefix="k", city="Minsk"))
     time.sleep(0.4)  # in the middle of reading or applying it
     assert w.proc is not None
     w.proc.kill()

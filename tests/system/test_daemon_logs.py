@@ -16,7 +16,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import emulator_process, free_port
+from conftest import (
+    config_toml,
+    daemon_tables,
+    emulator_process,
+    free_port,
+    unisender_target,
+    wait_for,
+)
 
 KEY = "daemon-logs-key-81f3"
 pytestmark = pytest.mark.slow
@@ -27,16 +34,11 @@ QUIET_SECONDS = 4.0
 
 
 def _wait_healthy(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         assert proc.poll() is None, "the daemon exited"
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("/healthz never answered")
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+
+    wait_for(healthy, "/healthz", timeout=20)
 
 
 def _settled(log: Path, quiet_for: float = 1.0, limit: float = 20.0) -> None:
@@ -56,33 +58,11 @@ def test_an_idle_daemon_at_debug_writes_little_to_a_log_beside_its_config(tmp_pa
     with emulator_process("unisender", KEY) as emulator:
         port = free_port()
         config = tmp_path / "syncd.toml"
-        config.write_text(
-            f"""
-[store]
-url = "sqlite:///{tmp_path / "syncd.db"}"
-
-[inbox]
-path = "{tmp_path / "inbox"}"
-
-[outbox]
-path = "{tmp_path / "outbox"}"
-
-[http]
-listen = "127.0.0.1:{port}"
-
-[[target]]
-name = "newsletter"
-provider = "unisender"
-list_id = "1"
-api_key = "{KEY}"
-base_url = "{emulator}/en/api"
-fields = {{ Name = "name" }}
-schedule = "1h"
-jitter = 0
-export_poll_interval = 0.05
-""",
-            encoding="utf-8",
-        )
+        settings = {"schedule": "1h", "jitter": 0, "export_poll_interval": 0.05}
+        target = unisender_target(emulator, "newsletter", api_key=KEY, **settings)
+        target["fields"] = {"Name": "name"}
+        tables = daemon_tables(tmp_path, f"127.0.0.1:{port}")
+        config.write_text(config_toml(tmp_path, target, **tables), encoding="utf-8")
         log = tmp_path / "syncd.log"  # beside the configuration, in the watched folder
         command = [sys.executable, "-m", "syncd", "run", "--config", str(config)]
         command += ["--log-level", "DEBUG"]

@@ -6,24 +6,19 @@ Real `syncd` processes against `syncd emulate unisender` on loopback.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import emulator_process
-from test_cli_e2e import syncd
+from conftest import emulator_fixture, newsletter_config, people_csv, run_syncd, syncd_env
 
 KEY = "first-sync-key-5c2e"
 N = 4  # contacts on both sides whose Name differs
+syncd = run_syncd
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def emulator() -> Iterator[str]:
-    with emulator_process("unisender", KEY) as url:
-        yield url
+emulator = emulator_fixture("unisender", KEY)
 
 
 def _names(emulator: str) -> dict[str, str]:
@@ -34,27 +29,9 @@ def _names(emulator: str) -> dict[str, str]:
 def test_plan_counts_held_first_meetings_and_resolve_all_settles_them(
     tmp_path: Path, emulator: str
 ):
-    (tmp_path / "syncd.toml").write_text(
-        f"""
-[store]
-url = "sqlite:///{tmp_path / "syncd.db"}"
-
-[[target]]
-name = "newsletter"
-provider = "unisender"
-list_id = "1"
-api_key = "${{TEST_UNISENDER_KEY}}"
-base_url = "{emulator}/en/api"
-fields = {{ Name = "name" }}
-export_poll_interval = 0.05
-""",
-        encoding="utf-8",
-    )
-    (tmp_path / "people.csv").write_text(
-        "email,name,lists\n"
-        + "".join(f"user{i}@example.com,Local {i},newsletter\n" for i in range(N + 1)),
-        encoding="utf-8",
-    )
+    text = newsletter_config(tmp_path, emulator, fields={"Name": "name"})
+    (tmp_path / "syncd.toml").write_text(text, encoding="utf-8")
+    (tmp_path / "people.csv").write_text(people_csv(range(N + 1), "Local"), encoding="utf-8")
     for i in range(N + 1):
         name = f"Remote {i}" if i < N else f"Local {i}"  # the last one agrees
         body = {"action": "sign_up", "email": f"user{i}@example.com", "list_id": 1}
@@ -62,8 +39,7 @@ export_poll_interval = 0.05
             f"{emulator}/_emulator/contact", json={**body, "fields": {"Name": name}}
         )
         signed.raise_for_status()  # the seeded account has list 1 and the field Name
-    env = {**os.environ, "TEST_UNISENDER_KEY": KEY}
-    env.pop("SYNCD_CONFIG", None)
+    env = syncd_env(("TEST_UNISENDER_KEY", KEY))
     assert syncd("ingest", "people.csv", env=env, cwd=tmp_path).returncode == 0
 
     plan = syncd("plan", env=env, cwd=tmp_path)

@@ -9,7 +9,6 @@ exported reports ``stopped``, exit 1, even with nothing to push.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -18,51 +17,24 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import emulator_process
+from conftest import emulator_process, newsletter_config, people_csv, run_syncd, syncd_env
 
 KEY = "outcomes-cli-key-5c2e"
 pytestmark = pytest.mark.slow
 
 
 def syncd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TEST_UNISENDER_KEY": KEY}
-    env.pop("SYNCD_CONFIG", None)
-    return subprocess.run(
-        [sys.executable, "-m", "syncd", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_syncd(*args, cwd=cwd, key=("TEST_UNISENDER_KEY", KEY))
 
 
 def write_config(cwd: Path, emulator: str) -> None:
-    (cwd / "syncd.toml").write_text(
-        f"""
-[store]
-url = "sqlite:///{cwd / "syncd.db"}"
-
-[[target]]
-name = "newsletter"
-provider = "unisender"
-list_id = "1"
-api_key = "${{TEST_UNISENDER_KEY}}"
-base_url = "{emulator}/en/api"
-fields = {{ Name = "name" }}
-export_poll_interval = 0.05
-""",
-        encoding="utf-8",
-    )
+    text = newsletter_config(cwd, emulator, fields={"Name": "name"})
+    (cwd / "syncd.toml").write_text(text, encoding="utf-8")
 
 
 def ingest(cwd: Path, first: int, n: int) -> None:
     path = cwd / f"people-{first}.csv"
-    path.write_text(
-        "email,name,lists\n"
-        + "".join(f"user{i}@example.com,User {i},newsletter\n" for i in range(first, first + n)),
-        encoding="utf-8",
-    )
+    path.write_text(people_csv(range(first, first + n)), encoding="utf-8")
     assert syncd("ingest", path.name, cwd=cwd).returncode == 0
 
 
@@ -99,11 +71,9 @@ def test_a_no_change_cycle_that_lost_its_lease_exits_1_as_stopped(tmp_path: Path
         assert syncd("run-once", cwd=tmp_path).returncode == 0
         # the export's answer comes slowly; meanwhile another replica takes the lease over
         httpx.post(f"{emulator}/_emulator/faults", json={"latency": 0.5})
-        env = {**os.environ, "TEST_UNISENDER_KEY": KEY}
-        env.pop("SYNCD_CONFIG", None)
         proc = subprocess.Popen(
             [sys.executable, "-m", "syncd", "run-once", "--json"],
-            env=env,
+            env=syncd_env(("TEST_UNISENDER_KEY", KEY)),
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -8,64 +8,27 @@ names the refused contact and exits 1 ("rejected"), not 3, on this cycle and the
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import emulator_process
+from conftest import emulator_fixture, newsletter_config, people_csv, run_syncd, syncd_env
 
 KEY = "cli-refused-key-31c9"
 BAD = "user321@example.com"
+syncd = run_syncd
 pytestmark = pytest.mark.slow
 
 
-def syncd(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "syncd", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-@pytest.fixture
-def emulator() -> Iterator[str]:
-    with emulator_process("unisender", KEY) as url:
-        yield url
+emulator = emulator_fixture("unisender", KEY)
 
 
 def test_run_once_rejects_the_row_a_http_400_names_and_applies_the_rest(
     tmp_path: Path, emulator: str
 ) -> None:
-    (tmp_path / "syncd.toml").write_text(
-        f"""
-[store]
-url = "sqlite:///{tmp_path / "syncd.db"}"
-
-[[target]]
-name = "newsletter"
-provider = "unisender"
-list_id = "1"
-api_key = "${{TEST_UNISENDER_KEY}}"
-base_url = "{emulator}/en/api"
-fields = {{ Name = "name", City = "city" }}
-export_poll_interval = 0.05
-""",
-        encoding="utf-8",
-    )
-    (tmp_path / "people.csv").write_text(
-        "email,name,city,lists\n"
-        + "".join(f"user{i}@example.com,User {i},Minsk,newsletter\n" for i in range(500)),
-        encoding="utf-8",
-    )
-    env = {**os.environ, "TEST_UNISENDER_KEY": KEY}
-    env.pop("SYNCD_CONFIG", None)
+    (tmp_path / "syncd.toml").write_text(newsletter_config(tmp_path, emulator), encoding="utf-8")
+    (tmp_path / "people.csv").write_text(people_csv(range(500), city="Minsk"), encoding="utf-8")
+    env = syncd_env(("TEST_UNISENDER_KEY", KEY))
     assert syncd("ingest", "people.csv", env=env, cwd=tmp_path).returncode == 0
     message = f'Invalid value of field "email": "{BAD}"'
     refuse = {"key": BAD, "status": 400, "code": "invalid_arg", "message": message}

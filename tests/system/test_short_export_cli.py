@@ -7,38 +7,23 @@ ends at a line break, no error) and `syncd ingest` / `syncd run-once` against it
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import emulator_process
+from conftest import emulator_fixture, newsletter_config, people_csv, run_syncd
 
 KEY = "short-export-key-5c2e"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def emulator() -> Iterator[str]:
-    with emulator_process("unisender", KEY) as url:
-        yield url
+emulator = emulator_fixture("unisender", KEY)
 
 
 def syncd(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TEST_UNISENDER_KEY": KEY}
-    env.pop("SYNCD_CONFIG", None)
-    return subprocess.run(
-        [sys.executable, "-m", "syncd", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_syncd(*args, cwd=cwd, key=("TEST_UNISENDER_KEY", KEY))
 
 
 def run_once(cwd: Path) -> dict[str, Any]:
@@ -57,30 +42,10 @@ def remote(emulator: str) -> list[str]:
 def test_run_once_deletes_a_contact_a_short_export_hid_and_never_pulls_it_back(
     tmp_path: Path, emulator: str
 ) -> None:
-    (tmp_path / "syncd.toml").write_text(
-        f"""
-[store]
-url = "sqlite:///{tmp_path / "syncd.db"}"
-
-[outbox]
-path = "{tmp_path / "outbox"}"
-
-[[target]]
-name = "newsletter"
-provider = "unisender"
-list_id = "1"
-api_key = "${{TEST_UNISENDER_KEY}}"
-base_url = "{emulator}/en/api"
-fields = {{ Name = "name", City = "city" }}
-export_poll_interval = 0.05
-""",
-        encoding="utf-8",
-    )
-    (tmp_path / "people.csv").write_text(
-        "email,name,city,lists\n"
-        + "".join(f"user{i}@example.com,User {i},Minsk,newsletter\n" for i in range(20)),
-        encoding="utf-8",
-    )
+    outbox = {"outbox": {"path": str(tmp_path / "outbox")}}
+    text = newsletter_config(tmp_path, emulator, tables=outbox)
+    (tmp_path / "syncd.toml").write_text(text, encoding="utf-8")
+    (tmp_path / "people.csv").write_text(people_csv(range(20), city="Minsk"), encoding="utf-8")
     assert syncd(tmp_path, "ingest", "people.csv").returncode == 0
     assert run_once(tmp_path)["created"] == 20
     gone = remote(emulator)[-1]  # the last row of the export file
