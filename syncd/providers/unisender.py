@@ -213,7 +213,7 @@ class UnisenderProvider(HttpProvider):
 
     def _error_of(self, body: Mapping[str, Any]) -> tuple[str, str]:
         """§1.2: the envelope's ``code`` and its HTML-escaped ``error`` text, scrubbed."""
-        code = str(body.get("code") or "unspecified")
+        code = self._http.scrub(str(body.get("code") or "unspecified"))
         return code, self._http.scrub(html.unescape(str(body.get("error") or "")))
 
     def _raise_typed(self, where: str, code: str, text: str) -> None:

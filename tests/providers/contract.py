@@ -409,7 +409,7 @@ class ProviderContract(Generic[P]):
 
         # a provider that refuses every request, quoting it whole (key included)
         for status in (200, 400, 401, 500):
-            for shape in ("json", "text"):
+            for shape in ("json", "code", "text"):
                 handler = _echoing(status, shape)
                 for run in self.every_method(handler):
                     try:
@@ -443,14 +443,17 @@ class ProviderContract(Generic[P]):
 
 
 def _echoing(status: int, shape: str) -> Handler:
-    """A provider that refuses every request and quotes it, headers and body included."""
+    """A provider that refuses every request and quotes it, headers and body included (with
+    ``shape`` "code", in its error code too)."""
 
     def handler(request: httpx.Request) -> httpx.Response:
         quoted = f"{request.method} {request.url} {dict(request.headers)} {request.read()!r}"
         if shape == "text":
             return httpx.Response(status, text=f"refused: {quoted}")
         body = {"status": "error", "result": quoted, "error": quoted, "message": quoted}
-        return httpx.Response(status, json={**body, "code": "invalid_arg"})
+        return httpx.Response(
+            status, json={**body, "code": quoted if shape == "code" else "invalid_arg"}
+        )
 
     return handler
 
