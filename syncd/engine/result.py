@@ -144,10 +144,11 @@ class CycleResult:
         return "converged"
 
     def _deferred_message(self) -> str:
-        n = self.counts["deferred"]
-        if not n:
-            return ""
-        return f"{n} creates/deletes wait for a complete export"
+        c = self.counts
+        waiting = [f"{c['deferred']} creates/deletes"] if c["deferred"] else []
+        if c["update_deferred"]:  # the reference, or a write re-sent after a lost answer
+            waiting.append(f"{c['update_deferred']} updates syncd sends of its own accord")
+        return " and ".join(waiting) + " wait for a complete export" if waiting else ""
 
     def _rejected_message(self) -> str:
         """Why a cycle did not converge although every call was answered: the refused rows."""

@@ -82,6 +82,7 @@ def test_an_incomplete_export_sends_no_reference_update(world: World) -> None:
     world.emu.faults.export_truncate = True
     result = world.cycle()
     assert not result.export_complete and result.outcome == "partial"
+    assert "1 updates syncd sends of its own accord wait for a complete export" in result.message
     assert world.emu.get(WHO) is None, "re-created by an update sent on an incomplete export"
     world.emu.faults.export_truncate = False
     gone_for_good(world)
