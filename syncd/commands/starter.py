@@ -114,6 +114,10 @@ def starter_text(provider: str, folder: Path | None = None) -> str:
     lines += [
         ("fields = {}", 'remote = local field, e.g. { Name = "name", City = "city" }'),
         ('conflict = "local"', "who wins a field edited on both sides: local | remote | manual"),
+        (
+            'first_sync = "manual"',
+            "values differing when a contact first meets: hold (manual) | local | remote",
+        ),
         ("max_delete_fraction = 0.2", "a cycle deleting a larger share stops before writing"),
         ('schedule = "5m"', "interval (30s, 5m, 1h) or a five-field cron expression (UTC)"),
     ]
