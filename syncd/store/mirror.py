@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, delete, func, select, text, tuple_, update
+from sqlalchemy import Connection, delete, exists, func, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -511,19 +511,32 @@ def iter_local_members(session: Session, view: LocalView) -> Iterator[list[Membe
     cycle). Each page is read whole by keyset on the id, so no read stays open across the
     caller's writes and commits: on SQLite an open read would pin a snapshot, and the next
     write after another connection's commit fails at once with "database is locked"."""
+    # driven by the contact's id (a range of its primary key) with membership as a look-up:
+    # joined the other way, every page would read and sort the whole list
+    member = exists().where(
+        col(Membership.contact_id) == col(Contact.id),
+        col(Membership.list_name) == view.local_list,
+    )
     last = 0
     while True:
         stmt = (
-            _members_query(view)
-            .add_columns(col(Contact.id))
-            .where(col(Contact.id) > last)
+            select(
+                col(Contact.email),
+                col(Contact.phone),
+                col(Contact.fields),
+                col(Contact.tags),
+                col(Contact.status),
+                col(Contact.ref),
+                col(Contact.id),
+            )
+            .where(member, col(Contact.deleted) == False, col(Contact.id) > last)  # noqa: E712
             .order_by(col(Contact.id))
             .limit(CHUNK)
         )
         rows = session.execute(stmt).all()
         if not rows:
             return
-        last = rows[-1][-1]
+        last = rows[-1][-1] or last
         yield [MemberRow(*row[:-1]) for row in rows]
 
 
