@@ -3,7 +3,9 @@
 Each cycle stages the local projection and the remote export of one target, then asks the
 database for the keys whose three digests (local, base, remote) are not all equal. Only those
 rows ever reach Python, so a no-change cycle over a million contacts costs two streamed inserts
-and one join, and memory stays bounded whatever the list's size.
+and one join, and memory stays bounded whatever the list's size. A cycle does each of them in
+transactions of at most ``CHUNK`` rows (the join: one key range of at most ``CHUNK`` keys per
+side), so none holds SQLite's write lock for more than milliseconds, whatever the list's size.
 """
 
 from __future__ import annotations
