@@ -2,7 +2,10 @@
 
 Prints, for syncd's own process (the emulator runs in another one):
 - the no-change cycle: wall time, CPU time and peak memory (RSS) of `syncd run-once`;
-- the plan of 1 % changes: wall time, CPU time and peak memory of `syncd plan`.
+- the plan of 1 % changes: wall time, CPU time and peak memory of `syncd plan`;
+- the same changes pushed by `syncd run-once` on the default ``lease_timeout``: wall time, CPU
+  time, peak memory and write calls, which must be ceil(changes / 500) and converge (the lease
+  renewed throughout: no transaction of the cycle holds the store's write lock for long).
 
 Usage: python benchmarks/bench_cycle.py [--contacts N] [--keep DIR]
 """
@@ -10,6 +13,7 @@ Usage: python benchmarks/bench_cycle.py [--contacts N] [--keep DIR]
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -156,9 +160,31 @@ rate_limit_per_minute = 1000000
             f"{cpu:.1f} s, peak RSS {rss:.0f} MiB, exit {code}"
         )
         print("  " + "\n  ".join(out.strip().splitlines()[:3]))
+        changes = n // 100
+        wall, cpu, rss, code, out = measured([*SYNCD, "run-once", "--json"], env)
+        summary = _summary(out)
+        print(
+            f"run-once of 1 % changes ({changes:,} contacts): wall {wall:.1f} s, syncd CPU "
+            f"{cpu:.1f} s, peak RSS {rss:.0f} MiB, write calls {summary.get('write_calls')}, "
+            f"{summary.get('outcome')}, exit {code}"
+        )
+        expected = math.ceil(changes / 500)
+        if code != 0 or summary.get("outcome") != "converged":
+            sys.exit(f"run-once did not converge: {out.strip()}")
+        if summary.get("write_calls") != expected:
+            sys.exit(f"run-once made {summary.get('write_calls')} write calls, not {expected}")
     finally:
         emulator.kill()
         emulator.wait()
+
+
+def _summary(out: str) -> dict[str, object]:
+    """The JSON summary line that ``run-once --json`` prints among the log lines."""
+    for line in reversed(out.splitlines()):
+        if line.startswith("{") and '"write_calls"' in line:
+            found: dict[str, object] = json.loads(line)
+            return found
+    return {}
 
 
 if __name__ == "__main__":

@@ -52,30 +52,30 @@ def project_local(
 
 
 def stage_and_diff(session: Session, cycle: CycleState) -> None:
+    """Stage both sides and find the differing keys, in transactions of at most ``CHUNK`` rows
+    (or one key range of the diff) each: none holds the store's write lock for longer than
+    that, whatever the list's size, so the inbox and the lease renewal always get a turn."""
     name = cycle.target.name
-    mirror.clear_stage(session, name)
+    mirror.clear_stage(session, name, commit_chunks=True)
     if cycle.caps.export:
         log.debug("exporting the remote list")
-        session.commit()  # no write lock held while the provider prepares the export
         try:
             n = mirror.stage_rows(session, StageRemote, _remote_rows(cycle), commit_chunks=True)
             cycle.progress("exported", n)
         except ExportIncomplete as exc:
             # Rule 1: a partial export proves nothing about absence. Start over from the base.
             session.rollback()
-            mirror.clear_stage(session, name)
+            mirror.clear_stage(session, name, commit_chunks=True)
             mirror.stage_remote_as_base(session, name)
             cycle.result.export_complete = False
             cycle.result.message = f"export incomplete, pushing local changes only: {exc}"
     else:
         mirror.stage_remote_as_base(session, name)
-    n = mirror.stage_rows(session, StageLocal, _local_rows(session, cycle))
+    n = mirror.stage_rows(session, StageLocal, _local_rows(session, cycle), commit_chunks=True)
     cycle.progress("staged local", n)
-    n = mirror.compute_diff(session, name)
+    n = mirror.compute_diff(session, name, commit_chunks=True)
     cycle.progress("differing keys", n)
     log.debug("planning: %d differing keys", n)
-    if not cycle.dry_run:
-        session.commit()
 
 
 def _remote_rows(cycle: CycleState) -> Iterator[dict[str, str]]:
@@ -91,15 +91,16 @@ def _remote_rows(cycle: CycleState) -> Iterator[dict[str, str]]:
 
 
 def _local_rows(session: Session, cycle: CycleState) -> Iterator[dict[str, str]]:
-    for contact in mirror.iter_local_members(session, cycle.view):
-        p = project_local(contact, cycle.view, cycle.caps)
-        if p is None:
-            cycle.result.counts["no_key"] += 1  # a phone target meets a contact with no phone
-            continue
-        data = p.to_json()
-        yield {
-            "target": cycle.target.name,
-            "key": p.key,
-            "digest": digest_of(data),
-            "data": data,
-        }
+    for page in mirror.iter_local_members(session, cycle.view):
+        for contact in page:
+            p = project_local(contact, cycle.view, cycle.caps)
+            if p is None:
+                cycle.result.counts["no_key"] += 1  # a phone target meets one with no phone
+                continue
+            data = p.to_json()
+            yield {
+                "target": cycle.target.name,
+                "key": p.key,
+                "digest": digest_of(data),
+                "data": data,
+            }

@@ -26,6 +26,11 @@ from sqlmodel import Session, create_engine
 from syncd.errors import FatalError
 from syncd.store.schema import MIGRATIONS
 
+#: Seconds a SQLite connection waits for the write lock before "database is locked": long
+#: against the longest write transaction of a cycle (one chunk of ``mirror.CHUNK`` rows,
+#: milliseconds) and of the inbox (one file), so writers take turns instead of failing.
+SQLITE_BUSY_TIMEOUT = 30.0
+
 #: Replicas starting at once against a new PostgreSQL store take turns to migrate it
 #: (an arbitrary constant: the key of a transaction-level advisory lock).
 _MIGRATION_LOCK = 0x73796E6364
@@ -52,7 +57,7 @@ def open_engine(url: str) -> Engine:
     connect_args: dict[str, Any] = {}
     options: dict[str, Any] = {}
     if url.startswith("sqlite"):
-        connect_args = {"check_same_thread": False, "timeout": 30}
+        connect_args = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT}
     else:
         options["pool_pre_ping"] = True  # a server restart must not fail the next cycle
     try:

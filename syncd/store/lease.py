@@ -15,6 +15,17 @@ lease ``lost``; the cycle asks between batches and stops after the batch in flig
 idempotent and the base moves only on confirmation (rules 4 and 5), so even that last batch
 cannot corrupt anything. Before a cycle reports, it asks the store itself (``Lease.confirm``):
 a cycle that was not sure of its lease to the end reports ``stopped``, never ``converged``.
+
+The renewal and the cycle share the store without starving or failing each other. On SQLite,
+every connection of the store's engine, the renewal's included, waits for the write lock
+(``db.SQLITE_BUSY_TIMEOUT``, 30 s) rather than failing at once. No transaction of a cycle holds
+that lock longer than one chunk (``mirror.CHUNK`` rows staged, copied or compared, milliseconds
+whatever the list's size; ``engine/stage.py``), so a renewal, due every third of
+``lease_timeout`` (at least a second), waits milliseconds at most. And the cycle never writes
+from inside a read that is still open (each page of the mirror is read whole first): SQLite
+fails such a write with "database is locked" at once, without waiting, when another connection
+(a renewal) committed since the read began. PostgreSQL has no store-wide write lock: a renewal
+touches only its ``lease`` row.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 Each cycle stages the local projection and the remote export of one target, then asks the
 database for the keys whose three digests (local, base, remote) are not all equal. Only those
 rows ever reach Python, so a no-change cycle over a million contacts costs two streamed inserts
-and one join, and memory stays bounded whatever the list's size.
+and one join, and memory stays bounded whatever the list's size. A cycle does each of them in
+transactions of at most ``CHUNK`` rows (the join: one key range of at most ``CHUNK`` keys per
+side), so none holds SQLite's write lock for more than milliseconds, whatever the list's size.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, delete, func, select, text, tuple_, update
+from sqlalchemy import Connection, delete, exists, func, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -62,9 +64,25 @@ def _insert(session: Session, model: Any) -> Any:
     return postgresql.insert(model) if dialect == "postgresql" else sqlite.insert(model)
 
 
-def clear_stage(session: Session, target: str) -> None:
-    for model in (StageLocal, StageRemote, StageDiff):
-        session.execute(delete(model).where(col(model.target) == target))
+def clear_stage(session: Session, target: str, *, commit_chunks: bool = False) -> None:
+    """Empty this target's stage tables; ``commit_chunks``: ``CHUNK`` rows per transaction, so
+    that clearing a million staged rows never holds SQLite's write lock for long."""
+    if not commit_chunks:
+        for model in (StageLocal, StageRemote, StageDiff):
+            session.execute(delete(model).where(col(model.target) == target))
+        return
+    for table, column in (("stage_local", "key"), ("stage_remote", "key"), ("stage_diff", "seq")):
+        while True:
+            done = session.execute(
+                text(
+                    f"DELETE FROM {table} WHERE target = :t AND {column} IN "
+                    f"(SELECT {column} FROM {table} WHERE target = :t LIMIT :n)"
+                ),
+                {"t": target, "n": CHUNK},
+            )
+            session.commit()
+            if int(getattr(done, "rowcount", 0) or 0) < CHUNK:
+                break
 
 
 def stage_rows(
@@ -93,6 +111,8 @@ def stage_rows(
                 session.commit()
     if chunk:
         count += _flush(session, model, chunk)
+        if commit_chunks:
+            session.commit()
     return count
 
 
@@ -103,36 +123,84 @@ def _flush(session: Session, model: Any, chunk: list[dict[str, str]]) -> int:
 
 
 def stage_remote_as_base(session: Session, target: str) -> None:
-    """No readable remote (push-only provider, or an incomplete export): take remote = base."""
-    session.execute(
-        text(
-            "INSERT INTO stage_remote (target, key, digest, data, raw_status) "
-            "SELECT target, key, digest, data, '' FROM base WHERE target = :t"
-        ),
-        {"t": target},
-    )
+    """No readable remote (push-only provider, or an incomplete export): take remote = base.
+
+    Copied one key range at a time (at most ``CHUNK`` keys), each range its own transaction.
+    """
+    for bounds, params in _key_ranges(session, target, ("base",)):
+        session.execute(
+            text(
+                "INSERT INTO stage_remote (target, key, digest, data, raw_status) "
+                f"SELECT target, key, digest, data, '' FROM base WHERE target = :t{bounds}"
+            ),
+            params,
+        )
+        session.commit()
 
 
-def compute_diff(session: Session, target: str) -> int:
+def _key_ranges(
+    session: Session, target: str, tables: Sequence[str]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Cut the keys of ``tables`` (of this target) into ranges of at most ``CHUNK`` keys per
+    table: yields the SQL condition on ``key`` (to append after ``target = :t``) and its
+    parameters. Each boundary is one indexed look-up per table, read before the range's write
+    begins, so that a range's transaction costs the same whatever the list's size."""
+    low: str | None = None
+    while True:
+        ends = [
+            session.scalar(
+                text(
+                    f"SELECT key FROM {table} WHERE target = :t"
+                    + ("" if low is None else " AND key > :lo")
+                    + " ORDER BY key LIMIT 1 OFFSET :n"
+                ),
+                {"t": target, "lo": low, "n": CHUNK - 1},
+            )
+            for table in tables
+        ]
+        high = min((e for e in ends if e is not None), default=None)
+        cond = ("" if low is None else " AND key > :lo") + (
+            "" if high is None else " AND key <= :hi"
+        )
+        yield cond, {"t": target, "lo": low, "hi": high}
+        if high is None:
+            return
+        low = high
+
+
+def compute_diff(session: Session, target: str, *, commit_chunks: bool = False) -> int:
     """Fill stage_diff with every key whose local, base and remote digests are not all equal,
     and every key whose base still counts the exports that lacked it (``Base.unseen``): equal
     on all sides again, it is decided once more so that its base is settled and the count ends.
+
+    ``commit_chunks``: the keys are compared one range at a time (at most ``CHUNK`` keys from
+    each side, ``_key_ranges``), each range its own transaction, so no transaction holds
+    SQLite's write lock for longer than one range's join, whatever the list's size.
     """
     same = "IS" if session.get_bind().dialect.name == "sqlite" else "IS NOT DISTINCT FROM"
-    session.execute(
-        text(
-            "INSERT INTO stage_diff (target, key, local, base, remote, raw_status) "
-            "SELECT :t, k.key, l.data, b.data, r.data, r.raw_status FROM ("
-            "  SELECT key FROM stage_local WHERE target = :t"
-            "  UNION SELECT key FROM base WHERE target = :t"
-            "  UNION SELECT key FROM stage_remote WHERE target = :t) AS k "
-            "LEFT JOIN stage_local l ON l.target = :t AND l.key = k.key "
-            "LEFT JOIN base b ON b.target = :t AND b.key = k.key "
-            "LEFT JOIN stage_remote r ON r.target = :t AND r.key = k.key "
-            f"WHERE NOT (l.digest {same} b.digest AND r.digest {same} b.digest) OR b.unseen > 0"
-        ),
-        {"t": target},
+    ranges: Iterable[tuple[str, dict[str, Any]]] = (
+        _key_ranges(session, target, ("stage_local", "base", "stage_remote"))
+        if commit_chunks
+        else [("", {"t": target})]
     )
+    for bounds, params in ranges:
+        session.execute(
+            text(
+                "INSERT INTO stage_diff (target, key, local, base, remote, raw_status) "
+                "SELECT :t, k.key, l.data, b.data, r.data, r.raw_status FROM ("
+                f"  SELECT key FROM stage_local WHERE target = :t{bounds}"
+                f"  UNION SELECT key FROM base WHERE target = :t{bounds}"
+                f"  UNION SELECT key FROM stage_remote WHERE target = :t{bounds}) AS k "
+                "LEFT JOIN stage_local l ON l.target = :t AND l.key = k.key "
+                "LEFT JOIN base b ON b.target = :t AND b.key = k.key "
+                "LEFT JOIN stage_remote r ON r.target = :t AND r.key = k.key "
+                f"WHERE NOT (l.digest {same} b.digest AND r.digest {same} b.digest) "
+                "OR b.unseen > 0"
+            ),
+            params,
+        )
+        if commit_chunks:
+            session.commit()
     return count_rows(session, StageDiff, target)
 
 
@@ -439,12 +507,39 @@ def _members_query(view: LocalView) -> Any:
     )
 
 
-def iter_local_members(session: Session, view: LocalView) -> Iterator[MemberRow]:
-    """Every live contact on the target's local list, streamed in id order, as plain rows
-    (no ORM objects: a million of them would cost more than the rest of the cycle)."""
-    stmt = _members_query(view).order_by(col(Contact.id)).execution_options(yield_per=CHUNK)
-    for row in session.execute(stmt):
-        yield MemberRow(*row)
+def iter_local_members(session: Session, view: LocalView) -> Iterator[list[MemberRow]]:
+    """Every live contact on the target's local list, in id order, a page of ``CHUNK`` plain
+    rows at a time (no ORM objects: a million of them would cost more than the rest of the
+    cycle). Each page is read whole by keyset on the id, so no read stays open across the
+    caller's writes and commits: on SQLite an open read would pin a snapshot, and the next
+    write after another connection's commit fails at once with "database is locked"."""
+    # driven by the contact's id (a range of its primary key) with membership as a look-up:
+    # joined the other way, every page would read and sort the whole list
+    member = exists().where(
+        col(Membership.contact_id) == col(Contact.id),
+        col(Membership.list_name) == view.local_list,
+    )
+    last = 0
+    while True:
+        stmt = (
+            select(
+                col(Contact.email),
+                col(Contact.phone),
+                col(Contact.fields),
+                col(Contact.tags),
+                col(Contact.status),
+                col(Contact.ref),
+                col(Contact.id),
+            )
+            .where(member, col(Contact.deleted) == False, col(Contact.id) > last)  # noqa: E712
+            .order_by(col(Contact.id))
+            .limit(CHUNK)
+        )
+        rows = session.execute(stmt).all()
+        if not rows:
+            return
+        last = rows[-1][-1] or last
+        yield [MemberRow(*row[:-1]) for row in rows]
 
 
 def local_members(session: Session, view: LocalView, keys: Sequence[str]) -> list[MemberRow]:

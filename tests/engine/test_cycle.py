@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import pytest
 from conftest import World
+from sqlalchemy import event
 
 from syncd.commands import cycles
 from syncd.config import Config, TargetConfig
+from syncd.engine import stage
 from syncd.engine.result import CycleOptions
 from syncd.providers.base import Provider
 from syncd.store import mirror
@@ -116,6 +119,76 @@ def test_the_store_stays_writable_while_an_export_streams(
     (r,) = cycles.run_once(world.config, db=world.db, options=CycleOptions(), providers=provider)
     assert writes == ["written"]
     assert r.outcome == "converged" and r.write_calls == 0
+
+
+def test_the_store_stays_writable_while_the_local_side_stages_and_the_diff_runs(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """Staging the mirror's side and comparing the sides are as long as the list: in one
+    transaction they would hold SQLite's write lock all that time. Another writer (an inbox
+    file, a lease renewal) with a short patience gets through between their chunks."""
+    if world.db.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL has no store-wide write lock")
+    monkeypatch.setattr(mirror, "CHUNK", 50)  # several chunks and key ranges from a small list
+    world.add_local(120)
+    world.cycle()
+    world.add_local(10, start=120)  # something to push, too
+    writes: list[str] = []
+    seen: dict[str, int] = {}
+
+    def another_writer() -> str:
+        db = sqlite3.connect(str(world.db.url.database), timeout=1)
+        try:
+            db.execute("UPDATE contact SET status = status WHERE id = 1")
+            db.commit()
+            return "written"
+        except sqlite3.OperationalError as exc:
+            return str(exc)
+        finally:
+            db.close()
+
+    def before_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        for table in ("stage_local", "stage_diff"):
+            if statement.startswith(f"INSERT INTO {table} "):
+                seen[table] = seen.get(table, 0) + 1
+                if seen[table] == 2:  # the first chunk (or key range) is done; more follow
+                    writes.append(another_writer())
+
+    event.listen(world.db, "before_cursor_execute", before_execute)
+    try:
+        r = world.cycle()
+    finally:
+        event.remove(world.db, "before_cursor_execute", before_execute)
+    assert writes == ["written", "written"]
+    assert r.outcome == "converged" and r.write_calls == 1
+    assert world.cycle().write_calls == 0
+
+
+@pytest.mark.slow
+def test_a_20k_cycle_on_a_short_lease_keeps_it(world: World, monkeypatch: pytest.MonkeyPatch):
+    """With ``lease_timeout = 3`` the renewal writes every second while the cycle stages
+    20,000 contacts, slowed here to take seconds as on a busy machine: neither may starve the
+    other (the lease lost), nor fail the other's write ("database is locked")."""
+    world.add_local(20_000)
+    project = stage.project_local
+
+    def busy_machine(*args: Any) -> Any:
+        time.sleep(0.0001)
+        return project(*args)
+
+    monkeypatch.setattr(stage, "project_local", busy_machine)
+    config = world.config.model_copy(
+        update={"daemon": world.config.daemon.model_copy(update={"lease_timeout": 3.0})}
+    )
+    results = []
+    for _ in range(3):
+        (r,) = cycles.run_once(
+            config, db=world.db, options=CycleOptions(), providers=world.provider
+        )
+        results.append(r)
+        world.ingest([{"email": f"person{len(results)}@example.com", "city": "Brest"}])
+    assert [r.outcome for r in results] == ["converged"] * 3, [r.message for r in results]
+    assert [r.write_calls for r in results] == [40, 1, 1]
 
 
 def test_sign_up_at_the_provider_enters_the_mirror(world: World):

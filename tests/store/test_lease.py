@@ -95,6 +95,30 @@ def test_a_held_lease_is_renewed_for_as_long_as_it_is_held(db: Engine) -> None:
     assert a.holder_of("news") is None  # given back at the end of the block
 
 
+def test_a_renewal_waits_for_another_writer_instead_of_failing(db: Engine) -> None:
+    """Another connection writing (a cycle's chunk, an inbox file) makes the renewal wait its
+    turn, however short ``lease_timeout`` is, instead of failing "database is locked"."""
+    leases = Leases(db, new_holder(), 3)
+    assert leases.acquire("news")
+    held, done = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with db.begin() as conn:
+            conn.execute(text("UPDATE lease SET holder = holder WHERE 0 = 1"))  # takes the lock
+            held.set()
+            time.sleep(0.5)
+        done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert held.wait(10)
+        assert leases.renew("news")  # waited for the writer's commit (PostgreSQL: no wait)
+    finally:
+        thread.join()
+    assert done.is_set()
+
+
 def test_a_lease_taken_over_is_marked_lost(db: Engine) -> None:
     a = Leases(db, "a", 1.0)
     with a.hold("news") as lease:
