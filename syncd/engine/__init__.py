@@ -82,7 +82,6 @@ def run_cycle(
                     # export's scratch rows (committed as they streamed in) go
                     session.rollback()
                     mirror.clear_stage(session, target.name)
-                    session.commit()
         cycle.confirm_lease()  # with nothing to push, no check between batches has run
         result.conclude(dry)
     except MassDeleteRefused as exc:
@@ -167,5 +166,6 @@ def _execute(session: Session, cycle: CycleState) -> None:
             # every write of this cycle was answered, and every lost answer of an earlier
             # one has been read back from this export (or settled with its key)
             mirror.drop_in_flight(session, target.name)
-        mirror.clear_stage(session, target.name)
         session.commit()
+        # a million staged rows go in committed chunks: never one long hold of the write lock
+        mirror.clear_stage(session, target.name)

@@ -56,7 +56,7 @@ def stage_and_diff(session: Session, cycle: CycleState) -> None:
     (or one key range of the diff) each: none holds the store's write lock for longer than
     that, whatever the list's size, so the inbox and the lease renewal always get a turn."""
     name = cycle.target.name
-    mirror.clear_stage(session, name, commit_chunks=True)
+    mirror.clear_stage(session, name)
     if cycle.caps.export:
         log.debug("exporting the remote list")
         try:
@@ -65,7 +65,7 @@ def stage_and_diff(session: Session, cycle: CycleState) -> None:
         except ExportIncomplete as exc:
             # Rule 1: a partial export proves nothing about absence. Start over from the base.
             session.rollback()
-            mirror.clear_stage(session, name, commit_chunks=True)
+            mirror.clear_stage(session, name)
             mirror.stage_remote_as_base(session, name)
             cycle.result.export_complete = False
             cycle.result.message = f"export incomplete, pushing local changes only: {exc}"

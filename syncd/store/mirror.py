@@ -64,13 +64,9 @@ def _insert(session: Session, model: Any) -> Any:
     return postgresql.insert(model) if dialect == "postgresql" else sqlite.insert(model)
 
 
-def clear_stage(session: Session, target: str, *, commit_chunks: bool = False) -> None:
-    """Empty this target's stage tables; ``commit_chunks``: ``CHUNK`` rows per transaction, so
-    that clearing a million staged rows never holds SQLite's write lock for long."""
-    if not commit_chunks:
-        for model in (StageLocal, StageRemote, StageDiff):
-            session.execute(delete(model).where(col(model.target) == target))
-        return
+def clear_stage(session: Session, target: str) -> None:
+    """Empty this target's stage tables, ``CHUNK`` rows per committed transaction, so that
+    clearing a million staged rows never holds SQLite's write lock for long."""
     for table, column in (("stage_local", "key"), ("stage_remote", "key"), ("stage_diff", "seq")):
         while True:
             done = session.execute(
