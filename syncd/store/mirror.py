@@ -488,16 +488,21 @@ class MemberRow(NamedTuple):
     ref: str | None
 
 
+def _member_columns() -> tuple[Any, ...]:
+    """The columns of a ``MemberRow``, in its order."""
+    return (
+        col(Contact.email),
+        col(Contact.phone),
+        col(Contact.fields),
+        col(Contact.tags),
+        col(Contact.status),
+        col(Contact.ref),
+    )
+
+
 def _members_query(view: LocalView) -> Any:
     return (
-        select(
-            col(Contact.email),
-            col(Contact.phone),
-            col(Contact.fields),
-            col(Contact.tags),
-            col(Contact.status),
-            col(Contact.ref),
-        )
+        select(*_member_columns())
         .join(Membership, col(Membership.contact_id) == col(Contact.id))
         .where(col(Membership.list_name) == view.local_list, col(Contact.deleted) == False)  # noqa: E712
     )
@@ -518,15 +523,7 @@ def iter_local_members(session: Session, view: LocalView) -> Iterator[list[Membe
     last = 0
     while True:
         stmt = (
-            select(
-                col(Contact.email),
-                col(Contact.phone),
-                col(Contact.fields),
-                col(Contact.tags),
-                col(Contact.status),
-                col(Contact.ref),
-                col(Contact.id),
-            )
+            select(*_member_columns(), col(Contact.id))
             .where(member, col(Contact.deleted) == False, col(Contact.id) > last)  # noqa: E712
             .order_by(col(Contact.id))
             .limit(CHUNK)

@@ -79,6 +79,19 @@ def test_a_local_edit_made_while_the_cycle_runs_is_not_undone(
     assert world.cycle().write_calls == 0
 
 
+def another_writer(world: World) -> str:
+    """An inbox or a lease renewal writing the store, with a short patience instead of 30 s."""
+    db = sqlite3.connect(str(world.db.url.database), timeout=1)
+    try:
+        db.execute("UPDATE contact SET status = status WHERE id = 1")
+        db.commit()
+        return "written"
+    except sqlite3.OperationalError as exc:
+        return str(exc)
+    finally:
+        db.close()
+
+
 def test_the_store_stays_writable_while_an_export_streams(
     world: World, monkeypatch: pytest.MonkeyPatch
 ):
@@ -91,18 +104,6 @@ def test_the_store_stays_writable_while_an_export_streams(
     world.cycle()
     writes: list[str] = []
 
-    def another_writer() -> str:
-        """An inbox or a lease renewal, with a short patience instead of 30 s."""
-        db = sqlite3.connect(str(world.db.url.database), timeout=1)
-        try:
-            db.execute("UPDATE contact SET status = status WHERE id = 1")
-            db.commit()
-            return "written"
-        except sqlite3.OperationalError as exc:
-            return str(exc)
-        finally:
-            db.close()
-
     def provider(config: Config, target: TargetConfig) -> Provider:
         adapter = world.provider(config, target)
         export = adapter.export
@@ -110,7 +111,7 @@ def test_the_store_stays_writable_while_an_export_streams(
         def export_with_a_writer_meanwhile() -> Iterator[Any]:
             for n, row in enumerate(export()):
                 if n == 75:  # the first chunk is staged; the export goes on
-                    writes.append(another_writer())
+                    writes.append(another_writer(world))
                 yield row
 
         adapter.export = export_with_a_writer_meanwhile  # type: ignore[method-assign]
@@ -136,23 +137,12 @@ def test_the_store_stays_writable_while_the_local_side_stages_and_the_diff_runs(
     writes: list[str] = []
     seen: dict[str, int] = {}
 
-    def another_writer() -> str:
-        db = sqlite3.connect(str(world.db.url.database), timeout=1)
-        try:
-            db.execute("UPDATE contact SET status = status WHERE id = 1")
-            db.commit()
-            return "written"
-        except sqlite3.OperationalError as exc:
-            return str(exc)
-        finally:
-            db.close()
-
     def before_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         for table in ("stage_local", "stage_diff"):
             if statement.startswith(f"INSERT INTO {table} "):
                 seen[table] = seen.get(table, 0) + 1
                 if seen[table] == 2:  # the first chunk (or key range) is done; more follow
-                    writes.append(another_writer())
+                    writes.append(another_writer(world))
 
     event.listen(world.db, "before_cursor_execute", before_execute)
     try:
