@@ -33,6 +33,11 @@ class Capabilities:
     # Statuses the provider can hold for a contact on the list, in syncd's vocabulary. Statuses
     # outside this set fold onto the nearest one (blocked -> unsubscribed) on both sides.
     statuses: frozenset[str] = frozenset({"active", "unsubscribed"})
+    # Keeps a person's opt-out from one list apart from the contact's own status, and shows it
+    # in the export (Unisender's ``*_unsubscribed_list_ids``): a list opt-out then travels as
+    # one, both ways. False: the provider holds one status per contact of the list, so a local
+    # list opt-out is sent as that status (DESIGN §9; ``syncd.engine.stage.project_local``).
+    list_consent: bool = False
     # Some writes are only accepted by the answer and confirmed later by the provider calling
     # syncd back (Netcore's bulk upload). The engine then hosts the call's file and keeps the
     # rows waiting (``syncd.engine.confirm_later``) instead of moving the base on the answer.

@@ -1,7 +1,9 @@
 """The canonical shape of one contact as one target sees it.
 
 A *projection* is what reconciliation compares: the contact's key (normalised email or phone),
-the mapped custom fields under their remote names, its tags and its consent status. Local
+the mapped custom fields under their remote names, its tags and its consent: the contact's own
+``status`` (every list at once) and ``list_status``, its consent on the target's list alone
+(DESIGN §9: a person can leave one list and stay on another). Local
 contacts, the base and the provider's export are all turned into projections so that the three
 can be compared by a digest, and only the keys whose digests differ need Python's attention.
 
@@ -20,6 +22,9 @@ from typing import Literal
 Status = Literal["active", "unsubscribed", "blocked"]
 STATUSES: tuple[Status, ...] = ("active", "unsubscribed", "blocked")
 OPTED_OUT: frozenset[str] = frozenset({"unsubscribed", "blocked"})
+#: consent on one list: blocking is the contact's own status, never one list's
+ListStatus = Literal["active", "unsubscribed"]
+LIST_STATUSES: tuple[ListStatus, ...] = ("active", "unsubscribed")
 
 
 def is_opted_out(status: str) -> bool:
@@ -28,12 +33,17 @@ def is_opted_out(status: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Projection:
-    """One contact as one target sees it. Empty field values are dropped: '' means unset."""
+    """One contact as one target sees it. Empty field values are dropped: '' means unset.
+
+    ``status`` is the contact's own consent, for every list; ``list_status`` its consent on
+    this target's list only (``unsubscribed``: the person left this list and stays on others).
+    """
 
     key: str
     fields: tuple[tuple[str, str], ...] = ()
     tags: frozenset[str] = field(default_factory=frozenset)
     status: Status = "active"
+    list_status: ListStatus = "active"
 
     @classmethod
     def build(
@@ -42,16 +52,25 @@ class Projection:
         fields: Mapping[str, str | None] | None = None,
         tags: Iterable[str] = (),
         status: str = "active",
+        list_status: str = "active",
     ) -> Projection:
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
+        if list_status not in LIST_STATUSES:
+            raise ValueError(f"unknown list status {list_status!r}")
         kept = tuple(sorted((k, v) for k, v in (fields or {}).items() if v not in (None, "")))
         return cls(
             key=key,
             fields=kept,
             tags=frozenset(t for t in tags if t),
             status=status,
+            list_status=list_status,
         )
+
+    @property
+    def mailable(self) -> bool:
+        """May be mailed on this list: opted out neither as a whole nor from this list."""
+        return not is_opted_out(self.status) and self.list_status == "active"
 
     @property
     def field_map(self) -> dict[str, str]:
@@ -63,12 +82,14 @@ class Projection:
         fields: Mapping[str, str | None] | None = None,
         tags: Iterable[str] | None = None,
         status: str | None = None,
+        list_status: str | None = None,
     ) -> Projection:
         return Projection.build(
             self.key,
             self.field_map if fields is None else fields,
             self.tags if tags is None else tags,
             self.status if status is None else status,
+            self.list_status if list_status is None else list_status,
         )
 
     def to_json(self) -> str:
@@ -76,14 +97,18 @@ class Projection:
 
         ``[key, [[field, value], ...], [tag, ...], status]`` with fields and tags sorted: a
         list, not an object, because it is written for every contact of every cycle and this
-        form needs no key sorting.
+        form needs no key sorting. A list opt-out adds a fifth item, ``"unsubscribed"``; active
+        on the list, the text is the one stores kept before consent per list existed, so their
+        bases keep their digests.
         """
-        return _ENCODE([self.key, self.fields, sorted(self.tags), self.status])
+        if self.list_status == "active":
+            return _ENCODE([self.key, self.fields, sorted(self.tags), self.status])
+        return _ENCODE([self.key, self.fields, sorted(self.tags), self.status, self.list_status])
 
     @classmethod
     def from_json(cls, text: str) -> Projection:
-        key, fields, tags, status = json.loads(text)
-        return cls.build(key, dict(fields), tags, status)
+        key, fields, tags, status, *rest = json.loads(text)
+        return cls.build(key, dict(fields), tags, status, rest[0] if rest else "active")
 
     def digest(self) -> str:
         return digest_of(self.to_json())

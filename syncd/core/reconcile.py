@@ -344,7 +344,7 @@ def _first_meeting(
 
 
 def _rekeyed(p: Projection, key: str) -> Projection:
-    return Projection(key, p.fields, p.tags, p.status)
+    return Projection(key, p.fields, p.tags, p.status, p.list_status)
 
 
 def _pull_back(key: str, remote: Projection, case: str) -> Decision:

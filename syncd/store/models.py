@@ -1,6 +1,7 @@
 """The mirror's tables. The store is the only place syncd keeps state.
 
-- ``contact`` / ``membership``: the local contacts and their local list memberships. A deleted
+- ``contact`` / ``membership``: the local contacts and their local list memberships, each with
+  its own consent (``Membership.state``). A deleted
   contact stays as a tombstone (``deleted``) so its consent status survives re-creation. Each
   contact has a stable random ``ref`` (see ``reference_field`` in the README).
 - ``base``: per target and key, the projection both sides last agreed on (DESIGN §1), and how
@@ -57,8 +58,17 @@ class Contact(SQLModel, table=True):
 
 
 class Membership(SQLModel, table=True):
+    """A contact on a local list, and its consent on that list (DESIGN §9, consent per list).
+
+    ``state`` is ``active``, or ``unsubscribed`` when the person left this list only: the
+    contact stays on the list (as Unisender's ``*_unsubscribed_list_ids`` keep it) and may not be
+    mailed from it, while its other lists are untouched. The contact's own ``status`` covers
+    every list at once (blocked, unsubscribed from everything).
+    """
+
     contact_id: int = Field(foreign_key="contact.id", primary_key=True)
     list_name: str = Field(primary_key=True, index=True)
+    state: str = Field(default="active", sa_column_kwargs={"server_default": "active"})
 
 
 class Base(SQLModel, table=True):
