@@ -188,6 +188,22 @@ class World:
     def remote(self) -> dict[str, dict[str, Any]]:
         return {c["email"]: c for c in self.emu.contacts_in_list(self.list_id)}
 
+    def consent(self, email: str, list_name: str = "news") -> tuple[str, str | None]:
+        """The mirror's consent for one contact: its own status, and its state on a local list
+        (None: not on it)."""
+        with self.db.connect() as conn:
+            status = conn.execute(
+                text("SELECT status FROM contact WHERE email = :e"), {"e": email}
+            ).scalar_one()
+            state = conn.execute(
+                text(
+                    "SELECT m.state FROM membership m JOIN contact c ON c.id = m.contact_id "
+                    "WHERE c.email = :e AND m.list_name = :l"
+                ),
+                {"e": email, "l": list_name},
+            ).scalar_one_or_none()
+        return status, state
+
     def opted_out_remotely(self, email: str) -> bool:
         """The provider's view: opted out account-wide, or unsubscribed from this list."""
         contact = self.emu.get(email)

@@ -37,6 +37,9 @@ class Projection:
 
     ``status`` is the contact's own consent, for every list; ``list_status`` its consent on
     this target's list only (``unsubscribed``: the person left this list and stays on others).
+    A contact opted out as a whole is unsubscribed from every list, this one included: ``build``
+    sets that, so the two sides compare alike however each records it (a provider that keeps an
+    address-level status and one that can only mark the list).
     """
 
     key: str
@@ -56,6 +59,8 @@ class Projection:
     ) -> Projection:
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
+        if status in OPTED_OUT:
+            list_status = "unsubscribed"
         if list_status not in LIST_STATUSES:
             raise ValueError(f"unknown list status {list_status!r}")
         kept = tuple(sorted((k, v) for k, v in (fields or {}).items() if v not in (None, "")))
@@ -97,11 +102,11 @@ class Projection:
 
         ``[key, [[field, value], ...], [tag, ...], status]`` with fields and tags sorted: a
         list, not an object, because it is written for every contact of every cycle and this
-        form needs no key sorting. A list opt-out adds a fifth item, ``"unsubscribed"``; active
-        on the list, the text is the one stores kept before consent per list existed, so their
-        bases keep their digests.
+        form needs no key sorting. A list opt-out of a contact not opted out as a whole adds a
+        fifth item, ``"unsubscribed"``; otherwise the text is the one stores kept before consent
+        per list existed, so their bases keep their digests.
         """
-        if self.list_status == "active":
+        if self.list_status == "active" or is_opted_out(self.status):
             return _ENCODE([self.key, self.fields, sorted(self.tags), self.status])
         return _ENCODE([self.key, self.fields, sorted(self.tags), self.status, self.list_status])
 

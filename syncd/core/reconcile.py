@@ -129,7 +129,11 @@ class Sent:
             if part(t in sent_tags, t in was_tags, t in now_tags)
         ]
         return Projection.build(
-            remote.key, fields, tags, part(self.row.status, before.status, remote.status)
+            remote.key,
+            fields,
+            tags,
+            part(self.row.status, before.status, remote.status),
+            part(self.row.list_status, before.list_status, remote.list_status),
         )
 
 
@@ -176,14 +180,18 @@ class Decision:
 
     @property
     def pushes_status(self) -> bool:
-        """A status column is sent only to record an opt-out the remote does not have yet."""
+        """The consent columns are sent only to record an opt-out the remote does not have
+        yet: the contact's own, or its leaving this list (``Projection.list_status``)."""
         if self.remote_op not in ("create", "update") or self.remote_row is None:
             return False
-        if not is_opted_out(self.remote_row.status):
+        if self.remote_row.mailable:
             return False
-        if self.remote_op == "create":
+        if self.remote_op == "create" or self.remote_before is None:
             return True  # what the provider kept off the list is not on the list's record
-        return self.remote_before is None or self.remote_before.status != self.remote_row.status
+        row, before = self.remote_row, self.remote_before
+        return (is_opted_out(row.status) and before.status != row.status) or (
+            row.list_status == "unsubscribed" and before.list_status != "unsubscribed"
+        )
 
 
 def reconcile(
@@ -223,6 +231,19 @@ def reconcile(
         # a write whose answer was lost: where it landed, reading it back is syncd's own echo,
         # not a remote edit (DESIGN §8); where it did not, it is still to be done
         base = sent.agreed(remote)
+
+    if (
+        remote is not None
+        and base is not None
+        and is_opted_out(base.status)
+        and not is_opted_out(remote.status)
+        and remote.list_status != "active"
+    ):
+        # the address is active there while the person is still unsubscribed from the list: not
+        # a re-subscription (that would put the list back too), but an address the provider
+        # could not mark opted out as a whole (Unisender keeps a `new` address's status), so
+        # the opt-out went to the list only; the contact's own opt-out stands
+        remote = remote.replace(status=base.status)
 
     if moved_to is not None:
         # the provider changed this contact's key: the new key's decision moves it; nothing here
@@ -288,9 +309,10 @@ def reconcile(
         return Decision(key, "remote_delete_wins", local_op="remove", base=None)
 
     if local is None and remote is not None:
-        if is_opted_out(remote.status):
+        if not remote.mailable:
             # deleting an opted-out contact at the provider would erase its opt-out record
-            # (DESIGN §8); if it changed remotely, the mirror takes it back so consent is kept
+            # (DESIGN §8), the whole contact's or this list's; if it changed remotely, the mirror
+            # takes it back so consent is kept
             if remote != base:
                 return _pull_back(key, remote, "revive_local_opted_out")
             return Decision(key, "keep_opted_out", remote_before=remote, base=base, keep_base=True)
@@ -384,7 +406,8 @@ def _merge(
         key,
         fields,
         _merge_sets(local.tags, base.tags, remote.tags),
-        _merge_status(local, base, remote),
+        _merge_consent(local.status, base.status, remote.status),
+        _merge_consent(local.list_status, base.list_status, remote.list_status),
     )
     return Decision(
         key,
@@ -400,7 +423,10 @@ def _merge(
 
 
 def _would_resubscribe(local: Projection, remote: Projection) -> bool:
-    return is_opted_out(remote.status) and not is_opted_out(local.status)
+    """Pushing ``local`` would make the contact active again, as a whole or on this list."""
+    return (is_opted_out(remote.status) and not is_opted_out(local.status)) or (
+        remote.list_status != "active" and local.list_status == "active"
+    )
 
 
 def _merge_fields(
@@ -442,14 +468,19 @@ def _merge_sets(
     return (local & remote & base) | ((local | remote) - base)
 
 
-def _merge_status(local: Projection, base: Projection, remote: Projection) -> str:
-    """Consent only moves towards opted-out automatically; the provider's opt-out always wins."""
-    if is_opted_out(remote.status):
+def _merge_consent(local: str, base: str, remote: str) -> str:
+    """Consent only moves towards opted-out automatically; the provider's opt-out always wins.
+
+    The same rule for the contact's own status and for its consent on the list, each merged
+    on its own: a person who left this list only is not unsubscribed as a whole, and the
+    reverse (DESIGN §9).
+    """
+    if is_opted_out(remote):
         # never push an opted-out contact back as active (DESIGN rule 3)
-        return local.status if is_opted_out(local.status) else remote.status
-    if local.status != base.status:
-        return local.status  # a local unsubscribe (or an explicit local re-activation)
-    return remote.status  # a remote change, or nothing changed
+        return local if is_opted_out(local) else remote
+    if local != base:
+        return local  # a local unsubscribe (or an explicit local re-activation)
+    return remote  # a remote change, or nothing changed
 
 
 def _key_of(*projections: Projection | None) -> str:

@@ -131,7 +131,7 @@ def _same_apart_from(field: str | None, a: Projection, b: Projection) -> bool:
     if field is not None:
         af.pop(field, None)
         bf.pop(field, None)
-    return af == bf and a.tags == b.tags and a.status == b.status
+    return af == bf and a.tags == b.tags and (a.status, a.list_status) == (b.status, b.list_status)
 
 
 def _remote_of(cycle: CycleState, row: mirror.DiffRow, tombstone: bool) -> Projection | None:
@@ -206,7 +206,7 @@ def apply_chunk(
             else:
                 settle.append(d.base)
             continue
-        change = _row_change(cycle, d, contacts.get(d.key))
+        change = _row_change(cycle, d, contacts.get(d.key), row.opted_out_elsewhere)
         if change is None:
             if d.remote_op == "delete" and not cycle.dry_run:
                 forget.append(d.key)  # reported once; the provider cannot act on it
@@ -297,15 +297,27 @@ def _journal(
     mirror.set_off_list(session, cycle.target.name, leaving)
 
 
-def _row_change(cycle: CycleState, d: Decision, contact: Contact | None) -> RowChange | None:
-    """The write for a decision, as far as the provider's capabilities allow (or None)."""
+def _row_change(
+    cycle: CycleState, d: Decision, contact: Contact | None, opted_out_elsewhere: bool = False
+) -> RowChange | None:
+    """The write for a decision, as far as the provider's capabilities allow (or None).
+
+    A contact the local side deleted leaves the list instead of being deleted when the provider
+    records its opt-out from another list (``opted_out_elsewhere``): the delete reaches the
+    whole account and would erase that record (DESIGN §8, consent per list).
+    """
     assert d.remote_op is not None and d.remote_row is not None
     if d.pushes_status and d.remote_row.status not in cycle.caps.statuses:
         return _opt_out_without_status(cycle, d)
     if d.remote_op != "delete":
         return RowChange(d.remote_op, d.remote_row, d.remote_before)
     tombstoned = contact is None or contact.deleted
-    if tombstoned and cycle.target.on_local_delete == "delete" and cycle.caps.delete:
+    if (
+        tombstoned
+        and cycle.target.on_local_delete == "delete"
+        and cycle.caps.delete
+        and not opted_out_elsewhere
+    ):
         return RowChange("delete", d.remote_row, d.remote_before)
     return _off_the_list(cycle, d, "the provider has no documented way to delete a contact")
 

@@ -32,7 +32,13 @@ log = logging.getLogger("syncd.engine")
 def project_local(
     contact: mirror.MemberRow, view: mirror.LocalView, caps: Capabilities
 ) -> Projection | None:
-    """The mirror's contact as this target sees it (remote field names, folded status)."""
+    """The mirror's contact as this target sees it (remote field names, folded status).
+
+    Its consent on the target's list is the membership's (``state``). A provider that keeps one
+    status per contact of the list (no ``Capabilities.list_consent``) gets a list opt-out as
+    that status: for that list it is all it can hold, and the mirror reads it back as the
+    list's (``mirror.apply_remote_state``), never as the contact's own.
+    """
     key = getattr(contact, view.key)
     if not key:
         return None
@@ -48,7 +54,11 @@ def project_local(
     if view.reference is not None:
         fields[view.reference] = contact.ref
     tags = json.loads(contact.tags) if caps.tags else ()
-    return Projection.build(key, fields, tags, caps.fold_status(contact.status))
+    status, list_status = contact.status, contact.state
+    if not caps.list_consent:
+        status = "unsubscribed" if status == "active" and list_status != "active" else status
+        list_status = "active"
+    return Projection.build(key, fields, tags, caps.fold_status(status), list_status)
 
 
 def stage_and_diff(session: Session, cycle: CycleState) -> None:
@@ -78,7 +88,7 @@ def stage_and_diff(session: Session, cycle: CycleState) -> None:
     log.debug("planning: %d differing keys", n)
 
 
-def _remote_rows(cycle: CycleState) -> Iterator[dict[str, str]]:
+def _remote_rows(cycle: CycleState) -> Iterator[dict[str, Any]]:
     for remote in cycle.provider.export():
         data = remote.projection.to_json()
         yield {
@@ -87,6 +97,7 @@ def _remote_rows(cycle: CycleState) -> Iterator[dict[str, str]]:
             "digest": digest_of(data),
             "data": data,
             "raw_status": remote.raw_status,
+            "opted_out_elsewhere": remote.opted_out_elsewhere,
         }
 
 

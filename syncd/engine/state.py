@@ -50,7 +50,11 @@ class CycleState:
             options=options,
             caps=provider.capabilities,
             view=mirror.LocalView(
-                target.key, target.local_list_name, dict(target.fields), target.reference_field
+                target.key,
+                target.local_list_name,
+                dict(target.fields),
+                target.reference_field,
+                provider.capabilities.list_consent,
             ),
             rules=Rules(
                 policy=target.policy_for,

@@ -62,6 +62,9 @@ class RemoteContact(NamedTuple):
     projection: Projection
     raw_status: str  # the provider's own status word, before folding
     remote_id: str | None = None
+    # the provider records an opt-out of this contact from another list: deleting the contact
+    # (an account-wide delete) would erase that record, so it only ever leaves this list
+    opted_out_elsewhere: bool = False
 
 
 @dataclass

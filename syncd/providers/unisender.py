@@ -138,6 +138,9 @@ class UnisenderProvider(HttpProvider):
         export=True,  # §1.5
         reference=True,  # §1.6 createField, §1.5 exports every requested user field
         statuses=frozenset({"active", "unsubscribed"}),
+        # §1.4: `*_unsubscribed_list_ids` keeps a per-list unsubscribe while `*_status`, the
+        # address as a whole, stays e.g. active (seed 001); the export gives both (§1.5)
+        list_consent=True,
         # §1.4: an import row holds the columns named in `field_names`, and an existing
         # contact keeps the fields a call does not name. sms.by's page for the same import
         # says so outright (smsby.md "Import semantics", seed 000: the parameters "transferred
@@ -313,7 +316,6 @@ class UnisenderProvider(HttpProvider):
     def _cells(self, header: Sequence[str], rc: RowChange) -> list[str]:
         row = rc.row
         values = row.field_map
-        opted_out = is_opted_out(row.status)
         k = self._key
         cells: list[str] = []
         for column in header:
@@ -328,12 +330,13 @@ class UnisenderProvider(HttpProvider):
                 cells.append(",".join(sorted(row.tags)))
             elif column == f"{k}_status":
                 # DESIGN rule 3: a status is only ever pushed as an opt-out. An active row that
-                # shares a call with opt-outs gets "" (not provided), never "active".
-                cells.append("unsubscribed" if opted_out else "")
+                # shares a call with opt-outs gets "" (not provided), never "active"; so does a
+                # row that leaves this list only: the address as a whole stays as it is.
+                cells.append("unsubscribed" if is_opted_out(row.status) else "")
             elif column == f"{k}_unsubscribed_list_ids":
                 # §1.4: the per-list unsubscribe, so the list shows it even where the account
                 # status cannot change (only active/inactive addresses change status).
-                cells.append(self._list_id if opted_out else "")
+                cells.append("" if row.mailable else self._list_id)
             else:
                 cells.append(values.get(column, ""))  # "" clears the field (§1.4 upsert)
         return cells
@@ -587,12 +590,11 @@ class UnisenderProvider(HttpProvider):
             return None
 
         word = cell(f"{k}_status").lower()
+        # §1.4: unsubscribed from this list while the account status stays e.g. active: the
+        # contact's consent on this list only (DESIGN §9), never its own status
         unsubscribed_here = self._list_id in _split(cell(f"{k}_unsubscribed_list_ids"))
         if word in _OPTED_OUT_STATUSES:
             raw_status = word
-        elif unsubscribed_here:
-            # §1.4: unsubscribed from this list while the account status stays e.g. active.
-            raw_status = "unsubscribed"
         elif word in _ACTIVE_STATUSES:
             raw_status = word or "active"
         else:
@@ -605,7 +607,13 @@ class UnisenderProvider(HttpProvider):
         status = "active" if active else self.capabilities.fold_status(raw_status)
         fields = {name: cell(name) for name in self.target.remote_fields}
         tags = _split(cell("tags"))
-        return RemoteContact(Projection.build(key, fields, tags, status), raw_status)
+        list_status = "unsubscribed" if unsubscribed_here else "active"
+        elsewhere = bool(set(_split(cell(f"{k}_unsubscribed_list_ids"))) - {self._list_id})
+        return RemoteContact(
+            Projection.build(key, fields, tags, status, list_status),
+            raw_status,
+            opted_out_elsewhere=elsewhere,
+        )
 
     # ---- async export (§1.5, current)
 

@@ -84,7 +84,7 @@ def clear_stage(session: Session, target: str) -> None:
 def stage_rows(
     session: Session,
     model: type[StageLocal] | type[StageRemote],
-    rows: Iterable[dict[str, str]],
+    rows: Iterable[dict[str, Any]],
     *,
     commit_chunks: bool = False,
 ) -> int:
@@ -97,7 +97,7 @@ def stage_rows(
     export left by a crash is harmless.
     """
     count = 0
-    chunk: list[dict[str, str]] = []
+    chunk: list[dict[str, Any]] = []
     for row in rows:
         chunk.append(row)
         if len(chunk) >= CHUNK:
@@ -112,7 +112,7 @@ def stage_rows(
     return count
 
 
-def _flush(session: Session, model: Any, chunk: list[dict[str, str]]) -> int:
+def _flush(session: Session, model: Any, chunk: list[dict[str, Any]]) -> int:
     # the Core table, not the ORM entity: a plain executemany, without per-row ORM bookkeeping
     session.execute(_insert(session, model.__table__).on_conflict_do_nothing(), chunk)
     return len(chunk)
@@ -182,8 +182,10 @@ def compute_diff(session: Session, target: str, *, commit_chunks: bool = False) 
     for bounds, params in ranges:
         session.execute(
             text(
-                "INSERT INTO stage_diff (target, key, local, base, remote, raw_status) "
-                "SELECT :t, k.key, l.data, b.data, r.data, r.raw_status FROM ("
+                "INSERT INTO stage_diff "
+                "(target, key, local, base, remote, raw_status, opted_out_elsewhere) "
+                "SELECT :t, k.key, l.data, b.data, r.data, r.raw_status, r.opted_out_elsewhere "
+                "FROM ("
                 f"  SELECT key FROM stage_local WHERE target = :t{bounds}"
                 f"  UNION SELECT key FROM base WHERE target = :t{bounds}"
                 f"  UNION SELECT key FROM stage_remote WHERE target = :t{bounds}) AS k "
@@ -213,6 +215,7 @@ class DiffRow:
     base: Projection | None
     remote: Projection | None
     raw_status: str
+    opted_out_elsewhere: bool = False  # see ``syncd.providers.base.RemoteContact``
 
 
 def iter_diff(session: Session, target: str, chunk: int = 2000) -> Iterator[list[DiffRow]]:
@@ -239,6 +242,7 @@ def iter_diff(session: Session, target: str, chunk: int = 2000) -> Iterator[list
                 Projection.from_json(r.base) if r.base else None,
                 Projection.from_json(r.remote) if r.remote else None,
                 r.raw_status or "",
+                bool(r.opted_out_elsewhere),
             )
             for r in rows
         ]
@@ -474,6 +478,8 @@ class LocalView:
     local_list: str
     fields: dict[str, str]  # remote name -> local name
     reference: str | None = None  # remote field that carries the contact's ``ref``, if any
+    # the provider keeps a list opt-out apart from the contact's status (Capabilities)
+    list_consent: bool = False
 
     def key_column(self) -> Any:
         return col(Contact.email) if self.key == "email" else col(Contact.phone)
@@ -486,10 +492,22 @@ class MemberRow(NamedTuple):
     tags: str
     status: str
     ref: str | None
+    state: str  # consent on the view's list (``Membership.state``)
 
 
-def _member_columns() -> tuple[Any, ...]:
+def _member_columns(view: LocalView) -> tuple[Any, ...]:
     """The columns of a ``MemberRow``, in its order."""
+    # the membership's state by its primary key, one look-up per row: a join would let the
+    # planner drive the query by the list and sort it (see ``iter_local_members``)
+    state = (
+        select(col(Membership.state))
+        .where(
+            col(Membership.contact_id) == col(Contact.id),
+            col(Membership.list_name) == view.local_list,
+        )
+        .correlate(Contact)
+        .scalar_subquery()
+    )
     return (
         col(Contact.email),
         col(Contact.phone),
@@ -497,12 +515,13 @@ def _member_columns() -> tuple[Any, ...]:
         col(Contact.tags),
         col(Contact.status),
         col(Contact.ref),
+        state,
     )
 
 
 def _members_query(view: LocalView) -> Any:
     return (
-        select(*_member_columns())
+        select(*_member_columns(view))
         .join(Membership, col(Membership.contact_id) == col(Contact.id))
         .where(col(Membership.list_name) == view.local_list, col(Contact.deleted) == False)  # noqa: E712
     )
@@ -523,7 +542,7 @@ def iter_local_members(session: Session, view: LocalView) -> Iterator[list[Membe
     last = 0
     while True:
         stmt = (
-            select(*_member_columns(), col(Contact.id))
+            select(*_member_columns(view), col(Contact.id))
             .where(member, col(Contact.deleted) == False, col(Contact.id) > last)  # noqa: E712
             .order_by(col(Contact.id))
             .limit(CHUNK)
@@ -591,11 +610,35 @@ def apply_remote_state(
             local_fields[local_name] = value
     contact.fields = _dumps(local_fields)
     contact.tags = _dumps(sorted(row.tags))
-    contact.status = _local_status(contact.status, row.status, raw_status)
+    state = _list_state(session, contact, view.local_list) if existing is not None else None
+    if view.list_consent:
+        contact.status = _local_status(contact.status, row.status, raw_status)
+        if not is_opted_out(row.status):
+            state = row.list_status  # opted out as a whole, the list's own state is kept
+    elif not (
+        row.status == "unsubscribed"
+        and contact.status == "active"
+        and state not in (None, "active")
+    ):
+        # (without list consent a list opt-out went out as the contact's status: read back,
+        # it stays the list's, see ``syncd.engine.stage.project_local``)
+        contact.status = _local_status(contact.status, row.status, raw_status)
     contact.deleted = False
     session.flush()
-    _join_list(session, contact, view.local_list)
+    _join_list(session, contact, view.local_list, state)
     return contact
+
+
+def _list_state(session: Session, contact: Contact, list_name: str) -> str | None:
+    """The contact's consent on a list (None: not on it)."""
+    if contact.id is None:
+        return None
+    found: str | None = session.scalar(
+        select(col(Membership.state)).where(
+            col(Membership.contact_id) == contact.id, col(Membership.list_name) == list_name
+        )
+    )
+    return found
 
 
 def _local_status(current: str, merged: str, raw: str) -> str:
@@ -624,11 +667,18 @@ def remove_from_list(session: Session, view: LocalView, contact: Contact | None)
     return True
 
 
-def _join_list(session: Session, contact: Contact, list_name: str) -> None:
+def _join_list(session: Session, contact: Contact, list_name: str, state: str | None) -> None:
+    """On the list with this consent (None: as it is, or active if joining)."""
     assert contact.id is not None
+    stmt = _insert(session, Membership)
+    if state is None:
+        stmt = stmt.on_conflict_do_nothing()
+    else:
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["contact_id", "list_name"], set_={"state": stmt.excluded.state}
+        )
     session.execute(
-        _insert(session, Membership).on_conflict_do_nothing(),
-        [{"contact_id": contact.id, "list_name": list_name}],
+        stmt, [{"contact_id": contact.id, "list_name": list_name, "state": state or "active"}]
     )
 
 

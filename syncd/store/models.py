@@ -130,6 +130,7 @@ class StageLocal(_Staged, table=True):
 class StageRemote(_Staged, table=True):
     __tablename__ = "stage_remote"
     raw_status: str = ""
+    opted_out_elsewhere: bool = Field(default=False, sa_column_kwargs={"server_default": "0"})
 
 
 class StageDiff(SQLModel, table=True):
@@ -141,6 +142,7 @@ class StageDiff(SQLModel, table=True):
     base: str | None = None
     remote: str | None = None
     raw_status: str | None = None
+    opted_out_elsewhere: bool | None = None
 
 
 class Run(SQLModel, table=True):

@@ -519,3 +519,68 @@ def test_a_lost_tag_addition_is_read_tag_by_tag():
     # landed, then b removed there: only the removal comes back into the mirror
     d = reconcile(sent, before, p(tags=("a", "c")), sent=Sent(sent, before))
     assert d.base == p(tags=("a", "c")) and d.remote_op is None and d.local_op == "upsert"
+
+
+# -- consent per list (DESIGN §9) ------------------------------------------------------------
+
+
+def lp(status: str = "active", list_status: str = "active", **fields: str) -> Projection:
+    return Projection.build(K, fields or {"Name": "Ann"}, (), status, list_status)
+
+
+LEFT = lp(list_status="unsubscribed")  # left this list only
+OUT = lp("unsubscribed")  # opted out as a whole
+
+# (row, (L, B, R), (case, remote op, local op, base, pushes the consent columns))
+CONSENT = [
+    (
+        "left the list at the provider: pulled",
+        (lp(), lp(), LEFT),
+        ("pull", None, "upsert", LEFT, False),
+    ),
+    ("left the list locally: pushed", (LEFT, lp(), lp()), ("push", "update", None, LEFT, True)),
+    (
+        "re-activated locally over the provider's list opt-out: kept out, pulled back",
+        (lp(Name="Anna"), LEFT, LEFT),
+        ("merge", "update", "upsert", lp("active", "unsubscribed", Name="Anna"), False),
+    ),
+    (
+        "left the list there, opted out as a whole here: both stand",
+        (OUT, lp(), LEFT),
+        ("merge", "update", None, OUT, True),
+    ),
+    (
+        "an address the provider kept active, the list unsubscribed: still opted out",
+        (OUT, OUT, lp(list_status="unsubscribed")),
+        ("agree", None, None, OUT, False),
+    ),
+    (
+        "re-subscribed there (list and address active again): pulled",
+        (OUT, OUT, lp()),
+        ("pull", None, "upsert", lp(), False),
+    ),
+    (
+        "deleted locally, left the list there: kept as the opt-out record",
+        (None, lp(), LEFT),
+        ("revive_local_opted_out", None, "upsert", LEFT, False),
+    ),
+]
+
+
+@pytest.mark.parametrize(("row", "sides", "expected"), CONSENT, ids=[t[0] for t in CONSENT])
+def test_consent_per_list_table(row, sides, expected):
+    d = reconcile(*sides)
+    case, remote_op, local_op, base, pushes = expected
+    assert (d.case, d.remote_op, d.local_op, d.base) == (case, remote_op, local_op, base)
+    assert d.pushes_status is pushes
+
+
+def test_an_opt_out_as_a_whole_is_an_opt_out_from_the_list_and_keeps_old_digests():
+    out = Projection.build(K, {}, (), "unsubscribed", "active")
+    assert out.list_status == "unsubscribed" and not out.mailable
+    # stores kept four items per projection before consent per list: their digests hold
+    assert out.to_json() == '["ann@example.com",[],[],"unsubscribed"]'
+    assert lp().to_json().count(",") == LEFT.to_json().count(",") - 1
+    assert Projection.from_json(LEFT.to_json()) == LEFT
+    with pytest.raises(ValueError, match="list status"):
+        Projection.build(K, {}, (), "active", "blocked")

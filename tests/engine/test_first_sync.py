@@ -61,7 +61,7 @@ def test_a_first_sync_holds_what_differs_pushes_nothing_and_resolve_all_takes_re
     assert {e: local[e]["name"] for e in list(local)[:N]} == {
         f"person{i}@example.com": f"Remote {i}" for i in range(N)
     }
-    assert local["person0@example.com"]["status"] == "unsubscribed"  # the opt-out came in too
+    assert world.consent("person0@example.com") == ("active", "unsubscribed")  # the opt-out too
     assert world.opted_out_remotely("person0@example.com")
     assert cycles.list_conflicts(world.config, db=world.db) == []
     assert world.cycle().write_calls == 0
@@ -100,7 +100,7 @@ def test_resolve_all_take_local_keeps_an_opt_out_made_at_the_provider(
     assert done.outcome == "converged", done.message
     assert world.remote()["person1@example.com"]["fields"]["Name"] == "Person 1"
     assert world.opted_out_remotely("person0@example.com")  # rule 3, whatever is chosen
-    assert world.local()["person0@example.com"]["status"] == "unsubscribed"
+    assert world.consent("person0@example.com") == ("active", "unsubscribed")
     assert world.cycle().write_calls == 0
 
 

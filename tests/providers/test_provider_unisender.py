@@ -673,10 +673,10 @@ def _check_seeded(got: dict[str, RemoteContact]) -> None:
         "ann@example.com", {"Name": "Ann", "City": "Oslo"}, {"vip", "b2b"}, "active"
     )
     assert ann.raw_status == "active"
-    assert (got["bob@example.com"].projection.status, got["bob@example.com"].raw_status) == (
-        "unsubscribed",
-        "unsubscribed",
-    )
+    bob = got["bob@example.com"]
+    # unsubscribed from this list only: the list's consent, not the address's (DESIGN §9)
+    assert (bob.projection.status, bob.projection.list_status) == ("active", "unsubscribed")
+    assert not bob.projection.mailable
     assert (got["carl@example.com"].projection.status, got["carl@example.com"].raw_status) == (
         "unsubscribed",  # blocked folds onto unsubscribed (Capabilities.statuses)
         "blocked",
@@ -962,7 +962,7 @@ def test_round_trip_over_loopback_http(emu: UnisenderEmulator) -> None:
             emu.unsubscribe("ann@example.com", 1)
             (ann,) = provider.export()
             assert ann.projection == Projection.build(
-                "ann@example.com", {"Name": "Ann"}, {"t1"}, "unsubscribed"
+                "ann@example.com", {"Name": "Ann"}, {"t1"}, "active", "unsubscribed"
             )
         finally:
             provider.close()

@@ -1,0 +1,159 @@
+"""Consent per list (DESIGN §9): a person who leaves one list stays on the others.
+
+Three targets on one Unisender account, one list each, fed by three local lists; one contact on
+all three. An opt-out from one list, made at the provider or locally, changes that list only:
+in the mirror, at the provider, and in what the other targets push. The contact's own status
+(unsubscribed from everything, blocked) still reaches every list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import API_KEY, World
+from sqlalchemy import text
+
+from syncd.commands import cycles
+from syncd.config import parse_config
+from syncd.engine.result import CycleOptions, CycleResult
+from syncd.providers.registry import PROVIDERS
+
+LISTS = ("news", "offers", "events")
+EMAIL = "ann@example.com"
+
+
+class ThreeLists(World):
+    """``World``'s account with three lists, a target per list, the contact on all three."""
+
+    def __init__(self, tmp_path: Path, store_url: str) -> None:
+        super().__init__(tmp_path, store_url)
+        self.ids = {"news": self.list_id}
+        self.ids |= {name: self.emu.add_list(name.title()) for name in LISTS[1:]}
+        self.config = parse_config(
+            {
+                "store": {"url": self.store_url},
+                "ingest": {"reject_role_addresses": False},
+                "target": [
+                    {
+                        "name": name,
+                        "provider": "unisender",
+                        "list_id": str(self.ids[name]),
+                        "api_key": API_KEY,
+                        "base_url": "http://127.0.0.1:9/en/api",
+                        "fields": {"Name": "name"},
+                        "export_poll_interval": 0.001,
+                        "export_rate_limit_per_minute": 1_000_000,
+                    }
+                    for name in LISTS
+                ],
+            },
+            "test",
+            providers=PROVIDERS,
+        )
+
+    def cycle_all(self, **options: Any) -> list[CycleResult]:
+        return cycles.run_once(
+            self.config, db=self.db, options=CycleOptions(**options), providers=self.provider
+        )
+
+    def states(self) -> dict[str, str | None]:
+        return {name: self.consent(EMAIL, name)[1] for name in LISTS}
+
+    def remote_unsubscribed(self) -> set[int]:
+        return set(self.emu.get(EMAIL)["unsubscribed"])
+
+    def set_local_state(self, list_name: str, state: str) -> None:
+        with self.db.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE membership SET state = :s WHERE list_name = :l AND contact_id = "
+                    "(SELECT id FROM contact WHERE email = :e)"
+                ),
+                {"s": state, "l": list_name, "e": EMAIL},
+            )
+
+
+@pytest.fixture
+def three(tmp_path: Path, store_url: str) -> Iterator[ThreeLists]:
+    w = ThreeLists(tmp_path, store_url)
+    w.ingest([{"email": EMAIL, "name": "Ann", "lists": list(LISTS)}])
+    assert all(r.outcome == "converged" for r in w.cycle_all())
+    assert w.emu.get(EMAIL)["email_status"] not in ("unsubscribed", "blocked")
+    yield w
+    w.db.dispose()
+
+
+def test_a_list_opt_out_at_the_provider_changes_that_list_only(three: ThreeLists) -> None:
+    three.emu.unsubscribe(EMAIL, three.ids["offers"])
+    status_before = three.emu.get(EMAIL)["email_status"]
+    calls = three.import_calls()
+
+    results = three.cycle_all()
+
+    assert [r.outcome for r in results] == ["converged"] * 3
+    assert three.import_calls() == calls  # nothing pushed anywhere
+    assert three.consent(EMAIL)[0] == "active"  # the contact's own status is untouched
+    assert three.states() == {"news": "active", "offers": "unsubscribed", "events": "active"}
+    contact = three.emu.get(EMAIL)
+    assert contact["email_status"] == status_before
+    assert three.remote_unsubscribed() == {three.ids["offers"]}
+    assert set(contact["lists"]) == {three.ids["news"], three.ids["events"]}
+    assert all(r.write_calls == 0 for r in three.cycle_all())  # and it stays converged
+
+
+def test_a_local_list_opt_out_is_pushed_to_that_list_only(three: ThreeLists) -> None:
+    three.set_local_state("events", "unsubscribed")
+    status_before = three.emu.get(EMAIL)["email_status"]
+
+    results = {r.target: r for r in three.cycle_all()}
+
+    assert results["events"].write_calls == 1
+    assert results["news"].write_calls == results["offers"].write_calls == 0
+    assert three.remote_unsubscribed() == {three.ids["events"]}
+    assert three.emu.get(EMAIL)["email_status"] == status_before  # never an account opt-out
+    assert three.consent(EMAIL)[0] == "active"
+    assert all(r.write_calls == 0 for r in three.cycle_all())
+
+
+def test_a_list_opt_out_made_at_the_provider_is_never_reactivated(three: ThreeLists) -> None:
+    three.emu.unsubscribe(EMAIL, three.ids["news"])
+    three.cycle_all()
+    # the local side insists: back on the list, active, and edited
+    three.set_local_state("news", "active")
+    three.ingest([{"email": EMAIL, "name": "Ann K"}])
+    for _ in range(2):
+        three.cycle_all()
+        assert three.remote_unsubscribed() == {three.ids["news"]}
+    assert three.states()["news"] == "unsubscribed"  # the provider's opt-out came back in
+    assert three.emu.get(EMAIL)["fields"]["Name"] == "Ann K"  # the edit went out everywhere
+
+
+def test_an_account_opt_out_still_reaches_every_list(three: ThreeLists) -> None:
+    three.emu.unsubscribe(EMAIL)  # the address as a whole
+    three.cycle_all()
+    assert three.consent(EMAIL)[0] == "unsubscribed"
+    assert three.states() == dict.fromkeys(LISTS, "active")  # the lists keep their own state
+    assert all(r.write_calls == 0 for r in three.cycle_all())
+
+
+def test_a_list_opt_out_of_a_contact_deleted_locally_keeps_its_record(three: ThreeLists) -> None:
+    three.emu.unsubscribe(EMAIL, three.ids["offers"])
+    three.cycle_all()
+    three.ingest([{"email": EMAIL, "delete": 1}])
+    results = {r.target: r for r in three.cycle_all()}
+    # deleting it would erase the record of its opt-out from that list (DESIGN §8): the
+    # other lists' targets take it off their lists instead of deleting it from the account
+    assert results["offers"].summary()["kept_opted_out"] == 1
+    contact = three.emu.get(EMAIL)
+    assert contact is not None and three.remote_unsubscribed() == {three.ids["offers"]}
+    assert not set(contact["lists"]) & {three.ids["news"], three.ids["events"]}
+    assert all(r.write_calls == 0 for r in three.cycle_all())
+
+
+def test_a_contact_deleted_locally_with_no_opt_out_anywhere_is_deleted(three: ThreeLists) -> None:
+    three.ingest([{"email": EMAIL, "delete": 1}])
+    assert sum(r.summary()["deleted"] for r in three.cycle_all()) >= 1
+    assert three.emu.get(EMAIL) is None
