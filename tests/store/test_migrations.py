@@ -138,3 +138,40 @@ def test_bases_of_an_older_store_count_no_export_yet(store_url: str) -> None:
         assert rows == [("ann@example.com", 0)]
     finally:
         engine.dispose()
+
+
+def test_memberships_of_an_older_store_start_active(store_url: str) -> None:
+    """0006 adds consent per list: every membership already there is active on its list, and
+    the contact keeps its own status (an opt-out recorded before stays the contact's)."""
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    engine = create_engine(store_url)
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0005")
+        conn.execute(
+            text(
+                "INSERT INTO contact (id, email, fields, tags, status, deleted, ref) VALUES "
+                "(1, 'ann@example.com', '{}', '[]', 'unsubscribed', false, 'r1'), "
+                "(2, 'bob@example.com', '{}', '[]', 'active', false, 'r2')"
+            )
+        )
+        conn.execute(text("INSERT INTO membership VALUES (1, 'news'), (2, 'news'), (2, 'x')"))
+    engine.dispose()
+    engine = open_engine(store_url)
+    try:
+        assert head(engine) == {"0006"}
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT c.email, c.status, m.list_name, m.state FROM membership m "
+                    "JOIN contact c ON c.id = m.contact_id ORDER BY 1, 3"
+                )
+            ).all()
+        assert rows == [
+            ("ann@example.com", "unsubscribed", "news", "active"),
+            ("bob@example.com", "active", "news", "active"),
+            ("bob@example.com", "active", "x", "active"),
+        ]
+    finally:
+        engine.dispose()
