@@ -7,13 +7,14 @@ Files
 - CSV (``.csv``): comma-separated, UTF-8 with or without a BOM, a header row. A line number is
   the physical line a record starts on (the header is line 1; quoted values may span lines).
 - JSON (``.ndjson``, ``.jsonl``, ``.json``): one object per line, or one JSON array of objects.
-  Values are strings, numbers, booleans or null; ``tags``/``lists`` are arrays of strings (a
-  string is read as comma-separated, as in CSV).
+  Values are strings, numbers, booleans or null; ``tags``, ``lists`` and ``unsubscribed_lists``
+  are arrays of strings (a string is read as comma-separated, as in CSV).
 
-Columns: ``email``, ``phone``, ``tags`` and ``lists`` (comma-separated in CSV), ``status``
-(active | unsubscribed | blocked; empty = not given), ``delete`` (1/true/yes = delete; 0/false/no
-or empty = no). These names are reserved: they are matched case-insensitively and always mean the
-column, so no custom field can carry them. Every other column is a custom field.
+Columns: ``email``, ``phone``, ``tags``, ``lists`` and ``unsubscribed_lists`` (comma-separated in
+CSV), ``status`` (active | unsubscribed | blocked; empty = not given), ``delete`` (1/true/yes =
+delete; 0/false/no or empty = no). These names are reserved: they are matched case-insensitively
+and always mean the column, so no custom field can carry them. Every other column is a custom
+field.
 
 Limits
 ------
@@ -42,7 +43,15 @@ from typing import Any, BinaryIO
 
 from syncd.errors import IngestError
 
-RESERVED: tuple[str, ...] = ("email", "phone", "tags", "lists", "status", "delete")
+RESERVED: tuple[str, ...] = (
+    "email",
+    "phone",
+    "tags",
+    "lists",
+    "unsubscribed_lists",
+    "status",
+    "delete",
+)
 JSON_SUFFIXES = (".ndjson", ".jsonl", ".json")
 
 MAX_LINE_BYTES = 1 << 20  # one physical line; far above any real contact record
