@@ -175,7 +175,7 @@ def list_problem(engine: Engine, list_name: str, named: Collection[str] = ()) ->
         if session.exec(on_it).first() is not None:
             return None
         in_use = select(Membership.list_name).distinct().order_by(col(Membership.list_name))
-        known = sorted({*named, *session.exec(in_use.limit(_LISTS_SHOWN))})
+        known = sorted({*named, *session.exec(in_use.limit(_LISTS_SHOWN + 1))})
     shown = ", ".join(known[:_LISTS_SHOWN]) + (", ..." if len(known) > _LISTS_SHOWN else "")
     return f"no list {list_name!r}: no contact is on it and no target names it" + (
         f" (lists: {shown})" if known else " (the mirror has no lists)"

@@ -31,9 +31,9 @@ What a row does
   status (consent only moves towards opted-out automatically). ``status=active`` on a live
   contact is an explicit local decision and does set it.
 - ``delete``: the contact becomes a tombstone: ``deleted``, no memberships (whatever their state),
-  no fields or tags,
-  but identity and status kept so an opt-out survives re-creation. Other columns of a delete row
-  are checked but not applied. Deleting an unknown or already deleted contact counts as unchanged.
+  no fields or tags, but identity and status kept so an opt-out survives re-creation. Other
+  columns of a delete row are checked but not applied. Deleting an unknown or already deleted
+  contact counts as unchanged.
 - Revival: a non-delete row for a tombstone un-deletes it, starting from its identity and status
   only; it counts as created.
 - Order: rows apply one after another in file order. A key may appear once per file: a second
