@@ -270,12 +270,24 @@ def ingest_cmd(config_path: str | None, files: tuple[str, ...], as_json: bool) -
 @config_option
 @click.option("--format", "fmt", type=click.Choice(["ndjson", "csv"]), default="ndjson")
 @click.option("--list", "list_name", default=None, help="Only members of this local list.")
-def export_cmd(config_path: str | None, fmt: str, list_name: str | None) -> None:
+@click.option(
+    "--raw",
+    is_flag=True,
+    help="CSV: cells as stored; by default a cell a spreadsheet would run as a formula "
+    "(=, +, -, @ first) is written after an apostrophe, which ingest removes.",
+)
+def export_cmd(config_path: str | None, fmt: str, list_name: str | None, raw: bool) -> None:
     """Print the mirror in the shape `ingest` reads (a round trip changes nothing)."""
-    from syncd.local.export import export_contacts
+    from syncd.local.export import export_contacts, list_problem
 
     config = _load(config_path)
-    export_contacts(cycles.open_store(config), sys.stdout, fmt, list_name)  # type: ignore[arg-type]
+    store = cycles.open_store(config)
+    if list_name is not None:
+        problem = list_problem(store, list_name, {t.local_list_name for t in config.target})
+        if problem is not None:
+            click.echo(f"syncd export: {problem}", err=True)
+            sys.exit(EXIT_CONFIG)
+    export_contacts(store, sys.stdout, fmt, list_name, raw=raw)  # type: ignore[arg-type]
 
 
 @main.command("status")

@@ -305,8 +305,16 @@ class InboxRecord(BaseModel):
     )
     lists: list[_NAME_ITEM] | str | None = Field(
         None,
-        description="Replaces the contact's local list memberships, written like tags. Absent: "
-        "memberships unchanged.",
+        description="Replaces the contact's local list memberships, written like tags; a list "
+        "kept keeps its state (active, or unsubscribed from it). Absent: memberships unchanged.",
+        json_schema_extra=_no_default,
+    )
+    unsubscribed_lists: list[_NAME_ITEM] | str | None = Field(
+        None,
+        description="Replaces the set of lists the contact has left, written like tags: each is "
+        "a membership in state unsubscribed (joined if need be), every other membership becomes "
+        "active. With lists: the memberships are both together. Empty, [] or null: none left. "
+        "Absent: states unchanged.",
         json_schema_extra=_no_default,
     )
     status: Annotated[str, StringConstraints(pattern=_STATUS_PATTERN)] | None = Field(
@@ -336,14 +344,18 @@ def inbox_record_schema() -> JsonSchema:
         "description": "One contact record of an inbox file. NDJSON (.ndjson, .jsonl, .json): "
         "one such object per line, or one JSON array of them. CSV (.csv, UTF-8, header row): "
         "each row is this object with the header's names and every value a string (see "
-        "$defs/CsvRow). Reserved names are email, phone, tags, lists, status and delete; every "
-        "other name is a custom field holding one value (string, number, boolean or null; "
-        "stored as text; empty or null removes it). Only the names a record carries change.",
+        "$defs/CsvRow). Reserved names are email, phone, tags, lists, unsubscribed_lists, status "
+        "and delete; every other name is a custom field holding one value (string, number, "
+        "boolean or null; stored as text; empty or null removes it). Only the names a record "
+        "carries change.",
         **generated,
         "$defs": {
             "CsvRow": {
                 "description": "A CSV row read with its header: the same record, every cell a "
-                "string; tags and lists are comma-separated and an empty cell clears its field.",
+                "string; tags, lists and unsubscribed_lists are comma-separated and an empty "
+                "cell clears its field. A cell starting with an apostrophe before =, +, -, @, a "
+                "tab or a carriage return is read without that apostrophe (the spreadsheet's "
+                "mark of text, which syncd export writes).",
                 "$ref": "#",
                 "additionalProperties": {"type": "string"},
             }

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import text as sql
 from sqlalchemy.engine import Engine
 
 from syncd import schemas
@@ -331,6 +332,9 @@ def test_inbox_examples_ingest_without_a_rejection(path: Path, db: Engine) -> No
     report = ingest_file(db, path, IngestConfig(default_region="BY")).to_dict()
     assert report["rejected"] == []
     assert report["rows"] >= 3
+    with db.connect() as conn:
+        states = set(conn.execute(sql("SELECT state FROM membership")).scalars())
+    assert states == {"active", "unsubscribed"}  # each shows a list left and a list kept
 
 
 def test_a_csv_row_that_breaks_the_schema_is_rejected_by_ingest(tmp_path: Path) -> None:
@@ -363,6 +367,12 @@ RECORDS: list[tuple[str, dict[str, Any], bool]] = [
         True,
     ),
     ("null tags and lists", {"email": E, "tags": None, "lists": []}, True),
+    ("lists left as an array", {"email": E, "unsubscribed_lists": ["x"]}, True),
+    ("lists left as a string", {"email": E, "lists": "x", "unsubscribed_lists": "x,y"}, True),
+    ("no list left", {"email": E, "unsubscribed_lists": None}, True),
+    ("list left not a string", {"email": E, "unsubscribed_lists": [1]}, False),
+    ("list left with a comma", {"email": E, "unsubscribed_lists": ["a,b"]}, False),
+    ("lists left an object", {"email": E, "unsubscribed_lists": {"x": 1}}, False),
     ("status padded", {"email": E, "status": " blocked "}, True),
     ("empty status", {"email": E, "status": ""}, True),
     ("delete true", {"email": E, "delete": True}, True),
@@ -428,4 +438,4 @@ def test_outbox_examples_validate_and_parse(path: Path) -> None:
         assert event.hour == hour  # each line is in its hour's file
         assert event.model_dump_json() == line  # exactly as the outbox writes it
     kinds = {json.loads(line)["kind"] for line in lines}
-    assert {"signup", "update", "unsubscribe", "delete"} <= kinds
+    assert {"signup", "update", "unsubscribe", "list_unsubscribe", "delete"} <= kinds

@@ -6,6 +6,14 @@ A ``ChangeEvent`` is built from the ``RemoteChange`` the engine hands over
 the fields that changed, and the whole contact before and after. It writes nothing:
 ``syncd.local.outbox`` records it and writes it to the hourly files, and
 ``syncd schemas show change-event`` prints its schema.
+
+Consent is said twice over (DESIGN §9, consent per list): ``status`` is the contact's own, for
+every list; ``list_status`` its consent on the target's list alone (``unsubscribed``: the person
+left this list and stays on others). The kind ranks the changes, opt-outs before opt-ins and the
+whole contact before one list: ``block``/``unsubscribe`` > ``list_unsubscribe`` > ``resubscribe``
+> ``list_resubscribe`` > ``signup`` > ``delete`` > ``update``, so a consumer that acts on
+opt-outs alone never misses one. ``list_status`` and ``list`` were added to the format later:
+an event without them is still valid (``list_status`` then reads ``active``).
 """
 
 from __future__ import annotations
@@ -19,9 +27,20 @@ from pydantic import Field as PydanticField
 from pydantic.json_schema import SkipJsonSchema
 
 from syncd.clock import stamp
-from syncd.core.projection import OPTED_OUT, Projection, RemoteChange, Status
+from syncd.core.projection import OPTED_OUT, ListStatus, Projection, RemoteChange, Status
 
-Kind = Literal["signup", "update", "unsubscribe", "block", "resubscribe", "delete"]
+Kind = Literal[
+    "signup",
+    "update",
+    "unsubscribe",
+    "block",
+    "resubscribe",
+    "delete",
+    "list_unsubscribe",
+    "list_resubscribe",
+]
+#: Names the event's own parts take in ``changes``; a custom field of that name is not repeated.
+_OWN = ("tags", "status", "list_status")
 
 SCHEMA_ID = "urn:syncd:schema:change-event:1"
 _TIME_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
@@ -57,12 +76,21 @@ class StatusChange(BaseModel):
     after: Status | None
 
 
+class ListStatusChange(BaseModel):
+    """The consent on the target's list before and after (null when the contact did not exist)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    before: ListStatus | None
+    after: ListStatus | None
+
+
 def _no_default(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
 
 
 class ChangeSet(BaseModel):
-    """Only what changed: custom fields by their remote name, plus 'tags' and 'status'."""
+    """Only what changed: custom fields by their remote name, 'tags', 'status', 'list_status'."""
 
     # Fields are open-ended (each target maps its own), so they are typed extras; ``tags`` and
     # ``status`` are the two names the config also reserves in its conflict table.
@@ -73,12 +101,15 @@ class ChangeSet(BaseModel):
     # written (see the serializer), so the documented format must not offer null.
     tags: TagsChange | SkipJsonSchema[None] = PydanticField(None, json_schema_extra=_no_default)
     status: StatusChange | SkipJsonSchema[None] = PydanticField(None, json_schema_extra=_no_default)
+    list_status: ListStatusChange | SkipJsonSchema[None] = PydanticField(
+        None, json_schema_extra=_no_default
+    )
 
     @model_serializer(mode="wrap")
     def _only_what_changed(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        out = {k: v for k, v in data.items() if k not in ("tags", "status")}
-        for name in ("tags", "status"):
+        out = {k: v for k, v in data.items() if k not in _OWN}
+        for name in _OWN:
             if data.get(name) is not None:
                 out[name] = data[name]
         return out
@@ -91,17 +122,24 @@ class ProjectionState(BaseModel):
 
     fields: dict[str, str]
     tags: list[str]
-    status: Status
+    status: Status = PydanticField(description="The contact's own consent, for every list.")
+    list_status: ListStatus = PydanticField(
+        "active",
+        description="Its consent on the target's list alone: unsubscribed when the person left "
+        "this list and stays on others. Always written; absent (older events): active.",
+    )
 
     @classmethod
     def of(cls, p: Projection) -> ProjectionState:
-        return cls(fields=dict(p.fields), tags=sorted(p.tags), status=p.status)
+        return cls(
+            fields=dict(p.fields), tags=sorted(p.tags), status=p.status, list_status=p.list_status
+        )
 
 
 class ChangeEvent(BaseModel):
     """A change that came from a provider and was applied to the mirror."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, validate_by_name=True, serialize_by_alias=True)
 
     id: str = PydanticField(
         pattern=r"^[0-9a-f]{32}$",
@@ -113,12 +151,22 @@ class ChangeEvent(BaseModel):
         description="When the change was applied to the mirror, UTC, ISO-8601.",
     )
     target: str = PydanticField(description="The configured target (provider list) it came from.")
+    list_name: str | SkipJsonSchema[None] = PydanticField(
+        None,
+        alias="list",
+        description="The local list the target feeds; absent when the event was recorded "
+        "without it.",
+        json_schema_extra=_no_default,
+    )
     provider: str = PydanticField(description="The provider, e.g. 'unisender'.")
     key: str = PydanticField(description="The contact's key on this target: email or phone.")
     kind: Kind = PydanticField(
-        description="unsubscribe / block / resubscribe: the consent status changed (this "
-        "outranks the rest); signup: the contact was born at the provider; delete: removed at "
-        "the provider; update: fields or tags edited at the provider."
+        description="unsubscribe / block / resubscribe: the contact's own consent status "
+        "changed; list_unsubscribe / list_resubscribe: its consent on the target's list alone "
+        "(list_status) changed. Consent outranks the rest, opt-outs first: block, unsubscribe, "
+        "list_unsubscribe, resubscribe, list_resubscribe. signup: the contact was born at the "
+        "provider; delete: removed at the provider; update: fields or tags edited at the "
+        "provider."
     )
     changes: ChangeSet = PydanticField(description="Only what changed, each as before/after.")
     before: ProjectionState | None = PydanticField(
@@ -131,9 +179,21 @@ class ChangeEvent(BaseModel):
         description="Id of the sync cycle that applied it (the 'cycle' of that run's summary)."
     )
 
+    @model_serializer(mode="wrap")
+    def _list_when_known(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("list", "") is None:
+            del data["list"]  # never null: absent means the recorder did not know it
+        return data
+
     @classmethod
     def from_remote_change(
-        cls, change: RemoteChange, provider: str, cycle: str, now: datetime | None = None
+        cls,
+        change: RemoteChange,
+        provider: str,
+        cycle: str,
+        now: datetime | None = None,
+        list_name: str | None = None,
     ) -> ChangeEvent:
         before, after = change.before, change.after
         if before is None and after is None:
@@ -142,6 +202,7 @@ class ChangeEvent(BaseModel):
             id=uuid.uuid4().hex,
             time=stamp(now),  # a naive time is taken as UTC, never local
             target=change.target,
+            list_name=list_name,
             provider=provider,
             key=change.key,
             kind=_kind(before, after),
@@ -158,16 +219,25 @@ class ChangeEvent(BaseModel):
 
 
 def _kind(before: Projection | None, after: Projection | None) -> Kind:
-    # Consent comes first: a consumer that acts only on unsubscribes must never miss one, even
-    # for a contact first seen already unsubscribed (before None, after unsubscribed).
+    # Consent comes first, opt-outs before opt-ins and the whole contact before one list: a
+    # consumer that acts only on unsubscribes must never miss one, even for a contact first seen
+    # already unsubscribed (before None, after unsubscribed) or one that came back to the
+    # provider as a whole while leaving this list.
     old = None if before is None else before.status
-    if after is not None and after.status != old:
-        if after.status == "unsubscribed":
-            return "unsubscribe"
-        if after.status == "blocked":
+    old_list = None if before is None else before.list_status
+    if after is not None:
+        status_changed = after.status != old
+        list_changed = after.list_status != old_list
+        if status_changed and after.status == "blocked":
             return "block"
-        if old in OPTED_OUT:
+        if status_changed and after.status == "unsubscribed":
+            return "unsubscribe"
+        if list_changed and after.list_status == "unsubscribed":
+            return "list_unsubscribe"
+        if status_changed and old in OPTED_OUT:
             return "resubscribe"
+        if list_changed and old_list == "unsubscribed":
+            return "list_resubscribe"
     if before is None:
         return "signup"
     if after is None:
@@ -181,14 +251,16 @@ def _changes(before: Projection | None, after: Projection | None) -> ChangeSet:
     fields = {
         name: FieldChange(before=old.get(name), after=new.get(name))
         for name in sorted(old.keys() | new.keys())
-        # A field literally named tags/status would be shadowed by the contact's own; its values
-        # are still in before/after.
-        if old.get(name) != new.get(name) and name not in ("tags", "status")
+        # A field literally named tags/status/list_status would be shadowed by the contact's
+        # own; its values are still in before/after.
+        if old.get(name) != new.get(name) and name not in _OWN
     }
     old_tags = [] if before is None else sorted(before.tags)
     new_tags = [] if after is None else sorted(after.tags)
     old_status = None if before is None else before.status
     new_status = None if after is None else after.status
+    old_list = None if before is None else before.list_status
+    new_list = None if after is None else after.list_status
     return ChangeSet.model_validate(
         {
             **fields,
@@ -197,6 +269,9 @@ def _changes(before: Projection | None, after: Projection | None) -> ChangeSet:
                 StatusChange(before=old_status, after=new_status)
                 if old_status != new_status
                 else None
+            ),
+            "list_status": (
+                ListStatusChange(before=old_list, after=new_list) if old_list != new_list else None
             ),
         }
     )

@@ -64,11 +64,15 @@ def record(session: Session, event: ChangeEvent) -> None:
     session.add(OutboxEvent(hour=event.hour, body=event.model_dump_json()))
 
 
-def recorder(provider: str, cycle: str) -> Recorder:
-    """The engine's ``on_remote_change`` hook: each remote-born change becomes an event row."""
+def recorder(provider: str, cycle: str, list_name: str | None = None) -> Recorder:
+    """The engine's ``on_remote_change`` hook: each remote-born change becomes an event row.
+
+    ``list_name``, the local list the target feeds, is written as the event's ``list``.
+    """
 
     def record_change(session: Session, change: RemoteChange) -> None:
-        record(session, ChangeEvent.from_remote_change(change, provider, cycle))
+        event = ChangeEvent.from_remote_change(change, provider, cycle, list_name=list_name)
+        record(session, event)
 
     return record_change
 

@@ -29,13 +29,20 @@ T0 = datetime(2025, 3, 9, 14, 59, 58, tzinfo=UTC)
 KEY = "ann@example.com"
 
 
-def proj(status: str = "active", tags: tuple[str, ...] = (), **fields: str) -> Projection:
-    return Projection.build(KEY, fields, tags, status)
+def proj(
+    status: str = "active", tags: tuple[str, ...] = (), list_status: str = "active", **fields: str
+) -> Projection:
+    return Projection.build(KEY, fields, tags, status, list_status)
 
 
-def event(before: Projection | None, after: Projection | None, now: datetime = T0) -> ChangeEvent:
+def event(
+    before: Projection | None,
+    after: Projection | None,
+    now: datetime = T0,
+    list_name: str | None = None,
+) -> ChangeEvent:
     change = RemoteChange("news", KEY, "pull", before, after)
-    return ChangeEvent.from_remote_change(change, "unisender", "c0ffee", now=now)
+    return ChangeEvent.from_remote_change(change, "unisender", "c0ffee", now, list_name)
 
 
 def dumped(e: ChangeEvent) -> dict[str, Any]:
@@ -54,12 +61,14 @@ def test_signup_carries_every_field_as_new() -> None:
         "Name": {"before": None, "after": "Ann"},
         "tags": {"before": [], "after": ["vip"]},
         "status": {"before": None, "after": "active"},
+        "list_status": {"before": None, "after": "active"},
     }
     assert e["before"] is None
     assert e["after"] == {
         "fields": {"City": "Oslo", "Name": "Ann"},
         "tags": ["vip"],
         "status": "active",
+        "list_status": "active",
     }
 
 
@@ -115,7 +124,94 @@ def test_remote_delete() -> None:
         "Name": {"before": "Ann", "after": None},
         "tags": {"before": ["x"], "after": []},
         "status": {"before": "unsubscribed", "after": None},
+        "list_status": {"before": "active", "after": None},
     }
+
+
+# -- consent per list -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "kind"),
+    [
+        (("active", "active"), ("active", "unsubscribed"), "list_unsubscribe"),
+        (("active", "unsubscribed"), ("active", "active"), "list_resubscribe"),
+        # the contact's own status outranks its list; an opt-out outranks an opt-in
+        (("active", "active"), ("unsubscribed", "unsubscribed"), "unsubscribe"),
+        (("active", "unsubscribed"), ("blocked", "active"), "block"),
+        (("unsubscribed", "active"), ("active", "unsubscribed"), "list_unsubscribe"),
+        (("unsubscribed", "unsubscribed"), ("active", "active"), "resubscribe"),
+        (("blocked", "active"), ("blocked", "unsubscribed"), "list_unsubscribe"),
+        (("blocked", "unsubscribed"), ("blocked", "active"), "list_resubscribe"),
+    ],
+)
+def test_list_status_changes_name_the_kind(
+    before: tuple[str, str], after: tuple[str, str], kind: str
+) -> None:
+    e = dumped(event(proj(before[0], list_status=before[1]), proj(after[0], list_status=after[1])))
+    assert e["kind"] == kind
+    expected = {}
+    if before[0] != after[0]:
+        expected["status"] = {"before": before[0], "after": after[0]}
+    if before[1] != after[1]:
+        expected["list_status"] = {"before": before[1], "after": after[1]}
+    assert e["changes"] == expected
+    assert (e["before"]["list_status"], e["after"]["list_status"]) == (before[1], after[1])
+
+
+def test_a_list_opt_out_outranks_signup_and_edits() -> None:
+    e = dumped(event(None, proj(list_status="unsubscribed", Name="Ann")))
+    assert e["kind"] == "list_unsubscribe"
+    assert e["changes"]["list_status"] == {"before": None, "after": "unsubscribed"}
+    e = dumped(event(proj(Name="Ann"), proj(list_status="unsubscribed", Name="Anne")))
+    assert e["kind"] == "list_unsubscribe"
+    assert set(e["changes"]) == {"Name", "list_status"}
+    # a removal at the provider is a delete, whatever the list status was
+    assert event(proj(list_status="unsubscribed"), None).kind == "delete"
+
+
+def test_a_field_named_list_status_does_not_shadow_the_contacts_own() -> None:
+    after = Projection.build(KEY, {"list_status": "1", "tags": "2"})
+    e = dumped(event(proj(list_status="unsubscribed"), after))
+    assert e["changes"] == {"list_status": {"before": "unsubscribed", "after": "active"}}
+    assert e["after"]["fields"] == {"list_status": "1", "tags": "2"}
+
+
+def test_the_local_list_is_written_when_the_recorder_knows_it() -> None:
+    known = dumped(event(None, proj(), list_name="newsletter"))
+    assert known["list"] == "newsletter"
+    assert list(known)[:4] == ["id", "time", "target", "list"]
+    assert "list" not in dumped(event(None, proj()))  # absent, never null
+    again = ChangeEvent.model_validate_json(json.dumps(known))
+    assert again.list_name == "newsletter" and dumped(again) == known
+
+
+def test_the_recorder_writes_the_list_of_its_target(db: Engine) -> None:
+    record_change = outbox.recorder("unisender", "c0ffee", list_name="newsletter")
+    with Session(db) as session:
+        change = RemoteChange("news", KEY, "pull", proj(), proj(list_status="unsubscribed"))
+        record_change(session, change)
+        session.commit()
+    with Session(db) as session:
+        (body,) = session.execute(select(OutboxEvent.body)).scalars().all()
+    line = json.loads(body)
+    assert (line["list"], line["kind"]) == ("newsletter", "list_unsubscribe")
+    assert line["after"]["list_status"] == "unsubscribed"
+
+
+def test_an_event_written_before_list_consent_is_still_read() -> None:
+    old = (
+        '{"id":"2b3c4d5e6f708192a3b4c5d6e7f8091a","time":"2025-01-15T09:12:05Z",'
+        '"target":"newsletter","provider":"unisender","key":"boris@example.org",'
+        '"kind":"unsubscribe","changes":{"status":{"before":"active","after":"unsubscribed"}},'
+        '"before":{"fields":{},"tags":[],"status":"active"},'
+        '"after":{"fields":{},"tags":[],"status":"unsubscribed"},"cycle":"5f0c1a2b3c4d"}'
+    )
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text())).validate(json.loads(old))
+    event_ = ChangeEvent.model_validate_json(old)
+    assert event_.after is not None and event_.after.list_status == "active"
+    assert event_.list_name is None
 
 
 def test_identity_time_and_round_trip() -> None:
@@ -313,19 +409,33 @@ def test_every_written_line_validates_against_the_schema(db: Engine, tmp_path: P
         event(proj(), proj("blocked")),
         event(proj("blocked"), proj()),
         event(proj(tags=("a",)), None, T0 + timedelta(hours=1)),
+        event(proj(), proj(list_status="unsubscribed"), list_name="newsletter"),
+        event(proj(list_status="unsubscribed"), proj(), list_name="newsletter"),
     )
     folder = tmp_path / "outbox"
-    assert flush(db, folder) == 6
+    assert flush(db, folder) == 8
     kinds = set()
     for file in folder.glob("changes-*.ndjson"):
         for line in lines(file):
             validator.validate(line)
             kinds.add(line["kind"])
-    assert kinds == {"signup", "update", "unsubscribe", "block", "resubscribe", "delete"}
+    assert kinds == {
+        "signup",
+        "update",
+        "unsubscribe",
+        "block",
+        "resubscribe",
+        "delete",
+        "list_unsubscribe",
+        "list_resubscribe",
+    }
     # and the schema does reject what is not an event
     bad = {**lines(folder / "changes-2025-03-09T14.ndjson")[0], "kind": "moved"}
     assert not validator.is_valid(bad)
     assert not validator.is_valid({**bad, "kind": "update", "changes": {"tags": None}})
+    assert not validator.is_valid({**bad, "list": None})  # absent when unknown, never null
+    gone = {**bad, "after": {**bad["after"], "list_status": "blocked"}}
+    assert not validator.is_valid(gone)  # blocking is the contact's, never one list's
 
 
 def test_checked_in_schema_matches_the_model() -> None:

@@ -37,11 +37,14 @@ Snapshots
 ``LIST.snapshot.csv`` (or ``.ndjson``, ``.jsonl``, ``.json``) replaces the membership of the local
 list ``LIST``: its rows apply as usual and each contact they touch is put on ``LIST`` (whatever
 its ``lists`` column says otherwise); members of ``LIST`` the snapshot does not name leave the list
-(the membership only; the contact stays). A member named by a rejected row stays: a bad row is no
-statement that the contact left. Explicit ``delete`` rows are deletions, not counted as leaving.
-Mass-delete guard (DESIGN §3 rule 2): if more than 10 members would leave and that is more than
-the smallest ``max_delete_fraction`` among the targets fed by ``LIST`` (0.2 when no target is)
-of the members before the file, nothing applies and the file goes to ``failed/``.
+(the membership only; the contact stays). A member that stays keeps its state on ``LIST`` (active,
+or unsubscribed from that list) unless its row's ``unsubscribed_lists`` says otherwise; a contact
+that joins starts active, or unsubscribed when its row names ``LIST`` in ``unsubscribed_lists``.
+A member named by a rejected row stays: a bad row is no statement that the contact left.
+Explicit ``delete`` rows are deletions, not counted as leaving. Mass-delete guard (DESIGN §3
+rule 2): if more than 10 members would leave and that is more than the smallest
+``max_delete_fraction`` among the targets fed by ``LIST`` (0.2 when no target is) of the members
+before the file, nothing applies and the file goes to ``failed/``.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ import logging
 import os
 import stat
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 
@@ -249,6 +252,8 @@ class FileApplier:
             )
             return FileOutcome(name, "processed", dest, report)
 
+        if snapshot is not None:
+            changes = _onto_snapshot_list(changes, snapshot)
         reserved = ledger.reserve(ledger.processed, name)
         try:
             applied = self._apply(digest, name, size, reserved, changes, rejected, snapshot)
@@ -296,6 +301,8 @@ class FileApplier:
 
             lists = before | _lists_of(conn, changes)
             lists |= {n for c in changes if c.lists is not None for n in c.lists}
+            # A list whose member only changed state (left it, or came back) is changed too.
+            lists |= {n for c in changes if c.unsubscribed_lists for n in c.unsubscribed_lists}
             report = result.to_dict()
             if snapshot is not None:
                 removed = self._replace_members(
@@ -366,9 +373,24 @@ class FileApplier:
         joining = sorted(touched - current)
         if joining:
             conn.execute(
-                insert(Membership), [{"contact_id": i, "list_name": list_name} for i in joining]
+                insert(Membership),
+                [{"contact_id": i, "list_name": list_name, "state": "active"} for i in joining],
             )
         return len(leaving)
+
+
+def _onto_snapshot_list(changes: list[ContactChange], list_name: str) -> list[ContactChange]:
+    """A snapshot's rows with ``list_name`` added to the ``lists`` they carry.
+
+    A row whose ``lists`` column leaves the snapshot's list out would otherwise take its contact
+    off the list and, put back on by the snapshot, lose its state there.
+    """
+    return [
+        replace(c, lists=c.lists | {list_name})
+        if c.lists is not None and list_name not in c.lists
+        else c
+        for c in changes
+    ]
 
 
 # -- queries -------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ class ContactChange:
     lists: frozenset[str] | None = None
     status: Status | None = None
     delete: bool = False
+    unsubscribed_lists: frozenset[str] | None = None  # the lists the contact has left
 
     @property
     def key(self) -> str:
@@ -140,10 +141,13 @@ def _check_row(row: RawRow, config: IngestConfig, claimed: dict[str, int]) -> Co
     delete = _delete_flag(values.get("delete"))
     tags = _names(values, "tags")
     lists = _names(values, "lists")
+    unsubscribed_lists = _names(values, "unsubscribed_lists")
     fields = {name: _field_value(name, v) for name, v in values.items() if name not in RESERVED}
     if delete:
         return ContactChange(row.line, email, phone, delete=True)
-    return ContactChange(row.line, email, phone, fields, tags, lists, status)
+    return ContactChange(
+        row.line, email, phone, fields, tags, lists, status, unsubscribed_lists=unsubscribed_lists
+    )
 
 
 def _check_text(name: str, value: Any) -> None:

@@ -6,14 +6,19 @@ Files
 -----
 - CSV (``.csv``): comma-separated, UTF-8 with or without a BOM, a header row. A line number is
   the physical line a record starts on (the header is line 1; quoted values may span lines).
+  A cell (header included) that starts with one or more apostrophes and then ``=``, ``+``, ``-``,
+  ``@``, a tab or a carriage return loses its first apostrophe: that one is the spreadsheet's
+  mark of text, which ``syncd export`` puts before such a cell so that no spreadsheet runs it as
+  a formula (``neutralised``); ``restored`` undoes exactly that.
 - JSON (``.ndjson``, ``.jsonl``, ``.json``): one object per line, or one JSON array of objects.
-  Values are strings, numbers, booleans or null; ``tags``/``lists`` are arrays of strings (a
-  string is read as comma-separated, as in CSV).
+  Values are strings, numbers, booleans or null; ``tags``, ``lists`` and ``unsubscribed_lists``
+  are arrays of strings (a string is read as comma-separated, as in CSV).
 
-Columns: ``email``, ``phone``, ``tags`` and ``lists`` (comma-separated in CSV), ``status``
-(active | unsubscribed | blocked; empty = not given), ``delete`` (1/true/yes = delete; 0/false/no
-or empty = no). These names are reserved: they are matched case-insensitively and always mean the
-column, so no custom field can carry them. Every other column is a custom field.
+Columns: ``email``, ``phone``, ``tags``, ``lists`` and ``unsubscribed_lists`` (comma-separated in
+CSV), ``status`` (active | unsubscribed | blocked; empty = not given), ``delete`` (1/true/yes =
+delete; 0/false/no or empty = no). These names are reserved: they are matched case-insensitively
+and always mean the column, so no custom field can carry them. Every other column is a custom
+field.
 
 Limits
 ------
@@ -42,7 +47,15 @@ from typing import Any, BinaryIO
 
 from syncd.errors import IngestError
 
-RESERVED: tuple[str, ...] = ("email", "phone", "tags", "lists", "status", "delete")
+RESERVED: tuple[str, ...] = (
+    "email",
+    "phone",
+    "tags",
+    "lists",
+    "unsubscribed_lists",
+    "status",
+    "delete",
+)
 JSON_SUFFIXES = (".ndjson", ".jsonl", ".json")
 
 MAX_LINE_BYTES = 1 << 20  # one physical line; far above any real contact record
@@ -50,6 +63,24 @@ MAX_COLUMNS = 1000  # header columns (CSV) or keys (JSON record); providers take
 MAX_VALUE_CHARS = csv.field_size_limit()  # 131072: what the csv module accepts in one cell
 MAX_JSON_ARRAY_BYTES = 32 << 20  # a JSON array is read whole; NDJSON and CSV stream
 _SHOWN_CHARS = 60  # a value quoted in a reason is cut to this, so reports stay readable
+
+# OWASP's "CSV injection": a spreadsheet runs a cell starting with one of these as a formula.
+_FORMULA = re.compile(r"'*[=+\-@\t\r]")
+_NEUTRALISED = re.compile(r"'+[=+\-@\t\r]")
+
+
+def neutralised(cell: str) -> str:
+    """A CSV cell no spreadsheet reads as a formula: an apostrophe before a formula's start.
+
+    A cell that already starts with apostrophes before such a character gets one more, so that
+    ``restored`` gives back every cell exactly: ``restored(neutralised(c)) == c`` for any ``c``.
+    """
+    return f"'{cell}" if _FORMULA.match(cell) else cell
+
+
+def restored(cell: str) -> str:
+    """A CSV cell as it was before ``neutralised``: without the apostrophe that one added."""
+    return cell[1:] if cell.startswith("'") and _NEUTRALISED.match(cell) else cell
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,9 +212,10 @@ def _read_csv(file: Path, lines: Iterator[str]) -> Iterator[RawRow]:
                 break
         else:
             raise IngestError(f"{file}: the file is empty; the first line must be the header")
-        columns = _csv_columns(file, header)
+        columns = _csv_columns(file, [restored(cell) for cell in header])
         done = reader.line_num  # physical lines consumed so far
-        for cells in reader:
+        for raw_cells in reader:
+            cells = [restored(cell) for cell in raw_cells]
             line, done = done + 1, reader.line_num
             if not any(cell.strip() for cell in cells):
                 continue  # blank line

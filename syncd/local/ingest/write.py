@@ -12,13 +12,28 @@ What a row does
   never removes one.
 - Fields: only the columns a row carries change; an empty value (CSV) or null/"" (JSON) removes
   that field. Values are stored as text (JSON numbers and booleans as their JSON spelling).
-- ``tags`` present: replaces the tag set. ``lists`` present: replaces the local list memberships.
+- ``tags`` present: replaces the tag set.
+- Lists and consent per list (DESIGN §9): each membership has a state, ``active`` or
+  ``unsubscribed`` (the person left that list only; the contact's own ``status`` covers every
+  list at once).
+
+  - ``lists`` present: replaces the memberships. A list the contact stays on keeps its state; a
+    list it joins starts ``active``.
+  - ``unsubscribed_lists`` present: replaces the set of lists the contact has left. Each one
+    named becomes a membership in state ``unsubscribed``, joined if the contact was not on it
+    (a person who left a list is still recorded on it, as the providers keep them); every other
+    membership becomes ``active``, an explicit local decision like ``status=active`` on a live
+    contact (a cycle still never pushes it over an opt-out made at the provider, DESIGN rule 3).
+  - Both present: the memberships are ``lists`` and ``unsubscribed_lists`` together, the states
+    those of ``unsubscribed_lists``; a name in both is on the list, unsubscribed.
+  - Neither present: memberships and their states are unchanged.
 - ``status`` present: sets it, except that a contact revived from a tombstone keeps an opted-out
   status (consent only moves towards opted-out automatically). ``status=active`` on a live
   contact is an explicit local decision and does set it.
-- ``delete``: the contact becomes a tombstone: ``deleted``, no memberships, no fields or tags,
-  but identity and status kept so an opt-out survives re-creation. Other columns of a delete row
-  are checked but not applied. Deleting an unknown or already deleted contact counts as unchanged.
+- ``delete``: the contact becomes a tombstone: ``deleted``, no memberships (whatever their state),
+  no fields or tags, but identity and status kept so an opt-out survives re-creation. Other
+  columns of a delete row are checked but not applied. Deleting an unknown or already deleted
+  contact counts as unchanged.
 - Revival: a non-delete row for a tombstone un-deletes it, starting from its identity and status
   only; it counts as created.
 - Order: rows apply one after another in file order. A key may appear once per file: a second
@@ -118,6 +133,7 @@ class _Contact:
     lists: frozenset[str]
     status: str
     deleted: bool
+    left: frozenset[str] = frozenset()  # the lists (of ``lists``) in state unsubscribed
 
     def state(self) -> tuple[Any, ...]:
         return (
@@ -125,10 +141,25 @@ class _Contact:
             self.phone,
             canonical_json(self.fields),
             sorted(self.tags),
-            sorted(self.lists),
+            self.memberships(),
             self.status,
             self.deleted,
         )
+
+    def memberships(self) -> list[tuple[str, str]]:
+        """(list, state) for each list the contact is on, sorted."""
+        return [
+            (name, "unsubscribed" if name in self.left else "active") for name in sorted(self.lists)
+        ]
+
+    def set_lists(self, lists: frozenset[str] | None, left: frozenset[str] | None) -> None:
+        """Apply a row's ``lists`` and ``unsubscribed_lists`` (None: the row lacks the column)."""
+        if left is not None:
+            self.lists = (self.lists if lists is None else lists) | left
+            self.left = left
+        elif lists is not None:
+            self.lists = lists
+            self.left = self.left & lists
 
     def columns(self) -> dict[str, Any]:
         return {
@@ -152,7 +183,7 @@ class _Chunk:
     def __init__(self, contacts: list[_Contact]) -> None:
         self.contacts = {c.id: c for c in contacts}
         self.original = {c.id: c.columns() for c in contacts}
-        self.original_lists = {c.id: c.lists for c in contacts}
+        self.original_lists = {c.id: c.memberships() for c in contacts}
         self.by_email = {c.email: c.id for c in contacts if c.email is not None}
         self.by_phone = {c.phone: c.id for c in contacts if c.phone is not None}
         self.next_new_id = -1
@@ -168,13 +199,16 @@ class _Chunk:
         ).all()
         ids = [c.id for c in found if c.id is not None]
         lists: dict[int, set[str]] = {i: set() for i in ids}
+        left: dict[int, set[str]] = {i: set() for i in ids}
         if ids:
-            for contact_id, list_name in session.exec(
-                select(Membership.contact_id, Membership.list_name).where(
+            for contact_id, list_name, state in session.exec(
+                select(Membership.contact_id, Membership.list_name, Membership.state).where(
                     col(Membership.contact_id).in_(ids)
                 )
             ):
                 lists[contact_id].add(list_name)
+                if state == "unsubscribed":
+                    left[contact_id].add(list_name)
         contacts = [
             _Contact(
                 id=c.id,
@@ -185,6 +219,7 @@ class _Chunk:
                 lists=frozenset(lists[c.id]),
                 status=c.status,
                 deleted=c.deleted,
+                left=frozenset(left[c.id]),
             )
             for c in found
             if c.id is not None
@@ -209,7 +244,8 @@ class _Chunk:
                 return "unchanged"
             # A tombstone keeps identity and consent only, so a re-created contact stays opted out.
             contact.deleted = True
-            contact.fields, contact.tags, contact.lists = {}, frozenset(), frozenset()
+            contact.fields, contact.tags = {}, frozenset()
+            contact.lists, contact.left = frozenset(), frozenset()
             return "deleted"
 
         if contact is None:
@@ -221,7 +257,8 @@ class _Chunk:
             outcome: Outcome = "created"
         elif contact.deleted:
             contact.deleted = False
-            contact.fields, contact.tags, contact.lists = {}, frozenset(), frozenset()
+            contact.fields, contact.tags = {}, frozenset()
+            contact.lists, contact.left = frozenset(), frozenset()
             outcome = "created"
         else:
             outcome = "updated"
@@ -236,8 +273,7 @@ class _Chunk:
                 contact.fields[name] = value
         if change.tags is not None:
             contact.tags = change.tags
-        if change.lists is not None:
-            contact.lists = change.lists
+        contact.set_lists(change.lists, change.unsubscribed_lists)
         # Never re-subscribe automatically (DESIGN §8): a revived opted-out contact only takes a
         # status that is opted-out too; a live contact takes any explicit status.
         if change.status is not None and (not revived_opted_out or is_opted_out(change.status)):
@@ -277,17 +313,18 @@ class _Chunk:
         if changed:
             session.exec(update(Contact), params=changed)
 
+        # A contact whose lists or their states changed has its memberships rewritten whole.
         relisted = [
             cid
             for cid, contact in self.contacts.items()
-            if cid > 0 and contact.lists != self.original_lists[cid]
+            if cid > 0 and contact.memberships() != self.original_lists[cid]
         ]
         if relisted:
             session.exec(delete(Membership).where(col(Membership.contact_id).in_(relisted)))
         memberships = [
-            {"contact_id": cid, "list_name": name}
+            {"contact_id": cid, "list_name": name, "state": state}
             for cid in relisted
-            for name in sorted(self.contacts[cid].lists)
+            for name, state in self.contacts[cid].memberships()
         ]
 
         new = [contact for cid, contact in self.contacts.items() if cid < 0]
@@ -299,7 +336,8 @@ class _Chunk:
             ).scalars()
             for contact, real_id in zip(new, ids, strict=True):
                 memberships.extend(
-                    {"contact_id": real_id, "list_name": name} for name in sorted(contact.lists)
+                    {"contact_id": real_id, "list_name": name, "state": state}
+                    for name, state in contact.memberships()
                 )
         if memberships:
             session.exec(insert(Membership), params=memberships)
