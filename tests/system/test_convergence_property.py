@@ -71,16 +71,6 @@ class TwoLists(World):
             self.config, db=self.db, options=CycleOptions(), providers=self.provider
         )
 
-    def set_list_state(self, email: str, list_name: str, state: str) -> None:
-        with self.db.begin() as conn:
-            conn.execute(
-                text(
-                    "UPDATE membership SET state = :s WHERE list_name = :l AND contact_id = "
-                    "(SELECT id FROM contact WHERE email = :e AND NOT deleted)"
-                ),
-                {"s": state, "l": list_name, "e": email},
-            )
-
     def local_of(self, list_name: str) -> dict[str, dict[str, Any]]:
         """The live contacts on a local list, with their state there."""
         with self.db.connect() as conn:
@@ -131,15 +121,26 @@ class SyncMachine(RuleBasedStateMachine):
         self.world.ingest([{"email": email, "status": "unsubscribed"}])
         self.account_opt_outs.add(email)
 
+    def _left(self, email: str) -> set[str]:
+        """The local lists the contact has left, as the mirror holds them."""
+        return {
+            name for name in LISTS
+            if self.world.local_of(name).get(email, {}).get("state") == "unsubscribed"
+        }  # fmt: skip
+
     @rule(email=person, list_name=a_list)
     def local_list_unsubscribe(self, email: str, list_name: str) -> None:
-        self.world.set_list_state(email, list_name, "unsubscribed")
+        """A contact file's ``unsubscribed_lists``: the lists it has left, this one added."""
+        left = sorted(self._left(email) | {list_name})
+        self.world.ingest([{"email": email, "unsubscribed_lists": left}])
         self.list_opt_outs.add((email, self.ids[list_name]))
 
     @rule(email=person, list_name=a_list)
     def local_list_reactivate(self, email: str, list_name: str) -> None:
         """An explicit local re-activation on one list: never over a provider's opt-out."""
-        self.world.set_list_state(email, list_name, "active")
+        if email in {e for name in LISTS for e in self.world.local_of(name)}:
+            left = sorted(self._left(email) - {list_name})
+            self.world.ingest([{"email": email, "unsubscribed_lists": left}])
 
     @rule(email=person)
     def local_reactivate(self, email: str) -> None:
