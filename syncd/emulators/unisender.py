@@ -26,11 +26,13 @@ the HTTP entry point (routing, auth, rate limits, injected faults) and every oth
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import html
 import io
 import json
 import re
+import threading
 import time
 import uuid
 from collections import deque
@@ -64,6 +66,7 @@ WRITE_METHODS = frozenset(
     "importContacts createList createField deleteField exclude unsubscribe subscribe".split()  # noqa: SIM905
 )
 MAX_EXPORT_PAGE = 1000  # §1.5: legacy exportContacts page
+MAX_GET_URL = 8192  # [ASSUMED] a web server's request-line limit (see ``_answer``)
 _ROUTE = re.compile(r"^/(?P<lang>[A-Za-z]{2})/api/(?P<async>async/)?(?P<method>[A-Za-z]+)/?$")
 
 
@@ -72,6 +75,7 @@ class ExportTask:
     uuid: str
     csv_text: str
     polls: int = 0
+    ready: bool = False  # completed by time, for a client that waits for ``notify_url``
 
 
 class _Windows:
@@ -107,7 +111,7 @@ class UnisenderEmulator(UnisenderAccount):
         self,
         api_key: str | None = None,
         brand: str = "unisender",
-        export_polls: int = 1,
+        export_polls: int = 2,
         rate_limit_per_minute: int = 1200,
         max_user_fields: int = 50,
         *,
@@ -118,7 +122,11 @@ class UnisenderEmulator(UnisenderAccount):
             raise ValueError(f"unknown brand {brand!r}")
         super().__init__(max_user_fields, sticky_list_unsubscribe=sticky_list_unsubscribe)
         self.api_key, self.brand = api_key, brand  # item 1: both brands behave the same
+        # §1.5 step 2: ``getTaskResult`` answers ``processing`` until the task's Nth poll (the
+        # default: one ``processing`` before ``completed``), or until ``notify_delay`` seconds
+        # after the task began when it names a ``notify_url`` (step 3 then POSTs to it)
         self.export_polls = export_polls
+        self.notify_delay = 0.05
         self._limits = _Windows(rate_limit_per_minute)  # §1.3: 1200/min per key and per IP
         self._export_limits = _Windows(export_rate_limit)  # §1.3: async export 20 per 60 s
         self.tasks: dict[str, ExportTask] = {}
@@ -140,8 +148,15 @@ class UnisenderEmulator(UnisenderAccount):
             with self._lock:
                 inject = self.faults.draw("download", None)  # a file: no error envelope
             return inject() or self._download(path.removeprefix("/_files/"))
+        if request.method == "GET" and len(str(request.url)) > MAX_GET_URL:
+            # [ASSUMED] the docs recommend POST and cap an import at 500 contacts for the size
+            # of a POST; a request line past 8 KiB is refused by common web servers (nginx's
+            # default buffers), so a large GET never reaches the API there either
+            return httpx.Response(414, text="Request-URI Too Large")
         route = _ROUTE.match(path)  # item 1: /{lang}/api/{method} and /{lang}/api/async/{method}
         if route is None or request.method not in ("GET", "POST"):
+            # [ASSUMED] outside the API the provider's web server answers; its page is not
+            # documented, so only the status is meant to be faithful
             return httpx.Response(404, text="Not Found")
         method = ("async/" if route["async"] else "") + route["method"]
         injected = self.enter(method)  # a response ends the call here
@@ -380,26 +395,50 @@ class UnisenderEmulator(UnisenderAccount):
         csv.writer(buffer).writerows([names, *rows])  # §1.5: CSV with a header row
         task = ExportTask(str(uuid.uuid4()), buffer.getvalue())
         self.tasks[task.uuid] = task
+        notify_url = pp.scalar(p, "notify_url")
+        if notify_url:
+            threading.Thread(
+                target=self._notify, args=(task, notify_url, _host_of(r)), daemon=True
+            ).start()
         return {"task_uuid": task.uuid, "status": "new"}  # §1.5 step 1
+
+    def _notify(self, task: ExportTask, url: str, host: str) -> None:
+        """§1.5 step 3 [INFERRED]: once the file is ready, POST the getTaskResult envelope to
+        the task's ``notify_url``; one attempt (no retry is documented)."""
+        time.sleep(self.notify_delay)
+        with self._lock:
+            if self.faults.export_never_completes:
+                return
+            task.ready = True
+            body = {"result": self._task_result(task, host, done=True)}
+        with contextlib.suppress(httpx.HTTPError):  # the client still polls (step 2)
+            httpx.post(url, json=body, timeout=3.0)
 
     def _api_task_result(self, p: pp.Params, r: httpx.Request) -> dict[str, Any]:
         task = self.tasks.get(pp.scalar(p, "task_uuid"))
         if task is None:
             raise ApiError(CALL_ERROR_CODES["not_found"], "Task not found")
         task.polls += 1  # §1.5 step 2: new -> processing -> completed
-        done = task.polls >= self.export_polls and not self.faults.export_never_completes
+        never = self.faults.export_never_completes
+        done = (task.ready or task.polls >= self.export_polls) and not never
         if task.polls == self.export_polls and not done:
             self.faults.count("export_never_completes")  # once per task held back
+        return self._task_result(task, _host_of(r), done=done)
+
+    @staticmethod
+    def _task_result(task: ExportTask, host: str, *, done: bool) -> dict[str, Any]:
         result = {
             "task_uuid": task.uuid,
             "status": "completed" if done else "processing",
             "task_type": "export_contacts",
         }  # task_type value [UNCONFIRMED]
         if done:  # served by this emulator, on the host the client used
-            result["file_to_download"] = (
-                f"{r.url.scheme}://{r.url.netloc.decode()}/_files/{task.uuid}.csv"
-            )
+            result["file_to_download"] = f"{host}/_files/{task.uuid}.csv"
         return result
+
+
+def _host_of(request: httpx.Request) -> str:
+    return f"{request.url.scheme}://{request.url.netloc.decode()}"
 
 
 def _cell(c: Contact, name: str) -> str:

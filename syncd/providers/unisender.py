@@ -117,6 +117,7 @@ _OPTED_OUT_STATUSES = frozenset({"unsubscribed", "blocked"})
 
 # §1.5: async task states before completion; anything else is a failure.
 _PENDING_TASK = frozenset({"new", "processing"})
+FIRST_POLL_WAIT = 0.25  # seconds before the second poll of an export task; doubling after
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -654,8 +655,13 @@ class UnisenderProvider(HttpProvider):
             ) from None
 
     def _wait_for_file(self, uuid: str) -> str:
-        """Poll the task until it completes (§1.5 step 2: new → processing → completed)."""
-        interval = self.target.export_poll_interval
+        """Poll the task until it completes (§1.5 step 2: new → processing → completed).
+
+        The waits between polls start short and double up to ``export_poll_interval``: a small
+        list's file is ready within a moment, a large one's takes minutes, and every poll
+        counts against the account's 1200 calls a minute (§1.3).
+        """
+        interval = min(self.target.export_poll_interval, FIRST_POLL_WAIT)
         started = time.monotonic()
         waited = 0.0  # counts the sleeps too, so an injected no-op sleep still reaches the end
         while True:
@@ -682,6 +688,7 @@ class UnisenderProvider(HttpProvider):
                 )
             self._sleep(interval)
             waited += interval
+            interval = min(interval * 2, self.target.export_poll_interval)
 
     # ---- paged export (§1.5, legacy)
 

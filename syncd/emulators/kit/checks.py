@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import re
 
-EMAIL_RE = re.compile(r"^[^@\s,;\"<>]+@[^@\s,;\"<>]+\.[A-Za-z]{2,}$")
+# The providers refuse malformed addresses without documenting a grammar; this is RFC 5322's
+# dot-atom [INFERRED]: no dot at either end of the local part, none doubled anywhere, a domain of
+# non-empty labels ending in a letters-only top-level one.
+EMAIL_RE = re.compile(r"^(?!\.)(?!.*\.\.)[^@\s,;\"<>]+(?<!\.)@(?:[^@\s,;\"<>.]+\.)+[A-Za-z]{2,}$")
 
 
 def key_accepted(given: str, expected: str | None) -> bool:
