@@ -134,6 +134,7 @@ class Daemon:
 
     def _shutdown(self) -> int:
         self.notifier.stopping()
+        self.metrics.set_up(False)  # a scrape during the stop sees it going
         log.info("stopping: no new work; waiting for the batch in flight")
         deadline = time.monotonic() + self.config.daemon.stop_timeout
         self.inbox.stop(timeout=self.config.daemon.stop_timeout)
