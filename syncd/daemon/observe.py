@@ -47,10 +47,13 @@ class CycleWatch:
             self.status.doing(self.target, "planning", f"planning ({n:,} contacts exported)")
         elif stage == "differing keys":
             self.differing = n
-            self.status.doing(self.target, "pushing", f"pushing {n:,} differing keys")
+            words = f"pushing {n:,} differing keys" if n else "finishing: no differences"
+            self.status.doing(self.target, "deciding", words)
         elif stage == "calls sent":
-            words = f"pushing {self.differing:,} differing keys, {n:,} calls sent"
-            self.status.doing(self.target, "pushing", words)
+            # one phase for all the calls: the first is shown at once, the rest at a pace
+            calls = "1 call" if n == 1 else f"{n:,} calls"
+            words = f"pushing {self.differing:,} differing keys, {calls} sent"
+            self.status.doing(self.target, "sending", words)
 
 
 def remembered_runs(db: Engine) -> tuple[dict[str, float], dict[str, float]]:
