@@ -107,7 +107,7 @@ class Daemon:
         # made before the watch (a reload with nothing new does nothing).
         self._watch_config()
         self.reload_event.set()
-        self._track_targets(remember=True)
+        self._track_targets()
         if self.http is not None:
             self.http.start()
         self.scheduler.start(list(self.config.target))
@@ -266,16 +266,15 @@ class Daemon:
             return False, f"failing for more than {limit:g} s: {', '.join(sorted(stale))}"
         return True, "ok"
 
-    def _track_targets(self, *, remember: bool = False) -> None:
-        """A series per configured target in the metrics; at start, what the store remembers
-        of their last runs (a restart does not reset them)."""
+    def _track_targets(self) -> None:
+        """A series per configured target in the metrics, starting from what the store
+        remembers of its last runs (a restart, or a target configured again, keeps them)."""
         success: dict[str, float] = {}
         cycles: dict[str, float] = {}
-        if remember:
-            try:
-                success, cycles = observe.remembered_runs(self.db)
-            except Exception:  # a store that cannot answer yet: the first cycles will tell
-                log.warning("could not read the last runs for the metrics", exc_info=True)
+        try:
+            success, cycles = observe.remembered_runs(self.db)
+        except Exception:  # a store that cannot answer yet: the first cycles will tell
+            log.warning("could not read the last runs for the metrics", exc_info=True)
         intervals = {t.name: observe.interval_seconds(t.schedule) for t in self.config.target}
         self.metrics.track_targets(intervals, last_success=success, last_cycle=cycles)
 
