@@ -179,6 +179,7 @@ class Daemon:
                 return self._leased_cycle(target, lease)
             finally:
                 self.metrics.set_lease_held(target.name, False)
+                self.status_line.drop(target.name)  # when the cycle raised
 
     def _leased_cycle(self, target: TargetConfig, lease: Lease) -> bool:
         cycle_id = uuid.uuid4().hex[:12]

@@ -193,6 +193,13 @@ class StatusLine:
             self._note = ""
         self._send(force=True)
 
+    def drop(self, target: str) -> None:
+        """``target``'s cycle ended without ``finished`` (it raised): no longer shown running."""
+        with self._lock:
+            running = self._doing.pop(target, None) is not None
+        if running:
+            self._send(force=True)
+
     def text(self) -> str:
         with self._lock:
             if self._doing:

@@ -155,3 +155,15 @@ def test_a_repeated_phase_is_sent_again_after_min_gap(listener: socket.socket) -
     time.sleep(0.25)
     line.doing("news", "sending", "3 calls sent")
     assert receive(listener) == "STATUS=news: 3 calls sent; 1 target(s)"
+
+
+def test_a_cycle_that_raised_is_no_longer_shown_running(listener: socket.socket) -> None:
+    line = StatusLine(Notifier(), targets=1)
+    line.doing("news", "exporting")
+    assert receive(listener) == "STATUS=news: exporting; 1 target(s)"
+    line.drop("news")
+    assert receive(listener) == "STATUS=idle; no cycle yet; 1 target(s)"
+    line.drop("news")  # nothing running: nothing sent
+    listener.settimeout(0.1)
+    with pytest.raises(TimeoutError):
+        receive(listener)
