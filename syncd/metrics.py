@@ -195,6 +195,7 @@ class Metrics:
             self.inbox_files.labels(outcome)  # show 0 rather than no series before the first file
         self.up.set(1)
         self._targets: set[str] = set()
+        self._codes: dict[str, set[str]] = {}  # the rejection codes seen per target
 
     def track_targets(
         self,
@@ -239,6 +240,7 @@ class Metrics:
             (self.pending_local, [(target,)]),
             (self.interval, [(target,)]),
             (self.cycle_seconds, [(target,)]),
+            (self.rejected_rows, [(target, c) for c in self._codes.pop(target, ())]),
         ):
             for values in labels:
                 with contextlib.suppress(KeyError):  # never had that series
@@ -274,6 +276,7 @@ class Metrics:
         for code, n in codes.items():
             if n:
                 self.rejected_rows.labels(target, code or "unspecified").inc(n)
+                self._codes.setdefault(target, set()).add(code or "unspecified")
         if result.outcome in SUCCESS_OUTCOMES:
             self.last_success.labels(target).set(now)
 

@@ -272,6 +272,8 @@ def test_configured_targets_have_series_from_the_start_and_lose_them_when_remove
     assert sample(text, "syncd_lease_held", target="crm") == 0
 
     metrics.observe_cycle(cycle("converged", create=1), seconds=2.0, now=2100.0)
+    crm = CycleResult("crm", "c2", outcome="rejected", counts=Counter(rejected=1))
+    metrics.observe_cycle(crm, rejected_codes={"invalid_phone": 1})
     metrics.track_targets({"news": 600.0}, now=2200.0)  # a reload: crm gone, news kept
     text = metrics.render()[0].decode()
     assert "crm" not in text
