@@ -152,7 +152,8 @@ def test_the_series_after_a_real_cycle(running: Running) -> None:
     assert sample(text, "syncd_cycles_total", outcome="refused", **target) == 0  # from the start
     assert sample(text, "syncd_cycle_duration_seconds_count", **target) == converged
     assert sample(text, "syncd_schedule_interval_seconds", **target) == 60
-    assert sample(text, "syncd_lease_held", **target) == 0  # held only during the cycle
+    # 1 only while a cycle runs (another may have started since): the values are unit-tested
+    assert sample(text, "syncd_lease_held", **target) in (0, 1)
     assert sample(text, "syncd_open_conflicts", **target) == 0
     assert sample(text, "syncd_inbox_waiting_files") == 0
     ended = sample(text, "syncd_last_cycle_timestamp_seconds", **target)
