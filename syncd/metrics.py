@@ -4,6 +4,11 @@ The metrics live in their own ``CollectorRegistry`` rather than prometheus-clien
 so that a test (or a second daemon in one process) starts from zero instead of inheriting counts
 and tripping over duplicate registrations.
 
+A target's series exist from the moment it is configured (``track_targets``): its counters at 0
+and its last-success time at 0 until a cycle succeeds, so ``increase()`` sees the first cycle and
+an alert can tell "never" from "no series". ``render`` answers in OpenMetrics when the scraper
+asks for it (its Accept header), in the classic text format otherwise.
+
 Provider HTTP calls are observed through a module-level hook (``set_call_observer``) rather than
 by handing a ``Metrics`` to every adapter: the HTTP layer stays unaware of Prometheus, and a
 process without metrics pays one no-op call per request.
@@ -11,20 +16,23 @@ process without metrics pays one no-op call per request.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    Info,
     ProcessCollector,
     disable_created_metrics,
-    generate_latest,
 )
+from prometheus_client.exposition import choose_encoder
+
+from syncd import __version__
 
 # prometheus-client leaves this one unannotated; naming its type keeps strict mypy quiet
 # whether or not a later release annotates it.
@@ -52,6 +60,23 @@ ROW_OPERATIONS: Mapping[str, tuple[str, ...]] = {
 
 INBOX_OUTCOMES = ("processed", "failed")
 
+#: Every outcome a daemon's cycle can end with (``CycleResult``; "planned" is a dry run's, never
+#: the daemon's). Each starts at 0 for every target, so the first refusal is an increase.
+CYCLE_OUTCOMES = (
+    "converged",
+    "awaiting",
+    "rejected",
+    "conflicts",
+    "partial",
+    "refused",
+    "stopped",
+    "unreachable",
+    "failed",
+)
+
+#: Outcomes after which the counts of open conflicts are the whole list's, not a cycle cut short.
+_COUNTED_WHOLE = SUCCESS_OUTCOMES | {"awaiting", "partial"}
+
 
 class FinishedCycle(Protocol):
     """What the metrics read of a finished cycle (the engine's ``CycleResult`` is one): metrics
@@ -70,6 +95,10 @@ class FinishedCycle(Protocol):
 # Provider calls range from tens of milliseconds to a long export download (timeouts are 30 s by
 # default), so the default buckets, which stop at 10 s, would lump the slow tail together.
 CALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+# A no-change cycle of a small list takes well under a second; a first sync of a million
+# contacts takes tens of minutes.
+CYCLE_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
 
 
 class Metrics:
@@ -128,23 +157,115 @@ class Metrics:
             "syncd_pending_local_changes", "Local changes not yet pushed to the target.", "target"
         )
         self.up = gauge("syncd_up", "1 while the daemon is running.")
+        self.cycle_seconds = Histogram(
+            "syncd_cycle_duration_seconds",
+            "Duration of sync cycles, from the lease taken to the run recorded.",
+            ["target"],
+            buckets=CYCLE_BUCKETS,
+            registry=registry,
+        )
+        self.last_cycle = gauge(
+            "syncd_last_cycle_timestamp_seconds",
+            "Unix time the target's last cycle ended, whatever its outcome (the daemon's start "
+            "for a target that has never run).",
+            "target",
+        )
+        self.last_export = gauge(
+            "syncd_last_complete_export_timestamp_seconds",
+            "Unix time the target's last complete export of the remote list was staged.",
+            "target",
+        )
+        self.open_conflicts = gauge(
+            "syncd_open_conflicts", "Conflicts waiting for `syncd resolve`.", "target"
+        )
+        self.lease_held = gauge(
+            "syncd_lease_held", "1 while this process holds the target's lease.", "target"
+        )
+        self.interval = gauge(
+            "syncd_schedule_interval_seconds",
+            "Seconds between the target's scheduled cycles (a cron schedule's longest gap).",
+            "target",
+        )
+        self.inbox_waiting = gauge(
+            "syncd_inbox_waiting_files", "Contact files in the inbox not yet taken."
+        )
+        self.build_info = Info("syncd_build", "The running syncd's version.", registry=registry)
+        self.build_info.info({"version": __version__})
         for outcome in INBOX_OUTCOMES:
             self.inbox_files.labels(outcome)  # show 0 rather than no series before the first file
         self.up.set(1)
+        self._targets: set[str] = set()
+        self._codes: dict[str, set[str]] = {}  # the rejection codes seen per target
+
+    def track_targets(
+        self,
+        intervals: Mapping[str, float],
+        *,
+        last_success: Mapping[str, float] | None = None,
+        last_cycle: Mapping[str, float] | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Show a series for every configured target from the start, and none for a target
+        that is no longer configured (a reload). ``intervals`` are the targets' schedules in
+        seconds; ``last_success`` and ``last_cycle`` are what the store remembers of earlier
+        runs, for a target this process has not synced yet."""
+        now = time.time() if now is None else now
+        for gone in self._targets - set(intervals):
+            self._forget(gone)
+        for target, seconds in intervals.items():
+            self.interval.labels(target).set(seconds)
+            if target in self._targets:
+                continue
+            for outcome in CYCLE_OUTCOMES:
+                self.cycles.labels(target, outcome)
+            for operation in ROW_OPERATIONS:
+                self.rows.labels(target, operation)
+            self.last_success.labels(target).set((last_success or {}).get(target, 0.0))
+            self.last_cycle.labels(target).set((last_cycle or {}).get(target, now))
+            self.lease_held.labels(target).set(0)
+            self.open_conflicts.labels(target)
+            self.pending_local.labels(target)
+            self.cycle_seconds.labels(target)
+        self._targets = set(intervals)
+
+    def _forget(self, target: str) -> None:
+        for metric, labels in (
+            (self.cycles, [(target, o) for o in CYCLE_OUTCOMES]),
+            (self.rows, [(target, o) for o in ROW_OPERATIONS]),
+            (self.last_success, [(target,)]),
+            (self.last_cycle, [(target,)]),
+            (self.last_export, [(target,)]),
+            (self.lease_held, [(target,)]),
+            (self.open_conflicts, [(target,)]),
+            (self.pending_local, [(target,)]),
+            (self.interval, [(target,)]),
+            (self.cycle_seconds, [(target,)]),
+            (self.rejected_rows, [(target, c) for c in self._codes.pop(target, ())]),
+        ):
+            for values in labels:
+                with contextlib.suppress(KeyError):  # never had that series
+                    metric.remove(*values)
 
     def observe_cycle(
         self,
         result: FinishedCycle,
         *,
         rejected_codes: Mapping[str, int] | None = None,
+        seconds: float | None = None,
         now: float | None = None,
     ) -> None:
-        """Count a finished cycle. ``rejected_codes`` breaks this cycle's refused rows down by
-        code; without it they are counted under ``unspecified``."""
+        """Count a finished cycle that took ``seconds``. ``rejected_codes`` breaks this cycle's
+        refused rows down by code; without it they are counted under ``unspecified``."""
         target = result.target
+        now = time.time() if now is None else now
         self.cycles.labels(target, result.outcome).inc()
         if result.outcome == "planned":
             return  # a dry run changed nothing
+        self.last_cycle.labels(target).set(now)
+        if seconds is not None:
+            self.cycle_seconds.labels(target).observe(max(0.0, seconds))
+        if result.outcome in _COUNTED_WHOLE:
+            self.open_conflicts.labels(target).set(result.counts.get("conflicts_open", 0))
         for operation, keys in ROW_OPERATIONS.items():
             n = sum(result.counts.get(k, 0) for k in keys)
             if n:
@@ -155,8 +276,20 @@ class Metrics:
         for code, n in codes.items():
             if n:
                 self.rejected_rows.labels(target, code or "unspecified").inc(n)
+                self._codes.setdefault(target, set()).add(code or "unspecified")
         if result.outcome in SUCCESS_OUTCOMES:
-            self.last_success.labels(target).set(time.time() if now is None else now)
+            self.last_success.labels(target).set(now)
+
+    def exported(self, target: str, now: float | None = None) -> None:
+        """The target's remote list was exported whole."""
+        self.last_export.labels(target).set(time.time() if now is None else now)
+
+    def set_lease_held(self, target: str, held: bool) -> None:
+        self.lease_held.labels(target).set(1 if held else 0)
+
+    def count_inbox_with(self, waiting: Callable[[], int]) -> None:
+        """Ask ``waiting`` for the inbox's backlog at every scrape."""
+        self.inbox_waiting.set_function(waiting)
 
     def observe_call(self, provider: str, method: str, outcome: str, seconds: float) -> None:
         """One provider HTTP attempt; fits ``CallObserver``."""
@@ -174,9 +307,11 @@ class Metrics:
     def set_up(self, up: bool) -> None:
         self.up.set(1 if up else 0)
 
-    def render(self) -> tuple[bytes, str]:
-        """The exposition body and its Content-Type, for ``GET /metrics``."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition body and its Content-Type, for ``GET /metrics``: OpenMetrics when
+        ``accept`` (the scraper's Accept header) asks for it, the classic text format else."""
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type
 
 
 # --------------------------------------------------------------------------- call hook

@@ -131,10 +131,11 @@ def check_route(check: Check) -> Handler:
 
 
 def metrics_route(metrics: Metrics) -> Handler:
-    """The Prometheus exposition of ``metrics``."""
+    """The Prometheus exposition of ``metrics``, in OpenMetrics when the scraper's Accept header
+    asks for it (Prometheus does by default), in the classic text format otherwise."""
 
-    def answer(_request: httpx.Request) -> httpx.Response:
-        body, content_type = metrics.render()
+    def answer(request: httpx.Request) -> httpx.Response:
+        body, content_type = metrics.render(request.headers.get("Accept"))
         return httpx.Response(200, headers={"Content-Type": content_type}, content=body)
 
     return answer

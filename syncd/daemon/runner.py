@@ -32,9 +32,10 @@ from watchdog.observers import Observer
 from syncd.commands import job_routes
 from syncd.commands.cycles import build_provider
 from syncd.config import Config, TargetConfig, load_config
+from syncd.daemon import observe
 from syncd.daemon.http import StatusServer
 from syncd.daemon.scheduler import TargetScheduler
-from syncd.daemon.systemd import Notifier, WatchdogPinger
+from syncd.daemon.systemd import Notifier, StatusLine, WatchdogPinger
 from syncd.engine import run_cycle
 from syncd.engine.result import CycleOptions
 from syncd.errors import ConfigError
@@ -71,6 +72,9 @@ class Daemon:
         self.leases = Leases(self.db, new_holder(), config.daemon.lease_timeout)
         self.metrics = Metrics()
         self.notifier = Notifier()
+        self.status_line = StatusLine(self.notifier, targets=len(config.target))
+        inbox_folder = Path(config.inbox.path)  # [inbox] changes take effect at a restart
+        self.metrics.count_inbox_with(lambda: observe.inbox_backlog(inbox_folder))
         self.health: dict[str, _Health] = {}
         self._health_lock = threading.Lock()
         self._register_secrets(config)
@@ -103,6 +107,7 @@ class Daemon:
         # made before the watch (a reload with nothing new does nothing).
         self._watch_config()
         self.reload_event.set()
+        self._track_targets()
         if self.http is not None:
             self.http.start()
         self.scheduler.start(list(self.config.target))
@@ -113,7 +118,7 @@ class Daemon:
         self._pinger = WatchdogPinger(self.notifier, alive=self.scheduler.alive)
         self._pinger.start()
         self.notifier.ready()
-        self._status("running")
+        self.status_line.set_targets(len(self.config.target))
         log.info(
             "started",
             extra={"targets": [t.name for t in self.config.target], "holder": self.leases.holder},
@@ -129,6 +134,7 @@ class Daemon:
 
     def _shutdown(self) -> int:
         self.notifier.stopping()
+        self.metrics.set_up(False)  # a scrape during the stop sees it going
         log.info("stopping: no new work; waiting for the batch in flight")
         deadline = time.monotonic() + self.config.daemon.stop_timeout
         self.inbox.stop(timeout=self.config.daemon.stop_timeout)
@@ -168,18 +174,31 @@ class Daemon:
             if lease is None:
                 log.debug("%s is in hand or was just synced by another process", target.name)
                 return True  # not a failure: the target is looked after
-            return self._leased_cycle(target, lease)
+            self.metrics.set_lease_held(target.name, True)
+            try:
+                return self._leased_cycle(target, lease)
+            finally:
+                self.metrics.set_lease_held(target.name, False)
+                self.status_line.drop(target.name)  # when the cycle raised
 
     def _leased_cycle(self, target: TargetConfig, lease: Lease) -> bool:
         cycle_id = uuid.uuid4().hex[:12]
         with log_context(target=target.name, cycle=cycle_id):
             provider = build_provider(self.config, target)
+            watch = observe.CycleWatch(
+                target.name,
+                self.status_line,
+                self.metrics,
+                exports=provider.capabilities.export,
+            )
+            started = time.monotonic()
             try:
                 result = run_cycle(
                     self.db,
                     target,
                     provider,
                     CycleOptions(
+                        progress=watch,
                         on_remote_change=outbox.recorder(provider.name, cycle_id),
                         should_stop=self.stop_event.is_set,
                         lease=lease,
@@ -189,7 +208,11 @@ class Daemon:
                 )
             finally:
                 provider.close()
-            self.metrics.observe_cycle(result, rejected_codes=result.rejected_codes)
+            self.metrics.observe_cycle(
+                result,
+                rejected_codes=result.rejected_codes,
+                seconds=time.monotonic() - started,
+            )
             # local changes not at the provider yet: held rejections, open conflicts, deferrals
             s = result.summary()
             self.metrics.set_pending(target.name, s["rejected"] + s["conflicts"] + s["deferred"])
@@ -216,8 +239,8 @@ class Daemon:
                 h.failing_since = None
             elif h.failing_since is None:
                 h.failing_since = time.monotonic()
-        failing = sorted(n for n, h in self.health.items() if h.failing_since is not None)
-        self._status(f"running; failing: {', '.join(failing)}" if failing else "running")
+            failing = [n for n, h in self.health.items() if h.failing_since is not None]
+        self.status_line.finished(target, outcome, failing)
 
     def _healthy(self) -> tuple[bool, str]:
         if self.stop_event.is_set():
@@ -244,8 +267,17 @@ class Daemon:
             return False, f"failing for more than {limit:g} s: {', '.join(sorted(stale))}"
         return True, "ok"
 
-    def _status(self, text_: str) -> None:
-        self.notifier.status(f"{text_}; {len(self.config.target)} target(s)")
+    def _track_targets(self) -> None:
+        """A series per configured target in the metrics, starting from what the store
+        remembers of its last runs (a restart, or a target configured again, keeps them)."""
+        success: dict[str, float] = {}
+        cycles: dict[str, float] = {}
+        try:
+            success, cycles = observe.remembered_runs(self.db)
+        except Exception:  # a store that cannot answer yet: the first cycles will tell
+            log.warning("could not read the last runs for the metrics", exc_info=True)
+        intervals = {t.name: observe.interval_seconds(t.schedule) for t in self.config.target}
+        self.metrics.track_targets(intervals, last_success=success, last_cycle=cycles)
 
     # -- configuration --------------------------------------------------------------------
 
@@ -307,5 +339,6 @@ class Daemon:
         )
         self.scheduler.replace(list(self.config.target))
         self.inbox.reconfigure(self.config)
+        self._track_targets()
         log.info("configuration reloaded", extra={"targets": [t.name for t in self.config.target]})
-        self._status("running (reloaded)")
+        self.status_line.set_targets(len(self.config.target), "reloaded")

@@ -4,6 +4,10 @@ The protocol is one ``KEY=value`` per line in one datagram to a Unix socket, so 
 is not worth it. Everything here does nothing when ``NOTIFY_SOCKET`` is unset (not under
 systemd, or ``Type=simple``), and a failed send is logged, never raised: telling systemd how we
 are must never be what stops the daemon.
+
+``StatusLine`` keeps the one-line ``STATUS=`` that ``systemctl status`` shows in step with the
+cycles: what each running cycle is doing ("newsletter: pushing 120 differing keys, 3 calls
+sent"), else "idle" with the last cycle's outcome and time, and the targets failing.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 
 log = logging.getLogger("syncd.systemd")
 
@@ -136,6 +141,88 @@ class WatchdogPinger(threading.Thread):
                 log.warning("not alive: withholding watchdog pings so systemd can restart us")
             self._withheld = not ok
         return ok
+
+
+class StatusLine:
+    """The daemon's ``STATUS=``, rebuilt and sent whenever a cycle moves on.
+
+    Cycles of several targets run at once, so the line names each running one; a phase that
+    repeats (a call sent, then another) is sent at most every ``min_gap`` seconds, so a cycle of
+    two thousand calls does not fill the manager's queue, while a new phase is always sent.
+    """
+
+    def __init__(
+        self,
+        notifier: Notifier,
+        *,
+        targets: int,
+        min_gap: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.notifier = notifier
+        self.min_gap = min_gap
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._targets = targets
+        self._doing: dict[str, tuple[str, str]] = {}  # target -> (phase, words)
+        self._failing: list[str] = []
+        self._last: tuple[str, str, float] | None = None  # target, outcome, when
+        self._sent_at = float("-inf")
+        self._note = ""
+
+    def set_targets(self, n: int, note: str = "") -> None:
+        """The number of configured targets, and a passing remark ("reloaded") until the next
+        cycle ends."""
+        with self._lock:
+            self._targets, self._note = n, note
+        self._send(force=True)
+
+    def doing(self, target: str, phase: str, words: str | None = None) -> None:
+        """``target``'s cycle is in ``phase``; ``words`` say it with figures (phase by default)."""
+        with self._lock:
+            before = self._doing.get(target)
+            self._doing[target] = (phase, words or phase)
+            repeat = before is not None and before[0] == phase
+        self._send(force=not repeat)
+
+    def finished(self, target: str, outcome: str, failing: Iterable[str]) -> None:
+        with self._lock:
+            self._doing.pop(target, None)
+            self._last = (target, outcome, self._clock())
+            self._failing = sorted(failing)
+            self._note = ""
+        self._send(force=True)
+
+    def drop(self, target: str) -> None:
+        """``target``'s cycle ended without ``finished`` (it raised): no longer shown running."""
+        with self._lock:
+            running = self._doing.pop(target, None) is not None
+        if running:
+            self._send(force=True)
+
+    def text(self) -> str:
+        with self._lock:
+            if self._doing:
+                parts = [f"{t}: {words}" for t, (_, words) in sorted(self._doing.items())]
+            elif self._last is None:
+                parts = ["idle; no cycle yet"]
+            else:
+                target, outcome, at = self._last
+                clock = time.strftime("%H:%M:%S", time.gmtime(at))
+                parts = [f"idle; last cycle {outcome} {clock} UTC ({target})"]
+            if self._failing:
+                parts.append("failing: " + ", ".join(self._failing))
+            if self._note:
+                parts.append(self._note)
+            parts.append(f"{self._targets} target(s)")
+        return "; ".join(parts)
+
+    def _send(self, *, force: bool) -> None:
+        now = time.monotonic()
+        if not force and now - self._sent_at < self.min_gap:
+            return
+        self._sent_at = now
+        self.notifier.status(self.text())
 
 
 def _socket_address(value: str | None) -> str | None:

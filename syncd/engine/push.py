@@ -61,6 +61,7 @@ def push_batch(session: Session, cycle: CycleState, batch: Batch) -> None:
                 confirm_later.abandon(session, call.job.job_id, f"{type(exc).__name__}: {exc}")
                 session.commit()
             raise
+        cycle.progress("calls sent", len(cycle.result.calls))  # systemd's STATUS, a terminal
         if call.job is not None:
             answered.append((call.job, any(a.ok for a in answers), answers))
         for answer in answers:

@@ -9,19 +9,22 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from conftest import World
 from prometheus_client.parser import text_string_to_metric_families
 
+import syncd
 from syncd.commands import listener
 from syncd.commands.listener import MAX_BODY, MAX_WORKERS
 from syncd.config import HttpConfig
+from syncd.daemon import observe
 from syncd.daemon.http import StatusServer
 from syncd.engine.result import CycleResult
 from syncd.errors import ListenError
-from syncd.metrics import Metrics, call_observer, set_call_observer
+from syncd.metrics import CYCLE_OUTCOMES, Metrics, call_observer, set_call_observer
 
 LOOPBACK = HttpConfig(listen="127.0.0.1:0")
 
@@ -229,3 +232,101 @@ def test_an_incomplete_export_shows_in_metrics_as_partial_not_success(
     assert sample(text, "syncd_cycles_total", target="news", outcome="partial") == 1
     assert sample(text, "syncd_cycles_total", target="news", outcome="converged") == 1
     assert sample(text, "syncd_last_success_timestamp_seconds", target="news") == 1000.0
+
+
+def test_openmetrics_is_served_when_asked_for(server: StatusServer) -> None:
+    openmetrics = httpx.get(
+        server.url + "/metrics",
+        headers={"Accept": "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"},
+        timeout=5,
+    )
+    assert openmetrics.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert openmetrics.text.endswith("# EOF\n")
+    assert "# TYPE syncd_build info" in openmetrics.text
+    for accept in ("text/plain;version=0.0.4", "*/*", None):
+        headers = {"Accept": accept} if accept else {}
+        classic = httpx.get(server.url + "/metrics", headers=headers, timeout=5)
+        assert classic.headers["Content-Type"].startswith("text/plain"), accept
+        assert "# EOF" not in classic.text
+
+
+def test_configured_targets_have_series_from_the_start_and_lose_them_when_removed() -> None:
+    metrics = Metrics()
+    metrics.track_targets(
+        {"news": 300.0, "crm": 60.0},
+        last_success={"news": 1000.0},
+        last_cycle={"news": 1500.0},
+        now=2000.0,
+    )
+    text = metrics.render()[0].decode()
+    assert sample(text, "syncd_build_info", version=syncd.__version__) == 1
+    assert sample(text, "syncd_schedule_interval_seconds", target="news") == 300
+    assert sample(text, "syncd_last_success_timestamp_seconds", target="news") == 1000
+    assert sample(text, "syncd_last_success_timestamp_seconds", target="crm") == 0  # never yet
+    assert sample(text, "syncd_last_cycle_timestamp_seconds", target="news") == 1500
+    assert sample(text, "syncd_last_cycle_timestamp_seconds", target="crm") == 2000  # the start
+    for outcome in CYCLE_OUTCOMES:
+        assert sample(text, "syncd_cycles_total", target="crm", outcome=outcome) == 0
+    assert sample(text, "syncd_rows_total", target="crm", operation="rejected") == 0
+    assert sample(text, "syncd_cycle_duration_seconds_count", target="crm") == 0
+    assert sample(text, "syncd_lease_held", target="crm") == 0
+
+    metrics.observe_cycle(cycle("converged", create=1), seconds=2.0, now=2100.0)
+    crm = CycleResult("crm", "c2", outcome="rejected", counts=Counter(rejected=1))
+    metrics.observe_cycle(crm, rejected_codes={"invalid_phone": 1})
+    metrics.track_targets({"news": 600.0}, now=2200.0)  # a reload: crm gone, news kept
+    text = metrics.render()[0].decode()
+    assert "crm" not in text
+    assert sample(text, "syncd_schedule_interval_seconds", target="news") == 600
+    assert sample(text, "syncd_last_success_timestamp_seconds", target="news") == 2100
+
+
+def test_a_cycle_sets_its_duration_times_and_conflicts() -> None:
+    metrics = Metrics()
+    metrics.track_targets({"news": 60.0}, now=0.0)
+    metrics.observe_cycle(cycle("conflicts", conflicts_open=4), seconds=42.0, now=100.0)
+    metrics.observe_cycle(cycle("unreachable"), seconds=0.3, now=200.0)
+    metrics.exported("news", now=90.0)
+    metrics.set_lease_held("news", True)
+    text = metrics.render()[0].decode()
+    assert sample(text, "syncd_cycle_duration_seconds_count", target="news") == 2
+    assert sample(text, "syncd_cycle_duration_seconds_bucket", target="news", le="0.5") == 1
+    assert sample(text, "syncd_cycle_duration_seconds_bucket", target="news", le="60.0") == 2
+    assert sample(text, "syncd_last_cycle_timestamp_seconds", target="news") == 200
+    assert sample(text, "syncd_last_success_timestamp_seconds", target="news") == 100
+    assert sample(text, "syncd_last_complete_export_timestamp_seconds", target="news") == 90
+    # an unreachable provider says nothing about the conflicts: the count stays
+    assert sample(text, "syncd_open_conflicts", target="news") == 4
+    assert sample(text, "syncd_lease_held", target="news") == 1
+
+
+def test_the_inbox_backlog_is_counted_at_each_scrape(tmp_path: Path) -> None:
+    metrics = Metrics()
+    metrics.count_inbox_with(lambda: observe.inbox_backlog(tmp_path / "inbox"))
+    assert sample(metrics.render()[0].decode(), "syncd_inbox_waiting_files") == 0  # no folder
+    inbox = tmp_path / "inbox"
+    (inbox / "processed").mkdir(parents=True)
+    for name in ("a.csv", "b.ndjson", "c.csv.part", ".hidden.csv", "a.csv.report.json"):
+        (inbox / name).write_text("email\n")
+    assert sample(metrics.render()[0].decode(), "syncd_inbox_waiting_files") == 2
+
+
+def test_the_last_runs_are_remembered_from_the_store(world: World) -> None:
+    """After a restart the last-success and last-cycle times are the store's, not 0."""
+    world.add_local(2)
+    before = time.time()
+    assert world.cycle().outcome == "converged"
+    world.emu.faults.export_truncate = True
+    world.add_local(1, start=10)
+    assert world.cycle().outcome == "partial"
+    success, cycles = observe.remembered_runs(world.db)
+    assert set(success) == set(cycles) == {"news"}
+    assert before - 1 <= success["news"] <= cycles["news"] <= time.time() + 1
+    assert success["news"] < cycles["news"]  # the partial one ended later and was no success
+
+
+def test_interval_seconds_of_intervals_and_cron() -> None:
+    assert observe.interval_seconds("5m") == 300
+    assert observe.interval_seconds("1d") == 86400
+    assert observe.interval_seconds("*/10 * * * *") == 600
+    assert observe.interval_seconds("0 9 * * 1-5") == 3 * 86400  # the weekend

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.daemon.systemd import Notifier, WatchdogPinger, watchdog_interval
+from syncd.daemon.systemd import Notifier, StatusLine, WatchdogPinger, watchdog_interval
 
 
 @pytest.fixture
@@ -114,3 +114,56 @@ def test_a_manager_that_stopped_reading_does_not_block_us(listener: socket.socke
         assert time.monotonic() - started < 5
     # the send that found no room gave up after SEND_TIMEOUT instead of hanging
     assert time.monotonic() - started < 5
+
+
+def test_the_status_line_names_each_running_cycle_then_the_last_outcome(
+    listener: socket.socket,
+) -> None:
+    at = [0.0]
+    line = StatusLine(Notifier(), targets=2, clock=lambda: at[0], min_gap=60)
+    line.set_targets(2)
+    assert receive(listener) == "STATUS=idle; no cycle yet; 2 target(s)"
+    line.doing("news", "exporting")
+    assert receive(listener) == "STATUS=news: exporting; 2 target(s)"
+    line.doing("crm", "sending", "pushing 20 differing keys, 1 call sent")
+    assert receive(listener) == (
+        "STATUS=crm: pushing 20 differing keys, 1 call sent; news: exporting; 2 target(s)"
+    )
+    # another call of the same phase within min_gap is kept for the next line, not sent
+    line.doing("crm", "sending", "pushing 20 differing keys, 2 calls sent")
+    at[0] = 12 * 3600 + 3 * 60 + 1
+    line.finished("crm", "unreachable", failing=["crm"])
+    assert receive(listener) == "STATUS=news: exporting; failing: crm; 2 target(s)"
+    line.finished("news", "converged", failing=["crm"])
+    assert receive(listener) == (
+        "STATUS=idle; last cycle converged 12:03:01 UTC (news); failing: crm; 2 target(s)"
+    )
+    line.set_targets(3, "reloaded")
+    assert receive(listener) == (
+        "STATUS=idle; last cycle converged 12:03:01 UTC (news); failing: crm; reloaded; 3 target(s)"
+    )
+    listener.settimeout(0.1)
+    with pytest.raises(TimeoutError):
+        receive(listener)  # nothing else was sent
+
+
+def test_a_repeated_phase_is_sent_again_after_min_gap(listener: socket.socket) -> None:
+    line = StatusLine(Notifier(), targets=1, min_gap=0.2)
+    line.doing("news", "sending", "1 call sent")
+    assert receive(listener) == "STATUS=news: 1 call sent; 1 target(s)"
+    line.doing("news", "sending", "2 calls sent")  # too soon: held back
+    time.sleep(0.25)
+    line.doing("news", "sending", "3 calls sent")
+    assert receive(listener) == "STATUS=news: 3 calls sent; 1 target(s)"
+
+
+def test_a_cycle_that_raised_is_no_longer_shown_running(listener: socket.socket) -> None:
+    line = StatusLine(Notifier(), targets=1)
+    line.doing("news", "exporting")
+    assert receive(listener) == "STATUS=news: exporting; 1 target(s)"
+    line.drop("news")
+    assert receive(listener) == "STATUS=idle; no cycle yet; 1 target(s)"
+    line.drop("news")  # nothing running: nothing sent
+    listener.settimeout(0.1)
+    with pytest.raises(TimeoutError):
+        receive(listener)
