@@ -75,7 +75,9 @@ def run_once(
                 opts = replace(
                     base_options,
                     cycle_id=cycle_id,
-                    on_remote_change=outbox.recorder(provider.name, cycle_id),
+                    on_remote_change=outbox.recorder(
+                        provider.name, cycle_id, list_name=t.local_list_name
+                    ),
                     holder=leases.holder,
                     lease=lease,
                 )

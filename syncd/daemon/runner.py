@@ -199,7 +199,9 @@ class Daemon:
                     provider,
                     CycleOptions(
                         progress=watch,
-                        on_remote_change=outbox.recorder(provider.name, cycle_id),
+                        on_remote_change=outbox.recorder(
+                            provider.name, cycle_id, list_name=target.local_list_name
+                        ),
                         should_stop=self.stop_event.is_set,
                         lease=lease,
                         cycle_id=cycle_id,

@@ -51,7 +51,10 @@ def three_lists(tmp_path: Path, emulator: str) -> dict[str, int]:
         )
         for name in LISTS
     ]
-    (tmp_path / "syncd.toml").write_text(config_toml(tmp_path, *targets), encoding="utf-8")
+    outbox = {"path": str(tmp_path / "outbox")}
+    (tmp_path / "syncd.toml").write_text(
+        config_toml(tmp_path, *targets, outbox=outbox), encoding="utf-8"
+    )
     (tmp_path / "ann.csv").write_text(
         f'email,name,lists\n{EMAIL},Ann,"{",".join(LISTS)}"\n', encoding="utf-8"
     )
@@ -81,6 +84,18 @@ def test_an_unsubscribe_from_one_list_at_the_provider_stays_on_that_list(
     (row,) = [json.loads(line) for line in exported.stdout.splitlines()]
     assert row["status"] == "active"
     assert row["unsubscribed_lists"] == ["offers"]
+    events = [
+        json.loads(line)
+        for path in sorted((tmp_path / "outbox").glob("*.ndjson"))
+        for line in path.read_text(encoding="utf-8").splitlines()
+    ]
+    (event,) = [e for e in events if e["key"] == EMAIL and e["kind"] != "signup"]
+    assert (event["kind"], event["target"], event["list"]) == (
+        "list_unsubscribe",
+        "offers",
+        "offers",
+    )
+    assert event["changes"]["list_status"] == {"before": "active", "after": "unsubscribed"}
     assert [s["write_calls"] for s in run_once(tmp_path)] == [0, 0, 0]
 
 
