@@ -8,7 +8,8 @@ What it serves, under ``/apiv2``, for ``type=contact`` and ``activity=`` (checkl
 
 - ``add`` / ``addsync``: ``data`` is a JSON string of UPPER-CASE attributes with the account's
   primary key (EMAIL by default, MOBILE with ``primary_key="MOBILE"``); ``listid`` optional. Both
-  upsert; ``addsync`` refuses an invalid row in its answer ("4.1"), ``add`` only checks the key.
+  upsert; ``addsync`` refuses an invalid row in its answer ("4.1"), ``add`` only checks the API
+  key and answers Success (a row without a usable primary key is dropped later, ``dropped``).
 - ``delete``: ``listid`` and ``data`` = the primary key value (or the older JSON form): the
   contact leaves the list and stays in the account ("4.1"). GET or POST.
 - ``bulkupload``: ``path`` (URL of a CSV), ``listid``, ``notifyemail``, ``callback`` (seed 004).
@@ -108,6 +109,7 @@ class NetcoreEmulator(EmulatorControls):
         self.primary_key = primary_key
         self.max_attributes = max_attributes
         self.contacts: dict[str, dict[str, str]] = {}
+        self.dropped: list[dict[str, Any]] = []  # ``add`` rows processing could not store
         self.lists: dict[int, tuple[str, set[str]]] = {}
         self.jobs: list[BulkJob] = []
         self.callback_mode = "normal"
@@ -141,6 +143,7 @@ class NetcoreEmulator(EmulatorControls):
             ],
             "contacts": [dict(c) for c in self.contacts.values()],
             "jobs": [j.to_json() for j in self.jobs],
+            "dropped": list(self.dropped),
         }
 
     def admin_post(self, op: str, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -216,8 +219,14 @@ class NetcoreEmulator(EmulatorControls):
             raise _Refused("Invalid data: not a JSON object")
         values = {str(k).upper(): "" if v is None else str(v) for k, v in data.items()}
         problem = self._check(values)
-        if problem and (validate or "primary key" in problem):
-            raise _Refused(problem)
+        if problem and validate:
+            raise _Refused(problem)  # "4.1": addsync answers what is wrong with the row
+        if problem and "primary key" in problem:
+            # "4.1": ``add`` validates only the API key before answering Success; the row is
+            # processed later, and one without a usable primary key cannot be stored: it is
+            # dropped there, seen only in the account (``dropped``) [INFERRED]
+            self.dropped.append({"data": values, "reason": problem})
+            return
         self._upsert(values, list_id)
 
     def _delete(self, params: pp.Params) -> None:

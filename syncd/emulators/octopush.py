@@ -41,7 +41,13 @@ from typing import Any
 
 import httpx
 
-from syncd.emulators.kit import EmulatorControls, EmulatorOptions, fault_means_later, key_accepted
+from syncd.emulators.kit import (
+    EMAIL_RE,
+    EmulatorControls,
+    EmulatorOptions,
+    fault_means_later,
+    key_accepted,
+)
 
 CONTACT_FIELDS = ("first_name", "last_name", "param1", "param2", "param3", "param4", "param5")
 MAX_DELETE = 200  # "Delete contacts": 1 to 200 numbers per call
@@ -166,12 +172,16 @@ class OctopushEmulator(EmulatorControls):
         if method not in _VERBS:
             return httpx.Response(404, json={"code": 404, "message": "Not found"})
         if request.method != _VERBS[method]:
+            # [ASSUMED] body: the docs show no answer for a wrong verb, only its status is meant
             return httpx.Response(405, json={"code": 405, "message": "Method not allowed"})
         injected = self.enter(method)
         if injected is not None:
             return injected
         login, key = request.headers.get("api-login", ""), request.headers.get("api-key", "")
-        if not (key_accepted(login, self.api_login) and key_accepted(key, self.api_key)):
+        # "Auth": the login is the account's email address; an account made without one (``syncd
+        # emulate``) still takes only an address there
+        login_ok = key_accepted(login, self.api_login) and bool(EMAIL_RE.match(login))
+        if not (login_ok and key_accepted(key, self.api_key)):
             return httpx.Response(401, json={"code": 401, "message": "unauthorized"})  # "Errors"
         try:
             body = json.loads(request.content.decode("utf-8"))  # "Auth": UTF-8 JSON
@@ -226,9 +236,16 @@ class OctopushEmulator(EmulatorControls):
         text = _FORMATTING.sub("", _cast(value))
         if text.startswith("00"):
             text = "+" + text[2:]
+        elif text.isdigit():
+            # "Lenient input": a value of the right kind in the wrong form is fixed: digits with
+            # a country code and no '+' are read as E.164 [INFERRED]
+            text = "+" + text
         if text in self.refused:
             raise _Refused(400, CODE_INVALID_NUMBER, self.refused[text])
         if not _E164.match(text):
+            # [ASSUMED] stricter than "Lenient input", which ignores what it cannot fix and sends
+            # the rest: a number that cannot be read refuses the call, so that a client learns
+            # which contact was not stored (a silent skip would leave it believing it was)
             raise _Refused(400, CODE_INVALID_NUMBER, f"Invalid phone number: {_cast(value)}")
         return text
 

@@ -31,7 +31,7 @@ def one_call(provider: str, client: httpx.Client) -> httpx.Response:
     if provider == "smsby":
         return client.post("/api/v2/createSubscriberList", data={"token": KEY, "name": "Other"})
     if provider == "octopush":
-        headers = {"api-login": "me", "api-key": KEY}
+        headers = {"api-login": "me@example.com", "api-key": KEY}
         return client.post(
             "/v1/public/contact-list/create", json={"list_name": "Other"}, headers=headers
         )
