@@ -165,8 +165,9 @@ def _check(
             r["fields"].get("City"),
         ):
             problems.append(f"{email}: fields differ")
-    if local.get(unsubscribed, {}).get("status") != "unsubscribed":
-        problems.append(f"{unsubscribed} is not unsubscribed in the mirror")
+    if "newsletter" not in local.get(unsubscribed, {}).get("unsubscribed_lists", []):
+        # an unsubscribe from the list: the mirror keeps it as that list's consent
+        problems.append(f"{unsubscribed} is not unsubscribed from the list in the mirror")
     if local.get(edited, {}).get("city") != "Pinsk":
         problems.append(f"{edited}: the provider's edit did not reach the mirror")
     if deleted in remote:

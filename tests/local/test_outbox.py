@@ -104,7 +104,16 @@ def test_cleared_field_and_tags_only_edit_are_updates() -> None:
 def test_status_changes_name_the_kind(before: str, after: str, kind: str) -> None:
     e = dumped(event(proj(before, Name="Ann"), proj(after, Name="Ann")))
     assert e["kind"] == kind
-    assert e["changes"] == {"status": {"before": before, "after": after}}
+    # opted out as a whole is unsubscribed from the list too (Projection.build)
+    lists = {s: "active" if s == "active" else "unsubscribed" for s in (before, after)}
+    assert e["changes"] == {
+        "status": {"before": before, "after": after},
+        **(
+            {"list_status": {"before": lists[before], "after": lists[after]}}
+            if len({*lists.values()}) == 2
+            else {}
+        ),
+    }
 
 
 def test_consent_outranks_signup_and_edits() -> None:
@@ -113,7 +122,7 @@ def test_consent_outranks_signup_and_edits() -> None:
     assert event(None, proj("blocked")).kind == "block"
     e = dumped(event(proj(Name="Ann"), proj("unsubscribed", Name="Anne")))
     assert e["kind"] == "unsubscribe"
-    assert set(e["changes"]) == {"Name", "status"}
+    assert set(e["changes"]) == {"Name", "status", "list_status"}
 
 
 def test_remote_delete() -> None:
@@ -124,7 +133,7 @@ def test_remote_delete() -> None:
         "Name": {"before": "Ann", "after": None},
         "tags": {"before": ["x"], "after": []},
         "status": {"before": "unsubscribed", "after": None},
-        "list_status": {"before": "active", "after": None},
+        "list_status": {"before": "unsubscribed", "after": None},
     }
 
 
@@ -139,24 +148,29 @@ def test_remote_delete() -> None:
         # the contact's own status outranks its list; an opt-out outranks an opt-in
         (("active", "active"), ("unsubscribed", "unsubscribed"), "unsubscribe"),
         (("active", "unsubscribed"), ("blocked", "active"), "block"),
-        (("unsubscribed", "active"), ("active", "unsubscribed"), "list_unsubscribe"),
+        # opted out as a whole is unsubscribed from the list too: only the address changes here
+        (("unsubscribed", "unsubscribed"), ("active", "unsubscribed"), "resubscribe"),
         (("unsubscribed", "unsubscribed"), ("active", "active"), "resubscribe"),
-        (("blocked", "active"), ("blocked", "unsubscribed"), "list_unsubscribe"),
-        (("blocked", "unsubscribed"), ("blocked", "active"), "list_resubscribe"),
+        (("active", "unsubscribed"), ("unsubscribed", "unsubscribed"), "unsubscribe"),
+        (("active", "unsubscribed"), ("blocked", "unsubscribed"), "block"),
     ],
 )
 def test_list_status_changes_name_the_kind(
     before: tuple[str, str], after: tuple[str, str], kind: str
 ) -> None:
-    e = dumped(event(proj(before[0], list_status=before[1]), proj(after[0], list_status=after[1])))
+    old, new = proj(before[0], list_status=before[1]), proj(after[0], list_status=after[1])
+    e = dumped(event(old, new))
     assert e["kind"] == kind
     expected = {}
-    if before[0] != after[0]:
-        expected["status"] = {"before": before[0], "after": after[0]}
-    if before[1] != after[1]:
-        expected["list_status"] = {"before": before[1], "after": after[1]}
+    if old.status != new.status:
+        expected["status"] = {"before": old.status, "after": new.status}
+    if old.list_status != new.list_status:
+        expected["list_status"] = {"before": old.list_status, "after": new.list_status}
     assert e["changes"] == expected
-    assert (e["before"]["list_status"], e["after"]["list_status"]) == (before[1], after[1])
+    assert (e["before"]["list_status"], e["after"]["list_status"]) == (
+        old.list_status,
+        new.list_status,
+    )
 
 
 def test_a_list_opt_out_outranks_signup_and_edits() -> None:

@@ -67,7 +67,9 @@ def test_ingest_run_once_plan_status_export_round_trip(workdir, emulator):
     assert export.returncode == 0
     (cwd / "again.csv").write_text(export.stdout, encoding="utf-8")
     rows = [json.loads(line) for line in syncd("export", env=env, cwd=cwd).stdout.splitlines()]
-    assert {r["email"]: r["status"] for r in rows}["user3@example.com"] == "unsubscribed"
+    user3 = {r["email"]: r for r in rows}["user3@example.com"]
+    # unsubscribed from the list at the provider: that list's consent (consent per list)
+    assert (user3["status"], user3["unsubscribed_lists"]) == ("active", ["newsletter"])
     again = syncd("ingest", "--json", "again.csv", env=env, cwd=cwd)
     assert json.loads(again.stdout)["unchanged"] == 30  # the round trip changes nothing
 

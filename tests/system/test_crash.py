@@ -289,16 +289,25 @@ class Crash:
         with sqlite3.connect(self.db) as db:
             db.row_factory = sqlite3.Row
             rows = [dict(r) for r in db.execute("SELECT * FROM contact")]
-            members = {
-                r[0] for r in db.execute("SELECT contact_id FROM membership WHERE list_name='news'")
-            }
+            members = dict(
+                db.execute("SELECT contact_id, state FROM membership WHERE list_name='news'")
+            )
         every = {r["email"]: r | {"fields": json.loads(r["fields"])} for r in rows}
-        live = {e: r for e, r in every.items() if r["id"] in members and not r["deleted"]}
+        live = {
+            e: r | {"list_state": members[r["id"]]}
+            for e, r in every.items()
+            if r["id"] in members and not r["deleted"]
+        }
         return live, every
 
 
 def opted_out(c: dict[str, Any]) -> bool:
     return c["email_status"] in ("unsubscribed", "blocked") or 1 in c["unsubscribed"]
+
+
+def opted_out_here(row: dict[str, Any]) -> bool:
+    """The mirror's view: opted out as a whole, or from the synced list (consent per list)."""
+    return row["status"] != "active" or row["list_state"] == "unsubscribed"
 
 
 def figures(
@@ -323,7 +332,7 @@ def figures(
         "resubscribed": sum(
             p.unsubscribed
             and p.email in live
-            and (live[p.email]["status"] == "active" or not opted_out(remote[p.email]))
+            and (not opted_out_here(live[p.email]) or not opted_out(remote[p.email]))
             for p in kept
         ),
     }
@@ -399,7 +408,7 @@ def test_fifty_sigkills_lose_nothing_duplicate_nothing_resurrect_nothing(
         theirs = remote[email]
         assert local["fields"].get("name") == (theirs["fields"].get("Name") or None), email
         assert local["fields"].get("city") == (theirs["fields"].get("City") or None), email
-        assert (local["status"] != "active") == opted_out(theirs), email
+        assert opted_out_here(local) == opted_out(theirs), email
     # 2. no local row is lost: every edit is there, the last one of each field winning
     filler_alive = [e for e in every if e.startswith("filler") and not every[e]["deleted"]]
     assert len(filler_alive) == FILLER
@@ -427,4 +436,4 @@ def test_fifty_sigkills_lose_nothing_duplicate_nothing_resurrect_nothing(
     # 5. no unsubscribed contact is active
     for p in w.people.values():
         if p.unsubscribed and not p.deleted:
-            assert live[p.email]["status"] != "active" and opted_out(remote[p.email]), p
+            assert opted_out_here(live[p.email]) and opted_out(remote[p.email]), p

@@ -117,13 +117,16 @@ def test_daemon_converges_stops_cleanly_and_picks_up_files_on_restart(tmp_path, 
         f"{emulator}/_emulator/contact",
         json={"action": "unsubscribe", "email": "u3@example.com", "list_id": 1},
     )
-    wait_for(lambda: w.local()["u3@example.com"]["status"] == "unsubscribed", what="pull")
+    # an unsubscribe from the list: that list's consent, the contact's own status unchanged
+    wait_for(
+        lambda: w.local()["u3@example.com"]["unsubscribed_lists"] == ["newsletter"], what="pull"
+    )
     events = [
         json.loads(line)
         for f in sorted(w.outbox.glob("*.ndjson"))
         for line in f.read_text().splitlines()
     ]
-    assert any(e["key"] == "u3@example.com" and e["kind"] == "unsubscribe" for e in events)
+    assert any(e["key"] == "u3@example.com" and e["kind"] == "list_unsubscribe" for e in events)
 
     metrics = w.get("/metrics").text
     assert 'syncd_cycles_total{outcome="converged",target="newsletter"}' in metrics

@@ -202,7 +202,8 @@ class Run:
             r["email"]: {
                 "Name": r.get("name") or "",
                 "City": r.get("city") or "",
-                "opted_out": r["status"] in OPTED_OUT,
+                # opted out as a whole, or from this list only (consent per list)
+                "opted_out": r["status"] in OPTED_OUT or "news" in r["unsubscribed_lists"],
             }
             for r in rows
         }
