@@ -481,7 +481,7 @@ def init_cmd(
         sys.exit(1)
     for item in created:
         click.echo(f"created {item}{'/' if item.is_dir() else ''}")
-    left = PLACEHOLDER in path.read_text(encoding="utf-8")
+    left = f'"{PLACEHOLDER}"' in path.read_text(encoding="utf-8")  # as a value, not in a comment
     todo = f"replace {PLACEHOLDER} in {path}, " if left else ""
     click.echo(
         f"next: export {STARTERS[provider].env}=..., {todo}"

@@ -643,6 +643,22 @@ def _store_folder_problems(config: Config, base: Path) -> list[str]:
     ]
 
 
+def _unknown_target_keys(data: Mapping[str, Any], table: ProviderTable) -> list[str]:
+    """Found before validation: the provider's check of its own keys runs only once the shared
+    keys are valid, and a misspelt key belongs in the same list as every other problem."""
+    targets = data.get("target")
+    problems = []
+    for i, target in enumerate(targets if isinstance(targets, list) else []):
+        if not isinstance(target, dict) or target.get("provider") not in table:
+            continue
+        known = _known_keys(("target", i, ""), data, table) or []
+        for key in target:
+            if key not in known:
+                err = {"type": "extra_forbidden", "loc": ("target", i, key), "msg": ""}
+                problems.append(f"{_loc(('target', i, key))}: {_message(err, known)}")
+    return problems
+
+
 def _duplicate_names(data: Mapping[str, Any]) -> list[str]:
     """Found before validation, so they are listed with every other problem."""
     targets = data.get("target")
@@ -670,6 +686,7 @@ def parse_config(
     problems: list[str] = []
     resolved = substitute_env(dict(data), os.environ if env is None else env, "", problems)
     problems += _duplicate_names(resolved) + _placeholders(resolved, "")
+    problems += _unknown_target_keys(resolved, providers)
     if base is not None:
         resolved = _resolve_paths(resolved, base)
     try:

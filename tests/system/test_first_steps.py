@@ -1,0 +1,262 @@
+"""The edges a new user and an operator meet first, through real `syncd` processes.
+
+Relative paths follow the config file, not the working folder; config mistakes are named in
+syncd's words and exit 2; no traceback reaches a user; the same mistake gives the same exit code
+in every command; `status` and `conflicts` say by their exit code that a conflict is open.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import (
+    emulator_fixture,
+    free_port,
+    newsletter_config,
+    people_csv,
+    run_syncd,
+    syncd_env,
+)
+
+KEY = "first-steps-key-51c2"
+VAR = ("TEST_UNISENDER_KEY", KEY)
+syncd = run_syncd
+pytestmark = pytest.mark.slow
+
+emulator = emulator_fixture("unisender", KEY)
+
+
+def no_traceback(r: subprocess.CompletedProcess[str]) -> bool:
+    return "Traceback" not in r.stdout + r.stderr
+
+
+# -- paths ---------------------------------------------------------------------------------------
+
+
+def test_relative_paths_follow_the_config_file_not_the_working_folder(
+    tmp_path: Path, emulator: str
+) -> None:
+    etc, elsewhere = tmp_path / "etc" / "syncd", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    init = syncd(
+        "init",
+        "--config",
+        str(etc / "syncd.toml"),
+        "--list-id",
+        "1",
+        "--base-url",
+        f"{emulator}/en/api",
+        "--field",
+        "Name=name",
+        cwd=tmp_path,
+    )
+    assert init.returncode == 0, init.stderr
+    assert "CHANGE-ME" not in init.stdout  # nothing left to replace
+    text = (etc / "syncd.toml").read_text()
+    assert 'url = "sqlite:///./syncd.db"' in text and 'path = "./inbox"' in text
+    # the key comes from the environment as the starter says; the config is found by the variable
+    env = syncd_env(("UNISENDER_API_KEY", KEY)) | {"SYNCD_CONFIG": str(etc / "syncd.toml")}
+    (elsewhere / "people.csv").write_text(people_csv(range(3)))
+    assert syncd("ingest", "people.csv", env=env, cwd=elsewhere).returncode == 0
+    assert syncd("run-once", env=env, cwd=elsewhere).returncode == 0
+
+    status = syncd("status", env=env, cwd=tmp_path)  # a third folder
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "last run" in status.stdout and "converged" in status.stdout
+    assert "0 rejected rows, 0 open conflicts" in status.stdout
+    assert (etc / "syncd.db").exists()
+    assert not list(elsewhere.glob("syncd.db*")) and not list(tmp_path.glob("syncd.db*"))
+    assert not (elsewhere / "outbox").exists()  # the outbox is the config's too
+
+
+def test_a_missing_store_folder_outside_the_configs_tree_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "nowhere" / "deeper"
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "syncd.toml").write_text(f'[store]\nurl = "sqlite:///{outside}/s.db"\n')
+    r = syncd("status", "--config", "conf/syncd.toml", cwd=tmp_path)
+    assert r.returncode == 2 and f"the folder {outside} does not exist" in r.stderr
+    assert not (tmp_path / "nowhere").exists()
+    # inside the config's own folder it is created, as the starter's layout expects
+    (tmp_path / "conf" / "syncd.toml").write_text('[store]\nurl = "sqlite:///./state/s.db"\n')
+    assert syncd("status", "--config", "conf/syncd.toml", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "conf" / "state" / "s.db").exists()
+
+
+# -- config mistakes -----------------------------------------------------------------------------
+
+MISTAKES = """
+[stor]
+url = "sqlite:///./syncd.db"
+
+[daemon]
+max_parallel = "4"
+
+[[target]]
+name = "news"
+provider = "unisender"
+list_id = 12
+api_key = "${TEST_UNISENDER_KEY}"
+scheduel = "5m"
+timeout = "30"
+"""
+
+
+@pytest.mark.parametrize("command", ["check-config", "run-once", "status"])
+def test_config_mistakes_are_named_in_syncds_words(tmp_path: Path, command: str) -> None:
+    (tmp_path / "syncd.toml").write_text(MISTAKES)
+    r = syncd(command, cwd=tmp_path, key=VAR)
+    assert r.returncode == 2 and no_traceback(r), r.stdout + r.stderr
+    said = r.stdout + r.stderr
+    assert "stor: unknown key; did you mean 'store'?" in said
+    assert "target[0].scheduel: unknown key; did you mean 'schedule'?" in said
+    assert "daemon.max_parallel: must be a whole number, without quotes (e.g. 4)" in said
+    assert "target[0].timeout: must be a number, without quotes" in said
+    assert "list_id" not in said  # a number is an id like any other
+    assert "Extra inputs" not in said and "Input should" not in said  # not pydantic's words
+
+
+def test_change_me_is_refused_until_replaced(tmp_path: Path) -> None:
+    made = syncd("init", "--provider", "octopush", cwd=tmp_path)
+    assert made.returncode == 0 and "replace CHANGE-ME" in made.stdout
+    r = syncd("check-config", cwd=tmp_path, key=("OCTOPUSH_API_KEY", "k" * 12))
+    assert r.returncode == 2
+    assert "target[0].list_id: still reads CHANGE-ME" in r.stdout
+    assert "target[0].api_login: still reads CHANGE-ME" in r.stdout
+
+
+def test_a_field_octopush_cannot_hold_is_a_config_error_offline(tmp_path: Path) -> None:
+    (tmp_path / "syncd.toml").write_text(
+        '[[target]]\nname = "sms"\nprovider = "octopush"\nlist_id = "news"\nkey = "phone"\n'
+        'api_key = "${TEST_UNISENDER_KEY}"\napi_login = "me@example.com"\n'
+        'fields = { Name = "name" }\n'
+    )
+    r = syncd("check-config", cwd=tmp_path, key=VAR)  # offline: nothing leaves the machine
+    assert r.returncode == 2, r.stdout
+    assert "target[0]: target 'sms': an Octopush contact holds only first_name" in r.stdout
+    assert "(not Name)" in r.stdout
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+
+def test_config_before_the_command(tmp_path: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "mine.toml").write_text("[store]\nurl = 'sqlite:///./m.db'\n")
+    r = syncd("--config", "conf/mine.toml", "status", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "conf" / "m.db").exists() and not (tmp_path / "syncd.toml").exists()
+    missing = syncd("--config", "conf/other.toml", "check-config", cwd=tmp_path)
+    assert missing.returncode == 2 and "conf/other.toml: file not found" in missing.stdout
+
+
+def test_the_same_wrong_key_exits_2_in_check_config_and_run_once(
+    tmp_path: Path, emulator: str
+) -> None:
+    (tmp_path / "syncd.toml").write_text(newsletter_config(tmp_path, emulator, retries=0))
+    wrong = ("TEST_UNISENDER_KEY", "not-the-key-at-all")
+    check = syncd("check-config", "--online", cwd=tmp_path, key=wrong)
+    once = syncd("run-once", cwd=tmp_path, key=wrong)
+    assert check.returncode == once.returncode == 2, check.stdout + once.stdout
+    assert "invalid_api_key" in once.stdout and "not-the-key-at-all" not in once.stdout
+
+
+def test_status_and_conflicts_exit_1_while_a_conflict_is_open(
+    tmp_path: Path, emulator: str
+) -> None:
+    (tmp_path / "syncd.toml").write_text(
+        newsletter_config(tmp_path, emulator, conflict="manual", first_sync="manual")
+    )
+    none = syncd("conflicts", "--json", cwd=tmp_path, key=VAR)
+    assert none.returncode == 0 and json.loads(none.stdout) == []
+    assert syncd("conflicts", cwd=tmp_path, key=VAR).stdout.strip() == "no conflicts"
+
+    (tmp_path / "a.csv").write_text(people_csv(range(2), "Local"))
+    syncd("ingest", "a.csv", cwd=tmp_path, key=VAR)
+    assert syncd("run-once", cwd=tmp_path, key=VAR).returncode == 0
+    # both sides edit the same field: held under conflict = "manual"
+    import httpx
+
+    httpx.post(
+        f"{emulator}/_emulator/contact",
+        json={"action": "edit", "email": "user0@example.com", "fields": {"Name": "Remote"}},
+    ).raise_for_status()
+    (tmp_path / "b.csv").write_text(people_csv(range(1), "Edited"))
+    syncd("ingest", "b.csv", cwd=tmp_path, key=VAR)
+    held = syncd("run-once", cwd=tmp_path, key=VAR)
+    assert held.returncode == 1, held.stdout + held.stderr
+
+    status = syncd("status", cwd=tmp_path, key=VAR)
+    assert status.returncode == 1 and "1 open conflict" in status.stdout
+    listed = syncd("conflicts", "--json", cwd=tmp_path, key=VAR)
+    assert listed.returncode == 1 and [c["key"] for c in json.loads(listed.stdout)] == [
+        "user0@example.com"
+    ]
+    chosen = syncd("resolve", "user0@example.com", "--take", "local", cwd=tmp_path, key=VAR)
+    assert chosen.returncode == 0
+    # settled, waiting for the next cycle: nothing is open any more
+    assert syncd("conflicts", cwd=tmp_path, key=VAR).returncode == 0
+
+
+# -- no traceback --------------------------------------------------------------------------------
+
+
+def test_a_wrong_log_level_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "syncd.toml").write_text("[http]\nlisten = 'off'\n")
+    r = syncd("run", "--log-level", "LOUD", cwd=tmp_path)
+    assert r.returncode == 2 and no_traceback(r)
+    assert "'LOUD' is not one of" in r.stderr
+
+
+def test_a_missing_database_driver_is_named(tmp_path: Path) -> None:
+    (tmp_path / "syncd.toml").write_text(
+        "[store]\nurl = 'postgresql+pg8000://syncd:hunter2@127.0.0.1/syncd'\n"
+    )
+    for command in ("status", "check-config"):
+        r = syncd(command, cwd=tmp_path)
+        assert r.returncode == 2 and no_traceback(r), r.stderr
+        said = r.stdout + r.stderr
+        assert "store.url: the database driver of 'postgresql+pg8000' is not installed" in said
+        assert "hunter2" not in said
+
+
+def test_an_unreachable_store_server_is_one_line(tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "syncd.toml").write_text(
+        f"[store]\nurl = 'postgresql+psycopg://syncd:hunter2@127.0.0.1:{port}/syncd'\n"
+    )
+    r = syncd("status", cwd=tmp_path)
+    assert r.returncode == 1 and no_traceback(r), r.stderr
+    assert r.stderr.startswith("error: cannot open the store ([store] url):")
+    assert len(r.stderr.strip().splitlines()) == 1 and "hunter2" not in r.stderr
+
+
+@pytest.fixture
+def taken_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def test_a_taken_listen_port_exits_2_naming_the_address(tmp_path: Path, taken_port: int) -> None:
+    (tmp_path / "syncd.toml").write_text(f"[http]\nlisten = '127.0.0.1:{taken_port}'\n")
+    r = syncd("run", cwd=tmp_path)
+    assert r.returncode == 2 and no_traceback(r), r.stdout + r.stderr
+    assert f"error: cannot listen on 127.0.0.1:{taken_port} ([http] listen)" in r.stderr
+
+
+def test_a_taken_emulator_port_exits_2_naming_the_address(taken_port: int, tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "syncd", "emulate", "unisender", "--port", str(taken_port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2 and no_traceback(r), r.stdout + r.stderr
+    assert f"cannot listen on 127.0.0.1:{taken_port}" in r.stderr and "--port" in r.stderr
