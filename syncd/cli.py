@@ -300,6 +300,14 @@ def ingest_cmd(config_path: str | None, files: tuple[str, ...], as_json: bool) -
             )
             for bad in data["rejected"]:
                 click.echo(f"  line {bad['line']}: {bad['reason']}", err=True)
+            if config.ingest.default_region is None and any(
+                "international format" in bad["reason"] for bad in data["rejected"]
+            ):
+                click.echo(
+                    "  a phone without '+' is read only with [ingest] default_region set "
+                    '(e.g. default_region = "BY"); syncd never guesses the country',
+                    err=True,
+                )
         worst = max(worst, 1 if data["rejected"] else 0)
     sys.exit(worst)
 

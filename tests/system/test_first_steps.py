@@ -260,3 +260,15 @@ def test_a_taken_emulator_port_exits_2_naming_the_address(taken_port: int, tmp_p
     )
     assert r.returncode == 2 and no_traceback(r), r.stdout + r.stderr
     assert f"cannot listen on 127.0.0.1:{taken_port}" in r.stderr and "--port" in r.stderr
+
+
+def test_a_phone_without_plus_points_at_default_region(tmp_path: Path) -> None:
+    (tmp_path / "syncd.toml").write_text("[store]\nurl = 'sqlite:///./s.db'\n")
+    (tmp_path / "people.ndjson").write_text('{"phone": 375447778899, "name": "Fiona"}\n')
+    r = syncd("ingest", "people.ndjson", cwd=tmp_path)
+    assert r.returncode == 1 and "line 1: phone must be in international format" in r.stderr
+    assert "[ingest] default_region" in r.stderr
+    (tmp_path / "syncd.toml").write_text(
+        "[store]\nurl = 'sqlite:///./s.db'\n[ingest]\ndefault_region = 'BY'\n"
+    )
+    assert syncd("ingest", "people.ndjson", cwd=tmp_path).returncode == 0
