@@ -276,7 +276,8 @@ def _progress() -> Iterator[Callable[[str, int], None] | None]:
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
 def ingest_cmd(config_path: str | None, files: tuple[str, ...], as_json: bool) -> None:
-    """Apply CSV or NDJSON contact files to the mirror (each file in one transaction)."""
+    """Apply contact files (.csv, or JSON: .ndjson, .jsonl, .json) to the mirror, each file in
+    one transaction."""
     from syncd.local.ingest import ingest_file
 
     config = _load(config_path)

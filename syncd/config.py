@@ -14,6 +14,7 @@ keys unchecked in ``model_extra``; the providers read them through their setting
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import ipaddress
 import os
@@ -198,6 +199,22 @@ class IngestConfig(_Strict):
     reject_role_addresses: bool = Field(
         True, description="Reject role addresses (info@, sales@, no-reply@ ...) at ingestion."
     )
+    encoding: str | None = Field(
+        None,
+        description="Text encoding of contact files without a byte order mark (default UTF-8), "
+        "e.g. 'cp1251' for a Russian Excel export. A UTF-16/32 byte order mark wins.",
+    )
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r} (e.g. utf-8, cp1251, latin-1)") from None
+        return value
 
 
 class TargetConfig(BaseModel):

@@ -272,3 +272,68 @@ def test_a_phone_without_plus_points_at_default_region(tmp_path: Path) -> None:
         "[store]\nurl = 'sqlite:///./s.db'\n[ingest]\ndefault_region = 'BY'\n"
     )
     assert syncd("ingest", "people.ndjson", cwd=tmp_path).returncode == 0
+
+
+# -- contact files as spreadsheets write them ------------------------------------------------------
+
+EXCEL_RU = (
+    "email;name;city\r\nanna@example.com;Анна Иванова;Минск\r\nboris@example.com;Борис;Брест\r\n"
+)
+
+
+def exported_names(tmp_path: Path) -> dict[str, tuple[str, str]]:
+    out = syncd("export", cwd=tmp_path).stdout.splitlines()
+    return {r["email"]: (r["name"], r["city"]) for r in map(json.loads, out)}
+
+
+@pytest.mark.parametrize(
+    ("settings", "name", "data"),
+    [
+        ("encoding = 'cp1251'", "excel-ru.csv", EXCEL_RU.encode("cp1251")),
+        ("", "utf8.csv", EXCEL_RU.encode("utf-8")),
+        ("", "bom.csv", EXCEL_RU.encode("utf-8-sig")),
+        ("encoding = 'cp1251'", "utf16.csv", EXCEL_RU.replace(";", "\t").encode("utf-16")),
+        ("", "tabs.csv", EXCEL_RU.replace(";", "\t").encode("utf-8")),
+        (
+            "encoding = 'cp1251'",
+            "rows.ndjson",
+            '{"email": "anna@example.com", "name": "Анна '
+            'Иванова", "city": "Минск"}\n{"email": "boris@example.com", "name": "Борис", '
+            '"city": "Брест"}\n'.encode("cp1251"),
+        ),
+    ],
+)
+def test_spreadsheet_exports_are_read(
+    tmp_path: Path, settings: str, name: str, data: bytes
+) -> None:
+    (tmp_path / "syncd.toml").write_text(
+        f"[store]\nurl = 'sqlite:///./s.db'\n[ingest]\n{settings}\n"
+    )
+    (tmp_path / name).write_bytes(data)
+    r = syncd("ingest", name, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "created 2" in r.stdout
+    assert exported_names(tmp_path) == {
+        "anna@example.com": ("Анна Иванова", "Минск"),
+        "boris@example.com": ("Борис", "Брест"),
+    }
+
+
+def test_a_cp1251_file_without_the_setting_names_it(tmp_path: Path) -> None:
+    (tmp_path / "syncd.toml").write_text("[store]\nurl = 'sqlite:///./s.db'\n")
+    (tmp_path / "excel-ru.csv").write_bytes(EXCEL_RU.encode("cp1251"))
+    r = syncd("ingest", "excel-ru.csv", cwd=tmp_path)
+    assert r.returncode == 1 and "line 2 is not valid UTF-8" in r.stderr
+    assert exported_names(tmp_path) == {}
+    (tmp_path / "syncd.toml").write_text(
+        "[store]\nurl = 'sqlite:///./s.db'\n[ingest]\nencoding = 'klingon'\n"
+    )
+    bad = syncd("ingest", "excel-ru.csv", cwd=tmp_path)
+    assert bad.returncode == 2 and "ingest.encoding: unknown encoding 'klingon'" in bad.stderr
+
+
+def test_unknown_file_types_name_every_json_suffix(tmp_path: Path) -> None:
+    (tmp_path / "syncd.toml").write_text("[store]\nurl = 'sqlite:///./s.db'\n")
+    (tmp_path / "people.txt").write_text("email\na@example.com\n")
+    r = syncd("ingest", "people.txt", cwd=tmp_path)
+    assert r.returncode == 1 and "use .csv, .ndjson, .jsonl or .json" in r.stderr
