@@ -337,3 +337,13 @@ def test_unknown_file_types_name_every_json_suffix(tmp_path: Path) -> None:
     (tmp_path / "people.txt").write_text("email\na@example.com\n")
     r = syncd("ingest", "people.txt", cwd=tmp_path)
     assert r.returncode == 1 and "use .csv, .ndjson, .jsonl or .json" in r.stderr
+
+
+def test_the_demo_writes_nothing_outside_its_temporary_folder(tmp_path: Path) -> None:
+    here = tmp_path / "here"
+    here.mkdir()
+    r = syncd("demo", "--contacts", "40", cwd=here)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert list(here.iterdir()) == []  # no outbox, store or sample in the working folder
+    folder = Path(r.stdout.split("files in ", 1)[1].split()[0])
+    assert folder.name.startswith("syncd-demo-") and not folder.exists()
