@@ -24,7 +24,7 @@ from syncd.commands import cycles
 from syncd.config import PLACEHOLDER, Config, load_config
 from syncd.engine.result import CycleOptions, CycleResult
 from syncd.errors import ConfigError, IngestError, ListenError, StarterExists, SyncdError
-from syncd.logs import SecretFilter, register_secret
+from syncd.logs import register_secret, setup_logging
 from syncd.providers import PROVIDERS
 
 EXIT_CONFIG = 2
@@ -77,14 +77,15 @@ def _load(config_path: str | None) -> Config:
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail to stderr.")
 @config_option
 def main(verbose: bool, config_path: str | None) -> None:
-    """Keep a local contact mirror and provider contact lists in agreement, both ways."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    """Keep a local contact mirror and provider contact lists in agreement, both ways.
+
+    Shell completion: eval "$(_SYNCD_COMPLETE=bash_source syncd)" (zsh_source, fish_source).
+    """
+    # text on stderr, times in UTC, keys registered by _load never shown; the libraries'
+    # chatter (Alembic at each store opening, APScheduler at each job) only when asked for
+    setup_logging(
+        logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr, json_output=False
     )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(SecretFilter())  # keys registered by _load never reach a log line
 
 
 # --- cycles -------------------------------------------------------------------------------
@@ -110,7 +111,6 @@ def main(verbose: bool, config_path: str | None) -> None:
 def run_cmd(config_path: str | None, log_level: str, library_log_level: str) -> None:
     """Run as a service: scheduled cycles, the watched inbox, health and metrics."""
     from syncd.daemon.runner import Daemon
-    from syncd.logs import setup_logging
 
     config = _load(config_path)
     # one event a line on stdout: JSON for journald and log shippers, text on a terminal

@@ -347,3 +347,37 @@ def test_the_demo_writes_nothing_outside_its_temporary_folder(tmp_path: Path) ->
     assert list(here.iterdir()) == []  # no outbox, store or sample in the working folder
     folder = Path(r.stdout.split("files in ", 1)[1].split()[0])
     assert folder.name.startswith("syncd-demo-") and not folder.exists()
+
+
+# -- logs ----------------------------------------------------------------------------------------
+
+
+def test_verbose_commands_leave_out_the_libraries_chatter(tmp_path: Path) -> None:
+    (tmp_path / "syncd.toml").write_text("[store]\nurl = 'sqlite:///./s.db'\n")
+    r = syncd("-v", "status", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "alembic" not in r.stderr and "Context impl" not in r.stderr
+
+
+def test_the_service_writes_priorities_when_its_output_is_the_journal(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    (tmp_path / "syncd.toml").write_text("[http]\nlisten = 'off'\n")
+    with (tmp_path / "journal").open("w") as journal:
+        info = os.fstat(journal.fileno())
+        env = syncd_env() | {"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "syncd", "run"], cwd=tmp_path, env=env, stdout=journal
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while '"started"' not in (tmp_path / "journal").read_text():
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+    written = (tmp_path / "journal").read_text().splitlines()
+    assert written and all(line.startswith("<6>{") for line in written), written
