@@ -674,7 +674,7 @@ def run() -> None:
     """The console entry (``syncd``, ``python -m syncd``): a syncd error that escapes a command
     is one line on stderr, never a traceback; a configuration error exits 2, any other 1."""
     try:
-        main()
+        main(prog_name="syncd")  # the same name (and completion variable) however started
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_CONFIG)

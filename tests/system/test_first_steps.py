@@ -381,3 +381,13 @@ def test_the_service_writes_priorities_when_its_output_is_the_journal(tmp_path: 
             proc.wait(timeout=30)
     written = (tmp_path / "journal").read_text().splitlines()
     assert written and all(line.startswith("<6>{") for line in written), written
+
+
+def test_shell_completion_as_the_readme_shows_it(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert 'eval "$(_SYNCD_COMPLETE=bash_source syncd)"' in readme
+    source = syncd(cwd=tmp_path, env=syncd_env() | {"_SYNCD_COMPLETE": "bash_source"})
+    assert source.returncode == 0 and "complete " in source.stdout
+    words = {"_SYNCD_COMPLETE": "bash_complete", "COMP_WORDS": "syncd run-o", "COMP_CWORD": "1"}
+    answer = syncd(cwd=tmp_path, env=syncd_env() | words)
+    assert answer.stdout.split() == ["plain,run-once"]
