@@ -337,3 +337,10 @@ def test_check_config_command_online_over_loopback(world: World, tmp_path: Path)
     assert data["ok"] is False
     assert data["targets"][0]["key_accepted"] is False
     assert "key" in data["targets"][0]["problems"][0]
+
+
+def test_the_starter_and_the_loader_agree_on_the_placeholder() -> None:
+    from syncd import config
+    from syncd.providers import spec
+
+    assert spec.PLACEHOLDER == config.PLACEHOLDER == "CHANGE-ME"
