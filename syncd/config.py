@@ -50,8 +50,8 @@ _CONTEXT_KEY = "providers"  # where the provider table travels in pydantic's val
 
 
 class _Strict(BaseModel):
-    # strict: a TOML value keeps its type (max_parallel = "4" is refused like list_id = 1 was);
-    # the few keys that take a number or a string alike say so in a validator
+    # strict: a TOML value keeps its type, so max_parallel = "4" is refused rather than read as
+    # 4, as a string key given a number is; the one key that takes both (list_id) says so
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
@@ -559,6 +559,13 @@ def _message(err: Mapping[str, Any], known: list[str] | None) -> str:
     return text.replace("Input should be", "must be").replace("String should", "must")
 
 
+def _either(messages: list[str]) -> str:
+    """One key's messages as one: ``must be 'local' or 'remote', or a table``."""
+    if len(messages) > 1 and all(m.startswith("must be ") for m in messages):
+        return ", or ".join([messages[0], *(m.removeprefix("must be ") for m in messages[1:])])
+    return "; ".join(messages)
+
+
 def _known_keys(
     loc: tuple[Any, ...], data: Mapping[str, Any], table: ProviderTable
 ) -> list[str] | None:
@@ -709,12 +716,16 @@ def parse_config(
     try:
         config = Config.model_validate(resolved, context={_CONTEXT_KEY: providers})
     except ValidationError as exc:
+        said: dict[str, list[str]] = {}  # key -> its messages (a union says one per branch)
         for err in exc.errors():
             loc = tuple(err["loc"])
             known = (
                 _known_keys(loc, resolved, providers) if err["type"] == "extra_forbidden" else None
             )
-            problems.append(f"{_loc(loc)}: {_message(err, known)}")
+            message = _message(err, known)
+            if message not in said.setdefault(_loc(loc), []):
+                said[_loc(loc)].append(message)
+        problems += [f"{key}: {_either(messages)}" for key, messages in said.items()]
         raise ConfigError(source, sorted(set(problems))) from None
     if base is not None:
         problems += _store_folder_problems(config, base)

@@ -103,6 +103,7 @@ list_id = 12
 api_key = "${TEST_UNISENDER_KEY}"
 scheduel = "5m"
 timeout = "30"
+conflict = "mine"
 """
 
 
@@ -116,6 +117,7 @@ def test_config_mistakes_are_named_in_syncds_words(tmp_path: Path, command: str)
     assert "target[0].scheduel: unknown key; did you mean 'schedule'?" in said
     assert "daemon.max_parallel: must be a whole number, without quotes (e.g. 4)" in said
     assert "target[0].timeout: must be a number, without quotes" in said
+    assert "target[0].conflict: must be 'local', 'remote' or 'manual', or a table" in said
     assert "list_id" not in said  # a number is an id like any other
     assert "Extra inputs" not in said and "Input should" not in said  # not pydantic's words
 

@@ -120,24 +120,12 @@ def read_rows(
         raise IngestError(f"{file}: cannot be read: {exc.strerror or exc}") from None
 
 
-_UTF16_OR_32_BOMS = (
-    codecs.BOM_UTF32_LE,
-    codecs.BOM_UTF32_BE,
-    codecs.BOM_UTF16_LE,
-    codecs.BOM_UTF16_BE,
-)
-
-
 def _not_utf8(file: Path, line: int, raw: bytes, at: int) -> IngestError:
     """The error for line ``line`` (bytes ``raw``), whose byte ``at`` does not decode."""
-    if line == 1 and raw.startswith(_UTF16_OR_32_BOMS):
-        return IngestError(
-            f"{file}: the file is UTF-16 or UTF-32 (it starts with that byte order mark); "
-            "save it as UTF-8"
-        )
     return IngestError(
         f"{file}: line {line} is not valid UTF-8 (byte 0x{raw[at]:02x} at byte {at + 1} of "
-        "the line); save the file as UTF-8"
+        "the line); save the file as UTF-8, or name its encoding in [ingest] encoding "
+        '(e.g. "cp1251" for a Russian Excel export)'
     )
 
 
