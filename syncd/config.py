@@ -675,6 +675,10 @@ def _unknown_target_keys(data: Mapping[str, Any], table: ProviderTable) -> list[
     for i, target in enumerate(targets if isinstance(targets, list) else []):
         if not isinstance(target, dict) or target.get("provider") not in table:
             continue
+        try:
+            table[target["provider"]]
+        except ValueError:
+            continue  # a provider that cannot be loaded: the validation names it
         known = _known_keys(("target", i, ""), data, table) or []
         for key in target:
             if key not in known:
