@@ -192,9 +192,9 @@ def _summary_line(r: CycleResult) -> str:
         f"{_n(s['api_calls'], 'call')} ({_n(s['write_calls'], 'write')})"
     )
     if s["kept_opted_out"]:
-        line += f"; {s['kept_opted_out']} opted-out contacts kept at the provider"
+        line += f"; {_n(s['kept_opted_out'], 'opted-out contact')} kept at the provider"
     if s["first_meetings_held"]:
-        line += f"; {s['first_meetings_held']} first meetings held (first_sync = manual)"
+        line += f"; {_n(s['first_meetings_held'], 'first meeting')} held (first_sync = manual)"
     if s["deferred"]:
         line += f"; {s['deferred']} creates/deletes deferred"
     if s["edited_during_cycle"]:
@@ -361,7 +361,9 @@ def status_cmd(config_path: str | None, as_json: bool) -> None:
                 line += f"; export incomplete: {counts.get('deferred', 0)} creates/deletes wait"
             click.echo(line)
         if s.awaiting_callback:
-            click.echo(f"  {s.awaiting_callback} rows wait for the provider's callback")
+            verb = "waits" if s.awaiting_callback == 1 else "wait"
+            waiting = _n(s.awaiting_callback, "row")
+            click.echo(f"  {waiting} {verb} for the provider's callback")
         if not s.two_way:
             click.echo("  push-only: changes made at this provider cannot be seen by syncd")
     sys.exit(1 if any(s.open_conflicts for s in statuses) else 0)
