@@ -1,7 +1,9 @@
 """The command line: thin click commands over ``syncd.commands.cycles`` and friends.
 
-Exit codes: 0 all converged, 1 rows rejected or conflicts remain, 2 configuration error,
-3 a provider could not be reached.
+Exit codes: 0 all converged, 1 rows rejected or conflicts remain, 2 configuration error (the
+file, or a key, list or field name the provider refused), 3 a provider could not be reached.
+No traceback reaches a user for a mistake of theirs: each ends in one line naming the value or
+address at fault and what to do.
 """
 
 from __future__ import annotations
@@ -15,29 +17,53 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.exc import OperationalError
 
 from syncd import __version__, schemas
 from syncd.commands import cycles
-from syncd.config import Config, load_config
+from syncd.config import PLACEHOLDER, Config, load_config
 from syncd.engine.result import CycleOptions, CycleResult
-from syncd.errors import ConfigError, IngestError, StarterExists, SyncdError
-from syncd.logs import SecretFilter, register_secret
+from syncd.errors import ConfigError, IngestError, ListenError, StarterExists, SyncdError
+from syncd.logs import register_secret, setup_logging
 from syncd.providers import PROVIDERS
 
 EXIT_CONFIG = 2
+
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 config_option = click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Configuration file (default: $SYNCD_CONFIG, else ./syncd.toml).",
+    help="Configuration file (default: the one given before the command, $SYNCD_CONFIG, "
+    "else ./syncd.toml).",
 )
+
+
+def _chosen(config_path: str | None) -> str | None:
+    """``--config`` after the command, else the one given before it (``syncd --config F run``)."""
+    if config_path is not None:
+        return config_path
+    context = click.get_current_context(silent=True)
+    found = context.find_root().params.get("config_path") if context is not None else None
+    return found if isinstance(found, str) else None
+
+
+def _config_path(config_path: str | None) -> Path:
+    from syncd.config import find_config_path
+
+    return find_config_path(_chosen(config_path))
+
+
+def _n(count: int, word: str, plural: str | None = None) -> str:
+    """``1 call``, ``2 calls``: counts in plain English."""
+    return f"{count} {word if count == 1 else (plural or word + 's')}"
 
 
 def _load(config_path: str | None) -> Config:
     try:
-        config = load_config(config_path, providers=PROVIDERS)
+        config = load_config(_chosen(config_path), providers=PROVIDERS)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_CONFIG)
@@ -49,15 +75,17 @@ def _load(config_path: str | None) -> Config:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="syncd")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail to stderr.")
-def main(verbose: bool) -> None:
-    """Keep a local contact mirror and provider contact lists in agreement, both ways."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+@config_option
+def main(verbose: bool, config_path: str | None) -> None:
+    """Keep a local contact mirror and provider contact lists in agreement, both ways.
+
+    Shell completion: eval "$(_SYNCD_COMPLETE=bash_source syncd)" (zsh_source, fish_source).
+    """
+    # text on stderr, times in UTC, keys registered by _load never shown; the libraries'
+    # chatter (Alembic at each store opening, APScheduler at each job) only when asked for
+    setup_logging(
+        logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr, json_output=False
     )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(SecretFilter())  # keys registered by _load never reach a log line
 
 
 # --- cycles -------------------------------------------------------------------------------
@@ -65,10 +93,16 @@ def main(verbose: bool) -> None:
 
 @main.command("run")
 @config_option
-@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING...")
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    help="syncd's own level.",
+)
 @click.option(
     "--library-log-level",
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default="WARNING",
     show_default=True,
     help="Level of the libraries' loggers (watchdog, apscheduler, httpx, httpcore, sqlalchemy, "
@@ -76,14 +110,18 @@ def main(verbose: bool) -> None:
 )
 def run_cmd(config_path: str | None, log_level: str, library_log_level: str) -> None:
     """Run as a service: scheduled cycles, the watched inbox, health and metrics."""
-    from syncd.config import find_config_path
     from syncd.daemon.runner import Daemon
-    from syncd.logs import setup_logging
 
     config = _load(config_path)
     # one event a line on stdout: JSON for journald and log shippers, text on a terminal
     setup_logging(log_level.upper(), stream=sys.stdout, library_level=library_log_level.upper())
-    sys.exit(Daemon(find_config_path(config_path), config).run())
+    try:
+        code = Daemon(_config_path(config_path), config).run()
+    except ListenError as exc:
+        # exit 2, which the systemd unit does not restart: a taken port stays taken
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    sys.exit(code)
 
 
 @main.command("run-once")
@@ -132,7 +170,7 @@ def plan_cmd(config_path: str | None, target: str | None, as_json: bool) -> None
     else:
         for r in results:
             _print_plan(r)
-    sys.exit(max((r.exit_code for r in results if r.outcome != "planned"), default=0))
+    sys.exit(cycles.exit_code([r for r in results if r.outcome != "planned"]))
 
 
 def _run(
@@ -151,12 +189,12 @@ def _summary_line(r: CycleResult) -> str:
         f"{r.target}: {r.outcome} — pushed {s['pushed']} (created {s['created']}, updated "
         f"{s['updated']}), deleted {s['deleted']}, pulled {s['pulled']}, removed locally "
         f"{s['removed_local']}, rejected {s['rejected']}, conflicts {s['conflicts']}; "
-        f"{s['api_calls']} calls ({s['write_calls']} writes)"
+        f"{_n(s['api_calls'], 'call')} ({_n(s['write_calls'], 'write')})"
     )
     if s["kept_opted_out"]:
-        line += f"; {s['kept_opted_out']} opted-out contacts kept at the provider"
+        line += f"; {_n(s['kept_opted_out'], 'opted-out contact')} kept at the provider"
     if s["first_meetings_held"]:
-        line += f"; {s['first_meetings_held']} first meetings held (first_sync = manual)"
+        line += f"; {_n(s['first_meetings_held'], 'first meeting')} held (first_sync = manual)"
     if s["deferred"]:
         line += f"; {s['deferred']} creates/deletes deferred"
     if s["edited_during_cycle"]:
@@ -238,7 +276,8 @@ def _progress() -> Iterator[Callable[[str, int], None] | None]:
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
 def ingest_cmd(config_path: str | None, files: tuple[str, ...], as_json: bool) -> None:
-    """Apply CSV or NDJSON contact files to the mirror (each file in one transaction)."""
+    """Apply contact files (.csv, or JSON: .ndjson, .jsonl, .json) to the mirror, each file in
+    one transaction."""
     from syncd.local.ingest import ingest_file
 
     config = _load(config_path)
@@ -262,6 +301,14 @@ def ingest_cmd(config_path: str | None, files: tuple[str, ...], as_json: bool) -
             )
             for bad in data["rejected"]:
                 click.echo(f"  line {bad['line']}: {bad['reason']}", err=True)
+            if config.ingest.default_region is None and any(
+                "international format" in bad["reason"] for bad in data["rejected"]
+            ):
+                click.echo(
+                    "  a phone without '+' is read only with [ingest] default_region set "
+                    '(e.g. default_region = "BY"); syncd never guesses the country',
+                    err=True,
+                )
         worst = max(worst, 1 if data["rejected"] else 0)
     sys.exit(worst)
 
@@ -294,9 +341,13 @@ def export_cmd(config_path: str | None, fmt: str, list_name: str | None, raw: bo
 @config_option
 @click.option("--json", "as_json", is_flag=True)
 def status_cmd(config_path: str | None, as_json: bool) -> None:
-    """Per target: the last run, its outcome and counts, rejected rows, open conflicts."""
+    """Per target: the last run, its outcome and counts, rejected rows, open conflicts.
+
+    Exit code 1 while a conflict is open (as `run-once` would end), else 0.
+    """
     config = _load(config_path)
-    for s in cycles.status(config):
+    statuses = cycles.status(config)
+    for s in statuses:
         if as_json:
             click.echo(json.dumps(s.to_dict()))
             continue
@@ -307,8 +358,8 @@ def status_cmd(config_path: str | None, as_json: bool) -> None:
             else "never run"
         )
         click.echo(
-            f"{s.target} ({s.provider}): {when}; {s.rejected} rejected rows, "
-            f"{s.open_conflicts} open conflicts"
+            f"{s.target} ({s.provider}): {when}; {_n(s.rejected, 'rejected row')}, "
+            f"{_n(s.open_conflicts, 'open conflict')}"
         )
         if run and run["message"]:
             click.echo(f"  {run['message']}")
@@ -316,15 +367,18 @@ def status_cmd(config_path: str | None, as_json: bool) -> None:
             counts = run["counts"]
             line = (
                 f"  pushed {counts.get('pushed', 0)}, deleted {counts.get('deleted', 0)}, "
-                f"pulled {counts.get('pulled', 0)}, calls {counts.get('api_calls', 0)}"
+                f"pulled {counts.get('pulled', 0)}, {_n(counts.get('api_calls', 0), 'call')}"
             )
             if not counts.get("export_complete", True):
                 line += f"; export incomplete: {counts.get('deferred', 0)} creates/deletes wait"
             click.echo(line)
         if s.awaiting_callback:
-            click.echo(f"  {s.awaiting_callback} rows wait for the provider's callback")
+            verb = "waits" if s.awaiting_callback == 1 else "wait"
+            waiting = _n(s.awaiting_callback, "row")
+            click.echo(f"  {waiting} {verb} for the provider's callback")
         if not s.two_way:
             click.echo("  push-only: changes made at this provider cannot be seen by syncd")
+    sys.exit(1 if any(s.open_conflicts for s in statuses) else 0)
 
 
 @main.command("conflicts")
@@ -332,13 +386,15 @@ def status_cmd(config_path: str | None, as_json: bool) -> None:
 @click.option("--target", default=None)
 @click.option("--json", "as_json", is_flag=True)
 def conflicts_cmd(config_path: str | None, target: str | None, as_json: bool) -> None:
-    """List conflicts held under the manual policy, and first meetings held by first_sync."""
+    """List conflicts held under the manual policy, and first meetings held by first_sync.
+
+    Exit code 1 while one is open (not yet given a `resolve`), else 0. --json prints one array.
+    """
     config = _load(config_path)
     rows = cycles.list_conflicts(config, target)
-    for c in rows:
-        if as_json:
-            click.echo(json.dumps(c, ensure_ascii=False))
-            continue
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False))
+    for c in [] if as_json else rows:
         state = f"resolved: take {c['resolution']}" if c["resolution"] else "open"
         click.echo(f"{c['target']} {c['key']} ({state})")
         for f in c["fields"]:
@@ -349,6 +405,7 @@ def conflicts_cmd(config_path: str | None, target: str | None, as_json: bool) ->
             )
     if not rows and not as_json:
         click.echo("no conflicts")
+    sys.exit(1 if any(not c["resolution"] for c in rows) else 0)
 
 
 @main.command("resolve")
@@ -411,21 +468,46 @@ def resolve_cmd(
     help="Which provider the starter target uses.",
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing configuration file.")
-def init_cmd(config_path: str | None, provider: str, force: bool) -> None:
+@click.option("--list-id", default=None, help="The remote list's id (else CHANGE-ME).")
+@click.option("--base-url", default=None, help="The API root, e.g. an emulator's.")
+@click.option(
+    "--field",
+    "fields",
+    multiple=True,
+    metavar="REMOTE=local",
+    help="Map a remote field onto a local one (repeatable), e.g. --field Name=name.",
+)
+def init_cmd(
+    config_path: str | None,
+    provider: str,
+    force: bool,
+    list_id: str | None,
+    base_url: str | None,
+    fields: tuple[str, ...],
+) -> None:
     """Write a commented starter syncd.toml and the inbox/outbox folders beside it."""
     from syncd.commands.starter import STARTERS, write_starter
-    from syncd.config import find_config_path
 
-    path = find_config_path(config_path)
+    path = _config_path(config_path)
+    mapping = {}
+    for pair in fields:
+        remote, sep, local = pair.partition("=")
+        if not (sep and remote.strip() and local.strip()):
+            raise click.BadParameter(f"{pair!r} is not REMOTE=local", param_hint="--field")
+        mapping[remote.strip()] = local.strip()
     try:
-        created = write_starter(path, provider, force)
+        created = write_starter(
+            path, provider, force, list_id=list_id, base_url=base_url, fields=mapping
+        )
     except StarterExists as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     for item in created:
         click.echo(f"created {item}{'/' if item.is_dir() else ''}")
+    left = f'"{PLACEHOLDER}"' in path.read_text(encoding="utf-8")  # as a value, not in a comment
+    todo = f"replace {PLACEHOLDER} in {path}, " if left else ""
     click.echo(
-        f"next: export {STARTERS[provider].env}=..., replace CHANGE-ME in {path}, "
+        f"next: export {STARTERS[provider].env}=..., {todo}"
         f"then run: syncd check-config --config {path} --online"
     )
 
@@ -442,7 +524,7 @@ def check_config_cmd(config_path: str | None, online: bool, as_json: bool) -> No
     """
     from syncd.commands.check import check_config
 
-    report = check_config(config_path, online)
+    report = check_config(_chosen(config_path), online)
     if as_json:
         click.echo(json.dumps(report.to_dict(), ensure_ascii=False))
     else:
@@ -501,6 +583,7 @@ def emulate_cmd(
     Faults can also be switched at run time: POST JSON to /_emulator/faults.
     """
     from syncd.emulators import kit
+    from syncd.emulators.kit.server import BindError
 
     faults = kit.Faults(
         latency=latency,
@@ -514,7 +597,11 @@ def emulate_cmd(
     make_emulator: Callable[[kit.EmulatorOptions], kit.EmulatorControls]
     make_emulator = PROVIDERS[provider].load_emulator()
     options = kit.EmulatorOptions(provider, api_key, seed=not no_seed, primary_key=primary_key)
-    kit.serve(make_emulator(options), host, port, faults, request_log)
+    try:
+        kit.serve(make_emulator(options), host, port, faults, request_log)
+    except BindError as exc:
+        click.echo(f"error: {exc}; choose another with --port", err=True)
+        sys.exit(EXIT_CONFIG)
 
 
 @main.command("demo")
@@ -597,9 +684,22 @@ def schemas_show_cmd(name: str) -> None:
     click.echo(schemas.schema_texts()[f"{name}.schema.json"], nl=False)
 
 
-def run() -> None:  # pragma: no cover - console entry for `python -m syncd`
+def run() -> None:
+    """The console entry (``syncd``, ``python -m syncd``): a syncd error that escapes a command
+    is one line on stderr, never a traceback; a configuration error exits 2, any other 1."""
     try:
-        main()
+        main(prog_name="syncd")  # the same name (and completion variable) however started
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_CONFIG)
+    except ListenError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
     except SyncdError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except OperationalError as exc:
+        # the store's server is down or refuses us; its own words, never the URL (a password)
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        click.echo(f"error: cannot open the store ([store] url): {reason}", err=True)
         sys.exit(1)

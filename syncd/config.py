@@ -14,6 +14,8 @@ keys unchecked in ``model_extra``; the providers read them through their setting
 
 from __future__ import annotations
 
+import codecs
+import difflib
 import ipaddress
 import os
 import re
@@ -34,17 +36,23 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from syncd.errors import ConfigError
 from syncd.schedule import parse_schedule
 
 Policy = Literal["local", "remote", "manual"]
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: What the starter configuration writes where only the user knows the value (``syncd init``).
+PLACEHOLDER = "CHANGE-ME"
 _CONTEXT_KEY = "providers"  # where the provider table travels in pydantic's validation context
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a TOML value keeps its type, so max_parallel = "4" is refused rather than read as
+    # 4, as a string key given a number is; the one key that takes both (list_id) says so
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ProviderSettings(_Strict):
@@ -98,6 +106,32 @@ def _table(info: ValidationInfo) -> ProviderTable | None:
 
 class StoreConfig(_Strict):
     url: str = Field("sqlite:///./syncd.db", description="SQLAlchemy URL of the mirror.")
+
+    @field_validator("url")
+    @classmethod
+    def _driver_installed(cls, value: str) -> str:
+        """The database and its driver are known here, not at the first cycle (the URL itself
+        is never repeated: it may hold a password)."""
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(
+                "not a database URL (e.g. sqlite:///./syncd.db or postgresql+psycopg://...)"
+            ) from None
+        try:
+            dialect = url.get_dialect()
+        except NoSuchModuleError:
+            raise ValueError(
+                f"unknown database {url.drivername!r} (sqlite or postgresql+psycopg)"
+            ) from None
+        try:
+            dialect.import_dbapi()
+        except ImportError as exc:
+            raise ValueError(
+                f"the database driver of {url.drivername!r} is not installed ({exc.name}); for "
+                "PostgreSQL install syncd[postgres] and write postgresql+psycopg://"
+            ) from None
+        return value
 
 
 class InboxConfig(_Strict):
@@ -165,17 +199,37 @@ class IngestConfig(_Strict):
     reject_role_addresses: bool = Field(
         True, description="Reject role addresses (info@, sales@, no-reply@ ...) at ingestion."
     )
+    encoding: str | None = Field(
+        None,
+        description="Text encoding of contact files without a byte order mark (default UTF-8), "
+        "e.g. 'cp1251' for a Russian Excel export. A UTF-16/32 byte order mark wins.",
+    )
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r} (e.g. utf-8, cp1251, latin-1)") from None
+        return value
 
 
 class TargetConfig(BaseModel):
     # The keys every provider shares (no docstring: it would become the schema's description).
     # The provider's own keys stay in ``model_extra``, checked with its settings model when
     # ``parse_config`` is given the provider table.
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Unique target name.")
     provider: str
-    list_id: str = Field(min_length=1, description="The remote list.")
+    list_id: str = Field(
+        min_length=1,
+        description="The remote list (a number is read as its text).",
+        json_schema_extra={"type": ["string", "integer"]},
+    )
     local_list: str | None = Field(None, description="Local list feeding it (default: name).")
     key: Literal["email", "phone"] = "email"
     api_key: SecretStr = Field(
@@ -245,6 +299,12 @@ class TargetConfig(BaseModel):
 
     # the provider's default API root, from the provider table (see ``bind_default_url``)
     _default_url: str | None = PrivateAttr(None)
+
+    @field_validator("list_id", mode="before")
+    @classmethod
+    def _id_as_text(cls, value: Any) -> Any:
+        """An id is a name, but providers show numbers: ``list_id = 1`` means ``"1"``."""
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @field_validator("provider")
     @classmethod
@@ -461,13 +521,170 @@ def _loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("str", "dict[str,literal['local','remote','manual']]") or "literal[" in str(
-            part
+        elif part in ("str", "int", "dict[str,literal['local','remote','manual']]") or (
+            "literal[" in str(part)
         ):
             continue  # pydantic's union branch names add nothing for the reader
         else:
             out += f".{part}" if out else str(part)
     return out or "(top level)"
+
+
+#: pydantic's error types in syncd's words (the value itself is never shown: it may be a key)
+_MESSAGES = {
+    "missing": "required key missing",
+    "string_type": "must be text in quotes",
+    "int_type": "must be a whole number, without quotes (e.g. 4)",
+    "int_from_float": "must be a whole number (e.g. 4)",
+    "float_type": "must be a number, without quotes (e.g. 2.5)",
+    "bool_type": "must be true or false, without quotes",
+    "dict_type": "must be a table ({ key = value, ... })",
+    "list_type": "must be a list",
+    "model_type": "must be a table",
+    "model_attributes_type": "must be a table",
+}
+
+
+def _message(err: Mapping[str, Any], known: list[str] | None) -> str:
+    kind = str(err["type"])
+    if kind == "extra_forbidden":
+        leaf = str(err["loc"][-1]) if err["loc"] else ""
+        close = difflib.get_close_matches(leaf, known or [], n=1, cutoff=0.6)
+        return "unknown key" + (f"; did you mean {close[0]!r}?" if close else "")
+    if kind in _MESSAGES:
+        return _MESSAGES[kind]
+    text = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        text = text.removeprefix(prefix)
+    return text.replace("Input should be", "must be").replace("String should", "must")
+
+
+def _either(messages: list[str]) -> str:
+    """One key's messages as one: ``must be 'local' or 'remote', or a table``."""
+    if len(messages) > 1 and all(m.startswith("must be ") for m in messages):
+        return ", or ".join([messages[0], *(m.removeprefix("must be ") for m in messages[1:])])
+    return "; ".join(messages)
+
+
+def _known_keys(
+    loc: tuple[Any, ...], data: Mapping[str, Any], table: ProviderTable
+) -> list[str] | None:
+    """The keys the table at ``loc``'s parent takes (None: not a table syncd knows)."""
+    parent = loc[:-1]
+    if not parent:
+        return list(Config.model_fields)
+    if parent[0] == "target" and len(parent) == 2 and isinstance(parent[1], int):
+        keys = list(TargetConfig.model_fields)
+        targets = data.get("target")
+        entry = targets[parent[1]] if isinstance(targets, list) and parent[1] < len(targets) else {}
+        provider = entry.get("provider") if isinstance(entry, dict) else None
+        if isinstance(provider, str) and provider in table:
+            keys += list(table[provider].settings.model_fields)
+        return keys
+    if len(parent) == 1 and parent[0] in Config.model_fields:
+        model = Config.model_fields[str(parent[0])].annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            return list(model.model_fields)
+    return None
+
+
+def _placeholders(value: Any, path: str) -> list[str]:
+    """Each value still reading the starter's ``CHANGE-ME``."""
+    if isinstance(value, str):
+        if PLACEHOLDER in value:
+            return [f"{path}: still reads {PLACEHOLDER}: replace it with the real value"]
+        return []
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _placeholders(v, f"{path}.{k}" if path else k)]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _placeholders(v, f"{path}[{i}]")]
+    return []
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The database file an SQLite URL names (None: another database, memory, or no URL)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None  # the store reports a URL it cannot read when it opens it
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    return None if database.startswith("file:") else database
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """The relative paths of ``data`` made absolute against ``base``, the config file's folder.
+
+    A service is started from anywhere (systemd: /; cron: the home folder): the same file must
+    name the same store, inbox and outbox wherever that is.
+    """
+    out = dict(data)
+
+    def table(name: str) -> dict[str, Any] | None:
+        value = out.get(name)
+        if not isinstance(value, dict):
+            return None
+        copy = dict(value)
+        out[name] = copy
+        return copy
+
+    def absolute(path: str) -> str:
+        return path if Path(path).is_absolute() else str(base / path)
+
+    store = table("store")
+    if store is not None and isinstance(store.get("url"), str):
+        database = _sqlite_file(store["url"])
+        if database is not None and not Path(database).is_absolute():
+            store["url"] = (
+                make_url(store["url"]).set(database=absolute(database)).render_as_string(False)
+            )
+    for name in ("inbox", "outbox"):
+        folder = table(name)
+        if folder is not None and isinstance(folder.get("path"), str):
+            folder["path"] = absolute(folder["path"])
+    if isinstance(out.get("target"), list):
+        out["target"] = [
+            {**t, "api_key_file": absolute(t["api_key_file"])}
+            if isinstance(t, dict) and isinstance(t.get("api_key_file"), str) and t["api_key_file"]
+            else t
+            for t in out["target"]
+        ]
+    return out
+
+
+def _store_folder_problems(config: Config, base: Path) -> list[str]:
+    """A missing folder for the SQLite file is created only inside the config's own folder."""
+    database = _sqlite_file(config.store.url)
+    if database is None:
+        return []
+    folder = Path(database).parent
+    if folder.exists() or folder.resolve().is_relative_to(base.resolve()):
+        return []
+    return [
+        f"store.url: the folder {folder} does not exist; create it (syncd creates folders only "
+        f"inside the configuration's folder {base})"
+    ]
+
+
+def _unknown_target_keys(data: Mapping[str, Any], table: ProviderTable) -> list[str]:
+    """Found before validation: the provider's check of its own keys runs only once the shared
+    keys are valid, and a misspelt key belongs in the same list as every other problem."""
+    targets = data.get("target")
+    problems = []
+    for i, target in enumerate(targets if isinstance(targets, list) else []):
+        if not isinstance(target, dict) or target.get("provider") not in table:
+            continue
+        try:
+            table[target["provider"]]
+        except ValueError:
+            continue  # a provider that cannot be loaded: the validation names it
+        known = _known_keys(("target", i, ""), data, table) or []
+        for key in target:
+            if key not in known:
+                err = {"type": "extra_forbidden", "loc": ("target", i, key), "msg": ""}
+                problems.append(f"{_loc(('target', i, key))}: {_message(err, known)}")
+    return problems
 
 
 def _duplicate_names(data: Mapping[str, Any]) -> list[str]:
@@ -486,17 +703,36 @@ def parse_config(
     env: Mapping[str, str] | None = None,
     *,
     providers: ProviderTable,
+    base: Path | None = None,
 ) -> Config:
-    """Validate ``data`` as a whole; ``providers`` is the provider table (name -> its rules)."""
+    """Validate ``data`` as a whole; ``providers`` is the provider table (name -> its rules).
+
+    ``base`` is the folder of the file ``data`` came from: relative paths in it (the store,
+    inbox, outbox, api_key_file) are taken from there, not from the working folder. Without it
+    they stay relative to the working folder.
+    """
     problems: list[str] = []
     resolved = substitute_env(dict(data), os.environ if env is None else env, "", problems)
-    problems += _duplicate_names(resolved)
+    problems += _duplicate_names(resolved) + _placeholders(resolved, "")
+    problems += _unknown_target_keys(resolved, providers)
+    if base is not None:
+        resolved = _resolve_paths(resolved, base)
     try:
         config = Config.model_validate(resolved, context={_CONTEXT_KEY: providers})
     except ValidationError as exc:
+        said: dict[str, list[str]] = {}  # key -> its messages (a union says one per branch)
         for err in exc.errors():
-            problems.append(f"{_loc(tuple(err['loc']))}: {err['msg']}")
+            loc = tuple(err["loc"])
+            known = (
+                _known_keys(loc, resolved, providers) if err["type"] == "extra_forbidden" else None
+            )
+            message = _message(err, known)
+            if message not in said.setdefault(_loc(loc), []):
+                said[_loc(loc)].append(message)
+        problems += [f"{key}: {_either(messages)}" for key, messages in said.items()]
         raise ConfigError(source, sorted(set(problems))) from None
+    if base is not None:
+        problems += _store_folder_problems(config, base)
     if problems:
         raise ConfigError(source, problems)
     return config
@@ -512,4 +748,4 @@ def load_config(
         raise ConfigError(str(path), ["file not found (use --config or $SYNCD_CONFIG)"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
-    return parse_config(data, str(path), providers=providers)
+    return parse_config(data, str(path), providers=providers, base=path.absolute().parent)

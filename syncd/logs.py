@@ -9,13 +9,19 @@
   not log keys in the first place, but a traceback of a request object or a URL may.
 - The libraries' loggers (``LIBRARY_LOGGERS``) stay at WARNING unless ``setup_logging`` is given
   another ``library_level`` (``syncd run --library-log-level``): at DEBUG, watchdog logs every
-  file event and httpx every request, and a log file in a watched folder then feeds on itself.
+  file event and httpx every request, and a log file in a watched folder then feeds on itself;
+  at INFO, Alembic says "Context impl SQLiteImpl." each time the store opens.
+- Times are UTC in both forms (a server's local time changes with the season; logs must not).
+- When the stream is the systemd journal (``$JOURNAL_STREAM`` names its device and inode,
+  systemd.exec(5)), each line starts with its syslog priority (``<3>`` for ERROR ...), which
+  journald strips and keeps as the entry's PRIORITY, so ``journalctl -p warning`` works.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 from collections.abc import Iterator, Mapping
@@ -169,10 +175,10 @@ def _utc(created: float) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """``time LEVEL logger: message key=value ...`` for a person at a terminal."""
+    """``time(UTC) LEVEL logger: message key=value ...`` for a person at a terminal."""
 
     def format(self, record: logging.LogRecord) -> str:
-        when = datetime.fromtimestamp(record.created).strftime("%Y-%m-%d %H:%M:%S")
+        when = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
         line = f"{when} {record.levelname:<7} {record.name}: {record.getMessage()}"
         fields = " ".join(f"{k}={_text_value(v)}" for k, v in _extras(record).items())
         if fields:
@@ -193,8 +199,41 @@ def _text_value(value: Any) -> str:
 # --------------------------------------------------------------------------- setup
 
 
+#: syslog priorities (sd-daemon(3)) of the logging levels, for the journal's line prefix
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
+
+
+def syslog_priority(levelno: int) -> int:
+    """The syslog priority of a logging level: 7 debug ... 3 error, 2 critical."""
+    if levelno >= logging.CRITICAL:
+        return 2
+    return next(p for level, p in sorted(_PRIORITY.items(), reverse=True) if levelno >= level)
+
+
+def is_journal(stream: TextIO) -> bool:
+    """Whether ``stream`` is the systemd journal: ``$JOURNAL_STREAM`` is its "device:inode"."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        info = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # no file behind it (a StringIO), or closed
+        return False
+    return bool(expected) and expected == f"{info.st_dev}:{info.st_ino}"
+
+
 class _SyncdHandler(logging.StreamHandler[TextIO]):
-    """Marks the handler ``setup_logging`` installed, so a second call replaces it."""
+    """Marks the handler ``setup_logging`` installed, so a second call replaces it; on the
+    journal, starts each line with its syslog priority."""
+
+    def __init__(self, stream: TextIO, journal: bool = False) -> None:
+        super().__init__(stream)
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if not self.journal:
+            return text
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in text.split("\n"))
 
 
 def setup_logging(
@@ -213,7 +252,7 @@ def setup_logging(
     stream = sys.stderr if stream is None else stream
     if json_output is None:
         json_output = not _isatty(stream)
-    handler = _SyncdHandler(stream)
+    handler = _SyncdHandler(stream, journal=is_journal(stream))
     handler.setFormatter(JsonFormatter() if json_output else TextFormatter())
     handler.addFilter(SecretFilter())
     root = logging.getLogger()

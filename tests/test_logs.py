@@ -8,6 +8,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -152,3 +153,46 @@ def test_libraries_stay_at_warning_at_debug_unless_asked() -> None:
     finally:
         for name, level in levels.items():
             logging.getLogger(name.split(".")[0]).setLevel(level)
+
+
+def test_text_times_are_utc_whatever_the_machines_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+    from datetime import UTC, datetime
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # UTC+9, no summer time
+    time.tzset()
+    try:
+        out = Tty()
+        setup_logging(logging.INFO, stream=out)
+        before = datetime.now(UTC).replace(microsecond=0)
+        log.info("tick")
+        stamp = " ".join(out.getvalue().split()[:2])
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    when = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%SZ").replace(tzinfo=UTC)
+    assert 0 <= (when - before).total_seconds() < 5
+
+
+def test_journal_lines_carry_their_syslog_priority(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    with (tmp_path / "journal").open("w") as journal:
+        info = os.fstat(journal.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
+        setup_logging(logging.DEBUG, stream=journal)  # type: ignore[arg-type]
+        log.debug("d")
+        log.info("i")
+        log.warning("w")
+        log.error("e")
+        log.critical("c")
+    written = (tmp_path / "journal").read_text().splitlines()
+    assert [line[:3] for line in written] == ["<7>", "<6>", "<4>", "<3>", "<2>"]
+    assert json.loads(written[2][3:])["msg"] == "w"  # the rest of the line is as ever
+    # another file is not the journal, whatever the variable says
+    other = io.StringIO()
+    setup_logging(logging.INFO, stream=other)
+    log.info("plain")
+    assert other.getvalue().startswith("{")

@@ -17,6 +17,7 @@ address other than loopback serves ``/metrics`` and Netcore's ``/jobs/`` routes 
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import ipaddress
 import os
@@ -26,10 +27,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from syncd.commands.cycles import ProviderFactory, build_provider
 from syncd.config import Config, TargetConfig, find_config_path, parse_config, substitute_env
 from syncd.errors import AuthError, ConfigError, ProviderError, ProviderUnreachable
-from syncd.providers import PROVIDERS
+from syncd.providers import PROVIDERS, make_provider
 from syncd.schemas import config_schema
 
 EXIT_OK = 0
@@ -172,7 +175,8 @@ def check_config(
         return report
 
     try:
-        report.config = parse_config(data, str(file), environ, providers=PROVIDERS)
+        base = file.absolute().parent
+        report.config = parse_config(data, str(file), environ, providers=PROVIDERS, base=base)
     except ConfigError as exc:
         report.problems += exc.problems
     # The schema's findings are nearly always the loader's too; add only those about keys the
@@ -182,6 +186,8 @@ def check_config(
         for key, message in schema_problems(data, environ)
         if not any(_covered(key, p) for p in report.problems)
     ]
+    if report.config is not None and not report.problems:
+        report.problems += provider_rule_problems(report.config)
     if report.problems:
         report.config = None
     elif report.config is not None:
@@ -210,6 +216,40 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a name: it may resolve to any address
+
+
+def provider_rule_problems(config: Config) -> list[str]:
+    """What each target's adapter refuses before any call (Octopush takes only its own field
+    names, sms.by never the key as a field...), as "key: message".
+
+    The adapter's ``prepare`` runs with field creation off over a transport that refuses every
+    request: the checks it makes on the settings alone show, and nothing leaves the machine (a
+    check that needs an answer is the online pass's).
+    """
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("offline check: no request is made", request=request)
+
+    out = []
+    for i, target in enumerate(config.target):
+        offline = target.model_copy(update={"retries": 0})
+        try:
+            provider = make_provider(
+                offline, transport=httpx.MockTransport(refuse), sleep=lambda _s: None
+            )
+        except (ValueError, ProviderError) as exc:
+            out.append(f"target[{i}]: {exc}")
+            continue
+        try:
+            provider.prepare(target.remote_fields, create_missing=False)
+        except ProviderUnreachable:
+            pass  # it needed an answer: the online pass asks for it
+        except ProviderError as exc:
+            if exc.code != "transport":
+                out.append(f"target[{i}]: {exc}")
+        finally:
+            provider.close()
+    return out
 
 
 # -- the schema pass --------------------------------------------------------------------------
@@ -249,14 +289,14 @@ def _describe(error: Any, jsonschema: Any, root: Mapping[str, Any]) -> Iterable[
         known = error.schema.get("properties", {})
         for name in instance:
             if name not in known:
-                yield _key_text([*path, name]), "unknown key"
+                yield _key_text([*path, name]), _unknown(name, known)
     elif error.validator == "unevaluatedProperties" and isinstance(instance, dict):
         # a [[target]]: the shared keys, then those of its provider's settings
         own = _provider_keys(error.schema, instance, root)
         known = {*error.schema.get("properties", {}), *own}
         for name in instance:
             if name not in known:
-                yield _key_text([*path, name]), "unknown key"
+                yield _key_text([*path, name]), _unknown(name, known)
     elif error.validator == "not" and isinstance(error.validator_value, dict):
         together = ", ".join(error.validator_value.get("required", ())) or "this"
         yield _key_text(path), f"may not be given together: {together}"
@@ -266,6 +306,11 @@ def _describe(error: Any, jsonschema: Any, root: Mapping[str, Any]) -> Iterable[
         if message.startswith(shown):
             message = "value" + message[len(shown) :]
         yield _key_text(path), message
+
+
+def _unknown(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return "unknown key" + (f"; did you mean {close[0]!r}?" if close else "")
 
 
 def _provider_keys(

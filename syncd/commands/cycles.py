@@ -143,10 +143,37 @@ def _last_run(session: Session, target: str) -> Run | None:
     return session.execute(query).scalar_one_or_none()
 
 
+#: The provider's error codes that mean the configuration is wrong (the key, the list, a field
+#: name): a cycle failing with one exits 2, as ``syncd check-config`` does for the same mistake.
+CONFIG_CODES = frozenset(
+    {
+        "invalid_api_key",
+        "access_denied",
+        "http_401",
+        "http_403",
+        "list_not_found",
+        "fields_missing",
+        "invalid_field_name",
+        "invalid_key",
+        "invalid_list_name",
+    }
+)
+EXIT_CONFIG = 2
+
+
 def exit_code(results: list[CycleResult]) -> int:
     """0 all converged, 1 rows rejected, conflicts open, a cycle refused, partial (its export
-    was incomplete) or stopped early, 3 a provider was not reachable."""
-    return max((r.exit_code for r in results), default=0)
+    was incomplete) or stopped early, 2 the provider refused the key, the list or a field name
+    (the configuration is wrong), 3 a provider was not reachable or failed otherwise."""
+    return max((_exit_code(r) for r in results), default=0)
+
+
+def _exit_code(result: CycleResult) -> int:
+    # a failed cycle's message is "code: text" (syncd.engine.run_cycle)
+    code = result.message.partition(":")[0]
+    if result.outcome == "failed" and code in CONFIG_CODES:
+        return EXIT_CONFIG
+    return result.exit_code
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ def demo_config(workdir: Path, api_url: str) -> Config:
         {
             "store": {"url": f"sqlite:///{workdir / 'syncd.db'}"},
             "inbox": {"path": str(workdir / "inbox")},
+            "outbox": {"path": str(workdir / "outbox")},
             "target": [
                 {
                     "name": "newsletter",
@@ -79,8 +80,17 @@ def demo_config(workdir: Path, api_url: str) -> Config:
 
 
 def run_demo(n: int, keep: str | None, echo: Echo) -> int:
-    workdir = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="syncd-demo-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    """The demo in ``keep`` (kept), else in a temporary folder removed afterwards; nothing is
+    written anywhere else, the working folder included."""
+    if keep:
+        workdir = Path(keep)
+        workdir.mkdir(parents=True, exist_ok=True)
+        return _demo(n, workdir, echo)
+    with tempfile.TemporaryDirectory(prefix="syncd-demo-") as temporary:
+        return _demo(n, Path(temporary), echo)
+
+
+def _demo(n: int, workdir: Path, echo: Echo) -> int:
     emulator = UnisenderEmulator(api_key=DEMO_KEY)
     list_id = emulator.add_list("Newsletter")
     emulator.add_field("Name")
@@ -89,31 +99,11 @@ def run_demo(n: int, keep: str | None, echo: Echo) -> int:
         echo(f"emulator: Unisender API on {server.url} (loopback only); files in {workdir}")
         config = demo_config(workdir, f"{server.url}/en/api")
         db = open_engine(config.store.url)
-
-        report = ingest_file(db, write_csv(workdir / "sample.csv", sample_rows(n)), config.ingest)
-        echo(f"ingested {report.to_dict()['created']} sample contacts into the mirror")
-        _cycle("cycle 1 (first sync)", config, db, echo)
-
-        people = sorted(emulator.contacts_in_list(list_id), key=lambda c: c["email"])
-        unsubscribed, edited, deleted, renamed = (people[i]["email"] for i in range(4))
-        emulator.unsubscribe(unsubscribed, list_id)
-        emulator.edit(edited, City="Pinsk")
-        emulator.sign_up("new.reader@example.org", list_id, fields={"Name": "New Reader"})
-        local_changes = [
-            {"email": deleted, "delete": "1"},
-            {"email": renamed, "name": "Renamed Locally"},
-        ]
-        ingest_file(db, write_csv(workdir / "changes.csv", local_changes), config.ingest)
-        echo(
-            "changes: at the provider, "
-            f"{unsubscribed} unsubscribed, {edited} moved to Pinsk, new.reader@example.org "
-            f"signed up; locally, {deleted} deleted and {renamed} renamed"
-        )
-        _cycle("cycle 2 (both sides changed)", config, db, echo)
-        quiet = _cycle("cycle 3 (nothing changed)", config, db, echo)
-
-        problems = _check(emulator, list_id, db, unsubscribed, edited, deleted, renamed)
-        problems += [f"cycle 3 made {quiet.write_calls} write calls"] if quiet.write_calls else []
+        try:
+            problems, quiet = _demo_cycles(n, workdir, config, db, emulator, list_id, echo)
+        finally:
+            db.dispose()  # SQLite's file is closed before its folder goes
+    problems += [f"cycle 3 made {quiet.write_calls} write calls"] if quiet.write_calls else []
     if problems:
         echo("NOT converged:")
         for p in problems:
@@ -124,6 +114,42 @@ def run_demo(n: int, keep: str | None, echo: Echo) -> int:
         "stuck on both sides, and the last cycle wrote nothing"
     )
     return 0
+
+
+def _demo_cycles(
+    n: int,
+    workdir: Path,
+    config: Config,
+    db: Any,
+    emulator: UnisenderEmulator,
+    list_id: int,
+    echo: Echo,
+) -> tuple[list[str], CycleResult]:
+    """Load the sample, sync, change both sides, sync twice; what is wrong, and the last cycle."""
+    report = ingest_file(db, write_csv(workdir / "sample.csv", sample_rows(n)), config.ingest)
+    echo(f"ingested {report.to_dict()['created']} sample contacts into the mirror")
+    _cycle("cycle 1 (first sync)", config, db, echo)
+
+    people = sorted(emulator.contacts_in_list(list_id), key=lambda c: c["email"])
+    unsubscribed, edited, deleted, renamed = (people[i]["email"] for i in range(4))
+    emulator.unsubscribe(unsubscribed, list_id)
+    emulator.edit(edited, City="Pinsk")
+    emulator.sign_up("new.reader@example.org", list_id, fields={"Name": "New Reader"})
+    local_changes = [
+        {"email": deleted, "delete": "1"},
+        {"email": renamed, "name": "Renamed Locally"},
+    ]
+    ingest_file(db, write_csv(workdir / "changes.csv", local_changes), config.ingest)
+    echo(
+        "changes: at the provider, "
+        f"{unsubscribed} unsubscribed, {edited} moved to Pinsk, new.reader@example.org "
+        f"signed up; locally, {deleted} deleted and {renamed} renamed"
+    )
+    _cycle("cycle 2 (both sides changed)", config, db, echo)
+    quiet = _cycle("cycle 3 (nothing changed)", config, db, echo)
+
+    problems = _check(emulator, list_id, db, unsubscribed, edited, deleted, renamed)
+    return problems, quiet
 
 
 def _cycle(title: str, config: Config, db: Any, echo: Echo) -> CycleResult:

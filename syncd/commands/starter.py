@@ -1,16 +1,20 @@
 """``syncd init``: a commented starter configuration and the inbox/outbox folders beside it.
 
-The starter is a complete, valid configuration for one provider: the API key comes from an
+The starter is a complete configuration for one provider: the API key comes from an
 environment variable (``${UNISENDER_API_KEY}`` ...), and the values only the user can know (the
-list id, Octopush's login) read ``CHANGE-ME``, which ``syncd check-config --online`` reports.
+list id, Octopush's login) read ``CHANGE-ME``, which syncd refuses until they are replaced
+(``syncd init --list-id`` fills the list id in). Its paths are relative: syncd reads them
+against the file's own folder, wherever it is started from.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from syncd.errors import StarterExists
 from syncd.providers import PROVIDERS
@@ -45,6 +49,10 @@ def _toml(text: str) -> str:
 _COMMENT_COLUMN = 34
 
 
+def _toml_key(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else _toml(name)
+
+
 def _render(lines: list[StarterLine]) -> str:
     out = []
     for line in lines:
@@ -56,11 +64,19 @@ def _render(lines: list[StarterLine]) -> str:
     return "\n".join(out) + "\n"
 
 
-def starter_text(provider: str, folder: Path | None = None) -> str:
+def starter_text(
+    provider: str,
+    folder: Path | None = None,
+    *,
+    list_id: str | None = None,
+    base_url: str | None = None,
+    fields: Mapping[str, str] | None = None,
+) -> str:
     """The starter ``syncd.toml`` for ``provider``.
 
-    Paths are relative (``./inbox``) when ``folder`` is None, the file's folder being where
-    syncd will run; otherwise they are absolute paths inside ``folder``.
+    Paths are relative (``./inbox``: syncd reads them against the file's folder) when
+    ``folder`` is None, otherwise absolute paths inside ``folder``. ``list_id``, ``base_url``
+    (an emulator's API root, say) and ``fields`` (remote = local) fill those settings in.
     """
     if provider not in PROVIDERS:
         raise ValueError(f"unknown provider {provider!r} (known: {', '.join(PROVIDERS)})")
@@ -76,8 +92,10 @@ def starter_text(provider: str, folder: Path | None = None) -> str:
         f"#   1. export {p.env}=... (the key is read from the environment, never kept here);",
         f"#   2. replace every {PLACEHOLDER} below;",
         "#   3. run `syncd check-config --online`: it tries the key and the list.",
-        '# Every key is described in README.md, "Configuration reference" (schema:',
-        "# schemas/config.schema.json). ${VAR} in any value is taken from the environment.",
+        '# Every key is described in README.md, "Configuration reference"; its JSON Schema is',
+        "# printed by `syncd schemas show config` (and installed as share/syncd/schemas/",
+        "# config.schema.json under syncd's prefix). ${VAR} in any value is read from the",
+        "# environment. Relative paths are read from this file's folder.",
         "",
         "[store]",
         (f"url = {_toml('sqlite:///' + place('syncd.db'))}", "SQLAlchemy URL of the local mirror"),
@@ -101,7 +119,7 @@ def starter_text(provider: str, folder: Path | None = None) -> str:
         "[[target]]",
         ('name = "newsletter"', "unique; used by --target and in logs"),
         (f"provider = {_toml(provider)}", " | ".join(PROVIDERS)),
-        (f'list_id = "{PLACEHOLDER}"', p.list_note),
+        (f"list_id = {_toml(list_id or PLACEHOLDER)}", p.list_note),
         ('local_list = "newsletter"', "the local list (the files' `lists` column) feeding it"),
         (f"key = {_toml(p.key)}", f"contacts are matched on their {p.key}"),
         (f'api_key = "${{{p.env}}}"', f"{p.key_note}, from the environment"),
@@ -110,9 +128,15 @@ def starter_text(provider: str, folder: Path | None = None) -> str:
             "or from a file (one of the two)",
         ),
     ]
+    if base_url:
+        lines.append((f"base_url = {_toml(base_url)}", "the API root (default: the provider's)"))
     lines += p.lines  # the provider's own keys
+    mapped = ", ".join(f"{_toml_key(k)} = {_toml(v)}" for k, v in (fields or {}).items())
     lines += [
-        ("fields = {}", 'remote = local field, e.g. { Name = "name", City = "city" }'),
+        (
+            f"fields = {{ {mapped} }}" if mapped else "fields = {}",
+            'remote = local field, e.g. { Name = "name", City = "city" }',
+        ),
         ('conflict = "local"', "who wins a field edited on both sides: local | remote | manual"),
         (
             'first_sync = "manual"',
@@ -125,18 +149,20 @@ def starter_text(provider: str, folder: Path | None = None) -> str:
 
 
 def write_starter(
-    path: str | os.PathLike[str], provider: str = "unisender", force: bool = False
+    path: str | os.PathLike[str],
+    provider: str = "unisender",
+    force: bool = False,
+    **settings: Any,
 ) -> list[Path]:
     """Write the starter configuration and create inbox/, inbox/processed, inbox/failed, outbox/.
 
     Folders are created owner-only (0700), the file 0600; folders that exist are left as they
     are. Raises :class:`StarterExists` when the file exists and ``force`` is false. Returns the
-    file and the folders this call created.
+    file and the folders this call created. ``settings`` go to :func:`starter_text`.
     """
     config = Path(path)
     folder = config.parent
-    relative = folder.resolve() == Path.cwd().resolve()
-    text = starter_text(provider, None if relative else folder.resolve())
+    text = starter_text(provider, None, **settings)
     folder.mkdir(parents=True, exist_ok=True)
     try:
         # "x" refuses an existing file atomically; "w" replaces it when forced

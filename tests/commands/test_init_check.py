@@ -16,7 +16,7 @@ from conftest import API_KEY, World
 from syncd.cli import main
 from syncd.commands.check import NOT_CHECKED, CheckReport, check_config
 from syncd.commands.starter import PROVIDER_NAMES, STARTERS, write_starter
-from syncd.config import Config, TargetConfig, parse_config
+from syncd.config import Config, TargetConfig, load_config, parse_config
 from syncd.emulators.kit.server import EmulatorServer
 from syncd.errors import StarterExists
 from syncd.providers import PROVIDERS, make_provider
@@ -44,29 +44,36 @@ def test_init_writes_a_valid_starter_and_the_folders(
     text = (tmp_path / "syncd.toml").read_text()
     assert text.startswith("# syncd configuration")
     env = {STARTERS[provider].env: "the-key"}
-    config = parse_config(tomllib.loads(text), "syncd.toml", env, providers=PROVIDERS)
+    # every CHANGE-ME is refused by name until it is replaced
+    refused = check_config("syncd.toml", env=env).problems
+    assert "target[0].list_id: still reads CHANGE-ME: replace it with the real value" in refused
+    assert all("CHANGE-ME" in p for p in refused)
+    filled = text.replace("CHANGE-ME", "me@example.com" if provider == "octopush" else "7")
+    config = parse_config(tomllib.loads(filled), "syncd.toml", env, providers=PROVIDERS)
     assert config.inbox.path == "./inbox" and config.outbox.path == "./outbox"
     (target,) = config.target
     assert target.provider == provider
     assert target.api_key.get_secret_value() == "the-key"
     assert ((target.model_extra or {}).get("api_login") is not None) == (provider == "octopush")
     # without the variable the starter names it instead of running with an empty key
+    (tmp_path / "syncd.toml").write_text(filled)
     assert check_config("syncd.toml", env={}).problems == [
         f"target[0].api_key: environment variable {STARTERS[provider].env} is not set"
     ]
 
 
-def test_init_elsewhere_writes_absolute_paths(tmp_path: Path) -> None:
+def test_init_elsewhere_writes_paths_read_from_the_files_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "etc" / "syncd"
-    write_starter(folder / "syncd.toml", "selzy")
-    config = parse_config(
-        tomllib.loads((folder / "syncd.toml").read_text()),
-        "x",
-        {"SELZY_API_KEY": "k"},
-        providers=PROVIDERS,
-    )
-    assert config.inbox.path == str(folder.resolve() / "inbox")
-    assert config.store.url == f"sqlite:///{folder.resolve() / 'syncd.db'}"
+    write_starter(folder / "syncd.toml", "selzy", list_id="5")
+    text = (folder / "syncd.toml").read_text()
+    assert 'path = "./inbox"' in text and 'list_id = "5"' in text
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SELZY_API_KEY", "k")
+    config = load_config(folder / "syncd.toml", providers=PROVIDERS)
+    assert config.inbox.path == str(folder / "inbox")
+    assert config.store.url == f"sqlite:///{folder / 'syncd.db'}"
     assert (folder / "inbox" / "processed").is_dir()
 
 
@@ -330,3 +337,10 @@ def test_check_config_command_online_over_loopback(world: World, tmp_path: Path)
     assert data["ok"] is False
     assert data["targets"][0]["key_accepted"] is False
     assert "key" in data["targets"][0]["problems"][0]
+
+
+def test_the_starter_and_the_loader_agree_on_the_placeholder() -> None:
+    from syncd import config
+    from syncd.providers import spec
+
+    assert spec.PLACEHOLDER == config.PLACEHOLDER == "CHANGE-ME"

@@ -164,7 +164,7 @@ def test_a_targets_own_keys_are_checked_by_its_providers_settings() -> None:
         "target[1].xyz",
         "target[2].public_url",  # a key of another provider
     ]
-    assert "Extra inputs are not permitted" in caught.value.problems[1]
+    assert caught.value.problems[1] == "target[1].xyz: unknown key"
 
 
 def test_the_schema_knows_each_providers_own_keys_and_no_others() -> None:
@@ -175,7 +175,7 @@ def test_the_schema_knows_each_providers_own_keys_and_no_others() -> None:
     assert schema_problems({"target": [smsby]}, {}) == [("target[0].xyz", "unknown key")]
     unisender = {**smsby, "provider": "unisender"}
     assert schema_problems({"target": [unisender]}, {}) == [
-        ("target[0].create_missing_list", "unknown key"),
+        ("target[0].create_missing_list", "unknown key; did you mean 'create_missing_fields'?"),
         ("target[0].xyz", "unknown key"),
     ]
 

@@ -52,7 +52,7 @@ def test_plan_counts_held_first_meetings_and_resolve_all_settles_them(
     held = syncd("run-once", env=env, cwd=tmp_path)
     assert held.returncode == 1 and f"{N} first meetings held" in held.stdout
     assert _names(emulator)["user0@example.com"] == "Remote 0"  # untouched
-    listed = syncd("conflicts", "--json", env=env, cwd=tmp_path).stdout.splitlines()
+    listed = json.loads(syncd("conflicts", "--json", env=env, cwd=tmp_path).stdout)
     assert len(listed) == N
 
     both = syncd("resolve", "user0@example.com", "--all", "--take", "local", env=env, cwd=tmp_path)

@@ -48,5 +48,5 @@ def test_run_once_rejects_the_row_a_http_400_names_and_applies_the_rest(
     assert summary["outcome"] == "rejected" and summary["write_calls"] == 0
 
     status = syncd("status", env=env, cwd=tmp_path)
-    assert "rejected; 1 rejected rows" in status.stdout, status.stdout
+    assert "rejected; 1 rejected row," in status.stdout, status.stdout
     assert "1 rows held" in status.stdout, status.stdout

@@ -230,7 +230,8 @@ class FileApplier:
             reason = f"snapshot list name {snapshot!r} has a comma or surrounding spaces"
             return ledger.fail(path, _empty_report(name), reason)
         try:
-            changes, rejected = validate(read_rows(path, handle), self.config.ingest)
+            ingest = self.config.ingest
+            changes, rejected = validate(read_rows(path, handle, ingest.encoding), ingest)
         except IngestError as exc:
             return ledger.fail(path, _empty_report(name), str(exc))
         except Exception as exc:

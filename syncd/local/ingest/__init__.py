@@ -28,7 +28,7 @@ from syncd.local.ingest.write import IngestReport, apply
 
 def ingest_file(engine: Engine, path: str | os.PathLike[str], config: IngestConfig) -> IngestReport:
     """Read, check and apply one file. Raises ``IngestError`` (changing nothing) if unreadable."""
-    changes, rejected = validate(read_rows(path), config)
+    changes, rejected = validate(read_rows(path, encoding=config.encoding), config)
     report = apply(engine, changes)
     report.file = str(path)
     report.rows += len(rejected)

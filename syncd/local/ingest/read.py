@@ -4,12 +4,17 @@
 
 Files
 -----
-- CSV (``.csv``): comma-separated, UTF-8 with or without a BOM, a header row. A line number is
-  the physical line a record starts on (the header is line 1; quoted values may span lines).
-  A cell (header included) that starts with one or more apostrophes and then ``=``, ``+``, ``-``,
-  ``@``, a tab or a carriage return loses its first apostrophe: that one is the spreadsheet's
-  mark of text, which ``syncd export`` puts before such a cell so that no spreadsheet runs it as
-  a formula (``neutralised``); ``restored`` undoes exactly that.
+- CSV (``.csv``): a header row, then one record a line. The delimiter is whichever of ``,``,
+  ``;`` and tab the header line holds most (Excel writes ``;`` where the decimal mark is a
+  comma), else ``,``. A line number is the physical line a record starts on (the header is
+  line 1; quoted values may span lines).
+- Text: UTF-8 with or without a BOM, unless ``encoding`` says otherwise (``[ingest] encoding``,
+  e.g. ``cp1251`` for a Russian Excel export); a UTF-16 or UTF-32 byte order mark wins over
+  both, since it says what the file is.
+- A cell (header included) that starts with one or more apostrophes and then ``=``, ``+``,
+  ``-``, ``@``, a tab or a carriage return loses its first apostrophe: that one is the
+  spreadsheet's mark of text, which ``syncd export`` puts before such a cell so that no
+  spreadsheet runs it as a formula (``neutralised``); ``restored`` undoes exactly that.
 - JSON (``.ndjson``, ``.jsonl``, ``.json``): one object per line, or one JSON array of objects.
   Values are strings, numbers, booleans or null; ``tags``, ``lists`` and ``unsubscribed_lists``
   are arrays of strings (a string is read as comma-separated, as in CSV).
@@ -37,10 +42,12 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import io
+import itertools
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -97,8 +104,12 @@ class RawRow:
     problem: str | None = None
 
 
-def read_rows(path: str | os.PathLike[str], handle: BinaryIO | None = None) -> Iterator[RawRow]:
+def read_rows(
+    path: str | os.PathLike[str], handle: BinaryIO | None = None, encoding: str | None = None
+) -> Iterator[RawRow]:
     """Stream the records of a CSV or JSON contact file; raise ``IngestError`` if it is unreadable.
+
+    ``encoding`` is the text encoding of a file without a byte order mark (None: UTF-8).
 
     ``handle``, when given, is the file already open for reading at its start (the inbox opens
     files itself, never following a link or blocking); ``path`` then only names it and tells its
@@ -111,14 +122,27 @@ def read_rows(path: str | os.PathLike[str], handle: BinaryIO | None = None) -> I
     file = Path(path)
     suffix = file.suffix.lower()
     if suffix != ".csv" and suffix not in JSON_SUFFIXES:
-        raise IngestError(f"{file}: unknown file type {suffix or '(none)'!r}; use .csv or .ndjson")
+        raise IngestError(
+            f"{file}: unknown file type {suffix or '(none)'!r}; use .csv, .ndjson, .jsonl or .json"
+        )
     try:
         with contextlib.ExitStack() as stack:
             stream = handle if handle is not None else stack.enter_context(file.open("rb"))
-            if suffix != ".csv" and _starts_a_json_array(stream):
+            unicode = _unicode_bom(stream)
+            if unicode is not None or (encoding and codecs.lookup(encoding).name != "utf-8"):
+                decoded = _lines_in(file, stream, unicode or str(encoding))
+                stack.callback(decoded.close)  # hands the handle back before it is closed
+                lines: Iterator[str] = decoded
+                if suffix != ".csv":
+                    lines, array = _json_array_text(file, lines)
+                    if array is not None:
+                        yield from _read_json_array(file, array, 1)
+                        return
+            elif suffix != ".csv" and _starts_a_json_array(stream):
                 yield from _read_json_array(file, _whole_json_array(file, stream), 1)
                 return
-            lines = _decoded_lines(file, stream)
+            else:
+                lines = _decoded_lines(file, stream)
             if suffix == ".csv":
                 yield from _read_csv(file, lines)
             else:
@@ -127,24 +151,12 @@ def read_rows(path: str | os.PathLike[str], handle: BinaryIO | None = None) -> I
         raise IngestError(f"{file}: cannot be read: {exc.strerror or exc}") from None
 
 
-_UTF16_OR_32_BOMS = (
-    codecs.BOM_UTF32_LE,
-    codecs.BOM_UTF32_BE,
-    codecs.BOM_UTF16_LE,
-    codecs.BOM_UTF16_BE,
-)
-
-
 def _not_utf8(file: Path, line: int, raw: bytes, at: int) -> IngestError:
     """The error for line ``line`` (bytes ``raw``), whose byte ``at`` does not decode."""
-    if line == 1 and raw.startswith(_UTF16_OR_32_BOMS):
-        return IngestError(
-            f"{file}: the file is UTF-16 or UTF-32 (it starts with that byte order mark); "
-            "save it as UTF-8"
-        )
     return IngestError(
         f"{file}: line {line} is not valid UTF-8 (byte 0x{raw[at]:02x} at byte {at + 1} of "
-        "the line); save the file as UTF-8"
+        "the line); save the file as UTF-8, or name its encoding in [ingest] encoding "
+        '(e.g. "cp1251" for a Russian Excel export)'
     )
 
 
@@ -167,6 +179,67 @@ def _decoded_lines(file: Path, handle: BinaryIO) -> Iterator[str]:
             yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError as exc:
             raise _not_utf8(file, number, raw, exc.start) from None
+
+
+def _unicode_bom(handle: BinaryIO) -> str | None:
+    """The codec a UTF-16 or UTF-32 byte order mark names (which it then reads); rewinds."""
+    start = handle.read(4)
+    handle.seek(0)
+    if start.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return "utf-32"
+    if start.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    return None
+
+
+def _lines_in(file: Path, handle: BinaryIO, encoding: str) -> Generator[str, None, None]:
+    """Physical lines of a file in ``encoding`` (a UTF-8 BOM, if any, dropped), line endings
+    kept; at most ``MAX_LINE_BYTES`` characters a line, like ``_decoded_lines``."""
+    text = io.TextIOWrapper(handle, encoding=encoding, newline="")
+    number = 0
+    try:
+        while True:
+            try:
+                line = text.readline(MAX_LINE_BYTES + 1)
+            except UnicodeDecodeError as exc:
+                raise IngestError(
+                    f"{file}: line {number + 1} is not valid {encoding} ({exc.reason}); "
+                    "check [ingest] encoding"
+                ) from None
+            if not line:
+                return
+            number += 1
+            if len(line) > MAX_LINE_BYTES and not line.endswith("\n"):
+                raise IngestError(
+                    f"{file}: line {number} is longer than {MAX_LINE_BYTES:,} characters; a "
+                    "contact file holds one record a line (or a CSV record over a few lines)"
+                )
+            yield line.removeprefix("\ufeff") if number == 1 else line
+    finally:
+        with contextlib.suppress(ValueError):  # already closed: nothing left to hand back
+            text.detach()  # the handle is the caller's (or the ExitStack's) to close
+
+
+def _json_array_text(file: Path, lines: Iterator[str]) -> tuple[Iterator[str], str | None]:
+    """For a JSON file read through ``_lines_in``: the whole text when it is one array (read
+    whole, at most ``MAX_JSON_ARRAY_BYTES``), else the lines again, unread."""
+    head: list[str] = []
+    for line in lines:
+        head.append(line)
+        if line.strip():
+            break
+    if not head or not head[-1].lstrip().startswith("["):
+        return itertools.chain(head, lines), None
+    text, size = [], 0
+    for line in itertools.chain(head, lines):
+        size += len(line)
+        if size > MAX_JSON_ARRAY_BYTES:
+            raise IngestError(
+                f"{file}: a JSON array file is read whole and may be at most "
+                f"{MAX_JSON_ARRAY_BYTES >> 20} MiB; write bigger files as NDJSON"
+            )
+        text.append(line)
+    return iter(()), "".join(text)
 
 
 def _starts_a_json_array(handle: BinaryIO) -> bool:
@@ -202,9 +275,19 @@ def _column_name(raw: str) -> str:
     return folded if folded in RESERVED else name
 
 
+DELIMITERS = (",", ";", "\t")
+
+
 def _read_csv(file: Path, lines: Iterator[str]) -> Iterator[RawRow]:
+    head: list[str] = []  # blank lines before the header, then the header line
+    for text in lines:
+        head.append(text)
+        if text.strip():
+            break
+    header_line = head[-1] if head else ""
+    delimiter = max(DELIMITERS, key=header_line.count)  # the first of equals: "," for none
     # strict: broken quoting is an error, not a quote silently swallowing the rest of the file.
-    reader = csv.reader(lines, strict=True)
+    reader = csv.reader(itertools.chain(head, lines), delimiter=delimiter, strict=True)
     try:
         header: list[str] = []
         for header in reader:
@@ -260,7 +343,7 @@ def _csv_columns(file: Path, header: list[str]) -> list[str]:
         found = ", ".join(repr(c) for c in columns)
         raise IngestError(
             f"{file}: the header has no email or phone column (found {found}); "
-            "the file must be comma-separated with a header row"
+            "the file must have a header row, its columns separated by ',', ';' or tabs"
         )
     return columns
 
