@@ -75,7 +75,7 @@ def run_once(
                 opts = replace(
                     base_options,
                     cycle_id=cycle_id,
-                    on_remote_change=outbox.recorder(provider.name, cycle_id),
+                    on_remote_change=outbox.recorder(provider.name, cycle_id, config.webhook),
                     holder=leases.holder,
                     lease=lease,
                 )

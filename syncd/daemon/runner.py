@@ -180,7 +180,9 @@ class Daemon:
                     target,
                     provider,
                     CycleOptions(
-                        on_remote_change=outbox.recorder(provider.name, cycle_id),
+                        on_remote_change=outbox.recorder(
+                            provider.name, cycle_id, self.config.webhook
+                        ),
                         should_stop=self.stop_event.is_set,
                         lease=lease,
                         cycle_id=cycle_id,

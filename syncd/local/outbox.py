@@ -36,7 +36,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
+from syncd.config import WebhookConfig
 from syncd.core.projection import RemoteChange
+from syncd.local import webhook_queue
 from syncd.local.change_event import ChangeEvent
 from syncd.store.models import OutboxEvent
 
@@ -64,11 +66,14 @@ def record(session: Session, event: ChangeEvent) -> None:
     session.add(OutboxEvent(hour=event.hour, body=event.model_dump_json()))
 
 
-def recorder(provider: str, cycle: str) -> Recorder:
-    """The engine's ``on_remote_change`` hook: each remote-born change becomes an event row."""
+def recorder(provider: str, cycle: str, webhooks: Sequence[WebhookConfig] = ()) -> Recorder:
+    """The engine's ``on_remote_change`` hook: each remote-born change becomes an event row,
+    and a delivery row for each of ``webhooks`` that takes it (``syncd.local.webhook_queue``)."""
 
     def record_change(session: Session, change: RemoteChange) -> None:
-        record(session, ChangeEvent.from_remote_change(change, provider, cycle))
+        event = ChangeEvent.from_remote_change(change, provider, cycle)
+        record(session, event)
+        webhook_queue.enqueue(session, event, webhooks)
 
     return record_change
 
