@@ -127,8 +127,8 @@ class HttpConfig(_Strict):
         8 << 20,
         ge=1 << 10,
         le=32 << 20,
-        description="Largest request body the listener takes, in bytes; POST /v1/contacts above "
-        "it is answered 413.",
+        description="Largest body of POST /v1/contacts, in bytes (a larger one is answered "
+        "413); without ingest_token the listener takes at most 1 MiB.",
     )
 
     @property
@@ -219,12 +219,15 @@ def _webhook_secret(value: SecretStr | None, key: str) -> SecretStr | None:
 
 
 class WebhookConfig(_Strict):
-    """A ``[[webhook]]``: where the change events are POSTed, signed (Standard Webhooks)."""
+    """Every change event is sent at least once, in order per contact; failures are retried
+    with exponential backoff until ``max_age``, then kept as dead letters (``syncd status``,
+    ``syncd webhooks replay``). A 410 Gone answer turns the endpoint off."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Unique name.")
     url: str = Field(description="https:// endpoint (http:// only to this machine).")
     secret: SecretStr = Field(
-        description="Signing secret, whsec_<base64> (Standard Webhooks); use ${VAR}."
+        description="Signing secret: whsec_ and the base64 of 24+ random bytes (Standard "
+        "Webhooks); use ${VAR}."
     )
     previous_secret: SecretStr | None = Field(
         None,

@@ -50,7 +50,7 @@ EVENT_TYPES: dict[Kind, WebhookEvent] = {
 }
 
 #: Seconds a claim outlives the send's own timeout: the answer's handling and a slow commit.
-CLAIM_MARGIN = 15.0
+CLAIM_MARGIN = 5.0
 _ERROR_CHARS = 300  # what status keeps of an attempt's failure
 
 
