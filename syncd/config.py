@@ -276,7 +276,10 @@ class WebhookConfig(_Strict):
     @field_validator("max_age")
     @classmethod
     def _check_max_age(cls, value: str) -> str:
-        schedule = parse_schedule(value)
+        try:
+            schedule = parse_schedule(value)
+        except ValueError:
+            schedule = None
         if not isinstance(schedule, Interval):
             raise ValueError(f"max_age {value!r} must be a duration such as '3d' or '12h'")
         return value

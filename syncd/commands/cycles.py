@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
-from syncd.commands import job_routes
+from syncd.commands import job_routes, webhook_admin
 from syncd.commands.listener import listen
 from syncd.config import Config, TargetConfig
 from syncd.emulators.kit.server import LoopbackServer
@@ -86,6 +86,8 @@ def run_once(
             outbox.flush(db, Path(config.outbox.path))
         if listener is not None:
             _await_callbacks(db, results, chosen, callback_wait)
+        if config.webhook and not base_options.dry_run:
+            webhook_admin.deliver_now(db, config, leases.holder)
     finally:
         if listener is not None:
             listener.stop()

@@ -1,12 +1,15 @@
-"""The library behind ``syncd webhooks replay`` and the webhook lines of ``syncd status``.
+"""The library behind ``syncd webhooks replay``, the webhook lines of ``syncd status``, and the
+one delivery pass ``syncd run-once`` makes.
 
-The queue itself is ``syncd.local.webhook_queue``'s; this reads a ``--since`` and puts the
-queue's state into words and JSON.
+The queue itself is ``syncd.local.webhook_queue``'s; this reads a ``--since``, puts the queue's
+state into words and JSON, and sends what is due once (``deliver_now``): an event whose
+attempt fails waits for its retry time, which the daemon (or a later ``run-once``) keeps.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +18,7 @@ from sqlalchemy.engine import Engine
 from syncd.clock import stamp
 from syncd.config import Config
 from syncd.local import webhook_queue
+from syncd.local.webhook_send import Sender
 from syncd.schedule import Interval, parse_schedule
 
 _SECONDS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
@@ -38,6 +42,18 @@ def parse_since(text: str, now: float | None = None) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
+
+
+def deliver_now(db: Engine, config: Config, holder: str) -> Counter[str]:
+    """Send everything due now, each contact's events in order; counts by outcome."""
+    total: Counter[str] = Counter()
+    sender = Sender(db, holder)
+    try:
+        while got := sender.deliver_due(config.webhook):
+            total += got
+    finally:
+        sender.close()
+    return total
 
 
 def webhook_status(config: Config, db: Engine, now: float | None = None) -> dict[str, Any]:

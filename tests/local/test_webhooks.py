@@ -373,3 +373,44 @@ def test_a_claim_left_by_a_dead_process_is_taken_over_after_it_lapses(
     finally:
         sender.close()
     assert len(r.got) == 1
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"url": "http://hooks.example.com/x"}, "unencrypted"),
+        ({"url": "ftp://127.0.0.1/x"}, "https://"),
+        ({"secret": "not base64!"}, "whsec_ followed by base64"),
+        ({"secret": "whsec_" + base64.b64encode(b"short").decode()}, "at least 24 random bytes"),
+        ({"previous_secret": "whsec_!!"}, "previous_secret must be whsec_"),
+        ({"events": ["contact.exploded"]}, "contact.created"),
+        ({"events": []}, "at least 1"),
+        ({"max_age": "0 0 * * *"}, "a duration"),
+        ({"max_age": "soon"}, "max_age 'soon' must be a duration"),
+        ({"name": "has space"}, "pattern"),
+    ],
+)
+def test_a_bad_webhook_setting_is_refused_by_name(settings: dict[str, Any], problem: str) -> None:
+    base = {"name": "app", "url": "https://app.example/hooks", "secret": SECRET}
+    with pytest.raises(ValueError, match=problem):
+        WebhookConfig.model_validate(base | settings)
+
+
+def test_webhook_defaults_loopback_http_and_duplicate_names() -> None:
+    from syncd.config import Config
+
+    w = hook("http://127.0.0.1:8800/h")
+    assert w.events == [
+        "contact.created",
+        "contact.updated",
+        "contact.unsubscribed",
+        "contact.deleted",
+    ]
+    assert (w.timeout, w.max_age_seconds, w.backoff_first) == (10.0, 3 * 86400, 20.0)
+    assert SECRET not in repr(w)  # a secret never shows in a repr or a log line
+    twice = {"name": "app", "url": "https://a.example/h", "secret": SECRET}
+    with pytest.raises(ValueError, match="duplicate webhook name"):
+        Config.model_validate({"webhook": [twice, twice]})

@@ -323,3 +323,32 @@ def test_two_replicas_on_one_postgresql_store_never_deliver_an_event_twice(
         kinds = [x["kind"] for x in e.delivered if x["key"] == f"s{i}@example.com"]
         assert kinds == ["signup", "unsubscribe"]
     assert not e.bad
+
+
+def test_run_once_delivers_what_is_due_and_status_json_shows_the_queue(
+    tmp_path: Path, emulator: str, endpoint: tuple[Endpoint, str]
+) -> None:
+    e, url = endpoint
+    d = Daemon(tmp_path, emulator, url)
+    at_provider(emulator, "sign_up", "solo@example.com")
+    e.status = 500
+    at_provider(emulator, "sign_up", "second@example.com")
+    first = d.cli("run-once")
+    assert first.returncode == 0, first.stderr
+    assert {x["key"] for x in e.attempts} == {"solo@example.com", "second@example.com"}
+    assert e.delivered == []  # both failed once: they wait for their retry
+    lines = [json.loads(line) for line in d.cli("status", "--json").stdout.splitlines()]
+    (queue,) = [line for line in lines if "webhooks" in line]
+    assert queue["webhooks"][0] | {"disabled": None} == {
+        "name": "app",
+        "configured": True,
+        "pending": 2,
+        "dead": 0,
+        "disabled": None,
+    }
+    assert queue["oldest_undelivered_seconds"] >= 0
+    e.status = 200
+    time.sleep(1.1)  # backoff_max: both are due again
+    assert d.cli("run-once").returncode == 0
+    assert {x["key"] for x in e.delivered} == {"solo@example.com", "second@example.com"}
+    assert not e.bad
