@@ -17,6 +17,10 @@ flush skips every event whose ``id`` the file already holds, so nothing is writt
 by name (a rewrite replaces the inode) and expect a past hour's file to still gain events that
 were recorded in that hour but flushed later.
 
+The same transaction queues the event for each matching ``[[webhook]]`` (``recorder``'s
+``webhooks``): those rows live in ``webhook_delivery`` until their endpoint confirms them
+(``syncd.local.webhook_queue``), so flushing files never takes an event from a webhook.
+
 What an event says, and its schema, is ``syncd.local.change_event``'s.
 """
 
