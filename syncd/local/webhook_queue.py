@@ -30,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import delete, exists, func, or_, select, text, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
@@ -211,9 +212,16 @@ def disable(engine: Engine, webhook: WebhookConfig, reason: str, now: float | No
     at = time.time() if now is None else now
     with Session(engine) as session:
         session.execute(delete(WebhookEndpoint).where(col(WebhookEndpoint.name) == webhook.name))
-        session.add(
-            WebhookEndpoint(name=webhook.name, url=webhook.url, disabled_at=at, reason=reason)
-        )
+        session.commit()
+    try:
+        with Session(engine) as session:
+            session.add(
+                WebhookEndpoint(name=webhook.name, url=webhook.url, disabled_at=at, reason=reason)
+            )
+            session.commit()
+    except IntegrityError:
+        pass  # another send of the same pass (or replica) saw the 410 too and said so first
+    with Session(engine) as session:
         died = session.execute(
             update(WebhookDelivery)
             .where(
