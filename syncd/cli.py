@@ -378,7 +378,51 @@ def status_cmd(config_path: str | None, as_json: bool) -> None:
             click.echo(f"  {waiting} {verb} for the provider's callback")
         if not s.two_way:
             click.echo("  push-only: changes made at this provider cannot be seen by syncd")
+    _webhook_status(config, as_json)
     sys.exit(1 if any(s.open_conflicts for s in statuses) else 0)
+
+
+def _webhook_status(config: Config, as_json: bool) -> None:
+    from syncd.commands.webhook_admin import status_lines, webhook_status
+
+    status = webhook_status(config, cycles.open_store(config))
+    if not status["webhooks"]:
+        return
+    if as_json:
+        click.echo(json.dumps(status))
+        return
+    for line in status_lines(status):
+        click.echo(line)
+
+
+@main.group("webhooks")
+def webhooks_group() -> None:
+    """Signed webhooks: send dead-lettered change events again."""
+
+
+@webhooks_group.command("replay")
+@config_option
+@click.option(
+    "--since",
+    default=None,
+    help="Only events dead-lettered at or after this time: ISO-8601 (UTC unless it names a "
+    "zone) or a duration ago such as 2h or 3d.",
+)
+@click.option("--event", "event_id", default=None, help="Only this event (its id).")
+def webhooks_replay_cmd(config_path: str | None, since: str | None, event_id: str | None) -> None:
+    """Queue dead-lettered deliveries again (and turn their endpoints back on)."""
+    from syncd.commands.webhook_admin import parse_since
+    from syncd.local.webhook_queue import replay
+
+    config = _load(config_path)
+    try:
+        after = None if since is None else parse_since(since)
+    except ValueError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_CONFIG)
+    n = replay(cycles.open_store(config), since=after, event_id=event_id)
+    click.echo(f"{n} dead-lettered deliveries queued again; the daemon sends them now")
+    sys.exit(0 if n or event_id is None else 1)
 
 
 @main.command("conflicts")

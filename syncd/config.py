@@ -14,6 +14,7 @@ keys unchecked in ``model_extra``; the providers read them through their setting
 
 from __future__ import annotations
 
+import base64
 import codecs
 import difflib
 import ipaddress
@@ -40,7 +41,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from syncd.errors import ConfigError
-from syncd.schedule import parse_schedule
+from syncd.schedule import Interval, parse_schedule
 
 Policy = Literal["local", "remote", "manual"]
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -151,9 +152,33 @@ class HttpConfig(_Strict):
         "callbacks); 'off' disables the listener.",
     )
 
+    ingest_token: SecretStr | None = Field(
+        None,
+        description="Bearer token of the ingest API (POST /v1/contacts, GET /v1/contacts/KEY); "
+        "use ${VAR}. Not set or empty: the API is off.",
+    )
+    max_body: int = Field(
+        8 << 20,
+        ge=1 << 10,
+        le=32 << 20,
+        description="Largest body of POST /v1/contacts, in bytes (a larger one is answered "
+        "413); without ingest_token the listener takes at most 1 MiB.",
+    )
+
     @property
     def enabled(self) -> bool:
         return self.listen.strip().lower() not in ("", "off", "false", "no")
+
+    @property
+    def ingest_enabled(self) -> bool:
+        return self.enabled and bool(self.ingest_token and self.ingest_token.get_secret_value())
+
+    @field_validator("ingest_token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and 0 < len(value.get_secret_value()) < 16:
+            raise ValueError("ingest_token must be at least 16 characters (a random one)")
+        return value
 
     def address(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
@@ -215,6 +240,110 @@ class IngestConfig(_Strict):
         except LookupError:
             raise ValueError(f"unknown encoding {value!r} (e.g. utf-8, cp1251, latin-1)") from None
         return value
+
+
+WebhookEvent = Literal[
+    "contact.created", "contact.updated", "contact.unsubscribed", "contact.deleted"
+]
+WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = (
+    "contact.created",
+    "contact.updated",
+    "contact.unsubscribed",
+    "contact.deleted",
+)
+_SECONDS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
+
+
+def _webhook_secret(value: SecretStr | None, key: str) -> SecretStr | None:
+    """A Standard Webhooks secret: ``whsec_`` and the base64 of at least 24 random bytes."""
+    if value is None:
+        return None
+    raw = value.get_secret_value().strip()
+    try:
+        decoded = base64.b64decode(raw.removeprefix("whsec_"), validate=True)
+    except ValueError:
+        raise ValueError(f"{key} must be whsec_ followed by base64") from None
+    if len(decoded) < 24:
+        raise ValueError(f"{key} must hold at least 24 random bytes (it holds {len(decoded)})")
+    return SecretStr(raw)
+
+
+class WebhookConfig(_Strict):
+    """Every change event is sent at least once, in order per contact; failures are retried
+    with exponential backoff until ``max_age``, then kept as dead letters (``syncd status``,
+    ``syncd webhooks replay``). A 410 Gone answer turns the endpoint off."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Unique name.")
+    url: str = Field(description="https:// endpoint (http:// only to this machine).")
+    secret: SecretStr = Field(
+        description="Signing secret: whsec_ and the base64 of 24+ random bytes (Standard "
+        "Webhooks); use ${VAR}."
+    )
+    previous_secret: SecretStr | None = Field(
+        None,
+        description="During a rotation: the old secret, which signs too until it is removed.",
+    )
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: list(WEBHOOK_EVENTS),
+        min_length=1,
+        description="Event types sent (default: all).",
+    )
+    timeout: float = Field(
+        10.0, gt=0, le=120, description="Seconds an answer may take; 2xx within it confirms."
+    )
+    max_age: str = Field(
+        "3d", description="How long an event is retried before it is dead-lettered ('3d', '12h')."
+    )
+    backoff_first: float = Field(
+        20.0,
+        gt=0,
+        le=3600,
+        description="Seconds before the first retry (jittered down to half); each retry doubles.",
+    )
+    backoff_max: float = Field(3600.0, gt=0, description="Longest wait between two attempts.")
+
+    @field_validator("url")
+    @classmethod
+    def _safe_url(cls, value: str) -> str:
+        try:
+            url = httpx.URL(value)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"url {value!r} is not a usable URL: {exc}") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"url {value!r} must be an https:// URL")
+        if url.scheme == "http" and not is_loopback_host(url.host):
+            raise ValueError(
+                f"url {value!r} would send contacts unencrypted to {url.host}: use https:// "
+                "(http:// only to this machine)"
+            )
+        return value
+
+    @field_validator("secret", "previous_secret")
+    @classmethod
+    def _check_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        return _webhook_secret(value, str(info.field_name))
+
+    @field_validator("max_age")
+    @classmethod
+    def _check_max_age(cls, value: str) -> str:
+        try:
+            schedule = parse_schedule(value)
+        except ValueError:
+            schedule = None
+        if not isinstance(schedule, Interval):
+            raise ValueError(f"max_age {value!r} must be a duration such as '3d' or '12h'")
+        return value
+
+    @property
+    def max_age_seconds(self) -> float:
+        interval = parse_schedule(self.max_age)
+        assert isinstance(interval, Interval)
+        return float(interval.amount * _SECONDS[interval.unit])
+
+    def secrets(self) -> list[str]:
+        """The secrets that sign each delivery: the current one first."""
+        found = [self.secret, self.previous_secret]
+        return [s.get_secret_value() for s in found if s is not None]
 
 
 class TargetConfig(BaseModel):
@@ -439,6 +568,15 @@ class Config(_Strict):
     http: HttpConfig = HttpConfig()
     daemon: DaemonConfig = DaemonConfig()
     target: list[TargetConfig] = Field(default_factory=list)
+    webhook: list[WebhookConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_webhooks(self) -> Config:
+        names = [w.name for w in self.webhook]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate webhook name(s): {', '.join(dupes)}")
+        return self
 
     @model_validator(mode="after")
     def _listener_for_callbacks(self, info: ValidationInfo) -> Config:

@@ -191,6 +191,21 @@ class Metrics:
         )
         self.build_info = Info("syncd_build", "The running syncd's version.", registry=registry)
         self.build_info.info({"version": __version__})
+        # -- webhooks (syncd.daemon.webhooks) --
+        self.webhook_deliveries = counter(
+            "syncd_webhook_deliveries_total",
+            "Webhook delivery attempts, by outcome: delivered, retried, dead (max_age over), "
+            "gone (410: the endpoint is turned off).",
+            "webhook",
+            "outcome",
+        )
+        self.webhook_oldest = gauge(
+            "syncd_webhook_oldest_undelivered_seconds",
+            "Age of the oldest change event not yet delivered to a webhook (0: none waits).",
+        )
+        self.webhook_dead = gauge(
+            "syncd_webhook_dead_letters", "Events kept after their retries ran out.", "webhook"
+        )
         for outcome in INBOX_OUTCOMES:
             self.inbox_files.labels(outcome)  # show 0 rather than no series before the first file
         self.up.set(1)
@@ -300,6 +315,15 @@ class Metrics:
         if outcome not in INBOX_OUTCOMES:
             raise ValueError(f"inbox outcome must be one of {INBOX_OUTCOMES}, not {outcome!r}")
         self.inbox_files.labels(outcome).inc()
+
+    def observe_webhook(self, webhook: str, outcome: str) -> None:
+        self.webhook_deliveries.labels(webhook, outcome).inc()
+
+    def set_webhook_queue(self, oldest_seconds: float, dead: Mapping[str, int]) -> None:
+        self.webhook_oldest.set(oldest_seconds)
+        self.webhook_dead.clear()  # a replayed webhook's series goes back to nothing
+        for webhook, n in dead.items():
+            self.webhook_dead.labels(webhook).set(n)
 
     def set_pending(self, target: str, n: int) -> None:
         self.pending_local.labels(target).set(n)

@@ -1,6 +1,6 @@
 """JSON Schemas (draft 2020-12) of syncd's files, generated from the code's own models.
 
-Three schemas live in ``schemas/`` and are checked by the tests against what this module
+Four schemas live in ``schemas/`` and are checked by the tests against what this module
 generates, so they cannot drift from the code:
 
 - ``config.schema.json``: the configuration file (``syncd.config.Config``), as TOML data, with
@@ -8,8 +8,10 @@ generates, so they cannot drift from the code:
   ``syncd.providers.registry``);
 - ``inbox-record.schema.json``: one record of an inbox file (:class:`InboxRecord`): an NDJSON
   object, or a CSV row read as an object of string cells (``$defs/CsvRow``);
-- ``change-event.schema.json``: one line of an outbox file
-  (``syncd.local.change_event.event_schema``).
+- ``change-event.schema.json``: one line of an outbox file, and the body of a webhook
+  (``syncd.local.change_event.event_schema``);
+- ``ingest-answer.schema.json``: the answer of ``POST /v1/contacts``
+  (``syncd.local.intake.answer_schema``).
 
 The README's configuration reference is rendered from the config schema by
 :func:`config_reference_markdown`. ``syncd schemas write`` regenerates the schema files and the
@@ -28,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from syncd.config import Config
 from syncd.core.projection import STATUSES
-from syncd.local import change_event
+from syncd.local import change_event, intake
 from syncd.local.ingest.read import RESERVED
 from syncd.providers.registry import BUILTIN_PROVIDERS
 from syncd.providers.spec import ProviderSpec
@@ -42,6 +44,7 @@ INBOX_RECORD_ID = "urn:syncd:schema:inbox-record:1"
 CONFIG_FILE = "config.schema.json"
 INBOX_RECORD_FILE = "inbox-record.schema.json"
 CHANGE_EVENT_FILE = "change-event.schema.json"
+INGEST_ANSWER_FILE = "ingest-answer.schema.json"
 
 README_START = "<!-- config-reference:start -->"
 README_END = "<!-- config-reference:end -->"
@@ -59,8 +62,12 @@ _SECTION_DESCRIPTIONS = {
     "outbox": "Where change events that came from providers are written, one NDJSON file per "
     "UTC hour (see `schemas/change-event.schema.json`).",
     "ingest": "How contact files are read.",
-    "http": "The health and metrics listener of `syncd run`.",
+    "http": "The listener of `syncd run`: health, metrics, and the ingest API "
+    "(`POST /v1/contacts`) when `ingest_token` is set.",
     "daemon": "The long-running service, `syncd run`.",
+    "webhook": "A company endpoint every change event is POSTed to, signed (Standard "
+    "Webhooks, `schemas/change-event.schema.json` as the body); repeat `[[webhook]]` for each. "
+    "Webhook names must be unique.",
     "target": "One provider list kept in agreement with a local list; repeat `[[target]]` for "
     "each. Target names must be unique.",
 }
@@ -374,6 +381,7 @@ GENERATORS: dict[str, Callable[[], JsonSchema]] = {
     CONFIG_FILE: config_schema,
     INBOX_RECORD_FILE: inbox_record_schema,
     CHANGE_EVENT_FILE: change_event.event_schema,
+    INGEST_ANSWER_FILE: intake.answer_schema,
 }
 
 

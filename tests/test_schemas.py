@@ -156,8 +156,15 @@ def test_optional_keys_are_typed_without_null() -> None:
 # -- configuration files ----------------------------------------------------------------------
 
 
+#: A webhook secret has a format of its own: whsec_ and the base64 of random bytes.
+_FAKE_WHSEC = "whsec_" + "A" * 44
+
+
 def fake_env(text: str) -> dict[str, str]:
-    return {name: f"value-of-{name.lower()}" for name in _VAR.findall(text)}
+    return {
+        name: _FAKE_WHSEC if "WEBHOOK_SECRET" in name else f"value-of-{name.lower()}"
+        for name in _VAR.findall(text)
+    }
 
 
 def assert_valid_config(text: str, where: str, *, load: bool = True) -> Config | None:

@@ -1,7 +1,9 @@
 """The library call behind each CLI command: cycles (``run-once``, ``plan``, ``status``,
 ``resolve``), ``check-config``, the starter config of ``init`` and the ``demo``; and the socket
 behind ``[http] listen`` (``listener``) with the job routes Netcore calls (``job_routes``), which
-``run-once`` serves alone and the daemon beside its own routes.
+``run-once`` serves alone and the daemon beside its own routes, and the ingest API's routes
+(``api_routes``); ``webhooks replay``, the webhook lines of ``status`` and ``run-once``'s
+delivery pass (``webhook_admin``).
 
 The click layer in ``syncd.cli`` only parses arguments and prints; everything a command does is
 here, callable from tests and the daemon. It may import the engine, providers, local side, store,

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
-from syncd.commands import job_routes
+from syncd.commands import job_routes, webhook_admin
 from syncd.commands.listener import listen
 from syncd.config import Config, TargetConfig
 from syncd.emulators.kit.server import LoopbackServer
@@ -76,7 +76,7 @@ def run_once(
                     base_options,
                     cycle_id=cycle_id,
                     on_remote_change=outbox.recorder(
-                        provider.name, cycle_id, list_name=t.local_list_name
+                        provider.name, cycle_id, config.webhook, list_name=t.local_list_name
                     ),
                     holder=leases.holder,
                     lease=lease,
@@ -88,6 +88,8 @@ def run_once(
             outbox.flush(db, Path(config.outbox.path))
         if listener is not None:
             _await_callbacks(db, results, chosen, callback_wait)
+        if config.webhook and not base_options.dry_run:
+            webhook_admin.deliver_now(db, config, leases.holder)
     finally:
         if listener is not None:
             listener.stop()

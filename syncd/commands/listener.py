@@ -40,7 +40,8 @@ def listen(config: HttpConfig, handler: Handler) -> LoopbackServer:
         host,
         port,
         timeout=REQUEST_TIMEOUT,
-        max_body=MAX_BODY,
+        # the ingest API takes contact batches: its own bound, when it is on
+        max_body=config.max_body if config.ingest_enabled else MAX_BODY,
         max_workers=MAX_WORKERS,
         name="syncd-http",
     )

@@ -1,1 +1,2 @@
-"""The long-running service: scheduling, the inbox, health, and a clean lifecycle."""
+"""The long-running service: scheduling, the inbox, health, the webhook sender, and a clean
+lifecycle."""

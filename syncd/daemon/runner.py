@@ -29,13 +29,14 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from syncd.commands import job_routes
+from syncd.commands import api_routes, job_routes
 from syncd.commands.cycles import build_provider
 from syncd.config import Config, TargetConfig, load_config
 from syncd.daemon import observe
 from syncd.daemon.http import StatusServer
 from syncd.daemon.scheduler import TargetScheduler
 from syncd.daemon.systemd import Notifier, StatusLine, WatchdogPinger
+from syncd.daemon.webhooks import Deliverer
 from syncd.engine import run_cycle
 from syncd.engine.result import CycleOptions
 from syncd.errors import ConfigError
@@ -94,6 +95,11 @@ class Daemon:
             jobs = job_routes.routes(self.db, lambda: self.config)  # Netcore's files, callbacks
             for method in job_routes.METHODS:
                 self.http.add_route(method, job_routes.PREFIX, jobs)
+            if config.http.ingest_enabled:  # the ingest API: changed lists sync at once
+                api = api_routes.routes(self.db, lambda: self.config, self._lists_changed)
+                for method in api_routes.METHODS:
+                    self.http.add_route(method, api_routes.PREFIX, api)
+        self.deliverer = Deliverer(self.db, self.leases.holder, lambda: self.config, self.metrics)
         self._config_watch = Observer()
         self._pinger: WatchdogPinger | None = None
 
@@ -111,6 +117,7 @@ class Daemon:
         if self.http is not None:
             self.http.start()
         self.scheduler.start(list(self.config.target))
+        self.deliverer.start()  # events left undelivered by the last run go first
         # watch first, then scan: a file renamed in between is seen by one of the two, and a
         # file seen by both is simply gone the second time
         self.inbox.start()
@@ -147,6 +154,7 @@ class Daemon:
         if self._pinger is not None:
             self._pinger.stop()
         outbox.flush(self.db, Path(self.config.outbox.path))
+        self.deliverer.stop(timeout=self.config.daemon.stop_timeout)
         if self.http is not None:
             self.http.stop()
         self.db.dispose()
@@ -200,7 +208,10 @@ class Daemon:
                     CycleOptions(
                         progress=watch,
                         on_remote_change=outbox.recorder(
-                            provider.name, cycle_id, list_name=target.local_list_name
+                            provider.name,
+                            cycle_id,
+                            self.config.webhook,
+                            list_name=target.local_list_name,
                         ),
                         should_stop=self.stop_event.is_set,
                         lease=lease,
@@ -222,6 +233,7 @@ class Daemon:
             level = logging.INFO if result.outcome in HEALTHY else logging.WARNING
             log.log(level, "cycle %s", result.outcome, extra={"summary": summary})
             outbox.flush(self.db, Path(self.config.outbox.path))
+            self.deliverer.wake()
         self._record_health(target.name, result.outcome)
         return result.outcome in HEALTHY
 
@@ -286,6 +298,11 @@ class Daemon:
     def _register_secrets(self, config: Config) -> None:
         for t in config.target:
             register_secret(t.api_key.get_secret_value())
+        for w in config.webhook:
+            for secret in w.secrets():
+                register_secret(secret)
+        if config.http.ingest_token is not None:
+            register_secret(config.http.ingest_token.get_secret_value())
 
     def _watch_config(self) -> None:
         """Reload when the configuration file is written (closed after writing), created or

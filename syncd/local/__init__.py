@@ -1,8 +1,10 @@
-"""The company's side of the hub: contact files in (``ingest``, the watched ``inbox``), change
-events out (``outbox``, each event as ``change_event`` defines it) and the mirror written back to
-a file (``export``).
+"""The company's side of the hub: contact files in (``ingest``, the watched ``inbox``) and request
+bodies in (``intake``, the ingest API's write path over the same reader, checks and writer);
+change events out (``outbox``, each event as ``change_event`` defines it) as files and as
+signed webhooks (``webhook_queue`` keeps each delivery, ``webhook_send`` signs and sends); and
+the mirror written back to a file (``export``).
 
-Each way in applies a whole file in one transaction or nothing (rule 6). It may import ``core``,
-``store`` and the cross-cutting root modules (config, errors, logs, metrics, clock); never the
-engine, providers, commands or the daemon.
+Each way in applies a whole file or request in one transaction or nothing (rule 6). It may
+import ``core``, ``store`` and the cross-cutting root modules (config, errors, logs, metrics,
+clock); never the engine, providers, commands or the daemon.
 """

@@ -17,6 +17,10 @@ flush skips every event whose ``id`` the file already holds, so nothing is writt
 by name (a rewrite replaces the inode) and expect a past hour's file to still gain events that
 were recorded in that hour but flushed later.
 
+The same transaction queues the event for each matching ``[[webhook]]`` (``recorder``'s
+``webhooks``): those rows live in ``webhook_delivery`` until their endpoint confirms them
+(``syncd.local.webhook_queue``), so flushing files never takes an event from a webhook.
+
 What an event says, and its schema, is ``syncd.local.change_event``'s.
 """
 
@@ -36,7 +40,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
+from syncd.config import WebhookConfig
 from syncd.core.projection import RemoteChange
+from syncd.local import webhook_queue
 from syncd.local.change_event import ChangeEvent
 from syncd.store.models import OutboxEvent
 
@@ -64,8 +70,14 @@ def record(session: Session, event: ChangeEvent) -> None:
     session.add(OutboxEvent(hour=event.hour, body=event.model_dump_json()))
 
 
-def recorder(provider: str, cycle: str, list_name: str | None = None) -> Recorder:
-    """The engine's ``on_remote_change`` hook: each remote-born change becomes an event row.
+def recorder(
+    provider: str,
+    cycle: str,
+    webhooks: Sequence[WebhookConfig] = (),
+    list_name: str | None = None,
+) -> Recorder:
+    """The engine's ``on_remote_change`` hook: each remote-born change becomes an event row,
+    and a delivery row for each of ``webhooks`` that takes it (``syncd.local.webhook_queue``).
 
     ``list_name``, the local list the target feeds, is written as the event's ``list``.
     """
@@ -73,6 +85,7 @@ def recorder(provider: str, cycle: str, list_name: str | None = None) -> Recorde
     def record_change(session: Session, change: RemoteChange) -> None:
         event = ChangeEvent.from_remote_change(change, provider, cycle, list_name=list_name)
         record(session, event)
+        webhook_queue.enqueue(session, event, webhooks)
 
     return record_change
 

@@ -20,6 +20,11 @@
   file's rows (``syncd.local.inbox.ledger`` says how it makes a file apply exactly once).
 - ``outbox_event``: change events recorded with the mirror change they describe and not yet
   written to a file (``syncd.local.outbox`` flushes them).
+- ``webhook_delivery`` / ``webhook_endpoint``: each event once per matching ``[[webhook]]``,
+  recorded with the event and kept until a 2xx answer (or dead-lettered), and the endpoints a
+  410 Gone turned off (``syncd.local.webhook_queue``).
+- ``ingest_request``: the answers of ``POST /v1/contacts`` by ``Idempotency-Key``, committed
+  with the rows they applied, so a retried request applies once (``syncd.local.intake``).
 
 Every table is declared here, so that the migrations can be compared with one module's models
 (``syncd.store.schema``).
@@ -256,3 +261,51 @@ class OutboxEvent(SQLModel, table=True):
     seq: int | None = Field(default=None, primary_key=True)
     hour: str = Field(index=True)  # YYYY-MM-DDTHH, UTC: the file it goes to
     body: str  # the event as one line of JSON
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event for one webhook: pending until a 2xx answer deletes it, or dead (kept)."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        Index("ix_webhook_delivery_due", "state", "next_attempt_at"),
+        Index("ix_webhook_delivery_contact", "webhook", "target", "key", "id"),
+        # AUTOINCREMENT: ids order each contact's events for good, even after deletions.
+        {"sqlite_autoincrement": True},
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    webhook: str  # the [[webhook]] name
+    event_id: str = Field(index=True)  # the change event's id, sent as webhook-id
+    event_type: str  # contact.created | contact.updated | contact.unsubscribed | contact.deleted
+    target: str
+    key: str
+    body: str  # the change event, byte for byte what is signed and sent
+    created_at: float  # unix time the event was recorded (max_age counts from here)
+    attempts: int = 0
+    next_attempt_at: float  # unix time it is due
+    state: str = "pending"  # pending | dead
+    claimed_by: str | None = None  # the process sending it now
+    claimed_until: float | None = None  # until when that claim holds (then another may retry)
+    last_error: str = ""  # the last attempt's answer or failure, for status
+    dead_at: float | None = None
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    """A webhook endpoint that answered 410 Gone, and is not called again at that URL."""
+
+    __tablename__ = "webhook_endpoint"
+    name: str = Field(primary_key=True)
+    url: str
+    disabled_at: float
+    reason: str
+
+
+class IngestRequest(SQLModel, table=True):
+    """The answer given to one ``Idempotency-Key`` of the ingest API, kept for a day."""
+
+    __tablename__ = "ingest_request"
+    key: str = Field(primary_key=True)
+    body_sha256: str  # the same key with another body is refused, not answered from here
+    answer: str  # JSON, sent again as it was
+    created_at: float = Field(index=True)
