@@ -38,7 +38,8 @@ from syncd.config import WebhookConfig, WebhookEvent
 from syncd.local.change_event import ChangeEvent, Kind
 from syncd.store.models import WebhookDelivery, WebhookEndpoint
 
-#: A change event's kind -> the webhook event type it is sent as. A block is an opt-out the
+#: A change event's kind -> the webhook event type it is sent as (every kind has one:
+#: ``tests/local/test_webhooks.py``). A block is an opt-out the
 #: company must honour like an unsubscribe; a resubscribe is an edit (consent only ever moves
 #: towards opted-out automatically, so it is never sent as a sign-up).
 EVENT_TYPES: dict[Kind, WebhookEvent] = {
@@ -47,6 +48,9 @@ EVENT_TYPES: dict[Kind, WebhookEvent] = {
     "resubscribe": "contact.updated",
     "unsubscribe": "contact.unsubscribed",
     "block": "contact.unsubscribed",
+    # leaving one list is an opt-out too (the event's ``list`` and ``list_status`` say which)
+    "list_unsubscribe": "contact.unsubscribed",
+    "list_resubscribe": "contact.updated",
     "delete": "contact.deleted",
 }
 

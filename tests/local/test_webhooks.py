@@ -11,7 +11,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import pytest
@@ -24,7 +24,7 @@ from syncd.config import WebhookConfig
 from syncd.core.projection import Projection, RemoteChange
 from syncd.emulators.kit.server import LoopbackServer
 from syncd.local import outbox, webhook_queue
-from syncd.local.change_event import ChangeEvent
+from syncd.local.change_event import ChangeEvent, Kind
 from syncd.local.webhook_send import Sender, backoff, sign
 from syncd.store import open_engine
 from syncd.store.models import OutboxEvent, WebhookDelivery
@@ -414,3 +414,9 @@ def test_webhook_defaults_loopback_http_and_duplicate_names() -> None:
     twice = {"name": "app", "url": "https://a.example/h", "secret": SECRET}
     with pytest.raises(ValueError, match="duplicate webhook name"):
         Config.model_validate({"webhook": [twice, twice]})
+
+
+def test_every_kind_of_change_event_has_a_webhook_event_type() -> None:
+    """A kind without one would fail the cycle that records it (a KeyError in the recorder)."""
+    assert set(webhook_queue.EVENT_TYPES) == set(get_args(Kind))
+    assert webhook_queue.EVENT_TYPES["list_unsubscribe"] == "contact.unsubscribed"
