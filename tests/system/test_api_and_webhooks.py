@@ -223,7 +223,7 @@ def test_the_api_applies_good_lines_names_bad_ones_and_the_target_syncs_at_once(
         at_provider(emulator, "unsubscribe", "ann@example.com")
         edit = d.post(ndjson({"email": "ann@example.com", "name": "Ann B", "status": "active"}))
         assert edit.json()["applied"] == 1
-        wait_for(lambda: endpoint[0].got("unsubscribe", "ann@example.com"), what="the webhook")
+        wait_for(lambda: endpoint[0].got("list_unsubscribe", "ann@example.com"), what="the webhook")
         wait_for(
             lambda: remote(emulator)["ann@example.com"]["fields"].get("Name") == "Ann B",
             what="the edit at the provider",
@@ -250,9 +250,9 @@ def test_webhooks_are_signed_retried_dead_lettered_replayed_and_survive_sigkill(
 
         e.status = 503  # the endpoint fails: retried with backoff, then delivered
         at_provider(emulator, "unsubscribe", "p0@example.com")
-        wait_for(lambda: e.tries("unsubscribe", "p0@example.com") >= 3, what="three attempts")
+        wait_for(lambda: e.tries("list_unsubscribe", "p0@example.com") >= 3, what="three attempts")
         e.status = 200
-        wait_for(lambda: e.got("unsubscribe", "p0@example.com"), what="the retried event")
+        wait_for(lambda: e.got("list_unsubscribe", "p0@example.com"), what="the retried event")
         ids = {
             x["id"] for x in e.attempts if x["key"] == "p0@example.com" and x["kind"] != "signup"
         }
@@ -263,13 +263,13 @@ def test_webhooks_are_signed_retried_dead_lettered_replayed_and_survive_sigkill(
         wait_for(lambda: "turned off" in d.cli("status").stdout, what="status shows it off")
         status = d.cli("status").stdout
         assert "dead: app" in status and "p1@example.com" in status
-        tries = e.tries("unsubscribe", "p1@example.com")
+        tries = e.tries("list_unsubscribe", "p1@example.com")
         e.status = 200
         time.sleep(1.5)
-        assert e.tries("unsubscribe", "p1@example.com") == tries  # not called while off
+        assert e.tries("list_unsubscribe", "p1@example.com") == tries  # not called while off
         replay = d.cli("webhooks", "replay", "--since", "1h")
         assert replay.returncode == 0 and replay.stdout.startswith("1 "), replay.stdout
-        wait_for(lambda: e.got("unsubscribe", "p1@example.com"), what="the replayed event")
+        wait_for(lambda: e.got("list_unsubscribe", "p1@example.com"), what="the replayed event")
 
         metrics = httpx.get(f"{d.url}/metrics").text
         assert 'syncd_webhook_deliveries_total{outcome="delivered",webhook="app"}' in metrics
@@ -278,13 +278,13 @@ def test_webhooks_are_signed_retried_dead_lettered_replayed_and_survive_sigkill(
 
         e.status = 503  # then the daemon is killed with the event undelivered
         at_provider(emulator, "unsubscribe", "p2@example.com")
-        wait_for(lambda: e.tries("unsubscribe", "p2@example.com") >= 1, what="an attempt")
+        wait_for(lambda: e.tries("list_unsubscribe", "p2@example.com") >= 1, what="an attempt")
     finally:
         d.stop(signal.SIGKILL)
     e.status = 200
     d.start()
     try:
-        wait_for(lambda: e.got("unsubscribe", "p2@example.com"), what="delivery after SIGKILL")
+        wait_for(lambda: e.got("list_unsubscribe", "p2@example.com"), what="delivery after SIGKILL")
     finally:
         assert d.stop() == 0
     assert not e.bad
@@ -321,7 +321,7 @@ def test_two_replicas_on_one_postgresql_store_never_deliver_an_event_twice(
     # per contact, in the order recorded: the sign-up before the unsubscribe
     for i in range(0, n, 2):
         kinds = [x["kind"] for x in e.delivered if x["key"] == f"s{i}@example.com"]
-        assert kinds == ["signup", "unsubscribe"]
+        assert kinds == ["signup", "list_unsubscribe"]  # the list left at the provider
     assert not e.bad
 
 
