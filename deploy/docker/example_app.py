@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -74,5 +76,12 @@ def main() -> None:
         time.sleep(PERIOD)
 
 
+def stop_on_sigterm() -> None:
+    """Exit 0 on SIGTERM. As a container's PID 1 a process gets no default action for SIGTERM:
+    without a handler `docker stop` would wait its whole grace period, then kill it."""
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
+
+
 if __name__ == "__main__":
+    stop_on_sigterm()
     main()
