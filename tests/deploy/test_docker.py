@@ -15,12 +15,14 @@ where SYNCD_TEST_DOCKER_REQUIRED=1 (.ci/run sets it): there it fails.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -148,20 +150,23 @@ def build(builder: str, base: str, request: pytest.FixtureRequest) -> str:
         return _built[builder]
     tag = f"syncd-test:{builder}"
     started = time.monotonic()
-    result = docker(
-        "build",
-        "--network",
-        "host",
-        "--build-arg",
-        f"PYTHON_IMAGE={base}",
-        "-f",
-        str(DOCKERFILE),
-        "-t",
-        tag,
-        str(ROOT),
-        builder=builder,
-        timeout=900,
-    )
+    # One build at a time across test workers: the second finds every step in the cache.
+    with (Path(tempfile.gettempdir()) / "syncd-test-docker-build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = docker(
+            "build",
+            "--network",
+            "host",
+            "--build-arg",
+            f"PYTHON_IMAGE={base}",
+            "-f",
+            str(DOCKERFILE),
+            "-t",
+            tag,
+            str(ROOT),
+            builder=builder,
+            timeout=900,
+        )
     output = result.stdout + result.stderr
     if builder == "buildkit" and "buildx component is missing" in output:
         unavailable(f"{DOCKER} has no BuildKit (Docker's client without the buildx plugin)")
