@@ -25,6 +25,8 @@ import hashlib
 import hmac
 import json
 import os
+import signal
+import sys
 import threading
 import time
 import urllib.request
@@ -184,5 +186,12 @@ def main() -> None:
         time.sleep(PERIOD)
 
 
+def stop_on_sigterm() -> None:
+    """Exit 0 on SIGTERM. As a container's PID 1 a process gets no default action for SIGTERM:
+    without a handler `docker stop` would wait its whole grace period, then kill it."""
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
+
+
 if __name__ == "__main__":
+    stop_on_sigterm()
     main()

@@ -198,16 +198,19 @@ def test_dockerfile_is_multi_stage_on_a_pinned_slim_python_and_installs_a_wheel(
             )
     build = stages[0]
     assert any(re.search(r"\bpip wheel\b", run) for run in build.all("RUN"))
-    assert build.name and any(
-        f"from={build.name}" in run or f"--from={build.name}" in run
-        for run in runtime.all("RUN") + runtime.all("COPY")
-    ), "the runtime stage must take the wheels from the build stage"
-    install = [run for run in runtime.all("RUN") if re.search(r"\bpip install\b", run)]
+    # the build stage installs the wheels it built, and only those, into a virtualenv that the
+    # runtime stage copies whole (a COPY --from works with the legacy builder; RUN --mount not)
+    install = [run for run in build.all("RUN") if re.search(r"\bpip install\b", run)]
     assert install and all("--no-index" in run for run in install), install
+    venv = re.search(r"\bvenv (/\S+)", " ".join(build.all("RUN")))
+    assert venv, "the build stage installs into a virtualenv"
+    assert build.name and f"--from={build.name} {venv[1]} {venv[1]}" in runtime.all("COPY"), (
+        "the runtime stage must take the installed virtualenv from the build stage"
+    )
     # one image for both stores: the PostgreSQL driver is built and installed with syncd
     assert any(re.search(r"pip wheel\b.*\[postgres\]", run) for run in build.all("RUN"))
     assert any("syncd[postgres]" in run for run in install), install
-    assert not any("pip wheel" in run or "setup.py" in run for run in runtime.all("RUN"))
+    assert not any("pip " in run or "setup.py" in run for run in runtime.all("RUN"))
     assert "syncd" not in copy_sources(runtime), "the runtime stage gets syncd as a wheel only"
 
 
@@ -623,11 +626,13 @@ def test_container_command_runs_as_nobody_with_only_the_state_dir_writable(
     config_file.chmod(0o644)
 
     base = emulator_for(env_file["UNISENDER_API_KEY"])
+    path = "/usr/local/bin:/usr/bin:/bin"
     env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "PATH": path,
         "HOME": f"{prefix}{STATE}",  # the image's syncd user has its home in the volume
         "LANG": "C.UTF-8",
-        **{k: local(v) for k, v in image_env.items()},
+        # ENV PATH=/opt/syncd/bin:$PATH extends the base image's PATH
+        **{k: local(v).replace("$PATH", path) for k, v in image_env.items()},
         **env_file,
         "UNISENDER_BASE_URL": f"{base}/en/api",
     }
