@@ -15,6 +15,7 @@ where SYNCD_TEST_DOCKER_REQUIRED=1 (.ci/run sets it): there it fails.
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
@@ -249,6 +250,9 @@ def test_the_image_syncs_its_inbox_healthy_as_uid_10001_on_a_read_only_root_and_
             "--read-only", "--volume", f"{names['volume']}:/var/lib/syncd",
             "--env", f"UNISENDER_API_KEY={API_KEY}", "--env", "UNISENDER_LIST_ID=1",
             "--env", "UNISENDER_BASE_URL=http://127.0.0.1:8765/en/api",
+            # the shipped config also takes contacts over HTTP and signs webhooks
+            "--env", "SYNCD_INGEST_TOKEN=docker-test-token",
+            "--env", f"SYNCD_WEBHOOK_SECRET=whsec_{base64.b64encode(b'x' * 32).decode()}",
             image,
         )
     )  # fmt: skip
