@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,7 @@ from syncd.emulators.kit import (
     fault_means_later,
     key_accepted,
 )
+from syncd.emulators.kit.hooks import HookPolicy, HookSender
 
 CONTACT_FIELDS = ("first_name", "last_name", "param1", "param2", "param3", "param4", "param5")
 MAX_DELETE = 200  # "Delete contacts": 1 to 200 numbers per call
@@ -103,6 +105,11 @@ class OctopushEmulator(EmulatorControls):
         self.lists: set[str] = set()
         self.blacklist: set[str] = set()
         self.refused: dict[str, str] = {}  # number -> the message its refusal carries
+        # "Opt-out (STOP) callbacks": a URL set in the customer interface (here an admin route),
+        # answered within about 1 s; retries are not documented: one attempt [ASSUMED]
+        self.callback_url: str | None = None
+        self.callbacks = HookSender(HookPolicy(timeout=1.0, retry_interval=1.0, give_up_after=0.0))
+        self._stops = 0
         self._methods: dict[str, Callable[[dict[str, Any]], httpx.Response]] = {
             "contact/create": self._create_contacts,
             "contact/delete": self._delete_contacts,
@@ -154,7 +161,31 @@ class OctopushEmulator(EmulatorControls):
         if op == "blacklist":
             self.add_to_blacklist(str(body["phone_number"]))
             return {}
+        if op == "callbacks":  # the customer interface's "Callbacks" URL, and the switches
+            self.callback_url = body.get("url") or None
+            self.callbacks.policy.update({k: v for k, v in body.items() if k != "url"})
+            return {"url": self.callback_url, "deliveries": self.callbacks.summary()}
+        if op == "stop":
+            return self.stop(str(body["number"]), str(body.get("text", "STOP")))
         return None
+
+    def stop(self, number: str, text: str = "STOP") -> dict[str, Any]:
+        """The person answered STOP to a message: the number is opted out (blacklisted) and the
+        opt-out callback is POSTed ("Opt-out (STOP) callbacks": message_id, number, text,
+        stop_date ``Y-m-d H:i:s``)."""
+        with self._lock:
+            self.blacklist.add(number)
+            self._stops += 1
+            body = {
+                "message_id": f"sms_{self._stops:013x}",  # [ASSUMED] the tickets' shape
+                "number": number,
+                "text": text,
+                "stop_date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+            }
+            url = self.callback_url
+        if url is not None:
+            self.callbacks.send(url, body)
+        return body
 
     def fault_answer(self, code: str, headers: dict[str, str] | None) -> httpx.Response:
         if fault_means_later(code):

@@ -52,6 +52,7 @@ from syncd.emulators.unisender_account import (
     UnisenderAccount,
     error_response,
 )
+from syncd.emulators.unisender_hooks import Hooks
 from syncd.emulators.unisender_import import (
     MAX_TAGS,
     apply_lists,
@@ -63,7 +64,8 @@ from syncd.emulators.unisender_import import (
 )
 
 WRITE_METHODS = frozenset(
-    "importContacts createList createField deleteField exclude unsubscribe subscribe".split()  # noqa: SIM905
+    "importContacts createList createField deleteField exclude unsubscribe subscribe "  # noqa: SIM905
+    "setHook removeHook".split()
 )
 MAX_EXPORT_PAGE = 1000  # §1.5: legacy exportContacts page
 MAX_GET_URL = 8192  # [ASSUMED] a web server's request-line limit (see ``_answer``)
@@ -130,6 +132,7 @@ class UnisenderEmulator(UnisenderAccount):
         self._limits = _Windows(rate_limit_per_minute)  # §1.3: 1200/min per key and per IP
         self._export_limits = _Windows(export_rate_limit)  # §1.3: async export 20 per 60 s
         self.tasks: dict[str, ExportTask] = {}
+        self.hooks = Hooks(api_key)  # setHook & co, and the events they receive
 
     # ---- the HTTP entry point -------------------------------------------------------------
 
@@ -244,7 +247,22 @@ class UnisenderEmulator(UnisenderAccount):
             "exportContacts": self._api_export_page,
             "async/exportContacts": self._api_export_async,
             "async/getTaskResult": self._api_task_result,
+            "setHook": lambda p, r: self.hooks.set_hook(p),
+            "listHooks": lambda p, r: self.hooks.list_hooks(),
+            "removeHook": lambda p, r: self.hooks.remove_hook(p),
         }
+
+    # ---- admin routes: a contact's change also notifies the hooks --------------------------
+
+    def admin_post(self, op: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        if op == "hooks":  # the delivery policy and switches; answers what was delivered
+            self.hooks.sender.policy.update(body)
+            return {"hooks": self.hooks.list_hooks(), "deliveries": self.hooks.sender.summary()}
+        event = _event_of(body) if op == "contact" else None
+        answer = super().admin_post(op, body)
+        if event is not None:
+            self.hooks.emit(*event)
+        return answer
 
     def _api_delete_field(self, p: pp.Params, r: httpx.Request) -> dict[str, Any]:
         field_id = int_arg(p, "id", None)
@@ -435,6 +453,24 @@ class UnisenderEmulator(UnisenderAccount):
         if done:  # served by this emulator, on the host the client used
             result["file_to_download"] = f"{host}/_files/{task.uuid}.csv"
         return result
+
+
+def _event_of(body: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The event an admin route's contact action makes (``unisender_hooks.EVENT_NAMES``)."""
+    action, email = body.get("action"), str(body.get("email", "")).strip().lower()
+    list_id = body.get("list_id")
+    if action == "unsubscribe" and list_id is not None:
+        return "list_unsubscribe", {"email": email, "list_id": int(list_id)}
+    if action in ("unsubscribe", "block"):
+        status = "blocked" if action == "block" else "unsubscribed"
+        return "status", {"email": email, "email_status": status}
+    if action == "sign_up":
+        return "subscribe", {"email": email, "list_id": int(body["list_id"])}
+    if action in ("edit", "set_tags", "change_email"):
+        return "update", {"email": email}
+    if action == "delete":
+        return "delete", {"email": email}
+    return None
 
 
 def _host_of(request: httpx.Request) -> str:
