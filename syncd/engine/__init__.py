@@ -46,8 +46,8 @@ from syncd.engine.stage import stage_and_diff
 from syncd.engine.state import CycleState
 from syncd.errors import MassDeleteRefused, ProviderError, ProviderUnreachable, Stopped
 from syncd.providers.base import Provider
-from syncd.store import mirror
-from syncd.store.models import StageLocal, StageRemote
+from syncd.store import mirror, seen
+from syncd.store.models import Base
 
 log = logging.getLogger("syncd.engine")
 
@@ -73,7 +73,7 @@ def run_cycle(
         with Session(db) as session:
             try:
                 stage_and_diff(session, cycle)
-                cycle.owners = find_owners(session, target.name, cycle.view, cycle.rules)
+                cycle.owners = find_owners(session, cycle)
                 _guard(session, cycle)
                 _execute(session, cycle)
             finally:
@@ -81,7 +81,7 @@ def run_cycle(
                     # plan writes nothing anywhere: what is not committed goes back, and the
                     # export's scratch rows (committed as they streamed in) go
                     session.rollback()
-                    mirror.clear_stage(session, target.name)
+                    seen.clear_scratch(session, target.name)
         cycle.confirm_lease()  # with nothing to push, no check between batches has run
         result.conclude(dry)
     except MassDeleteRefused as exc:
@@ -126,8 +126,12 @@ def _guard(session: Session, cycle: CycleState) -> None:
     # creates' answers were lost has contacts at the provider and little base, and deleting a
     # few of them is no mass delete.
     sizes = {
-        "remote": mirror.count_rows(session, StageRemote, target.name),
-        "local": mirror.count_rows(session, StageLocal, target.name),
+        "remote": (
+            seen.remote_count(session, target.name)
+            if cycle.remote_read
+            else mirror.count_rows(session, Base, target.name)
+        ),
+        "local": seen.local_counts(session, target.name)[0],
     }
     for side, n in (("remote", remote_deletes), ("local", local_removes)):
         limit = target.max_delete_fraction * sizes[side]
@@ -168,4 +172,4 @@ def _execute(session: Session, cycle: CycleState) -> None:
             mirror.drop_in_flight(session, target.name)
         session.commit()
         # a million staged rows go in committed chunks: never one long hold of the write lock
-        mirror.clear_stage(session, target.name)
+        seen.clear_scratch(session, target.name)

@@ -38,6 +38,9 @@ class CycleState:
     owners: Owners = field(default_factory=Owners)  # remote rows that are syncd's own
     pending: dict[str, Decision] = field(default_factory=dict)  # batched, awaiting their answer
     held_keys: set[str] = field(default_factory=set)  # their rejection or conflict stays
+    # the remote side is this cycle's complete export (``remote_seen``), not the base standing
+    # in for it (no export, or one that did not complete: rule 1)
+    remote_read: bool = False
 
     @classmethod
     def start(

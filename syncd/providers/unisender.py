@@ -60,6 +60,7 @@ from syncd.providers.base import (
     RemoteContact,
     RowChange,
     RowOutcome,
+    fingerprinter,
 )
 from syncd.providers.http import HttpProvider, NotJson, answer_count, answer_json
 from syncd.providers.spec import NoSettings, ProviderSpec, Starter
@@ -154,6 +155,7 @@ class UnisenderProvider(HttpProvider):
     def configure(self, target: TargetConfig) -> None:
         self.name = target.provider
         self.skipped_rows = 0  # export rows whose key could not be normalised (last export)
+        self._header_index: dict[str, int] = {}  # the export's columns, from its header row
         self._key = target.key  # "email" or "phone": the column family every call uses
         self._list_id = target.list_id
         self._api_key = target.api_key.get_secret_value()
@@ -530,24 +532,45 @@ class UnisenderProvider(HttpProvider):
         return list(dict.fromkeys([*system, *self.target.remote_fields]))
 
     def export(self) -> Iterator[RemoteContact]:
+        for _, raw in self.export_raw(b""):
+            contact = self.read_raw(raw)
+            if contact is not None:
+                yield contact
+
+    def export_raw(self, salt: bytes) -> Iterator[tuple[int, Any]]:
+        """The rows off the wire, fingerprinted before any reading: the cells joined, under a
+        salt that includes the header (a column moved changes every row's meaning)."""
         self.skipped_rows = 0
         paged = self.target.export_mode == "paged"
         rows = self._paged_rows() if paged else self._async_rows()
         columns = self._export_columns()
         index: dict[str, int] | None = None
+        fingerprint = fingerprinter(salt)
+        width = 0
         for number, row in enumerate(rows):
             if index is None:
                 index = self._read_header(row, columns)
+                self._header_index = index
+                width = index["__width__"]
+                fingerprint = fingerprinter(salt + "\x1f".join(row).encode())
                 continue
             if not row:
                 continue  # a blank line carries no contact
-            contact = self._to_contact(row, index, number)
-            if contact is not None:
-                yield contact
+            if len(row) != width:
+                # A short or long row is a cut or garbled file (DESIGN rule 1).
+                raise ExportIncomplete(
+                    f"{self.name} export of list {self._list_id}: row {number} has {len(row)} "
+                    f"cells, the header {width}: the export looks truncated"
+                )
+            yield fingerprint("\x1f".join(row)), (row, number)
         if index is None:
             raise ExportIncomplete(
                 f"{self.name} export of list {self._list_id}: no header row: the file is empty"
             )
+
+    def read_raw(self, raw: Any) -> RemoteContact | None:
+        row, number = raw
+        return self._to_contact(row, self._header_index, number)
 
     def _read_header(self, header: Sequence[str], columns: Sequence[str]) -> dict[str, int]:
         position: dict[str, int] = {}
@@ -565,12 +588,6 @@ class UnisenderProvider(HttpProvider):
     def _to_contact(
         self, row: Sequence[str], index: Mapping[str, int], number: int
     ) -> RemoteContact | None:
-        if len(row) != index["__width__"]:
-            # A short or long row is a cut or garbled file (DESIGN rule 1).
-            raise ExportIncomplete(
-                f"{self.name} export of list {self._list_id}: row {number} has {len(row)} cells, "
-                f"the header {index['__width__']}: the export looks truncated"
-            )
         k = self._key
 
         def cell(name: str) -> str:

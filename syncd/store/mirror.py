@@ -1,21 +1,20 @@
-"""The set work of a cycle, done by the database.
+"""The mirror and a target's state in it: the base, the diff's rows, what is in flight.
 
-Each cycle stages the local projection and the remote export of one target, then asks the
-database for the keys whose three digests (local, base, remote) are not all equal. Only those
-rows ever reach Python, so a no-change cycle over a million contacts costs two streamed inserts
-and one join, and memory stays bounded whatever the list's size. A cycle does each of them in
-transactions of at most ``CHUNK`` rows (the join: one key range of at most ``CHUNK`` keys per
-side), so none holds SQLite's write lock for more than milliseconds, whatever the list's size.
+Each side as last read and the comparison that finds the keys to reconcile are in
+``syncd.store.seen``; this module has what a cycle reads and writes per key once they are
+found: the base, rows in flight or taken off the list, rejections and conflicts, and the local
+contacts themselves (``LocalView``, ``apply_remote_state``). Writes are done in transactions of
+at most ``CHUNK`` rows, so none holds SQLite's write lock for more than milliseconds.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, delete, exists, func, select, text, tuple_, update
+from sqlalchemy import Connection, delete, func, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -32,8 +31,6 @@ from syncd.store.models import (
     OffList,
     Rejection,
     StageDiff,
-    StageLocal,
-    StageRemote,
 )
 
 CHUNK = 5000
@@ -62,144 +59,6 @@ def _insert(session: Session, model: Any) -> Any:
     """A dialect insert so that upserts stay one statement on SQLite and PostgreSQL alike."""
     dialect = session.get_bind().dialect.name
     return postgresql.insert(model) if dialect == "postgresql" else sqlite.insert(model)
-
-
-def clear_stage(session: Session, target: str) -> None:
-    """Empty this target's stage tables, ``CHUNK`` rows per committed transaction, so that
-    clearing a million staged rows never holds SQLite's write lock for long."""
-    for table, column in (("stage_local", "key"), ("stage_remote", "key"), ("stage_diff", "seq")):
-        while True:
-            done = session.execute(
-                text(
-                    f"DELETE FROM {table} WHERE target = :t AND {column} IN "
-                    f"(SELECT {column} FROM {table} WHERE target = :t LIMIT :n)"
-                ),
-                {"t": target, "n": CHUNK},
-            )
-            session.commit()
-            if int(getattr(done, "rowcount", 0) or 0) < CHUNK:
-                break
-
-
-def stage_rows(
-    session: Session,
-    model: type[StageLocal] | type[StageRemote],
-    rows: Iterable[dict[str, Any]],
-    *,
-    commit_chunks: bool = False,
-) -> int:
-    """Insert rows in chunks; a key met twice keeps its first row (the export may repeat one).
-
-    ``commit_chunks``: commit after each chunk. For rows that come off the network (an export
-    of a million contacts may stream for minutes): one transaction would hold SQLite's write
-    lock all that time, and the inbox and the lease renewals would wait behind it. The stage
-    tables are this target's scratch, cleared at the start of every cycle, so a half-staged
-    export left by a crash is harmless.
-    """
-    count = 0
-    chunk: list[dict[str, Any]] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) >= CHUNK:
-            count += _flush(session, model, chunk)
-            chunk = []
-            if commit_chunks:
-                session.commit()
-    if chunk:
-        count += _flush(session, model, chunk)
-        if commit_chunks:
-            session.commit()
-    return count
-
-
-def _flush(session: Session, model: Any, chunk: list[dict[str, Any]]) -> int:
-    # the Core table, not the ORM entity: a plain executemany, without per-row ORM bookkeeping
-    session.execute(_insert(session, model.__table__).on_conflict_do_nothing(), chunk)
-    return len(chunk)
-
-
-def stage_remote_as_base(session: Session, target: str) -> None:
-    """No readable remote (push-only provider, or an incomplete export): take remote = base.
-
-    Copied one key range at a time (at most ``CHUNK`` keys), each range its own transaction.
-    """
-    for bounds, params in _key_ranges(session, target, ("base",)):
-        session.execute(
-            text(
-                "INSERT INTO stage_remote (target, key, digest, data, raw_status) "
-                f"SELECT target, key, digest, data, '' FROM base WHERE target = :t{bounds}"
-            ),
-            params,
-        )
-        session.commit()
-
-
-def _key_ranges(
-    session: Session, target: str, tables: Sequence[str]
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Cut the keys of ``tables`` (of this target) into ranges of at most ``CHUNK`` keys per
-    table: yields the SQL condition on ``key`` (to append after ``target = :t``) and its
-    parameters. Each boundary is one indexed look-up per table, read before the range's write
-    begins, so that a range's transaction costs the same whatever the list's size."""
-    low: str | None = None
-    while True:
-        ends = [
-            session.scalar(
-                text(
-                    f"SELECT key FROM {table} WHERE target = :t"
-                    + ("" if low is None else " AND key > :lo")
-                    + " ORDER BY key LIMIT 1 OFFSET :n"
-                ),
-                {"t": target, "lo": low, "n": CHUNK - 1},
-            )
-            for table in tables
-        ]
-        high = min((e for e in ends if e is not None), default=None)
-        cond = ("" if low is None else " AND key > :lo") + (
-            "" if high is None else " AND key <= :hi"
-        )
-        yield cond, {"t": target, "lo": low, "hi": high}
-        if high is None:
-            return
-        low = high
-
-
-def compute_diff(session: Session, target: str, *, commit_chunks: bool = False) -> int:
-    """Fill stage_diff with every key whose local, base and remote digests are not all equal,
-    and every key whose base still counts the exports that lacked it (``Base.unseen``): equal
-    on all sides again, it is decided once more so that its base is settled and the count ends.
-
-    ``commit_chunks``: the keys are compared one range at a time (at most ``CHUNK`` keys from
-    each side, ``_key_ranges``), each range its own transaction, so no transaction holds
-    SQLite's write lock for longer than one range's join, whatever the list's size.
-    """
-    same = "IS" if session.get_bind().dialect.name == "sqlite" else "IS NOT DISTINCT FROM"
-    ranges: Iterable[tuple[str, dict[str, Any]]] = (
-        _key_ranges(session, target, ("stage_local", "base", "stage_remote"))
-        if commit_chunks
-        else [("", {"t": target})]
-    )
-    for bounds, params in ranges:
-        session.execute(
-            text(
-                "INSERT INTO stage_diff "
-                "(target, key, local, base, remote, raw_status, opted_out_elsewhere) "
-                "SELECT :t, k.key, l.data, b.data, r.data, r.raw_status, r.opted_out_elsewhere "
-                "FROM ("
-                f"  SELECT key FROM stage_local WHERE target = :t{bounds}"
-                f"  UNION SELECT key FROM base WHERE target = :t{bounds}"
-                f"  UNION SELECT key FROM stage_remote WHERE target = :t{bounds}) AS k "
-                "LEFT JOIN stage_local l ON l.target = :t AND l.key = k.key "
-                "LEFT JOIN base b ON b.target = :t AND b.key = k.key "
-                "LEFT JOIN stage_remote r ON r.target = :t AND r.key = k.key "
-                f"WHERE NOT (l.digest {same} b.digest AND r.digest {same} b.digest) "
-                "OR b.unseen > 0"
-            ),
-            params,
-        )
-        if commit_chunks:
-            session.commit()
-    return count_rows(session, StageDiff, target)
 
 
 def count_rows(session: Session, model: Any, target: str) -> int:
@@ -298,7 +157,7 @@ def count_unseen(session: Session, target: str, keys: Sequence[str]) -> None:
 def projections(
     session: Session, model: Any, target: str, keys: Sequence[str]
 ) -> dict[str, Projection]:
-    """The staged or base rows of these keys (``model``: StageLocal, StageRemote or Base)."""
+    """These keys' rows of one side (``model``: LocalSeen, RemoteSeen or Base)."""
     found: dict[str, Projection] = {}
     for i in range(0, len(keys), 500):
         rows = session.execute(
@@ -525,33 +384,6 @@ def _members_query(view: LocalView) -> Any:
         .join(Membership, col(Membership.contact_id) == col(Contact.id))
         .where(col(Membership.list_name) == view.local_list, col(Contact.deleted) == False)  # noqa: E712
     )
-
-
-def iter_local_members(session: Session, view: LocalView) -> Iterator[list[MemberRow]]:
-    """Every live contact on the target's local list, in id order, a page of ``CHUNK`` plain
-    rows at a time (no ORM objects: a million of them would cost more than the rest of the
-    cycle). Each page is read whole by keyset on the id, so no read stays open across the
-    caller's writes and commits: on SQLite an open read would pin a snapshot, and the next
-    write after another connection's commit fails at once with "database is locked"."""
-    # driven by the contact's id (a range of its primary key) with membership as a look-up:
-    # joined the other way, every page would read and sort the whole list
-    member = exists().where(
-        col(Membership.contact_id) == col(Contact.id),
-        col(Membership.list_name) == view.local_list,
-    )
-    last = 0
-    while True:
-        stmt = (
-            select(*_member_columns(view), col(Contact.id))
-            .where(member, col(Contact.deleted) == False, col(Contact.id) > last)  # noqa: E712
-            .order_by(col(Contact.id))
-            .limit(CHUNK)
-        )
-        rows = session.execute(stmt).all()
-        if not rows:
-            return
-        last = rows[-1][-1] or last
-        yield [MemberRow(*row[:-1]) for row in rows]
 
 
 def local_members(session: Session, view: LocalView, keys: Sequence[str]) -> list[MemberRow]:

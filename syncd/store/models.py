@@ -8,7 +8,10 @@
   many exports have lacked a key deleted locally (``unseen``, the local delete's tombstone).
 - ``in_flight``: creates and updates sent whose answer has not been read (lost answers).
 - ``off_list``: contacts syncd took off a list while the provider keeps them, tags and all.
-- ``stage_local`` / ``stage_remote`` / ``stage_diff``: per-cycle scratch tables so that the
+- ``local_seen`` / ``remote_seen`` / ``seen_salt`` / ``dirty``: each side as last read, and the
+  keys written since they were last compared, so that a cycle projects, parses and compares
+  only what moved (``syncd.engine.stage``).
+- ``stage_new`` / ``stage_gone`` / ``stage_diff``: per-cycle scratch tables so that the
   three-way comparison is a set operation done by the database, not a Python dict of the list.
 - ``run``, ``rejection``, ``conflict``: what cycles did (and which process did it), rows the
   provider refused, and conflicts waiting for a person under ``conflict = "manual"``.
@@ -35,7 +38,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, ClassVar
 
-from sqlalchemy import Index
+from sqlalchemy import BigInteger, Index, text
 from sqlmodel import Field, SQLModel
 
 
@@ -77,6 +80,16 @@ class Membership(SQLModel, table=True):
 
 
 class Base(SQLModel, table=True):
+    # the keys whose local delete waits for more exports: compared every cycle, found by index
+    __table_args__ = (
+        Index(
+            "ix_base_unseen",
+            "target",
+            "key",
+            sqlite_where=text("unseen > 0"),
+            postgresql_where=text("unseen > 0"),
+        ),
+    )
     target: str = Field(primary_key=True)
     key: str = Field(primary_key=True)
     digest: str
@@ -119,23 +132,79 @@ class OffList(SQLModel, table=True):
     data: str  # the remote projection when it left the list
 
 
-class _Staged(SQLModel):
-    """One side's projection of a contact, staged for a cycle's comparison (not a table)."""
+class LocalSeen(SQLModel, table=True):
+    """A target's projection of one local contact, made by a cycle.
+
+    Triggers (migration 0011) delete a contact's rows whenever the contact or one of its
+    memberships is written, so a row that is here is still right and a cycle projects only the
+    members without one. ``key`` is None for a member this target cannot match (a phone
+    target, no phone).
+    """
+
+    __tablename__ = "local_seen"
+    __table_args__ = (Index("ix_local_seen_target_key", "target", "key"),)
+    contact_id: int = Field(primary_key=True)
+    target: str = Field(primary_key=True)
+    key: str | None = None
+    digest: str | None = None
+    data: str | None = None
+
+
+class RemoteSeen(SQLModel, table=True):
+    """The export row of a key as the last complete export showed it, with the fingerprint of
+    its raw cells (``fp``, salted by ``seen_salt``): read again unchanged, it is not parsed
+    again."""
+
+    __tablename__ = "remote_seen"
+    __table_args__ = (Index("ix_remote_seen_target_fp", "target", "fp"),)
+    target: str = Field(primary_key=True)
+    key: str = Field(primary_key=True)
+    fp: int = Field(sa_type=BigInteger)
+    digest: str
+    data: str
+    raw_status: str
+    opted_out_elsewhere: bool
+
+
+class SeenSalt(SQLModel, table=True):
+    """What shaped a side's rows besides the contacts (field mapping, capabilities, the reading
+    code's version). A different salt throws that side's rows away."""
+
+    __tablename__ = "seen_salt"
+    target: str = Field(primary_key=True)
+    side: str = Field(primary_key=True)  # local | remote
+    salt: str
+
+
+class Dirty(SQLModel, table=True):
+    """A key whose local, base or remote row was written since it was last compared (filled by
+    triggers, migration 0011). Every other key is equal on all three sides."""
 
     target: str = Field(primary_key=True)
     key: str = Field(primary_key=True)
+
+
+class StageNew(SQLModel, table=True):
+    """An export row this cycle read that ``remote_seen`` does not have (new or changed), kept
+    until the export has completed (rule 1) and folded in then."""
+
+    __tablename__ = "stage_new"
+    target: str = Field(primary_key=True)
+    seq: int = Field(primary_key=True)  # the row's place in the export: the first of a key wins
+    key: str
+    fp: int = Field(sa_type=BigInteger)
     digest: str
     data: str
+    raw_status: str
+    opted_out_elsewhere: bool
 
 
-class StageLocal(_Staged, table=True):
-    __tablename__ = "stage_local"
+class StageGone(SQLModel, table=True):
+    """A fingerprint of ``remote_seen`` this cycle's export no longer had."""
 
-
-class StageRemote(_Staged, table=True):
-    __tablename__ = "stage_remote"
-    raw_status: str = ""
-    opted_out_elsewhere: bool = Field(default=False, sa_column_kwargs={"server_default": "0"})
+    __tablename__ = "stage_gone"
+    target: str = Field(primary_key=True)
+    fp: int = Field(primary_key=True, sa_type=BigInteger)
 
 
 class StageDiff(SQLModel, table=True):

@@ -106,15 +106,15 @@ def test_the_store_stays_writable_while_an_export_streams(
 
     def provider(config: Config, target: TargetConfig) -> Provider:
         adapter = world.provider(config, target)
-        export = adapter.export
+        export = adapter.export_raw
 
-        def export_with_a_writer_meanwhile() -> Iterator[Any]:
-            for n, row in enumerate(export()):
+        def export_with_a_writer_meanwhile(salt: bytes) -> Iterator[Any]:
+            for n, row in enumerate(export(salt)):
                 if n == 75:  # the first chunk is staged; the export goes on
                     writes.append(another_writer(world))
                 yield row
 
-        adapter.export = export_with_a_writer_meanwhile  # type: ignore[method-assign]
+        adapter.export_raw = export_with_a_writer_meanwhile  # type: ignore[method-assign]
         return adapter
 
     (r,) = cycles.run_once(world.config, db=world.db, options=CycleOptions(), providers=provider)
@@ -125,24 +125,29 @@ def test_the_store_stays_writable_while_an_export_streams(
 def test_the_store_stays_writable_while_the_local_side_stages_and_the_diff_runs(
     world: World, monkeypatch: pytest.MonkeyPatch
 ):
-    """Staging the mirror's side and comparing the sides are as long as the list: in one
+    """Projecting the mirror's side and comparing the sides can be as long as the list: in one
     transaction they would hold SQLite's write lock all that time. Another writer (an inbox
-    file, a lease renewal) with a short patience gets through between their chunks."""
+    file, a lease renewal) with a short patience gets through between their chunks: each
+    chunk takes the lock anew (``take_write_turn``), and the writer runs just before."""
     if world.db.dialect.name != "sqlite":
         pytest.skip("PostgreSQL has no store-wide write lock")
     monkeypatch.setattr(mirror, "CHUNK", 50)  # several chunks and key ranges from a small list
     world.add_local(120)
     world.cycle()
-    world.add_local(10, start=120)  # something to push, too
+    world.add_local(130, start=120)  # three chunks to project, and something to push
     writes: list[str] = []
-    seen: dict[str, int] = {}
+    turns = {"project": 0, "compare": 0}
 
     def before_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        for table in ("stage_local", "stage_diff"):
-            if statement.startswith(f"INSERT INTO {table} "):
-                seen[table] = seen.get(table, 0) + 1
-                if seen[table] == 2:  # the first chunk (or key range) is done; more follow
-                    writes.append(another_writer(world))
+        if statement.startswith("SELECT c.id FROM contact c"):
+            phase = "project"  # the next page of members to project is looked for
+        elif statement.startswith("SELECT key FROM dirty"):
+            phase = "compare"  # the next range of keys is being compared
+        else:
+            return
+        turns[phase] += 1
+        if turns[phase] == 2:  # one chunk (or range) is done; more follow
+            writes.append(another_writer(world))
 
     event.listen(world.db, "before_cursor_execute", before_execute)
     try:
@@ -272,7 +277,7 @@ def test_plan_writes_nothing_anywhere(world: World):
     assert world.import_calls() == 0 and world.remote() == {}
     assert world.local() == before_local
     with world.db.connect() as conn:  # not even the export's scratch rows, staged as they came
-        for table in ("stage_remote", "stage_local", "stage_diff", "base"):
+        for table in ("stage_new", "stage_gone", "stage_diff", "base"):
             assert conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar() == 0, table
     real = world.cycle()
     assert real.summary()["created"] == 7  # the dry run left no base behind

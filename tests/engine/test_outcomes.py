@@ -35,15 +35,15 @@ def cycle_with_export_hook(world: World, hook: Any, **options: Any) -> CycleResu
 
     def provider(config: Config, target: TargetConfig) -> Provider:
         adapter = world.provider(config, target)
-        export = adapter.export
+        export = adapter.export_raw
 
-        def export_and_hook() -> Iterator[Any]:
-            for i, row in enumerate(export()):
+        def export_and_hook(salt: bytes) -> Iterator[Any]:
+            for i, row in enumerate(export(salt)):
                 if i == 0:
                     hook()
                 yield row
 
-        adapter.export = export_and_hook  # type: ignore[method-assign]
+        adapter.export_raw = export_and_hook  # type: ignore[method-assign]
         return adapter
 
     (result,) = cycles.run_once(

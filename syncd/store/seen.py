@@ -1,0 +1,358 @@
+"""Each side of a target as last read, and the keys that may differ: the set work of a cycle.
+
+A cycle over a million contacts where nothing changed should cost little more than reading the
+export. Three persistent tables make that so (migration 0011 has the triggers):
+
+- ``local_seen``: the projection of every member, made once. The database deletes a contact's
+  rows whenever the contact or one of its memberships is written, so a cycle projects only the
+  members that have none (``members_to_project``).
+- ``remote_seen``: the last complete export, one row per key, with a fingerprint of each row's
+  raw cells. A cycle parses only the rows whose fingerprint it does not know, and folds them in
+  (``fold_export``) only once the export has completed (rule 1).
+- ``dirty``: every key whose local, base or remote row was written since it was last compared.
+  Every other key is equal on all three sides, so ``compute_diff`` compares only these, and
+  clears those it finds equal.
+
+Writes go through the driver's ``executemany`` (``_many``): at a million rows SQLAlchemy's
+per-row parameter work would cost more than the rows themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.orm import Session
+
+from syncd.store import mirror
+from syncd.store.mirror import LocalView, MemberRow, take_write_turn
+
+#: bump when the reading of either side changes, so that rows read by the old code are dropped
+READING_VERSION = "1"
+
+_DIRTY_LOCK = "LOCK TABLE dirty IN SHARE ROW EXCLUSIVE MODE"
+
+
+def salt_of(*parts: object) -> str:
+    """A short digest of what shaped a side's rows (never the parts themselves: a target's
+    settings may hold a credential)."""
+    text_ = "\x1f".join([READING_VERSION, *map(repr, parts)])
+    return hashlib.blake2b(text_.encode(), digest_size=16).hexdigest()
+
+
+def _many(session: Session, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """``executemany`` straight through the driver (``?`` placeholders)."""
+    if not rows:
+        return
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        sql = sql.replace("?", "%s")
+    connection.exec_driver_sql(sql, list(rows))
+
+
+def _delete_in_chunks(session: Session, table: str, target: str) -> None:
+    column = "contact_id" if table == "local_seen" else "key"
+    while True:
+        done = session.execute(
+            text(
+                f"DELETE FROM {table} WHERE target = :t AND {column} IN "
+                f"(SELECT {column} FROM {table} WHERE target = :t LIMIT :n)"
+            ),
+            {"t": target, "n": mirror.CHUNK},
+        )
+        session.commit()
+        if int(getattr(done, "rowcount", 0) or 0) < mirror.CHUNK:
+            return
+
+
+def check_salt(session: Session, target: str, side: str, salt: str) -> bool:
+    """Drop this side's rows if they were made under another salt; True if they were."""
+    stored = session.scalar(
+        text("SELECT salt FROM seen_salt WHERE target = :t AND side = :s"),
+        {"t": target, "s": side},
+    )
+    if stored == salt:
+        return False
+    _delete_in_chunks(session, "local_seen" if side == "local" else "remote_seen", target)
+    session.execute(
+        text("DELETE FROM seen_salt WHERE target = :t AND side = :s"), {"t": target, "s": side}
+    )
+    session.execute(
+        text("INSERT INTO seen_salt (target, side, salt) VALUES (:t, :s, :v)"),
+        {"t": target, "s": side, "v": salt},
+    )
+    session.commit()
+    return stored is not None
+
+
+# --- the local side -----------------------------------------------------------------------
+
+
+def members_to_project(session: Session, target: str, view: LocalView) -> Iterator[list[int]]:
+    """The ids of the live members of the view's list that have no ``local_seen`` row for this
+    target, in id order, a page of at most ``CHUNK`` at a time. Driven by the contact's primary
+    key with the membership and the seen row as look-ups, so a list where nothing changed is
+    one scan that returns nothing and sorts nothing. Each page is a read of its own, ended
+    before it is handed out: no read stays open across the caller's writes, and the scan never
+    holds the write lock."""
+    sql = text(
+        "SELECT c.id FROM contact c WHERE c.id > :last AND c.deleted = :no "
+        "AND EXISTS (SELECT 1 FROM membership m WHERE m.contact_id = c.id AND m.list_name = :l) "
+        "AND NOT EXISTS (SELECT 1 FROM local_seen s WHERE s.contact_id = c.id AND s.target = :t) "
+        "ORDER BY c.id LIMIT :n"
+    )
+    last = 0
+    while True:
+        params = {"l": view.local_list, "t": target, "last": last, "no": False, "n": mirror.CHUNK}
+        ids = list(session.scalars(sql, params))
+        session.commit()
+        if not ids:
+            return
+        last = ids[-1]
+        yield ids
+
+
+Projected = tuple[str | None, str | None, str | None]  # key, digest, data (all None: no key)
+
+
+def project_members(
+    session: Session,
+    target: str,
+    view: LocalView,
+    ids: Sequence[int],
+    project: Callable[[MemberRow], Projected],
+) -> int:
+    """Project these members and record it, in one transaction that holds off every writer of
+    their rows from the read to the commit (``take_write_turn``, which every writer of the
+    local contacts takes): an edit committed in between would find no row to delete, and its
+    contact would keep the projection of the state before it. Returns how many were
+    projected (members that gained a row or left the list since the scan are skipped)."""
+    take_write_turn(session)
+    projected = _project(session, target, view, ids, project)
+    session.commit()
+    return projected
+
+
+def _project(
+    session: Session,
+    target: str,
+    view: LocalView,
+    ids: Sequence[int],
+    project: Callable[[MemberRow], Projected],
+) -> int:
+    if not ids:
+        return 0
+    rows = session.execute(
+        text(
+            "SELECT c.id, c.email, c.phone, c.fields, c.tags, c.status, c.ref, m.state "
+            "FROM contact c JOIN membership m ON m.contact_id = c.id AND m.list_name = :l "
+            "WHERE c.id IN :ids AND c.deleted = :no AND NOT EXISTS "
+            "(SELECT 1 FROM local_seen s WHERE s.contact_id = c.id AND s.target = :t)"
+        ).bindparams(bindparam("ids", expanding=True)),
+        {"l": view.local_list, "t": target, "ids": list(ids), "no": False},
+    ).all()
+    _many(
+        session,
+        "INSERT INTO local_seen (contact_id, target, key, digest, data) VALUES (?, ?, ?, ?, ?)",
+        [(row[0], target, *project(MemberRow(*row[1:]))) for row in rows],
+    )
+    return len(rows)
+
+
+def local_counts(session: Session, target: str) -> tuple[int, int]:
+    """(members this target matches, members it cannot match for want of a key)."""
+    row = session.execute(
+        text("SELECT count(key), count(*) - count(key) FROM local_seen WHERE target = :t"),
+        {"t": target},
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+# --- the remote side ----------------------------------------------------------------------
+
+
+def remote_fingerprints(session: Session, target: str) -> array[int]:
+    """The fingerprints of the last complete export, sorted (8 bytes each: a million rows take
+    8 MB, and a sorted array is searched in C with ``bisect``)."""
+    found = array("q")
+    result = session.execute(
+        text("SELECT fp FROM remote_seen WHERE target = :t ORDER BY fp"), {"t": target}
+    )
+    while batch := result.fetchmany(mirror.CHUNK):
+        found.extend(row[0] for row in batch)
+    return found
+
+
+def stage_new(session: Session, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Export rows not known by their fingerprint: (target, seq, key, fp, digest, data,
+    raw_status, opted_out_elsewhere)."""
+    _many(
+        session,
+        "INSERT INTO stage_new (target, seq, key, fp, digest, data, raw_status, "
+        "opted_out_elsewhere) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+
+
+def stage_gone(session: Session, target: str, fps: Sequence[int]) -> None:
+    _many(
+        session,
+        "INSERT INTO stage_gone (target, fp) VALUES (?, ?)",
+        [(target, fp) for fp in fps],
+    )
+
+
+def fold_export(session: Session, target: str) -> None:
+    """The export completed: make ``remote_seen`` what it showed. Rows no longer there go,
+    new and changed rows come in (the first of a key in the export's order, unless the key's
+    known row was read again: then that one stays). One transaction: a crash leaves the last
+    complete export in place, and the staged rows are read again by the next cycle."""
+    params = {"t": target}
+    session.execute(
+        text(
+            "DELETE FROM remote_seen WHERE target = :t AND fp IN "
+            "(SELECT fp FROM stage_gone WHERE target = :t)"
+        ),
+        params,
+    )
+    session.execute(
+        text(
+            "INSERT INTO remote_seen "
+            "(target, key, fp, digest, data, raw_status, opted_out_elsewhere) "
+            "SELECT target, key, fp, digest, data, raw_status, opted_out_elsewhere FROM ("
+            "  SELECT *, row_number() OVER (PARTITION BY key ORDER BY seq) AS nth "
+            "  FROM stage_new WHERE target = :t) AS n "
+            "WHERE nth = 1 ON CONFLICT (target, key) DO NOTHING"
+        ),
+        params,
+    )
+    session.commit()
+
+
+def remote_count(session: Session, target: str) -> int:
+    return int(
+        session.scalar(text("SELECT count(*) FROM remote_seen WHERE target = :t"), {"t": target})
+        or 0
+    )
+
+
+def clear_scratch(session: Session, target: str) -> None:
+    """Empty this target's scratch tables, ``CHUNK`` rows per committed transaction."""
+    for table, column in (("stage_new", "seq"), ("stage_gone", "fp"), ("stage_diff", "seq")):
+        while True:
+            done = session.execute(
+                text(
+                    f"DELETE FROM {table} WHERE target = :t AND {column} IN "
+                    f"(SELECT {column} FROM {table} WHERE target = :t LIMIT :n)"
+                ),
+                {"t": target, "n": mirror.CHUNK},
+            )
+            session.commit()
+            if int(getattr(done, "rowcount", 0) or 0) < mirror.CHUNK:
+                break
+
+
+# --- the comparison -----------------------------------------------------------------------
+
+
+def compute_diff(
+    session: Session,
+    target: str,
+    view: LocalView,
+    project: Callable[[MemberRow], Projected],
+    *,
+    remote_read: bool,
+    settle: bool,
+) -> int:
+    """Fill ``stage_diff`` with the keys whose local, base and remote rows are not all equal,
+    among the dirty keys and the keys whose base still counts the exports that lacked them
+    (``Base.unseen``), one range of at most ``CHUNK`` dirty keys per transaction.
+
+    ``remote_read``: the remote side is ``remote_seen``, this cycle's complete export; else the
+    base stands in for it (no export, or one that did not complete: rule 1). ``settle``: clear
+    the dirty keys found equal, in the transaction that compared them, with every writer of
+    ``dirty`` held off (SQLite: the write lock; PostgreSQL: a table lock that waits for the
+    writers in flight), so that a key written meanwhile stays dirty. Not after an incomplete
+    export: what it would have said about those keys is not known.
+
+    A member written after the scan passed it has lost its projection, and its key is dirty:
+    it is projected again here, under the lock, so that it never reads as a local delete.
+    """
+    postgres = session.get_bind().dialect.name == "postgresql"
+    same = "IS NOT DISTINCT FROM" if postgres else "IS"
+    if remote_read:
+        remote_join = "LEFT JOIN remote_seen r ON r.target = :t AND r.key = k.key "
+        remote_columns = "r.data, r.raw_status, r.opted_out_elsewhere"
+        remote_digest = "r.digest"
+    else:  # the base as it stands, as ``remote_seen`` would hold it
+        remote_join = ""
+        remote_columns = "b.data, CASE WHEN b.key IS NULL THEN NULL ELSE '' END, NULL"
+        remote_digest = "b.digest"
+    low: str | None = None
+    while True:
+        # the range's end is read before the range's transaction, which takes the lock first:
+        # on SQLite a read would pin a snapshot that the lock could find stale. Keys that
+        # become dirty meanwhile fall in this range or a later one (the last is open-ended).
+        params = {"t": target, "lo": low, "n": mirror.CHUNK - 1}
+        high = session.scalar(
+            text(
+                "SELECT key FROM dirty WHERE target = :t"
+                + ("" if low is None else " AND key > :lo")
+                + " ORDER BY key LIMIT 1 OFFSET :n"
+            ),
+            params,
+        )
+        session.commit()
+        params["hi"] = high
+        bounds = ("" if low is None else " AND key > :lo") + (
+            "" if high is None else " AND key <= :hi"
+        )
+        take_write_turn(session)
+        if postgres:
+            session.execute(text(_DIRTY_LOCK))
+        unprojected = session.scalars(
+            text(
+                f"SELECT c.id FROM dirty d JOIN contact c ON c.{view.key} = d.key "
+                f"WHERE d.target = :t{bounds.replace('key', 'd.key')} AND c.deleted = :no "
+                "AND EXISTS (SELECT 1 FROM membership m "
+                "  WHERE m.contact_id = c.id AND m.list_name = :l) "
+                "AND NOT EXISTS (SELECT 1 FROM local_seen s "
+                "  WHERE s.contact_id = c.id AND s.target = :t)"
+            ),
+            {**params, "no": False, "l": view.local_list},
+        ).all()
+        _project(session, target, view, unprojected, project)
+        session.execute(
+            text(
+                "INSERT INTO stage_diff "
+                "(target, key, local, base, remote, raw_status, opted_out_elsewhere) "
+                f"SELECT :t, k.key, l.data, b.data, {remote_columns} FROM ("
+                f"  SELECT key FROM dirty WHERE target = :t{bounds}"
+                f"  UNION SELECT key FROM base WHERE target = :t AND unseen > 0{bounds}) AS k "
+                "LEFT JOIN local_seen l ON l.target = :t AND l.key = k.key "
+                "LEFT JOIN base b ON b.target = :t AND b.key = k.key "
+                f"{remote_join}"
+                f"WHERE NOT (l.digest {same} b.digest AND {remote_digest} {same} b.digest) "
+                "OR b.unseen > 0"
+            ),
+            params,
+        )
+        if settle:
+            session.execute(
+                text(
+                    f"DELETE FROM dirty WHERE target = :t{bounds} AND key NOT IN "
+                    f"(SELECT key FROM stage_diff WHERE target = :t{bounds})"
+                ),
+                params,
+            )
+        session.commit()
+        if high is None:
+            break
+        low = high
+    return int(
+        session.scalar(text("SELECT count(*) FROM stage_diff WHERE target = :t"), {"t": target})
+        or 0
+    )
