@@ -19,7 +19,9 @@ per-row parameter work would cost more than the rows themselves.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -38,9 +40,18 @@ _DIRTY_LOCK = "LOCK TABLE dirty IN SHARE ROW EXCLUSIVE MODE"
 
 def salt_of(*parts: object) -> str:
     """A short digest of what shaped a side's rows (never the parts themselves: a target's
-    settings may hold a credential)."""
-    text_ = "\x1f".join([READING_VERSION, *map(repr, parts)])
+    settings may hold a credential). Canonical: the same settings give the same salt in every
+    process, whatever order its sets iterate in."""
+    text_ = json.dumps([READING_VERSION, *parts], sort_keys=True, default=_plain)
     return hashlib.blake2b(text_.encode(), digest_size=16).hexdigest()
+
+
+def _plain(value: object) -> object:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    return repr(value)
 
 
 def _many(session: Session, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
