@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote_plus
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
@@ -469,6 +470,33 @@ def answer_object(response: httpx.Response) -> dict[str, Any] | None:
     except NotJson:
         return None
     return body if isinstance(body, dict) else None
+
+
+# urlencode's quote_plus, as a str.translate table for ASCII text: unreserved characters stay,
+# a space becomes "+", every other character its %XX
+_FORM_UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
+_FORM_ESCAPES = {
+    c: "+" if c == 0x20 else f"%{c:02X}" for c in range(128) if c not in _FORM_UNRESERVED
+}
+
+
+def form_body(form: Mapping[str, str | Sequence[str]]) -> bytes:
+    """``form`` as an ``application/x-www-form-urlencoded`` body, byte for byte what httpx's
+    ``data=`` sends (``urlencode(form, doseq=True)``). A bulk import of 500 rows has thousands
+    of cells, and urllib's quoting of each one in Python costs more than the rest of the call:
+    ASCII text, nearly all of it, is escaped by one ``str.translate`` in C instead."""
+    parts: list[str] = []
+    for key, value in form.items():
+        name = _form_quote(key) + "="
+        if isinstance(value, str):
+            parts.append(name + _form_quote(value))
+        else:
+            parts.extend(name + _form_quote(v) for v in value)
+    return "&".join(parts).encode("ascii")
+
+
+def _form_quote(text: str) -> str:
+    return text.translate(_FORM_ESCAPES) if text.isascii() else quote_plus(text)
 
 
 _MAX_COUNT_DIGITS = 18  # a counter of rows in one call; more digits is garbage, not a count

@@ -62,7 +62,7 @@ from syncd.providers.base import (
     RowOutcome,
     fingerprinter,
 )
-from syncd.providers.http import HttpProvider, NotJson, answer_count, answer_json
+from syncd.providers.http import HttpProvider, NotJson, answer_count, answer_json, form_body
 from syncd.providers.spec import NoSettings, ProviderSpec, Starter
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,10 @@ class UnisenderProvider(HttpProvider):
         form.update(params)
         # ``send`` hands 4xx answers (but 429) to the parser too: see the module docstring.
         request = self._http.client.build_request(
-            "POST", f"{self.target.api_root}/{method}", data=form
+            "POST",
+            f"{self.target.api_root}/{method}",
+            content=form_body(form),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
         return self._http.send(
             method,

@@ -81,16 +81,21 @@ def iter_diff(session: Session, target: str, chunk: int = 2000) -> Iterator[list
     """The differing keys, chunk by chunk (keyset paging on the sequence number)."""
     last = 0
     while True:
-        rows = (
-            session.execute(
-                select(StageDiff)
-                .where(col(StageDiff.target) == target, col(StageDiff.seq) > last)
-                .order_by(col(StageDiff.seq))
-                .limit(chunk)
+        # plain rows, not ORM objects: a session would track (and expire) every one of them
+        rows = session.execute(
+            select(
+                col(StageDiff.seq),
+                col(StageDiff.key),
+                col(StageDiff.local),
+                col(StageDiff.base),
+                col(StageDiff.remote),
+                col(StageDiff.raw_status),
+                col(StageDiff.opted_out_elsewhere),
             )
-            .scalars()
-            .all()
-        )
+            .where(col(StageDiff.target) == target, col(StageDiff.seq) > last)
+            .order_by(col(StageDiff.seq))
+            .limit(chunk)
+        ).all()
         if not rows:
             return
         last = rows[-1].seq or last
