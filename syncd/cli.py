@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,8 @@ from syncd.engine.result import CycleOptions, CycleResult
 from syncd.errors import ConfigError, IngestError, ListenError, StarterExists, SyncdError
 from syncd.logs import register_secret, setup_logging
 from syncd.providers import PROVIDERS
+
+progress_log = logging.getLogger("syncd.progress")
 
 EXIT_CONFIG = 2
 
@@ -251,21 +254,38 @@ def _print_plan(r: CycleResult) -> None:
         )
 
 
+PROGRESS_LOG_EVERY = 5.0  # seconds between two progress log lines off a terminal
+
+
 @contextmanager
-def _progress() -> Iterator[Callable[[str, int], None] | None]:
-    """A live progress line on a terminal; nothing when output goes to a file or pipe."""
+def _progress() -> Iterator[Callable[[str, int, int | None], None]]:
+    """A live progress line on a terminal; off one (a file, a pipe, the journal), a log line
+    every few seconds at most, so a long run shows it is moving without flooding the log."""
     if not sys.stderr.isatty():
-        yield None
+        said = [time.monotonic()]
+
+        def log_line(stage: str, n: int, total: int | None = None) -> None:
+            now = time.monotonic()
+            if now - said[0] >= PROGRESS_LOG_EVERY:
+                said[0] = now
+                extra = {"stage": stage, "done": n, "total": total}
+                progress_log.info("%s: %s", stage, _so_far(n, total), extra=extra)
+
+        yield log_line
         return
     from rich.console import Console
 
     console = Console(stderr=True)
     with console.status("starting") as status:
 
-        def update(stage: str, n: int) -> None:
-            status.update(f"{stage}: {n:,}")
+        def update(stage: str, n: int, total: int | None = None) -> None:
+            status.update(f"{stage}: {_so_far(n, total)}")
 
         yield update
+
+
+def _so_far(n: int, total: int | None) -> str:
+    return f"{n:,}" if total is None else f"{n:,}/{total:,}"
 
 
 # --- the mirror ---------------------------------------------------------------------------

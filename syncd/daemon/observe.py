@@ -41,19 +41,19 @@ class CycleWatch:
         self.differing = 0
         status.doing(target, "exporting" if exports else "planning")
 
-    def __call__(self, stage: str, n: int) -> None:
-        if stage == "exported":
+    def __call__(self, stage: str, n: int, total: int | None = None) -> None:
+        if stage == "exporting":
+            self.status.doing(self.target, "exporting", f"exporting ({n:,} rows read)")
+        elif stage == "exported":
             self.metrics.exported(self.target)
             self.status.doing(self.target, "planning", f"planning ({n:,} contacts exported)")
         elif stage == "differing keys":
             self.differing = n
             words = f"pushing {n:,} differing keys" if n else "finishing: no differences"
             self.status.doing(self.target, "deciding", words)
-        elif stage == "calls sent":
+        elif stage == "rows sent":
             # one phase for all the calls: the first is shown at once, the rest at a pace
-            calls = "1 call" if n == 1 else f"{n:,} calls"
-            words = f"pushing {self.differing:,} differing keys, {calls} sent"
-            self.status.doing(self.target, "sending", words)
+            self.status.doing(self.target, "sending", f"pushing {n:,}/{total or n:,}")
 
 
 def remembered_runs(db: Engine) -> tuple[dict[str, float], dict[str, float]]:

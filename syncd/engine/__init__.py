@@ -121,6 +121,7 @@ def _guard(session: Session, cycle: CycleState) -> None:
                 and cycle.result.export_complete
             )
             local_removes += d.local_op == "remove"
+            cycle.planned_rows += d.remote_op is not None
     # Each side's deletions against that side's list as staged: the provider's export (the base
     # where none can be read) and the local list. Not against the base alone: a target whose
     # creates' answers were lost has contacts at the provider and little base, and deleting a

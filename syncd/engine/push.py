@@ -61,7 +61,9 @@ def push_batch(session: Session, cycle: CycleState, batch: Batch) -> None:
                 confirm_later.abandon(session, call.job.job_id, f"{type(exc).__name__}: {exc}")
                 session.commit()
             raise
+        cycle.rows_sent += len(call.rows)
         cycle.progress("calls sent", len(cycle.result.calls))  # systemd's STATUS, a terminal
+        cycle.progress("rows sent", cycle.rows_sent, max(cycle.planned_rows, cycle.rows_sent))
         if call.job is not None:
             answered.append((call.job, any(a.ok for a in answers), answers))
         for answer in answers:

@@ -25,7 +25,9 @@ from sqlmodel import Session
 from syncd.core.projection import RemoteChange
 from syncd.store.lease import Lease
 
-Progress = Callable[[str, int], None]
+#: (stage, how many so far, the total where one is known): "exporting", "exported", "staged
+#: local", "differing keys", "calls sent", "rows sent" (of the rows the plan sends)
+Progress = Callable[[str, int, int | None], None]
 
 
 @dataclass

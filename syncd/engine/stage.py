@@ -30,6 +30,8 @@ from syncd.store import mirror, seen
 
 log = logging.getLogger("syncd.engine")
 
+PROGRESS_ROWS = 100_000  # export rows between two progress reports
+
 
 def project_local(
     contact: mirror.MemberRow, view: mirror.LocalView, caps: Capabilities
@@ -110,6 +112,8 @@ def _read_export(session: Session, cycle: CycleState) -> int:
     rows = 0
     for fp, raw in provider.export_raw(salt.encode()):
         rows += 1
+        if not rows % PROGRESS_ROWS:
+            cycle.progress("exporting", rows)
         at = bisect_left(known, fp)
         if at < len(known) and known[at] == fp:
             met[at] = 1

@@ -41,6 +41,8 @@ class CycleState:
     # the remote side is this cycle's complete export (``remote_seen``), not the base standing
     # in for it (no export, or one that did not complete: rule 1)
     remote_read: bool = False
+    planned_rows: int = 0  # rows the plan sends to the provider (counted before any is sent)
+    rows_sent: int = 0
 
     @classmethod
     def start(
@@ -74,9 +76,9 @@ class CycleState:
     def dry_run(self) -> bool:
         return self.options.dry_run
 
-    def progress(self, stage: str, n: int) -> None:
+    def progress(self, stage: str, n: int, total: int | None = None) -> None:
         if self.options.progress:
-            self.options.progress(stage, n)
+            self.options.progress(stage, n, total)
 
     def check_stop(self) -> None:
         """Between batches: end the cycle once its lease is lost or a stop is asked for."""

@@ -190,7 +190,7 @@ def test_status_follows_the_cycle(running: Running) -> None:
         raise AssertionError(f"no STATUS= matching {pattern!r} in {statuses}")
 
     # the cycle that pushed the inbox file's contacts; another may have run before it
-    pushing = first(r"^newsletter: pushing 30 differing keys, 1 call sent; 1 target\(s\)$")
+    pushing = first(r"^newsletter: pushing 30/30; 1 target\(s\)$")
     before, after = statuses[:pushing], statuses[pushing + 1 :]
     assert "newsletter: exporting; 1 target(s)" in before
     assert any(IDLE.fullmatch(s) for s in after), after

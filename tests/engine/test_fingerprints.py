@@ -24,7 +24,7 @@ from tests.conftest import World
 
 def _progress(world: World, **options: Any) -> dict[str, int]:
     steps: dict[str, int] = {}
-    world.cycle(progress=lambda stage, n: steps.__setitem__(stage, n), **options)
+    world.cycle(progress=lambda stage, n, _total: steps.__setitem__(stage, n), **options)
     return steps
 
 
