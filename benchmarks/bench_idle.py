@@ -63,10 +63,10 @@ url = "{url}"
 listen = "127.0.0.1:{free_port()}"
 
 [inbox]
-path = "{workdir / 'inbox'}"
+path = "{workdir / "inbox"}"
 
 [outbox]
-path = "{workdir / 'outbox'}"
+path = "{workdir / "outbox"}"
 
 [[target]]
 name = "bench"

@@ -112,8 +112,16 @@ class Projection:
 
     @classmethod
     def from_json(cls, text: str) -> Projection:
+        """The projection ``to_json`` wrote. Its text is canonical (fields sorted and none
+        empty, tags sorted), so it is taken as it is rather than built again; a status
+        ``build`` would refuse still goes through it, and is refused."""
         key, fields, tags, status, *rest = json.loads(text)
-        return cls.build(key, dict(fields), tags, status, rest[0] if rest else "active")
+        if status not in STATUSES or (rest and rest[0] not in LIST_STATUSES):
+            return cls.build(key, dict(fields), tags, status, rest[0] if rest else "active")
+        list_status: ListStatus = (
+            rest[0] if rest else "unsubscribed" if status in OPTED_OUT else "active"
+        )
+        return cls(key, tuple(map(tuple, fields)), frozenset(tags), status, list_status)
 
     def digest(self) -> str:
         return digest_of(self.to_json())
