@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from bisect import bisect_left
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -98,55 +98,118 @@ def stage_and_diff(session: Session, cycle: CycleState) -> None:
 
 
 def _read_export(session: Session, cycle: CycleState) -> int:
-    """Read the whole export; parse only the rows whose fingerprint the last complete export
-    did not have, and once this one has completed, make ``remote_seen`` what it showed.
-    Memory: the known fingerprints as one sorted array (8 bytes a row) and a byte a row to
-    mark those met again; new rows go to the store ``CHUNK`` at a time."""
+    """Read the whole export; parse only the rows the last complete export did not have, and
+    once this one has completed, make ``remote_seen`` what it showed.
+
+    Each row is first checked against the last export's order (``export_order``): where the
+    export holds still, as a provider's export of an unchanged list does, every row is where
+    it was, found by one comparison. A row not where it was (new, changed, moved, or after a
+    row that went) is asked of the store, ``LOOKUP`` at a time, and parsed if it is not there.
+    Memory: the last order and this one (8 bytes a row each) and a byte a row."""
     name, provider = cycle.target.name, cycle.provider
     salt = seen.salt_of(cycle.target.model_dump(mode="json"), cycle.caps)
     seen.check_salt(session, name, "remote", salt)
-    known = seen.remote_fingerprints(session, name)
+    last = seen.export_order(session, name)
     session.commit()
-    met = bytearray(len(known))
-    fresh: list[tuple[Any, ...]] = []
-    rows = 0
+    reading = _ExportReading(session, cycle, last)
+    j, end = 0, len(last)
     for fp, raw in provider.export_raw(salt.encode()):
-        rows += 1
-        if not rows % PROGRESS_ROWS:
-            cycle.progress("exporting", rows)
-        at = bisect_left(known, fp)
-        if at < len(known) and known[at] == fp:
-            met[at] = 1
+        reading.rows += 1
+        if not reading.rows % PROGRESS_ROWS:
+            cycle.progress("exporting", reading.rows)
+        if j < end and last[j] == fp:  # where it was
+            reading.met[j] = 1
+            reading.order.append(fp)
+            j += 1
             continue
-        contact = provider.read_raw(raw)
-        if contact is None:
+        ahead = last[j + 1 : j + 1 + LOOK_AHEAD].tolist() if j < end else []
+        if fp in ahead:  # the rows in between went
+            j += ahead.index(fp) + 1
+            reading.met[j] = 1
+            reading.order.append(fp)
+            reading.moved = True
+            j += 1
             continue
-        p = contact.projection
-        data = p.to_json()
-        fresh.append(
-            (
-                name,
-                rows,
-                p.key,
-                fp,
-                digest_of(data),
-                data,
-                contact.raw_status,
-                contact.opted_out_elsewhere,
+        reading.look_up(fp, raw)
+    reading.finish()
+    return reading.rows
+
+
+LOOK_AHEAD = 8  # rows of the last export looked past for a row not where it was
+LOOKUP = 1000  # rows not where they were, asked of the store at once
+
+
+class _ExportReading:
+    """One export being read: what was met again, what is new, the order it came in."""
+
+    def __init__(self, session: Session, cycle: CycleState, last: array[int]) -> None:
+        self.session, self.cycle, self.last = session, cycle, last
+        self.met = bytearray(len(last))
+        self.order: array[int] = array("q")
+        self.met_elsewhere: set[int] = set()
+        self.asking: list[tuple[int, int, Any]] = []
+        self.fresh: list[tuple[Any, ...]] = []
+        self.rows = 0
+        self.moved = False
+
+    def look_up(self, fp: int, raw: Any) -> None:
+        self.moved = True
+        self.asking.append((self.rows, fp, raw))
+        if len(self.asking) >= LOOKUP:
+            self._ask()
+
+    def _ask(self) -> None:
+        name = self.cycle.target.name
+        known = seen.known_fingerprints(self.session, name, [fp for _, fp, _ in self.asking])
+        self.session.commit()
+        for row, fp, raw in self.asking:
+            if fp in known:
+                if fp not in self.met_elsewhere:
+                    self.met_elsewhere.add(fp)
+                    self.order.append(fp)
+                continue
+            contact = self.cycle.provider.read_raw(raw)
+            if contact is None:
+                continue  # no usable key: never stored, so read again next time
+            p = contact.projection
+            data = p.to_json()
+            self.fresh.append(
+                (
+                    name,
+                    row,
+                    p.key,
+                    fp,
+                    digest_of(data),
+                    data,
+                    contact.raw_status,
+                    contact.opted_out_elsewhere,
+                )
             )
-        )
-        if len(fresh) >= mirror.CHUNK:
-            seen.stage_new(session, fresh)
-            session.commit()
-            fresh = []
-    seen.stage_new(session, fresh)
-    session.commit()
-    gone = [fp for fp, again in zip(known, met, strict=True) if not again]
-    for start in range(0, len(gone), mirror.CHUNK):
-        seen.stage_gone(session, name, gone[start : start + mirror.CHUNK])
+            self.order.append(fp)
+        self.asking = []
+        if len(self.fresh) >= mirror.CHUNK:
+            seen.stage_new(self.session, self.fresh)
+            self.session.commit()
+            self.fresh = []
+
+    def finish(self) -> None:
+        """The export completed: stage what is new and what went, and fold them in."""
+        self._ask()
+        name, session = self.cycle.target.name, self.session
+        seen.stage_new(session, self.fresh)
         session.commit()
-    seen.fold_export(session, name)
-    return rows
+        unmet = {
+            fp
+            for fp, again in zip(self.last, self.met, strict=True)
+            if not again and fp not in self.met_elsewhere
+        }
+        # an identical row the export had twice and has once now: met, so not gone
+        gone = sorted(unmet - unmet.intersection(self.order)) if unmet else []
+        self.moved = self.moved or bool(gone)
+        for start in range(0, len(gone), mirror.CHUNK):
+            seen.stage_gone(session, name, gone[start : start + mirror.CHUNK])
+            session.commit()
+        seen.fold_export(session, name, self.order if self.moved else None)
 
 
 def _projector(cycle: CycleState) -> Callable[[mirror.MemberRow], seen.Projected]:

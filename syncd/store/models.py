@@ -166,6 +166,17 @@ class RemoteSeen(SQLModel, table=True):
     opted_out_elsewhere: bool
 
 
+class ExportOrder(SQLModel, table=True):
+    """The fingerprints of the last complete export in its order (8 bytes each, little-endian
+    signed): every fingerprint of ``remote_seen`` is among them, and no row that lost its key
+    to another. The next export is checked against them row by row; only a row not where it
+    was is looked up in ``remote_seen``."""
+
+    __tablename__ = "export_order"
+    target: str = Field(primary_key=True)
+    fps: bytes
+
+
 class SeenSalt(SQLModel, table=True):
     """What shaped a side's rows besides the contacts (field mapping, capabilities, the reading
     code's version). A different salt throws that side's rows away."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -88,6 +89,8 @@ def check_salt(session: Session, target: str, side: str, salt: str) -> bool:
     if stored == salt:
         return False
     _delete_in_chunks(session, "local_seen" if side == "local" else "remote_seen", target)
+    if side == "remote":
+        session.execute(text("DELETE FROM export_order WHERE target = :t"), {"t": target})
     session.execute(
         text("DELETE FROM seen_salt WHERE target = :t AND side = :s"), {"t": target, "s": side}
     )
@@ -185,16 +188,27 @@ def local_counts(session: Session, target: str) -> tuple[int, int]:
 # --- the remote side ----------------------------------------------------------------------
 
 
-def remote_fingerprints(session: Session, target: str) -> array[int]:
-    """The fingerprints of the last complete export, sorted (8 bytes each: a million rows take
-    8 MB, and a sorted array is searched in C with ``bisect``)."""
+def export_order(session: Session, target: str) -> array[int]:
+    """The fingerprints of the last complete export, in its order (8 bytes a row: a million
+    rows take 8 MB, read as one blob)."""
     found = array("q")
-    result = session.execute(
-        text("SELECT fp FROM remote_seen WHERE target = :t ORDER BY fp"), {"t": target}
-    )
-    while batch := result.fetchmany(mirror.CHUNK):
-        found.extend(row[0] for row in batch)
+    blob = session.scalar(text("SELECT fps FROM export_order WHERE target = :t"), {"t": target})
+    if blob:
+        found.frombytes(blob)
+        if sys.byteorder == "big":
+            found.byteswap()
     return found
+
+
+def known_fingerprints(session: Session, target: str, fps: Sequence[int]) -> set[int]:
+    """Those of ``fps`` that ``remote_seen`` has."""
+    rows = session.scalars(
+        text("SELECT fp FROM remote_seen WHERE target = :t AND fp IN :fps").bindparams(
+            bindparam("fps", expanding=True)
+        ),
+        {"t": target, "fps": list(fps)},
+    )
+    return set(rows)
 
 
 def stage_new(session: Session, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -216,8 +230,9 @@ def stage_gone(session: Session, target: str, fps: Sequence[int]) -> None:
     )
 
 
-def fold_export(session: Session, target: str) -> None:
-    """The export completed: make ``remote_seen`` what it showed. Rows no longer there go,
+def fold_export(session: Session, target: str, order: array[int] | None) -> None:
+    """The export completed: make ``remote_seen`` what it showed, and ``order`` (unless None:
+    nothing moved) the order the next export is checked against. Rows no longer there go,
     new and changed rows come in (the first of a key in the export's order, unless the key's
     known row was read again: then that one stays). One transaction: a crash leaves the last
     complete export in place, and the staged rows are read again by the next cycle."""
@@ -240,6 +255,28 @@ def fold_export(session: Session, target: str) -> None:
         ),
         params,
     )
+    if order is not None:  # rows came, went or moved: the next export is checked against this
+        # a new row that lost its key to another is not kept: left in the order, it would
+        # pass for a kept one, and never be read again should the other go
+        lost = set(
+            session.scalars(
+                text(
+                    "SELECT fp FROM stage_new n WHERE target = :t AND NOT EXISTS "
+                    "(SELECT 1 FROM remote_seen r WHERE r.target = :t AND r.fp = n.fp)"
+                ),
+                params,
+            )
+        )
+        if lost:
+            order = array("q", (fp for fp in order if fp not in lost))
+        if sys.byteorder == "big":
+            order = array("q", order)
+            order.byteswap()
+        session.execute(text("DELETE FROM export_order WHERE target = :t"), params)
+        session.execute(
+            text("INSERT INTO export_order (target, fps) VALUES (:t, :fps)"),
+            {"t": target, "fps": order.tobytes()},
+        )
     session.commit()
 
 

@@ -190,3 +190,43 @@ def test_the_salt_is_the_same_in_every_process():
         for seed in (1, 2, 3)
     }
     assert len(salts) == 1
+
+
+def test_a_row_gone_from_the_middle_is_a_remote_delete(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """The rows after it are no longer where they were: each is found a step further on, and
+    the one that went is gone, not merely unmet."""
+    world.add_local(20)
+    world.cycle()
+    world.cycle()
+    world.emu.delete("person5@example.com")
+    parsed = _parsed_rows(world, monkeypatch)
+    r = world.cycle()
+    assert parsed == [0]
+    assert r.summary()["removed_local"] == 1
+    assert "person5@example.com" not in world.local()
+    assert world.cycle().write_calls == 0
+
+
+def test_an_export_in_another_order_is_parsed_no_more(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """Every row is then not where it was: the store is asked about them, and knows them."""
+    world.add_local(12)
+    world.cycle()
+    world.cycle()
+    parsed = _parsed_rows(world, monkeypatch)
+    real = world.provider
+
+    def reversed_export(config: Any, target: Any) -> Any:
+        adapter = real(config, target)
+        export_raw = adapter.export_raw
+        adapter.export_raw = lambda salt: reversed(list(export_raw(salt)))
+        return adapter
+
+    monkeypatch.setattr(world, "provider", reversed_export)
+    steps = _progress(world)
+    assert parsed == [0] and steps["differing keys"] == 0
+    steps = _progress(world)  # and the new order is the one checked against next
+    assert parsed == [0, 0] and steps["differing keys"] == 0

@@ -6,6 +6,9 @@
   again.
 - ``remote_seen``: per target and key, the export row last read, with a fingerprint of its raw
   cells: a row read again with the same fingerprint is not parsed again.
+- ``export_order``: per target, the fingerprints of the last complete export in its order, as
+  one blob: the next export is checked against it row by row, and the store is asked only
+  about rows that are not where they were.
 - ``seen_salt``: per target and side, what else shaped those rows (field mapping, capabilities,
   the reading code's version); when it changes, that side's rows go.
 - ``dirty``: the keys whose local, base or remote row was written since the last comparison,
@@ -125,6 +128,12 @@ def upgrade() -> None:
     )
     op.create_index("ix_remote_seen_target_fp", "remote_seen", ["target", "fp"])
     op.create_table(
+        "export_order",
+        sa.Column("target", S(), nullable=False),
+        sa.Column("fps", sa.LargeBinary(), nullable=False),
+        sa.PrimaryKeyConstraint("target"),
+    )
+    op.create_table(
         "seen_salt",
         sa.Column("target", S(), nullable=False),
         sa.Column("side", S(), nullable=False),
@@ -202,7 +211,7 @@ def downgrade() -> None:
             sa.PrimaryKeyConstraint("target", "key"),
         )
     op.drop_index("ix_base_unseen", "base")
-    for table in ("stage_gone", "stage_new", "dirty", "seen_salt"):
+    for table in ("stage_gone", "stage_new", "dirty", "seen_salt", "export_order"):
         op.drop_table(table)
     op.drop_index("ix_remote_seen_target_fp", "remote_seen")
     op.drop_table("remote_seen")
