@@ -62,18 +62,24 @@ def run_cycle(
     cycle = CycleState.start(db, target, provider, options or CycleOptions())
     result = cycle.result
     dry = cycle.dry_run
-    run_id = None if dry else records.record_start(db, target.name, cycle.options.holder)
+    narrowed = cycle.options.scope is not None
+    # a narrowed cycle (a webhook's few keys) is no run of the list: `syncd status` and the
+    # metrics keep showing the last full cycle
+    holder = cycle.options.holder
+    run_id = None if dry or narrowed else records.record_start(db, target.name, holder)
     calls_before = provider.stats.total()
     writes_before = provider.stats.writes
     try:
-        provider.prepare(
-            target.remote_fields,
-            create_missing=target.create_missing_fields and not dry,
-        )
+        if not narrowed:  # the fields were checked by the full cycles
+            provider.prepare(
+                target.remote_fields,
+                create_missing=target.create_missing_fields and not dry,
+            )
         with Session(db) as session:
             try:
                 stage_and_diff(session, cycle)
-                cycle.owners = find_owners(session, target.name, cycle.view, cycle.rules)
+                if not narrowed:  # a narrowed cycle holds no contact new to both sides
+                    cycle.owners = find_owners(session, target.name, cycle.view, cycle.rules)
                 _guard(session, cycle)
                 _execute(session, cycle)
             finally:
@@ -161,11 +167,18 @@ def _execute(session: Session, cycle: CycleState) -> None:
     for batch in batcher.flush():
         push_batch(session, cycle, batch)
     if not dry:
-        records.forget_stale(session, target.name, rejections, cycle.held_keys)
+        scope = cycle.options.scope
+        if scope is not None:
+            # only the keys read: what the rest of the list holds was not looked at
+            rejections = {k: r for k, r in rejections.items() if k in scope.remote}
+        among = None if scope is None else sorted(scope.remote)
+        records.forget_stale(
+            session, target.name, rejections, cycle.held_keys, None if among is None else set(among)
+        )
         if cycle.result.export_complete:
             # every write of this cycle was answered, and every lost answer of an earlier
             # one has been read back from this export (or settled with its key)
-            mirror.drop_in_flight(session, target.name)
+            mirror.drop_in_flight(session, target.name, among)
         session.commit()
         # a million staged rows go in committed chunks: never one long hold of the write lock
         mirror.clear_stage(session, target.name)

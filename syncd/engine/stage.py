@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from sqlmodel import Session
 
 from syncd.core.projection import Projection, digest_of
+from syncd.engine.result import Scope
 from syncd.engine.state import CycleState
 from syncd.errors import ExportIncomplete
-from syncd.providers.base import Capabilities
+from syncd.providers.base import Capabilities, RemoteContact
 from syncd.store import mirror
 from syncd.store.models import StageLocal, StageRemote
 
@@ -67,6 +68,9 @@ def stage_and_diff(session: Session, cycle: CycleState) -> None:
     that, whatever the list's size, so the inbox and the lease renewal always get a turn."""
     name = cycle.target.name
     mirror.clear_stage(session, name)
+    if cycle.options.scope is not None:
+        _stage_scope(session, cycle, cycle.options.scope)
+        return
     if cycle.caps.export:
         log.debug("exporting the remote list")
         try:
@@ -88,8 +92,26 @@ def stage_and_diff(session: Session, cycle: CycleState) -> None:
     log.debug("planning: %d differing keys", n)
 
 
-def _remote_rows(cycle: CycleState) -> Iterator[dict[str, Any]]:
-    for remote in cycle.provider.export():
+def _stage_scope(session: Session, cycle: CycleState, scope: Scope) -> None:
+    """A narrowed cycle: the keys' rows as just read, their local rows, and their diff alone."""
+    name, keys = cycle.target.name, sorted(scope.remote)
+    mirror.stage_rows(session, StageRemote, _remote_rows(cycle, scope.remote.values()))
+    members = mirror.local_members(session, cycle.view, keys)
+    local = ((m, project_local(m, cycle.view, cycle.caps)) for m in members)
+    mirror.stage_rows(
+        session,
+        StageLocal,
+        (_local_row(name, p) for _, p in local if p is not None and p.key in scope.remote),
+    )
+    n = mirror.compute_diff(session, name, keys=keys)
+    session.commit()
+    log.debug("narrowed to %d keys: %d differ", len(keys), n)
+
+
+def _remote_rows(
+    cycle: CycleState, read: Iterable[RemoteContact] | None = None
+) -> Iterator[dict[str, Any]]:
+    for remote in cycle.provider.export() if read is None else read:
         data = remote.projection.to_json()
         yield {
             "target": cycle.target.name,
@@ -108,10 +130,9 @@ def _local_rows(session: Session, cycle: CycleState) -> Iterator[dict[str, str]]
             if p is None:
                 cycle.result.counts["no_key"] += 1  # a phone target meets one with no phone
                 continue
-            data = p.to_json()
-            yield {
-                "target": cycle.target.name,
-                "key": p.key,
-                "digest": digest_of(data),
-                "data": data,
-            }
+            yield _local_row(cycle.target.name, p)
+
+
+def _local_row(target: str, p: Projection) -> dict[str, str]:
+    data = p.to_json()
+    return {"target": target, "key": p.key, "digest": digest_of(data), "data": data}

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, delete, exists, func, select, text, tuple_, update
+from sqlalchemy import Connection, bindparam, delete, exists, func, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -164,7 +164,13 @@ def _key_ranges(
         low = high
 
 
-def compute_diff(session: Session, target: str, *, commit_chunks: bool = False) -> int:
+def compute_diff(
+    session: Session,
+    target: str,
+    *,
+    commit_chunks: bool = False,
+    keys: Sequence[str] | None = None,
+) -> int:
     """Fill stage_diff with every key whose local, base and remote digests are not all equal,
     and every key whose base still counts the exports that lacked it (``Base.unseen``): equal
     on all sides again, it is decided once more so that its base is settled and the count ends.
@@ -172,34 +178,48 @@ def compute_diff(session: Session, target: str, *, commit_chunks: bool = False) 
     ``commit_chunks``: the keys are compared one range at a time (at most ``CHUNK`` keys from
     each side, ``_key_ranges``), each range its own transaction, so no transaction holds
     SQLite's write lock for longer than one range's join, whatever the list's size.
+    ``keys``: only these keys are compared (a cycle narrowed to the contacts a provider's
+    webhook named, ``syncd.engine.single``); the other keys' bases are not looked at.
     """
-    same = "IS" if session.get_bind().dialect.name == "sqlite" else "IS NOT DISTINCT FROM"
+    if keys is not None:
+        if keys:
+            session.execute(
+                text(
+                    _DIFF_SQL.format(bounds="", same=_same(session)) + " AND k.key IN :keys"
+                ).bindparams(bindparam("keys", expanding=True)),
+                {"t": target, "keys": list(keys)},
+            )
+        return count_rows(session, StageDiff, target)
     ranges: Iterable[tuple[str, dict[str, Any]]] = (
         _key_ranges(session, target, ("stage_local", "base", "stage_remote"))
         if commit_chunks
         else [("", {"t": target})]
     )
     for bounds, params in ranges:
-        session.execute(
-            text(
-                "INSERT INTO stage_diff "
-                "(target, key, local, base, remote, raw_status, opted_out_elsewhere) "
-                "SELECT :t, k.key, l.data, b.data, r.data, r.raw_status, r.opted_out_elsewhere "
-                "FROM ("
-                f"  SELECT key FROM stage_local WHERE target = :t{bounds}"
-                f"  UNION SELECT key FROM base WHERE target = :t{bounds}"
-                f"  UNION SELECT key FROM stage_remote WHERE target = :t{bounds}) AS k "
-                "LEFT JOIN stage_local l ON l.target = :t AND l.key = k.key "
-                "LEFT JOIN base b ON b.target = :t AND b.key = k.key "
-                "LEFT JOIN stage_remote r ON r.target = :t AND r.key = k.key "
-                f"WHERE NOT (l.digest {same} b.digest AND r.digest {same} b.digest) "
-                "OR b.unseen > 0"
-            ),
-            params,
-        )
+        session.execute(text(_DIFF_SQL.format(bounds=bounds, same=_same(session))), params)
         if commit_chunks:
             session.commit()
     return count_rows(session, StageDiff, target)
+
+
+_DIFF_SQL = (
+    "INSERT INTO stage_diff "
+    "(target, key, local, base, remote, raw_status, opted_out_elsewhere) "
+    "SELECT :t, k.key, l.data, b.data, r.data, r.raw_status, r.opted_out_elsewhere "
+    "FROM ("
+    "  SELECT key FROM stage_local WHERE target = :t{bounds}"
+    "  UNION SELECT key FROM base WHERE target = :t{bounds}"
+    "  UNION SELECT key FROM stage_remote WHERE target = :t{bounds}) AS k "
+    "LEFT JOIN stage_local l ON l.target = :t AND l.key = k.key "
+    "LEFT JOIN base b ON b.target = :t AND b.key = k.key "
+    "LEFT JOIN stage_remote r ON r.target = :t AND r.key = k.key "
+    "WHERE (NOT (l.digest {same} b.digest AND r.digest {same} b.digest) "
+    "OR b.unseen > 0)"
+)
+
+
+def _same(session: Session) -> str:
+    return "IS" if session.get_bind().dialect.name == "sqlite" else "IS NOT DISTINCT FROM"
 
 
 def count_rows(session: Session, model: Any, target: str) -> int:
