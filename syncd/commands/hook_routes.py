@@ -16,6 +16,9 @@ What is checked, and why each failure is 403 with nothing queued:
   check off for an account whose recipe turns out different: a hook is only a prompt to re-read,
   so a forged one costs a read and changes nothing.
 
+Retries are deduplicated twice: a body identical to the target's last one is a repeated delivery
+(``_LastBody``), and a key already queued is queued once (``syncd.store.hooks``).
+
 Unisender's events name the contact by ``event_data.email`` (every event is a prompt, whatever
 its name); a phone-keyed target cannot re-read by email, so its events ask for a full cycle
 instead. Octopush's STOP callback (``number``, ``stop_date``) queues that number as an opt-out;
@@ -28,6 +31,8 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -58,6 +63,30 @@ def hook_url(public_url: str, target: str, token: str) -> str:
     return f"{public_url.rstrip('/')}{PREFIX}/{target}/{token}"
 
 
+#: seconds within which a body identical to the target's last one is a repeated delivery
+REPEAT_WINDOW = 60.0
+
+
+class _LastBody:
+    """Each target's last accepted body: a provider that delivers one notification twice (a
+    network retry, a duplicate) sends the same bytes again, and the copy is answered 200 without
+    queueing anything. Only the very last body counts: a contact that left, came back and left
+    again sends a different body in between, so its second leaving is read again. The bodies
+    carry no timestamp, so an identical body after ``REPEAT_WINDOW`` is taken as new."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[str, tuple[bytes, float]] = {}
+
+    def repeated(self, target: str, body: bytes) -> bool:
+        digest = hashlib.sha256(body).digest()
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(target)
+            self._last[target] = (digest, now)
+        return last is not None and last[0] == digest and now - last[1] < REPEAT_WINDOW
+
+
 def routes(
     engine: Engine,
     config: Callable[[], Config],
@@ -66,6 +95,7 @@ def routes(
 ) -> Handler:
     """One handler for every request under ``PREFIX``."""
     seen = observe or (lambda _t, _o: None)
+    recent = _LastBody()
 
     def handle(request: httpx.Request) -> httpx.Response:
         parts = request.url.path[len(PREFIX) :].strip("/").split("/")
@@ -87,14 +117,17 @@ def routes(
             seen(target.name, "bad_request")
             return json_answer(400, {"status": "error", "reason": "the body is not a JSON object"})
         kind = PROVIDERS[target.provider].capabilities.hooks
-        if kind == "opt_out":
-            region = config().ingest.default_region
-            return _opt_out(engine, target, payload, region, on_prompt, seen)
         key = target.api_key.get_secret_value()
-        if target.hook_auth == "on" and not auth_holds(body, payload, key):
+        if kind != "opt_out" and target.hook_auth == "on" and not auth_holds(body, payload, key):
             log.warning("webhook refused: its auth does not match", extra={"target": target.name})
             seen(target.name, "forbidden")
             return json_answer(403, {"status": "error", "reason": "forbidden"})
+        if recent.repeated(target.name, body):
+            seen(target.name, "duplicate")
+            return json_answer(200, {"status": "ok", "queued": "0"})
+        if kind == "opt_out":
+            region = config().ingest.default_region
+            return _opt_out(engine, target, payload, region, on_prompt, seen)
         return _events(engine, target, payload, on_prompt, seen)
 
     return handle
