@@ -43,6 +43,7 @@ from syncd.commands.listener import json_answer
 from syncd.config import Config, TargetConfig
 from syncd.core.contacts import normalise_email, normalise_phone
 from syncd.emulators.kit.server import Handler
+from syncd.logs import register_secret
 from syncd.providers import PROVIDERS
 from syncd.store import hooks as store_hooks
 
@@ -101,6 +102,8 @@ def routes(
         parts = request.url.path[len(PREFIX) :].strip("/").split("/")
         target = _hooked(config(), parts[0]) if len(parts) == 2 else None
         token = store_hooks.known_token(engine, target.name) if target is not None else None
+        if token is not None:
+            register_secret(token)  # the path holds it: never in a log line
         if (
             target is None
             or token is None

@@ -68,8 +68,7 @@ class HookWorker:
         self._next_check = 0.0
 
     def start(self) -> None:
-        if not any(t.hooks for t in self._config().target):
-            return
+        """Started with the listener whatever the targets say: a reload may turn hooks on."""
         self._thread = threading.Thread(target=self._run, name="syncd-hooks", daemon=True)
         self._thread.start()
 

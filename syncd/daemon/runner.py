@@ -133,7 +133,8 @@ class Daemon:
             self.http.start()
         self.scheduler.start(list(self.config.target))
         self.deliverer.start()  # events left undelivered by the last run go first
-        self.hook_worker.start()  # keys queued before a stop go first
+        if self.http is not None:
+            self.hook_worker.start()  # keys queued before a stop go first
         # watch first, then scan: a file renamed in between is seen by one of the two, and a
         # file seen by both is simply gone the second time
         self.inbox.start()

@@ -68,11 +68,11 @@ def enqueue(engine: Engine, target: str, keys: Sequence[str], kind: str) -> int:
     if not rows:
         return 0
     with Session(engine) as session:
-        stmt = _insert(session, _table(HookQueue)).on_conflict_do_nothing()
+        table = _table(HookQueue)
+        stmt = _insert(session, table).on_conflict_do_nothing().returning(table.c.id)
         added = 0
-        for row in rows:
-            result: Any = session.execute(stmt, row)
-            added += int(result.rowcount or 0)
+        for row in rows:  # a row returned: inserted (rowcount is not reliable on every driver)
+            added += len(session.execute(stmt, row).all())
         session.commit()
         return int(added)
 
