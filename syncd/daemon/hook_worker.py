@@ -43,7 +43,8 @@ log = logging.getLogger("syncd.hooks")
 
 SETTLE = 0.15  # seconds a wake-up waits for the rest of a burst
 RECHECK = 5.0  # seconds between looks at the queue without a wake-up
-BUSY_RETRY = 0.5  # seconds before trying again a target whose lease is held
+BUSY_RETRY = 1.5  # seconds before the next batch, or a target whose lease was held, is tried
+BATCH = 500  # keys re-read under one hold of the lease
 
 
 class HookWorker:
@@ -99,7 +100,8 @@ class HookWorker:
             wait = BUSY_RETRY if busy else RECHECK
 
     def _drain(self) -> bool:
-        """Work every target with queued keys; True when some had to wait for their lease."""
+        """Work every target with queued keys; True when some wait (for their lease, or behind
+        a full batch)."""
         config = self._config()
         by_name = {t.name: t for t in config.target if t.hooks}
         busy = False
@@ -112,16 +114,16 @@ class HookWorker:
         return busy
 
     def _work(self, config: Config, target: TargetConfig) -> bool:
-        """One target's queued keys under its lease; False when the lease was not free."""
+        """A batch of the target's queued keys under its lease; False when the lease was not
+        free or more keys wait (the next batch comes after ``BUSY_RETRY``)."""
         with self._leases.hold(target.name, cycle=False) as lease:
             if lease is None:
                 return False
-            while not self._stopping.is_set():
-                work = store_hooks.take(self._db, target.name)
-                if not work:
-                    return True
+            work = store_hooks.take(self._db, target.name, limit=BATCH)
+            if work:
                 self._refresh(config, target, work, lease)
-        return True
+        # one batch per hold: a cycle waiting for the lease gets it between two batches
+        return len(work) < BATCH
 
     def _refresh(
         self, config: Config, target: TargetConfig, work: list[tuple[str, str]], lease: Lease

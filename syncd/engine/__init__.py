@@ -21,7 +21,9 @@ steps live beside it, each taking the cycle's ``CycleState`` (``state``): stagin
 (``stage``), one chunk decided and its local half written (``chunk``), one batch pushed and its
 answers read (``push``), conflicts, rejections and run records (``records``). What goes in and
 comes out (``CycleOptions``, ``CycleResult``) is in ``result``. The decisions themselves are
-``syncd.core.reconcile``'s, pure; the batches are ``syncd.core.batching``'s.
+``syncd.core.reconcile``'s, pure; the batches are ``syncd.core.batching``'s. A cycle narrowed to
+the few keys a provider's webhook named (``CycleOptions.scope``) is ``single``'s: the same passes
+over those keys alone, their remote rows read one by one.
 
 The steps import each other by module path, never through this package, which imports them.
 The engine may import ``core``, ``store``, ``providers``, ``config`` and the cross-cutting root
