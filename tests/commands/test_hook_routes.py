@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +157,25 @@ def test_a_phone_keyed_target_asks_for_a_full_cycle(tmp_path: Path) -> None:
     route = Route(tmp_path, key="phone")
     assert route.post("news", signed(event("ann@example.com"))).status_code == 200
     assert route.queued() == [] and route.prompts == [("news", True)]
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"http": {"listen": "127.0.0.1:0"}}, "set [http] listen and [http] public_url"),
+        ({"http": {"listen": "off", "public_url": "https://a.example"}}, "[http] listen"),
+        ({"http": {"listen": "127.0.0.1:0", "public_url": "ftp://a"}}, "public_url must be"),
+        ({"provider": "smsby"}, "sends no event notifications"),
+    ],
+)
+def test_hooks_need_a_listener_a_public_url_and_a_provider_that_notifies(
+    tmp_path: Path, change: dict[str, Any], says: str
+) -> None:
+    from syncd.errors import ConfigError
+
+    target = {"name": "news", "provider": change.get("provider", "unisender"), "list_id": "1",
+              "api_key": KEY, "hooks": True}  # fmt: skip
+    data = {"store": {"url": f"sqlite:///{tmp_path / 'x.db'}"}, "target": [target]}
+    data["http"] = change.get("http", {"listen": "127.0.0.1:0", "public_url": "https://a.ex"})
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        parse_config(data, "test", providers=PROVIDERS)
