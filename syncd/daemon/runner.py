@@ -196,10 +196,16 @@ class Daemon:
     def _run_cycle(self, target: TargetConfig, fresh_for: float) -> bool:
         if self.stop_event.is_set():
             return True
-        # this process's hook worker holds the lease for a moment at most: wait for it rather
+        # this process's hook worker holds the lease for one batch at most: wait for it rather
         # than skip the tick
-        mine = self.leases.holder_of(target.name) == self.leases.holder
-        with self.leases.hold(target.name, fresh_for=fresh_for, wait=mine) as lease:
+        deadline = time.monotonic() + self.config.daemon.lease_timeout
+        while (
+            self.leases.holder_of(target.name) == self.leases.holder
+            and time.monotonic() < deadline
+            and not self.stop_event.is_set()
+        ):
+            time.sleep(0.05)
+        with self.leases.hold(target.name, fresh_for=fresh_for) as lease:
             if lease is None:
                 log.debug("%s is in hand or was just synced by another process", target.name)
                 return True  # not a failure: the target is looked after
