@@ -36,3 +36,20 @@ def test_a_key_queued_twice_is_one_row_and_a_claim_takes_it_out(store_url: str) 
             hooks.enqueue(db, "news", ["a@x.io"], "apply")
     finally:
         db.dispose()
+
+
+def test_hook_work_under_the_lease_is_not_taken_for_a_cycle_start(store_url: str) -> None:
+    from syncd.store.lease import Leases
+
+    db = open_engine(store_url)
+    try:
+        worker, other = Leases(db, "worker", 30.0), Leases(db, "other", 30.0)
+        with worker.hold("news", cycle=False) as lease:
+            assert lease is not None
+            assert not other.acquire("news")  # held: a cycle waits for it
+        # given back: a tick that skips targets synced in the last 100 s still runs
+        assert other.acquire("news", fresh_for=100.0)
+        other.release("news")
+        assert not worker.acquire("news", fresh_for=100.0)  # that one was a cycle's start
+    finally:
+        db.dispose()
