@@ -445,6 +445,53 @@ def webhooks_replay_cmd(config_path: str | None, since: str | None, event_id: st
     sys.exit(0 if n or event_id is None else 1)
 
 
+@main.group("hooks")
+def hooks_group() -> None:
+    """Provider webhooks in: install, show or remove each target's hook at its provider."""
+
+
+def _hooks_cmd(action: str, config_path: str | None, target: str | None, as_json: bool) -> None:
+    from syncd.commands import hooks
+
+    config = _load(config_path)
+    states = getattr(hooks, action)(config, cycles.open_store(config), target)
+    for state in states:
+        if as_json:
+            click.echo(json.dumps(state.to_json()))
+            continue
+        detail = f" ({state.detail})" if state.detail else ""
+        click.echo(f"{state.target}: {state.state} {state.url}{detail}".replace("  ", " "))
+    sys.exit(0 if action != "status" or all(s.state == "active" or s.state == "manual"
+                                            for s in states) else 1)  # fmt: skip
+
+
+@hooks_group.command("install")
+@config_option
+@click.option("--target", default=None, help="Only this target.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
+def hooks_install_cmd(config_path: str | None, target: str | None, as_json: bool) -> None:
+    """Set each hooked target's webhook at its provider (Octopush: print the URL to paste)."""
+    _hooks_cmd("install", config_path, target, as_json)
+
+
+@hooks_group.command("status")
+@config_option
+@click.option("--target", default=None, help="Only this target.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
+def hooks_status_cmd(config_path: str | None, target: str | None, as_json: bool) -> None:
+    """Show each hook's URL and its state at the provider; exit 1 unless all are active."""
+    _hooks_cmd("status", config_path, target, as_json)
+
+
+@hooks_group.command("remove")
+@config_option
+@click.option("--target", default=None, help="Only this target.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
+def hooks_remove_cmd(config_path: str | None, target: str | None, as_json: bool) -> None:
+    """Remove each hook at its provider and retire its URL (it answers 403 from then on)."""
+    _hooks_cmd("remove", config_path, target, as_json)
+
+
 @main.command("conflicts")
 @config_option
 @click.option("--target", default=None)

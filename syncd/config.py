@@ -79,6 +79,9 @@ class ProviderCapabilities(Protocol):
     @property
     def reference(self) -> bool: ...
 
+    @property
+    def hooks(self) -> str: ...
+
 
 class ProviderRules(Protocol):
     """What configuration needs of a provider (``syncd.providers.spec.ProviderSpec`` has it)."""
@@ -165,9 +168,29 @@ class HttpConfig(_Strict):
         "413); without ingest_token the listener takes at most 1 MiB.",
     )
 
+    public_url: str | None = Field(
+        None,
+        description="The address providers reach this listener at, e.g. "
+        "'https://sync.example.com' (a reverse proxy in front of `listen`): provider webhooks "
+        "are installed as {public_url}/hooks/{target}/{token}. Needed by targets with hooks.",
+    )
+
     @property
     def enabled(self) -> bool:
         return self.listen.strip().lower() not in ("", "off", "false", "no")
+
+    @field_validator("public_url")
+    @classmethod
+    def _usable_public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        url = value.strip().rstrip("/")
+        scheme, _, rest = url.partition("://")
+        if scheme.lower() not in ("http", "https") or not rest or "?" in rest or "#" in rest:
+            raise ValueError(
+                f"public_url must be an http(s):// address without query or fragment, not {value!r}"
+            )
+        return url
 
     @property
     def ingest_enabled(self) -> bool:
@@ -212,6 +235,12 @@ class DaemonConfig(_Strict):
         ge=1,
         description="Seconds a target's lease lasts unless renewed (every third of it while a "
         "cycle runs): a replica that dies gives its targets up to the others after this long.",
+    )
+    hook_check_interval: float = Field(
+        300.0,
+        ge=1,
+        description="Seconds between checks of the provider webhooks of targets with hooks: a "
+        "hook the provider stopped (after 24 h of failed deliveries) is installed again.",
     )
 
 
@@ -346,6 +375,12 @@ class WebhookConfig(_Strict):
         return [s.get_secret_value() for s in found if s is not None]
 
 
+#: The Unisender/Selzy events asked for by default: a list unsubscribe or subscribe, the address's
+#: status, its data, its removal. The names are [ASSUMED] (unisender-selzy.md, "Event
+#: notifications"): ``hook_events`` replaces them.
+HOOK_EVENTS = ("unsubscribe", "subscribe", "email_status", "contact_update", "contact_delete")
+
+
 class TargetConfig(BaseModel):
     # The keys every provider shares (no docstring: it would become the schema's description).
     # The provider's own keys stay in ``model_extra``, checked with its settings model when
@@ -425,6 +460,24 @@ class TargetConfig(BaseModel):
         "5m", description="Interval ('30s', '5m', '1h') or a five-field cron expression."
     )
     jitter: float = Field(10.0, ge=0, description="Up to this many seconds added to each run.")
+    hooks: bool = Field(
+        False,
+        description="Take the provider's event notifications at POST /hooks/{target}/{token}: "
+        "each names contacts that are then re-read and reconciled at once (Octopush: a STOP "
+        "opts the number out). Needs [http] listen and public_url; see `syncd hooks install`.",
+    )
+    hook_auth: Literal["on", "off"] = Field(
+        "on",
+        description="Unisender/Selzy: check each hook's `auth` (MD5 of the body with the API key "
+        "in its place, an [ASSUMED] recipe); 'off' if the provider signs differently (the "
+        "re-read keeps it safe: a hook is only a prompt).",
+    )
+    hook_events: list[str] = Field(
+        default_factory=lambda: list(HOOK_EVENTS),
+        min_length=1,
+        description="Unisender/Selzy: the event names `syncd hooks install` asks for "
+        "([ASSUMED] names: the provider's pages do not list them).",
+    )
 
     # the provider's default API root, from the provider table (see ``bind_default_url``)
     _default_url: str | None = PrivateAttr(None)
@@ -469,6 +522,10 @@ class TargetConfig(BaseModel):
         rules = table[self.provider]
         rules.settings.of(self)  # a ValidationError names each of its keys at fault
         self._default_url = rules.default_url
+        if self.hooks and not rules.capabilities.hooks:
+            raise ValueError(
+                f"hooks: provider {self.provider} sends no event notifications; remove the setting"
+            )
         if self.reference_field is not None and not rules.capabilities.reference:
             raise ValueError(
                 f"reference_field: provider {self.provider} cannot keep it (it needs custom "
@@ -590,6 +647,16 @@ class Config(_Strict):
             raise ValueError(
                 f"target(s) {', '.join(needing)} set {said}, which is served by the HTTP "
                 'listener: set [http] listen (it is "off")'
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _listener_for_hooks(self) -> Config:
+        hooked = [t.name for t in self.target if t.hooks]
+        if hooked and (not self.http.enabled or not self.http.public_url):
+            raise ValueError(
+                f"target(s) {', '.join(hooked)} set hooks = true: the provider reaches them "
+                "through the HTTP listener, so set [http] listen and [http] public_url"
             )
         return self
 

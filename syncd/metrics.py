@@ -206,6 +206,27 @@ class Metrics:
         self.webhook_dead = gauge(
             "syncd_webhook_dead_letters", "Events kept after their retries ran out.", "webhook"
         )
+        # -- provider webhooks in (syncd.daemon.hook_worker) --
+        self.hooks_received = counter(
+            "syncd_hooks_received_total",
+            "Provider webhooks received, by outcome: queued, duplicate (its keys were queued "
+            "already), ignored (nothing to re-read), forbidden (wrong token or auth: 403), "
+            "bad_request.",
+            "target",
+            "outcome",
+        )
+        self.hook_reinstalls = counter(
+            "syncd_hook_reinstalls_total",
+            "Provider webhooks the provider had stopped and the daemon installed again.",
+            "target",
+        )
+        self.hook_refreshes = counter(
+            "syncd_hook_refreshes_total",
+            "Contacts re-read and reconciled because a provider webhook named them, by the "
+            "narrowed cycle's outcome.",
+            "target",
+            "outcome",
+        )
         for outcome in INBOX_OUTCOMES:
             self.inbox_files.labels(outcome)  # show 0 rather than no series before the first file
         self.up.set(1)
@@ -318,6 +339,9 @@ class Metrics:
 
     def observe_webhook(self, webhook: str, outcome: str) -> None:
         self.webhook_deliveries.labels(webhook, outcome).inc()
+
+    def observe_hook(self, target: str, outcome: str) -> None:
+        self.hooks_received.labels(target, outcome).inc()
 
     def set_webhook_queue(self, oldest_seconds: float, dead: Mapping[str, int]) -> None:
         self.webhook_oldest.set(oldest_seconds)

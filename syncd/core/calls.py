@@ -49,6 +49,14 @@ class Capabilities:
     # default): the provider may replace or reset what it is not given, so every update
     # carries every mapped field and the tags.
     partial_update: bool = False
+    # Reads one contact by its key (Unisender's ``getContact``): a provider's event notification
+    # is then followed by that read and the key's own reconcile, instead of waiting for the
+    # next export (``syncd.engine.single``).
+    read_one: bool = False
+    # How the provider notifies syncd of a change at its side: "" none, "api" handlers set
+    # through its API (Unisender's ``setHook``), "opt_out" an opt-out callback whose URL is
+    # pasted into its interface (Octopush's STOP callback).
+    hooks: str = ""
 
     def fold_status(self, status: str) -> str:
         if status in self.statuses:

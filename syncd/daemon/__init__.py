@@ -1,2 +1,2 @@
-"""The long-running service: scheduling, the inbox, health, the webhook sender, and a clean
-lifecycle."""
+"""The long-running service: scheduling, the inbox, health, the webhook sender, the worker that
+re-reads what provider webhooks named (``hook_worker``), and a clean lifecycle."""

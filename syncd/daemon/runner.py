@@ -29,10 +29,11 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from syncd.commands import api_routes, job_routes
+from syncd.commands import api_routes, hook_routes, job_routes
 from syncd.commands.cycles import build_provider
 from syncd.config import Config, TargetConfig, load_config
 from syncd.daemon import observe
+from syncd.daemon.hook_worker import HookWorker
 from syncd.daemon.http import StatusServer
 from syncd.daemon.scheduler import TargetScheduler
 from syncd.daemon.systemd import Notifier, StatusLine, WatchdogPinger
@@ -100,6 +101,20 @@ class Daemon:
                 for method in api_routes.METHODS:
                     self.http.add_route(method, api_routes.PREFIX, api)
         self.deliverer = Deliverer(self.db, self.leases.holder, lambda: self.config, self.metrics)
+        # provider webhooks in: the route queues keys, the worker re-reads them
+        self.hook_worker = HookWorker(
+            self.db,
+            self.leases,
+            lambda: self.config,
+            self.metrics,
+            stopping=self.stop_event,
+            after=self._after_hook,
+        )
+        if self.http is not None:
+            hooks = hook_routes.routes(
+                self.db, lambda: self.config, self._hook_prompt, self.metrics.observe_hook
+            )
+            self.http.add_route("POST", hook_routes.PREFIX, hooks)
         self._config_watch = Observer()
         self._pinger: WatchdogPinger | None = None
 
@@ -118,6 +133,8 @@ class Daemon:
             self.http.start()
         self.scheduler.start(list(self.config.target))
         self.deliverer.start()  # events left undelivered by the last run go first
+        if self.http is not None:
+            self.hook_worker.start()  # keys queued before a stop go first
         # watch first, then scan: a file renamed in between is seen by one of the two, and a
         # file seen by both is simply gone the second time
         self.inbox.start()
@@ -153,6 +170,7 @@ class Daemon:
         self._config_watch.stop()
         if self._pinger is not None:
             self._pinger.stop()
+        self.hook_worker.stop(timeout=self.config.daemon.stop_timeout)
         outbox.flush(self.db, Path(self.config.outbox.path))
         self.deliverer.stop(timeout=self.config.daemon.stop_timeout)
         if self.http is not None:
@@ -178,6 +196,15 @@ class Daemon:
     def _run_cycle(self, target: TargetConfig, fresh_for: float) -> bool:
         if self.stop_event.is_set():
             return True
+        # this process's hook worker holds the lease for one batch at most: wait for it rather
+        # than skip the tick
+        deadline = time.monotonic() + self.config.daemon.lease_timeout
+        while (
+            self.leases.holder_of(target.name) == self.leases.holder
+            and time.monotonic() < deadline
+            and not self.stop_event.is_set()
+        ):
+            time.sleep(0.05)
         with self.leases.hold(target.name, fresh_for=fresh_for) as lease:
             if lease is None:
                 log.debug("%s is in hand or was just synced by another process", target.name)
@@ -236,6 +263,16 @@ class Daemon:
             self.deliverer.wake()
         self._record_health(target.name, result.outcome)
         return result.outcome in HEALTHY
+
+    def _hook_prompt(self, target: str, full: bool) -> None:
+        """A webhook queued keys of ``target`` (or, ``full``, asks for a whole cycle)."""
+        if full:
+            self.scheduler.run_soon({target})
+        else:
+            self.hook_worker.wake()
+
+    def _after_hook(self) -> None:
+        self.deliverer.wake()
 
     def _lists_changed(self, lists: set[str]) -> None:
         names = {t.name for t in self.config.target if t.local_list_name in lists}

@@ -21,7 +21,9 @@ steps live beside it, each taking the cycle's ``CycleState`` (``state``): stagin
 (``stage``), one chunk decided and its local half written (``chunk``), one batch pushed and its
 answers read (``push``), conflicts, rejections and run records (``records``). What goes in and
 comes out (``CycleOptions``, ``CycleResult``) is in ``result``. The decisions themselves are
-``syncd.core.reconcile``'s, pure; the batches are ``syncd.core.batching``'s.
+``syncd.core.reconcile``'s, pure; the batches are ``syncd.core.batching``'s. A cycle narrowed to
+the few keys a provider's webhook named (``CycleOptions.scope``) is ``single``'s: the same passes
+over those keys alone, their remote rows read one by one.
 
 The steps import each other by module path, never through this package, which imports them.
 The engine may import ``core``, ``store``, ``providers``, ``config`` and the cross-cutting root
@@ -62,18 +64,24 @@ def run_cycle(
     cycle = CycleState.start(db, target, provider, options or CycleOptions())
     result = cycle.result
     dry = cycle.dry_run
-    run_id = None if dry else records.record_start(db, target.name, cycle.options.holder)
+    narrowed = cycle.options.scope is not None
+    # a narrowed cycle (a webhook's few keys) is no run of the list: `syncd status` and the
+    # metrics keep showing the last full cycle
+    holder = cycle.options.holder
+    run_id = None if dry or narrowed else records.record_start(db, target.name, holder)
     calls_before = provider.stats.total()
     writes_before = provider.stats.writes
     try:
-        provider.prepare(
-            target.remote_fields,
-            create_missing=target.create_missing_fields and not dry,
-        )
+        if not narrowed:  # the fields were checked by the full cycles
+            provider.prepare(
+                target.remote_fields,
+                create_missing=target.create_missing_fields and not dry,
+            )
         with Session(db) as session:
             try:
                 stage_and_diff(session, cycle)
-                cycle.owners = find_owners(session, cycle)
+                if not narrowed:  # a narrowed cycle holds no contact new to both sides
+                    cycle.owners = find_owners(session, cycle)
                 _guard(session, cycle)
                 _execute(session, cycle)
             finally:
@@ -166,11 +174,18 @@ def _execute(session: Session, cycle: CycleState) -> None:
     for batch in batcher.flush():
         push_batch(session, cycle, batch)
     if not dry:
-        records.forget_stale(session, target.name, rejections, cycle.held_keys)
+        scope = cycle.options.scope
+        if scope is not None:
+            # only the keys read: what the rest of the list holds was not looked at
+            rejections = {k: r for k, r in rejections.items() if k in scope.remote}
+        among = None if scope is None else sorted(scope.remote)
+        records.forget_stale(
+            session, target.name, rejections, cycle.held_keys, None if among is None else set(among)
+        )
         if cycle.result.export_complete:
             # every write of this cycle was answered, and every lost answer of an earlier
             # one has been read back from this export (or settled with its key)
-            mirror.drop_in_flight(session, target.name)
+            mirror.drop_in_flight(session, target.name, among)
         session.commit()
         # a million staged rows go in committed chunks: never one long hold of the write lock
         seen.clear_scratch(session, target.name)

@@ -89,15 +89,24 @@ def clear_conflicts(session: Session, target: str, keys: list[str]) -> None:
 
 
 def forget_stale(
-    session: Session, target: str, rejections: dict[str, Rejection], held_keys: set[str]
+    session: Session,
+    target: str,
+    rejections: dict[str, Rejection],
+    held_keys: set[str],
+    among: set[str] | None = None,
 ) -> None:
-    """Rejections and conflicts whose key no longer differs have settled by themselves."""
-    stale = [k for k in rejections if k not in held_keys]
+    """Rejections and conflicts whose key no longer differs have settled by themselves
+    (``among``: only these keys were looked at; None: all)."""
+    stale = [k for k in rejections if k not in held_keys and (among is None or k in among)]
     mirror.drop_rejections(session, target, stale)
     open_keys = session.execute(
         select(col(Conflict.key)).where(col(Conflict.target) == target)
     ).scalars()
-    clear_conflicts(session, target, [k for k in open_keys if k not in held_keys])
+    clear_conflicts(
+        session,
+        target,
+        [k for k in open_keys if k not in held_keys and (among is None or k in among)],
+    )
 
 
 def _conflict_dict(c: FieldConflict, take: str | None = None) -> dict[str, str | None]:

@@ -16,13 +16,14 @@ and neither exits 0.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlmodel import Session
 
 from syncd.core.projection import RemoteChange
+from syncd.providers.base import RemoteContact
 from syncd.store.lease import Lease
 
 #: (stage, how many so far, the total where one is known): "exporting", "exported", "staged
@@ -46,6 +47,17 @@ class CycleOptions:
     lease: Lease | None = None
     cycle_id: str | None = None  # given by the daemon so its log lines can carry it
     holder: str | None = None  # the process holding the target's lease, kept in the run record
+    # A cycle narrowed to a few keys, their remote rows read one by one (``syncd.engine.single``)
+    # instead of exported; None: the whole list.
+    scope: Scope | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """The keys a narrowed cycle decides, and each one's remote row as it was just read. Only
+    these keys are staged and compared; nothing is concluded about any other."""
+
+    remote: Mapping[str, RemoteContact]
 
 
 @dataclass(frozen=True, slots=True)

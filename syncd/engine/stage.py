@@ -23,10 +23,12 @@ from typing import Any
 from sqlmodel import Session
 
 from syncd.core.projection import Projection, digest_of
+from syncd.engine.result import Scope
 from syncd.engine.state import CycleState
 from syncd.errors import ExportIncomplete
 from syncd.providers.base import Capabilities
 from syncd.store import mirror, seen
+from syncd.store.models import Base
 
 log = logging.getLogger("syncd.engine")
 
@@ -72,6 +74,9 @@ def stage_and_diff(session: Session, cycle: CycleState) -> None:
     turn."""
     name = cycle.target.name
     seen.clear_scratch(session, name)
+    if cycle.options.scope is not None:
+        _stage_scope(session, cycle, cycle.options.scope)
+        return
     if cycle.caps.export:
         log.debug("exporting the remote list")
         try:
@@ -95,6 +100,41 @@ def stage_and_diff(session: Session, cycle: CycleState) -> None:
     )
     cycle.progress("differing keys", n)
     log.debug("planning: %d differing keys", n)
+
+
+def _stage_scope(session: Session, cycle: CycleState, scope: Scope) -> None:
+    """A narrowed cycle: the keys' rows as just read, their local rows as they are now, and
+    the keys among them that differ. A handful of keys: compared here, and neither side's
+    rows as last read are touched (a row read alone is no export)."""
+    name, view, caps = cycle.target.name, cycle.view, cycle.caps
+    keys = sorted(scope.remote)
+    local: dict[str, Projection] = {}
+    for member in mirror.local_members(session, view, keys):
+        p = project_local(member, view, caps)
+        if p is not None and p.key in scope.remote:
+            local[p.key] = p
+    base = mirror.projections(session, Base, name, keys)
+    unseen = mirror.unseen(session, name, keys)
+    differing = []
+    for key in keys:
+        remote = scope.remote[key]
+        here, agreed, there = local.get(key), base.get(key), remote.projection
+        if here == agreed == there and not unseen.get(key):
+            continue
+        differing.append(
+            (
+                name,
+                key,
+                here and here.to_json(),
+                agreed and agreed.to_json(),
+                there.to_json(),
+                remote.raw_status,
+                remote.opted_out_elsewhere,
+            )
+        )
+    seen.stage_differing(session, differing)
+    session.commit()
+    log.debug("narrowed to %d keys: %d differ", len(keys), len(differing))
 
 
 def _read_export(session: Session, cycle: CycleState) -> int:

@@ -28,6 +28,7 @@ __all__ = [
     "CallStats",
     "CallbackReport",
     "Capabilities",
+    "ContactRead",
     "JobTicket",
     "Op",
     "Provider",
@@ -81,6 +82,15 @@ class RemoteContact(NamedTuple):
     # the provider records an opt-out of this contact from another list: deleting the contact
     # (an account-wide delete) would erase that record, so it only ever leaves this list
     opted_out_elsewhere: bool = False
+
+
+class ContactRead(NamedTuple):
+    """One contact read by its key (``Provider.read_one``). A single-contact read may give less
+    than the export: what it does not give is unknown, never empty."""
+
+    contact: RemoteContact
+    fields_read: frozenset[str]  # remote field names the read gave (the others: unknown)
+    tags_read: bool  # whether the read gave the contact's tags
 
 
 @dataclass
@@ -154,6 +164,23 @@ class Provider(ABC):
     def wire_rows(self, call: PushCall, limit: int) -> list[dict[str, str]]:
         """The first ``limit`` rows as they would go on the wire (for ``syncd plan``)."""
         return [{"key": rc.row.key} for rc in call.rows[:limit]]
+
+    def read_one(self, key: str) -> ContactRead | None:
+        """One contact of the list by its key (``Capabilities.read_one``); None when the provider
+        does not show it on this list, which proves nothing (only an export does)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot read one contact")
+
+    def set_hook(self, url: str, events: Sequence[str]) -> dict[str, object]:
+        """Ask the provider to POST its events to ``url`` (``Capabilities.hooks == "api"``);
+        the same URL again replaces (and re-activates) the handler."""
+        raise NotImplementedError(f"{type(self).__name__} has no hook API")
+
+    def list_hooks(self) -> list[dict[str, object]]:
+        """The handlers the account has, as the provider shows them (``hook_url``, ``status``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no hook API")
+
+    def remove_hook(self, url: str) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no hook API")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

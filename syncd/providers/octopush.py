@@ -114,6 +114,9 @@ CAPABILITIES = Capabilities(
     # not documented; the API "applies defaults" to what it is not given ("Lenient
     # input"), so a missing param may well be reset. Every update sends every field.
     partial_update=False,
+    # octopush.md "Opt-out (STOP) callbacks": a URL set in the customer interface receives
+    # each STOP (message_id, number, text, stop_date); nothing is signed
+    hooks="opt_out",
 )
 
 

@@ -56,6 +56,7 @@ from syncd.core.projection import Projection, is_opted_out
 from syncd.errors import AuthError, ExportIncomplete, ProviderError, TryLater
 from syncd.providers.base import (
     Capabilities,
+    ContactRead,
     PushCall,
     RemoteContact,
     RowChange,
@@ -72,6 +73,7 @@ EXPORT_ASYNC = "async/exportContacts"
 TASK_RESULT = "async/getTaskResult"
 EXPORT_PAGED = "exportContacts"
 DOWNLOAD = "download"
+READ_ONE = "getContact"
 
 PAGE_SIZE = 1000  # §1.5: the legacy exportContacts returns at most 1000 records per call
 MAX_TAGS = 10  # §1.4: at most 10 tags per contact
@@ -150,6 +152,10 @@ class UnisenderProvider(HttpProvider):
         # column split (each call repeating the key) assumes it. So an update sends only what
         # changed.
         partial_update=True,
+        # §1.6 getContact: one contact by email, its status, lists and fields (no tags)
+        read_one=True,
+        # "Event notifications (webhooks)": setHook / listHooks / removeHook
+        hooks="api",
     )
 
     def configure(self, target: TargetConfig) -> None:
@@ -635,6 +641,80 @@ class UnisenderProvider(HttpProvider):
             raw_status,
             opted_out_elsewhere=elsewhere,
         )
+
+    # ---- one contact (§1.6 getContact) and the event handlers ("Event notifications")
+
+    def read_one(self, key: str) -> ContactRead | None:
+        """The contact as ``getContact`` shows it, or None when it is not on this list (or the
+        target is keyed on phones: getContact reads by email only).
+
+        getContact gives the address's status, its lists with a per-list status and the user
+        fields, never the tags nor the phone: those are left unknown (``ContactRead``). Where
+        ``lists`` and ``fields`` sit (under ``result`` or ``result.email``) is [UNCONFIRMED];
+        both are read. The per-list status words are [UNCONFIRMED]: ``unsubscribed`` is an
+        opt-out from that list, an unknown word too (consent only moves towards opted out).
+        """
+        if self._key != "email":
+            return None
+        try:
+            result = self._call(
+                READ_ONE,
+                {"email": key, "include_lists": "1", "include_fields": "1"},
+                write=False,
+            )
+        except _Refused as exc:
+            if "not found" in exc.text.lower():
+                return None
+            raise
+        email = result.get("email") if isinstance(result, dict) else None
+        if not isinstance(result, dict) or not isinstance(email, dict):
+            raise ProviderError(f"{self.name} {READ_ONE}: no `email` object", code="bad_answer")
+        lists = result.get("lists", email.get("lists")) or []
+        given = result.get("fields", email.get("fields")) or {}
+        if not isinstance(lists, list) or not isinstance(given, dict):
+            raise ProviderError(
+                f"{self.name} {READ_ONE}: lists or fields unreadable", code="bad_answer"
+            )
+        states = {
+            str(item.get("id")): str(item.get("status") or "").lower()
+            for item in lists
+            if isinstance(item, dict)
+        }
+        if self._list_id not in states:
+            return None
+        word = str(email.get("status") or "").lower()
+        raw_status = word if word in _OPTED_OUT_STATUSES else (word or "active")
+        if word not in _OPTED_OUT_STATUSES and word not in _ACTIVE_STATUSES:
+            log.warning("%s: unknown status %r read as an opt-out", self.name, word)
+        active = raw_status in _ACTIVE_STATUSES
+        status = "active" if active else self.capabilities.fold_status(raw_status)
+        here = states[self._list_id]
+        list_status = "active" if here in _ACTIVE_STATUSES else "unsubscribed"
+        elsewhere = any(s not in _ACTIVE_STATUSES for i, s in states.items() if i != self._list_id)
+        names = [n for n in self.target.remote_fields if n in given]
+        fields = {n: _text(given[n]) for n in names}
+        projection = Projection.build(key, fields, (), status, list_status)
+        contact = RemoteContact(projection, raw_status, opted_out_elsewhere=elsewhere)
+        return ContactRead(contact, frozenset(names), tags_read=False)
+
+    def set_hook(self, url: str, events: Sequence[str]) -> dict[str, object]:
+        params: dict[str, str | Sequence[str]] = {
+            "hook_url": url,
+            "event_format": "json_post",
+            "status": "active",
+            **{f"events[{i}]": name for i, name in enumerate(events)},
+        }
+        result = self._call("setHook", params, write=True)
+        return result if isinstance(result, dict) else {"hook_url": url}
+
+    def list_hooks(self) -> list[dict[str, object]]:
+        result = self._call("listHooks", {}, write=False)
+        if not isinstance(result, list):
+            raise ProviderError(f"{self.name} listHooks: `result` is not a list", code="bad_answer")
+        return [item for item in result if isinstance(item, dict)]
+
+    def remove_hook(self, url: str) -> None:
+        self._call("removeHook", {"hook_url": url}, write=True)
 
     # ---- async export (§1.5, current)
 

@@ -130,21 +130,33 @@ class Leases:
             f"started_at = excluded.started_at WHERE lease.expires_at < {now} "
             f"AND lease.started_at <= {now} - :fresh"
         )
+        # the same, for work that is not a cycle (a webhook's few keys): it leaves started_at
+        # alone, so a scheduled cycle right after it is not taken for a needless one
+        self._take_quietly = text(
+            "INSERT INTO lease (target, holder, expires_at, started_at) "
+            f"VALUES (:t, :h, {now} + :ttl, 0) ON CONFLICT (target) DO UPDATE "
+            "SET holder = excluded.holder, expires_at = excluded.expires_at "
+            f"WHERE lease.expires_at < {now}"
+        )
         self._renew = text(
             f"UPDATE lease SET expires_at = {now} + :ttl WHERE target = :t AND holder = :h"
         )
 
-    def acquire(self, target: str, fresh_for: float = 0.0) -> bool:
+    def acquire(self, target: str, fresh_for: float = 0.0, *, cycle: bool = True) -> bool:
         """Take the target's lease if it is free or expired, and no cycle of it began in the
-        last ``fresh_for`` seconds; False otherwise."""
+        last ``fresh_for`` seconds; False otherwise. ``cycle=False``: the work is not a cycle
+        of the list and is not remembered as its start."""
         params = {"t": target, "h": self.holder, "ttl": self.timeout, "fresh": fresh_for}
+        take = self._take if cycle else self._take_quietly
+        if not cycle:
+            params.pop("fresh")
         with self.engine.begin() as conn:
-            if conn.execute(self._take, params).rowcount == 1:
+            if conn.execute(take, params).rowcount == 1:
                 return True
         if not self._end_if_dead(target):
             return False
         with self.engine.begin() as conn:
-            return conn.execute(self._take, params).rowcount == 1
+            return conn.execute(take, params).rowcount == 1
 
     def _end_if_dead(self, target: str) -> bool:
         """End a lease whose holder was a process of this machine that is gone (a crash, a
@@ -201,12 +213,12 @@ class Leases:
 
     @contextmanager
     def hold(
-        self, target: str, *, wait: bool = False, fresh_for: float = 0.0
+        self, target: str, *, wait: bool = False, fresh_for: float = 0.0, cycle: bool = True
     ) -> Iterator[Lease | None]:
         """The target's lease for the length of the block, renewed meanwhile. None when another
         process holds it or a cycle began within ``fresh_for`` seconds; with ``wait``, it waits
-        until the lease has been given back or has lapsed instead."""
-        while not self.acquire(target, fresh_for):
+        until the lease has been given back or has lapsed instead. ``cycle``: see ``acquire``."""
+        while not self.acquire(target, fresh_for, cycle=cycle):
             if not wait:
                 yield None
                 return

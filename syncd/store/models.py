@@ -26,6 +26,8 @@
 - ``webhook_delivery`` / ``webhook_endpoint``: each event once per matching ``[[webhook]]``,
   recorded with the event and kept until a 2xx answer (or dead-lettered), and the endpoints a
   410 Gone turned off (``syncd.local.webhook_queue``).
+- ``hook_token`` / ``hook_queue``: each target's secret path segment for provider webhooks,
+  and the keys those webhooks named, waiting to be re-read (``syncd.store.hooks``).
 - ``ingest_request``: the answers of ``POST /v1/contacts`` by ``Idempotency-Key``, committed
   with the rows they applied, so a retried request applies once (``syncd.local.intake``).
 
@@ -389,3 +391,25 @@ class IngestRequest(SQLModel, table=True):
     body_sha256: str  # the same key with another body is refused, not answered from here
     answer: str  # JSON, sent again as it was
     created_at: float = Field(index=True)
+
+
+class HookToken(SQLModel, table=True):
+    """A target's unguessable path segment of ``/hooks/{target}/{token}`` (provider webhooks)."""
+
+    __tablename__ = "hook_token"
+    target: str = Field(primary_key=True)
+    token: str
+    created_at: float
+
+
+class HookQueue(SQLModel, table=True):
+    """A key a provider's webhook named, waiting to be re-read (``kind`` "reread") or taken as
+    the provider's opt-out (``kind`` "opt_out"); a retried webhook finds its row already there."""
+
+    __tablename__ = "hook_queue"
+    __table_args__ = (Index("ux_hook_queue_key", "target", "key", "kind", unique=True),)
+    id: int | None = Field(default=None, primary_key=True)
+    target: str
+    key: str
+    kind: str
+    queued_at: float

@@ -222,6 +222,17 @@ def stage_new(session: Session, rows: Sequence[tuple[Any, ...]]) -> None:
     )
 
 
+def stage_differing(session: Session, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Keys found differing elsewhere (a narrowed cycle's few): (target, key, local, base,
+    remote, raw_status, opted_out_elsewhere), the rows as JSON."""
+    _many(
+        session,
+        "INSERT INTO stage_diff (target, key, local, base, remote, raw_status, "
+        "opted_out_elsewhere) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+
+
 def stage_gone(session: Session, target: str, fps: Sequence[int]) -> None:
     _many(
         session,
