@@ -42,6 +42,7 @@ from syncd.engine.result import CycleOptions
 from syncd.errors import ConfigError
 from syncd.local import outbox
 from syncd.local.inbox import Inbox
+from syncd.local.source import register_url
 from syncd.logs import log_context, register_secret
 from syncd.metrics import Metrics, set_call_observer
 from syncd.providers import PROVIDERS
@@ -303,6 +304,8 @@ class Daemon:
                 register_secret(secret)
         if config.http.ingest_token is not None:
             register_secret(config.http.ingest_token.get_secret_value())
+        for source in config.source:
+            register_url(source)
 
     def _watch_config(self) -> None:
         """Reload when the configuration file is written (closed after writing), created or
