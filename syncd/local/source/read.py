@@ -39,7 +39,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import URL, create_engine, make_url, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
@@ -88,7 +88,8 @@ def masked_url(source: SourceConfig) -> str:
     """Where the source reads, fit to show: the URL without user, password or query options
     (``postgresql+psycopg://db.internal:5432/app``)."""
     url = make_url(source.url.get_secret_value())
-    return url.set(username=None, password=None, query={}).render_as_string(hide_password=True)
+    shown = URL.create(url.drivername, host=url.host, port=url.port, database=url.database)
+    return shown.render_as_string(hide_password=True)
 
 
 def statement(source: SourceConfig, dialect_quote: Any, since: bool) -> str:
