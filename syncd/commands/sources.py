@@ -18,12 +18,13 @@ from syncd.config import Config, SourceConfig
 from syncd.errors import MassDeleteRefused, SourceReadFailed
 from syncd.local.source import SourceReport, masked_url, pull, register_url
 from syncd.local.source.state import last_read
+from syncd.metrics import SOURCE_OUTCOMES
 
 log = logging.getLogger("syncd.source")
 
 #: What a read ended as: ``applied`` (rows may still be rejected), ``refused`` (the mass-delete
 #: guard), ``failed`` (the query, the connection or the timeout).
-OUTCOMES = ("applied", "refused", "failed")
+OUTCOMES = SOURCE_OUTCOMES
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,7 @@ class PullOutcome:
     outcome: str  # one of OUTCOMES
     report: SourceReport | None = None
     reason: str = ""
+    seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"source": self.source, "outcome": self.outcome}
@@ -53,19 +55,20 @@ def pull_one(
 ) -> PullOutcome:
     """One read of ``source``, its failure caught and logged (the daemon's and the CLI's)."""
     register_url(source)
+    started = time.monotonic()
     try:
         report = pull(
             db, config, source, dry_run=dry_run, allow_mass_delete=allow_mass_delete, full=full
         )
     except MassDeleteRefused as exc:
         log.warning("%s", exc, extra={"source": source.name})
-        return PullOutcome(source.name, "refused", reason=str(exc))
+        return PullOutcome(source.name, "refused", None, str(exc), time.monotonic() - started)
     except SourceReadFailed as exc:
         log.warning("%s", exc, extra={"source": source.name})
-        return PullOutcome(source.name, "failed", reason=str(exc))
+        return PullOutcome(source.name, "failed", None, str(exc), time.monotonic() - started)
     level = logging.INFO if report.changed or report.rejected else logging.DEBUG
     log.log(level, "source read", extra={"source": source.name, "summary": report.to_dict()})
-    return PullOutcome(source.name, "applied", report)
+    return PullOutcome(source.name, "applied", report, seconds=report.seconds)
 
 
 def pull_sources(

@@ -13,7 +13,7 @@ Who calls it: ``syncd source pull`` (``syncd.commands.sources``) and the daemon'
 
 from __future__ import annotations
 
-from syncd.local.source.pull import SourceBusy, SourceReport, pull
+from syncd.local.source.pull import SourceReport, pull
 from syncd.local.source.read import masked_url, register_url
 
-__all__ = ["SourceBusy", "SourceReport", "masked_url", "pull", "register_url"]
+__all__ = ["SourceReport", "masked_url", "pull", "register_url"]

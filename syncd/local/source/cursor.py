@@ -43,7 +43,7 @@ def later(a: Any, b: Any) -> Any:
         return a
 
 
-def since(encoded: dict[str, Any] | None, overlap_seconds: float) -> Any:
+def since_value(encoded: dict[str, Any] | None, overlap_seconds: float) -> Any:
     """The value the next cursor read starts from (None: no cursor yet, read everything)."""
     if encoded is None:
         return None

@@ -46,7 +46,7 @@ from sqlmodel import col
 
 from syncd.config import Config, SourceConfig
 from syncd.core.contacts import normalise_email, normalise_phone
-from syncd.errors import MassDeleteRefused, SourceReadFailed
+from syncd.errors import MassDeleteRefused, SourceBusy, SourceReadFailed
 from syncd.local.inbox.apply import (
     MASS_DELETE_MIN,
     _ids_by_key,
@@ -57,15 +57,19 @@ from syncd.local.inbox.apply import (
 from syncd.local.ingest.check import ContactChange, Rejection, validate
 from syncd.local.ingest.read import RawRow
 from syncd.local.ingest.write import apply
-from syncd.local.source import cursor as cursors
-from syncd.local.source import state
+from syncd.local.source.cursor import encode as encode_cursor
+from syncd.local.source.cursor import later, since_value
 from syncd.local.source.read import SourceRecord, read_source
+from syncd.local.source.state import (
+    LastRead,
+    chunks,
+    fingerprints,
+    last_read,
+    save_read,
+    store_fingerprints,
+)
 from syncd.store import mirror
 from syncd.store.models import Membership, SourceRun
-
-
-class SourceBusy(SourceReadFailed):
-    """Another process applied a read of this source while this one was reading."""
 
 
 @dataclass(slots=True)
@@ -143,7 +147,7 @@ def pull(
     started = time.monotonic()
     at = time.time() if now is None else now
     with engine.connect() as conn:
-        last = state.last_read(conn, source.name)
+        last = last_read(conn, source.name)
     is_full = _is_full(source, last, at) if full is None else (full or source.mode == "snapshot")
     try:
         diff = _diff(engine, config, source, last, is_full)
@@ -158,7 +162,7 @@ def pull(
     return report
 
 
-def _is_full(source: SourceConfig, last: state.LastRead, now: float) -> bool:
+def _is_full(source: SourceConfig, last: LastRead, now: float) -> bool:
     if source.mode == "snapshot" or last.cursor is None or last.last_full_at is None:
         return True
     return now - last.last_full_at >= source.full_every_seconds
@@ -177,14 +181,14 @@ def _key(values: Any, source: SourceConfig, region: str | None) -> str | None:
 
 
 def _diff(
-    engine: Engine, config: Config, source: SourceConfig, last: state.LastRead, full: bool
+    engine: Engine, config: Config, source: SourceConfig, last: LastRead, full: bool
 ) -> _Diff:
-    since = None if full else cursors.since(last.cursor, source.overlap_seconds)
+    since = None if full else since_value(last.cursor, source.overlap_seconds)
     diff = _Diff(full=full)
     records = read_source(source, since)
     if full:
         with engine.connect() as conn:
-            previous = state.fingerprints(conn, source.name)
+            previous = fingerprints(conn, source.name)
         seen = _scan(source, config, records, previous, diff)
         diff.vanished = [k for k in previous if k not in seen]
     else:
@@ -192,7 +196,7 @@ def _diff(
         held = list(records)
         keys = [k for r in held if (k := _key(r.values, source, config.ingest.default_region))]
         with engine.connect() as conn:
-            previous = state.fingerprints(conn, source.name, keys)
+            previous = fingerprints(conn, source.name, keys)
         _scan(source, config, held, previous, diff)
     return diff
 
@@ -209,7 +213,7 @@ def _scan(
     region = config.ingest.default_region
     for record in records:
         diff.rows += 1
-        diff.cursor = cursors.later(diff.cursor, record.cursor)
+        diff.cursor = later(diff.cursor, record.cursor)
         key = _key(record.values, source, region)
         if key is None:
             # A key that is there but unusable is named by validate (an invalid email, say).
@@ -238,7 +242,7 @@ def _apply(
     engine: Engine,
     config: Config,
     source: SourceConfig,
-    last: state.LastRead,
+    last: LastRead,
     diff: _Diff,
     at: float,
     dry_run: bool,
@@ -252,7 +256,7 @@ def _apply(
         trans = conn.begin()
         try:
             mirror.take_write_turn(conn)
-            if state.last_read(conn, source.name).generation != last.generation:
+            if last_read(conn, source.name).generation != last.generation:
                 raise SourceBusy(
                     f"source {source.name}: another process applied a read of it meanwhile; "
                     "nothing of this read was applied"
@@ -265,7 +269,7 @@ def _apply(
             joined = _join_list(conn, source.list, [c for c in kept if not c.delete])
             _leave_list(conn, source.list, leaving)
             applied_keys = {_change_key(c, source) for c in kept}
-            state.store_fingerprints(
+            store_fingerprints(
                 conn,
                 source.name,
                 {k: fp for k, fp in diff.fingerprints.items() if k in applied_keys},
@@ -279,7 +283,7 @@ def _apply(
             )
             if report.changed or joined:
                 report.lists = frozenset(before | _lists_of(conn, changes) | {source.list})
-            state.save_read(conn, source.name, _next_read(source, last, diff, report, at))
+            save_read(conn, source.name, _next_read(source, last, diff, report, at))
             if dry_run:
                 trans.rollback()
             else:
@@ -306,7 +310,7 @@ def _guard(
     conn: Connection,
     config: Config,
     source: SourceConfig,
-    last: state.LastRead,
+    last: LastRead,
     diff: _Diff,
     allowed: bool,
 ) -> list[int]:
@@ -356,7 +360,7 @@ def _join_list(conn: Connection, list_name: str, changes: list[ContactChange]) -
     if not named:
         return 0
     members: set[int] = set()
-    for chunk in state.chunks(sorted(named)):
+    for chunk in chunks(sorted(named)):
         members.update(
             conn.execute(
                 select(col(Membership.contact_id)).where(
@@ -365,7 +369,7 @@ def _join_list(conn: Connection, list_name: str, changes: list[ContactChange]) -
             ).scalars()
         )
     joining = sorted(named - members)
-    for chunk in state.chunks(joining):
+    for chunk in chunks(joining):
         conn.execute(
             insert(Membership),
             [{"contact_id": i, "list_name": list_name, "state": "active"} for i in chunk],
@@ -374,7 +378,7 @@ def _join_list(conn: Connection, list_name: str, changes: list[ContactChange]) -
 
 
 def _leave_list(conn: Connection, list_name: str, leaving: list[int]) -> None:
-    for chunk in state.chunks(leaving):
+    for chunk in chunks(leaving):
         conn.execute(
             delete(Membership).where(
                 col(Membership.list_name) == list_name, col(Membership.contact_id).in_(chunk)
@@ -384,13 +388,13 @@ def _leave_list(conn: Connection, list_name: str, leaving: list[int]) -> None:
 
 def _next_read(
     source: SourceConfig,
-    last: state.LastRead,
+    last: LastRead,
     diff: _Diff,
     report: SourceReport,
     at: float,
-) -> state.LastRead:
-    encoded = cursors.encode(diff.cursor) if source.cursor_column else None
-    return state.LastRead(
+) -> LastRead:
+    encoded = encode_cursor(diff.cursor) if source.cursor_column else None
+    return LastRead(
         generation=last.generation + 1,
         last_read_at=at,
         last_success_at=at,
@@ -411,8 +415,8 @@ def _next_read(
 def _record_failure(engine: Engine, source: SourceConfig, error: str, at: float, s: float) -> None:
     """Keep the failure for ``syncd status``; rows, fingerprints and cursor stay as they were."""
     with engine.begin() as conn:
-        last = state.last_read(conn, source.name)
-        state.save_read(
+        last = last_read(conn, source.name)
+        save_read(
             conn,
             source.name,
             replace(last, last_read_at=at, seconds=s, error=error[:2000]),
