@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
@@ -59,7 +59,7 @@ from syncd.local.ingest.read import RawRow
 from syncd.local.ingest.write import apply
 from syncd.local.source.cursor import encode as encode_cursor
 from syncd.local.source.cursor import later, since_value
-from syncd.local.source.read import SourceRecord, read_source
+from syncd.local.source.read import Batch, Shape, SourceRecord, read_source
 from syncd.local.source.state import (
     LastRead,
     chunks,
@@ -110,10 +110,17 @@ class SourceReport:
         }
 
 
-def fingerprint(source: SourceConfig, values: Any) -> str:
-    """The digest of a row as read, salted with what the row is applied to (list and key)."""
-    text = repr((source.list, source.key, tuple(values.items())))
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+def fingerprinter(source: SourceConfig, shape: Shape) -> Any:
+    """A function: a row as the driver returns it -> its digest, keyed with what the row is
+    applied to (list, key column) and the result's column names, so that changing any of
+    them makes every row read as changed once."""
+    salt = hashlib.blake2b(repr((source.list, source.key, shape.names)).encode()).digest()[:32]
+
+    def digest(row: Sequence[Any]) -> str:
+        text = repr(tuple(row)).encode("utf-8", "surrogatepass")
+        return hashlib.blake2b(text, digest_size=16, key=salt).hexdigest()
+
+    return digest
 
 
 @dataclass(slots=True)
@@ -185,57 +192,94 @@ def _diff(
 ) -> _Diff:
     since = None if full else since_value(last.cursor, source.overlap_seconds)
     diff = _Diff(full=full)
-    records = read_source(source, since)
+    batches: Iterable[Batch] = read_source(source, since)
+    region = config.ingest.default_region
     if full:
         with engine.connect() as conn:
             previous = fingerprints(conn, source.name)
-        seen = _scan(source, config, records, previous, diff)
+        seen = _scan(source, region, batches, previous, diff)
         diff.vanished = [k for k in previous if k not in seen]
     else:
         # A cursor read holds its (few) rows, then looks up only their keys' fingerprints.
-        held = list(records)
-        keys = [k for r in held if (k := _key(r.values, source, config.ingest.default_region))]
+        held = list(batches)
+        keys = [
+            key
+            for b in held
+            for i, row in enumerate(b.rows)
+            if (key := _key(b.shape.record(b.first_line + i, row).values, source, region))
+        ]
         with engine.connect() as conn:
             previous = fingerprints(conn, source.name, keys)
-        _scan(source, config, held, previous, diff)
+        _scan(source, region, held, previous, diff)
     return diff
 
 
 def _scan(
     source: SourceConfig,
-    config: Config,
-    records: Iterable[SourceRecord],
+    region: str | None,
+    batches: Iterable[Batch],
     previous: dict[str, str],
     diff: _Diff,
 ) -> dict[str, int]:
-    """Sort the rows into unchanged and changed; the keys seen, with their row numbers."""
+    """Sort the rows into unchanged and changed; the keys seen, with their row numbers.
+
+    An unchanged row costs a digest and a lookup: its key as written, lower-cased for an
+    email, is tried first; the stored digest covers that text, so a match proves both the key
+    and the row. Any other row is converted and its key normalised.
+    """
     seen: dict[str, int] = {}
-    region = config.ingest.default_region
-    for record in records:
-        diff.rows += 1
-        diff.cursor = later(diff.cursor, record.cursor)
-        key = _key(record.values, source, region)
-        if key is None:
-            # A key that is there but unusable is named by validate (an invalid email, say).
-            raw = record.values.get(source.key)
-            missing = raw is None or (isinstance(raw, str) and not raw.strip())
-            problem = record.problem or (
-                f"row has no {source.key} (the source's key)" if missing else None
-            )
-            diff.changed.append(RawRow(record.line, record.values, problem))
-            continue
-        if key in seen:
-            reason = f"duplicate {source.key} {key}: already on row {seen[key]}"
-            diff.duplicates.append(Rejection(record.line, key, reason))
-            continue
-        seen[key] = record.line
-        fp = fingerprint(source, record.values)
-        if previous.get(key) == fp:
-            diff.unchanged += 1
-            continue
-        diff.changed.append(RawRow(record.line, record.values, record.problem))
-        diff.fingerprints[key] = fp
+    digest = None
+    for batch in batches:
+        shape = batch.shape
+        if digest is None:
+            digest = fingerprinter(source, shape)
+        key_at, cursor_at = shape.key_at, shape.cursor_at
+        email = source.key == "email"
+        for offset, row in enumerate(batch.rows):
+            line = batch.first_line + offset
+            diff.rows += 1
+            if cursor_at is not None:
+                diff.cursor = later(diff.cursor, row[cursor_at])
+            fp = digest(row)
+            raw = row[key_at]
+            quick = raw.lower() if email and isinstance(raw, str) else str(raw)
+            if quick not in seen and previous.get(quick) == fp:
+                seen[quick] = line
+                diff.unchanged += 1
+                continue
+            _changed_row(source, region, shape.record(line, row), fp, previous, seen, diff)
     return seen
+
+
+def _changed_row(
+    source: SourceConfig,
+    region: str | None,
+    record: SourceRecord,
+    fp: str,
+    previous: dict[str, str],
+    seen: dict[str, int],
+    diff: _Diff,
+) -> None:
+    key = _key(record.values, source, region)
+    if key is None:
+        # A key that is there but unusable is named by validate (an invalid email, say).
+        raw = record.values.get(source.key)
+        missing = raw is None or (isinstance(raw, str) and not raw.strip())
+        problem = record.problem or (
+            f"row has no {source.key} (the source's key)" if missing else None
+        )
+        diff.changed.append(RawRow(record.line, record.values, problem))
+        return
+    if key in seen:
+        reason = f"duplicate {source.key} {key}: already on row {seen[key]}"
+        diff.duplicates.append(Rejection(record.line, key, reason))
+        return
+    seen[key] = record.line
+    if previous.get(key) == fp:
+        diff.unchanged += 1
+        return
+    diff.changed.append(RawRow(record.line, record.values, record.problem))
+    diff.fingerprints[key] = fp
 
 
 def _apply(

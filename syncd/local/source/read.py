@@ -35,7 +35,7 @@ import datetime as dt
 import decimal
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,12 +58,35 @@ _SUBQUERY = "syncd_source"
 
 @dataclass(frozen=True, slots=True)
 class SourceRecord:
-    """One result row as contact-file values; ``cursor`` is the cursor column's raw value."""
+    """One result row as contact-file values."""
 
     line: int  # the row's position in the result, from 1
     values: Mapping[str, Any]
     problem: str | None = None
-    cursor: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """The result's columns: as the query names them, as contact-file columns, and where the
+    key and the cursor are."""
+
+    names: tuple[str, ...]
+    columns: tuple[str, ...]
+    key_at: int
+    cursor_at: int | None
+
+    def record(self, line: int, row: Sequence[Any]) -> SourceRecord:
+        """The row as a contact file's record would hold it (conversions: module docstring)."""
+        return _record(line, self.columns, row)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Rows as the database driver returns them, the first one at ``first_line``."""
+
+    shape: Shape
+    first_line: int
+    rows: Sequence[Sequence[Any]]
 
 
 class _Deadline:
@@ -101,8 +124,10 @@ def statement(source: SourceConfig, dialect_quote: Any, since: bool) -> str:
     return f"SELECT * FROM ({query}) AS {_SUBQUERY} WHERE {_SUBQUERY}.{column} >= :since"
 
 
-def read_source(source: SourceConfig, since: Any = None) -> Iterator[SourceRecord]:
-    """Stream the source's rows (``since``: only those with the cursor column at or past it)."""
+def read_source(source: SourceConfig, since: Any = None) -> Iterator[Batch]:
+    """Stream the source's rows in batches (``since``: only those with the cursor column at or
+    past it). Rows stay as the driver returns them until ``Shape.record`` converts one: an
+    unchanged row is never converted."""
     register_url(source)
     deadline = _Deadline(source.timeout)
     try:
@@ -124,7 +149,7 @@ def read_source(source: SourceConfig, since: Any = None) -> Iterator[SourceRecor
 
 def _read(
     conn: Connection, source: SourceConfig, since: Any, deadline: _Deadline
-) -> Iterator[SourceRecord]:
+) -> Iterator[Batch]:
     dialect = conn.dialect.name
     options: dict[str, Any] = {"stream_results": True, "yield_per": BATCH}
     if dialect == "postgresql":
@@ -150,23 +175,13 @@ def _read(
         elif dialect == "sqlite":
             conn.exec_driver_sql("BEGIN")  # pysqlite opens none for a SELECT by itself
         result = conn.execution_options(**options).execute(text(sql), params)
-        names = list(result.keys())
-        columns = [_column_name(n) for n in names]
-        if source.key not in columns:
-            raise SourceReadFailed(
-                f"source {source.name}: the query returns no {source.key!r} column (its key); "
-                f"it returns {', '.join(names) or 'no columns'}"
-            )
-        if source.cursor_column is not None and source.cursor_column not in names:
-            raise SourceReadFailed(
-                f"source {source.name}: the query returns no column {source.cursor_column!r} "
-                "(cursor_column)"
-            )
-        cursor_at = names.index(source.cursor_column) if source.cursor_column in names else None
-        for line, row in enumerate(result, start=1):
+        shape = _shape(source, tuple(result.keys()))
+        line = 1
+        for rows in result.partitions(BATCH):
             if deadline.passed():
                 raise SourceReadFailed(_timed_out(source))
-            yield _record(line, columns, row, cursor_at)
+            yield Batch(shape, line, rows)
+            line += len(rows)
         if deadline.passed():
             raise SourceReadFailed(_timed_out(source))
     finally:
@@ -174,12 +189,30 @@ def _read(
         trans.rollback()
 
 
+def _shape(source: SourceConfig, names: tuple[str, ...]) -> Shape:
+    columns = tuple(_column_name(n) for n in names)
+    if source.key not in columns:
+        raise SourceReadFailed(
+            f"source {source.name}: the query returns no {source.key!r} column (its key); "
+            f"it returns {', '.join(names) or 'no columns'}"
+        )
+    cursor_at = None
+    if source.cursor_column is not None:
+        if source.cursor_column not in names:
+            raise SourceReadFailed(
+                f"source {source.name}: the query returns no column {source.cursor_column!r} "
+                "(cursor_column)"
+            )
+        cursor_at = names.index(source.cursor_column)
+    return Shape(names, columns, columns.index(source.key), cursor_at)
+
+
 def _column_name(name: str) -> str:
     lowered = name.lower()
     return lowered if lowered in RESERVED or lowered == _CONSENT_COLUMN else name
 
 
-def _record(line: int, columns: list[str], row: Any, cursor_at: int | None) -> SourceRecord:
+def _record(line: int, columns: Sequence[str], row: Sequence[Any]) -> SourceRecord:
     values: dict[str, Any] = {}
     problem = None
     for name, raw in zip(columns, row, strict=True):
@@ -196,8 +229,7 @@ def _record(line: int, columns: list[str], row: Any, cursor_at: int | None) -> S
             problem = problem or str(exc)
     if isinstance(values.get("status"), str) and values["status"].strip().lower() == "active":
         values["status"] = None  # a source never re-subscribes (module docstring)
-    cursor = None if cursor_at is None else row[cursor_at]
-    return SourceRecord(line, values, problem, cursor)
+    return SourceRecord(line, values, problem)
 
 
 def _flag(value: Any) -> bool:
