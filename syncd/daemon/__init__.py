@@ -1,2 +1,2 @@
-"""The long-running service: scheduling, the inbox, health, the webhook sender, and a clean
-lifecycle."""
+"""The long-running service: scheduling (targets and sources), the inbox, health, the webhook
+sender, and a clean lifecycle."""
