@@ -9,6 +9,7 @@ a read that fails or runs out of time changes nothing.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from sqlalchemy.pool import NullPool
 
 from syncd.commands.sources import source_status
 from syncd.config import Config, parse_config
-from syncd.errors import ConfigError, MassDeleteRefused, SourceReadFailed
+from syncd.errors import ConfigError, MassDeleteRefused, SourceBusy, SourceReadFailed
 from syncd.local.source import pull
 from syncd.providers import PROVIDERS
 from syncd.store import open_engine
@@ -408,3 +409,37 @@ def test_a_source_url_takes_the_environment_and_a_relative_sqlite_path_the_confi
     )
     assert config.source[0].url.get_secret_value() == f"sqlite:///{tmp_path / 'app.db'}"
     assert config.source[0].schedule == "5m"
+
+
+def test_a_source_keyed_by_phone_reads_phones_in_international_form(world: World) -> None:
+    world.sql("INSERT INTO users (id, email, first_name) VALUES (1, NULL, 'Ann'), (2, NULL, 'Bob')")
+    query = "SELECT CASE id WHEN 1 THEN '+375291234567' ELSE '375 29 7654321' END AS phone, "
+    config = world.config(query=query + "first_name AS name FROM users", key="phone")
+    report = pull(world.db, config, config.source[0])
+    assert report.created == 1
+    assert "international format" in report.rejected[0].reason  # no default_region set
+    again = pull(world.db, config, config.source[0])
+    assert (again.unchanged, again.changed) == (1, 0)
+
+
+def test_a_read_another_process_applied_first_applies_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pulling = sys.modules["syncd.local.source.pull"]  # the package's `pull` is the function
+    world.add(1)
+    config = world.config()
+    source = config.source[0]
+    diff = pulling._diff
+
+    def raced(*args: Any) -> Any:
+        found = diff(*args)  # this read's diff, made before the other process's commit
+        monkeypatch.setattr(pulling, "_diff", diff)
+        pull(world.db, config, source)  # another replica reads and applies meanwhile
+        world.sql("UPDATE users SET city = 'Lida' WHERE id = 1")
+        return found
+
+    monkeypatch.setattr(pulling, "_diff", raced)
+    with pytest.raises(SourceBusy, match="another process applied a read of it meanwhile"):
+        pull(world.db, config, source)
+    assert world.members() == emails(1)
+    assert source_status(config, world.db)[0]["error"] == ""  # the other read's outcome stands
