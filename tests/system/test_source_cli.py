@@ -117,25 +117,31 @@ def test_a_failed_read_exits_3_and_never_shows_the_url_or_its_password(tmp_path:
         assert PASSWORD not in seen and "reader" not in seen
 
 
+@pytest.mark.parametrize(
+    ("source_every", "target_schedule"),
+    [("1s", "1h"), ("1h", "3s")],
+    ids=["the source's schedule wakes the target", "a target's cycle reads the source first"],
+)
 def test_the_daemon_reads_a_source_on_its_schedule_into_a_target_at_the_emulator(
-    tmp_path: Path, emulator: str
+    tmp_path: Path, emulator: str, source_every: str, target_schedule: str
 ) -> None:
     app_database(tmp_path / "app.db", "ann@example.com")
     port = free_port()
     tables = daemon_tables(tmp_path, f"127.0.0.1:{port}", debounce=0.2, stop_timeout=10)
-    # The target's own schedule is an hour: only the source's reads can make it sync sooner.
+    # One of the two schedules is an hour, so only the other one can bring the new row over:
+    # the source's read waking the target, or the target's cycle reading the source first.
     target = unisender_target(
         emulator,
         "newsletter",
         api_key="${TEST_UNISENDER_KEY}",
-        schedule="1h",
+        schedule=target_schedule,
         jitter=0,
         export_poll_interval=0.05,
         export_rate_limit_per_minute=100000,
     )
     config = tmp_path / "syncd.toml"
     text = config_toml(tmp_path, target, **tables)
-    config.write_text(text + source_table("sqlite:///app.db", every="1s"), encoding="utf-8")
+    config.write_text(text + source_table("sqlite:///app.db", every=source_every), encoding="utf-8")
     log = tmp_path / "daemon.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "syncd", "run", "--config", str(config)],
