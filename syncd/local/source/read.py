@@ -177,7 +177,7 @@ def _read(
         result = conn.execution_options(**options).execute(text(sql), params)
         shape = _shape(source, tuple(result.keys()))
         line = 1
-        for rows in result.partitions(BATCH):
+        while rows := result.fetchmany(BATCH):
             if deadline.passed():
                 raise SourceReadFailed(_timed_out(source))
             yield Batch(shape, line, rows)
