@@ -72,6 +72,11 @@ def _load(config_path: str | None) -> Config:
         sys.exit(EXIT_CONFIG)
     for target in config.target:  # every command's log lines go through the SecretFilter
         register_secret(target.api_key.get_secret_value())
+    if config.source:
+        from syncd.local.source import register_url
+
+        for source in config.source:
+            register_url(source)
     return config
 
 
@@ -333,6 +338,65 @@ def ingest_cmd(config_path: str | None, files: tuple[str, ...], as_json: bool) -
     sys.exit(worst)
 
 
+@main.group("source")
+def source_group() -> None:
+    """Read [[source]] queries (the company's own database) into the mirror."""
+
+
+@source_group.command("pull")
+@config_option
+@click.option("--source", "name", default=None, help="Only this source.")
+@click.option("--dry-run", is_flag=True, help="Read and diff, show the counts, apply nothing.")
+@click.option("--allow-mass-delete", is_flag=True, help="Let this read pass the delete guard.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON line per source.")
+def source_pull_cmd(
+    config_path: str | None, name: str | None, dry_run: bool, allow_mass_delete: bool, as_json: bool
+) -> None:
+    """Read each source once (or --source NAME) and apply what changed since its last read.
+
+    Exit code 0 when every read applied, 1 when rows were rejected or the mass-delete guard
+    refused a read, 3 when a read failed (query, connection, timeout): nothing of it applied.
+    """
+    from syncd.commands.sources import pull_sources
+
+    config = _load(config_path)
+    if not config.source:
+        click.echo("no [[source]] is configured", err=True)
+        sys.exit(EXIT_CONFIG)
+    try:
+        outcomes = pull_sources(
+            cycles.open_store(config),
+            config,
+            name,
+            dry_run=dry_run,
+            allow_mass_delete=allow_mass_delete,
+        )
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_CONFIG)
+    worst = 0
+    for o in outcomes:
+        if as_json:
+            click.echo(json.dumps(o.to_dict(), ensure_ascii=False))
+        elif o.report is None:
+            click.echo(f"{o.source}: {o.outcome}: {o.reason}", err=True)
+        else:
+            r = o.report
+            verb = "would apply" if dry_run else "applied"
+            click.echo(
+                f"{o.source} ({r.mode} read, {_n(r.rows, 'row')}): {verb} created {r.created}, "
+                f"updated {r.updated}, removed from list {r.removed}, unchanged {r.unchanged}, "
+                f"rejected {len(r.rejected)}"
+            )
+            for bad in r.rejected:
+                click.echo(f"  row {bad.line} ({bad.key}): {bad.reason}", err=True)
+        code = {"failed": 3, "refused": 1}.get(
+            o.outcome, 1 if o.report and o.report.rejected else 0
+        )
+        worst = max(worst, code)
+    sys.exit(worst)
+
+
 @main.command("export")
 @config_option
 @click.option("--format", "fmt", type=click.Choice(["ndjson", "csv"]), default="ndjson")
@@ -398,8 +462,41 @@ def status_cmd(config_path: str | None, as_json: bool) -> None:
             click.echo(f"  {waiting} {verb} for the provider's callback")
         if not s.two_way:
             click.echo("  push-only: changes made at this provider cannot be seen by syncd")
+    _source_status(config, as_json)
     _webhook_status(config, as_json)
     sys.exit(1 if any(s.open_conflicts for s in statuses) else 0)
+
+
+def _source_status(config: Config, as_json: bool) -> None:
+    from syncd.commands.sources import source_status
+
+    if not config.source:
+        return
+    for s in source_status(config, cycles.open_store(config)):
+        if as_json:
+            click.echo(json.dumps({"kind": "source", **s}))
+            continue
+        if s["last_read_at"] is None:
+            when = "never read"
+        else:
+            when = f"last read {_stamp(s['last_read_at'])}"
+            if s["error"]:
+                when += ": failed"
+        click.echo(f"source {s['source']} ({s['mode']}, list {s['list']}): {when}")
+        if s["last_success_at"] is not None:
+            click.echo(
+                f"  last applied {_stamp(s['last_success_at'])}: {_n(s['rows'], 'row')}, created "
+                f"{s['created']}, updated {s['updated']}, removed {s['removed']}, rejected "
+                f"{s['rejected']}"
+            )
+        if s["error"]:
+            click.echo(f"  error: {s['error']}")
+
+
+def _stamp(unix: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds")
 
 
 def _webhook_status(config: Config, as_json: bool) -> None:

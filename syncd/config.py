@@ -21,7 +21,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol, Self
 
@@ -116,26 +116,32 @@ class StoreConfig(_Strict):
     def _driver_installed(cls, value: str) -> str:
         """The database and its driver are known here, not at the first cycle (the URL itself
         is never repeated: it may hold a password)."""
-        try:
-            url = make_url(value)
-        except ArgumentError:
-            raise ValueError(
-                "not a database URL (e.g. sqlite:///./syncd.db or postgresql+psycopg://...)"
-            ) from None
-        try:
-            dialect = url.get_dialect()
-        except NoSuchModuleError:
-            raise ValueError(
-                f"unknown database {url.drivername!r} (sqlite or postgresql+psycopg)"
-            ) from None
-        try:
-            dialect.import_dbapi()
-        except ImportError as exc:
-            raise ValueError(
-                f"the database driver of {url.drivername!r} is not installed ({exc.name}); for "
-                "PostgreSQL install syncd[postgres] and write postgresql+psycopg://"
-            ) from None
-        return value
+        return database_url(value)
+
+
+def database_url(value: str) -> str:
+    """``value`` when it is a database URL whose driver is installed; else a ValueError that
+    never repeats the URL (it may hold a password)."""
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ValueError(
+            "not a database URL (e.g. sqlite:///./syncd.db or postgresql+psycopg://...)"
+        ) from None
+    try:
+        dialect = url.get_dialect()
+    except NoSuchModuleError:
+        raise ValueError(
+            f"unknown database {url.drivername!r} (sqlite or postgresql+psycopg)"
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        raise ValueError(
+            f"the database driver of {url.drivername!r} is not installed ({exc.name}); for "
+            "PostgreSQL install syncd[postgres] and write postgresql+psycopg://"
+        ) from None
+    return value
 
 
 class InboxConfig(_Strict):
@@ -379,6 +385,117 @@ class WebhookConfig(_Strict):
 #: status, its data, its removal. The names are [ASSUMED] (unisender-selzy.md, "Event
 #: notifications"): ``hook_events`` replaces them.
 HOOK_EVENTS = ("unsubscribe", "subscribe", "email_status", "contact_update", "contact_delete")
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a duration such as '30s', '5m', '24h' or '3d'; ValueError for anything else."""
+    try:
+        schedule = parse_schedule(text)
+    except ValueError:
+        schedule = None
+    if not isinstance(schedule, Interval):
+        raise ValueError(f"{text!r} must be a duration such as '5m', '24h' or '3d'")
+    return float(schedule.amount * _SECONDS[schedule.unit])
+
+
+class SourceConfig(_Strict):
+    """A query over the company's own database, read on a schedule into one local list: each
+    read is diffed against the previous one, so changed rows become edits, new rows creates and
+    vanished rows leave the list (under the mass-delete guard). The read is read-only, in one
+    transaction, and bounded by ``timeout``; a failed read changes nothing."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Unique source name.")
+    url: SecretStr = Field(
+        description="SQLAlchemy URL of the database read (postgresql+psycopg://, sqlite:///, "
+        "mysql+pymysql://); use ${VAR}: it holds credentials and is never shown."
+    )
+    query: str = Field(
+        min_length=1,
+        description="One SELECT; its columns map like a contact file's (email, phone, tags, "
+        "lists, status, unsubscribed, delete; any other column is a custom field).",
+    )
+    list: str = Field(
+        min_length=1, pattern=r"^[^,]*\S[^,]*$", description="The local list the rows feed."
+    )
+    key: Literal["email", "phone"] = Field(
+        "email", description="The column that identifies a row's contact."
+    )
+    every: str | None = Field(
+        None, description="Read at this interval ('5m', '1h'); default '5m' when cron is unset."
+    )
+    cron: str | None = Field(None, description="Or read on this five-field cron schedule (UTC).")
+    before_cycle: bool = Field(
+        True, description="Also read just before each cycle of a target fed by `list`."
+    )
+    mode: Literal["snapshot", "cursor"] = Field(
+        "snapshot",
+        description="snapshot: every read is the whole result, diffed against the last one; "
+        "cursor: only rows whose cursor_column passed the last value seen (minus overlap), "
+        "with a full snapshot every full_every to find deletes.",
+    )
+    cursor_column: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="cursor mode: a column of the query that grows on each change (a "
+        "timestamp, or a number).",
+    )
+    overlap: str = Field(
+        "5m",
+        description="cursor mode: rows this far behind the last value seen are read again "
+        "(transactions that commit late). A numeric cursor takes it in seconds.",
+    )
+    full_every: str = Field(
+        "24h", description="cursor mode: a full snapshot this often, which finds deletes."
+    )
+    timeout: float = Field(
+        300.0, gt=0, description="Seconds a read may take (query and rows); then it is abandoned."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _usable_url(cls, value: SecretStr) -> SecretStr:
+        database_url(value.get_secret_value())
+        return value
+
+    @field_validator("every", "overlap", "full_every")
+    @classmethod
+    def _durations(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            try:
+                duration_seconds(value)
+            except ValueError as exc:
+                raise ValueError(f"{info.field_name} {exc}") from None
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and isinstance(parse_schedule(value), Interval):
+            raise ValueError(f"cron {value!r} is an interval: write it as every = {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SourceConfig:
+        if self.every is not None and self.cron is not None:
+            raise ValueError("give every or cron, not both")
+        if self.mode == "cursor" and self.cursor_column is None:
+            raise ValueError("mode = 'cursor' needs cursor_column (e.g. 'updated_at')")
+        if self.mode == "snapshot" and self.cursor_column is not None:
+            raise ValueError("cursor_column is only read in mode = 'cursor'")
+        return self
+
+    @property
+    def schedule(self) -> str:
+        """The schedule in ``syncd.schedule``'s syntax: ``cron``, else ``every`` (default 5m)."""
+        return self.cron or self.every or "5m"
+
+    @property
+    def overlap_seconds(self) -> float:
+        return duration_seconds(self.overlap)
+
+    @property
+    def full_every_seconds(self) -> float:
+        return duration_seconds(self.full_every)
 
 
 class TargetConfig(BaseModel):
@@ -626,6 +743,15 @@ class Config(_Strict):
     daemon: DaemonConfig = DaemonConfig()
     target: list[TargetConfig] = Field(default_factory=list)
     webhook: list[WebhookConfig] = Field(default_factory=list)
+    source: list[SourceConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> Config:
+        names = [s.name for s in self.source]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate source name(s): {', '.join(dupes)}")
+        return self
 
     @model_validator(mode="after")
     def _unique_webhooks(self) -> Config:
@@ -675,6 +801,15 @@ class Config(_Strict):
         if not chosen:
             known = ", ".join(t.name for t in self.target) or "none"
             raise ConfigError("command line", [f"--target {name}: no such target (known: {known})"])
+        return chosen
+
+    def sources(self, name: str | None = None) -> list[SourceConfig]:
+        if name is None:
+            return list(self.source)
+        chosen = [s for s in self.source if s.name == name]
+        if not chosen:
+            known = ", ".join(s.name for s in self.source) or "none"
+            raise ConfigError("command line", [f"--source {name}: no such source (known: {known})"])
         return chosen
 
 
@@ -786,6 +921,8 @@ def _known_keys(
         if isinstance(provider, str) and provider in table:
             keys += list(table[provider].settings.model_fields)
         return keys
+    if len(parent) == 2 and parent[0] in ("source", "webhook") and isinstance(parent[1], int):
+        return list((SourceConfig if parent[0] == "source" else WebhookConfig).model_fields)
     if len(parent) == 1 and parent[0] in Config.model_fields:
         model = Config.model_fields[str(parent[0])].annotation
         if isinstance(model, type) and issubclass(model, BaseModel):
@@ -844,6 +981,8 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             store["url"] = (
                 make_url(store["url"]).set(database=absolute(database)).render_as_string(False)
             )
+    if isinstance(out.get("source"), list):
+        out["source"] = [_source_paths(entry, absolute) for entry in out["source"]]
     for name in ("inbox", "outbox"):
         folder = table(name)
         if folder is not None and isinstance(folder.get("path"), str):
@@ -856,6 +995,17 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             for t in out["target"]
         ]
     return out
+
+
+def _source_paths(entry: Any, absolute: Callable[[str], str]) -> Any:
+    """A source reading an SQLite file by a relative path reads it from the config's folder."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+        return entry
+    database = _sqlite_file(entry["url"])
+    if database is None or Path(database).is_absolute():
+        return entry
+    url = make_url(entry["url"]).set(database=absolute(database)).render_as_string(False)
+    return {**entry, "url": url}
 
 
 def _store_folder_problems(config: Config, base: Path) -> list[str]:

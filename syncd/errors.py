@@ -21,8 +21,11 @@ classes)::
         ├── TryLater            one attempt failed in a way another may fix (a timeout, a 5xx, an
         │                       answer that says so): the HTTP client tries again
         ├── ProviderUnreachable no usable answer after the retries: the cycle ends "unreachable"
-        └── Stopped             the lease is lost or a stop was asked for: the cycle ends after
-                                the batch in flight, reported "stopped" with the reason
+        ├── Stopped             the lease is lost or a stop was asked for: the cycle ends after
+        │                       the batch in flight, reported "stopped" with the reason
+        └── SourceReadFailed    a ``[[source]]`` read failed, timed out or was cut short:
+            │                   nothing of it is applied, and the next read tries again
+            └── SourceBusy      another process applied a read of the same source meanwhile
 
 "Retry?" is asked one way: ``exc.retryable`` is ``isinstance(exc, RetryLater)``.
 ``ProviderUnreachable`` is both a ``ProviderError`` (every adapter call ends in a verdict or a
@@ -135,3 +138,13 @@ class ProviderUnreachable(ProviderError, RetryLater):
 class Stopped(RetryLater):
     """The cycle's lease is lost or a stop was asked for: leave after the batch in flight,
     everything confirmed kept. The message says which."""
+
+
+class SourceReadFailed(RetryLater):
+    """A ``[[source]]`` query failed, timed out or its connection dropped mid-stream: nothing
+    of the read is applied. The message never holds the source's URL (it carries credentials)."""
+
+
+class SourceBusy(SourceReadFailed):
+    """Another process applied a read of this source while this one was reading: this read's
+    diff is stale, and nothing of it is applied."""

@@ -74,6 +74,10 @@ CYCLE_OUTCOMES = (
     "failed",
 )
 
+#: How a source's read ends (``syncd.commands.sources``) and what an applied one counts.
+SOURCE_OUTCOMES = ("applied", "refused", "failed")
+SOURCE_OPERATIONS = ("created", "updated", "removed", "rejected")
+
 #: Outcomes after which the counts of open conflicts are the whole list's, not a cycle cut short.
 _COUNTED_WHOLE = SUCCESS_OUTCOMES | {"awaiting", "partial"}
 
@@ -227,10 +231,41 @@ class Metrics:
             "target",
             "outcome",
         )
+        # -- sources (syncd.daemon.source_jobs) --
+        self.source_reads = counter(
+            "syncd_source_reads_total",
+            "Reads of a [[source]], by outcome: applied, refused (mass-delete guard), failed "
+            "(query, connection or timeout; nothing applied).",
+            "source",
+            "outcome",
+        )
+        self.source_rows = counter(
+            "syncd_source_rows_total", "Rows a [[source]]'s applied reads returned.", "source"
+        )
+        self.source_changes = counter(
+            "syncd_source_changes_total",
+            "What a [[source]]'s applied reads did, by operation: created, updated, removed "
+            "(left the list), rejected (bad rows).",
+            "source",
+            "operation",
+        )
+        self.source_last_success = gauge(
+            "syncd_source_last_success_timestamp_seconds",
+            "Unix time the source's last applied read ended (0: never).",
+            "source",
+        )
+        self.source_seconds = Histogram(
+            "syncd_source_read_duration_seconds",
+            "Duration of a [[source]]'s reads, from the query sent to the read applied.",
+            ["source"],
+            buckets=CYCLE_BUCKETS,
+            registry=registry,
+        )
         for outcome in INBOX_OUTCOMES:
             self.inbox_files.labels(outcome)  # show 0 rather than no series before the first file
         self.up.set(1)
         self._targets: set[str] = set()
+        self._sources: set[str] = set()
         self._codes: dict[str, set[str]] = {}  # the rejection codes seen per target
 
     def track_targets(
@@ -315,6 +350,58 @@ class Metrics:
                 self._codes.setdefault(target, set()).add(code or "unspecified")
         if result.outcome in SUCCESS_OUTCOMES:
             self.last_success.labels(target).set(now)
+
+    def track_sources(
+        self, sources: Mapping[str, float | None], *, now: float | None = None
+    ) -> None:
+        """A series per configured source from the start (counters at 0, the last success as
+        the store remembers it, else 0); none for a source no longer configured."""
+        for gone in self._sources - set(sources):
+            for metric, labels in (
+                (self.source_reads, [(gone, o) for o in SOURCE_OUTCOMES]),
+                (self.source_rows, [(gone,)]),
+                (self.source_changes, [(gone, o) for o in SOURCE_OPERATIONS]),
+                (self.source_last_success, [(gone,)]),
+                (self.source_seconds, [(gone,)]),
+            ):
+                for values in labels:
+                    with contextlib.suppress(KeyError):
+                        metric.remove(*values)
+        for source, last_success in sources.items():
+            if source in self._sources:
+                continue
+            for outcome in SOURCE_OUTCOMES:
+                self.source_reads.labels(source, outcome)
+            for operation in SOURCE_OPERATIONS:
+                self.source_changes.labels(source, operation)
+            self.source_rows.labels(source)
+            self.source_seconds.labels(source)
+            self.source_last_success.labels(source).set(last_success or 0.0)
+        self._sources = set(sources)
+
+    def observe_source(
+        self,
+        source: str,
+        outcome: str,
+        *,
+        rows: int = 0,
+        changes: Mapping[str, int] | None = None,
+        seconds: float | None = None,
+        now: float | None = None,
+    ) -> None:
+        """One read of a source: its outcome (``SOURCE_OUTCOMES``), rows and changes."""
+        if outcome not in SOURCE_OUTCOMES:
+            raise ValueError(f"source outcome must be one of {SOURCE_OUTCOMES}, not {outcome!r}")
+        self.source_reads.labels(source, outcome).inc()
+        if seconds is not None:
+            self.source_seconds.labels(source).observe(max(0.0, seconds))
+        if outcome != "applied":
+            return
+        self.source_rows.labels(source).inc(rows)
+        for operation, n in (changes or {}).items():
+            if n:
+                self.source_changes.labels(source, operation).inc(n)
+        self.source_last_success.labels(source).set(time.time() if now is None else now)
 
     def exported(self, target: str, now: float | None = None) -> None:
         """The target's remote list was exported whole."""

@@ -68,6 +68,9 @@ _SECTION_DESCRIPTIONS = {
     "webhook": "A company endpoint every change event is POSTed to, signed (Standard "
     "Webhooks, `schemas/change-event.schema.json` as the body); repeat `[[webhook]]` for each. "
     "Webhook names must be unique.",
+    "source": "A query over the company's own database read into a local list on a schedule "
+    "(see Reading from your database); repeat `[[source]]` for each. Source names must be "
+    "unique.",
     "target": "One provider list kept in agreement with a local list; repeat `[[target]]` for "
     "each. Target names must be unique.",
 }

@@ -161,10 +161,15 @@ _FAKE_WHSEC = "whsec_" + "A" * 44
 
 
 def fake_env(text: str) -> dict[str, str]:
-    return {
-        name: _FAKE_WHSEC if "WEBHOOK_SECRET" in name else f"value-of-{name.lower()}"
-        for name in _VAR.findall(text)
-    }
+    return {name: _fake_value(name) for name in _VAR.findall(text)}
+
+
+def _fake_value(name: str) -> str:
+    if "WEBHOOK_SECRET" in name:
+        return _FAKE_WHSEC
+    if name.endswith("DATABASE_URL"):  # a [[source]]'s url must be a database URL
+        return "postgresql+psycopg://reader:not-a-secret@db.internal:5432/app"
+    return f"value-of-{name.lower()}"
 
 
 def assert_valid_config(text: str, where: str, *, load: bool = True) -> Config | None:

@@ -29,13 +29,14 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from syncd.commands import api_routes, hook_routes, job_routes
+from syncd.commands import api_routes, hook_routes, job_routes, sources
 from syncd.commands.cycles import build_provider
-from syncd.config import Config, TargetConfig, load_config
+from syncd.config import Config, SourceConfig, TargetConfig, load_config
 from syncd.daemon import observe
 from syncd.daemon.hook_worker import HookWorker
 from syncd.daemon.http import StatusServer
 from syncd.daemon.scheduler import TargetScheduler
+from syncd.daemon.source_jobs import SourceJobs
 from syncd.daemon.systemd import Notifier, StatusLine, WatchdogPinger
 from syncd.daemon.webhooks import Deliverer
 from syncd.engine import run_cycle
@@ -43,6 +44,8 @@ from syncd.engine.result import CycleOptions
 from syncd.errors import ConfigError
 from syncd.local import outbox
 from syncd.local.inbox import Inbox
+from syncd.local.source import register_url
+from syncd.local.source.state import last_read
 from syncd.logs import log_context, register_secret
 from syncd.metrics import Metrics, set_call_observer
 from syncd.providers import PROVIDERS
@@ -115,6 +118,7 @@ class Daemon:
                 self.db, lambda: self.config, self._hook_prompt, self.metrics.observe_hook
             )
             self.http.add_route("POST", hook_routes.PREFIX, hooks)
+        self.sources = SourceJobs(self._pull_source)
         self._config_watch = Observer()
         self._pinger: WatchdogPinger | None = None
 
@@ -132,6 +136,8 @@ class Daemon:
         if self.http is not None:
             self.http.start()
         self.scheduler.start(list(self.config.target))
+        self._track_sources()
+        self.sources.start(list(self.config.source))
         self.deliverer.start()  # events left undelivered by the last run go first
         if self.http is not None:
             self.hook_worker.start()  # keys queued before a stop go first
@@ -163,7 +169,8 @@ class Daemon:
         deadline = time.monotonic() + self.config.daemon.stop_timeout
         self.inbox.stop(timeout=self.config.daemon.stop_timeout)
         self.scheduler.shutdown()
-        while self.scheduler.busy() and time.monotonic() < deadline:
+        self.sources.shutdown()
+        while (self.scheduler.busy() or self.sources.busy()) and time.monotonic() < deadline:
             time.sleep(0.05)
         if self.scheduler.busy():
             log.warning("a cycle was still running at the stop timeout; it is abandoned safely")
@@ -211,6 +218,8 @@ class Daemon:
                 return True  # not a failure: the target is looked after
             self.metrics.set_lease_held(target.name, True)
             try:
+                # the sources feeding the list first, so the cycle pushes what they say now
+                self.sources.before_cycle(target.local_list_name, target.name)
                 return self._leased_cycle(target, lease)
             finally:
                 self.metrics.set_lease_held(target.name, False)
@@ -274,11 +283,37 @@ class Daemon:
     def _after_hook(self) -> None:
         self.deliverer.wake()
 
-    def _lists_changed(self, lists: set[str]) -> None:
-        names = {t.name for t in self.config.target if t.local_list_name in lists}
+    def _lists_changed(self, lists: set[str], skip: str | None = None) -> None:
+        names = {t.name for t in self.config.target if t.local_list_name in lists} - {skip}
         if names:
-            log.info("inbox changed local lists %s: syncing %s now", sorted(lists), sorted(names))
-            self.scheduler.run_soon(names)
+            log.info("local lists %s changed: syncing %s now", sorted(lists), sorted(names))
+            self.scheduler.run_soon({n for n in names if n is not None})
+
+    def _pull_source(self, source: SourceConfig, skip: str | None) -> None:
+        """One read of a source (scheduled, or before a cycle of ``skip``); the targets whose
+        lists it changed sync at once, except ``skip``, whose cycle is about to run."""
+        if self.stop_event.is_set():
+            return
+        with log_context(source=source.name):
+            outcome = sources.pull_one(self.db, self.config, source)
+        report = outcome.report
+        changes = {}
+        if report is not None:
+            changes = {
+                "created": report.created,
+                "updated": report.updated,
+                "removed": report.removed,
+                "rejected": len(report.rejected),
+            }
+        self.metrics.observe_source(
+            source.name,
+            outcome.outcome,
+            rows=report.rows if report else 0,
+            changes=changes,
+            seconds=outcome.seconds,
+        )
+        if report is not None and report.lists:
+            self._lists_changed(set(report.lists), skip)
 
     # -- health ---------------------------------------------------------------------------
 
@@ -330,6 +365,17 @@ class Daemon:
         intervals = {t.name: observe.interval_seconds(t.schedule) for t in self.config.target}
         self.metrics.track_targets(intervals, last_success=success, last_cycle=cycles)
 
+    def _track_sources(self) -> None:
+        remembered: dict[str, float | None] = {}
+        try:
+            with self.db.connect() as conn:
+                for s in self.config.source:
+                    remembered[s.name] = last_read(conn, s.name).last_success_at
+        except Exception:  # a store that cannot answer yet: the first reads will tell
+            log.warning("could not read the sources' last reads for the metrics", exc_info=True)
+            remembered = {s.name: None for s in self.config.source}
+        self.metrics.track_sources(remembered)
+
     # -- configuration --------------------------------------------------------------------
 
     def _register_secrets(self, config: Config) -> None:
@@ -340,6 +386,8 @@ class Daemon:
                 register_secret(secret)
         if config.http.ingest_token is not None:
             register_secret(config.http.ingest_token.get_secret_value())
+        for source in config.source:
+            register_url(source)
 
     def _watch_config(self) -> None:
         """Reload when the configuration file is written (closed after writing), created or
@@ -394,7 +442,9 @@ class Daemon:
             update={s: getattr(self.config, s) for s in ("store", "inbox", "outbox", "http")}
         )
         self.scheduler.replace(list(self.config.target))
+        self.sources.replace(list(self.config.source))
         self.inbox.reconfigure(self.config)
         self._track_targets()
+        self._track_sources()
         log.info("configuration reloaded", extra={"targets": [t.name for t in self.config.target]})
         self.status_line.set_targets(len(self.config.target), "reloaded")

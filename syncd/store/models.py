@@ -30,6 +30,9 @@
   and the keys those webhooks named, waiting to be re-read (``syncd.store.hooks``).
 - ``ingest_request``: the answers of ``POST /v1/contacts`` by ``Idempotency-Key``, committed
   with the rows they applied, so a retried request applies once (``syncd.local.intake``).
+- ``source_row`` / ``source_run``: per ``[[source]]``, the fingerprint of each row as last read
+  (what the next read is diffed against) and the last read's outcome, counts and cursor
+  (``syncd.local.source``).
 
 Every table is declared here, so that the migrations can be compared with one module's models
 (``syncd.store.schema``).
@@ -413,3 +416,33 @@ class HookQueue(SQLModel, table=True):
     key: str
     kind: str
     queued_at: float
+
+
+class SourceRow(SQLModel, table=True):
+    """One row of a ``[[source]]`` as last applied: its key and the fingerprint of its values."""
+
+    __tablename__ = "source_row"
+    source: str = Field(primary_key=True)
+    key: str = Field(primary_key=True)  # the normalised email or phone
+    fingerprint: str  # hex digest of the row's values as read
+
+
+class SourceRun(SQLModel, table=True):
+    """The last read of a ``[[source]]``: when, what it found, and where its cursor stands."""
+
+    __tablename__ = "source_run"
+    source: str = Field(primary_key=True)
+    generation: int = 0  # one more per applied read: two readers never apply the same diff
+    last_read_at: float | None = None  # unix time the last read ended, whatever its outcome
+    last_success_at: float | None = None
+    last_full_at: float | None = None  # the last full snapshot (cursor mode finds deletes then)
+    cursor: str | None = None  # JSON: the highest cursor_column value seen
+    mode: str = ""  # snapshot | cursor: what the last read was
+    rows: int = 0
+    created: int = 0
+    updated: int = 0
+    removed: int = 0  # left the source's list (their rows vanished)
+    unchanged: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    error: str = ""  # why the last read applied nothing ("" when it applied)
