@@ -192,7 +192,7 @@ def _check_row(row: RawRow, config: IngestConfig) -> Claim:
         raise _RowProblem(
             f"role address {email}: providers refuse addresses that reach a function, not a person"
         )
-    keys = (("email", email),) if email is not None else ()
+    keys: tuple[tuple[str, str], ...] = (("email", email),) if email is not None else ()
     if phone is not None:
         keys += (("phone", phone),)
     try:

@@ -457,15 +457,9 @@ class _Chunk:
 
     def write(self, sql: Sql) -> None:
         changed = [
-            c
-            for cid, c in self.contacts.items()
-            if cid > 0 and c.state() != self.original[cid]
+            c for cid, c in self.contacts.items() if cid > 0 and c.state() != self.original[cid]
         ]
-        moved = [
-            (c.id,)
-            for c in changed
-            if (c.email, c.phone) != self.original[c.id][:2]
-        ]
+        moved = [(c.id,) for c in changed if (c.email, c.phone) != self.original[c.id][:2]]
         # Keys can pass from one contact to another within a chunk; clearing the moved keys
         # first means the unique indexes never see two holders, whatever the update order.
         sql.many("UPDATE contact SET email = NULL, phone = NULL WHERE id = ?", moved)
@@ -485,7 +479,9 @@ class _Chunk:
             part = relisted[start : start + CHUNK_SIZE]
             sql.run(f"DELETE FROM membership WHERE contact_id IN ({marks(len(part))})", part)
         memberships = [
-            (cid, name, state) for cid in relisted for name, state in self.contacts[cid].memberships()
+            (cid, name, state)
+            for cid in relisted
+            for name, state in self.contacts[cid].memberships()
         ]
 
         new = [contact for cid, contact in self.contacts.items() if cid < 0]
