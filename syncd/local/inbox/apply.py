@@ -369,9 +369,10 @@ class FileApplier:
                 "SELECT t.contact_id, :list, 'active' FROM snapshot_touched t "
                 "JOIN contact c ON c.id = t.contact_id WHERE NOT c.deleted AND NOT EXISTS "
                 "(SELECT 1 FROM membership m WHERE m.contact_id = t.contact_id "
-                "AND m.list_name = :list)"
+                "AND m.list_name = :same)"
             ),
-            {"list": list_name},
+            # Two parameters: PostgreSQL types each use of one alone, and these two differ.
+            {"list": list_name, "same": list_name},
         )
         seen.drop()
         return leaving
