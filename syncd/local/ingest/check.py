@@ -28,6 +28,7 @@ from syncd.local.ingest.read import (
 )
 
 _REPORTED_CHARS = 400  # a rejection's key and reason are cut to this
+_RESERVED = frozenset(RESERVED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,10 +208,16 @@ def _change(row: RawRow, email: str | None, phone: str | None) -> ContactChange:
     values = row.values
     status = _status(values.get("status"))
     delete = _delete_flag(values.get("delete"))
-    tags = _names(values, "tags")
-    lists = _names(values, "lists")
-    unsubscribed_lists = _names(values, "unsubscribed_lists")
-    fields = {name: _field_value(name, v) for name, v in values.items() if name not in RESERVED}
+    # Inline tests for the common case (a column absent, a field's text) spare a call per row.
+    tags = _names(values, "tags") if "tags" in values else None
+    lists = _names(values, "lists") if "lists" in values else None
+    left = "unsubscribed_lists"
+    unsubscribed_lists = _names(values, left) if left in values else None
+    fields = {
+        name: v if type(v) is str and v else _field_value(name, v)
+        for name, v in values.items()
+        if name not in _RESERVED
+    }
     if delete:
         return ContactChange(row.line, email, phone, delete=True)
     return ContactChange(

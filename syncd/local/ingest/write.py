@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -60,7 +61,6 @@ from syncd.core.projection import is_opted_out
 from syncd.errors import IngestError
 from syncd.local.ingest.check import Checked, ContactChange, Rejection, settle_claims
 from syncd.store import mirror
-from syncd.store.models import new_ref
 
 CHUNK_SIZE = 1000  # rows per chunk: keys looked up per IN query, rows written per statement
 #: Rejections listed in a report; a file with more has the rest counted (``rejected_unlisted``)
@@ -72,9 +72,28 @@ Outcome = Literal["created", "updated", "deleted", "unchanged"]
 Progress = Callable[[int, int], None]
 
 
+# One encoder for every call: json.dumps builds a new one per call when given options.
+_CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
 def canonical_json(value: Any) -> str:
     """The one text for a JSON value: equal content gives equal text (and equal digests)."""
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return _CANONICAL.encode(value)
+
+
+def new_refs(count: int) -> list[str]:
+    """``count`` contact references as ``syncd.store.models.new_ref`` makes them (a random
+    UUID's hex), from one read of the system's randomness rather than one per contact."""
+    pool = os.urandom(16 * count).hex()
+    refs = []
+    for start in range(0, 32 * count, 32):
+        raw = pool[start : start + 32]
+        # version 4 and the RFC 4122 variant, as uuid.uuid4() sets them
+        refs.append(f"{raw[:12]}4{raw[13:16]}{_VARIANT[raw[16]]}{raw[17:]}")
+    return refs
+
+
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 class ReadFailed(Exception):
@@ -489,7 +508,7 @@ class _Chunk:
             sql.many(
                 "INSERT INTO contact (email, phone, fields, tags, status, deleted, ref) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(*c.row(), new_ref()) for c in new],
+                [(*c.row(), ref) for c, ref in zip(new, new_refs(len(new)), strict=True)],
             )
             listed = [c for c in new if c.lists]
             if listed:
