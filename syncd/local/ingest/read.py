@@ -90,7 +90,7 @@ def restored(cell: str) -> str:
     return cell[1:] if cell.startswith("'") and _NEUTRALISED.match(cell) else cell
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see check.ContactChange
 class RawRow:
     """One record as read, before any checking.
 

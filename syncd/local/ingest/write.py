@@ -52,6 +52,7 @@ import itertools
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -62,6 +63,8 @@ from syncd.errors import IngestError
 from syncd.local.ingest.check import Checked, ContactChange, Rejection, settle_claims
 from syncd.store import mirror
 
+#: SQLite's page cache while a file applies (KiB): bounded, so memory stays flat (see Sql).
+SQLITE_CACHE_KIB = 32 * 1024
 CHUNK_SIZE = 1000  # rows per chunk: keys looked up per IN query, rows written per statement
 #: Rejections listed in a report; a file with more has the rest counted (``rejected_unlisted``)
 #: so that a file of a million bad rows is refused in bounded memory too.
@@ -187,6 +190,17 @@ def apply_stream(
             )
     mirror.take_write_turn(bind)  # a cycle re-reading contacts it will write waits
     sql = Sql(bind)
+    with sql.bigger_cache():
+        return _apply_chunks(sql, items, chunk_size, progress, after_chunk)
+
+
+def _apply_chunks(
+    sql: Sql,
+    items: Iterable[Checked | ContactChange],
+    chunk_size: int,
+    progress: Progress | None,
+    after_chunk: AfterChunk | None,
+) -> IngestReport:
     claims = _ClaimTable(sql)
     report = IngestReport()
     for batch in _batches(items, chunk_size):
@@ -239,6 +253,24 @@ class Sql:
     def __init__(self, conn: Connection) -> None:
         self.postgres = conn.dialect.name == "postgresql"
         self.cursor = conn.connection.cursor()
+
+    @contextmanager
+    def bigger_cache(self) -> Iterator[None]:
+        """SQLite: a page cache of ``SQLITE_CACHE_KIB`` while a file applies, then the usual.
+
+        A big file's rows land all over the contact table's unique indexes (email, phone, a
+        random reference); with SQLite's default 2 MB cache most of those pages are evicted and
+        read back again, which at a million rows costs more than the inserts themselves.
+        """
+        if self.postgres:
+            yield
+            return
+        (before,) = self.run("PRAGMA cache_size")[0]
+        self.run(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+        try:
+            yield
+        finally:
+            self.run(f"PRAGMA cache_size = {int(before)}")
 
     def _text(self, statement: str) -> str:
         return statement.replace("?", "%s") if self.postgres else statement
