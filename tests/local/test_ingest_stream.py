@@ -9,6 +9,10 @@ database or the reader fails after chunks were written, and memory does not grow
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,7 @@ from syncd.local.ingest.check import checked, validate
 from syncd.local.ingest.read import read_rows
 from syncd.local.ingest.write import apply_stream
 from syncd.store.db import open_engine
-from tests.conftest import config_toml, run_syncd
+from tests.conftest import config_toml, run_syncd, syncd_env
 
 CONFIG = IngestConfig()
 
@@ -167,3 +171,29 @@ def test_the_command_logs_json_progress_lines_off_a_terminal(tmp_path: Path) -> 
     # The default pace (a line every 5 s) says nothing about a file this quick.
     quiet = run_syncd("ingest", str(big_csv(tmp_path / "small.csv", 10)), cwd=tmp_path)
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_a_process_killed_after_chunks_were_written_leaves_the_mirror_as_it_was(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "syncd.toml").write_text(config_toml(tmp_path), encoding="utf-8")
+    path = big_csv(tmp_path / "big.csv", 100_000)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "ingest", "--progress-every", "0", str(path)],
+        cwd=tmp_path,
+        env=syncd_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the first progress line: a chunk is written, uncommitted
+            if line.startswith("{") and json.loads(line).get("rows_read", 0) >= 2_000:
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    engine = open_engine(f"sqlite:///{tmp_path / 'syncd.db'}")
+    assert table_counts(engine) == (0, 0)
