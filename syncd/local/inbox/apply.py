@@ -72,7 +72,7 @@ from syncd.errors import IngestError
 from syncd.local.inbox.ledger import FileOutcome, Ledger, snapshot_list
 from syncd.local.ingest.check import Checked, Claim, ContactChange, Rejection, checked
 from syncd.local.ingest.read import read_rows
-from syncd.local.ingest.write import IngestReport, ReadFailed, apply_stream
+from syncd.local.ingest.write import IngestReport, apply_stream
 from syncd.store import mirror
 from syncd.store.models import Contact, IngestedFile, Membership
 
@@ -258,8 +258,6 @@ class FileApplier:
             return ledger.fail(path, refused.report, refused.reason)
         except IngestError as exc:  # found late in the file: the transaction rolled back
             return ledger.fail(path, _empty_report(name), str(exc))
-        except ReadFailed as exc:
-            return self._unreadable(path, exc)
         dest = ledger.finish(path, ledger.processed, reserved, applied.report)
         ledger.settle(digest)
         return FileOutcome(name, "processed", dest, applied.report, applied.lists)
@@ -267,12 +265,10 @@ class FileApplier:
     def _unreadable(self, path: Path, exc: Exception) -> FileOutcome:
         """Reading and checking touch nothing but the file: a failure there is a reader bug
         that the same bytes would hit again on every pass, so the file is set aside rather
-        than retried for ever (any rows written before it rolled back)."""
+        than retried for ever. Past the first record, the writer turns such a failure into
+        an ``IngestError`` (its rows rolled back)."""
         log.error("inbox: %s could not be read", path.name, exc_info=exc)
-        if isinstance(exc, ReadFailed):
-            reason = f"could not be read: {exc}"
-        else:
-            reason = f"could not be read: {type(exc).__name__}: {exc}"
+        reason = f"could not be read: {type(exc).__name__}: {exc}"
         return self.ledger.fail(path, _empty_report(path.name), reason)
 
     def _apply(

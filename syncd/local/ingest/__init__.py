@@ -27,9 +27,9 @@ from sqlalchemy.engine import Engine
 from syncd.config import IngestConfig
 from syncd.local.ingest.check import checked, validate
 from syncd.local.ingest.read import read_rows
-from syncd.local.ingest.write import IngestReport, Progress, ReadFailed, apply, apply_stream
+from syncd.local.ingest.write import IngestReport, Progress, apply, apply_stream
 
-__all__ = ["IngestReport", "ReadFailed", "apply", "apply_stream", "ingest_file", "validate"]
+__all__ = ["IngestReport", "apply", "apply_stream", "ingest_file", "validate"]
 
 
 def ingest_file(

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -62,6 +63,8 @@ from syncd.core.projection import is_opted_out
 from syncd.errors import IngestError
 from syncd.local.ingest.check import Checked, ContactChange, Rejection, settle_claims
 from syncd.store import mirror
+
+log = logging.getLogger("syncd.local.ingest")
 
 #: SQLite's page cache while a file applies (KiB): bounded, so memory stays flat (see Sql).
 SQLITE_CACHE_KIB = 32 * 1024
@@ -97,11 +100,6 @@ def new_refs(count: int) -> list[str]:
 
 
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
-
-
-class ReadFailed(Exception):
-    """Reading or checking the rows failed unexpectedly (not an ``IngestError``): the file's own
-    problem, which the same bytes would hit again. The transaction has rolled back."""
 
 
 @dataclass(slots=True)
@@ -178,7 +176,7 @@ def apply_stream(
     With an ``Engine`` the transaction is this call's; with a ``Connection`` it is the caller's
     (nothing is committed here, and the caller may add to it). An ``IngestError`` from reading
     propagates and the transaction rolls back; any other exception from ``items`` is raised
-    as ``ReadFailed``.
+    as an ``IngestError`` too ("could not be read").
 
     The contact table is never loaded whole: each chunk of rows looks up only the contacts its
     keys name, then writes back with a few bulk statements.
@@ -229,7 +227,7 @@ def _apply_chunks(
 
 
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    """``items`` ``size`` at a time; a reader's unexpected failure raised as ``ReadFailed``."""
+    """``items`` ``size`` at a time; a reader's unexpected failure raised as ``IngestError``."""
     source = iter(items)
     while True:
         try:
@@ -237,7 +235,11 @@ def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         except IngestError:
             raise
         except Exception as exc:
-            raise ReadFailed(f"{type(exc).__name__}: {exc}") from exc
+            # Reading and checking touch nothing but the file: a failure there is a reader bug
+            # the same bytes would hit again, so the file is refused (and set aside by the
+            # inbox) rather than retried for ever; the traceback goes to the log.
+            log.error("ingest: reading the rows failed", exc_info=exc)
+            raise IngestError(f"could not be read: {type(exc).__name__}: {exc}") from exc
         if not batch:
             return
         yield batch
