@@ -16,8 +16,15 @@ import sys
 import time
 from pathlib import Path
 
-from bench_cycle import API_KEY, build_mirror
-from support import SYNCD, bench_parser, free_port, work_folder
+from support import (
+    CYCLE_API_KEY,
+    SYNCD,
+    bench_parser,
+    build_mirror,
+    free_port,
+    start_seeded_emulator,
+    work_folder,
+)
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -37,17 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     workdir, url = work_folder(args.keep, "syncd-idle-")
     port = free_port()
-    emulator = subprocess.Popen(
-        [
-            sys.executable,
-            str(Path(__file__).with_name("seeded_emulator.py")),
-            str(args.contacts),
-            str(port),
-            API_KEY,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
+    emulator = start_seeded_emulator(args.contacts, port)
     daemon = None
     try:
         build_mirror(url, args.contacts)
@@ -72,7 +69,7 @@ path = "{workdir / "outbox"}"
 name = "bench"
 provider = "unisender"
 list_id = "1"
-api_key = "{API_KEY}"
+api_key = "{CYCLE_API_KEY}"
 base_url = "http://127.0.0.1:{port}/en/api"
 fields = {{ Name = "name", City = "city" }}
 schedule = "10s"

@@ -15,8 +15,15 @@ import json
 import os
 import time
 
-from bench_cycle import insert_contacts, measured
-from support import SYNCD, bench_parser, free_port, start_emulator, work_folder
+from support import (
+    SYNCD,
+    bench_parser,
+    free_port,
+    insert_contacts,
+    measured,
+    start_emulator,
+    work_folder,
+)
 
 from syncd.store import open_engine
 

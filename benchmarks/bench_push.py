@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 import sys
-from pathlib import Path
 
-from bench_cycle import API_KEY, CHUNK, _summary, insert_contacts, measured
-from support import SYNCD, bench_parser, free_port, work_folder
+from bench_cycle import _summary
+from support import (
+    SYNCD,
+    bench_parser,
+    free_port,
+    insert_contacts,
+    measured,
+    start_seeded_emulator,
+    work_folder,
+    write_cycle_config,
+)
 
 from syncd.store import open_engine
 
@@ -27,45 +34,16 @@ def main() -> None:
     n = args.contacts
     workdir, url = work_folder(args.keep, "syncd-push-")
     port = free_port()
-    emulator = subprocess.Popen(
-        [
-            sys.executable,
-            str(Path(__file__).with_name("seeded_emulator.py")),
-            "0",
-            str(port),
-            API_KEY,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
+    emulator = start_seeded_emulator(0, port)
     try:
         db = open_engine(url)
         with db.begin() as conn:
-            for start in range(0, n, CHUNK):
-                insert_contacts(conn, range(start, min(n, start + CHUNK)), "Minsk")
+            for start in range(0, n, 20_000):
+                insert_contacts(conn, range(start, min(n, start + 20_000)), "Minsk")
         db.dispose()
         assert emulator.stdout is not None
         emulator.stdout.readline()
-        config = workdir / "syncd.toml"
-        config.write_text(
-            f"""
-[store]
-url = "{url}"
-
-[[target]]
-name = "bench"
-provider = "unisender"
-list_id = "1"
-api_key = "{API_KEY}"
-base_url = "http://127.0.0.1:{port}/en/api"
-fields = {{ Name = "name", City = "city" }}
-export_poll_interval = 0.2
-export_timeout = 1800
-timeout = 600
-rate_limit_per_minute = 1000000
-""",
-            encoding="utf-8",
-        )
+        config = write_cycle_config(workdir, url, port)
         env = {**os.environ, "SYNCD_CONFIG": str(config)}
         for label in ("initial push", "next cycle"):
             wall, cpu, rss, code, out = measured([*SYNCD, "run-once", "--json"], env)

@@ -7,11 +7,20 @@ path and they import this module by name; they never import from ``tests/``.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from syncd.core.projection import Projection
+from syncd.store import open_engine
 
 SYNCD = [sys.executable, "-m", "syncd"]
 
@@ -46,3 +55,110 @@ def start_emulator(provider: str, port: int, *extra: str) -> subprocess.Popen[by
     )
     assert emulator.stdout is not None and b"listening" in emulator.stdout.readline()
     return emulator
+
+
+def measured(
+    cmd: list[str], env: dict[str, str] | None = None
+) -> tuple[float, float, float, int, str]:
+    """Run a command; return wall s, CPU s, peak RSS MiB (of that process), exit code, output
+    (stdout and stderr together)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    out = proc.stdout.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    cpu = usage.ru_utime + usage.ru_stime
+    return wall, cpu, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status), out
+
+
+# -- a target of N contacts on both sides (bench_cycle.py, bench_peer.py) ------------------
+
+CYCLE_API_KEY = "bench-key-not-a-secret"
+_CHUNK = 20_000
+
+
+def insert_contacts(conn: Connection, ids: range, city: str) -> None:
+    """Contacts user{i}@example.com on the local list 'bench'."""
+    conn.execute(
+        text(
+            "INSERT INTO contact (id, email, fields, tags, status, deleted) "
+            "VALUES (:id, :email, :fields, '[]', 'active', 0)"
+        ),
+        [
+            {
+                "id": i + 1,
+                "email": f"user{i}@example.com",
+                "fields": json.dumps({"city": city, "name": f"User {i}"}),
+            }
+            for i in ids
+        ],
+    )
+    conn.execute(
+        text("INSERT INTO membership (contact_id, list_name) VALUES (:id, 'bench')"),
+        [{"id": i + 1} for i in ids],
+    )
+
+
+def build_mirror(url: str, n: int) -> None:
+    """N contacts on list 'bench', and a base saying both sides agreed on each of them."""
+    db = open_engine(url)
+    with db.begin() as conn:
+        for start in range(0, n, _CHUNK):
+            ids = range(start, min(n, start + _CHUNK))
+            insert_contacts(conn, ids, "Minsk")
+            rows = []
+            for i in ids:
+                p = Projection.build(
+                    f"user{i}@example.com", {"Name": f"User {i}", "City": "Minsk"}, (), "active"
+                )
+                rows.append({"key": p.key, "digest": p.digest(), "data": p.to_json()})
+            conn.execute(
+                text(
+                    "INSERT INTO base (target, key, digest, data) "
+                    "VALUES ('bench', :key, :digest, :data)"
+                ),
+                rows,
+            )
+    db.dispose()
+
+
+def start_seeded_emulator(n: int, port: int) -> subprocess.Popen[bytes]:
+    """``seeded_emulator.py``: a Unisender emulator holding the same N contacts, filling up in
+    its own process (its first output line says it is filled)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("seeded_emulator.py")),
+            str(n),
+            str(port),
+            CYCLE_API_KEY,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def write_cycle_config(workdir: Path, url: str, port: int) -> Path:
+    """The syncd.toml of the target 'bench' on that emulator."""
+    config = workdir / "syncd.toml"
+    config.write_text(
+        f"""
+[store]
+url = "{url}"
+
+[[target]]
+name = "bench"
+provider = "unisender"
+list_id = "1"
+api_key = "{CYCLE_API_KEY}"
+base_url = "http://127.0.0.1:{port}/en/api"
+fields = {{ Name = "name", City = "city" }}
+export_poll_interval = 0.2
+export_timeout = 1800
+timeout = 600
+rate_limit_per_minute = 1000000
+""",
+        encoding="utf-8",
+    )
+    return config

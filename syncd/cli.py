@@ -300,17 +300,33 @@ def _so_far(n: int, total: int | None) -> str:
 @config_option
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
-def ingest_cmd(config_path: str | None, files: tuple[str, ...], as_json: bool) -> None:
+@click.option(
+    "--progress-every",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Off a terminal: seconds between two JSON progress lines on stderr (on a terminal a "
+    "progress bar shows instead).",
+)
+def ingest_cmd(
+    config_path: str | None, files: tuple[str, ...], as_json: bool, progress_every: float
+) -> None:
     """Apply contact files (.csv, or JSON: .ndjson, .jsonl, .json) to the mirror, each file in
     one transaction."""
-    from syncd.local.ingest import ingest_file
+    from syncd.commands.ingest import ingest_path
 
     config = _load(config_path)
     db = cycles.open_store(config)
+    terminal = sys.stderr.isatty()
+    if not terminal:  # the progress lines are JSON log events (syncd.logs)
+        verbose = click.get_current_context().find_root().params.get("verbose")
+        setup_logging(logging.DEBUG if verbose else logging.INFO, stream=sys.stderr)
     worst = 0
     for name in files:
         try:
-            report = ingest_file(db, Path(name), config.ingest)
+            report = ingest_path(
+                db, Path(name), config.ingest, terminal=terminal, every=progress_every
+            )
         except IngestError as exc:
             click.echo(f"{name}: not ingested: {exc}", err=True)
             worst = 1
@@ -322,10 +338,12 @@ def ingest_cmd(config_path: str | None, files: tuple[str, ...], as_json: bool) -
             click.echo(
                 f"{name}: {data['rows']} rows — created {data['created']}, updated "
                 f"{data['updated']}, deleted {data['deleted']}, unchanged {data['unchanged']}, "
-                f"rejected {len(data['rejected'])}"
+                f"rejected {len(data['rejected']) + data.get('rejected_unlisted', 0)}"
             )
             for bad in data["rejected"]:
                 click.echo(f"  line {bad['line']}: {bad['reason']}", err=True)
+            if data.get("rejected_unlisted"):
+                click.echo(f"  ... and {data['rejected_unlisted']:,} more rejected rows", err=True)
             if config.ingest.default_region is None and any(
                 "international format" in bad["reason"] for bad in data["rejected"]
             ):

@@ -5,7 +5,8 @@ behind ``[http] listen`` (``listener``) with the job routes Netcore calls (``job
 (``api_routes``); ``webhooks replay``, the webhook lines of ``status`` and ``run-once``'s
 delivery pass (``webhook_admin``); provider webhooks in: their route (``hook_routes``) and
 ``hooks install|status|remove`` (``hooks``); ``source pull`` and the source lines of ``status``,
-also what the daemon runs on each source's schedule (``sources``).
+also what the daemon runs on each source's schedule (``sources``); ``ingest`` with its progress
+(``ingest``).
 
 The click layer in ``syncd.cli`` only parses arguments and prints; everything a command does is
 here, callable from tests and the daemon. It may import the engine, providers, local side, store,

@@ -3,9 +3,9 @@ contact read back.
 
 :func:`apply_body` takes the body of ``POST /v1/contacts`` (NDJSON, or one JSON array of
 objects, in the inbox-record schema) through the very steps an inbox file takes: the records
-are read by ``syncd.local.ingest.read`` (the same limits), checked by ``ingest.validate`` and
-written by ``ingest.apply``, so the API and files share one validation and one write path (a
-bad line rejected with its reason while the good ones apply; consent never re-activated by a
+are read by ``syncd.local.ingest.read`` (the same limits), checked by ``ingest.checked`` and
+written by ``ingest.apply_stream``, so the API and files share one validation and one write path
+(a bad line rejected with its reason while the good ones apply; consent never re-activated by a
 revival; keys normalised the same way). The whole request is ONE transaction, together with
 the answer kept under its ``Idempotency-Key``: a retried request finds that answer under the
 mirror's write lock and gets it again, without applying anything twice, whatever crashed in
@@ -26,7 +26,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PydanticField
@@ -37,10 +37,9 @@ from sqlmodel import Session, col
 from syncd.config import IngestConfig
 from syncd.core.contacts import normalise_email, normalise_phone
 from syncd.errors import IngestError
-from syncd.local.inbox.apply import _lists_of as lists_of
-from syncd.local.ingest.check import validate
+from syncd.local.ingest.check import checked
 from syncd.local.ingest.read import read_rows
-from syncd.local.ingest.write import apply
+from syncd.local.ingest.write import apply_stream
 from syncd.store import mirror
 from syncd.store.models import Contact, IngestRequest, Membership
 
@@ -116,7 +115,9 @@ def apply_body(
     """Read, check and apply one request body in one transaction (see the module docstring)."""
     at = time.time() if now is None else now
     try:
-        changes, rejected = validate(read_rows(_BODY_NAME, io.BytesIO(body)), config)
+        # A body is small (the route caps its size): it is read and checked whole first, so
+        # that an unreadable body is answered 400 before the store is touched.
+        items = list(checked(read_rows(_BODY_NAME, io.BytesIO(body)), config))
     except IngestError as exc:
         reason = str(exc).removeprefix(f"{Path(_BODY_NAME)}: ")
         return Outcome(400, {"status": "error", "reason": f"body: {reason}"})
@@ -139,19 +140,17 @@ def apply_body(
                     reason = "this Idempotency-Key was used with a different body"
                     return Outcome(422, {"status": "error", "reason": reason})
                 return Outcome(200, json.loads(earlier.answer), replayed=True)
-        before = lists_of(conn, changes)
-        # Joins this transaction: apply's session neither commits nor outlives it.
-        report = apply(cast(Engine, conn), changes)
-        lists = before | lists_of(conn, changes)
-        lists |= {n for c in changes if c.lists is not None for n in c.lists}
-        refused = sorted(rejected + report.rejected, key=lambda r: r.line)
+        # Joins this transaction: nothing of it commits before the answer is stored with it.
+        report = apply_stream(conn, items)
         answer = IntakeAnswer(
-            applied=report.created + report.updated + report.deleted + report.unchanged,
+            applied=report.applied,
             created=report.created,
             updated=report.updated,
             deleted=report.deleted,
             unchanged=report.unchanged,
-            rejected=[RejectedLine(line=r.line, key=r.key, reason=r.reason) for r in refused],
+            rejected=[
+                RejectedLine(line=r.line, key=r.key, reason=r.reason) for r in report.rejected
+            ],
         ).model_dump(mode="json")
         if idempotency_key is not None:
             conn.execute(
@@ -162,7 +161,7 @@ def apply_body(
                     created_at=at,
                 )
             )
-    return Outcome(200, answer, frozenset(lists))
+    return Outcome(200, answer, frozenset(report.lists))
 
 
 def read_contact(engine: Engine, config: IngestConfig, raw_key: str) -> dict[str, Any] | None:

@@ -647,3 +647,37 @@ def test_a_link_made_in_place_in_a_watched_inbox_is_refused_at_once(watching: Bo
     assert watching.contacts() == 0
     assert "symbolic link" in watching.report("failed", "link.csv")["error"]
     assert "FIFO" in watching.report("failed", "pipe.csv")["error"]
+
+
+def test_a_big_file_unreadable_near_its_end_lands_in_failed_with_nothing_applied(
+    box: Box,
+) -> None:
+    # Rows stream into the transaction a chunk at a time: chunks were written before the bad
+    # line was reached, and must roll back with the ledger row.
+    content = people(0, 3_000) + "caf\xe9@example.com,Bad,Minsk,news\n"
+    (box.folder / "late.csv").write_bytes(content.encode("latin-1"))
+    (outcome,) = box.inbox.scan()
+
+    assert outcome.status == "failed"
+    report = box.report("failed", "late.csv")
+    assert "line 3002 is not valid UTF-8" in report["error"] and report["rows"] == 0
+    assert box.contacts() == 0 and box.ledger() == [] and box.applied == []
+
+
+def test_a_snapshot_over_several_chunks_keeps_touched_and_protected_members(box: Box) -> None:
+    box.seed(people(0, 2_600))
+    rows = people(0, 2_500).splitlines()[1:]  # u2500..u2599 are not named: they leave
+    rows[1_200] = "u1200@example.com,Bad,Minsk,news,x"  # a bad row keeps its contact on the list
+    rows.append("u9000@example.com,New,Minsk,")  # joins the list
+    box.drop("news.snapshot.csv", HEADER + "\n".join(rows) + "\n")
+    (outcome,) = box.inbox.scan()
+
+    assert outcome.status == "processed", outcome.report.get("error")
+    report = box.report("processed", "news.snapshot.csv")
+    assert report["snapshot"] == {"list": "news", "removed": 100}
+    assert [r["line"] for r in report["rejected"]] == [1_202]
+    members = box.members("news")
+    assert len(members) == 2_501
+    assert {"u1200@example.com", "u9000@example.com"} <= members
+    assert "u2500@example.com" not in members
+    assert box.sql("SELECT name FROM sqlite_temp_master") == []  # scratch tables dropped

@@ -2,25 +2,25 @@
 
 Per file
 --------
-The rows are read and checked (``ingest.read_rows`` / ``ingest.validate``), then applied in ONE
-transaction together with a ledger row (``IngestedFile``), then the file is moved to
+The rows are read, checked and applied as they are read (``ingest.read_rows`` /
+``ingest.checked`` / ``ingest.apply_stream``), in ONE transaction together with a ledger row
+(``IngestedFile``), then the file is moved to
 ``processed/`` with ``NAME.report.json`` beside it (the ``IngestReport`` dict plus
 ``ingested_at``). It goes to ``failed/`` instead, with the reason in ``error``, when nothing in it
 could apply: it is unreadable (``IngestError``), every row was rejected, or a snapshot trips the
 mass-delete guard. Bad rows of a file that otherwise applies are listed by line in its report,
 and the file goes to ``processed/``. An unexpected error while the file is read and checked
-(before any write) is the file's own and would recur: it goes to ``failed/`` too. Any other error
+(whatever rows were written before it roll back) is the file's own and would recur: it goes to
+``failed/`` too. Any other error
 leaves the file in the inbox for the next pass (see ``syncd.local.inbox``).
 
 One transaction
 ---------------
-``ingest.apply`` opens its own unit of work with ``Session(bind)``. Given a ``Connection`` that
-is already inside a transaction instead of an ``Engine``, SQLAlchemy joins that transaction
-(``join_transaction_mode="conservative_savepoint"``, the default): the session's commit does not
-commit it and its rollback rolls it back. ``FileApplier`` opens ``engine.begin()``, writes the
-ledger row, applies the rows through that connection, does a snapshot's membership removals,
-checks the guard, and commits once. The tests check that a refused snapshot leaves its rows
-unapplied.
+``FileApplier`` opens ``engine.begin()``, writes the ledger row, and hands that connection to
+``ingest.apply_stream``, which joins its transaction (it commits nothing itself); then it does
+a snapshot's membership removals, checks the guard, and commits once. Any error before that
+commit, an unreadable line late in a big file included, rolls everything back. The tests check
+that a refused snapshot leaves its rows unapplied.
 
 Only regular files
 ------------------
@@ -41,7 +41,9 @@ its ``lists`` column says otherwise); members of ``LIST`` the snapshot does not 
 or unsubscribed from that list) unless its row's ``unsubscribed_lists`` says otherwise; a contact
 that joins starts active, or unsubscribed when its row names ``LIST`` in ``unsubscribed_lists``.
 A member named by a rejected row stays: a bad row is no statement that the contact left.
-Explicit ``delete`` rows are deletions, not counted as leaving. Mass-delete guard (DESIGN §3
+Explicit ``delete`` rows are deletions, not counted as leaving. The contacts the rows touched
+and those bad rows name are kept in scratch tables of the transaction, chunk by chunk, so a
+snapshot of a million rows costs no more memory than a small one. Mass-delete guard (DESIGN §3
 rule 2): if more than 10 members would leave and that is more than the smallest
 ``max_delete_fraction`` among the targets fed by ``LIST`` (0.2 when no target is) of the members
 before the file, nothing applies and the file goes to ``failed/``.
@@ -50,6 +52,7 @@ before the file, nothing applies and the file goes to ``failed/``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -59,7 +62,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
@@ -67,9 +70,9 @@ from syncd.clock import stamp
 from syncd.config import Config, TargetConfig
 from syncd.errors import IngestError
 from syncd.local.inbox.ledger import FileOutcome, Ledger, snapshot_list
-from syncd.local.ingest.check import ContactChange, Rejection, validate
+from syncd.local.ingest.check import Checked, Claim, ContactChange, Rejection, checked
 from syncd.local.ingest.read import read_rows
-from syncd.local.ingest.write import IngestReport, apply
+from syncd.local.ingest.write import IngestReport, apply_stream
 from syncd.store import mirror
 from syncd.store.models import Contact, IngestedFile, Membership
 
@@ -231,38 +234,42 @@ class FileApplier:
             return ledger.fail(path, _empty_report(name), reason)
         try:
             ingest = self.config.ingest
-            changes, rejected = validate(read_rows(path, handle, ingest.encoding), ingest)
+            items = checked(read_rows(path, handle, ingest.encoding), ingest)
+            # The first record tells an empty file; the rest is read as it is applied.
+            first = next(items, None)
         except IngestError as exc:
             return ledger.fail(path, _empty_report(name), str(exc))
         except Exception as exc:
-            # Reading and checking touch nothing but the file: a failure here is a reader bug
-            # that the same bytes would hit again on every pass, so the file is set aside
-            # rather than retried for ever.
-            log.exception("inbox: %s could not be read", name)
-            reason = f"could not be read: {type(exc).__name__}: {exc}"
-            return ledger.fail(path, _empty_report(name), reason)
-
-        rows = len(changes) + len(rejected)
-        if not changes and rejected:
-            report = IngestReport(file=name, rows=rows, rejected=rejected).to_dict()
-            return ledger.fail(path, report, f"nothing applied: all {rows} rows were rejected")
-        if not changes and snapshot is None:  # an empty file: nothing to apply, nothing wrong
+            return self._unreadable(path, exc)
+        if first is None and snapshot is None:  # an empty file: nothing to apply, nothing wrong
             report = {**_empty_report(name), "ingested_at": stamp()}
             dest = ledger.finish(
                 path, ledger.processed, ledger.reserve(ledger.processed, name), report
             )
             return FileOutcome(name, "processed", dest, report)
 
+        stream: Iterator[Checked] = items if first is None else itertools.chain([first], items)
         if snapshot is not None:
-            changes = _onto_snapshot_list(changes, snapshot)
+            stream = _onto_snapshot_list(stream, snapshot)
         reserved = ledger.reserve(ledger.processed, name)
         try:
-            applied = self._apply(digest, name, size, reserved, changes, rejected, snapshot)
+            applied = self._apply(digest, name, size, reserved, stream, snapshot)
         except _Refused as refused:
             return ledger.fail(path, refused.report, refused.reason)
+        except IngestError as exc:  # found late in the file: the transaction rolled back
+            return ledger.fail(path, _empty_report(name), str(exc))
         dest = ledger.finish(path, ledger.processed, reserved, applied.report)
         ledger.settle(digest)
         return FileOutcome(name, "processed", dest, applied.report, applied.lists)
+
+    def _unreadable(self, path: Path, exc: Exception) -> FileOutcome:
+        """Reading and checking touch nothing but the file: a failure there is a reader bug
+        that the same bytes would hit again on every pass, so the file is set aside rather
+        than retried for ever. Past the first record, the writer turns such a failure into
+        an ``IngestError`` (its rows rolled back)."""
+        log.error("inbox: %s could not be read", path.name, exc_info=exc)
+        reason = f"could not be read: {type(exc).__name__}: {exc}"
+        return self.ledger.fail(path, _empty_report(path.name), reason)
 
     def _apply(
         self,
@@ -270,12 +277,10 @@ class FileApplier:
         name: str,
         size: int,
         reserved: str,
-        changes: list[ContactChange],
-        rejected: list[Rejection],
+        items: Iterator[Checked],
         snapshot: str | None,
     ) -> _Applied:
         """Rows, snapshot removals and the ledger row: one transaction (see the docstring)."""
-        rows = len(changes) + len(rejected)
         with self.engine.begin() as conn:
             # The mirror's write lock comes first (SQLite's own, or PostgreSQL's advisory lock
             # that cycles take too): every read below, the member counts of the mass-delete
@@ -288,27 +293,25 @@ class FileApplier:
                 )
             )
             members_before = 0 if snapshot is None else _member_count(conn, snapshot)
-            before = _lists_of(conn, changes)
-            # Joins this transaction: apply's session neither commits nor outlives it.
-            result = apply(cast(Engine, conn), changes)
-            apply_rejected = list(result.rejected)
+            seen = None if snapshot is None else _SnapshotSeen(conn)
+            # Joins this transaction: nothing of it commits before the whole file is applied.
+            result = apply_stream(
+                conn, items, after_chunk=None if seen is None else seen.after_chunk
+            )
             result.file = name
-            result.rows = rows
-            result.rejected = sorted(rejected + apply_rejected, key=lambda r: r.line)
-            applied = result.created + result.updated + result.deleted + result.unchanged
-            if applied == 0 and rows > 0:
-                report = IngestReport(file=name, rows=rows, rejected=result.rejected).to_dict()
-                raise _Refused(f"nothing applied: all {rows} rows were rejected", report)
+            if result.applied == 0 and result.rows > 0:
+                report = IngestReport(
+                    file=name,
+                    rows=result.rows,
+                    rejected=result.rejected,
+                    rejected_unlisted=result.rejected_unlisted,
+                ).to_dict()
+                raise _Refused(f"nothing applied: all {result.rows} rows were rejected", report)
 
-            lists = before | _lists_of(conn, changes)
-            lists |= {n for c in changes if c.lists is not None for n in c.lists}
-            # A list whose member only changed state (left it, or came back) is changed too.
-            lists |= {n for c in changes if c.unsubscribed_lists for n in c.unsubscribed_lists}
+            lists = set(result.lists)
             report = result.to_dict()
-            if snapshot is not None:
-                removed = self._replace_members(
-                    conn, snapshot, members_before, changes, rejected, apply_rejected, result
-                )
+            if snapshot is not None and seen is not None:
+                removed = self._replace_members(conn, snapshot, members_before, seen, result)
                 lists.add(snapshot)
                 report["snapshot"] = {"list": snapshot, "removed": removed}
             report["ingested_at"] = stamp()
@@ -324,96 +327,116 @@ class FileApplier:
         conn: Connection,
         list_name: str,
         members_before: int,
-        changes: list[ContactChange],
-        rejected: list[Rejection],
-        apply_rejected: list[Rejection],
+        seen: _SnapshotSeen,
         result: IngestReport,
     ) -> int:
         """Put every contact the snapshot touched on the list; take the others off it."""
-        refused_lines = {r.line for r in apply_rejected}
+        others = (
+            "list_name = :list AND contact_id NOT IN (SELECT contact_id FROM snapshot_touched) "
+            "AND contact_id NOT IN (SELECT contact_id FROM snapshot_protected)"
+        )
+        leaving = int(
+            conn.execute(
+                text(f"SELECT count(*) FROM membership WHERE {others}"), {"list": list_name}
+            ).scalar_one()
+        )
+        fraction, targets = _mass_delete_fraction(self.config, list_name)
+        if leaving > MASS_DELETE_MIN and leaving > fraction * members_before:
+            fed = f"targets {', '.join(targets)}" if targets else "the default"
+            reason = (
+                f"mass-delete guard: the snapshot would remove {leaving} of the "
+                f"{members_before} members of list {list_name!r} "
+                f"({leaving / members_before:.0%}), more than the {fraction:.0%} allowed "
+                f"by {fed} (max_delete_fraction); nothing was applied"
+            )
+            report = IngestReport(
+                result.file,
+                result.rows,
+                rejected=result.rejected,
+                rejected_unlisted=result.rejected_unlisted,
+            ).to_dict()
+            report["snapshot"] = {"list": list_name, "removed": 0, "would_remove": leaving}
+            raise _Refused(reason, report)
+        conn.execute(text(f"DELETE FROM membership WHERE {others}"), {"list": list_name})
+        # Only live contacts join: one the file deleted after touching it stays off every list.
+        conn.execute(
+            text(
+                "INSERT INTO membership (contact_id, list_name, state) "
+                "SELECT t.contact_id, :list, 'active' FROM snapshot_touched t "
+                "JOIN contact c ON c.id = t.contact_id WHERE NOT c.deleted AND NOT EXISTS "
+                "(SELECT 1 FROM membership m WHERE m.contact_id = t.contact_id "
+                "AND m.list_name = :same)"
+            ),
+            # Two parameters: PostgreSQL types each use of one alone, and these two differ.
+            {"list": list_name, "same": list_name},
+        )
+        seen.drop()
+        return leaving
+
+
+class _SnapshotSeen:
+    """The contacts a snapshot's rows touched, and those its bad rows name (which stay on the
+    list: a bad row is no statement that its contact left), in two scratch tables of the
+    file's transaction, filled chunk by chunk."""
+
+    TABLES = ("snapshot_touched", "snapshot_protected")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        postgres = conn.dialect.name == "postgresql"
+        temp, after = ("pg_temp", " ON COMMIT DROP") if postgres else ("temp", "")
+        for table in self.TABLES:
+            conn.execute(text(f"DROP TABLE IF EXISTS {temp}.{table}"))
+            conn.execute(
+                text(f"CREATE TEMPORARY TABLE {table} (contact_id INTEGER PRIMARY KEY){after}")
+            )
+
+    def after_chunk(
+        self, _sql: object, changes: list[ContactChange], rejected: list[Rejection]
+    ) -> None:
+        refused_lines = {r.line for r in rejected}
         kept = [c for c in changes if not c.delete and c.line not in refused_lines]
         ids = _ids_by_key(
-            conn, [c.email for c in kept if c.email], [c.phone for c in kept if c.phone]
+            self.conn, [c.email for c in kept if c.email], [c.phone for c in kept if c.phone]
         )
         touched = {
             ids[c.email if c.email is not None else cast(str, c.phone)]
             for c in kept
             if (c.email if c.email is not None else c.phone) in ids
         }
-        # A bad row is no statement that its contact left the list.
         protected_keys = {r.key for r in rejected if r.key}
         protected_keys |= {
             k for c in changes if c.line in refused_lines for k in (c.email, c.phone) if k
         }
         keys = sorted(protected_keys)
-        protected = set(_ids_by_key(conn, keys, keys).values())
-        current = set(
-            conn.execute(
-                select(col(Membership.contact_id)).where(col(Membership.list_name) == list_name)
-            ).scalars()
-        )
-        leaving = sorted(current - touched - protected)
-        fraction, targets = _mass_delete_fraction(self.config, list_name)
-        if len(leaving) > MASS_DELETE_MIN and len(leaving) > fraction * members_before:
-            fed = f"targets {', '.join(targets)}" if targets else "the default"
-            reason = (
-                f"mass-delete guard: the snapshot would remove {len(leaving)} of the "
-                f"{members_before} members of list {list_name!r} "
-                f"({len(leaving) / members_before:.0%}), more than the {fraction:.0%} allowed "
-                f"by {fed} (max_delete_fraction); nothing was applied"
-            )
-            report = IngestReport(result.file, result.rows, rejected=result.rejected).to_dict()
-            report["snapshot"] = {"list": list_name, "removed": 0, "would_remove": len(leaving)}
-            raise _Refused(reason, report)
-        for chunk in _chunks(leaving):
-            conn.execute(
-                delete(Membership).where(
-                    col(Membership.list_name) == list_name, col(Membership.contact_id).in_(chunk)
+        protected = set(_ids_by_key(self.conn, keys, keys).values())
+        for table, found in zip(self.TABLES, (touched, protected), strict=True):
+            if found:
+                self.conn.execute(
+                    text(f"INSERT INTO {table} (contact_id) VALUES (:id) ON CONFLICT DO NOTHING"),
+                    [{"id": i} for i in sorted(found)],
                 )
-            )
-        joining = sorted(touched - current)
-        if joining:
-            conn.execute(
-                insert(Membership),
-                [{"contact_id": i, "list_name": list_name, "state": "active"} for i in joining],
-            )
-        return len(leaving)
+
+    def drop(self) -> None:
+        for table in self.TABLES:
+            self.conn.execute(text(f"DROP TABLE {table}"))
 
 
-def _onto_snapshot_list(changes: list[ContactChange], list_name: str) -> list[ContactChange]:
+def _onto_snapshot_list(items: Iterator[Checked], list_name: str) -> Iterator[Checked]:
     """A snapshot's rows with ``list_name`` added to the ``lists`` they carry.
 
     A row whose ``lists`` column leaves the snapshot's list out would otherwise take its contact
     off the list and, put back on by the snapshot, lose its state there.
     """
-    return [
-        replace(c, lists=c.lists | {list_name})
-        if c.lists is not None and list_name not in c.lists
-        else c
-        for c in changes
-    ]
+    for item in items:
+        if isinstance(item, Claim) and isinstance(item.then, ContactChange):
+            change = item.then
+            if change.lists is not None and list_name not in change.lists:
+                item = replace(item, then=replace(change, lists=change.lists | {list_name}))
+        yield item
 
 
 # -- queries -------------------------------------------------------------------------------
-
-
-def _lists_of(conn: Connection, changes: Sequence[ContactChange]) -> set[str]:
-    """The local lists of the contacts these rows name (by email or phone), now."""
-    names: set[str] = set()
-    for column, keys in (
-        (Contact.email, sorted({c.email for c in changes if c.email is not None})),
-        (Contact.phone, sorted({c.phone for c in changes if c.phone is not None})),
-    ):
-        for chunk in _chunks(keys):
-            names.update(
-                conn.execute(
-                    select(col(Membership.list_name))
-                    .join(Contact, col(Contact.id) == col(Membership.contact_id))
-                    .where(col(column).in_(chunk))
-                    .distinct()
-                ).scalars()
-            )
-    return names
 
 
 def _ids_by_key(conn: Connection, emails: Sequence[str], phones: Sequence[str]) -> dict[str, int]:

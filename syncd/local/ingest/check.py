@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -28,9 +28,13 @@ from syncd.local.ingest.read import (
 )
 
 _REPORTED_CHARS = 400  # a rejection's key and reason are cut to this
+_RESERVED = frozenset(RESERVED)
 
 
-@dataclass(frozen=True, slots=True)
+# ContactChange, Claim and read.RawRow are made once a row, a million times for a big file:
+# they are not frozen, since a frozen dataclass's __init__ costs several times as much. Nothing
+# changes them after they are made (``dataclasses.replace`` makes a new one).
+@dataclass(slots=True)
 class ContactChange:
     """One checked row: normalised keys, and only what the row carries (None = not carried)."""
 
@@ -67,20 +71,85 @@ class _RowProblem(Exception):
         self.reason = reason
 
 
+@dataclass(slots=True)
+class Claim:
+    """A row whose email and phone are valid keys: it claims them for the rest of the file.
+
+    ``then`` is what the row is (a change, or a rejection for a later column) unless an earlier
+    row of the file already used one of its ``keys``; ``settle_claims`` decides which.
+    """
+
+    line: int
+    values: Mapping[str, Any]  # the row as read, for a rejection's key
+    keys: tuple[tuple[str, str], ...]  # ("email", key) and/or ("phone", key), in that order
+    then: ContactChange | Rejection
+
+
+Checked = Claim | Rejection
+
+
 def validate(
     rows: Iterable[RawRow], config: IngestConfig
 ) -> tuple[list[ContactChange], list[Rejection]]:
-    """Check every row: the good ones become changes, each bad one a rejection with its reason."""
+    """Check every row: the good ones become changes, each bad one a rejection with its reason.
+
+    Holds the whole file's changes; ``checked`` and ``settle_claims`` are the streaming parts.
+    """
     changes: list[ContactChange] = []
     rejections: list[Rejection] = []
     claimed: dict[str, int] = {}  # email or phone -> the line that used it first
+    for item in checked(rows, config):
+        (outcome,), new = settle_claims([item], lambda keys: claimed)
+        claimed.update(new)
+        if isinstance(outcome, Rejection):
+            rejections.append(outcome)
+        else:
+            changes.append(outcome)
+    return changes, rejections
+
+
+def checked(rows: Iterable[RawRow], config: IngestConfig) -> Iterator[Checked]:
+    """Each row checked on its own, lazily: a ``Rejection``, or a ``Claim`` on its keys."""
     for row in rows:
         try:
-            changes.append(_check_row(row, config, claimed))
+            yield _check_row(row, config)
         except _RowProblem as problem:
             key = _clipped(_display_key(row.values))
-            rejections.append(Rejection(row.line, key, _clipped(problem.reason)))
-    return changes, rejections
+            yield Rejection(row.line, key, _clipped(problem.reason))
+
+
+def settle_claims(
+    batch: Sequence[Checked | ContactChange],
+    earlier: Callable[[list[str]], Mapping[str, int]],
+) -> tuple[list[ContactChange | Rejection], list[tuple[str, int]]]:
+    """Decide a batch of rows in file order against the keys earlier rows claimed.
+
+    ``earlier(keys)`` gives, for those of ``keys`` that rows before the batch claimed, the line
+    that claimed each. Returns each row's outcome and the (key, line) claims the batch adds. A
+    row whose key was claimed is rejected naming that line, and claims nothing; any other
+    ``Claim`` claims its keys even if it is rejected for a later column, so a later duplicate is
+    never applied in its place. A ``ContactChange`` passes as it is.
+    """
+    keys = [key for item in batch if isinstance(item, Claim) for _, key in item.keys]
+    before = earlier(keys) if keys else {}
+    claimed: dict[str, int] = {}
+    outcomes: list[ContactChange | Rejection] = []
+    for item in batch:
+        if not isinstance(item, Claim):
+            outcomes.append(item)
+            continue
+        for name, key in item.keys:
+            line = claimed.get(key) or before.get(key)
+            if line is not None:
+                reason = f"duplicate {name} {key}: already on line {line}"
+                shown_key = _clipped(_display_key(item.values))
+                outcomes.append(Rejection(item.line, shown_key, _clipped(reason)))
+                break
+        else:
+            for _, key in item.keys:
+                claimed[key] = item.line
+            outcomes.append(item.then)
+    return outcomes, list(claimed.items())
 
 
 def _clipped(text: str) -> str:
@@ -109,12 +178,11 @@ def _phone_as_written(raw: str) -> str:
     return normalise_phone(raw, None) if raw.strip().startswith("+") else raw.strip()
 
 
-def _check_row(row: RawRow, config: IngestConfig, claimed: dict[str, int]) -> ContactChange:
+def _check_row(row: RawRow, config: IngestConfig) -> Claim:
     if row.problem is not None:
         raise _RowProblem(row.problem)
     values = row.values
-    for name, value in values.items():
-        _check_text(name, value)
+    _check_texts(values)
     email = _identity(values.get("email"), "email", allow_int=False)
     phone = _identity(values.get("phone"), "phone", allow_int=True)
     if email is None and phone is None:
@@ -128,26 +196,50 @@ def _check_row(row: RawRow, config: IngestConfig, claimed: dict[str, int]) -> Co
         raise _RowProblem(
             f"role address {email}: providers refuse addresses that reach a function, not a person"
         )
-    for name, key in (("email", email), ("phone", phone)):
-        if key is not None and key in claimed:
-            raise _RowProblem(f"duplicate {name} {key}: already on line {claimed[key]}")
-    # A row with a valid identity claims its keys even if it is rejected below, so a later
-    # duplicate is never applied in its place.
-    for key in (email, phone):
-        if key is not None:
-            claimed[key] = row.line
+    keys: tuple[tuple[str, str], ...] = (("email", email),) if email is not None else ()
+    if phone is not None:
+        keys += (("phone", phone),)
+    try:
+        then: ContactChange | Rejection = _change(row, email, phone)
+    except _RowProblem as problem:
+        then = Rejection(row.line, _clipped(_display_key(values)), _clipped(problem.reason))
+    return Claim(row.line, values, keys, then)
 
+
+def _change(row: RawRow, email: str | None, phone: str | None) -> ContactChange:
+    """The rest of a row whose keys are good: the reserved columns and the custom fields."""
+    values = row.values
     status = _status(values.get("status"))
     delete = _delete_flag(values.get("delete"))
-    tags = _names(values, "tags")
-    lists = _names(values, "lists")
-    unsubscribed_lists = _names(values, "unsubscribed_lists")
-    fields = {name: _field_value(name, v) for name, v in values.items() if name not in RESERVED}
+    # Inline tests for the common case (a column absent, a field's text) spare a call per row.
+    tags = _names(values, "tags") if "tags" in values else None
+    lists = _names(values, "lists") if "lists" in values else None
+    left = "unsubscribed_lists"
+    unsubscribed_lists = _names(values, left) if left in values else None
+    fields = {
+        name: v if type(v) is str and v else _field_value(name, v)
+        for name, v in values.items()
+        if name not in _RESERVED
+    }
     if delete:
         return ContactChange(row.line, email, phone, delete=True)
     return ContactChange(
         row.line, email, phone, fields, tags, lists, status, unsubscribed_lists=unsubscribed_lists
     )
+
+
+def _check_texts(values: Mapping[str, Any]) -> None:
+    """``_check_text`` for every column; one pass over the row's text when it is all plain."""
+    try:
+        text = "".join(values.values()) + "".join(values)
+    except TypeError:  # a JSON value that is not text: look at each one
+        text = None
+    if text is not None and (
+        len(text) <= MAX_VALUE_CHARS and "\x00" not in text and not SURROGATE.search(text)
+    ):
+        return
+    for name, value in values.items():
+        _check_text(name, value)
 
 
 def _check_text(name: str, value: Any) -> None:

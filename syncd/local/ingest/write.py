@@ -1,7 +1,12 @@
 """Writing checked rows into the mirror: one transaction, in chunks, with bulk statements.
 
-``apply`` takes the ``ContactChange`` values ``syncd.local.ingest.check`` made and writes them all,
-or (on any error) none; ``IngestReport`` counts what each row did.
+``apply_stream`` takes what ``syncd.local.ingest.check`` makes of a file, row by row as it is
+read, and writes it all or (on any error, a read error late in the file included) none: one
+transaction whatever the file's size. Memory does not grow with the file: rows are taken
+``CHUNK_SIZE`` at a time; the keys the file has claimed (a key may appear once per file) are kept
+in a scratch table of that transaction, not in memory; at most ``MAX_LISTED_REJECTIONS``
+rejections are listed in the report and the others are only counted. ``apply`` is the same for
+``ContactChange`` values built in code. ``IngestReport`` counts what each row did.
 
 What a row does
 ---------------
@@ -43,29 +48,58 @@ What a row does
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Sequence
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import delete, insert, or_, update
-from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlalchemy.engine import Connection, Engine
 
 from syncd.core.projection import is_opted_out
-from syncd.local.ingest.check import ContactChange, Rejection
+from syncd.errors import IngestError
+from syncd.local.ingest.check import Checked, ContactChange, Rejection, settle_claims
 from syncd.store import mirror
-from syncd.store.db import transaction
-from syncd.store.models import Contact, Membership
 
-CHUNK_SIZE = 1000  # keys looked up per IN query and rows written per bulk statement
+log = logging.getLogger("syncd.local.ingest")
+
+#: SQLite's page cache while a file applies (KiB): bounded, so memory stays flat (see Sql).
+SQLITE_CACHE_KIB = 32 * 1024
+CHUNK_SIZE = 1000  # rows per chunk: keys looked up per IN query, rows written per statement
+#: Rejections listed in a report; a file with more has the rest counted (``rejected_unlisted``)
+#: so that a file of a million bad rows is refused in bounded memory too.
+MAX_LISTED_REJECTIONS = 10_000
 
 Outcome = Literal["created", "updated", "deleted", "unchanged"]
+#: Called after each chunk with the rows read so far and the rows applied so far.
+Progress = Callable[[int, int], None]
+
+
+# One encoder for every call: json.dumps builds a new one per call when given options.
+_CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def canonical_json(value: Any) -> str:
     """The one text for a JSON value: equal content gives equal text (and equal digests)."""
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return _CANONICAL.encode(value)
+
+
+def new_refs(count: int) -> list[str]:
+    """``count`` contact references as ``syncd.store.models.new_ref`` makes them (a random
+    UUID's hex), from one read of the system's randomness rather than one per contact."""
+    pool = os.urandom(16 * count).hex()
+    refs = []
+    for start in range(0, 32 * count, 32):
+        raw = pool[start : start + 32]
+        # version 4 and the RFC 4122 variant, as uuid.uuid4() sets them
+        refs.append(f"{raw[:12]}4{raw[13:16]}{_VARIANT[raw[16]]}{raw[17:]}")
+    return refs
+
+
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 @dataclass(slots=True)
@@ -79,13 +113,26 @@ class IngestReport:
     deleted: int = 0
     unchanged: int = 0
     rejected: list[Rejection] = field(default_factory=list)
+    rejected_unlisted: int = 0  # rejected rows beyond MAX_LISTED_REJECTIONS, only counted
+    # The local lists whose members (or their states) the file may have changed.
+    lists: set[str] = field(default_factory=set, repr=False, compare=False)
+
+    @property
+    def applied(self) -> int:
+        return self.created + self.updated + self.deleted + self.unchanged
 
     def count(self, outcome: Outcome) -> None:
         setattr(self, outcome, getattr(self, outcome) + 1)
 
+    def reject(self, rejection: Rejection) -> None:
+        if len(self.rejected) < MAX_LISTED_REJECTIONS:
+            self.rejected.append(rejection)
+        else:
+            self.rejected_unlisted += 1
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data: the counts at the top level, rejections by line."""
-        return {
+        data: dict[str, Any] = {
             "file": self.file,
             "rows": self.rows,
             "created": self.created,
@@ -94,6 +141,9 @@ class IngestReport:
             "unchanged": self.unchanged,
             "rejected": [r.to_dict() for r in self.rejected],
         }
+        if self.rejected_unlisted:
+            data["rejected_unlisted"] = self.rejected_unlisted
+        return data
 
 
 def apply(
@@ -101,24 +151,183 @@ def apply(
 ) -> IngestReport:
     """Apply every change in one transaction: all of them, or (on any error) none.
 
-    The contact table is never loaded whole: each chunk of rows looks up only the contacts its
-    keys name, then writes back with a few bulk statements. Rows that can only be refused
-    against the mirror (email and phone of two different contacts) come back in ``rejected``.
+    Rows that can only be refused against the mirror (email and phone of two different
+    contacts) come back in ``rejected``. ``engine`` may be a ``Connection`` inside a
+    transaction: the changes then join it.
     """
-    report = IngestReport(rows=len(changes))
-    with transaction(engine) as session:
-        mirror.take_write_turn(session)  # a cycle re-reading contacts it will write waits
-        for start in range(0, len(changes), chunk_size):
-            chunk = changes[start : start + chunk_size]
-            working = _Chunk.load(session, chunk)
-            for change in chunk:
-                outcome = working.apply(change)
-                if isinstance(outcome, Rejection):
-                    report.rejected.append(outcome)
-                else:
-                    report.count(outcome)
-            working.write(session)
+    return apply_stream(engine, changes, chunk_size=chunk_size)
+
+
+#: Called after each chunk is written, inside the transaction, with that chunk's applied
+#: changes and its rejections (all of them, listed in the report or not).
+AfterChunk = Callable[["Sql", list[ContactChange], list[Rejection]], None]
+
+
+def apply_stream(
+    bind: Engine | Connection,
+    items: Iterable[Checked | ContactChange],
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    progress: Progress | None = None,
+    after_chunk: AfterChunk | None = None,
+) -> IngestReport:
+    """Apply checked rows (``check.checked``) or changes, as they come, in one transaction.
+
+    With an ``Engine`` the transaction is this call's; with a ``Connection`` it is the caller's
+    (nothing is committed here, and the caller may add to it). An ``IngestError`` from reading
+    propagates and the transaction rolls back; any other exception from ``items`` is raised
+    as an ``IngestError`` too ("could not be read").
+
+    The contact table is never loaded whole: each chunk of rows looks up only the contacts its
+    keys name, then writes back with a few bulk statements.
+    """
+    if isinstance(bind, Engine):
+        with bind.begin() as conn:
+            return apply_stream(
+                conn, items, chunk_size=chunk_size, progress=progress, after_chunk=after_chunk
+            )
+    mirror.take_write_turn(bind)  # a cycle re-reading contacts it will write waits
+    sql = Sql(bind)
+    with sql.bigger_cache():
+        return _apply_chunks(sql, items, chunk_size, progress, after_chunk)
+
+
+def _apply_chunks(
+    sql: Sql,
+    items: Iterable[Checked | ContactChange],
+    chunk_size: int,
+    progress: Progress | None,
+    after_chunk: AfterChunk | None,
+) -> IngestReport:
+    claims = _ClaimTable(sql)
+    report = IngestReport()
+    for batch in _batches(items, chunk_size):
+        outcomes, new_claims = settle_claims(batch, claims.lines)
+        claims.add(new_claims)
+        changes = [o for o in outcomes if isinstance(o, ContactChange)]
+        working = _Chunk.load(sql, changes)
+        refused: list[Rejection] = []
+        for item in outcomes:
+            result = item if isinstance(item, Rejection) else working.apply(item)
+            if isinstance(result, Rejection):
+                refused.append(result)
+                report.reject(result)
+            else:
+                report.count(result)
+        working.write(sql)
+        report.rows += len(batch)
+        report.lists |= working.lists()
+        if after_chunk is not None:
+            after_chunk(sql, changes, refused)
+        if progress is not None:
+            progress(report.rows, report.applied)
+    claims.drop()
+    report.rejected.sort(key=lambda r: r.line)
     return report
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """``items`` ``size`` at a time; a reader's unexpected failure raised as ``IngestError``."""
+    source = iter(items)
+    while True:
+        try:
+            batch = list(itertools.islice(source, size))
+        except IngestError:
+            raise
+        except Exception as exc:
+            # Reading and checking touch nothing but the file: a failure there is a reader bug
+            # the same bytes would hit again, so the file is refused (and set aside by the
+            # inbox) rather than retried for ever; the traceback goes to the log.
+            log.error("ingest: reading the rows failed", exc_info=exc)
+            raise IngestError(f"could not be read: {type(exc).__name__}: {exc}") from exc
+        if not batch:
+            return
+        yield batch
+
+
+class Sql:
+    """Statements straight to the database driver, inside the caller's transaction.
+
+    SQLAlchemy's per-row parameter work is most of a bulk statement's cost at a million rows;
+    these statements are plain and portable, written with ``?`` placeholders.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.postgres = conn.dialect.name == "postgresql"
+        self.cursor = conn.connection.cursor()
+
+    @contextmanager
+    def bigger_cache(self) -> Iterator[None]:
+        """SQLite: a page cache of ``SQLITE_CACHE_KIB`` while a file applies, then the usual.
+
+        A big file's rows land all over the contact table's unique indexes (email, phone, a
+        random reference); with SQLite's default 2 MB cache most of those pages are evicted and
+        read back again, which at a million rows costs more than the inserts themselves.
+        """
+        if self.postgres:
+            yield
+            return
+        (before,) = self.run("PRAGMA cache_size")[0]
+        self.run(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+        try:
+            yield
+        finally:
+            self.run(f"PRAGMA cache_size = {int(before)}")
+
+    def _text(self, statement: str) -> str:
+        return statement.replace("?", "%s") if self.postgres else statement
+
+    def run(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        self.cursor.execute(self._text(statement), tuple(params))
+        return list(self.cursor.fetchall()) if self.cursor.description else []
+
+    def many(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self.cursor.executemany(self._text(statement), rows)
+
+
+def marks(count: int) -> str:
+    """``?, ?, ?`` for an IN list of ``count`` values."""
+    return ", ".join("?" * count)
+
+
+class _ClaimTable:
+    """The keys the file's rows have claimed so far, with their lines: a scratch table of the
+    transaction (a million keys would cost far more as a Python dict), made at first use."""
+
+    def __init__(self, sql: Sql) -> None:
+        self.sql = sql
+        self.made = False
+
+    def lines(self, keys: list[str]) -> dict[str, int]:
+        if not self.made:
+            return {}
+        found: dict[str, int] = {}
+        for start in range(0, len(keys), CHUNK_SIZE):
+            part = keys[start : start + CHUNK_SIZE]
+            rows = self.sql.run(
+                f"SELECT key, line FROM ingest_claim WHERE key IN ({marks(len(part))})", part
+            )
+            found.update(rows)
+        return found
+
+    def add(self, claims: list[tuple[str, int]]) -> None:
+        if not claims:
+            return
+        if not self.made:
+            temp = "pg_temp" if self.sql.postgres else "temp"
+            self.sql.run(f"DROP TABLE IF EXISTS {temp}.ingest_claim")
+            after = " ON COMMIT DROP" if self.sql.postgres else ""
+            self.sql.run(
+                f"CREATE TEMPORARY TABLE ingest_claim (key TEXT PRIMARY KEY, line INTEGER){after}"
+            )
+            self.made = True
+        self.sql.many("INSERT INTO ingest_claim (key, line) VALUES (?, ?)", claims)
+
+    def drop(self) -> None:
+        if self.made:
+            self.sql.run("DROP TABLE ingest_claim")
+            self.made = False
 
 
 @dataclass(slots=True)
@@ -136,15 +345,12 @@ class _Contact:
     left: frozenset[str] = frozenset()  # the lists (of ``lists``) in state unsubscribed
 
     def state(self) -> tuple[Any, ...]:
-        return (
-            self.email,
-            self.phone,
-            canonical_json(self.fields),
-            sorted(self.tags),
-            self.memberships(),
-            self.status,
-            self.deleted,
-        )
+        """What the contact row holds (the custom fields as a copy); equal states write the
+        same row, since every value ingestion sets is text."""
+        return (self.email, self.phone, dict(self.fields), self.tags, self.status, self.deleted)
+
+    def membership_state(self) -> tuple[frozenset[str], frozenset[str]]:
+        return self.lists, self.left
 
     def memberships(self) -> list[tuple[str, str]]:
         """(list, state) for each list the contact is on, sorted."""
@@ -161,16 +367,14 @@ class _Contact:
             self.lists = lists
             self.left = self.left & lists
 
-    def columns(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "email": self.email,
-            "phone": self.phone,
-            "fields": canonical_json(self.fields),
-            "tags": canonical_json(sorted(self.tags)),
-            "status": self.status,
-            "deleted": self.deleted,
-        }
+    def row(self) -> tuple[Any, ...]:
+        """email, phone, fields, tags, status, deleted: as stored."""
+        tags = canonical_json(sorted(self.tags)) if self.tags else "[]"
+        fields = canonical_json(self.fields) if self.fields else "{}"
+        return (self.email, self.phone, fields, tags, self.status, self.deleted)
+
+
+_CONTACT_COLUMNS = "id, email, phone, fields, tags, status, deleted"
 
 
 class _Chunk:
@@ -180,54 +384,61 @@ class _Chunk:
     (an email moved, a contact revived) exactly as it would across chunk boundaries.
     """
 
-    def __init__(self, contacts: list[_Contact]) -> None:
+    def __init__(self, contacts: list[_Contact], changes: Sequence[ContactChange]) -> None:
         self.contacts = {c.id: c for c in contacts}
-        self.original = {c.id: c.columns() for c in contacts}
-        self.original_lists = {c.id: c.memberships() for c in contacts}
+        self.original = {c.id: c.state() for c in contacts}
+        self.original_lists = {c.id: c.membership_state() for c in contacts}
         self.by_email = {c.email: c.id for c in contacts if c.email is not None}
         self.by_phone = {c.phone: c.id for c in contacts if c.phone is not None}
+        self.named = {n for c in changes for n in (c.lists or ())}
+        self.named |= {n for c in changes for n in (c.unsubscribed_lists or ())}
         self.next_new_id = -1
 
     @classmethod
-    def load(cls, session: Session, chunk: Sequence[ContactChange]) -> _Chunk:
-        emails = [c.email for c in chunk if c.email is not None]
-        phones = [c.phone for c in chunk if c.phone is not None]
-        found = session.exec(
-            select(Contact).where(
-                or_(col(Contact.email).in_(emails), col(Contact.phone).in_(phones))
-            )
-        ).all()
-        ids = [c.id for c in found if c.id is not None]
+    def load(cls, sql: Sql, chunk: Sequence[ContactChange]) -> _Chunk:
+        found = _contacts_by_key(
+            sql,
+            [c.email for c in chunk if c.email is not None],
+            [c.phone for c in chunk if c.phone is not None],
+            _CONTACT_COLUMNS,
+        )
+        ids = [row[0] for row in found]
         lists: dict[int, set[str]] = {i: set() for i in ids}
         left: dict[int, set[str]] = {i: set() for i in ids}
-        if ids:
-            for contact_id, list_name, state in session.exec(
-                select(Membership.contact_id, Membership.list_name, Membership.state).where(
-                    col(Membership.contact_id).in_(ids)
-                )
+        for start in range(0, len(ids), CHUNK_SIZE):
+            part = ids[start : start + CHUNK_SIZE]
+            for contact_id, list_name, state in sql.run(
+                "SELECT contact_id, list_name, state FROM membership "
+                f"WHERE contact_id IN ({marks(len(part))})",
+                part,
             ):
                 lists[contact_id].add(list_name)
                 if state == "unsubscribed":
                     left[contact_id].add(list_name)
         contacts = [
             _Contact(
-                id=c.id,
-                email=c.email,
-                phone=c.phone,
-                fields=json.loads(c.fields) or {},
-                tags=frozenset(json.loads(c.tags) or ()),
-                lists=frozenset(lists[c.id]),
-                status=c.status,
-                deleted=c.deleted,
-                left=frozenset(left[c.id]),
+                id=cid,
+                email=email,
+                phone=phone,
+                fields=json.loads(fields) or {},
+                tags=frozenset(json.loads(tags) or ()),
+                lists=frozenset(lists[cid]),
+                status=status,
+                deleted=bool(deleted),
+                left=frozenset(left[cid]),
             )
-            for c in found
-            if c.id is not None
+            for cid, email, phone, fields, tags, status, deleted in found
         ]
-        # The ORM objects were only read. Dropping them keeps memory flat over a big file, and
-        # keeps a later chunk from reusing a cached object that the bulk writes made stale.
-        session.expunge_all()
-        return cls(contacts)
+        return cls(contacts, chunk)
+
+    def lists(self) -> set[str]:
+        """The lists of every contact this chunk reached, before and after, and those named."""
+        names = set(self.named)
+        for lists, _left in self.original_lists.values():
+            names |= lists
+        for contact in self.contacts.values():
+            names |= contact.lists
+        return names
 
     def apply(self, change: ContactChange) -> Outcome | Rejection:
         by_email = self.by_email.get(change.email) if change.email is not None else None
@@ -263,7 +474,7 @@ class _Chunk:
         else:
             outcome = "updated"
         revived_opted_out = outcome == "created" and is_opted_out(contact.status)
-        before = contact.state()
+        before = (contact.state(), contact.membership_state()) if outcome == "updated" else None
 
         self._set_identity(contact, change.email, change.phone)
         for name, value in change.fields.items():
@@ -279,7 +490,7 @@ class _Chunk:
         if change.status is not None and (not revived_opted_out or is_opted_out(change.status)):
             contact.status = change.status
 
-        if outcome == "updated" and contact.state() == before:
+        if before is not None and (contact.state(), contact.membership_state()) == before:
             return "unchanged"
         return outcome
 
@@ -297,47 +508,84 @@ class _Chunk:
             contact.phone = phone
             self.by_phone[phone] = contact.id
 
-    def write(self, session: Session) -> None:
-        current = {cid: contact.columns() for cid, contact in self.contacts.items()}
-        changed = [row for cid, row in current.items() if cid > 0 and row != self.original[cid]]
-        moved = [
-            {"id": row["id"], "email": None, "phone": None}
-            for row in changed
-            if (row["email"], row["phone"])
-            != (self.original[row["id"]]["email"], self.original[row["id"]]["phone"])
+    def write(self, sql: Sql) -> None:
+        changed = [
+            c for cid, c in self.contacts.items() if cid > 0 and c.state() != self.original[cid]
         ]
-        if moved:
-            # Keys can pass from one contact to another within a chunk; clearing the moved keys
-            # first means the unique indexes never see two holders, whatever the update order.
-            session.exec(update(Contact), params=moved)
-        if changed:
-            session.exec(update(Contact), params=changed)
+        moved = [(c.id,) for c in changed if (c.email, c.phone) != self.original[c.id][:2]]
+        # Keys can pass from one contact to another within a chunk; clearing the moved keys
+        # first means the unique indexes never see two holders, whatever the update order.
+        sql.many("UPDATE contact SET email = NULL, phone = NULL WHERE id = ?", moved)
+        sql.many(
+            "UPDATE contact SET email = ?, phone = ?, fields = ?, tags = ?, status = ?, "
+            "deleted = ? WHERE id = ?",
+            [(*c.row(), c.id) for c in changed],
+        )
 
         # A contact whose lists or their states changed has its memberships rewritten whole.
         relisted = [
             cid
             for cid, contact in self.contacts.items()
-            if cid > 0 and contact.memberships() != self.original_lists[cid]
+            if cid > 0 and contact.membership_state() != self.original_lists[cid]
         ]
-        if relisted:
-            session.exec(delete(Membership).where(col(Membership.contact_id).in_(relisted)))
+        for start in range(0, len(relisted), CHUNK_SIZE):
+            part = relisted[start : start + CHUNK_SIZE]
+            sql.run(f"DELETE FROM membership WHERE contact_id IN ({marks(len(part))})", part)
         memberships = [
-            {"contact_id": cid, "list_name": name, "state": state}
+            (cid, name, state)
             for cid in relisted
             for name, state in self.contacts[cid].memberships()
         ]
 
         new = [contact for cid, contact in self.contacts.items() if cid < 0]
         if new:
-            rows = [{k: v for k, v in current[c.id].items() if k != "id"} for c in new]
-            ids = session.exec(
-                insert(Contact).returning(col(Contact.id), sort_by_parameter_order=True),
-                params=rows,
-            ).scalars()
-            for contact, real_id in zip(new, ids, strict=True):
+            sql.many(
+                "INSERT INTO contact (email, phone, fields, tags, status, deleted, ref) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(*c.row(), ref) for c, ref in zip(new, new_refs(len(new)), strict=True)],
+            )
+            listed = [c for c in new if c.lists]
+            if listed:
+                ids = _ids_of(sql, listed)
                 memberships.extend(
-                    {"contact_id": real_id, "list_name": name, "state": state}
-                    for name, state in contact.memberships()
+                    (ids[c.email if c.email is not None else c.phone], name, state)
+                    for c in listed
+                    for name, state in c.memberships()
                 )
-        if memberships:
-            session.exec(insert(Membership), params=memberships)
+        sql.many(
+            "INSERT INTO membership (contact_id, list_name, state) VALUES (?, ?, ?)", memberships
+        )
+
+
+def _contacts_by_key(
+    sql: Sql, emails: Sequence[str], phones: Sequence[str], columns: str
+) -> list[Any]:
+    """``columns`` of the contacts (tombstones too) holding any of these emails or phones."""
+    found: dict[int, Any] = {}
+    for start in range(0, max(len(emails), len(phones)), CHUNK_SIZE):
+        some_emails = emails[start : start + CHUNK_SIZE]
+        some_phones = phones[start : start + CHUNK_SIZE]
+        where = []
+        if some_emails:
+            where.append(f"email IN ({marks(len(some_emails))})")
+        if some_phones:
+            where.append(f"phone IN ({marks(len(some_phones))})")
+        statement = f"SELECT {columns} FROM contact WHERE {' OR '.join(where)}"
+        for row in sql.run(statement, [*some_emails, *some_phones]):
+            found[row[0]] = row
+    return list(found.values())
+
+
+def _ids_of(sql: Sql, contacts: Sequence[_Contact]) -> dict[str | None, int]:
+    """The ids the database gave these new contacts, by email (or phone, without one)."""
+    rows = _contacts_by_key(
+        sql,
+        [c.email for c in contacts if c.email is not None],
+        [c.phone for c in contacts if c.email is None and c.phone is not None],
+        "id, email, phone",
+    )
+    ids: dict[str | None, int] = {}
+    for cid, email, phone in rows:
+        ids[email] = cid
+        ids[phone] = cid
+    return ids

@@ -50,7 +50,6 @@ from syncd.errors import MassDeleteRefused, SourceBusy, SourceReadFailed
 from syncd.local.inbox.apply import (
     MASS_DELETE_MIN,
     _ids_by_key,
-    _lists_of,
     _mass_delete_fraction,
     _member_count,
 )
@@ -69,7 +68,7 @@ from syncd.local.source.state import (
     store_fingerprints,
 )
 from syncd.store import mirror
-from syncd.store.models import Membership, SourceRun
+from syncd.store.models import Contact, Membership, SourceRun
 
 
 @dataclass(slots=True)
@@ -472,3 +471,22 @@ def _record_seconds(engine: Engine, source: SourceConfig, seconds: float) -> Non
         conn.execute(
             update(SourceRun).where(col(SourceRun.source) == source.name).values(seconds=seconds)
         )
+
+
+def _lists_of(conn: Connection, changes: Sequence[ContactChange]) -> set[str]:
+    """The local lists of the contacts these rows name (by email or phone), now."""
+    names: set[str] = set()
+    for column, keys in (
+        (Contact.email, sorted({c.email for c in changes if c.email is not None})),
+        (Contact.phone, sorted({c.phone for c in changes if c.phone is not None})),
+    ):
+        for start in range(0, len(keys), 500):
+            names.update(
+                conn.execute(
+                    select(col(Membership.list_name))
+                    .join(Contact, col(Contact.id) == col(Membership.contact_id))
+                    .where(col(column).in_(keys[start : start + 500]))
+                    .distinct()
+                ).scalars()
+            )
+    return names
