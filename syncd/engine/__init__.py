@@ -63,6 +63,7 @@ def run_cycle(
     result = cycle.result
     dry = cycle.dry_run
     run_id = None if dry else records.record_start(db, target.name, cycle.options.holder)
+    cycle.run_id = run_id
     calls_before = provider.stats.total()
     writes_before = provider.stats.writes
     try:

@@ -8,14 +8,18 @@
   ``syncd.engine.push``); a permanent one waits until the local record changes. Read once per
   cycle (``rejections``), dropped once its key settles.
 - A **run** record is opened before a cycle and closed after it with the outcome and summary
-  (``syncd status``, the daemon's metrics). A dry run leaves none.
+  (``syncd status``, ``syncd runs``, the daemon's metrics). A dry run leaves none.
+- A **step** is one key's line of history (``syncd.store.history``): the case that applied and
+  what came of it. ``step`` builds it; the chunk (``syncd.engine.chunk``) and the push
+  (``syncd.engine.push``) add their steps with their own writes, so only keys that differed get
+  one, and a dry run none.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import delete, or_, select
 from sqlalchemy.engine import Engine
@@ -24,7 +28,7 @@ from sqlmodel import Session, col
 from syncd.clock import stamp
 from syncd.core.reconcile import Decision, FieldConflict, Takes
 from syncd.engine.result import CycleResult
-from syncd.store import mirror
+from syncd.store import history, mirror
 from syncd.store.models import Conflict, Rejection, Run
 
 # -- conflicts and rejections -------------------------------------------------------------
@@ -107,12 +111,51 @@ def _conflict_dict(c: FieldConflict, take: str | None = None) -> dict[str, str |
     return entry
 
 
+# -- history ------------------------------------------------------------------------------
+
+
+def step(
+    run_id: int | None,
+    target: str,
+    d: Decision,
+    result: str,
+    *,
+    sent: dict[str, Any] | None = None,
+    event: Mapping[str, str] | None = None,
+    **said: Any,
+) -> dict[str, Any]:
+    """One key's history row: ``result`` (confirmed, rejected, held, applied, settled,
+    deferred, awaiting, not_sent) and what explains it (``reason``, ``code``, ``message``),
+    the conflicts met and which side each took, the outbox event a pull recorded."""
+    outcome: dict[str, Any] = {"result": result}
+    outcome.update({k: v for k, v in said.items() if v is not None})
+    if d.local_op is not None:
+        outcome["local"] = d.local_op  # the mirror was written: upsert or remove
+    if d.conflicts:
+        outcome["conflicts"] = [_settled(c, d) for c in d.conflicts]
+    if event:
+        outcome["event"] = dict(event)
+    return history.row(run_id, target, d.key, d.case, outcome, sent)
+
+
+def _settled(c: FieldConflict, d: Decision) -> dict[str, str | None]:
+    """A field changed on both sides, and the side it took (``held``: waits for a person)."""
+    entry = _conflict_dict(c)
+    if d.held:
+        entry["took"] = "held"
+        return entry
+    after = d.base if d.base is not None else d.remote_row or d.local_row
+    value = after.field_map.get(c.field) if after is not None else None
+    entry["took"] = "local" if value == c.local else "remote" if value == c.remote else "merged"
+    return entry
+
+
 # -- runs ---------------------------------------------------------------------------------
 
 
 def _now_ms() -> str:
     """Run records to the millisecond: cycles a second apart must still be told apart."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return history.now_ms()
 
 
 def record_start(db: Engine, target: str, holder: str | None) -> int:

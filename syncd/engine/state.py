@@ -6,12 +6,13 @@ target, the reconciliation rules), the result being filled in, and what one step
 later one: the owners of remote rows that are syncd's own (found once the stage is written,
 read by every decision), the decisions waiting for their call's answer (from the chunk that
 batched them to the push that reads the answer) and the keys left differing on purpose (their
-rejection or conflict stays when the cycle ends).
+rejection or conflict stays when the cycle ends), and the run record its history rows name.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
@@ -38,6 +39,9 @@ class CycleState:
     owners: Owners = field(default_factory=Owners)  # remote rows that are syncd's own
     pending: dict[str, Decision] = field(default_factory=dict)  # batched, awaiting their answer
     held_keys: set[str] = field(default_factory=set)  # their rejection or conflict stays
+    run_id: int | None = None  # the run record the cycle's history rows point to
+    # the outbox event each pull of this cycle recorded, by key, until its history row is written
+    events: dict[str, Mapping[str, str]] = field(default_factory=dict)
 
     @classmethod
     def start(

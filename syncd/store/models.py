@@ -23,6 +23,9 @@
 - ``webhook_delivery`` / ``webhook_endpoint``: each event once per matching ``[[webhook]]``,
   recorded with the event and kept until a 2xx answer (or dead-lettered), and the endpoints a
   410 Gone turned off (``syncd.local.webhook_queue``).
+- ``history``: one row per key a cycle wrote or held (its case, what was sent, the answer),
+  written with the chunk's or the batch's own writes and pruned after ``[history] keep``
+  (``syncd.store.history``; read by ``syncd explain``).
 - ``ingest_request``: the answers of ``POST /v1/contacts`` by ``Idempotency-Key``, committed
   with the rows they applied, so a retried request applies once (``syncd.local.intake``).
 
@@ -309,3 +312,27 @@ class IngestRequest(SQLModel, table=True):
     body_sha256: str  # the same key with another body is refused, not answered from here
     answer: str  # JSON, sent again as it was
     created_at: float = Field(index=True)
+
+
+class History(SQLModel, table=True):
+    """What one cycle did about one key: the case, the write sent, the answer.
+
+    Only keys that differed are written, in the transaction of the writes they describe, so a
+    no-change cycle adds nothing. ``sent`` and ``outcome`` are JSON (``syncd.store.history``).
+    """
+
+    __tablename__ = "history"
+    __table_args__ = (
+        Index("ix_history_key", "key", "id"),
+        # AUTOINCREMENT: ids order a key's history for good, even after pruning.
+        {"sqlite_autoincrement": True},
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: str = Field(index=True)  # ISO UTC to the millisecond; pruning compares it as text
+    run_id: int | None = None  # the cycle's run record (``run.id``)
+    target: str
+    key: str
+    case: str  # ``Decision.case``
+    sent: str | None = None  # JSON: the call that carried the row, its fields and flags
+    outcome: str  # JSON: confirmed / rejected / held / ..., with the reason
