@@ -508,15 +508,18 @@ def explain_lines(found: Any) -> Iterator[str]:
     for step in found.history:
         out = step.outcome
         said = out.get("reason") or (f"{out['code']}: {out['message']}" if "code" in out else "")
-        cycle = f"cycle {step.cycle}" if step.cycle is not None else "local"
-        yield (
-            f"  {step.at}  {cycle}  {step.target}  {step.case} -> {out['result']}"
-            + (f" ({said})" if said else "")
+        if "source" in out:  # a local write: which file or request, and what it carried
+            said = f"{out['source']}, line {out['line']}: {', '.join(out['carried']) or '-'}"
+        where = f"cycle {step.cycle}  {step.target}" if step.target is not None else "local"
+        yield f"  {step.at}  {where}  {step.case} -> {out['result']}" + (
+            f" ({said})" if said else ""
         )
+        for name, (before, after) in out.get("changed", {}).items():
+            yield f"      {name}: {before!r} -> {after!r}"
         if step.sent:
             sent = step.sent
             values = " ".join(f"{k}={v!r}" for k, v in sent.get("fields", {}).items())
-            extra = [f"tags={','.join(sent['tags'])}"] if "tags" in sent else []
+            extra = [f"tags={','.join(sent['tags']) or '-'}"] if "tags" in sent else []
             extra += [f"status={sent['status']}"] if "status" in sent else []
             flags = [k for k, v in sent.get("flags", {}).items() if v]
             yield (

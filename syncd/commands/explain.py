@@ -97,8 +97,8 @@ class Step(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     at: str = Field(description="When it was written, UTC, ISO-8601 to the millisecond.")
-    cycle: int | None = Field(description="The run record's id (`syncd runs`).")
-    target: str
+    cycle: int | None = Field(description="The run record's id (`syncd runs`); null: local.")
+    target: str | None = Field(description="null: a local write (inbox file, ingest, API).")
     case: str = Field(description="The reconciliation table's case that applied.")
     sent: dict[str, Any] | None = Field(
         description="What was sent: op, call (the provider's method), calls, fields (remote "

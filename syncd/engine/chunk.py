@@ -205,8 +205,10 @@ def apply_chunk(
         counts["conflicts_settled"] += len(d.conflicts)
         if d.local_op is not None:
             event = _apply_local(session, cycle, d, row, contacts.get(d.rekey_from or d.key))
-            if event:
-                cycle.events[d.key] = event  # its history row says which event told of it
+            cycle.local_notes[d.key] = {
+                "changed": records.changes(row.local, d.local_row),
+                "event": dict(event) if event else None,  # the outbox event that told of it
+            }
         if d.rekey_from is not None:
             forget.append(d.rekey_from)  # the old key's base goes with the move
         if d.remote_op is None:
@@ -437,10 +439,8 @@ class _Steps:
         if self.cycle.dry_run:
             return
         cycle = self.cycle
-        event = cycle.events.pop(d.key, None)
-        self.rows.append(
-            records.step(cycle.run_id, cycle.target.name, d, result, event=event, **said)
-        )
+        notes = cycle.local_notes.pop(d.key, {})
+        self.rows.append(records.step(cycle.run_id, cycle.target.name, d, result, **notes, **said))
 
     def steady(self, d: Decision, result: str, **said: Any) -> None:
         self.add(d, result, **said)

@@ -167,8 +167,8 @@ def _open_job(session: Session, cycle: CycleState, batch: Batch) -> tuple[PushCa
 def _step(
     cycle: CycleState, d: Decision, sent: dict[str, Any] | None, result: str, **said: Any
 ) -> dict[str, Any]:
-    event = cycle.events.pop(d.key, None)  # the local half of a merge, pulled in its chunk
-    return records.step(cycle.run_id, cycle.target.name, d, result, sent=sent, event=event, **said)
+    notes = cycle.local_notes.pop(d.key, {})  # the local half of a merge, written in its chunk
+    return records.step(cycle.run_id, cycle.target.name, d, result, sent=sent, **notes, **said)
 
 
 def _sent_by_key(provider: Provider, calls: tuple[PushCall, ...]) -> dict[str, dict[str, Any]]:

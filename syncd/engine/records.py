@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from syncd.clock import stamp
+from syncd.core.projection import Projection
 from syncd.core.reconcile import Decision, FieldConflict, Takes
 from syncd.engine.result import CycleResult
 from syncd.store import history, mirror
@@ -121,21 +122,37 @@ def step(
     result: str,
     *,
     sent: dict[str, Any] | None = None,
-    event: Mapping[str, str] | None = None,
     **said: Any,
 ) -> dict[str, Any]:
     """One key's history row: ``result`` (confirmed, rejected, held, applied, settled,
     deferred, awaiting, not_sent) and what explains it (``reason``, ``code``, ``message``),
-    the conflicts met and which side each took, the outbox event a pull recorded."""
+    the conflicts met and which side each took; for a write to the mirror, what it changed
+    (``changed``) and the outbox event it recorded (``event``)."""
     outcome: dict[str, Any] = {"result": result}
     outcome.update({k: v for k, v in said.items() if v is not None})
     if d.local_op is not None:
         outcome["local"] = d.local_op  # the mirror was written: upsert or remove
     if d.conflicts:
         outcome["conflicts"] = [_settled(c, d) for c in d.conflicts]
-    if event:
-        outcome["event"] = dict(event)
     return history.row(run_id, target, d.key, d.case, outcome, sent)
+
+
+def changes(before: Projection | None, after: Projection | None) -> dict[str, list[Any]]:
+    """What a write to the mirror changed: each field, ``tags``, ``status`` and
+    ``list_status`` whose value differs, as ``[before, after]`` (null: not set)."""
+    old = {} if before is None else before.field_map
+    new = {} if after is None else after.field_map
+    found: dict[str, list[Any]] = {
+        name: [old.get(name), new.get(name)]
+        for name in sorted(old.keys() | new.keys())
+        if old.get(name) != new.get(name)
+    }
+    for name in ("tags", "status", "list_status"):
+        was = None if before is None else getattr(before, name)
+        now = None if after is None else getattr(after, name)
+        if was != now:
+            found[name] = [sorted(v) if isinstance(v, frozenset) else v for v in (was, now)]
+    return found
 
 
 def _settled(c: FieldConflict, d: Decision) -> dict[str, str | None]:

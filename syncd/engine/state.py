@@ -12,8 +12,8 @@ rejection or conflict stays when the cycle ends), and the run record its history
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -40,8 +40,9 @@ class CycleState:
     pending: dict[str, Decision] = field(default_factory=dict)  # batched, awaiting their answer
     held_keys: set[str] = field(default_factory=set)  # their rejection or conflict stays
     run_id: int | None = None  # the run record the cycle's history rows point to
-    # the outbox event each pull of this cycle recorded, by key, until its history row is written
-    events: dict[str, Mapping[str, str]] = field(default_factory=dict)
+    # what each write to the mirror changed and the outbox event it recorded, by key, until the
+    # key's history row is written (in its chunk, or after its call for a merge)
+    local_notes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def start(

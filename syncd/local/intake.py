@@ -141,7 +141,7 @@ def apply_body(
                 return Outcome(200, json.loads(earlier.answer), replayed=True)
         before = lists_of(conn, changes)
         # Joins this transaction: apply's session neither commits nor outlives it.
-        report = apply(cast(Engine, conn), changes)
+        report = apply(cast(Engine, conn), changes, source="POST /v1/contacts")
         lists = before | lists_of(conn, changes)
         lists |= {n for c in changes if c.lists is not None for n in c.lists}
         refused = sorted(rejected + report.rejected, key=lambda r: r.line)

@@ -7,6 +7,9 @@ the reason, ...). The engine adds the rows of one chunk or one batch with one ``
 in that chunk's or batch's transaction, so a row exists exactly when what it says was
 committed, and a cycle with no differing key writes none.
 
+Local writes add theirs the same way (``syncd.local.ingest.write``): one row per contact a
+file, ``syncd ingest`` or the ingest API changed, with no target and the source named.
+
 Rows older than ``[history] keep`` are pruned by the daemon (``prune``), through the index on
 ``at``.
 """
@@ -37,7 +40,7 @@ class Entry:
 
     at: str
     cycle: int | None
-    target: str
+    target: str | None
     key: str
     case: str
     sent: dict[str, Any] | None
@@ -56,7 +59,7 @@ class Entry:
 
 def row(
     run_id: int | None,
-    target: str,
+    target: str | None,
     key: str,
     case: str,
     outcome: dict[str, Any],

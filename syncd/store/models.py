@@ -23,8 +23,9 @@
 - ``webhook_delivery`` / ``webhook_endpoint``: each event once per matching ``[[webhook]]``,
   recorded with the event and kept until a 2xx answer (or dead-lettered), and the endpoints a
   410 Gone turned off (``syncd.local.webhook_queue``).
-- ``history``: one row per key a cycle wrote or held (its case, what was sent, the answer),
-  written with the chunk's or the batch's own writes and pruned after ``[history] keep``
+- ``history``: one row per key a cycle wrote or held (its case, what was sent, the answer) and
+  per contact a local write changed (which file or request), written in the transaction of the
+  writes it describes and pruned after ``[history] keep``
   (``syncd.store.history``; read by ``syncd explain``).
 - ``ingest_request``: the answers of ``POST /v1/contacts`` by ``Idempotency-Key``, committed
   with the rows they applied, so a retried request applies once (``syncd.local.intake``).
@@ -330,8 +331,8 @@ class History(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     at: str = Field(index=True)  # ISO UTC to the millisecond; pruning compares it as text
-    run_id: int | None = None  # the cycle's run record (``run.id``)
-    target: str
+    run_id: int | None = None  # the cycle's run record (``run.id``); None: a local write
+    target: str | None = None  # None: a local write (an inbox file, ingest, the ingest API)
     key: str
     case: str  # ``Decision.case``
     sent: str | None = None  # JSON: the call that carried the row, its fields and flags

@@ -92,14 +92,27 @@ def test_explain_shows_a_push_and_a_pull_back_step_by_step(workdir: Path, emulat
     found = explain(workdir, "User1@Example.com")
     assert found["key"] == "user1@example.com"
     steps = [(s["case"], s["outcome"]["result"]) for s in found["history"]]
-    assert steps == [("create_remote", "confirmed"), ("push", "confirmed"), ("pull", "applied")]
-    create, push, pull = found["history"]
+    assert steps == [
+        ("local_created", "applied"),
+        ("create_remote", "confirmed"),
+        ("local_updated", "applied"),
+        ("push", "confirmed"),
+        ("pull", "applied"),
+    ]
+    created, create, edited, push, pull = found["history"]
+    # the local writes name their source, the line and the columns the row carried
+    assert created["target"] is None and created["cycle"] is None
+    assert created["outcome"]["source"] == "syncd ingest people.csv"
+    assert created["outcome"]["line"] == 3  # user1 is the second row after the header
+    assert edited["outcome"]["source"] == "syncd ingest edit.csv"
+    assert edited["outcome"]["carried"] == ["name"]
     assert create["sent"]["op"] == "create" and create["sent"]["call"] == "importContacts"
     assert push["sent"]["fields"]["Name"] == "Ann Edited"
     assert push["sent"]["flags"] == {"overwrite_tags": False, "overwrite_lists": False}
     assert pull["sent"] is None and pull["outcome"]["local"] == "upsert"
     assert pull["outcome"]["event"]["kind"] == "list_unsubscribe"
-    cycles = [s["cycle"] for s in found["history"]]
+    assert pull["outcome"]["changed"] == {"list_status": ["active", "unsubscribed"]}
+    cycles = [s["cycle"] for s in found["history"] if s["target"] is not None]
     assert cycles == sorted(cycles) and len(set(cycles)) == 3
     news = found["targets"]["newsletter"]
     assert news["local"]["fields"]["Name"] == "Ann Edited"
@@ -122,6 +135,8 @@ def test_explain_shows_a_push_and_a_pull_back_step_by_step(workdir: Path, emulat
     assert any("sent importContacts update: Name='Ann Edited'" in line for line in lines)
     assert any("pull -> applied" in line for line in lines)
     assert any("outbox event list_unsubscribe" in line for line in lines)
+    assert any("list_status: 'active' -> 'unsubscribed'" in line for line in lines)
+    assert any("local  local_updated -> applied (syncd ingest edit.csv" in line for line in lines)
 
     # the runs the history points to, newest first
     runs = syncd("runs", "--json", cwd=workdir)
@@ -141,7 +156,7 @@ def test_a_cycle_with_nothing_to_do_writes_no_history(workdir: Path, store: str)
     assert syncd("ingest", "people.csv", cwd=workdir).returncode == 0
     assert syncd("run-once", cwd=workdir).returncode == 0
     written = history_rows(store)
-    assert written == 3  # one per contact created
+    assert written == 6  # per contact: its local creation, and its create at the provider
     quiet = syncd("run-once", "--json", cwd=workdir)
     assert json.loads(quiet.stdout)["outcome"] == "converged"
     assert history_rows(store) == written
@@ -157,7 +172,8 @@ def test_a_refused_row_shows_its_refusal(workdir: Path, emulator: str):
     assert syncd("run-once", cwd=workdir).returncode == 1  # one row refused
 
     found = explain(workdir, "user2@example.com")
-    (step,) = found["history"]
+    local, step = found["history"]
+    assert local["case"] == "local_created"
     assert (step["case"], step["outcome"]["result"]) == ("create_remote", "rejected")
     assert "user2" in step["outcome"]["message"] and step["outcome"]["code"]
     assert step["sent"]["op"] == "create"
@@ -168,11 +184,12 @@ def test_a_refused_row_shows_its_refusal(workdir: Path, emulator: str):
     assert syncd("run-once", cwd=workdir).returncode == 1
     again = explain(workdir, "user2@example.com")["history"]
     assert [(s["case"], s["outcome"]["result"]) for s in again] == [
+        ("local_created", "applied"),
         ("create_remote", "rejected"),
         ("create_remote", "held"),
     ]
     assert syncd("run-once", cwd=workdir).returncode == 1
-    assert len(explain(workdir, "user2@example.com")["history"]) == 2
+    assert len(explain(workdir, "user2@example.com")["history"]) == 3
 
     shown = syncd("explain", "user2@example.com", cwd=workdir).stdout
     assert "refused: " in shown and "-> rejected" in shown
@@ -196,11 +213,11 @@ def test_history_older_than_keep_is_pruned(workdir: Path, store: str):
                 )
     finally:
         engine.dispose()
-    assert history_rows(store) == 5
+    assert history_rows(store) == 8
     assert syncd("run-once", cwd=workdir).returncode == 0  # nothing to do; prunes
-    assert history_rows(store) == 3
+    assert history_rows(store) == 6
     kept = explain(workdir, "user0@example.com")["history"]
-    assert [s["case"] for s in kept] == ["create_remote"]  # this cycle's, not the old ones
+    assert [s["case"] for s in kept] == ["local_created", "create_remote"]  # this cycle's, not the old ones
 
 
 def test_an_unknown_key_is_named_and_exits_1(workdir: Path):

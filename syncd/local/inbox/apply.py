@@ -290,7 +290,7 @@ class FileApplier:
             members_before = 0 if snapshot is None else _member_count(conn, snapshot)
             before = _lists_of(conn, changes)
             # Joins this transaction: apply's session neither commits nor outlives it.
-            result = apply(cast(Engine, conn), changes)
+            result = apply(cast(Engine, conn), changes, source=f"inbox file {name}")
             apply_rejected = list(result.rejected)
             result.file = name
             result.rows = rows

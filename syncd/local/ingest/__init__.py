@@ -17,6 +17,7 @@ the mirror in ``write``.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
@@ -29,7 +30,7 @@ from syncd.local.ingest.write import IngestReport, apply
 def ingest_file(engine: Engine, path: str | os.PathLike[str], config: IngestConfig) -> IngestReport:
     """Read, check and apply one file. Raises ``IngestError`` (changing nothing) if unreadable."""
     changes, rejected = validate(read_rows(path, encoding=config.encoding), config)
-    report = apply(engine, changes)
+    report = apply(engine, changes, source=f"syncd ingest {Path(path).name}")
     report.file = str(path)
     report.rows += len(rejected)
     report.rejected = sorted(rejected + report.rejected, key=lambda r: r.line)

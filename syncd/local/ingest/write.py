@@ -54,7 +54,7 @@ from sqlmodel import Session, col, select
 
 from syncd.core.projection import is_opted_out
 from syncd.local.ingest.check import ContactChange, Rejection
-from syncd.store import mirror
+from syncd.store import history, mirror
 from syncd.store.db import transaction
 from syncd.store.models import Contact, Membership
 
@@ -97,9 +97,16 @@ class IngestReport:
 
 
 def apply(
-    engine: Engine, changes: Sequence[ContactChange], *, chunk_size: int = CHUNK_SIZE
+    engine: Engine,
+    changes: Sequence[ContactChange],
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    source: str = "ingest",
 ) -> IngestReport:
     """Apply every change in one transaction: all of them, or (on any error) none.
+
+    Each contact a row changed gets a history row naming ``source`` (``syncd explain``), in
+    the same transaction.
 
     The contact table is never loaded whole: each chunk of rows looks up only the contacts its
     keys name, then writes back with a few bulk statements. Rows that can only be refused
@@ -111,14 +118,35 @@ def apply(
         for start in range(0, len(changes), chunk_size):
             chunk = changes[start : start + chunk_size]
             working = _Chunk.load(session, chunk)
+            steps = []
             for change in chunk:
                 outcome = working.apply(change)
                 if isinstance(outcome, Rejection):
                     report.rejected.append(outcome)
-                else:
-                    report.count(outcome)
+                    continue
+                report.count(outcome)
+                if outcome != "unchanged":
+                    steps.append(_step(change, outcome, source))
             working.write(session)
+            history.add(session, steps)
     return report
+
+
+def _step(change: ContactChange, outcome: Outcome, source: str) -> dict[str, Any]:
+    """The history row of a row that changed a contact: its source, line and columns."""
+    carried = [*change.fields]
+    carried += [
+        name
+        for name, value in (
+            ("tags", change.tags),
+            ("lists", change.lists),
+            ("unsubscribed_lists", change.unsubscribed_lists),
+            ("status", change.status),
+        )
+        if value is not None
+    ]
+    said = {"result": "applied", "source": source, "line": change.line}
+    return history.row(None, None, change.key, f"local_{outcome}", {**said, "carried": carried})
 
 
 @dataclass(slots=True)

@@ -1,6 +1,7 @@
 """Per-key history of cycles, for ``syncd explain``.
 
-- ``history``: one row per key a cycle wrote or held: its case, what was sent and the answer.
+- ``history``: one row per key a cycle wrote or held (its case, what was sent and the answer),
+  and per contact a local write changed (which file or request).
 
 Revision ID: 0010
 Revises: 0007
@@ -26,7 +27,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("at", S(), nullable=False),
         sa.Column("run_id", sa.Integer(), nullable=True),
-        sa.Column("target", S(), nullable=False),
+        sa.Column("target", S(), nullable=True),
         sa.Column("key", S(), nullable=False),
         sa.Column("case", S(), nullable=False),
         sa.Column("sent", S(), nullable=True),
