@@ -462,7 +462,8 @@ def explain_cmd(config_path: str | None, key: str, target: str | None, as_json: 
 
     KEY is an email or phone. Exit code 1 when the store has never heard of it.
     """
-    from syncd.commands.explain import UnknownKey, explain
+    from syncd.commands.explain import explain
+    from syncd.errors import UnknownKey
 
     config = _load(config_path)
     try:

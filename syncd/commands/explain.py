@@ -23,15 +23,12 @@ from syncd.config import Config, TargetConfig
 from syncd.core.contacts import normalise_email, normalise_phone
 from syncd.core.projection import ListStatus, Projection, Status
 from syncd.engine.stage import project_local
+from syncd.errors import UnknownKey
 from syncd.store import history, mirror
 from syncd.store.models import Base, Conflict, Contact, InFlight, Rejection, Run
 
 EXPLAIN_ID = "urn:syncd:schema:explain:1"
 RUNS_ID = "urn:syncd:schema:runs:1"
-
-
-class UnknownKey(LookupError):
-    """The store has never heard of this key: no contact, no base, no history."""
 
 
 # -- what explain answers -----------------------------------------------------------------

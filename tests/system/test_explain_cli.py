@@ -217,7 +217,7 @@ def test_history_older_than_keep_is_pruned(workdir: Path, store: str):
     assert syncd("run-once", cwd=workdir).returncode == 0  # nothing to do; prunes
     assert history_rows(store) == 6
     kept = explain(workdir, "user0@example.com")["history"]
-    assert [s["case"] for s in kept] == ["local_created", "create_remote"]  # this cycle's, not the old ones
+    assert [s["case"] for s in kept] == ["local_created", "create_remote"]  # not the old ones
 
 
 def test_an_unknown_key_is_named_and_exits_1(workdir: Path):
