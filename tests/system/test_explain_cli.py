@@ -9,6 +9,9 @@ the JSON answers follow their schemas. On SQLite and on PostgreSQL.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,12 +20,16 @@ import httpx
 import jsonschema
 import pytest
 from conftest import (
+    config_toml,
+    daemon_tables,
     emulator_fixture,
     newsletter_config,
     people_csv,
     postgresql_schema,
     run_syncd,
     syncd_env,
+    unisender_target,
+    wait_for,
 )
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
@@ -195,11 +202,7 @@ def test_a_refused_row_shows_its_refusal(workdir: Path, emulator: str):
     assert "refused: " in shown and "-> rejected" in shown
 
 
-def test_history_older_than_keep_is_pruned(workdir: Path, store: str):
-    config = workdir / "syncd.toml"
-    config.write_text(config.read_text() + '\n[history]\nkeep = "2d"\n', encoding="utf-8")
-    assert syncd("ingest", "people.csv", cwd=workdir).returncode == 0
-    assert syncd("run-once", cwd=workdir).returncode == 0
+def add_old_rows(store: str) -> None:
     engine = create_engine(store, poolclass=NullPool)
     try:
         with engine.begin() as conn:
@@ -213,6 +216,14 @@ def test_history_older_than_keep_is_pruned(workdir: Path, store: str):
                 )
     finally:
         engine.dispose()
+
+
+def test_history_older_than_keep_is_pruned(workdir: Path, store: str):
+    config = workdir / "syncd.toml"
+    config.write_text(config.read_text() + '\n[history]\nkeep = "2d"\n', encoding="utf-8")
+    assert syncd("ingest", "people.csv", cwd=workdir).returncode == 0
+    assert syncd("run-once", cwd=workdir).returncode == 0
+    add_old_rows(store)
     assert history_rows(store) == 8
     assert syncd("run-once", cwd=workdir).returncode == 0  # nothing to do; prunes
     assert history_rows(store) == 6
@@ -229,3 +240,38 @@ def test_an_unknown_key_is_named_and_exits_1(workdir: Path):
     assert bad.returncode == 1 and "'not a key'" in bad.stderr and "Traceback" not in bad.stderr
     nosuch = syncd("explain", "user0@example.com", "--target", "nosuch", cwd=workdir)
     assert nosuch.returncode == 2 and "nosuch" in nosuch.stderr
+
+
+def test_the_daemon_prunes_history_older_than_keep(tmp_path: Path, emulator: str, store: str):
+    target = unisender_target(
+        emulator, "newsletter", api_key="${TEST_UNISENDER_KEY}", schedule="1h", jitter=0
+    )
+    tables = daemon_tables(tmp_path, "off")
+    config = config_toml(tmp_path, target, store={"url": store}, history={"keep": "1d"}, **tables)
+    (tmp_path / "syncd.toml").write_text(config, encoding="utf-8")
+    (tmp_path / "people.csv").write_text(people_csv(range(2)), encoding="utf-8")
+    assert syncd("ingest", "people.csv", cwd=tmp_path).returncode == 0  # the store, 2 rows
+    add_old_rows(store)
+    assert history_rows(store) == 4
+    env = syncd_env(("TEST_UNISENDER_KEY", KEY))
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "run"], cwd=tmp_path, env=env, stdout=subprocess.PIPE
+    )
+    try:
+        # its first cycle creates the two contacts (2 rows), then the old two go
+        wait_for(lambda: history_rows(store) == 4 and _no_old_rows(store), "pruning", 60)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        logged, _ = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0
+    assert "history: 2 rows older than 1d pruned" in logged.decode()  # its log, on stdout
+
+
+def _no_old_rows(store: str) -> bool:
+    engine = create_engine(store, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            old = conn.execute(text("SELECT count(*) FROM history WHERE at < '2021'"))
+            return old.scalar_one() == 0
+    finally:
+        engine.dispose()
