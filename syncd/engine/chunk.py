@@ -15,6 +15,10 @@ write never commits without its remote half's journal, and the lock is never hel
 What the provider cannot do is decided here too (``_row_change``): an opt-out at a provider
 without statuses, a delete at a provider without deletes. Each such contact is reported, never
 dropped silently.
+
+Each key the chunk settles, holds or writes locally gets its history step (``_Steps``) in the
+chunk's transaction; a key batched for a call gets its step once the answer is read
+(``syncd.engine.push``).
 """
 
 from __future__ import annotations
@@ -205,10 +209,11 @@ def apply_chunk(
         counts["conflicts_settled"] += len(d.conflicts)
         if d.local_op is not None:
             event = _apply_local(session, cycle, d, row, contacts.get(d.rekey_from or d.key))
-            cycle.local_notes[d.key] = {
-                "changed": records.changes(row.local, d.local_row),
-                "event": dict(event) if event else None,  # the outbox event that told of it
-            }
+            if not cycle.dry_run:
+                cycle.local_notes[d.key] = {
+                    "changed": records.changes(row.local, d.local_row),
+                    "event": dict(event) if event else None,  # the outbox event that told of it
+                }
         if d.rekey_from is not None:
             forget.append(d.rekey_from)  # the old key's base goes with the move
         if d.remote_op is None:
@@ -222,7 +227,7 @@ def apply_chunk(
         if change is None:
             if d.remote_op == "delete" and not cycle.dry_run:
                 forget.append(d.key)  # reported once; the provider cannot act on it
-            steps.add(d, "not_sent", reason=_not_sent_reason(cycle, d))
+            steps.add(d, "not_sent", reason=_not_sent_reason(d))
             continue
         if change.op in ("delete", "exclude") and d.remote_op != "delete":
             # an opt-out the provider cannot hold: off the list, and forget what was there
@@ -416,7 +421,7 @@ _HELD = {
 }
 
 
-def _not_sent_reason(cycle: CycleState, d: Decision) -> str:
+def _not_sent_reason(d: Decision) -> str:
     if d.remote_op == "create":
         return "opted out, and the provider cannot record an opt-out: not created there"
     return "the provider cannot carry this out: remove the contact there by hand"
