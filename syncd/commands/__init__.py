@@ -3,7 +3,8 @@
 behind ``[http] listen`` (``listener``) with the job routes Netcore calls (``job_routes``), which
 ``run-once`` serves alone and the daemon beside its own routes, and the ingest API's routes
 (``api_routes``); ``webhooks replay``, the webhook lines of ``status`` and ``run-once``'s
-delivery pass (``webhook_admin``).
+delivery pass (``webhook_admin``); ``explain`` and ``runs``, from each contact's history and
+the run records (``explain``).
 
 The click layer in ``syncd.cli`` only parses arguments and prints; everything a command does is
 here, callable from tests and the daemon. It may import the engine, providers, local side, store,
