@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, or_, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
@@ -103,12 +103,13 @@ def last_steps(session: Session, target: str, keys: Sequence[str]) -> dict[str, 
 
 
 def for_key(session: Session, keys: Sequence[str], target: str | None = None) -> list[Entry]:
-    """A contact's history under any of its keys, oldest first."""
+    """A contact's history under any of its keys, oldest first: on ``target`` (None: every
+    target) and its local writes, which belong to no target."""
     if not keys:
         return []
     stmt = select(History).where(col(History.key).in_(list(keys)))
     if target is not None:
-        stmt = stmt.where(col(History.target) == target)
+        stmt = stmt.where(or_(col(History.target) == target, col(History.target).is_(None)))
     found = session.execute(stmt.order_by(col(History.id))).scalars()
     return [
         Entry(

@@ -155,6 +155,8 @@ def test_explain_shows_a_push_and_a_pull_back_step_by_step(workdir: Path, emulat
     assert [r["counts"]["pulled"] for r in records] == [1, 0, 0]
     assert [r["counts"]["created"] for r in records] == [0, 0, 3]
     assert len(json.loads(syncd("runs", "--json", "--limit", "1", cwd=workdir).stdout)) == 1
+    one = explain(workdir, "user1@example.com", "--target", "newsletter")
+    assert one["history"] == found["history"]  # the only target, and the local writes
     listed = syncd("runs", cwd=workdir).stdout.splitlines()
     assert listed[0].startswith(f"#{cycles[-1]} newsletter ") and "pulled 1" in listed[0]
 
