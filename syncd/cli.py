@@ -634,6 +634,119 @@ def conflicts_cmd(config_path: str | None, target: str | None, as_json: bool) ->
     sys.exit(1 if any(not c["resolution"] for c in rows) else 0)
 
 
+@main.command("explain")
+@config_option
+@click.argument("key")
+@click.option("--target", default=None, help="Only this target.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (explain schema).")
+def explain_cmd(config_path: str | None, key: str, target: str | None, as_json: bool) -> None:
+    """Why did this contact change, or not: its state per target and its history.
+
+    KEY is an email or phone. Exit code 1 when the store has never heard of it.
+    """
+    from syncd.commands.explain import explain
+    from syncd.errors import UnknownKey
+
+    config = _load(config_path)
+    try:
+        found = explain(config, key, target)
+    except UnknownKey as exc:
+        click.echo(f"syncd explain: {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(found.model_dump_json())
+        return
+    for line in explain_lines(found):
+        click.echo(line)
+
+
+def explain_lines(found: Any) -> Iterator[str]:
+    """``syncd explain`` for a person: the state per target, then one line per step."""
+    from syncd.commands.explain import ContactState
+
+    def state(s: ContactState | None) -> str:
+        if s is None:
+            return "-"
+        fields = " ".join(f"{k}={v!r}" for k, v in sorted(s.fields.items()))
+        tags = ",".join(s.tags) or "-"
+        consent = s.status if s.list_status == "active" else f"{s.status}, list {s.list_status}"
+        return f"{fields + '  ' if fields else ''}tags={tags}  {consent}"
+
+    yield found.key
+    for name, t in found.targets.items():
+        yield f"  {name} ({t.provider}, key {t.key or '-'})"
+        yield f"    local   {state(t.local)}"
+        yield f"    base    {state(t.base)}"
+        seen = f" (as of {t.remote_as_of})" if t.remote_as_of else " (never exported whole)"
+        yield f"    remote  {state(t.remote)}{seen}"
+        if t.in_flight is not None:
+            yield f"    sent, answer lost: {state(t.in_flight)}"
+        if t.rejection is not None:
+            r = t.rejection
+            yield f"    refused: {r.code}: {r.message} ({'retried' if r.retryable else 'held'})"
+        if t.conflict is not None:
+            fields = ", ".join(str(f["field"]) for f in t.conflict)
+            yield f"    conflict open on {fields}: syncd resolve {t.key} --take local|remote"
+    yield "history" if found.history else "history: nothing kept"
+    for step in found.history:
+        out = step.outcome
+        said = out.get("reason") or (f"{out['code']}: {out['message']}" if "code" in out else "")
+        if "source" in out:  # a local write: which file or request, and what it carried
+            said = f"{out['source']}, line {out['line']}: {', '.join(out['carried']) or '-'}"
+        where = f"cycle {step.cycle}  {step.target}" if step.target is not None else "local"
+        yield f"  {step.at}  {where}  {step.case} -> {out['result']}" + (
+            f" ({said})" if said else ""
+        )
+        for name, (before, after) in out.get("changed", {}).items():
+            yield f"      {name}: {before!r} -> {after!r}"
+        if step.sent:
+            sent = step.sent
+            values = " ".join(f"{k}={v!r}" for k, v in sent.get("fields", {}).items())
+            extra = [f"tags={','.join(sent['tags']) or '-'}"] if "tags" in sent else []
+            extra += [f"status={sent['status']}"] if "status" in sent else []
+            flags = [k for k, v in sent.get("flags", {}).items() if v]
+            yield (
+                f"      sent {sent.get('call')} {sent.get('op')}: "
+                + " ".join(p for p in (values, *extra) if p)
+                + (f" [{', '.join(flags)}]" if flags else "")
+            )
+        for c in out.get("conflicts", []):
+            yield (
+                f"      conflict {c['field']}: local={c['local']!r} remote={c['remote']!r} "
+                f"base={c['base']!r} -> took {c['took']}"
+            )
+        if "event" in out:
+            yield f"      outbox event {out['event']['kind']} {out['event']['id']}"
+
+
+@main.command("runs")
+@config_option
+@click.option("--target", default=None, help="Only this target.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array (runs schema).")
+def runs_cmd(config_path: str | None, target: str | None, limit: int, as_json: bool) -> None:
+    """The latest cycles, newest first: outcome and counts, from the run records."""
+    from syncd.commands.explain import runs
+
+    config = _load(config_path)
+    found = runs(config, target, limit)
+    if as_json:
+        click.echo(json.dumps([r.model_dump() for r in found], ensure_ascii=False))
+        return
+    if not found:
+        click.echo("no runs yet")
+    for r in found:
+        c = r.counts
+        click.echo(
+            f"#{r.id} {r.target} {r.started_at} {r.outcome}: pushed {c.get('pushed', 0)}, "
+            f"deleted {c.get('deleted', 0)}, pulled {c.get('pulled', 0)}, "
+            f"rejected {c.get('rejected', 0)}, {_n(c.get('conflicts', 0), 'conflict')}, "
+            f"{_n(c.get('api_calls', 0), 'call')}"
+        )
+        if r.message:
+            click.echo(f"  {r.message}")
+
+
 @main.command("resolve")
 @config_option
 @click.argument("key", required=False)

@@ -289,6 +289,35 @@ WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = (
 _SECONDS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
 
 
+def _duration_seconds(value: str, key: str) -> float:
+    """A duration such as '30d' or '12h', in seconds; anything else is refused naming ``key``."""
+    try:
+        interval = parse_schedule(value)
+    except ValueError:
+        interval = None
+    if not isinstance(interval, Interval):
+        raise ValueError(f"{key} {value!r} must be a duration such as '30d' or '12h'")
+    return float(interval.amount * _SECONDS[interval.unit])
+
+
+class HistoryConfig(_Strict):
+    keep: str = Field(
+        "30d",
+        description="How long each contact's history (`syncd explain`) is kept: '30d', '12h'. "
+        "The daemon prunes older rows.",
+    )
+
+    @field_validator("keep")
+    @classmethod
+    def _check_keep(cls, value: str) -> str:
+        _duration_seconds(value, "keep")
+        return value
+
+    @property
+    def keep_seconds(self) -> float:
+        return _duration_seconds(self.keep, "keep")
+
+
 def _webhook_secret(value: SecretStr | None, key: str) -> SecretStr | None:
     """A Standard Webhooks secret: ``whsec_`` and the base64 of at least 24 random bytes."""
     if value is None:
@@ -741,6 +770,7 @@ class Config(_Strict):
     ingest: IngestConfig = IngestConfig()
     http: HttpConfig = HttpConfig()
     daemon: DaemonConfig = DaemonConfig()
+    history: HistoryConfig = HistoryConfig()
     target: list[TargetConfig] = Field(default_factory=list)
     webhook: list[WebhookConfig] = Field(default_factory=list)
     source: list[SourceConfig] = Field(default_factory=list)

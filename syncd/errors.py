@@ -10,7 +10,8 @@ classes)::
     │   ├── IngestError         a file cannot be read at all: nothing of it is applied
     │   ├── MassDeleteRefused   a cycle would delete too much (DESIGN rule 2): nothing is written
     │   ├── ListenError         the HTTP listener cannot bind its address
-    │   └── StarterExists       the starter configuration is there and --force was not given
+    │   ├── StarterExists       the starter configuration is there and --force was not given
+    │   └── UnknownKey          ``syncd explain``: the store has never heard of the contact
     ├── ProviderError           the provider refused a call or its answer is unusable: the cycle
     │   │                       fails with ``code``, and the next one tries again
     │   ├── AuthError           the key or the method is refused: fix the key or the account
@@ -99,6 +100,10 @@ class ListenError(FatalError):
 
 class StarterExists(FatalError):
     """The configuration file is already there and ``force`` was not given."""
+
+
+class UnknownKey(FatalError):
+    """``syncd explain``: no contact, base or history has this key (or it is no key at all)."""
 
 
 # --------------------------------------------------------------------------- the provider's

@@ -1,6 +1,6 @@
 """JSON Schemas (draft 2020-12) of syncd's files, generated from the code's own models.
 
-Four schemas live in ``schemas/`` and are checked by the tests against what this module
+Six schemas live in ``schemas/`` and are checked by the tests against what this module
 generates, so they cannot drift from the code:
 
 - ``config.schema.json``: the configuration file (``syncd.config.Config``), as TOML data, with
@@ -11,7 +11,9 @@ generates, so they cannot drift from the code:
 - ``change-event.schema.json``: one line of an outbox file, and the body of a webhook
   (``syncd.local.change_event.event_schema``);
 - ``ingest-answer.schema.json``: the answer of ``POST /v1/contacts``
-  (``syncd.local.intake.answer_schema``).
+  (``syncd.local.intake.answer_schema``);
+- ``explain.schema.json`` and ``runs.schema.json``: what ``syncd explain KEY --json`` and
+  ``syncd runs --json`` print (``syncd.commands.explain``).
 
 The README's configuration reference is rendered from the config schema by
 :func:`config_reference_markdown`. ``syncd schemas write`` regenerates the schema files and the
@@ -28,6 +30,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from syncd.commands import explain
 from syncd.config import Config
 from syncd.core.projection import STATUSES
 from syncd.local import change_event, intake
@@ -45,6 +48,8 @@ CONFIG_FILE = "config.schema.json"
 INBOX_RECORD_FILE = "inbox-record.schema.json"
 CHANGE_EVENT_FILE = "change-event.schema.json"
 INGEST_ANSWER_FILE = "ingest-answer.schema.json"
+EXPLAIN_FILE = "explain.schema.json"
+RUNS_FILE = "runs.schema.json"
 
 README_START = "<!-- config-reference:start -->"
 README_END = "<!-- config-reference:end -->"
@@ -65,6 +70,8 @@ _SECTION_DESCRIPTIONS = {
     "http": "The listener of `syncd run`: health, metrics, and the ingest API "
     "(`POST /v1/contacts`) when `ingest_token` is set.",
     "daemon": "The long-running service, `syncd run`.",
+    "history": "What `syncd explain` shows of each contact: every cycle that decided something "
+    "about it, kept this long.",
     "webhook": "A company endpoint every change event is POSTed to, signed (Standard "
     "Webhooks, `schemas/change-event.schema.json` as the body); repeat `[[webhook]]` for each. "
     "Webhook names must be unique.",
@@ -385,6 +392,8 @@ GENERATORS: dict[str, Callable[[], JsonSchema]] = {
     INBOX_RECORD_FILE: inbox_record_schema,
     CHANGE_EVENT_FILE: change_event.event_schema,
     INGEST_ANSWER_FILE: intake.answer_schema,
+    EXPLAIN_FILE: explain.explain_schema,
+    RUNS_FILE: explain.runs_schema,
 }
 
 

@@ -6,7 +6,8 @@ behind ``[http] listen`` (``listener``) with the job routes Netcore calls (``job
 delivery pass (``webhook_admin``); provider webhooks in: their route (``hook_routes``) and
 ``hooks install|status|remove`` (``hooks``); ``source pull`` and the source lines of ``status``,
 also what the daemon runs on each source's schedule (``sources``); ``ingest`` with its progress
-(``ingest``).
+(``ingest``); ``explain`` and ``runs``, from each contact's history and the run records
+(``explain``).
 
 The click layer in ``syncd.cli`` only parses arguments and prints; everything a command does is
 here, callable from tests and the daemon. It may import the engine, providers, local side, store,

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from syncd.errors import FatalError
 from syncd.local import outbox
 from syncd.providers import callback_reader, make_provider
 from syncd.providers.base import Provider
-from syncd.store import mirror, open_engine
+from syncd.store import history, mirror, open_engine
 from syncd.store.lease import Leases, new_holder
 from syncd.store.models import Conflict, Rejection, Run
 
@@ -90,10 +91,18 @@ def run_once(
             _await_callbacks(db, results, chosen, callback_wait)
         if config.webhook and not base_options.dry_run:
             webhook_admin.deliver_now(db, config, leases.holder)
+        if not base_options.dry_run:
+            prune_history(db, config)  # from cron, no daemon prunes this store
     finally:
         if listener is not None:
             listener.stop()
     return results
+
+
+def prune_history(db: Engine, config: Config) -> int:
+    """Drop the history rows older than ``[history] keep`` (``syncd explain``); returns how
+    many went. One indexed delete: the daemon runs it once an hour, run-once once a run."""
+    return history.prune(db, timedelta(seconds=config.history.keep_seconds))
 
 
 def _job_listener(config: Config, db: Engine, targets: list[TargetConfig]) -> LoopbackServer | None:

@@ -30,7 +30,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from syncd.commands import api_routes, hook_routes, job_routes, sources
-from syncd.commands.cycles import build_provider
+from syncd.commands.cycles import build_provider, prune_history
 from syncd.config import Config, SourceConfig, TargetConfig, load_config
 from syncd.daemon import observe
 from syncd.daemon.hook_worker import HookWorker
@@ -57,6 +57,9 @@ log = logging.getLogger("syncd.daemon")
 #: Outcomes after which the target counts as healthy (the provider answered and the cycle ended
 #: in a defined state); "unreachable", "failed" and "partial" (the export keeps coming back
 #: incomplete, so deletes never happen) start or continue a failing streak.
+#: Seconds between two prunings of the history (``[history] keep`` is counted in days).
+HISTORY_PRUNE_EVERY = 3600.0
+
 HEALTHY = {"converged", "rejected", "conflicts", "refused", "stopped", "awaiting"}
 
 
@@ -82,6 +85,8 @@ class Daemon:
         self.metrics.count_inbox_with(lambda: observe.inbox_backlog(inbox_folder))
         self.health: dict[str, _Health] = {}
         self._health_lock = threading.Lock()
+        self._prune_lock = threading.Lock()
+        self._pruned_at: float | None = None  # monotonic; None: not yet since the start
         self._register_secrets(config)
         self.scheduler = TargetScheduler(
             self._run_cycle,
@@ -270,6 +275,7 @@ class Daemon:
             log.log(level, "cycle %s", result.outcome, extra={"summary": summary})
             outbox.flush(self.db, Path(self.config.outbox.path))
             self.deliverer.wake()
+            self._prune_history()
         self._record_health(target.name, result.outcome)
         return result.outcome in HEALTHY
 
@@ -282,6 +288,17 @@ class Daemon:
 
     def _after_hook(self) -> None:
         self.deliverer.wake()
+
+    def _prune_history(self) -> None:
+        """At most once an hour, after a cycle: history past ``[history] keep`` goes."""
+        with self._prune_lock:
+            now = time.monotonic()
+            if self._pruned_at is not None and now - self._pruned_at < HISTORY_PRUNE_EVERY:
+                return
+            self._pruned_at = now
+        gone = prune_history(self.db, self.config)
+        if gone:
+            log.info("history: %d rows older than %s pruned", gone, self.config.history.keep)
 
     def _lists_changed(self, lists: set[str], skip: str | None = None) -> None:
         names = {t.name for t in self.config.target if t.local_list_name in lists} - {skip}

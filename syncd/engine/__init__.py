@@ -69,6 +69,7 @@ def run_cycle(
     # metrics keep showing the last full cycle
     holder = cycle.options.holder
     run_id = None if dry or narrowed else records.record_start(db, target.name, holder)
+    cycle.run_id = run_id
     calls_before = provider.stats.total()
     writes_before = provider.stats.writes
     try:

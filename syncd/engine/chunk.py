@@ -15,12 +15,18 @@ write never commits without its remote half's journal, and the lock is never hel
 What the provider cannot do is decided here too (``_row_change``): an opt-out at a provider
 without statuses, a delete at a provider without deletes. Each such contact is reported, never
 dropped silently.
+
+Each key the chunk settles, holds or writes locally gets its history step (``_Steps``) in the
+chunk's transaction; a key batched for a call gets its step once the answer is read
+(``syncd.engine.push``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 from sqlmodel import Session
 
@@ -33,7 +39,7 @@ from syncd.core.reconcile import Decision, Sent, Takes, reconcile
 from syncd.engine.stage import project_local
 from syncd.engine.state import CycleState
 from syncd.providers.base import RowChange
-from syncd.store import mirror
+from syncd.store import history, mirror
 from syncd.store.models import Contact, Rejection
 
 log = logging.getLogger("syncd.engine")
@@ -171,6 +177,7 @@ def apply_chunk(
     )
     settle: list[Projection] = []
     forget: list[str] = []
+    steps = _Steps(cycle)
     flying: list[tuple[Projection, Projection | None]] = []
     leaving: list[Projection] = []
     unseen: list[str] = []
@@ -178,6 +185,7 @@ def apply_chunk(
         if d.key in edited:
             counts["edited_during_cycle"] += 1  # decided on a stale read: next cycle
             cycle.held_keys.add(d.key)
+            steps.add(d, "held", reason="edited locally while the cycle ran: decided again next")
             continue
         if d.held:
             counts["conflicts_open"] += 1
@@ -185,19 +193,27 @@ def apply_chunk(
             cycle.held_keys.add(d.key)
             if not cycle.dry_run:
                 records.record_conflict(session, target, d, row, takes.get(d.key))
+            steps.steady(d, "held", reason=_HELD.get(d.case, d.case))
             continue
         if d.keep_base:
             counts[d.case] += 1
             if d.unseen:
                 unseen.append(d.key)  # one more export lacked a key deleted locally
+            steps.steady(d, "held", reason=_HELD.get(d.case, "nothing written this cycle"))
             continue
         if d.key in awaiting and d.remote_op is not None:
             counts["still_awaiting"] += 1  # sent before; its callback has not come yet
             cycle.held_keys.add(d.key)
+            steps.steady(d, "awaiting", reason="sent before; its callback has not come yet")
             continue
         counts["conflicts_settled"] += len(d.conflicts)
         if d.local_op is not None:
-            _apply_local(session, cycle, d, row, contacts.get(d.rekey_from or d.key))
+            event = _apply_local(session, cycle, d, row, contacts.get(d.rekey_from or d.key))
+            if not cycle.dry_run:
+                cycle.local_notes[d.key] = {
+                    "changed": records.changes(row.local, d.local_row),
+                    "event": dict(event) if event else None,  # the outbox event that told of it
+                }
         if d.rekey_from is not None:
             forget.append(d.rekey_from)  # the old key's base goes with the move
         if d.remote_op is None:
@@ -205,11 +221,13 @@ def apply_chunk(
                 forget.append(d.key)
             else:
                 settle.append(d.base)
+            steps.add(d, "applied" if d.local_op else "settled", moved_from=d.rekey_from)
             continue
         change = _row_change(cycle, d, contacts.get(d.key), row.opted_out_elsewhere)
         if change is None:
             if d.remote_op == "delete" and not cycle.dry_run:
                 forget.append(d.key)  # reported once; the provider cannot act on it
+            steps.add(d, "not_sent", reason=_not_sent_reason(d))
             continue
         if change.op in ("delete", "exclude") and d.remote_op != "delete":
             # an opt-out the provider cannot hold: off the list, and forget what was there
@@ -218,9 +236,17 @@ def apply_chunk(
         if held is not None and not held.retryable and held.digest == change.row.digest():
             counts["held_rejected"] += 1  # refused before; waits until the record changes
             cycle.held_keys.add(d.key)
+            steps.steady(
+                d,
+                "held",
+                reason="refused before; waits until the local record changes",
+                code=held.code,
+                message=held.message,
+            )
             continue
         if not cycle.result.export_complete and change.op in ("create", "delete", "exclude"):
             counts["deferred"] += 1  # the remote state is unknown: no creates or deletes
+            steps.add(d, "deferred", reason=f"the export was incomplete: the {change.op} waits")
             continue
         cycle.pending[d.key] = d
         if change.op in ("create", "update"):
@@ -238,6 +264,7 @@ def apply_chunk(
         # next export against a base it no longer belongs to
         mirror.drop_in_flight(session, target, [p.key for p in settle] + forget)
         records.clear_conflicts(session, target, [d.key for _, d in decisions if not d.held])
+        steps.write(session)
     return full
 
 
@@ -360,11 +387,12 @@ def _apply_local(
     d: Decision,
     row: mirror.DiffRow,
     contact: Contact | None,
-) -> None:
+) -> Mapping[str, str] | None:
+    """Write the decision's local half; returns the outbox event that tells of it."""
     counts = cycle.result.counts
     if cycle.dry_run:
         counts["pulled" if d.local_op == "upsert" else "removed_local"] += 1
-        return
+        return None
     if d.local_op == "upsert":
         assert d.local_row is not None
         mirror.apply_remote_state(session, cycle.view, d.local_row, row.raw_status, contact)
@@ -373,4 +401,64 @@ def _apply_local(
         counts["removed_local"] += 1
     if cycle.options.on_remote_change is not None:
         change = RemoteChange(cycle.target.name, d.key, d.case, row.local, d.local_row)
-        cycle.options.on_remote_change(session, change)
+        return cycle.options.on_remote_change(session, change)
+    return None
+
+
+# -- history ------------------------------------------------------------------------------
+
+#: Why a key that differs was left as it is, by case.
+_HELD = {
+    "conflict_held": "a field changed on both sides: waits for syncd resolve",
+    "first_meeting_held": "first meeting with different data (first_sync = manual): waits for "
+    "syncd resolve",
+    "keep_opted_out": "deleted locally, opted out at the provider: kept there so the opt-out "
+    "stays on record",
+    "absence_unconfirmed": "gone on both sides: the local delete is kept until more exports "
+    "lack the key",
+    "moved_at_provider": "the provider changed the key: the new key carries the contact",
+    "update_deferred": "an update syncd sends of its own accord waits for a complete export",
+}
+
+
+def _not_sent_reason(d: Decision) -> str:
+    if d.remote_op == "create":
+        return "opted out, and the provider cannot record an opt-out: not created there"
+    return "the provider cannot carry this out: remove the contact there by hand"
+
+
+class _Steps:
+    """The chunk's history rows, written with its writes (``syncd.store.history``).
+
+    A key left as it was for the same reason as in its last row (a held conflict, a refusal
+    waiting for an edit, an opt-out kept) is not written again each cycle: its row says since
+    when.
+    """
+
+    def __init__(self, cycle: CycleState) -> None:
+        self.cycle = cycle
+        self.rows: list[dict[str, Any]] = []
+        self.steady_keys: set[str] = set()
+
+    def add(self, d: Decision, result: str, **said: Any) -> None:
+        if self.cycle.dry_run:
+            return
+        cycle = self.cycle
+        notes = cycle.local_notes.pop(d.key, {})
+        self.rows.append(records.step(cycle.run_id, cycle.target.name, d, result, **notes, **said))
+
+    def steady(self, d: Decision, result: str, **said: Any) -> None:
+        self.add(d, result, **said)
+        self.steady_keys.add(d.key)
+
+    def write(self, session: Session) -> None:
+        rows = self.rows
+        if self.steady_keys:
+            last = history.last_steps(session, self.cycle.target.name, sorted(self.steady_keys))
+            rows = [
+                r
+                for r in rows
+                if r["key"] not in self.steady_keys
+                or last.get(r["key"]) != (r["case"], r["outcome"])
+            ]
+        history.add(session, rows)

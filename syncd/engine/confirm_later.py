@@ -40,7 +40,7 @@ from sqlmodel import Session, col
 from syncd.clock import stamp
 from syncd.core.projection import Projection
 from syncd.providers.base import CallbackReport, JobTicket
-from syncd.store import mirror, transaction
+from syncd.store import history, mirror, transaction
 from syncd.store.models import PushJob, PushJobPart, PushJobRow, Rejection
 
 log = logging.getLogger("syncd.engine.confirm_later")
@@ -327,8 +327,11 @@ def _reject(session: Session, job: PushJob, report: CallbackReport) -> None:
             return
         query = query.where(col(PushJobRow.key).in_(list(report.failed)))
     now = stamp(_now())
+    steps = []
     for row in session.execute(query).scalars().all():
         reason = report.failed.get(row.key) or report.message or "the provider's job failed"
+        said = {"code": "invalid" if report.processed else "job_failed", "message": reason}
+        steps.append(_step(job, row, "rejected", **said))
         session.merge(
             Rejection(
                 target=job.target,
@@ -341,6 +344,13 @@ def _reject(session: Session, job: PushJob, report: CallbackReport) -> None:
             )
         )
         session.delete(row)
+    history.add(session, steps)
+
+
+def _step(job: PushJob, row: PushJobRow, result: str, **said: str) -> dict[str, object]:
+    """A row's history step when the provider's callback settles it (``syncd explain``)."""
+    outcome = {"result": result, "job": job.id, **said}
+    return history.row(None, job.target, row.key, "confirmed_later", outcome, {"op": row.op})
 
 
 def _settle_if_complete(session: Session, job: PushJob) -> None:
@@ -360,7 +370,9 @@ def _settle_if_complete(session: Session, job: PushJob) -> None:
     rows = session.execute(select(PushJobRow).where(col(PushJobRow.job_id) == job.id)).scalars()
     settle: list[Projection] = []
     forget: list[str] = []
+    steps = []
     for row in rows.all():
+        steps.append(_step(job, row, "confirmed"))
         if row.base is None:
             forget.append(row.key)
         else:
@@ -368,6 +380,7 @@ def _settle_if_complete(session: Session, job: PushJob) -> None:
     mirror.set_base(session, job.target, settle)
     mirror.drop_base(session, job.target, forget)
     mirror.drop_rejections(session, job.target, [p.key for p in settle] + forget)
+    history.add(session, steps)
     session.execute(delete(PushJobRow).where(col(PushJobRow.job_id) == job.id))
     failed = session.execute(
         select(func.count())

@@ -4,8 +4,10 @@ A batch (``syncd.core.batching``) is one or more provider calls over the same ro
 first call the chunk's journal is committed, so a crash during the call leaves a trace the next
 export reads back. Each call's answer is read row by row; a row fails if any of its calls failed it.
 Only confirmed rows move the base (DESIGN §3 rule 4); refused ones are recorded as rejections
-with the provider's code and message, and their keys stay differing. The batch's confirmations
-are committed before the next call, so a crash leaves only the batch in flight unconfirmed.
+with the provider's code and message, and their keys stay differing. Each row's history step
+(what was sent, and the answer) is added in the transaction that records the answer. The
+batch's confirmations are committed before the next call, so a crash leaves only the batch in
+flight unconfirmed.
 
 A provider that confirms by calling back (``Capabilities.confirms_later``) gets the batch
 recorded as a job before any call (a callback may beat the answer home,
@@ -21,18 +23,22 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from functools import partial
+from typing import Any
 
 from sqlmodel import Session
 
 # by module path, not from the package: syncd.engine imports this module (no circle)
 import syncd.engine.confirm_later as confirm_later
+import syncd.engine.records as records
 from syncd.clock import stamp
 from syncd.core.batching import Batch
 from syncd.core.projection import Projection
+from syncd.core.reconcile import Decision
 from syncd.engine.result import PlannedCall
 from syncd.engine.state import CycleState
 from syncd.providers.base import JobTicket, Provider, PushCall, RowOutcome
-from syncd.store import mirror
+from syncd.store import history, mirror
 from syncd.store.models import Rejection
 
 log = logging.getLogger("syncd.engine")
@@ -74,6 +80,8 @@ def push_batch(session: Session, cycle: CycleState, batch: Batch) -> None:
     target = cycle.target.name
     job_id = next((c.job.job_id for c in calls if c.job is not None), None)
     settled_now: list[str] = []
+    sent = {} if dry else _sent_by_key(cycle.provider, calls)
+    steps: list[dict[str, Any]] = []
     settle: list[Projection] = []
     forget: list[str] = []
     left: list[Projection] = []  # taken off the list, kept by the provider
@@ -83,8 +91,10 @@ def push_batch(session: Session, cycle: CycleState, batch: Batch) -> None:
             counts[change.op] += 1
             continue
         outcome = outcomes.get(change.row.key)
+        step = partial(_step, cycle, d, sent.get(d.key))
         if outcome is not None and outcome.ok and outcome.pending:
             counts["awaiting"] += 1  # its callback moves the base (syncd.engine.confirm_later)
+            steps.append(step("awaiting", reason="accepted; the provider's callback confirms it"))
             continue
         settled_now.append(d.key)  # by the answer: its callback has nothing left to settle
         if outcome is not None and outcome.ok:
@@ -95,6 +105,7 @@ def push_batch(session: Session, cycle: CycleState, batch: Batch) -> None:
                 forget.append(d.key)
             else:
                 settle.append(d.base)
+            steps.append(step("confirmed"))
             continue
         counts["rejected"] += 1
         cycle.held_keys.add(d.key)
@@ -113,6 +124,9 @@ def push_batch(session: Session, cycle: CycleState, batch: Batch) -> None:
                 at=stamp(),
             )
         )
+        steps.append(
+            step("rejected", code=reason.code, message=reason.message, retryable=reason.retryable)
+        )
     if dry:
         return
     if job_id is not None:
@@ -128,6 +142,7 @@ def push_batch(session: Session, cycle: CycleState, batch: Batch) -> None:
     mirror.set_off_list(session, target, left)
     mirror.drop_in_flight(session, target, [c.row.key for c in batch.rows])
     mirror.drop_rejections(session, target, [p.key for p in settle] + forget)
+    history.add(session, steps)
     session.commit()  # this batch's confirmations are durable before the next call
     log.debug("base updated")
 
@@ -149,6 +164,45 @@ def _open_job(session: Session, cycle: CycleState, batch: Batch) -> tuple[PushCa
         call if ticket is None else replace(call, job=ticket)
         for call, ticket in zip(batch.calls, tickets, strict=True)
     )
+
+
+def _step(
+    cycle: CycleState, d: Decision, sent: dict[str, Any] | None, result: str, **said: Any
+) -> dict[str, Any]:
+    notes = cycle.local_notes.pop(d.key, {})  # the local half of a merge, written in its chunk
+    return records.step(cycle.run_id, cycle.target.name, d, result, sent=sent, **notes, **said)
+
+
+def _sent_by_key(provider: Provider, calls: tuple[PushCall, ...]) -> dict[str, dict[str, Any]]:
+    """What each row's calls carried: the method, the fields with their values, the tags and
+    consent where a call carried them, and the flags (several calls: columns split)."""
+    found: dict[str, dict[str, Any]] = {}
+    for call in calls:
+        method = provider.method_name(call)
+        for change in call.rows:
+            row = change.row
+            entry = found.setdefault(
+                row.key,
+                {
+                    "op": call.op,
+                    "call": method,
+                    "calls": 0,
+                    "fields": {},
+                    "flags": {"overwrite_tags": False, "overwrite_lists": False},
+                },
+            )
+            entry["calls"] += 1
+            values = row.field_map
+            entry["fields"].update({c: values.get(c, "") for c in call.columns})
+            if call.with_tags:
+                entry["tags"] = sorted(row.tags)
+            if call.with_status:
+                entry["status"] = row.status
+                entry["list_status"] = row.list_status
+            flags = entry["flags"]
+            flags["overwrite_tags"] = flags["overwrite_tags"] or call.overwrite_tags
+            flags["overwrite_lists"] = flags["overwrite_lists"] or call.overwrite_lists
+    return found
 
 
 def _describe(provider: Provider, call: PushCall) -> PlannedCall:

@@ -8,23 +8,28 @@
   ``syncd.engine.push``); a permanent one waits until the local record changes. Read once per
   cycle (``rejections``), dropped once its key settles.
 - A **run** record is opened before a cycle and closed after it with the outcome and summary
-  (``syncd status``, the daemon's metrics). A dry run leaves none.
+  (``syncd status``, ``syncd runs``, the daemon's metrics). A dry run leaves none.
+- A **step** is one key's line of history (``syncd.store.history``): the case that applied and
+  what came of it. ``step`` builds it; the chunk (``syncd.engine.chunk``) and the push
+  (``syncd.engine.push``) add their steps with their own writes, so only keys that differed get
+  one, and a dry run none.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import delete, or_, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from syncd.clock import stamp
+from syncd.core.projection import Projection
 from syncd.core.reconcile import Decision, FieldConflict, Takes
 from syncd.engine.result import CycleResult
-from syncd.store import mirror
+from syncd.store import history, mirror
 from syncd.store.models import Conflict, Rejection, Run
 
 # -- conflicts and rejections -------------------------------------------------------------
@@ -116,12 +121,67 @@ def _conflict_dict(c: FieldConflict, take: str | None = None) -> dict[str, str |
     return entry
 
 
+# -- history ------------------------------------------------------------------------------
+
+
+def step(
+    run_id: int | None,
+    target: str,
+    d: Decision,
+    result: str,
+    *,
+    sent: dict[str, Any] | None = None,
+    **said: Any,
+) -> dict[str, Any]:
+    """One key's history row: ``result`` (confirmed, rejected, held, applied, settled,
+    deferred, awaiting, not_sent) and what explains it (``reason``, ``code``, ``message``),
+    the conflicts met and which side each took; for a write to the mirror, what it changed
+    (``changed``) and the outbox event it recorded (``event``)."""
+    outcome: dict[str, Any] = {"result": result}
+    outcome.update({k: v for k, v in said.items() if v is not None})
+    if d.local_op is not None:
+        outcome["local"] = d.local_op  # the mirror was written: upsert or remove
+    if d.conflicts:
+        outcome["conflicts"] = [_settled(c, d) for c in d.conflicts]
+    return history.row(run_id, target, d.key, d.case, outcome, sent)
+
+
+def changes(before: Projection | None, after: Projection | None) -> dict[str, list[Any]]:
+    """What a write to the mirror changed: each field, ``tags``, ``status`` and
+    ``list_status`` whose value differs, as ``[before, after]`` (null: not set)."""
+    old = {} if before is None else before.field_map
+    new = {} if after is None else after.field_map
+    found: dict[str, list[Any]] = {
+        name: [old.get(name), new.get(name)]
+        for name in sorted(old.keys() | new.keys())
+        if old.get(name) != new.get(name)
+    }
+    for name in ("tags", "status", "list_status"):
+        was = None if before is None else getattr(before, name)
+        now = None if after is None else getattr(after, name)
+        if was != now:
+            found[name] = [sorted(v) if isinstance(v, frozenset) else v for v in (was, now)]
+    return found
+
+
+def _settled(c: FieldConflict, d: Decision) -> dict[str, str | None]:
+    """A field changed on both sides, and the side it took (``held``: waits for a person)."""
+    entry = _conflict_dict(c)
+    if d.held:
+        entry["took"] = "held"
+        return entry
+    after = d.base if d.base is not None else d.remote_row or d.local_row
+    value = after.field_map.get(c.field) if after is not None else None
+    entry["took"] = "local" if value == c.local else "remote" if value == c.remote else "merged"
+    return entry
+
+
 # -- runs ---------------------------------------------------------------------------------
 
 
 def _now_ms() -> str:
     """Run records to the millisecond: cycles a second apart must still be told apart."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return history.now_ms()
 
 
 def record_start(db: Engine, target: str, holder: str | None) -> int:

@@ -37,8 +37,9 @@ class CycleOptions:
     allow_mass_delete: bool = False
     progress: Progress | None = None
     # Called inside the transaction that applies a remote-born change to the mirror, so that
-    # what it records (the outbox) commits or rolls back together with the change.
-    on_remote_change: Callable[[Session, RemoteChange], None] | None = None
+    # what it records (the outbox) commits or rolls back together with the change. What it
+    # returns (the event's id and kind) goes into the key's history row.
+    on_remote_change: Callable[[Session, RemoteChange], Mapping[str, str] | None] | None = None
     # Asked between batches: when it says stop, the cycle ends after the batch in flight.
     should_stop: Callable[[], bool] | None = None
     # The target's lease the cycle runs under: asked between batches like ``should_stop``, and

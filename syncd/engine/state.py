@@ -6,13 +6,14 @@ target, the reconciliation rules), the result being filled in, and what one step
 later one: the owners of remote rows that are syncd's own (found once the stage is written,
 read by every decision), the decisions waiting for their call's answer (from the chunk that
 batched them to the push that reads the answer) and the keys left differing on purpose (their
-rejection or conflict stays when the cycle ends).
+rejection or conflict stays when the cycle ends), and the run record its history rows name.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -43,6 +44,10 @@ class CycleState:
     remote_read: bool = False
     planned_rows: int = 0  # rows the plan sends to the provider (counted before any is sent)
     rows_sent: int = 0
+    run_id: int | None = None  # the run record the cycle's history rows point to
+    # what each write to the mirror changed and the outbox event it recorded, by key, until the
+    # key's history row is written (in its chunk, or after its call for a merge)
+    local_notes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def start(

@@ -141,7 +141,7 @@ def apply_body(
                     return Outcome(422, {"status": "error", "reason": reason})
                 return Outcome(200, json.loads(earlier.answer), replayed=True)
         # Joins this transaction: nothing of it commits before the answer is stored with it.
-        report = apply_stream(conn, items)
+        report = apply_stream(conn, items, source="POST /v1/contacts")
         answer = IntakeAnswer(
             applied=report.applied,
             created=report.created,

@@ -31,7 +31,7 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -47,8 +47,9 @@ from syncd.local.change_event import ChangeEvent
 from syncd.store.models import OutboxEvent
 
 #: What ``CycleOptions.on_remote_change`` takes: called inside the transaction that applies the
-#: change to the mirror, so a recorder that calls :func:`record` commits with it.
-Recorder: TypeAlias = Callable[[Session, RemoteChange], None]
+#: change to the mirror, so a recorder that calls :func:`record` commits with it. It returns the
+#: event's id and kind, which the contact's history keeps (``syncd explain``).
+Recorder: TypeAlias = Callable[[Session, RemoteChange], Mapping[str, str] | None]
 
 _FILE_PREFIX = "changes-"
 _FILE_SUFFIX = ".ndjson"
@@ -82,10 +83,11 @@ def recorder(
     ``list_name``, the local list the target feeds, is written as the event's ``list``.
     """
 
-    def record_change(session: Session, change: RemoteChange) -> None:
+    def record_change(session: Session, change: RemoteChange) -> Mapping[str, str]:
         event = ChangeEvent.from_remote_change(change, provider, cycle, list_name=list_name)
         record(session, event)
         webhook_queue.enqueue(session, event, webhooks)
+        return {"id": event.id, "kind": event.kind}
 
     return record_change
 

@@ -1,5 +1,6 @@
 """The mirror: every table (``models``), transactions (``db``), the set operations the engine
-asks of the database (``mirror``), leases for several replicas (``lease``) and the migrations.
+asks of the database (``mirror``), leases for several replicas (``lease``), each contact's
+history for ``syncd explain`` (``history``) and the migrations.
 
 It may import ``core``, ``config`` and the cross-cutting root modules (errors, clock, logs,
 metrics, schedule); the engine, the local side, commands and the daemon build on it.

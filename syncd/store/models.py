@@ -28,6 +28,10 @@
   410 Gone turned off (``syncd.local.webhook_queue``).
 - ``hook_token`` / ``hook_queue``: each target's secret path segment for provider webhooks,
   and the keys those webhooks named, waiting to be re-read (``syncd.store.hooks``).
+- ``history``: one row per key a cycle wrote or held (its case, what was sent, the answer) and
+  per contact a local write changed (which file or request), written in the transaction of the
+  writes it describes and pruned after ``[history] keep``
+  (``syncd.store.history``; read by ``syncd explain``).
 - ``ingest_request``: the answers of ``POST /v1/contacts`` by ``Idempotency-Key``, committed
   with the rows they applied, so a retried request applies once (``syncd.local.intake``).
 - ``source_row`` / ``source_run``: per ``[[source]]``, the fingerprint of each row as last read
@@ -446,3 +450,27 @@ class SourceRun(SQLModel, table=True):
     rejected: int = 0
     seconds: float = 0.0
     error: str = ""  # why the last read applied nothing ("" when it applied)
+
+
+class History(SQLModel, table=True):
+    """What one cycle did about one key: the case, the write sent, the answer.
+
+    Only keys that differed are written, in the transaction of the writes they describe, so a
+    no-change cycle adds nothing. ``sent`` and ``outcome`` are JSON (``syncd.store.history``).
+    """
+
+    __tablename__ = "history"
+    __table_args__ = (
+        Index("ix_history_key", "key", "id"),
+        # AUTOINCREMENT: ids order a key's history for good, even after pruning.
+        {"sqlite_autoincrement": True},
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: str = Field(index=True)  # ISO UTC to the millisecond; pruning compares it as text
+    run_id: int | None = None  # the cycle's run record (``run.id``); None: a local write
+    target: str | None = None  # None: a local write (an inbox file, ingest, the ingest API)
+    key: str
+    case: str  # ``Decision.case``
+    sent: str | None = None  # JSON: the call that carried the row, its fields and flags
+    outcome: str  # JSON: confirmed / rejected / held / ..., with the reason

@@ -500,3 +500,22 @@ def wait_until(check: Callable[[], Any], timeout: float = 30.0) -> Any:
             pass
         time.sleep(0.2)
     raise AssertionError("timed out")
+
+
+def test_the_history_shows_rows_sent_then_settled_by_the_callback(tmp_path: Path) -> None:
+    from syncd.commands.explain import explain
+
+    world = NetcoreWorld(tmp_path, fields={**FIELDS, "MOBILE": "mobile_raw"})
+    emails = world.add_local(2)
+    world.ingest([{"email": emails[1], "mobile_raw": "call me"}])
+    assert world.cycle().outcome == "rejected"
+
+    def steps(key: str) -> list[tuple[str, str]]:
+        found = explain(world.config, key, db=world.db).history
+        return [(s.case, s.outcome["result"]) for s in found if s.target is not None]
+
+    # the answer only accepted the file; the callback confirmed one row and refused the other
+    assert steps(emails[0]) == [("create_remote", "awaiting"), ("confirmed_later", "confirmed")]
+    assert steps(emails[1]) == [("create_remote", "awaiting"), ("confirmed_later", "rejected")]
+    refused = explain(world.config, emails[1], db=world.db).history[-1].outcome
+    assert refused["code"] == "invalid" and "Invalid mobile" in refused["message"]

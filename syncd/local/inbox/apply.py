@@ -296,7 +296,10 @@ class FileApplier:
             seen = None if snapshot is None else _SnapshotSeen(conn)
             # Joins this transaction: nothing of it commits before the whole file is applied.
             result = apply_stream(
-                conn, items, after_chunk=None if seen is None else seen.after_chunk
+                conn,
+                items,
+                after_chunk=None if seen is None else seen.after_chunk,
+                source=f"inbox file {name}",
             )
             result.file = name
             if result.applied == 0 and result.rows > 0:

@@ -20,6 +20,7 @@ the mirror in ``write``.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import BinaryIO
 
 from sqlalchemy.engine import Engine
@@ -43,6 +44,8 @@ def ingest_file(
     """Read, check and apply one file in one transaction. Raises ``IngestError`` (changing
     nothing) if it is unreadable; ``handle``, ``progress``: see ``read_rows``, ``apply_stream``."""
     rows = read_rows(path, handle, encoding=config.encoding)
-    report = apply_stream(engine, checked(rows, config), progress=progress)
+    report = apply_stream(
+        engine, checked(rows, config), progress=progress, source=f"syncd ingest {Path(path).name}"
+    )
     report.file = str(path)
     return report

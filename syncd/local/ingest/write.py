@@ -62,7 +62,7 @@ from sqlalchemy.engine import Connection, Engine
 from syncd.core.projection import is_opted_out
 from syncd.errors import IngestError
 from syncd.local.ingest.check import Checked, ContactChange, Rejection, settle_claims
-from syncd.store import mirror
+from syncd.store import history, mirror
 
 log = logging.getLogger("syncd.local.ingest")
 
@@ -147,7 +147,11 @@ class IngestReport:
 
 
 def apply(
-    engine: Engine, changes: Sequence[ContactChange], *, chunk_size: int = CHUNK_SIZE
+    engine: Engine,
+    changes: Sequence[ContactChange],
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    source: str = "ingest",
 ) -> IngestReport:
     """Apply every change in one transaction: all of them, or (on any error) none.
 
@@ -155,7 +159,7 @@ def apply(
     contacts) come back in ``rejected``. ``engine`` may be a ``Connection`` inside a
     transaction: the changes then join it.
     """
-    return apply_stream(engine, changes, chunk_size=chunk_size)
+    return apply_stream(engine, changes, chunk_size=chunk_size, source=source)
 
 
 #: Called after each chunk is written, inside the transaction, with that chunk's applied
@@ -170,8 +174,12 @@ def apply_stream(
     chunk_size: int = CHUNK_SIZE,
     progress: Progress | None = None,
     after_chunk: AfterChunk | None = None,
+    source: str = "ingest",
 ) -> IngestReport:
     """Apply checked rows (``check.checked``) or changes, as they come, in one transaction.
+
+    Each contact a row changed gets a history row naming ``source`` (the file, the request;
+    ``syncd explain``), in the same transaction.
 
     With an ``Engine`` the transaction is this call's; with a ``Connection`` it is the caller's
     (nothing is committed here, and the caller may add to it). An ``IngestError`` from reading
@@ -184,20 +192,27 @@ def apply_stream(
     if isinstance(bind, Engine):
         with bind.begin() as conn:
             return apply_stream(
-                conn, items, chunk_size=chunk_size, progress=progress, after_chunk=after_chunk
+                conn,
+                items,
+                chunk_size=chunk_size,
+                progress=progress,
+                after_chunk=after_chunk,
+                source=source,
             )
     mirror.take_write_turn(bind)  # a cycle re-reading contacts it will write waits
     sql = Sql(bind)
     with sql.bigger_cache():
-        return _apply_chunks(sql, items, chunk_size, progress, after_chunk)
+        return _apply_chunks(bind, sql, items, chunk_size, progress, after_chunk, source)
 
 
 def _apply_chunks(
+    conn: Connection,
     sql: Sql,
     items: Iterable[Checked | ContactChange],
     chunk_size: int,
     progress: Progress | None,
     after_chunk: AfterChunk | None,
+    source: str,
 ) -> IngestReport:
     claims = _ClaimTable(sql)
     report = IngestReport()
@@ -207,14 +222,18 @@ def _apply_chunks(
         changes = [o for o in outcomes if isinstance(o, ContactChange)]
         working = _Chunk.load(sql, changes)
         refused: list[Rejection] = []
+        steps = []
         for item in outcomes:
             result = item if isinstance(item, Rejection) else working.apply(item)
             if isinstance(result, Rejection):
                 refused.append(result)
                 report.reject(result)
-            else:
-                report.count(result)
+                continue
+            report.count(result)
+            if result != "unchanged" and isinstance(item, ContactChange):
+                steps.append(_step(item, result, source))
         working.write(sql)
+        history.add(conn, steps)
         report.rows += len(batch)
         report.lists |= working.lists()
         if after_chunk is not None:
@@ -224,6 +243,23 @@ def _apply_chunks(
     claims.drop()
     report.rejected.sort(key=lambda r: r.line)
     return report
+
+
+def _step(change: ContactChange, outcome: Outcome, source: str) -> dict[str, Any]:
+    """The history row of a row that changed a contact: its source, line and columns."""
+    carried = [*change.fields]
+    carried += [
+        name
+        for name, value in (
+            ("tags", change.tags),
+            ("lists", change.lists),
+            ("unsubscribed_lists", change.unsubscribed_lists),
+            ("status", change.status),
+        )
+        if value is not None
+    ]
+    said = {"result": "applied", "source": source, "line": change.line}
+    return history.row(None, None, change.key, f"local_{outcome}", {**said, "carried": carried})
 
 
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
