@@ -82,7 +82,13 @@ def run_cycle(
             try:
                 stage_and_diff(session, cycle)
                 if not narrowed:  # a narrowed cycle holds no contact new to both sides
-                    cycle.owners = find_owners(session, cycle)
+                    cycle.owners = find_owners(
+                        session,
+                        target.name,
+                        cycle.view,
+                        cycle.rules,
+                        remote_read=cycle.remote_read,
+                    )
                 _guard(session, cycle)
                 _execute(session, cycle)
             finally:

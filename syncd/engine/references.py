@@ -10,16 +10,12 @@ changed on one side. This module looks the owners up, a chunk of the diff at a t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
-from syncd.core.reconcile import Owner
+from syncd.core.reconcile import Owner, Rules
 from syncd.store import mirror
 from syncd.store.models import Base, LocalSeen, RemoteSeen
-
-if TYPE_CHECKING:  # the cycle's state holds the owners found here
-    from syncd.engine.state import CycleState
 
 
 @dataclass
@@ -28,9 +24,11 @@ class Owners:
     moved: dict[str, str] = field(default_factory=dict)  # old key -> the key it moved to
 
 
-def find_owners(session: Session, cycle: CycleState) -> Owners:
-    """The owner of every base-less, local-less remote row that carries a reference."""
-    target, view, rules = cycle.target.name, cycle.view, cycle.rules
+def find_owners(
+    session: Session, target: str, view: mirror.LocalView, rules: Rules, *, remote_read: bool
+) -> Owners:
+    """The owner of every base-less, local-less remote row that carries a reference
+    (``remote_read``: the remote side is this cycle's export, else the base stands in)."""
     found = Owners()
     if view.reference is None:
         return found
@@ -48,9 +46,7 @@ def find_owners(session: Session, cycle: CycleState) -> Owners:
         own_keys = [k for c in owned.values() if (k := getattr(c, view.key))]
         local = mirror.projections(session, LocalSeen, target, own_keys)
         base = mirror.projections(session, Base, target, own_keys)
-        remote = (
-            mirror.projections(session, RemoteSeen, target, own_keys) if cycle.remote_read else base
-        )
+        remote = mirror.projections(session, RemoteSeen, target, own_keys) if remote_read else base
         holders = mirror.contacts_by_key(session, view, list(owned))
         for key, contact in owned.items():
             own = getattr(contact, view.key)
