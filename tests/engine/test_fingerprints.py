@@ -16,10 +16,10 @@ import sys
 from typing import Any
 
 import pytest
+from conftest import World
 from sqlalchemy import text
 
 from syncd.store import seen
-from tests.conftest import World
 
 
 def _progress(world: World, **options: Any) -> dict[str, int]:

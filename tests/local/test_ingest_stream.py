@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import config_toml, run_syncd, syncd_env
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
@@ -29,7 +30,6 @@ from syncd.local.ingest.check import checked, validate
 from syncd.local.ingest.read import read_rows
 from syncd.local.ingest.write import apply_stream
 from syncd.store.db import open_engine
-from tests.conftest import config_toml, run_syncd, syncd_env
 
 CONFIG = IngestConfig()
 
