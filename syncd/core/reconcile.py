@@ -205,6 +205,7 @@ def reconcile(
     sent: Sent | None = None,
     off_list: Projection | None = None,
     unseen: int = 0,
+    own_status: str | None = None,
 ) -> Decision:
     """Decide one key. ``take`` settles a manual conflict that a person resolved (one side for
     every field, or a side per field).
@@ -216,7 +217,11 @@ def reconcile(
     key when syncd took it off the list at a provider that keeps it in the account; the export
     of the list no longer shows it, but its tags are still there. ``unseen``: how many complete
     exports lacked this key while the local side lacked it too, since both sides last agreed
-    (kept with the base, see "gone on both sides" below).
+    (kept with the base, see "gone on both sides" below). ``own_status``: where the key is off
+    this list locally, the status of the contact the mirror still has (on other lists, or a
+    delete's tombstone): this list's side does not show it, yet it may have changed since both
+    sides agreed (an opt-out made locally, a re-activation), and a contact pulled back from the
+    provider keeps it (``_revive``).
     """
     key = _key_of(local, base, remote)
 
@@ -238,11 +243,14 @@ def reconcile(
         and is_opted_out(base.status)
         and not is_opted_out(remote.status)
         and remote.list_status != "active"
+        and not _active_here(local, own_status)
     ):
         # the address is active there while the person is still unsubscribed from the list: not
         # a re-subscription (that would put the list back too), but an address the provider
         # could not mark opted out as a whole (Unisender keeps a `new` address's status), so
-        # the opt-out went to the list only; the contact's own opt-out stands
+        # the opt-out went to the list only; the contact's own opt-out stands. Unless the local
+        # contact is active again (made so locally, and maybe pushed to another list, which
+        # made the address active): then the mark is what it says, the list's opt-out
         remote = remote.replace(status=base.status)
 
     if moved_to is not None:
@@ -314,14 +322,14 @@ def reconcile(
             # (DESIGN §8), the whole contact's or this list's; if it changed remotely, the mirror
             # takes it back so consent is kept
             if remote != base:
-                return _pull_back(key, remote, "revive_local_opted_out")
+                return _revive(key, base, remote, own_status, "revive_local_opted_out")
             return Decision(key, "keep_opted_out", remote_before=remote, base=base, keep_base=True)
         if remote == base:
             # deleted (or dropped from the list) locally, unchanged remotely: delete there
             return Decision(key, "local_deleted", "delete", remote, remote, base=None)
         if rules.edit_beats_delete:
             # edited remotely, deleted locally: the edit wins; the contact returns to the mirror
-            return _pull_back(key, remote, "revive_local")
+            return _revive(key, base, remote, own_status, "revive_local")
         return Decision(key, "local_delete_wins", "delete", remote, remote, base=None)
 
     # Gone on both sides. The export is complete as far as syncd can tell, but a file cut at a
@@ -371,6 +379,26 @@ def _rekeyed(p: Projection, key: str) -> Projection:
 
 def _pull_back(key: str, remote: Projection, case: str) -> Decision:
     return Decision(key, case, local_op="upsert", local_row=remote, base=remote)
+
+
+def _active_here(local: Projection | None, own_status: str | None) -> bool:
+    """The contact is active locally: on this list, or, off it, in the mirror."""
+    status = local.status if local is not None else own_status
+    return status is not None and not is_opted_out(status)
+
+
+def _revive(
+    key: str, base: Projection, remote: Projection, own_status: str | None, case: str
+) -> Decision:
+    """Pull a contact that is off this list locally back from the provider. Its status is
+    merged with the one the mirror kept (``own_status``) like any other: a local opt-out made
+    since goes out with it, and a provider's opt-out stays."""
+    if own_status is None:
+        return _pull_back(key, remote, case)
+    back = remote.replace(status=_merge_consent(own_status, base.status, remote.status))
+    if back == remote:
+        return _pull_back(key, remote, case)
+    return Decision(key, case, "update", back, remote, local_op="upsert", local_row=back, base=back)
 
 
 def _merge(

@@ -60,6 +60,9 @@ def decide(
     # the chunk's keys syncd took off the list
     off_list = mirror.off_list(session, target, keys) if cycle.caps.tags else {}
     unseen = mirror.unseen(session, target, [row.key for row in chunk if row.base is not None])
+    # off this list locally, the contact the mirror still has keeps a status of its own
+    off_here = [r.key for r in chunk if r.local is None and r.base is not None and r.remote]
+    own = mirror.own_statuses(session, cycle.view, off_here) if off_here else {}
     decided = []
     for row in chunk:
         local = _as_local(cycle, row, sent.get(row.key))
@@ -74,9 +77,15 @@ def decide(
             sent.get(row.key),
             off_list.get(row.key),
             unseen.get(row.key, 0),
+            _folded(cycle, own.get(row.key)),
         )
         decided.append((row, _checked_against_export(cycle, row, d, local, row.key in sent)))
     return decided
+
+
+def _folded(cycle: CycleState, status: str | None) -> str | None:
+    """A mirror status in the target's vocabulary (as ``stage.project_local`` gives it)."""
+    return None if status is None else cycle.caps.fold_status(status)
 
 
 def _as_local(cycle: CycleState, row: mirror.DiffRow, sent: Sent | None) -> Projection | None:

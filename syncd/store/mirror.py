@@ -410,6 +410,16 @@ def contacts_by_key(session: Session, view: LocalView, keys: Sequence[str]) -> d
     return found
 
 
+def own_statuses(session: Session, view: LocalView, keys: Sequence[str]) -> dict[str, str]:
+    """The status of each of these keys' contacts, live or a delete's tombstone."""
+    column = view.key_column()
+    found: dict[str, str] = {}
+    for i in range(0, len(keys), 500):
+        stmt = select(column, col(Contact.status)).where(column.in_(keys[i : i + 500]))
+        found.update({key: status for key, status in session.execute(stmt)})
+    return found
+
+
 def contacts_by_ref(session: Session, refs: Sequence[str]) -> list[Contact]:
     found: list[Contact] = []
     for i in range(0, len(refs), 500):

@@ -555,6 +555,16 @@ CONSENT = [
         ("agree", None, None, OUT, False),
     ),
     (
+        "made active again locally, the list's mark still there: the mark is the list's",
+        (lp(), OUT, LEFT),
+        ("merge", None, "upsert", LEFT, False),
+    ),
+    (
+        "off the list locally, the list's mark of a whole opt-out there: kept as its record",
+        (None, OUT, LEFT),
+        ("keep_opted_out", None, None, OUT, False),
+    ),
+    (
         "re-subscribed there (list and address active again): pulled",
         (OUT, OUT, lp()),
         ("pull", None, "upsert", lp(), False),
@@ -573,6 +583,45 @@ def test_consent_per_list_table(row, sides, expected):
     case, remote_op, local_op, base, pushes = expected
     assert (d.case, d.remote_op, d.local_op, d.base) == (case, remote_op, local_op, base)
     assert d.pushes_status is pushes
+
+
+# Off this list locally, the contact the mirror still has (on another list, or a delete's
+# tombstone) keeps a status of its own: (row, own status, (L, B, R), (case, remote op, local
+# row, pushes the consent columns)).
+OWN = [
+    (
+        "opted out locally while off the list, edited there: the opt-out goes out with the pull",
+        "unsubscribed",
+        (None, lp(), lp(Name="Anna")),
+        ("revive_local", "update", lp("unsubscribed", Name="Anna"), True),
+    ),
+    (
+        "made active again locally, the list's mark of a whole opt-out there: the list's",
+        "active",
+        (None, OUT, lp(list_status="unsubscribed", Name="Anna")),
+        ("revive_local_opted_out", None, lp(list_status="unsubscribed", Name="Anna"), False),
+    ),
+    (
+        "opted out there as a whole, active in the mirror: the provider's opt-out stays",
+        "active",
+        (None, lp(), lp("unsubscribed", Name="Anna")),
+        ("revive_local_opted_out", None, lp("unsubscribed", Name="Anna"), False),
+    ),
+    (
+        "the same status on both: a plain pull",
+        "active",
+        (None, lp(), lp(Name="Anna")),
+        ("revive_local", None, lp(Name="Anna"), False),
+    ),
+]
+
+
+@pytest.mark.parametrize(("row", "own", "sides", "expected"), OWN, ids=[t[0] for t in OWN])
+def test_a_contact_off_the_list_keeps_its_own_status(row, own, sides, expected):
+    d = reconcile(*sides, own_status=own)
+    case, remote_op, local_row, pushes = expected
+    assert (d.case, d.remote_op, d.local_op, d.local_row) == (case, remote_op, "upsert", local_row)
+    assert d.base == local_row and d.pushes_status is pushes
 
 
 def test_an_opt_out_as_a_whole_is_an_opt_out_from_the_list_and_keeps_old_digests():

@@ -157,3 +157,58 @@ def test_a_contact_deleted_locally_with_no_opt_out_anywhere_is_deleted(three: Th
     three.ingest([{"email": EMAIL, "delete": 1}])
     assert sum(r.summary()["deleted"] for r in three.cycle_all()) >= 1
     assert three.emu.get(EMAIL) is None
+
+
+def test_a_whole_opt_out_lifted_locally_is_not_taken_back_from_another_list(
+    three: ThreeLists,
+) -> None:
+    """Found by the property test. A whole opt-out made locally reached 'offers' as the list's
+    mark only (Unisender keeps a `new` address's status). The contact then left 'offers', joined
+    'news' and was made active again, locally: 'news' creates it active, which makes the address
+    active at the provider. 'offers' still shows its list mark and sees the edit 'news' made:
+    the mark is that list's opt-out, not the contact's, so the mirror stays active."""
+    bob = "bob@example.com"
+    three.ingest([{"email": bob, "name": "Bob", "unsubscribed_lists": ["offers"]}])
+    three.cycle_all()
+    three.ingest([{"email": bob, "status": "unsubscribed"}])
+    three.cycle_all()
+    three.ingest([{"email": bob, "name": "Bob K", "lists": ["news"]}])
+    three.ingest([{"email": bob, "status": "active"}])
+
+    results = three.cycle_all()
+
+    assert [r.outcome for r in results] == ["converged"] * 3
+    assert three.consent(bob, "news") == ("active", "active")
+    contact = three.emu.get(bob)
+    assert contact["email_status"] not in ("unsubscribed", "blocked")
+    assert three.ids["news"] in contact["lists"]
+    assert three.ids["offers"] in contact["unsubscribed"]  # the list's opt-out is kept
+    assert three.consent(bob, "offers")[1] in (None, "unsubscribed")
+    for again in three.cycle_all():
+        assert again.write_calls == 0, (again.target, again.summary())
+    after = {r.target: r.summary() for r in three.cycle_all()}
+    assert all(s.get("pulled", 0) == 0 for s in after.values()), after
+    assert three.consent(bob, "news") == ("active", "active")
+
+
+def test_a_whole_opt_out_made_while_off_a_list_reaches_it_when_the_contact_comes_back(
+    three: ThreeLists,
+) -> None:
+    """Found by the property test. The contact leaves 'offers' and opts out as a whole, locally;
+    'news' pushes the opt-out, and the name edited with it, which 'offers' then sees as an
+    edit at the provider (one account, shared fields): the edit wins over leaving the list and
+    the contact comes back to 'offers' in the mirror, opted out, and the opt-out goes to
+    'offers' in the same cycle. Before, the pull made the mirror's contact active again."""
+    three.ingest([{"email": EMAIL, "name": "Ann K", "lists": ["news"]}])
+    three.ingest([{"email": EMAIL, "status": "unsubscribed"}])
+
+    results = {r.target: r for r in three.cycle_all()}
+
+    assert all(r.outcome == "converged" for r in results.values())
+    assert three.consent(EMAIL, "news")[0] == "unsubscribed"
+    contact = three.emu.get(EMAIL)
+    out = contact["email_status"] in ("unsubscribed", "blocked")
+    assert out or {three.ids["news"], three.ids["offers"]} <= set(contact["unsubscribed"])
+    for again in three.cycle_all():
+        assert again.write_calls == 0, (again.target, again.summary())
+    assert three.consent(EMAIL, "news")[0] == "unsubscribed"
