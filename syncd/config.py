@@ -741,6 +741,16 @@ class TargetConfig(BaseModel):
             )
         return self._default_url.format(lang=self.lang).rstrip("/")
 
+    def same_account(self, other: TargetConfig) -> bool:
+        """Both targets reach one account of one provider (its API root and key): the
+        contacts there, their tags and status, are the same records for both lists."""
+        try:
+            same_root = self.api_root == other.api_root
+        except ValueError:  # a default root not known here: cannot tell, so not the same
+            return False
+        key, other_key = self.api_key.get_secret_value(), other.api_key.get_secret_value()
+        return self.provider == other.provider and same_root and key == other_key
+
     def bind_default_url(self, default_url: str) -> TargetConfig:
         """This target knowing its provider's default API root (a copy when it did not)."""
         if self._default_url == default_url:
@@ -832,6 +842,12 @@ class Config(_Strict):
             known = ", ".join(t.name for t in self.target) or "none"
             raise ConfigError("command line", [f"--target {name}: no such target (known: {known})"])
         return chosen
+
+    def account_peers(self, target: TargetConfig) -> tuple[str, ...]:
+        """The other targets on ``target``'s provider account (``TargetConfig.same_account``)."""
+        return tuple(
+            t.name for t in self.target if t.name != target.name and t.same_account(target)
+        )
 
     def sources(self, name: str | None = None) -> list[SourceConfig]:
         if name is None:

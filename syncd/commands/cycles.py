@@ -81,6 +81,7 @@ def run_once(
                     ),
                     holder=leases.holder,
                     lease=lease,
+                    peers=config.account_peers(t),
                 )
                 try:
                     results.append(run_cycle(db, t, provider, opts))

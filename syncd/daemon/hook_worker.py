@@ -148,6 +148,7 @@ class HookWorker:
                         lease=lease,
                         cycle_id=cycle_id,
                         holder=self._leases.holder,
+                        peers=config.account_peers(target),
                     ),
                 )
             except Exception as exc:

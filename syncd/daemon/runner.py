@@ -258,6 +258,7 @@ class Daemon:
                         lease=lease,
                         cycle_id=cycle_id,
                         holder=self.leases.holder,
+                        peers=self.config.account_peers(target),
                     ),
                 )
             finally:

@@ -58,7 +58,7 @@ def decide(
     target = cycle.target.name
     sent = mirror.in_flight(session, target, keys)  # the chunk's writes whose answer was lost
     # the chunk's keys syncd took off the list
-    off_list = mirror.off_list(session, target, keys) if cycle.caps.tags else {}
+    off_list = _off_list(session, cycle, keys) if cycle.caps.tags else {}
     unseen = mirror.unseen(session, target, [row.key for row in chunk if row.base is not None])
     # off this list locally, the contact the mirror still has keeps a status of its own
     off_here = [r.key for r in chunk if r.local is None and r.base is not None and r.remote]
@@ -81,6 +81,22 @@ def decide(
         )
         decided.append((row, _checked_against_export(cycle, row, d, local, row.key in sent)))
     return decided
+
+
+def _off_list(session: Session, cycle: CycleState, keys: list[str]) -> dict[str, Projection]:
+    """What the provider keeps of these keys outside this target's list: this target's own
+    records, else a record of another target on the same account (the contact left that list
+    while it stays in the account, with its tags). Of another list's record only the tags are
+    taken: the fields are that target's to manage."""
+    found = mirror.off_list(session, cycle.target.name, keys)
+    missing = [k for k in keys if k not in found]
+    for peer in cycle.options.peers:
+        if not missing:
+            break
+        for key, kept in mirror.off_list(session, peer, missing).items():
+            found[key] = Projection.build(key, {}, kept.tags)
+        missing = [k for k in missing if k not in found]
+    return found
 
 
 def _folded(cycle: CycleState, status: str | None) -> str | None:

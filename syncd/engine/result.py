@@ -51,6 +51,9 @@ class CycleOptions:
     # A cycle narrowed to a few keys, their remote rows read one by one (``syncd.engine.single``)
     # instead of exported; None: the whole list.
     scope: Scope | None = None
+    # The other targets on the same provider account (``Config.account_peers``): a contact one
+    # of them took off its list is still in the account, with its tags.
+    peers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

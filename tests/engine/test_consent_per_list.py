@@ -212,3 +212,25 @@ def test_a_whole_opt_out_made_while_off_a_list_reaches_it_when_the_contact_comes
     for again in three.cycle_all():
         assert again.write_calls == 0, (again.target, again.summary())
     assert three.consent(EMAIL, "news")[0] == "unsubscribed"
+
+
+def test_a_contact_moved_to_another_list_of_the_account_takes_its_tags_along(
+    three: ThreeLists,
+) -> None:
+    """Found by the property test. Tags belong to the account's contact, not to a list: the
+    contact leaves 'news' for 'offers' and loses a tag, locally. 'news' takes it off its list
+    (the account keeps it, tags and all); the create on 'offers' starts from what the account
+    kept, as a create on 'news' itself would (``OffList``), so the dropped tag goes."""
+    bob = "bob@example.com"
+    three.ingest([{"email": bob, "name": "Bob", "tags": ["a", "b"], "lists": ["news"]}])
+    three.cycle_all()
+    assert sorted(three.emu.get(bob)["tags"]) == ["a", "b"]
+    three.ingest([{"email": bob, "tags": ["a"], "lists": ["offers"]}])
+
+    three.cycle_all()
+
+    contact = three.emu.get(bob)
+    assert set(contact["lists"]) == {three.ids["offers"]}
+    assert contact["tags"] == ["a"]
+    for again in three.cycle_all():
+        assert again.write_calls == 0 and again.summary().get("pulled", 0) == 0, again.target
