@@ -344,3 +344,20 @@ def test_the_starter_and_the_loader_agree_on_the_placeholder() -> None:
     from syncd.providers import spec
 
     assert spec.PLACEHOLDER == config.PLACEHOLDER == "CHANGE-ME"
+
+
+def test_targets_on_one_account_are_each_others_peers() -> None:
+    """Same provider, API root and key: one account, whose contacts both lists share."""
+
+    def target(name: str, key: str = "k1", url: str = "http://127.0.0.1:9/en/api") -> dict:
+        return {"name": name, "provider": "unisender", "list_id": name, "api_key": key,
+                "base_url": url}  # fmt: skip
+
+    config = parse_config(
+        {"target": [target("a"), target("b"), target("c", key="k2"),
+                    target("d", url="http://127.0.0.1:10/en/api")]},
+        "test",
+        providers=PROVIDERS,
+    )  # fmt: skip
+    peers = {t.name: config.account_peers(t) for t in config.targets()}
+    assert peers == {"a": ("b",), "b": ("a",), "c": (), "d": ()}
