@@ -23,6 +23,7 @@ from sqlmodel import Session, col
 
 from syncd.daemon.scheduler import make_trigger
 from syncd.daemon.systemd import StatusLine
+from syncd.engine.result import RATE_LIMIT_WAIT
 from syncd.local.inbox.ledger import eligible
 from syncd.metrics import SUCCESS_OUTCOMES, Metrics
 from syncd.store.models import Run
@@ -39,6 +40,7 @@ class CycleWatch:
     def __init__(self, target: str, status: StatusLine, metrics: Metrics, *, exports: bool) -> None:
         self.target, self.status, self.metrics = target, status, metrics
         self.differing = 0
+        self.sent = "pushing"
         status.doing(target, "exporting" if exports else "planning")
 
     def __call__(self, stage: str, n: int, total: int | None = None) -> None:
@@ -53,7 +55,11 @@ class CycleWatch:
             self.status.doing(self.target, "deciding", words)
         elif stage == "rows sent":
             # one phase for all the calls: the first is shown at once, the rest at a pace
-            self.status.doing(self.target, "sending", f"pushing {n:,}/{total or n:,}")
+            self.sent = f"pushing {n:,}/{total or n:,}"
+            self.status.doing(self.target, "sending", self.sent)
+        elif stage == RATE_LIMIT_WAIT:
+            words = f"{self.sent}, waiting {n:,} s for the rate limit"
+            self.status.doing(self.target, "waiting", words)
 
 
 def remembered_runs(db: Engine) -> tuple[dict[str, float], dict[str, float]]:

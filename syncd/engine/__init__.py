@@ -33,6 +33,7 @@ modules; never the local side, commands, the daemon or the CLI.
 from __future__ import annotations
 
 import logging
+import math
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -43,7 +44,7 @@ from syncd.engine import confirm_later, records
 from syncd.engine.chunk import apply_chunk, decide
 from syncd.engine.push import push_batch
 from syncd.engine.references import find_owners
-from syncd.engine.result import CycleOptions, CycleResult
+from syncd.engine.result import RATE_LIMIT_WAIT, CycleOptions, CycleResult
 from syncd.engine.stage import stage_and_diff
 from syncd.engine.state import CycleState
 from syncd.errors import MassDeleteRefused, ProviderError, ProviderUnreachable, Stopped
@@ -72,6 +73,8 @@ def run_cycle(
     cycle.run_id = run_id
     calls_before = provider.stats.total()
     writes_before = provider.stats.writes
+    # a wait for the provider's rate limit shows as such, not as a push that stalled
+    provider.stats.on_wait = lambda seconds: cycle.progress(RATE_LIMIT_WAIT, math.ceil(seconds))
     try:
         if not narrowed:  # the fields were checked by the full cycles
             provider.prepare(
@@ -112,6 +115,7 @@ def run_cycle(
         log.exception("cycle failed unexpectedly", extra={"target": target.name})
         result.outcome = "failed"
         result.message = f"internal error: {type(exc).__name__}: {exc}"
+    provider.stats.on_wait = None
     result.api_calls = provider.stats.total() - calls_before
     result.write_calls = provider.stats.writes - writes_before
     if run_id is not None:

@@ -27,8 +27,11 @@ from syncd.providers.base import RemoteContact
 from syncd.store.lease import Lease
 
 #: (stage, how many so far, the total where one is known): "exporting", "exported", "staged
-#: local", "differing keys", "calls sent", "rows sent" (of the rows the plan sends)
+#: local", "differing keys", "calls sent", "rows sent" (of the rows the plan sends), and
+#: ``RATE_LIMIT_WAIT`` (the seconds, rounded up, of a wait for the provider's rate limit that
+#: starts now)
 Progress = Callable[[str, int, int | None], None]
+RATE_LIMIT_WAIT = "waiting for the rate limit (s)"
 
 
 @dataclass

@@ -95,10 +95,19 @@ class ContactRead(NamedTuple):
 
 @dataclass
 class CallStats:
-    """Calls made, by method and outcome (feeds summaries and metrics)."""
+    """Calls made, by method and outcome (feeds summaries and metrics), and the time spent
+    waiting for the provider's rate limit before them."""
 
     by_method: Counter[tuple[str, str]] = field(default_factory=Counter)
     writes: int = 0
+    waited: float = 0.0  # seconds, in all
+    # told of each wait before it starts (seconds), so that progress can show it as such
+    on_wait: Callable[[float], None] | None = None
+
+    def waiting(self, seconds: float) -> None:
+        self.waited += seconds
+        if self.on_wait is not None:
+            self.on_wait(seconds)
 
     def record(self, method: str, outcome: str, *, write: bool) -> None:
         self.by_method[(method, outcome)] += 1

@@ -339,6 +339,7 @@ class ProviderHttp:
             waits.append(bucket.reserve())
         wait = max(waits)
         if wait > 0:
+            self.stats.waiting(wait)
             self._sleep(wait)
 
     def _wait(self, state: RetryCallState) -> float:

@@ -11,8 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from syncd.daemon.observe import CycleWatch
 from syncd.daemon.systemd import Notifier, StatusLine, WatchdogPinger, watchdog_interval
+from syncd.engine.result import RATE_LIMIT_WAIT
+from syncd.metrics import Metrics
 
 
 @pytest.fixture
@@ -145,6 +149,18 @@ def test_the_status_line_names_each_running_cycle_then_the_last_outcome(
     listener.settimeout(0.1)
     with pytest.raises(TimeoutError):
         receive(listener)  # nothing else was sent
+
+
+def test_a_wait_for_the_rate_limit_shows_at_once_as_such(listener: socket.socket) -> None:
+    line = StatusLine(Notifier(), targets=1, clock=lambda: 0.0, min_gap=60)
+    watch = CycleWatch("news", line, Metrics(CollectorRegistry()), exports=True)
+    receive(listener)
+    watch("rows sent", 12_000, 40_000)
+    assert receive(listener) == "STATUS=news: pushing 12,000/40,000; 1 target(s)"
+    watch(RATE_LIMIT_WAIT, 3, None)  # within min_gap, yet another phase: sent
+    assert receive(listener) == (
+        "STATUS=news: pushing 12,000/40,000, waiting 3 s for the rate limit; 1 target(s)"
+    )
 
 
 def test_a_repeated_phase_is_sent_again_after_min_gap(listener: socket.socket) -> None:

@@ -33,8 +33,14 @@ from syncd.emulators.kit.server import EmulatorServer
 from syncd.emulators.unisender import UnisenderEmulator
 from syncd.errors import AuthError, ExportIncomplete, ProviderError, ProviderUnreachable
 from syncd.providers import make_provider
-from syncd.providers.base import PushCall, RemoteContact
-from syncd.providers.http import RateWindow, key_fingerprint, parse_retry_after, shared_bucket
+from syncd.providers.base import CallStats, PushCall, RemoteContact
+from syncd.providers.http import (
+    ProviderHttp,
+    RateWindow,
+    key_fingerprint,
+    parse_retry_after,
+    shared_bucket,
+)
 from syncd.providers.unisender import UnisenderProvider
 
 API_KEY = "sk-test-0123456789abcdef"
@@ -1000,6 +1006,28 @@ def test_rate_windows_are_shared_per_key_and_keyed_by_a_hash() -> None:
 
     assert all("sk-shared-secret" not in name for name, _ in http._buckets)
     assert (key_fingerprint("sk-shared-secret"), "") in http._buckets
+
+
+def test_a_wait_for_the_rate_limit_is_told_before_it_starts_and_counted() -> None:
+    """Progress shows such a wait as what it is (``CallStats.on_wait``), not as a stall."""
+    slept: list[float] = []
+    told: list[float] = []
+    stats = CallStats(on_wait=told.append)
+    http = ProviderHttp(
+        provider="unisender",
+        api_key="sk-rate-limit-wait-test",  # its own process-wide window
+        timeout=5,
+        retries=0,
+        rate_limit_per_minute=1,
+        stats=stats,
+        transport=httpx.MockTransport(lambda _request: httpx.Response(200, json={})),
+        sleep=slept.append,
+    )
+    for _ in range(2):
+        http.post_form("getLists", "http://127.0.0.1:9/x", {}, write=False, parse=lambda r: r)
+    http.close()
+    assert len(slept) == 1 and 59 < slept[0] <= 60
+    assert told == slept and stats.waited == slept[0]
 
 
 def test_make_provider_dispatches_on_the_provider_name() -> None:
