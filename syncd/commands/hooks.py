@@ -59,6 +59,11 @@ def _url(config: Config, engine: Engine, target: TargetConfig) -> str:
     return hook_url(config.http.public_url, target.name, store_hooks.token_for(engine, target.name))
 
 
+def _shown(provider: Provider, url: str) -> dict[str, object] | None:
+    """The handler the provider shows for ``url`` (the first, as it lists them), if any."""
+    return next((h for h in provider.list_hooks() if h.get("hook_url") == url), None)
+
+
 Step = Callable[[TargetConfig, str, Provider], HookState | None]
 
 
@@ -131,8 +136,8 @@ def status(
     def step(target: TargetConfig, url: str, provider: Provider) -> HookState:
         if provider.capabilities.hooks != "api":
             return HookState(target.name, url, "manual")
-        found = [h for h in provider.list_hooks() if h.get("hook_url") == url]
-        state = str(found[0].get("status") or "active") if found else "missing"
+        found = _shown(provider, url)
+        state = "missing" if found is None else str(found.get("status") or "active")
         return HookState(target.name, url, state)
 
     def unknown(target: TargetConfig) -> HookState:
@@ -152,7 +157,7 @@ def remove(
         if provider.capabilities.hooks != "api":
             clear = "clear the URL in the provider's interface too"
             return HookState(target.name, url, "removed", clear)
-        if any(h.get("hook_url") == url for h in provider.list_hooks()):
+        if _shown(provider, url) is not None:
             provider.remove_hook(url)
         return HookState(target.name, url, "removed")
 
@@ -174,8 +179,8 @@ def reinstall_stopped(
     def step(target: TargetConfig, url: str, provider: Provider) -> HookState | None:
         if provider.capabilities.hooks != "api":
             return None
-        shown = [h for h in provider.list_hooks() if h.get("hook_url") == url]
-        if not (shown and shown[0].get("status") == "stopped"):
+        shown = _shown(provider, url)
+        if shown is None or shown.get("status") != "stopped":
             return None
         provider.set_hook(url, target.hook_events)
         return HookState(target.name, url, "active", "was stopped")
