@@ -18,16 +18,13 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import signal
-import statistics
-import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
-from support import SYNCD, free_port, start_emulator
+from support import emulating, figures, free_port, syncd_run, time_to_import, wait_for
 
 from syncd.emulators.kit.server import LoopbackServer
 
@@ -55,22 +52,6 @@ class Endpoint:
                 return httpx.Response(503)
             self.confirmed.append(now)
         return httpx.Response(204)
-
-
-def wait_for(check: object, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():  # type: ignore[operator]
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.01)
-    raise SystemExit("timed out")
-
-
-def imports(emulator: str) -> int:
-    return int(httpx.get(f"{emulator}/_emulator/calls").json()["calls"].get("importContacts", 0))
 
 
 def post(api: str, body: str) -> httpx.Response:
@@ -120,37 +101,24 @@ secret = "{SECRET}"
 """,
             encoding="utf-8",
         )
-        emu = start_emulator("unisender", port, "--api-key", KEY)
-        daemon = subprocess.Popen(
-            [*SYNCD, "run", "--config", str(tmp / "syncd.toml")],
-            stdout=(tmp / "daemon.log").open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_for(lambda: httpx.get(f"{api}/healthz").status_code == 200)
+        with (
+            emulating("unisender", port, "--api-key", KEY),
+            syncd_run(tmp / "syncd.toml", api, tmp / "daemon.log"),
+        ):
             time.sleep(1.0)  # let the start-up cycle finish
             latency(api, emulator, args.requests)
             delivery(api, emulator, endpoint, args.events)
             first_retry(api, emulator, endpoint, args.retries)
-        finally:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(timeout=30)
-            emu.terminate()
-            emu.wait(timeout=10)
 
 
 def latency(api: str, emulator: str, n: int) -> None:
     times = []
     for i in range(n):
-        seen = imports(emulator)
-        start = time.perf_counter()
-        post(api, f'{{"email": "api{i}@example.com", "name": "A {i}", "lists": ["news"]}}\n')
-        wait_for(lambda seen=seen: imports(emulator) > seen)
-        times.append(time.perf_counter() - start)
-        time.sleep(0.3)
+        body = f'{{"email": "api{i}@example.com", "name": "A {i}", "lists": ["news"]}}\n'
+        times.append(time_to_import(emulator, lambda body=body: post(api, body), timeout=120))
     print(
-        f"POST /v1/contacts -> first importContacts call, {n} requests: min {min(times):.2f} s, "
-        f"median {statistics.median(times):.2f} s, max {max(times):.2f} s"
+        f"POST /v1/contacts -> first importContacts call, {n} requests: "
+        f"{figures(times, 'min', 'median', 'max')}"
     )
 
 
@@ -165,7 +133,7 @@ def delivery(api: str, emulator: str, endpoint: Endpoint, n: int) -> None:
     before = len(endpoint.confirmed)
     start = time.monotonic()
     post(api, '{"email": "trigger0@example.com", "lists": ["news"]}\n')  # starts a cycle
-    wait_for(lambda: len(endpoint.confirmed) >= before + n)
+    wait_for(lambda: len(endpoint.confirmed) >= before + n, timeout=120)
     last = endpoint.confirmed[-1] - start
     print(
         f"webhooks: {n} remote sign-ups, from the cycle's trigger to the last confirmed: "

@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: their command line, a work folder, ports and processes.
+"""What the benchmark scripts share: their command line, a work folder, ports and processes,
+and the timing of a change until syncd's effect is seen.
 
 The benchmarks run as scripts (``python benchmarks/bench_x.py``), so this folder is on their
 path and they import this module by name; they never import from ``tests/``.
@@ -9,13 +10,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
@@ -70,6 +76,97 @@ def measured(
     wall = time.perf_counter() - start
     cpu = usage.ru_utime + usage.ru_stime
     return wall, cpu, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status), out
+
+
+# -- a daemon on an emulator, and how long a change takes to come through -----------------
+
+
+def wait_for(
+    check: Callable[..., object],
+    timeout: float = 30.0,
+    every: float = 0.01,
+    ignore: tuple[type[Exception], ...] = (httpx.HTTPError,),
+) -> None:
+    """Poll ``check`` until it is true; an error in ``ignore`` counts as not yet (the process
+    or file looked at may still be starting). Gives up, ending the benchmark, after ``timeout``.
+    ``check`` is typed loosely so that a lambda may bind a loop's value as a default argument."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except ignore:
+            pass
+        time.sleep(every)
+    raise SystemExit("timed out")
+
+
+@contextmanager
+def emulating(provider: str, port: int, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``start_emulator``, ended when the block is left."""
+    emulator = start_emulator(provider, port, *extra)
+    try:
+        yield emulator
+    finally:
+        emulator.terminate()
+        emulator.wait(timeout=10)
+
+
+@contextmanager
+def syncd_run(config: Path, url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`syncd run` with ``config`` (its output in ``log``), once ``url``/healthz answers; ended
+    with SIGTERM, as systemd does, when the block is left."""
+    proc = subprocess.Popen(
+        [*SYNCD, "run", "--config", str(config)], stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
+    try:
+        wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, timeout=60)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def imports(emulator: str) -> int:
+    """How many importContacts calls the emulator at ``emulator`` has answered."""
+    return int(httpx.get(f"{emulator}/_emulator/calls").json()["calls"].get("importContacts", 0))
+
+
+def time_until(
+    act: Callable[..., object],
+    seen: Callable[..., object],
+    pause: float,
+    timeout: float = 30.0,
+    every: float = 0.01,
+    ignore: tuple[type[Exception], ...] = (httpx.HTTPError,),
+) -> float:
+    """Seconds from ``act`` until ``seen`` is true (polled as ``wait_for`` does); then ``pause``,
+    so that one try's tail (the end of the cycle it started) is not timed in the next."""
+    start = time.perf_counter()
+    act()
+    wait_for(seen, timeout, every, ignore)
+    took = time.perf_counter() - start
+    time.sleep(pause)
+    return took
+
+
+def time_to_import(emulator: str, act: Callable[..., object], timeout: float = 30.0) -> float:
+    """``time_until`` the emulator has answered one more importContacts call than before ``act``."""
+    before = imports(emulator)
+    return time_until(act, lambda: imports(emulator) > before, 0.3, timeout)
+
+
+def figures(times: Sequence[float], *names: str) -> str:
+    """``min 0.12 s, median 0.34 s``: the figures of ``times`` named (``min``, ``median``,
+    ``p95``, ``max``), in the order named."""
+    ordered = sorted(times)
+    value = {
+        "min": ordered[0],
+        "median": statistics.median(ordered),
+        "p95": ordered[max(0, round(0.95 * len(ordered)) - 1)],
+        "max": ordered[-1],
+    }
+    return ", ".join(f"{name} {value[name]:.2f} s" for name in names)
 
 
 # -- a target of N contacts on both sides (bench_cycle.py, bench_peer.py) ------------------

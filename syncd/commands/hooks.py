@@ -59,27 +59,72 @@ def _url(config: Config, engine: Engine, target: TargetConfig) -> str:
     return hook_url(config.http.public_url, target.name, store_hooks.token_for(engine, target.name))
 
 
+def _shown(provider: Provider, url: str) -> dict[str, object] | None:
+    """The handler the provider shows for ``url`` (the first, as it lists them), if any."""
+    return next((h for h in provider.list_hooks() if h.get("hook_url") == url), None)
+
+
+Step = Callable[[TargetConfig, str, Provider], HookState | None]
+
+
+def _each_hook(
+    config: Config,
+    engine: Engine,
+    targets: list[TargetConfig],
+    providers: ProviderFactory,
+    step: Step,
+    *,
+    unknown: Callable[[TargetConfig], HookState | None] | None = None,
+    after: Callable[[TargetConfig], None] | None = None,
+) -> list[HookState]:
+    """Run ``step`` for each target with its hook URL and its provider open; the states it gives.
+
+    The one loop behind install, status, remove and the daemon's re-install. ``unknown`` answers
+    for a target whose token was never made, without opening its provider (``None`` from it
+    skips the target); without ``unknown`` the token is made (install). The provider is closed
+    whatever ``step`` does; ``after`` runs once it is closed, so a token is forgotten only when
+    the provider's side is done.
+    """
+    states = []
+    for target in targets:
+        if unknown is None:
+            url = _url(config, engine, target)
+        else:
+            token = store_hooks.known_token(engine, target.name)
+            if token is None:
+                answer = unknown(target)
+                if answer is not None:
+                    states.append(answer)
+                continue
+            assert config.http.public_url is not None  # the configuration requires it with hooks
+            url = hook_url(config.http.public_url, target.name, token)
+        provider = providers(config, target)
+        try:
+            state = step(target, url, provider)
+        finally:
+            provider.close()
+        if after is not None:
+            after(target)
+        if state is not None:
+            states.append(state)
+    return states
+
+
 def install(
     config: Config,
     engine: Engine,
     name: str | None = None,
     providers: ProviderFactory = build_provider,
 ) -> list[HookState]:
-    states = []
-    for target in hooked_targets(config, name):
-        url = _url(config, engine, target)
-        provider = providers(config, target)
-        try:
-            if provider.capabilities.hooks != "api":
-                paste = "paste this URL into the provider's interface (Octopush: Callbacks)"
-                states.append(HookState(target.name, url, "manual", paste))
-                continue
-            answer = provider.set_hook(url, target.hook_events)
-            states.append(HookState(target.name, url, str(answer.get("status") or "active")))
-            log.info("hook installed", extra={"target": target.name})
-        finally:
-            provider.close()
-    return states
+    def step(target: TargetConfig, url: str, provider: Provider) -> HookState:
+        if provider.capabilities.hooks != "api":
+            paste = "paste this URL into the provider's interface (Octopush: Callbacks)"
+            return HookState(target.name, url, "manual", paste)
+        answer = provider.set_hook(url, target.hook_events)
+        log.info("hook installed", extra={"target": target.name})
+        return HookState(target.name, url, str(answer.get("status") or "active"))
+
+    return _each_hook(config, engine, hooked_targets(config, name), providers, step)
 
 
 def status(
@@ -88,25 +133,18 @@ def status(
     name: str | None = None,
     providers: ProviderFactory = build_provider,
 ) -> list[HookState]:
-    states = []
-    for target in hooked_targets(config, name):
-        token = store_hooks.known_token(engine, target.name)
-        if token is None:
-            states.append(HookState(target.name, "", "missing", "run syncd hooks install"))
-            continue
-        assert config.http.public_url is not None
-        url = hook_url(config.http.public_url, target.name, token)
-        provider = providers(config, target)
-        try:
-            if provider.capabilities.hooks != "api":
-                states.append(HookState(target.name, url, "manual"))
-                continue
-            found = [h for h in provider.list_hooks() if h.get("hook_url") == url]
-            state = str(found[0].get("status") or "active") if found else "missing"
-            states.append(HookState(target.name, url, state))
-        finally:
-            provider.close()
-    return states
+    def step(target: TargetConfig, url: str, provider: Provider) -> HookState:
+        if provider.capabilities.hooks != "api":
+            return HookState(target.name, url, "manual")
+        found = _shown(provider, url)
+        state = "missing" if found is None else str(found.get("status") or "active")
+        return HookState(target.name, url, state)
+
+    def unknown(target: TargetConfig) -> HookState:
+        return HookState(target.name, "", "missing", "run syncd hooks install")
+
+    targets = hooked_targets(config, name)
+    return _each_hook(config, engine, targets, providers, step, unknown=unknown)
 
 
 def remove(
@@ -115,52 +153,42 @@ def remove(
     name: str | None = None,
     providers: ProviderFactory = build_provider,
 ) -> list[HookState]:
-    states = []
-    for target in hooked_targets(config, name):
-        token = store_hooks.known_token(engine, target.name)
-        if token is None:
-            states.append(HookState(target.name, "", "removed", "no hook was installed"))
-            continue
-        assert config.http.public_url is not None
-        url = hook_url(config.http.public_url, target.name, token)
-        provider = providers(config, target)
-        try:
-            if provider.capabilities.hooks == "api":
-                present = any(h.get("hook_url") == url for h in provider.list_hooks())
-                if present:
-                    provider.remove_hook(url)
-            detail = (
-                ""
-                if provider.capabilities.hooks == "api"
-                else ("clear the URL in the provider's interface too")
-            )
-        finally:
-            provider.close()
+    def step(target: TargetConfig, url: str, provider: Provider) -> HookState:
+        if provider.capabilities.hooks != "api":
+            clear = "clear the URL in the provider's interface too"
+            return HookState(target.name, url, "removed", clear)
+        if _shown(provider, url) is not None:
+            provider.remove_hook(url)
+        return HookState(target.name, url, "removed")
+
+    def unknown(target: TargetConfig) -> HookState:
+        return HookState(target.name, "", "removed", "no hook was installed")
+
+    def forget(target: TargetConfig) -> None:
         store_hooks.forget_token(engine, target.name)
-        states.append(HookState(target.name, url, "removed", detail))
-    return states
+
+    targets = hooked_targets(config, name)
+    return _each_hook(config, engine, targets, providers, step, unknown=unknown, after=forget)
 
 
 def reinstall_stopped(
     config: Config, engine: Engine, providers: ProviderFactory = build_provider
 ) -> list[HookState]:
     """Set again each installed hook the provider shows as ``stopped``; returns those."""
-    again = []
-    for target in config.target:
-        if not target.hooks or config.http.public_url is None:
-            continue
-        token = store_hooks.known_token(engine, target.name)
-        if token is None:
-            continue  # never installed: installing is the operator's call
-        url = hook_url(config.http.public_url, target.name, token)
-        provider = providers(config, target)
-        try:
-            if provider.capabilities.hooks != "api":
-                continue
-            shown = [h for h in provider.list_hooks() if h.get("hook_url") == url]
-            if shown and shown[0].get("status") == "stopped":
-                provider.set_hook(url, target.hook_events)
-                again.append(HookState(target.name, url, "active", "was stopped"))
-        finally:
-            provider.close()
-    return again
+
+    def step(target: TargetConfig, url: str, provider: Provider) -> HookState | None:
+        if provider.capabilities.hooks != "api":
+            return None
+        shown = _shown(provider, url)
+        if shown is None or shown.get("status") != "stopped":
+            return None
+        provider.set_hook(url, target.hook_events)
+        return HookState(target.name, url, "active", "was stopped")
+
+    def never_installed(target: TargetConfig) -> None:
+        return None  # installing is the operator's call
+
+    if config.http.public_url is None:
+        return []
+    targets = [t for t in config.target if t.hooks]
+    return _each_hook(config, engine, targets, providers, step, unknown=never_installed)

@@ -45,6 +45,16 @@ def make_trigger(schedule: str, jitter: float) -> Any:
     return trigger
 
 
+def background_scheduler(max_parallel: int) -> BackgroundScheduler:
+    """The APScheduler of the daemon's jobs (cycles, source reads): at most ``max_parallel``
+    at once, a job never beside itself, its missed runs coalesced into one, however late."""
+    return BackgroundScheduler(
+        executors={"default": ThreadPoolExecutor(max_workers=max_parallel)},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        timezone=UTC,
+    )
+
+
 class _TargetState:
     def __init__(self, target: TargetConfig) -> None:
         self.target = target
@@ -62,11 +72,7 @@ class TargetScheduler:
         self._backoff_max = backoff_max
         self._lock = threading.Lock()
         self._states: dict[str, _TargetState] = {}
-        self._scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(max_workers=max_parallel)},
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-            timezone=UTC,
-        )
+        self._scheduler = background_scheduler(max_parallel)
 
     # -- lifecycle ------------------------------------------------------------------------
 

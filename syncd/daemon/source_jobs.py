@@ -14,11 +14,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.schedulers.background import BackgroundScheduler
-
 from syncd.config import SourceConfig
-from syncd.daemon.scheduler import make_trigger
+from syncd.daemon.scheduler import background_scheduler, make_trigger
 
 log = logging.getLogger("syncd.scheduler")
 
@@ -39,11 +36,7 @@ class SourceJobs:
         self._locks: dict[str, threading.Lock] = {}
         self._done_at: dict[str, float] = {}  # monotonic end of each source's last read
         self._lock = threading.Lock()
-        self._scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(max_workers=max_parallel)},
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-            timezone=UTC,
-        )
+        self._scheduler = background_scheduler(max_parallel)
 
     def start(self, sources: list[SourceConfig]) -> None:
         self.replace(sources)

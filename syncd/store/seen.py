@@ -65,8 +65,9 @@ def _many(session: Session, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
     connection.exec_driver_sql(sql, list(rows))
 
 
-def _delete_in_chunks(session: Session, table: str, target: str) -> None:
-    column = "contact_id" if table == "local_seen" else "key"
+def _delete_in_chunks(session: Session, table: str, column: str, target: str) -> None:
+    """Delete the target's rows of ``table``, ``CHUNK`` of them (picked by ``column``) per
+    committed transaction, so no delete holds SQLite's write lock for long."""
     while True:
         done = session.execute(
             text(
@@ -88,7 +89,10 @@ def check_salt(session: Session, target: str, side: str, salt: str) -> bool:
     )
     if stored == salt:
         return False
-    _delete_in_chunks(session, "local_seen" if side == "local" else "remote_seen", target)
+    if side == "local":
+        _delete_in_chunks(session, "local_seen", "contact_id", target)
+    else:
+        _delete_in_chunks(session, "remote_seen", "key", target)
     if side == "remote":
         session.execute(text("DELETE FROM export_order WHERE target = :t"), {"t": target})
     session.execute(
@@ -301,17 +305,7 @@ def remote_count(session: Session, target: str) -> int:
 def clear_scratch(session: Session, target: str) -> None:
     """Empty this target's scratch tables, ``CHUNK`` rows per committed transaction."""
     for table, column in (("stage_new", "seq"), ("stage_gone", "fp"), ("stage_diff", "seq")):
-        while True:
-            done = session.execute(
-                text(
-                    f"DELETE FROM {table} WHERE target = :t AND {column} IN "
-                    f"(SELECT {column} FROM {table} WHERE target = :t LIMIT :n)"
-                ),
-                {"t": target, "n": mirror.CHUNK},
-            )
-            session.commit()
-            if int(getattr(done, "rowcount", 0) or 0) < mirror.CHUNK:
-                break
+        _delete_in_chunks(session, table, column, target)
 
 
 # --- the comparison -----------------------------------------------------------------------

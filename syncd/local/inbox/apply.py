@@ -46,7 +46,8 @@ and those bad rows name are kept in scratch tables of the transaction, chunk by 
 snapshot of a million rows costs no more memory than a small one. Mass-delete guard (DESIGN §3
 rule 2): if more than 10 members would leave and that is more than the smallest
 ``max_delete_fraction`` among the targets fed by ``LIST`` (0.2 when no target is) of the members
-before the file, nothing applies and the file goes to ``failed/``.
+before the file, nothing applies and the file goes to ``failed/`` (the guard and the member
+queries are ``syncd.local.members``, shared with a source's full read).
 """
 
 from __future__ import annotations
@@ -57,31 +58,27 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar, cast
+from typing import Any, BinaryIO, cast
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import delete, insert, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
 from syncd.clock import stamp
-from syncd.config import Config, TargetConfig
+from syncd.config import Config
 from syncd.errors import IngestError
 from syncd.local.inbox.ledger import FileOutcome, Ledger, snapshot_list
 from syncd.local.ingest.check import Checked, Claim, ContactChange, Rejection, checked
 from syncd.local.ingest.read import read_rows
 from syncd.local.ingest.write import IngestReport, apply_stream
+from syncd.local.members import ids_by_key, mass_delete_refusal, member_count
 from syncd.store import mirror
-from syncd.store.models import Contact, IngestedFile, Membership
+from syncd.store.models import IngestedFile
 
 log = logging.getLogger("syncd.local.inbox")
-
-MASS_DELETE_MIN = 10  # a snapshot may always remove this many members
-CHUNK = 500  # keys per IN (...) query
-
-_T = TypeVar("_T")
 
 
 class _Refused(Exception):
@@ -91,11 +88,6 @@ class _Refused(Exception):
         super().__init__(reason)
         self.reason = reason
         self.report = report
-
-
-def _chunks(items: Sequence[_T], size: int = CHUNK) -> Iterator[Sequence[_T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 _KINDS = {
@@ -152,14 +144,6 @@ def _sha256(handle: BinaryIO) -> tuple[str, int]:
 
 def _empty_report(name: str) -> dict[str, Any]:
     return IngestReport(file=name).to_dict()
-
-
-def _mass_delete_fraction(config: Config, list_name: str) -> tuple[float, list[str]]:
-    fed = [t for t in config.target if t.local_list_name == list_name]
-    if not fed:
-        default = TargetConfig.model_fields["max_delete_fraction"].default
-        return float(default), []
-    return min(t.max_delete_fraction for t in fed), [t.name for t in fed]
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +276,7 @@ class FileApplier:
                     sha256=digest, name=name, size=size, applied_at=stamp(), dest=reserved
                 )
             )
-            members_before = 0 if snapshot is None else _member_count(conn, snapshot)
+            members_before = 0 if snapshot is None else member_count(conn, snapshot)
             seen = None if snapshot is None else _SnapshotSeen(conn)
             # Joins this transaction: nothing of it commits before the whole file is applied.
             result = apply_stream(
@@ -343,15 +327,10 @@ class FileApplier:
                 text(f"SELECT count(*) FROM membership WHERE {others}"), {"list": list_name}
             ).scalar_one()
         )
-        fraction, targets = _mass_delete_fraction(self.config, list_name)
-        if leaving > MASS_DELETE_MIN and leaving > fraction * members_before:
-            fed = f"targets {', '.join(targets)}" if targets else "the default"
-            reason = (
-                f"mass-delete guard: the snapshot would remove {leaving} of the "
-                f"{members_before} members of list {list_name!r} "
-                f"({leaving / members_before:.0%}), more than the {fraction:.0%} allowed "
-                f"by {fed} (max_delete_fraction); nothing was applied"
-            )
+        reason = mass_delete_refusal(
+            self.config, list_name, leaving, members_before, "the snapshot"
+        )
+        if reason is not None:
             report = IngestReport(
                 result.file,
                 result.rows,
@@ -399,7 +378,7 @@ class _SnapshotSeen:
     ) -> None:
         refused_lines = {r.line for r in rejected}
         kept = [c for c in changes if not c.delete and c.line not in refused_lines]
-        ids = _ids_by_key(
+        ids = ids_by_key(
             self.conn, [c.email for c in kept if c.email], [c.phone for c in kept if c.phone]
         )
         touched = {
@@ -412,7 +391,7 @@ class _SnapshotSeen:
             k for c in changes if c.line in refused_lines for k in (c.email, c.phone) if k
         }
         keys = sorted(protected_keys)
-        protected = set(_ids_by_key(self.conn, keys, keys).values())
+        protected = set(ids_by_key(self.conn, keys, keys).values())
         for table, found in zip(self.TABLES, (touched, protected), strict=True):
             if found:
                 self.conn.execute(
@@ -437,34 +416,3 @@ def _onto_snapshot_list(items: Iterator[Checked], list_name: str) -> Iterator[Ch
             if change.lists is not None and list_name not in change.lists:
                 item = replace(item, then=replace(change, lists=change.lists | {list_name}))
         yield item
-
-
-# -- queries -------------------------------------------------------------------------------
-
-
-def _ids_by_key(conn: Connection, emails: Sequence[str], phones: Sequence[str]) -> dict[str, int]:
-    """Live contacts' ids by email and by phone (one dict: emails and phones never collide)."""
-    found: dict[str, int] = {}
-    for column, keys in (
-        (Contact.email, sorted(set(emails))),
-        (Contact.phone, sorted(set(phones))),
-    ):
-        for chunk in _chunks(keys):
-            for key, contact_id in conn.execute(
-                select(col(column), col(Contact.id)).where(
-                    col(column).in_(chunk), col(Contact.deleted).is_(False)
-                )
-            ):
-                if key is not None and contact_id is not None:
-                    found[key] = contact_id
-    return found
-
-
-def _member_count(conn: Connection, list_name: str) -> int:
-    return int(
-        conn.execute(
-            select(func.count())
-            .select_from(Membership)
-            .where(col(Membership.list_name) == list_name)
-        ).scalar_one()
-    )

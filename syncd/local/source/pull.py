@@ -24,6 +24,7 @@ Vanished rows are removals, and a query that suddenly returns nothing must not e
 an empty result after a read that had rows, or more than ``MASS_DELETE_MIN`` removals that are
 more than the smallest ``max_delete_fraction`` of the targets fed by the list (0.2 without
 one) of its members, refuses the whole read (``MassDeleteRefused``), unless explicitly allowed.
+The guard is the inbox snapshot's, shared in ``syncd.local.members``.
 
 Consent
 -------
@@ -47,15 +48,10 @@ from sqlmodel import col
 from syncd.config import Config, SourceConfig
 from syncd.core.contacts import normalise_email, normalise_phone
 from syncd.errors import MassDeleteRefused, SourceBusy, SourceReadFailed
-from syncd.local.inbox.apply import (
-    MASS_DELETE_MIN,
-    _ids_by_key,
-    _mass_delete_fraction,
-    _member_count,
-)
 from syncd.local.ingest.check import ContactChange, Rejection, validate
 from syncd.local.ingest.read import RawRow
 from syncd.local.ingest.write import apply
+from syncd.local.members import ids_by_key, mass_delete_refusal, member_count
 from syncd.local.source.cursor import encode as encode_cursor
 from syncd.local.source.cursor import later, since_value
 from syncd.local.source.read import Batch, Shape, SourceRecord, read_source
@@ -369,8 +365,6 @@ def _guard(
     leaving = sorted(set(ids.values()) & members)
     if allowed:
         return leaving
-    before = _member_count(conn, source.list)
-    fraction, targets = _mass_delete_fraction(config, source.list)
     if diff.rows == 0 and last.rows > 0:
         reason = (
             f"source {source.name}: the query returned no rows where the last read had "
@@ -378,25 +372,22 @@ def _guard(
             "(allow it once with --allow-mass-delete); nothing was applied"
         )
         raise MassDeleteRefused(reason)
-    if len(leaving) > MASS_DELETE_MIN and len(leaving) > fraction * before:
-        fed = f"targets {', '.join(targets)}" if targets else "the default"
-        raise MassDeleteRefused(
-            f"source {source.name}: mass-delete guard: the read would remove {len(leaving)} of "
-            f"the {before} members of list {source.list!r} ({len(leaving) / before:.0%}), more "
-            f"than the {fraction:.0%} allowed by {fed} (max_delete_fraction); nothing was applied"
-        )
+    before = member_count(conn, source.list)
+    refusal = mass_delete_refusal(config, source.list, len(leaving), before, "the read")
+    if refusal is not None:
+        raise MassDeleteRefused(f"source {source.name}: {refusal}")
     return leaving
 
 
 def _by_key(conn: Connection, source: SourceConfig, keys: list[str]) -> dict[str, int]:
     if source.key == "email":
-        return _ids_by_key(conn, keys, [])
-    return _ids_by_key(conn, [], keys)
+        return ids_by_key(conn, keys, [])
+    return ids_by_key(conn, [], keys)
 
 
 def _join_list(conn: Connection, list_name: str, changes: list[ContactChange]) -> int:
     """Put every contact these rows name on the list (state active when it joins)."""
-    ids = _ids_by_key(
+    ids = ids_by_key(
         conn, [c.email for c in changes if c.email], [c.phone for c in changes if c.phone]
     )
     named = {i for c in changes for k in (c.email, c.phone) if k and (i := ids.get(k))}
