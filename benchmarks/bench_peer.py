@@ -4,10 +4,10 @@ vdirsyncer (https://github.com/pimutils/vdirsyncer) keeps two storages of contac
 sync with a status of what each side last held, as syncd keeps a mirror and a provider with its
 base. Here: two filesystem storages of N vCards, synced once, then synced again with nothing
 changed. syncd: a mirror of N contacts and an emulated Unisender list of the same N, agreed on
-(the setup of ``bench_cycle.py``), a first `syncd run-once`, then the measured one, which reads
-the whole export and writes nothing. For each N, the CPU time (user + system) of that one process (the emulator runs
-in another one); then, over the series, the marginal CPU per contact and syncd's over
-vdirsyncer's.
+(the setup of ``bench_cycle.py``), a first `syncd run-once`, then the measured one, which
+reads the whole export and writes nothing. For each N, the CPU time (user + system) of that one
+process (the emulator runs in another one); then, over the series, the marginal CPU per contact
+and syncd's over vdirsyncer's.
 
 vdirsyncer is installed from PyPI into a throwaway virtualenv (``--venv``, default
 /tmp/syncd-bench-vdirsyncer) when it is not there yet.
