@@ -21,7 +21,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
@@ -84,13 +84,7 @@ def record_conflict(
 
 
 def clear_conflicts(session: Session, target: str, keys: list[str]) -> None:
-    for i in range(0, len(keys), 500):
-        session.execute(
-            delete(Conflict).where(
-                col(Conflict.target) == target,
-                col(Conflict.key).in_(keys[i : i + 500]),
-            )
-        )
+    mirror.drop_keys(session, "conflict", target, keys)
 
 
 def forget_stale(

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col
 
+from syncd.store.mirror import many
 from syncd.store.models import History
 
 
@@ -79,9 +80,17 @@ def row(
 
 
 def add(session: Session | Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Add the rows in the caller's transaction, in one executemany (nothing for none)."""
-    if rows:
-        session.execute(insert(History), list(rows))
+    """Add the rows in the caller's transaction, in one executemany through the driver
+    (nothing for none): a first push adds one per contact."""
+    many(
+        session,
+        'INSERT INTO history (at, run_id, target, key, "case", sent, outcome) '
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (r["at"], r["run_id"], r["target"], r["key"], r["case"], r["sent"], r["outcome"])
+            for r in rows
+        ],
+    )
 
 
 def last_steps(session: Session, target: str, keys: Sequence[str]) -> dict[str, tuple[str, str]]:

@@ -29,7 +29,6 @@ from syncd.store.models import (
     InFlight,
     Membership,
     OffList,
-    Rejection,
     StageDiff,
 )
 
@@ -59,6 +58,32 @@ def _insert(session: Session, model: Any) -> Any:
     """A dialect insert so that upserts stay one statement on SQLite and PostgreSQL alike."""
     dialect = session.get_bind().dialect.name
     return postgresql.insert(model) if dialect == "postgresql" else sqlite.insert(model)
+
+
+def many(db: Session | Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """``executemany`` straight through the driver (``?`` placeholders, turned into the
+    driver's own on PostgreSQL). A first push writes several rows per contact: through the ORM's
+    bulk insert, building and checking each row's parameters would cost more than the rows."""
+    if not rows:
+        return
+    connection = db.connection() if isinstance(db, Session) else db
+    if connection.dialect.name == "postgresql":
+        sql = sql.replace("?", "%s")
+    connection.exec_driver_sql(sql, list(rows))
+
+
+def drop_keys(session: Session, table: str, target: str, keys: Sequence[str]) -> None:
+    """Delete these keys' rows of a per-target table, ``IN`` lists of 500 keys a statement
+    (written out here: SQLAlchemy's expanding parameters cost more than the deletes)."""
+    connection = session.connection()
+    mark = "%s" if connection.dialect.name == "postgresql" else "?"
+    for i in range(0, len(keys), 500):
+        part = tuple(keys[i : i + 500])
+        connection.exec_driver_sql(
+            f"DELETE FROM {table} WHERE target = {mark} AND key IN "
+            f"({', '.join([mark] * len(part))})",
+            (target, *part),
+        )
 
 
 def count_rows(session: Session, model: Any, target: str) -> int:
@@ -116,21 +141,14 @@ def iter_diff(session: Session, target: str, chunk: int = 2000) -> Iterator[list
 
 
 def set_base(session: Session, target: str, rows: Sequence[Projection]) -> None:
-    if not rows:
-        return
-    values = []
-    for p in rows:
-        data = p.to_json()
-        values.append(
-            {"target": target, "key": p.key, "digest": digest_of(data), "data": data, "unseen": 0}
-        )
-    stmt = _insert(session, Base)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["target", "key"],
-        # both sides agree again: an earlier count of exports that lacked the key is over
-        set_={"digest": stmt.excluded.digest, "data": stmt.excluded.data, "unseen": 0},
+    # both sides agree again: an earlier count of exports that lacked the key is over
+    many(
+        session,
+        "INSERT INTO base (target, key, digest, data, unseen) VALUES (?, ?, ?, ?, 0) "
+        "ON CONFLICT (target, key) DO UPDATE "
+        "SET digest = excluded.digest, data = excluded.data, unseen = 0",
+        [(target, p.key, digest_of(data), data) for p in rows for data in (p.to_json(),)],
     )
-    session.execute(stmt, values)
 
 
 def unseen(session: Session, target: str, keys: Sequence[str]) -> dict[str, int]:
@@ -178,18 +196,12 @@ def set_in_flight(
     session: Session, target: str, rows: Sequence[tuple[Projection, Projection | None]]
 ) -> None:
     """Record writes about to be sent: (the row as sent, the remote row it starts from)."""
-    if not rows:
-        return
-    values = [
-        {"target": target, "key": p.key, "data": p.to_json(), "before": b and b.to_json()}
-        for p, b in rows
-    ]
-    stmt = _insert(session, InFlight)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["target", "key"],
-        set_={"data": stmt.excluded.data, "before": stmt.excluded.before},
+    many(
+        session,
+        "INSERT INTO in_flight (target, key, data, before) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (target, key) DO UPDATE SET data = excluded.data, before = excluded.before",
+        [(target, p.key, p.to_json(), b and b.to_json()) for p, b in rows],
     )
-    session.execute(stmt, values)
 
 
 def in_flight(session: Session, target: str, keys: Sequence[str]) -> dict[str, Sent]:
@@ -212,24 +224,17 @@ def drop_in_flight(session: Session, target: str, keys: Sequence[str] | None = N
     if keys is None:
         session.execute(delete(InFlight).where(col(InFlight.target) == target))
         return
-    for i in range(0, len(keys), 500):
-        session.execute(
-            delete(InFlight).where(
-                col(InFlight.target) == target, col(InFlight.key).in_(keys[i : i + 500])
-            )
-        )
+    drop_keys(session, "in_flight", target, keys)
 
 
 def set_off_list(session: Session, target: str, rows: Sequence[Projection]) -> None:
     """Remember contacts taken off the list that the provider keeps: their remote state."""
-    if not rows:
-        return
-    values = [{"target": target, "key": p.key, "data": p.to_json()} for p in rows]
-    stmt = _insert(session, OffList)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["target", "key"], set_={"data": stmt.excluded.data}
+    many(
+        session,
+        "INSERT INTO off_list (target, key, data) VALUES (?, ?, ?) "
+        "ON CONFLICT (target, key) DO UPDATE SET data = excluded.data",
+        [(target, p.key, p.to_json()) for p in rows],
     )
-    session.execute(stmt, values)
 
 
 def off_list(session: Session, target: str, keys: Sequence[str]) -> dict[str, Projection]:
@@ -247,29 +252,16 @@ def off_list(session: Session, target: str, keys: Sequence[str]) -> dict[str, Pr
 
 def drop_off_list(session: Session, target: str, keys: Sequence[str]) -> None:
     """These keys are on the list at both sides again (they have a base)."""
-    for i in range(0, len(keys), 500):
-        session.execute(
-            delete(OffList).where(
-                col(OffList.target) == target, col(OffList.key).in_(keys[i : i + 500])
-            )
-        )
+    drop_keys(session, "off_list", target, keys)
 
 
 def drop_base(session: Session, target: str, keys: Sequence[str]) -> None:
-    for i in range(0, len(keys), 500):
-        session.execute(
-            delete(Base).where(col(Base.target) == target, col(Base.key).in_(keys[i : i + 500]))
-        )
+    drop_keys(session, "base", target, keys)
 
 
 def drop_rejections(session: Session, target: str, keys: Sequence[str]) -> None:
     """Rejections of keys that are settled now (confirmed, or no longer differing)."""
-    for i in range(0, len(keys), 500):
-        session.execute(
-            delete(Rejection).where(
-                col(Rejection.target) == target, col(Rejection.key).in_(keys[i : i + 500])
-            )
-        )
+    drop_keys(session, "rejection", target, keys)
 
 
 # --- held conflicts -----------------------------------------------------------------------
