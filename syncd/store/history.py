@@ -74,9 +74,13 @@ def row(
         "target": target,
         "key": key,
         "case": case,
-        "sent": None if sent is None else json.dumps(sent, ensure_ascii=False, sort_keys=True),
-        "outcome": json.dumps(outcome, ensure_ascii=False, sort_keys=True),
+        "sent": None if sent is None else _encode(sent),
+        "outcome": _encode(outcome),
     }
+
+
+#: ``json.dumps`` with options builds an encoder per call; a first push writes a row per contact
+_encode = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode
 
 
 def add(session: Session | Connection, rows: Sequence[dict[str, Any]]) -> None:

@@ -28,8 +28,6 @@ from syncd.store.models import (
     Contact,
     InFlight,
     Membership,
-    OffList,
-    StageDiff,
 )
 
 CHUNK = 5000
@@ -86,6 +84,23 @@ def drop_keys(session: Session, table: str, target: str, keys: Sequence[str]) ->
         )
 
 
+def rows_of_keys(
+    session: Session, table: str, columns: str, target: str, keys: Sequence[str], where: str = ""
+) -> Iterator[Any]:
+    """``columns`` of these keys' rows of a per-target table (``where``: a further condition),
+    ``IN`` lists of 500 keys a query, written out as ``drop_keys`` does: each chunk of the diff
+    reads several such tables."""
+    connection = session.connection()
+    mark = "%s" if connection.dialect.name == "postgresql" else "?"
+    for i in range(0, len(keys), 500):
+        part = tuple(keys[i : i + 500])
+        yield from connection.exec_driver_sql(
+            f"SELECT {columns} FROM {table} WHERE target = {mark}{where} AND key IN "
+            f"({', '.join([mark] * len(part))})",
+            (target, *part),
+        )
+
+
 def count_rows(session: Session, model: Any, target: str) -> int:
     return int(
         session.scalar(select(func.count()).select_from(model).where(model.target == target)) or 0
@@ -103,37 +118,31 @@ class DiffRow:
 
 
 def iter_diff(session: Session, target: str, chunk: int = 2000) -> Iterator[list[DiffRow]]:
-    """The differing keys, chunk by chunk (keyset paging on the sequence number)."""
+    """The differing keys, chunk by chunk (keyset paging on the sequence number). Read through
+    the driver: each pass of a first push reads every contact of the list this way."""
+    connection = session.connection()
+    mark = "%s" if connection.dialect.name == "postgresql" else "?"
+    sql = (
+        "SELECT seq, key, local, base, remote, raw_status, opted_out_elsewhere FROM stage_diff "
+        f"WHERE target = {mark} AND seq > {mark} ORDER BY seq LIMIT {mark}"
+    )
+    parse = Projection.from_json
     last = 0
     while True:
-        # plain rows, not ORM objects: a session would track (and expire) every one of them
-        rows = session.execute(
-            select(
-                col(StageDiff.seq),
-                col(StageDiff.key),
-                col(StageDiff.local),
-                col(StageDiff.base),
-                col(StageDiff.remote),
-                col(StageDiff.raw_status),
-                col(StageDiff.opted_out_elsewhere),
-            )
-            .where(col(StageDiff.target) == target, col(StageDiff.seq) > last)
-            .order_by(col(StageDiff.seq))
-            .limit(chunk)
-        ).all()
+        rows = session.connection().exec_driver_sql(sql, (target, last, chunk)).all()
         if not rows:
             return
-        last = rows[-1].seq or last
+        last = rows[-1][0] or last
         yield [
             DiffRow(
-                r.key,
-                Projection.from_json(r.local) if r.local else None,
-                Projection.from_json(r.base) if r.base else None,
-                Projection.from_json(r.remote) if r.remote else None,
-                r.raw_status or "",
-                bool(r.opted_out_elsewhere),
+                key,
+                parse(local) if local else None,
+                parse(base) if base else None,
+                parse(remote) if remote else None,
+                raw_status or "",
+                bool(elsewhere),
             )
-            for r in rows
+            for _, key, local, base, remote, raw_status, elsewhere in rows
         ]
 
 
@@ -154,17 +163,7 @@ def set_base(session: Session, target: str, rows: Sequence[Projection]) -> None:
 def unseen(session: Session, target: str, keys: Sequence[str]) -> dict[str, int]:
     """How many complete exports have lacked each of these keys while the local side lacked
     it too (keys never counted are left out)."""
-    found: dict[str, int] = {}
-    for i in range(0, len(keys), 500):
-        rows = session.execute(
-            select(col(Base.key), col(Base.unseen)).where(
-                col(Base.target) == target,
-                col(Base.key).in_(keys[i : i + 500]),
-                col(Base.unseen) > 0,
-            )
-        )
-        found.update((key, n) for key, n in rows)
-    return found
+    return dict(rows_of_keys(session, "base", "key, unseen", target, keys, " AND unseen > 0"))
 
 
 def count_unseen(session: Session, target: str, keys: Sequence[str]) -> None:
@@ -181,15 +180,10 @@ def projections(
     session: Session, model: Any, target: str, keys: Sequence[str]
 ) -> dict[str, Projection]:
     """These keys' rows of one side (``model``: LocalSeen, RemoteSeen or Base)."""
-    found: dict[str, Projection] = {}
-    for i in range(0, len(keys), 500):
-        rows = session.execute(
-            select(model.key, model.data).where(
-                model.target == target, model.key.in_(keys[i : i + 500])
-            )
-        )
-        found.update((key, Projection.from_json(data)) for key, data in rows)
-    return found
+    return {
+        key: Projection.from_json(data)
+        for key, data in rows_of_keys(session, model.__tablename__, "key, data", target, keys)
+    }
 
 
 def set_in_flight(
@@ -205,18 +199,12 @@ def set_in_flight(
 
 
 def in_flight(session: Session, target: str, keys: Sequence[str]) -> dict[str, Sent]:
-    found: dict[str, Sent] = {}
-    for i in range(0, len(keys), 500):
-        rows = session.execute(
-            select(col(InFlight.key), col(InFlight.data), col(InFlight.before)).where(
-                col(InFlight.target) == target, col(InFlight.key).in_(keys[i : i + 500])
-            )
+    return {
+        key: Sent(Projection.from_json(data), Projection.from_json(before) if before else None)
+        for key, data, before in rows_of_keys(
+            session, "in_flight", "key, data, before", target, keys
         )
-        for key, data, before in rows:
-            found[key] = Sent(
-                Projection.from_json(data), Projection.from_json(before) if before else None
-            )
-    return found
+    }
 
 
 def drop_in_flight(session: Session, target: str, keys: Sequence[str] | None = None) -> None:
@@ -238,16 +226,10 @@ def set_off_list(session: Session, target: str, rows: Sequence[Projection]) -> N
 
 
 def off_list(session: Session, target: str, keys: Sequence[str]) -> dict[str, Projection]:
-    found: dict[str, Projection] = {}
-    for i in range(0, len(keys), 500):
-        rows = session.execute(
-            select(col(OffList.key), col(OffList.data)).where(
-                col(OffList.target) == target, col(OffList.key).in_(keys[i : i + 500])
-            )
-        )
-        for key, data in rows:
-            found[key] = Projection.from_json(data)
-    return found
+    return {
+        key: Projection.from_json(data)
+        for key, data in rows_of_keys(session, "off_list", "key, data", target, keys)
+    }
 
 
 def drop_off_list(session: Session, target: str, keys: Sequence[str]) -> None:
