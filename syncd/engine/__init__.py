@@ -126,7 +126,11 @@ def _guard(session: Session, cycle: CycleState) -> None:
     target, caps = cycle.target, cycle.caps
     remote_deletes = local_removes = 0
     takes = records.resolutions(session, target.name)
-    for chunk in mirror.iter_diff(session, target.name):
+    # Only keys the local side lacks or that have a base can be deleted on either side
+    # (``reconcile.may_delete``): the others, new locally, are not decided twice. Each of
+    # them counts as a row to send (the progress shown), a create or a first meeting's update.
+    cycle.planned_rows += mirror.count_never_deleted(session, target.name)
+    for chunk in mirror.iter_diff(session, target.name, may_delete=True):
         for _, d in decide(session, cycle, chunk, takes):
             # only deletions the provider can carry out count towards the guard, and none while
             # the export is incomplete: those are deferred (rule 1), not carried out

@@ -117,14 +117,23 @@ class DiffRow:
     opted_out_elsewhere: bool = False  # see ``syncd.providers.base.RemoteContact``
 
 
-def iter_diff(session: Session, target: str, chunk: int = 2000) -> Iterator[list[DiffRow]]:
-    """The differing keys, chunk by chunk (keyset paging on the sequence number). Read through
+#: the rows of the diff for which ``reconcile`` may decide a delete or a removal: those the
+#: local side lacks or that have a base (``syncd.core.reconcile.may_delete``, in SQL)
+_MAY_DELETE = "(local IS NULL OR base IS NOT NULL)"
+
+
+def iter_diff(
+    session: Session, target: str, chunk: int = 2000, *, may_delete: bool = False
+) -> Iterator[list[DiffRow]]:
+    """The differing keys, chunk by chunk (keyset paging on the sequence number); with
+    ``may_delete``, only those that ``reconcile`` may decide to delete or remove. Read through
     the driver: each pass of a first push reads every contact of the list this way."""
     connection = session.connection()
     mark = "%s" if connection.dialect.name == "postgresql" else "?"
     sql = (
         "SELECT seq, key, local, base, remote, raw_status, opted_out_elsewhere FROM stage_diff "
-        f"WHERE target = {mark} AND seq > {mark} ORDER BY seq LIMIT {mark}"
+        f"WHERE target = {mark} AND seq > {mark}{' AND ' + _MAY_DELETE if may_delete else ''} "
+        f"ORDER BY seq LIMIT {mark}"
     )
     parse = Projection.from_json
     last = 0
@@ -144,6 +153,17 @@ def iter_diff(session: Session, target: str, chunk: int = 2000) -> Iterator[list
             )
             for _, key, local, base, remote, raw_status, elsewhere in rows
         ]
+
+
+def count_never_deleted(session: Session, target: str) -> int:
+    """The differing keys that ``iter_diff(may_delete=True)`` leaves out."""
+    return int(
+        session.scalar(
+            text(f"SELECT count(*) FROM stage_diff WHERE target = :t AND NOT {_MAY_DELETE}"),
+            {"t": target},
+        )
+        or 0
+    )
 
 
 # --- the base -----------------------------------------------------------------------------
