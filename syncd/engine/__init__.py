@@ -4,8 +4,10 @@ The order of writes is what keeps the safety rules (DESIGN §3):
 
 - the remote export and the local projection are staged, and the database finds the keys that
   differ; nothing is inferred from an export that did not complete (rule 1);
-- a first pass reconciles every differing key and counts deletions before anything is written,
-  so the mass-delete guard can stop the cycle while both sides are untouched (rule 2);
+- a first pass reconciles every differing key that may be deleted on either side (one the local
+  side lacks, or one with a base: ``reconcile.may_delete``) and counts deletions before
+  anything is written, so the mass-delete guard can stop the cycle while both sides are
+  untouched (rule 2);
 - remote-born changes are applied to the mirror chunk by chunk, each chunk in one transaction;
 - each provider call's answer is read row by row, and only confirmed rows move the base
   (rule 4) — a crash anywhere leaves a difference the next cycle sees again;
