@@ -194,6 +194,16 @@ class Decision:
         )
 
 
+def may_delete(local: bool, base: bool) -> bool:
+    """Whether ``reconcile`` can decide a delete at the provider or a removal from the mirror
+    for a key with a local row or without (``local``), with a base or without (``base``): only
+    for a key the local side lacks, or one both sides agreed on before. A key new locally (a
+    create, a first meeting, a lost create recognised) is never deleted on either side. The
+    mass-delete guard counts deletions among the keys this allows alone, so a first push of
+    new contacts is counted without deciding each one twice (``syncd.engine``)."""
+    return not local or base
+
+
 def reconcile(
     local: Projection | None,
     base: Projection | None,

@@ -4,8 +4,10 @@ The order of writes is what keeps the safety rules (DESIGN §3):
 
 - the remote export and the local projection are staged, and the database finds the keys that
   differ; nothing is inferred from an export that did not complete (rule 1);
-- a first pass reconciles every differing key and counts deletions before anything is written,
-  so the mass-delete guard can stop the cycle while both sides are untouched (rule 2);
+- a first pass reconciles every differing key that may be deleted on either side (one the local
+  side lacks, or one with a base: ``reconcile.may_delete``) and counts deletions before
+  anything is written, so the mass-delete guard can stop the cycle while both sides are
+  untouched (rule 2);
 - remote-born changes are applied to the mirror chunk by chunk, each chunk in one transaction;
 - each provider call's answer is read row by row, and only confirmed rows move the base
   (rule 4) — a crash anywhere leaves a difference the next cycle sees again;
@@ -130,7 +132,11 @@ def _guard(session: Session, cycle: CycleState) -> None:
     target, caps = cycle.target, cycle.caps
     remote_deletes = local_removes = 0
     takes = records.resolutions(session, target.name)
-    for chunk in mirror.iter_diff(session, target.name):
+    # Only keys the local side lacks or that have a base can be deleted on either side
+    # (``reconcile.may_delete``): the others, new locally, are not decided twice. Each of
+    # them counts as a row to send (the progress shown), a create or a first meeting's update.
+    cycle.planned_rows += mirror.count_never_deleted(session, target.name)
+    for chunk in mirror.iter_diff(session, target.name, may_delete=True):
         for _, d in decide(session, cycle, chunk, takes):
             # only deletions the provider can carry out count towards the guard, and none while
             # the export is incomplete: those are deferred (rule 1), not carried out

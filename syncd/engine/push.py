@@ -85,13 +85,14 @@ def push_batch(session: Session, cycle: CycleState, batch: Batch) -> None:
     settle: list[Projection] = []
     forget: list[str] = []
     left: list[Projection] = []  # taken off the list, kept by the provider
+    at = history.now_ms()  # when the answers were read
     for change in batch.rows:
         d = cycle.pending.pop(change.row.key)
         if dry:
             counts[change.op] += 1
             continue
         outcome = outcomes.get(change.row.key)
-        step = partial(_step, cycle, d, sent.get(d.key))
+        step = partial(_step, cycle, d, sent.get(d.key), at)
         if outcome is not None and outcome.ok and outcome.pending:
             counts["awaiting"] += 1  # its callback moves the base (syncd.engine.confirm_later)
             steps.append(step("awaiting", reason="accepted; the provider's callback confirms it"))
@@ -167,10 +168,12 @@ def _open_job(session: Session, cycle: CycleState, batch: Batch) -> tuple[PushCa
 
 
 def _step(
-    cycle: CycleState, d: Decision, sent: dict[str, Any] | None, result: str, **said: Any
+    cycle: CycleState, d: Decision, sent: dict[str, Any] | None, at: str, result: str, **said: Any
 ) -> dict[str, Any]:
     notes = cycle.local_notes.pop(d.key, {})  # the local half of a merge, written in its chunk
-    return records.step(cycle.run_id, cycle.target.name, d, result, sent=sent, **notes, **said)
+    return records.step(
+        cycle.run_id, cycle.target.name, d, result, sent=sent, at=at, **notes, **said
+    )
 
 
 def _sent_by_key(provider: Provider, calls: tuple[PushCall, ...]) -> dict[str, dict[str, Any]]:

@@ -21,7 +21,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
@@ -84,13 +84,7 @@ def record_conflict(
 
 
 def clear_conflicts(session: Session, target: str, keys: list[str]) -> None:
-    for i in range(0, len(keys), 500):
-        session.execute(
-            delete(Conflict).where(
-                col(Conflict.target) == target,
-                col(Conflict.key).in_(keys[i : i + 500]),
-            )
-        )
+    mirror.drop_keys(session, "conflict", target, keys)
 
 
 def forget_stale(
@@ -131,19 +125,21 @@ def step(
     result: str,
     *,
     sent: dict[str, Any] | None = None,
+    at: str | None = None,
     **said: Any,
 ) -> dict[str, Any]:
     """One key's history row: ``result`` (confirmed, rejected, held, applied, settled,
     deferred, awaiting, not_sent) and what explains it (``reason``, ``code``, ``message``),
     the conflicts met and which side each took; for a write to the mirror, what it changed
-    (``changed``) and the outbox event it recorded (``event``)."""
+    (``changed``) and the outbox event it recorded (``event``). ``at``: when (None: now; the
+    rows of one answer share its time)."""
     outcome: dict[str, Any] = {"result": result}
     outcome.update({k: v for k, v in said.items() if v is not None})
     if d.local_op is not None:
         outcome["local"] = d.local_op  # the mirror was written: upsert or remove
     if d.conflicts:
         outcome["conflicts"] = [_settled(c, d) for c in d.conflicts]
-    return history.row(run_id, target, d.key, d.case, outcome, sent)
+    return history.row(run_id, target, d.key, d.case, outcome, sent, at)
 
 
 def changes(before: Projection | None, after: Projection | None) -> dict[str, list[Any]]:

@@ -44,7 +44,7 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, NoReturn
 
@@ -65,6 +65,14 @@ from syncd.providers.base import (
 )
 from syncd.providers.http import HttpProvider, NotJson, answer_count, answer_json, form_body
 from syncd.providers.spec import NoSettings, ProviderSpec, Starter
+
+#: reads one cell of an importContacts row from the row and its fields
+_Cell = Callable[[Projection, dict[str, str]], str]
+
+
+def _field_cell(name: str) -> _Cell:
+    return lambda _row, values: values.get(name, "")
+
 
 log = logging.getLogger(__name__)
 
@@ -328,30 +336,39 @@ class UnisenderProvider(HttpProvider):
     def _cells(self, header: Sequence[str], rc: RowChange) -> list[str]:
         row = rc.row
         values = row.field_map
+        return [read(row, values) for read in self._cell_readers(header)]
+
+    def _cell_readers(self, header: Sequence[str]) -> list[_Cell]:
+        """How each column's cell is read from a row and its fields, chosen once per call rather
+        than per cell (a call has up to 500 rows)."""
         k = self._key
-        cells: list[str] = []
+        list_id = self._list_id
+        readers: list[_Cell] = []
         for column in header:
             if column == k:
-                cells.append(row.key)
+                readers.append(lambda row, _values: row.key)
             elif column in (f"{k}_list_ids", f"{k}_excluded_list_ids"):
-                cells.append(self._list_id)
+                readers.append(lambda _row, _values: list_id)
             elif column == "delete":
-                cells.append("1")
+                readers.append(lambda _row, _values: "1")
             elif column == "tags":
                 # §1.1: a comma list inside the cell; sorted so equal sets send equal text.
-                cells.append(",".join(sorted(row.tags)))
+                readers.append(lambda row, _values: ",".join(sorted(row.tags)))
             elif column == f"{k}_status":
                 # DESIGN rule 3: a status is only ever pushed as an opt-out. An active row that
                 # shares a call with opt-outs gets "" (not provided), never "active"; so does a
                 # row that leaves this list only: the address as a whole stays as it is.
-                cells.append("unsubscribed" if is_opted_out(row.status) else "")
+                readers.append(
+                    lambda row, _values: "unsubscribed" if is_opted_out(row.status) else ""
+                )
             elif column == f"{k}_unsubscribed_list_ids":
                 # §1.4: the per-list unsubscribe, so the list shows it even where the account
                 # status cannot change (only active/inactive addresses change status).
-                cells.append("" if row.mailable else self._list_id)
+                readers.append(lambda row, _values: "" if row.mailable else list_id)
             else:
-                cells.append(values.get(column, ""))  # "" clears the field (§1.4 upsert)
-        return cells
+                # "" clears the field (§1.4 upsert)
+                readers.append(_field_cell(column))
+        return readers
 
     def _refuse_locally(self, call: PushCall, rc: RowChange) -> RowOutcome | None:
         """Rows the provider would misread: rejected here so they cannot spoil the others."""
@@ -398,9 +415,12 @@ class UnisenderProvider(HttpProvider):
         # §1.1/§1.4: indexed PHP arrays, every cell present (a missing cell means "not given").
         for j, name in enumerate(header):
             params[f"field_names[{j}]"] = name
+        readers = self._cell_readers(header)
         for i, position in enumerate(positions):
-            for j, cell in enumerate(self._cells(header, call.rows[position])):
-                params[f"data[{i}][{j}]"] = cell
+            row = call.rows[position].row
+            values = row.field_map
+            for j, read in enumerate(readers):
+                params[f"data[{i}][{j}]"] = read(row, values)
         # §1.4: both flags default to 0 (add only); send 1 only when the call needs a removal.
         if call.overwrite_tags:
             params["overwrite_tags"] = "1"

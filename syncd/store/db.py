@@ -11,20 +11,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import event, text
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, create_engine
 
 from syncd.errors import FatalError
-from syncd.store.schema import MIGRATIONS
+from syncd.store.schema import HEAD, MIGRATIONS
 
 #: Seconds a SQLite connection waits for the write lock before "database is locked": long
 #: against the longest write transaction of a cycle (one chunk of ``mirror.CHUNK`` rows,
@@ -73,16 +68,16 @@ def open_engine(url: str) -> Engine:
     return engine
 
 
-@cache
-def _scripts() -> ScriptDirectory:
-    return ScriptDirectory(str(MIGRATIONS))
-
-
 def upgrade(engine: Engine) -> None:
     """Bring the store's schema to the latest revision (nothing to do is one quick query)."""
     with engine.begin() as conn:
         if _at_head(conn):
             return
+        # Alembic is imported only to migrate: every command opens the store, and importing it
+        # costs a `syncd run-once` more than a small cycle does
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
             if _at_head(conn):
@@ -94,8 +89,11 @@ def upgrade(engine: Engine) -> None:
 
 
 def _at_head(conn: Connection) -> bool:
-    current = MigrationContext.configure(conn).get_current_heads()
-    return set(current) == set(_scripts().get_heads())
+    """The store is at the newest revision (``schema.HEAD``), read from Alembic's own table."""
+    if not inspect(conn).has_table("alembic_version"):
+        return False
+    current = set(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
+    return current == {HEAD}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

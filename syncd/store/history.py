@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col
 
+from syncd.store.mirror import many
 from syncd.store.models import History
 
 
@@ -73,15 +74,27 @@ def row(
         "target": target,
         "key": key,
         "case": case,
-        "sent": None if sent is None else json.dumps(sent, ensure_ascii=False, sort_keys=True),
-        "outcome": json.dumps(outcome, ensure_ascii=False, sort_keys=True),
+        "sent": None if sent is None else _encode(sent),
+        "outcome": _encode(outcome),
     }
 
 
+#: ``json.dumps`` with options builds an encoder per call; a first push writes a row per contact
+_encode = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode
+
+
 def add(session: Session | Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Add the rows in the caller's transaction, in one executemany (nothing for none)."""
-    if rows:
-        session.execute(insert(History), list(rows))
+    """Add the rows in the caller's transaction, in one executemany through the driver
+    (nothing for none): a first push adds one per contact."""
+    many(
+        session,
+        'INSERT INTO history (at, run_id, target, key, "case", sent, outcome) '
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (r["at"], r["run_id"], r["target"], r["key"], r["case"], r["sent"], r["outcome"])
+            for r in rows
+        ],
+    )
 
 
 def last_steps(session: Session, target: str, keys: Sequence[str]) -> dict[str, tuple[str, str]]:

@@ -28,9 +28,6 @@ from syncd.store.models import (
     Contact,
     InFlight,
     Membership,
-    OffList,
-    Rejection,
-    StageDiff,
 )
 
 CHUNK = 5000
@@ -61,6 +58,49 @@ def _insert(session: Session, model: Any) -> Any:
     return postgresql.insert(model) if dialect == "postgresql" else sqlite.insert(model)
 
 
+def many(db: Session | Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """``executemany`` straight through the driver (``?`` placeholders, turned into the
+    driver's own on PostgreSQL). A first push writes several rows per contact: through the ORM's
+    bulk insert, building and checking each row's parameters would cost more than the rows."""
+    if not rows:
+        return
+    connection = db.connection() if isinstance(db, Session) else db
+    if connection.dialect.name == "postgresql":
+        sql = sql.replace("?", "%s")
+    connection.exec_driver_sql(sql, list(rows))
+
+
+def drop_keys(session: Session, table: str, target: str, keys: Sequence[str]) -> None:
+    """Delete these keys' rows of a per-target table, ``IN`` lists of 500 keys a statement
+    (written out here: SQLAlchemy's expanding parameters cost more than the deletes)."""
+    connection = session.connection()
+    mark = "%s" if connection.dialect.name == "postgresql" else "?"
+    for i in range(0, len(keys), 500):
+        part = tuple(keys[i : i + 500])
+        connection.exec_driver_sql(
+            f"DELETE FROM {table} WHERE target = {mark} AND key IN "
+            f"({', '.join([mark] * len(part))})",
+            (target, *part),
+        )
+
+
+def rows_of_keys(
+    session: Session, table: str, columns: str, target: str, keys: Sequence[str], where: str = ""
+) -> Iterator[Any]:
+    """``columns`` of these keys' rows of a per-target table (``where``: a further condition),
+    ``IN`` lists of 500 keys a query, written out as ``drop_keys`` does: each chunk of the diff
+    reads several such tables."""
+    connection = session.connection()
+    mark = "%s" if connection.dialect.name == "postgresql" else "?"
+    for i in range(0, len(keys), 500):
+        part = tuple(keys[i : i + 500])
+        yield from connection.exec_driver_sql(
+            f"SELECT {columns} FROM {table} WHERE target = {mark}{where} AND key IN "
+            f"({', '.join([mark] * len(part))})",
+            (target, *part),
+        )
+
+
 def count_rows(session: Session, model: Any, target: str) -> int:
     return int(
         session.scalar(select(func.count()).select_from(model).where(model.target == target)) or 0
@@ -77,76 +117,73 @@ class DiffRow:
     opted_out_elsewhere: bool = False  # see ``syncd.providers.base.RemoteContact``
 
 
-def iter_diff(session: Session, target: str, chunk: int = 2000) -> Iterator[list[DiffRow]]:
-    """The differing keys, chunk by chunk (keyset paging on the sequence number)."""
+#: the rows of the diff for which ``reconcile`` may decide a delete or a removal: those the
+#: local side lacks or that have a base (``syncd.core.reconcile.may_delete``, in SQL)
+_MAY_DELETE = "(local IS NULL OR base IS NOT NULL)"
+
+
+def iter_diff(
+    session: Session, target: str, chunk: int = 2000, *, may_delete: bool = False
+) -> Iterator[list[DiffRow]]:
+    """The differing keys, chunk by chunk (keyset paging on the sequence number); with
+    ``may_delete``, only those that ``reconcile`` may decide to delete or remove. Read through
+    the driver: each pass of a first push reads every contact of the list this way."""
+    connection = session.connection()
+    mark = "%s" if connection.dialect.name == "postgresql" else "?"
+    sql = (
+        "SELECT seq, key, local, base, remote, raw_status, opted_out_elsewhere FROM stage_diff "
+        f"WHERE target = {mark} AND seq > {mark}{' AND ' + _MAY_DELETE if may_delete else ''} "
+        f"ORDER BY seq LIMIT {mark}"
+    )
+    parse = Projection.from_json
     last = 0
     while True:
-        # plain rows, not ORM objects: a session would track (and expire) every one of them
-        rows = session.execute(
-            select(
-                col(StageDiff.seq),
-                col(StageDiff.key),
-                col(StageDiff.local),
-                col(StageDiff.base),
-                col(StageDiff.remote),
-                col(StageDiff.raw_status),
-                col(StageDiff.opted_out_elsewhere),
-            )
-            .where(col(StageDiff.target) == target, col(StageDiff.seq) > last)
-            .order_by(col(StageDiff.seq))
-            .limit(chunk)
-        ).all()
+        rows = session.connection().exec_driver_sql(sql, (target, last, chunk)).all()
         if not rows:
             return
-        last = rows[-1].seq or last
+        last = rows[-1][0] or last
         yield [
             DiffRow(
-                r.key,
-                Projection.from_json(r.local) if r.local else None,
-                Projection.from_json(r.base) if r.base else None,
-                Projection.from_json(r.remote) if r.remote else None,
-                r.raw_status or "",
-                bool(r.opted_out_elsewhere),
+                key,
+                parse(local) if local else None,
+                parse(base) if base else None,
+                parse(remote) if remote else None,
+                raw_status or "",
+                bool(elsewhere),
             )
-            for r in rows
+            for _, key, local, base, remote, raw_status, elsewhere in rows
         ]
+
+
+def count_never_deleted(session: Session, target: str) -> int:
+    """The differing keys that ``iter_diff(may_delete=True)`` leaves out."""
+    return int(
+        session.scalar(
+            text(f"SELECT count(*) FROM stage_diff WHERE target = :t AND NOT {_MAY_DELETE}"),
+            {"t": target},
+        )
+        or 0
+    )
 
 
 # --- the base -----------------------------------------------------------------------------
 
 
 def set_base(session: Session, target: str, rows: Sequence[Projection]) -> None:
-    if not rows:
-        return
-    values = []
-    for p in rows:
-        data = p.to_json()
-        values.append(
-            {"target": target, "key": p.key, "digest": digest_of(data), "data": data, "unseen": 0}
-        )
-    stmt = _insert(session, Base)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["target", "key"],
-        # both sides agree again: an earlier count of exports that lacked the key is over
-        set_={"digest": stmt.excluded.digest, "data": stmt.excluded.data, "unseen": 0},
+    # both sides agree again: an earlier count of exports that lacked the key is over
+    many(
+        session,
+        "INSERT INTO base (target, key, digest, data, unseen) VALUES (?, ?, ?, ?, 0) "
+        "ON CONFLICT (target, key) DO UPDATE "
+        "SET digest = excluded.digest, data = excluded.data, unseen = 0",
+        [(target, p.key, digest_of(data), data) for p in rows for data in (p.to_json(),)],
     )
-    session.execute(stmt, values)
 
 
 def unseen(session: Session, target: str, keys: Sequence[str]) -> dict[str, int]:
     """How many complete exports have lacked each of these keys while the local side lacked
     it too (keys never counted are left out)."""
-    found: dict[str, int] = {}
-    for i in range(0, len(keys), 500):
-        rows = session.execute(
-            select(col(Base.key), col(Base.unseen)).where(
-                col(Base.target) == target,
-                col(Base.key).in_(keys[i : i + 500]),
-                col(Base.unseen) > 0,
-            )
-        )
-        found.update((key, n) for key, n in rows)
-    return found
+    return dict(rows_of_keys(session, "base", "key, unseen", target, keys, " AND unseen > 0"))
 
 
 def count_unseen(session: Session, target: str, keys: Sequence[str]) -> None:
@@ -163,48 +200,31 @@ def projections(
     session: Session, model: Any, target: str, keys: Sequence[str]
 ) -> dict[str, Projection]:
     """These keys' rows of one side (``model``: LocalSeen, RemoteSeen or Base)."""
-    found: dict[str, Projection] = {}
-    for i in range(0, len(keys), 500):
-        rows = session.execute(
-            select(model.key, model.data).where(
-                model.target == target, model.key.in_(keys[i : i + 500])
-            )
-        )
-        found.update((key, Projection.from_json(data)) for key, data in rows)
-    return found
+    return {
+        key: Projection.from_json(data)
+        for key, data in rows_of_keys(session, model.__tablename__, "key, data", target, keys)
+    }
 
 
 def set_in_flight(
     session: Session, target: str, rows: Sequence[tuple[Projection, Projection | None]]
 ) -> None:
     """Record writes about to be sent: (the row as sent, the remote row it starts from)."""
-    if not rows:
-        return
-    values = [
-        {"target": target, "key": p.key, "data": p.to_json(), "before": b and b.to_json()}
-        for p, b in rows
-    ]
-    stmt = _insert(session, InFlight)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["target", "key"],
-        set_={"data": stmt.excluded.data, "before": stmt.excluded.before},
+    many(
+        session,
+        "INSERT INTO in_flight (target, key, data, before) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (target, key) DO UPDATE SET data = excluded.data, before = excluded.before",
+        [(target, p.key, p.to_json(), b and b.to_json()) for p, b in rows],
     )
-    session.execute(stmt, values)
 
 
 def in_flight(session: Session, target: str, keys: Sequence[str]) -> dict[str, Sent]:
-    found: dict[str, Sent] = {}
-    for i in range(0, len(keys), 500):
-        rows = session.execute(
-            select(col(InFlight.key), col(InFlight.data), col(InFlight.before)).where(
-                col(InFlight.target) == target, col(InFlight.key).in_(keys[i : i + 500])
-            )
+    return {
+        key: Sent(Projection.from_json(data), Projection.from_json(before) if before else None)
+        for key, data, before in rows_of_keys(
+            session, "in_flight", "key, data, before", target, keys
         )
-        for key, data, before in rows:
-            found[key] = Sent(
-                Projection.from_json(data), Projection.from_json(before) if before else None
-            )
-    return found
+    }
 
 
 def drop_in_flight(session: Session, target: str, keys: Sequence[str] | None = None) -> None:
@@ -212,64 +232,38 @@ def drop_in_flight(session: Session, target: str, keys: Sequence[str] | None = N
     if keys is None:
         session.execute(delete(InFlight).where(col(InFlight.target) == target))
         return
-    for i in range(0, len(keys), 500):
-        session.execute(
-            delete(InFlight).where(
-                col(InFlight.target) == target, col(InFlight.key).in_(keys[i : i + 500])
-            )
-        )
+    drop_keys(session, "in_flight", target, keys)
 
 
 def set_off_list(session: Session, target: str, rows: Sequence[Projection]) -> None:
     """Remember contacts taken off the list that the provider keeps: their remote state."""
-    if not rows:
-        return
-    values = [{"target": target, "key": p.key, "data": p.to_json()} for p in rows]
-    stmt = _insert(session, OffList)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["target", "key"], set_={"data": stmt.excluded.data}
+    many(
+        session,
+        "INSERT INTO off_list (target, key, data) VALUES (?, ?, ?) "
+        "ON CONFLICT (target, key) DO UPDATE SET data = excluded.data",
+        [(target, p.key, p.to_json()) for p in rows],
     )
-    session.execute(stmt, values)
 
 
 def off_list(session: Session, target: str, keys: Sequence[str]) -> dict[str, Projection]:
-    found: dict[str, Projection] = {}
-    for i in range(0, len(keys), 500):
-        rows = session.execute(
-            select(col(OffList.key), col(OffList.data)).where(
-                col(OffList.target) == target, col(OffList.key).in_(keys[i : i + 500])
-            )
-        )
-        for key, data in rows:
-            found[key] = Projection.from_json(data)
-    return found
+    return {
+        key: Projection.from_json(data)
+        for key, data in rows_of_keys(session, "off_list", "key, data", target, keys)
+    }
 
 
 def drop_off_list(session: Session, target: str, keys: Sequence[str]) -> None:
     """These keys are on the list at both sides again (they have a base)."""
-    for i in range(0, len(keys), 500):
-        session.execute(
-            delete(OffList).where(
-                col(OffList.target) == target, col(OffList.key).in_(keys[i : i + 500])
-            )
-        )
+    drop_keys(session, "off_list", target, keys)
 
 
 def drop_base(session: Session, target: str, keys: Sequence[str]) -> None:
-    for i in range(0, len(keys), 500):
-        session.execute(
-            delete(Base).where(col(Base.target) == target, col(Base.key).in_(keys[i : i + 500]))
-        )
+    drop_keys(session, "base", target, keys)
 
 
 def drop_rejections(session: Session, target: str, keys: Sequence[str]) -> None:
     """Rejections of keys that are settled now (confirmed, or no longer differing)."""
-    for i in range(0, len(keys), 500):
-        session.execute(
-            delete(Rejection).where(
-                col(Rejection.target) == target, col(Rejection.key).in_(keys[i : i + 500])
-            )
-        )
+    drop_keys(session, "rejection", target, keys)
 
 
 # --- held conflicts -----------------------------------------------------------------------

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from itertools import product
 from typing import Any
 
 import pytest
 
 from syncd.core.projection import Projection
-from syncd.core.reconcile import Owner, Rules, Sent, reconcile
+from syncd.core.reconcile import Owner, Rules, Sent, may_delete, reconcile
 
 K = "ann@example.com"
 
@@ -633,3 +634,38 @@ def test_an_opt_out_as_a_whole_is_an_opt_out_from_the_list_and_keeps_old_digests
     assert Projection.from_json(LEFT.to_json()) == LEFT
     with pytest.raises(ValueError, match="list status"):
         Projection.build(K, {}, (), "active", "blocked")
+
+
+def test_only_a_key_the_local_side_lacks_or_with_a_base_is_ever_deleted():
+    # the mass-delete guard counts deletions among these keys alone (syncd.engine._guard)
+    sides = [
+        None,
+        BASE,
+        LOCAL_EDIT,
+        REMOTE_EDIT,
+        p("unsubscribed", Name="Ann"),
+        lp("active", "unsubscribed", Name="Ann"),
+        r(Name="Ann"),
+        r(ref="ref-other", Name="Ann"),
+    ]
+    every_rules = [
+        Rules(),
+        Rules(edit_beats_delete=False),
+        Rules(first_sync="local"),
+        REF,
+        Rules(reference="syncd_id", edit_beats_delete=False),
+    ]
+    owners = [None, GONE, SYNCED_AT_NEW]
+    sents = [None, Sent(LOCAL_EDIT, BASE), Sent(r(Name="Ann"), None)]
+    decided = 0
+    for L, B, R in product(sides, repeat=3):
+        if L is None and B is None and R is None:
+            continue
+        for rules, owner, sent, unseen, take in product(
+            every_rules, owners, sents, (0, 1), (None, "local", "remote")
+        ):
+            d = reconcile(L, B, R, rules, take, owner, None, sent, None, unseen)
+            decided += 1
+            if d.remote_op == "delete" or d.local_op == "remove":
+                assert may_delete(L is not None, B is not None), (L, B, R, d)
+    assert decided > 10_000

@@ -15,12 +15,13 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Column, MetaData, String, create_engine, inspect, text
 from sqlalchemy.engine import Engine
 
 from syncd.store import open_engine
 from syncd.store.db import upgrade
-from syncd.store.schema import MIGRATIONS, metadata
+from syncd.store.schema import HEAD, MIGRATIONS, metadata
 
 
 def drift(engine: Engine, target: MetaData) -> list[object]:
@@ -46,6 +47,11 @@ def test_the_migrations_create_exactly_the_models(store_url: str) -> None:
         assert head(engine) == {"0011"}
     finally:
         engine.dispose()
+
+
+def test_the_head_the_store_is_opened_at_is_the_newest_migration() -> None:
+    # a migration added without moving HEAD would never run on an existing store
+    assert ScriptDirectory(str(MIGRATIONS)).get_heads() == [HEAD]
 
 
 def test_opening_an_up_to_date_store_changes_nothing(store_url: str) -> None:
