@@ -78,11 +78,8 @@ def row(
     }
 
 
-#: The insert of one row as a database driver takes it (``?`` placeholders; ``LocalSteps.row``).
-INSERT = (
-    'INSERT INTO history (at, run_id, target, key, "case", sent, outcome) '
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
+#: An insert's head, the columns in the order of ``LocalSteps.row``.
+INSERT_HEAD = 'INSERT INTO history (at, run_id, target, key, "case", sent, outcome)'
 
 
 # NDJSON records may each carry other columns: the texts kept are bounded, whatever the file.
@@ -106,7 +103,7 @@ class LocalSteps:
         self, at: str, key: str, outcome: str, carried: Sequence[str], line: int
     ) -> tuple[Any, ...]:
         """at, run_id, target, key, case, sent, outcome: in the order of ``INSERT``."""
-        names = tuple(carried)
+        names = carried if isinstance(carried, tuple) else tuple(carried)
         said = self._carried.get(names)
         if said is None:
             said = json.dumps(list(names), ensure_ascii=False)

@@ -225,17 +225,20 @@ def _apply_chunks(
         refused: list[Rejection] = []
         steps: list[tuple[Any, ...]] = []
         at = history.now_ms()  # one time for the chunk: its steps commit together
+        counts = dict.fromkeys(("created", "updated", "deleted", "unchanged"), 0)
         for item in outcomes:
             result = item if isinstance(item, Rejection) else working.apply(item)
             if isinstance(result, Rejection):
                 refused.append(result)
                 report.reject(result)
                 continue
-            report.count(result)
+            counts[result] += 1
             if result != "unchanged" and isinstance(item, ContactChange):
                 steps.append(steps_of.row(at, item.key, result, _carried(item), item.line))
+        for outcome, count in counts.items():
+            setattr(report, outcome, getattr(report, outcome) + count)
         working.write(sql)
-        sql.many(history.INSERT, steps)
+        sql.insert(history.INSERT_HEAD, steps)
         report.rows += len(batch)
         report.lists |= working.lists()
         if after_chunk is not None:
@@ -247,19 +250,17 @@ def _apply_chunks(
     return report
 
 
-def _carried(change: ContactChange) -> list[str]:
-    """The columns a row carried, as its history step names them."""
-    carried = [*change.fields]
-    carried += [
-        name
-        for name, value in (
-            ("tags", change.tags),
-            ("lists", change.lists),
-            ("unsubscribed_lists", change.unsubscribed_lists),
-            ("status", change.status),
-        )
-        if value is not None
-    ]
+def _carried(change: ContactChange) -> tuple[str, ...]:
+    """The columns a row carried, as its history step names them: the fields, then these."""
+    carried = tuple(change.fields)
+    if change.tags is not None:
+        carried += ("tags",)
+    if change.lists is not None:
+        carried += ("lists",)
+    if change.unsubscribed_lists is not None:
+        carried += ("unsubscribed_lists",)
+    if change.status is not None:
+        carried += ("status",)
     return carried
 
 
@@ -366,6 +367,25 @@ class Sql:
         if rows:
             self.cursor.executemany(self._text(statement), rows)
 
+    def insert(self, head: str, rows: Sequence[Sequence[Any]]) -> None:
+        """``head`` (``INSERT INTO t (a, b)``) of ``rows``, many rows a statement.
+
+        A statement's own cost (SQLite: one AUTOINCREMENT bookkeeping, and the setup of each
+        execution) is then paid per ``_MAX_PARAMETERS`` values, not per row. Not for a table
+        whose rows land at random places in an index (``contact.ref``): a statement of many
+        rows keeps a journal of every page it touches, in case one of its rows is refused.
+        """
+        if not rows:
+            return
+        width = len(rows[0])
+        per = max(1, _MAX_PARAMETERS // width)
+        for start in range(0, len(rows), per):
+            part = rows[start : start + per]
+            values = ", ".join([f"({marks(width)})"] * len(part))
+            self.cursor.execute(
+                self._text(f"{head} VALUES {values}"), [v for row in part for v in row]
+            )
+
 
 #: SQLite's triggers of migration 0011 that forget a written contact's projections, as
 #: ``sqlite_master`` holds them (``Sql.forgetting_in_bulk``).
@@ -377,6 +397,10 @@ _FORGET_TRIGGERS = {
     for table, column in (("contact", "id"), ("membership", "contact_id"))
     for event, row in (("INSERT", "NEW"), ("UPDATE", "OLD"), ("DELETE", "OLD"))
 }
+
+
+#: Values in one statement: SQLite's limit before 3.32, far under PostgreSQL's.
+_MAX_PARAMETERS = 999
 
 
 def marks(count: int) -> str:
@@ -415,7 +439,7 @@ class _ClaimTable:
                 f"CREATE TEMPORARY TABLE ingest_claim (key TEXT PRIMARY KEY, line INTEGER){after}"
             )
             self.made = True
-        self.sql.many("INSERT INTO ingest_claim (key, line) VALUES (?, ?)", claims)
+        self.sql.insert("INSERT INTO ingest_claim (key, line)", claims)
 
     def drop(self) -> None:
         if self.made:
@@ -633,6 +657,7 @@ class _Chunk:
         written = [c.id for c in changed] + relisted
         new = [contact for cid, contact in self.contacts.items() if cid < 0]
         if new:
+            # One row a statement: see Sql.insert.
             sql.many(
                 "INSERT INTO contact (email, phone, fields, tags, status, deleted, ref) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -650,9 +675,7 @@ class _Chunk:
                     if c.lists
                     for name, state in c.memberships()
                 )
-        sql.many(
-            "INSERT INTO membership (contact_id, list_name, state) VALUES (?, ?, ?)", memberships
-        )
+        sql.insert("INSERT INTO membership (contact_id, list_name, state)", memberships)
         sql.forget(written)
 
 
