@@ -197,6 +197,7 @@ def test_a_process_killed_after_chunks_were_written_leaves_the_mirror_as_it_was(
     assert proc.returncode == -signal.SIGKILL
     engine = open_engine(f"sqlite:///{tmp_path / 'syncd.db'}")
     assert table_counts(engine) == (0, 0)
+    assert len(forget_triggers(engine)) == 6  # set aside in the transaction that died
 
 
 def forget_triggers(engine: Engine) -> dict[str, str]:
