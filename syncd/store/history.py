@@ -82,6 +82,44 @@ def row(
 #: ``json.dumps`` with options builds an encoder per call; a first push writes a row per contact
 _encode = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode
 
+#: An insert's head, the columns in the order of ``LocalSteps.row``.
+INSERT_HEAD = 'INSERT INTO history (at, run_id, target, key, "case", sent, outcome)'
+
+
+# NDJSON records may each carry other columns: the texts kept are bounded, whatever the file.
+_KEPT_CARRIED = 256
+
+
+class LocalSteps:
+    """The history rows of a local write (``syncd.local.ingest.write``), one per changed contact.
+
+    Each is the row ``row`` makes for ``{"result": "applied", "source": source, "line": line,
+    "carried": carried}`` under case ``local_OUTCOME``, text for text, but built from parts
+    made once: a million-row file would otherwise spend more on encoding these than on its
+    contacts.
+    """
+
+    def __init__(self, source: str) -> None:
+        self._source = json.dumps(source, ensure_ascii=False)
+        self._carried: dict[tuple[str, ...], str] = {}
+
+    def row(
+        self, at: str, key: str, outcome: str, carried: Sequence[str], line: int
+    ) -> tuple[Any, ...]:
+        """at, run_id, target, key, case, sent, outcome: in the order of ``INSERT``."""
+        names = carried if isinstance(carried, tuple) else tuple(carried)
+        said = self._carried.get(names)
+        if said is None:
+            said = json.dumps(list(names), ensure_ascii=False)
+            if len(self._carried) < _KEPT_CARRIED:
+                self._carried[names] = said
+        # json.dumps(..., sort_keys=True) of the outcome: its keys in that order.
+        text = (
+            f'{{"carried": {said}, "line": {int(line)}, "result": "applied", '
+            f'"source": {self._source}}}'
+        )
+        return (at, None, None, key, f"local_{outcome}", None, text)
+
 
 def add(session: Session | Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Add the rows in the caller's transaction, in one executemany through the driver

@@ -5,7 +5,9 @@ export. Three persistent tables make that so (migration 0011 has the triggers):
 
 - ``local_seen``: the projection of every member, made once. The database deletes a contact's
   rows whenever the contact or one of its memberships is written, so a cycle projects only the
-  members that have none (``members_to_project``).
+  members that have none (``members_to_project``). (An ingest sets SQLite's triggers aside
+  inside its own transaction and deletes the rows of the contacts it wrote itself, chunk by
+  chunk: ``syncd.local.ingest.write.Sql.forgetting_in_bulk``.)
 - ``remote_seen``: the last complete export, one row per key, with a fingerprint of each row's
   raw cells. A cycle parses only the rows whose fingerprint it does not know, and folds them in
   (``fold_export``) only once the export has completed (rule 1).

@@ -197,3 +197,124 @@ def test_a_process_killed_after_chunks_were_written_leaves_the_mirror_as_it_was(
     assert proc.returncode == -signal.SIGKILL
     engine = open_engine(f"sqlite:///{tmp_path / 'syncd.db'}")
     assert table_counts(engine) == (0, 0)
+    assert len(forget_triggers(engine)) == 6  # set aside in the transaction that died
+
+
+def forget_triggers(engine: Engine) -> dict[str, str]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE '%forget'"
+            )
+        )
+        return {name: sql for name, sql in rows}
+
+
+def test_written_contacts_lose_their_projections_and_the_triggers_stay(
+    engine: Engine, tmp_path: Path
+) -> None:
+    ingest_file(engine, big_csv(tmp_path / "seed.csv", 6), CONFIG)
+    triggers = forget_triggers(engine)
+    assert len(triggers) == 6
+    with engine.begin() as conn:  # a projection of every contact on two targets
+        conn.execute(
+            text(
+                "INSERT INTO local_seen (contact_id, target, key, digest, data) "
+                "SELECT id, t.name, email, 'd', '{}' FROM contact, "
+                "(SELECT 'a' AS name UNION SELECT 'b') t"
+            )
+        )
+    path = tmp_path / "change.csv"
+    path.write_text(
+        "email,name,city,lists\n"
+        "user0@example.com,User 0,Minsk,news\n"  # unchanged: keeps its projections
+        "user1@example.com,User 1,Brest,news\n"  # a field changed
+        "user2@example.com,User 2,Minsk,\n"  # left every list
+        "user3@example.com,User 3,Minsk,news,other\n"  # a row with one value too many
+        "new@example.com,New,Minsk,news\n",  # a new contact
+        encoding="utf-8",
+    )
+    report = ingest_file(engine, path, CONFIG)
+    assert (report.unchanged, report.updated, report.created) == (1, 2, 1)
+    with engine.connect() as conn:
+        kept = conn.execute(
+            text(
+                "SELECT c.email, count(*) FROM local_seen s JOIN contact c ON c.id = s.contact_id "
+                "GROUP BY c.email ORDER BY c.email"
+            )
+        ).all()
+    assert [tuple(r) for r in kept] == [
+        ("user0@example.com", 2),
+        ("user3@example.com", 2),
+        ("user4@example.com", 2),
+        ("user5@example.com", 2),
+    ]
+    assert forget_triggers(engine) == triggers  # set aside only while the file applied
+    with engine.begin() as conn:  # and they still forget
+        conn.execute(
+            text("UPDATE contact SET status = 'blocked' WHERE email = 'user0@example.com'")
+        )
+        assert conn.execute(text("SELECT count(*) FROM local_seen")).scalar_one() == 6
+
+
+def test_the_triggers_come_back_when_a_file_fails(engine: Engine, tmp_path: Path) -> None:
+    triggers = forget_triggers(engine)
+    with pytest.raises(IngestError):
+        ingest_file(engine, tmp_path.joinpath("x.csv"), CONFIG)  # no such file
+    path = big_csv(tmp_path / "late.csv", 1_500)
+    with path.open("ab") as out:
+        out.write(b"caf\xe9@example.com,Latin-1,Minsk,news\n")
+    with pytest.raises(IngestError):
+        ingest_file(engine, path, CONFIG)
+    assert forget_triggers(engine) == triggers
+
+
+def test_history_steps_are_the_rows_history_row_makes(engine: Engine, tmp_path: Path) -> None:
+    from syncd.store import history
+
+    path = tmp_path / "mixed.ndjson"
+    records = [
+        {"email": "a@example.com", 'fi"eld': "x", "tags": ["t"], "status": "active"},
+        {"email": "b@example.com", "lists": ["news"], "unsubscribed_lists": ["news"]},
+        {"email": "a@example.com"},  # a duplicate: rejected, no step
+        {"phone": "+375291234567", "имя": "Аня"},
+    ]
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n")
+    source = 'inbox file "mixed" — ü'
+    apply_stream(engine, checked(read_rows(path), CONFIG), source=source)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text('SELECT at, run_id, target, key, "case", sent, outcome FROM history ORDER BY id')
+        ).all()
+    carried = [['fi"eld', "tags", "status"], ["lists", "unsubscribed_lists"], ["имя"]]
+    keys = ["a@example.com", "b@example.com", "+375291234567"]
+    expected = [
+        history.row(
+            None,
+            None,
+            key,
+            "local_created",
+            {"result": "applied", "source": source, "line": line, "carried": names},
+            at=rows[0][0],
+        )
+        for key, line, names in zip(keys, [1, 2, 4], carried, strict=True)
+    ]
+    assert [dict(zip(expected[0], r, strict=True)) for r in rows] == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {},
+        [],
+        {"b": "1", "a": "2", "B": "3"},
+        {'é"\\\n\u2028': "x\ty\x01", "Z": "", "a": "😀"},
+        ["a", 'b"', "ü", "\ud7ff"],
+        {"a": None, "b": "x"},
+        {"n": 1},
+        ["x", 1],
+    ],
+)
+def test_canonical_json_is_the_encoders_text(value: Any) -> None:
+    encoder = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    assert ingest_write.canonical_json(value) == encoder.encode(value)

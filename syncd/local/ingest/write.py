@@ -80,10 +80,22 @@ Progress = Callable[[int, int], None]
 
 # One encoder for every call: json.dumps builds a new one per call when given options.
 _CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+# The encoder's own quoting of a string when ensure_ascii is off.
+_string = json.encoder.encode_basestring
 
 
 def canonical_json(value: Any) -> str:
-    """The one text for a JSON value: equal content gives equal text (and equal digests)."""
+    """The one text for a JSON value: equal content gives equal text (and equal digests).
+
+    What ingestion stores (custom fields of text, a sorted list of tag names) is written here
+    directly, the same text the encoder gives, at a fifth of its cost per call.
+    """
+    if type(value) is dict and all(type(k) is str and type(v) is str for k, v in value.items()):
+        return (
+            "{" + ",".join([f"{_string(k)}:{_string(v)}" for k, v in sorted(value.items())]) + "}"
+        )
+    if type(value) is list and all(type(item) is str for item in value):
+        return "[" + ",".join([_string(item) for item in value]) + "]"
     return _CANONICAL.encode(value)
 
 
@@ -201,7 +213,7 @@ def apply_stream(
             )
     mirror.take_write_turn(bind)  # a cycle re-reading contacts it will write waits
     sql = Sql(bind)
-    with sql.bigger_cache():
+    with sql.bigger_cache(), sql.forgetting_in_bulk():
         return _apply_chunks(bind, sql, items, chunk_size, progress, after_chunk, source)
 
 
@@ -216,24 +228,29 @@ def _apply_chunks(
 ) -> IngestReport:
     claims = _ClaimTable(sql)
     report = IngestReport()
+    steps_of = history.LocalSteps(source)
     for batch in _batches(items, chunk_size):
         outcomes, new_claims = settle_claims(batch, claims.lines)
         claims.add(new_claims)
         changes = [o for o in outcomes if isinstance(o, ContactChange)]
         working = _Chunk.load(sql, changes)
         refused: list[Rejection] = []
-        steps = []
+        steps: list[tuple[Any, ...]] = []
+        at = history.now_ms()  # one time for the chunk: its steps commit together
+        counts = dict.fromkeys(("created", "updated", "deleted", "unchanged"), 0)
         for item in outcomes:
             result = item if isinstance(item, Rejection) else working.apply(item)
             if isinstance(result, Rejection):
                 refused.append(result)
                 report.reject(result)
                 continue
-            report.count(result)
+            counts[result] += 1
             if result != "unchanged" and isinstance(item, ContactChange):
-                steps.append(_step(item, result, source))
+                steps.append(steps_of.row(at, item.key, result, _carried(item), item.line))
+        for outcome, count in counts.items():
+            setattr(report, outcome, getattr(report, outcome) + count)
         working.write(sql)
-        history.add(conn, steps)
+        sql.insert(history.INSERT_HEAD, steps)
         report.rows += len(batch)
         report.lists |= working.lists()
         if after_chunk is not None:
@@ -245,21 +262,18 @@ def _apply_chunks(
     return report
 
 
-def _step(change: ContactChange, outcome: Outcome, source: str) -> dict[str, Any]:
-    """The history row of a row that changed a contact: its source, line and columns."""
-    carried = [*change.fields]
-    carried += [
-        name
-        for name, value in (
-            ("tags", change.tags),
-            ("lists", change.lists),
-            ("unsubscribed_lists", change.unsubscribed_lists),
-            ("status", change.status),
-        )
-        if value is not None
-    ]
-    said = {"result": "applied", "source": source, "line": change.line}
-    return history.row(None, None, change.key, f"local_{outcome}", {**said, "carried": carried})
+def _carried(change: ContactChange) -> tuple[str, ...]:
+    """The columns a row carried, as its history step names them: the fields, then these."""
+    carried = tuple(change.fields)
+    if change.tags is not None:
+        carried += ("tags",)
+    if change.lists is not None:
+        carried += ("lists",)
+    if change.unsubscribed_lists is not None:
+        carried += ("unsubscribed_lists",)
+    if change.status is not None:
+        carried += ("status",)
+    return carried
 
 
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -291,6 +305,7 @@ class Sql:
     def __init__(self, conn: Connection) -> None:
         self.postgres = conn.dialect.name == "postgresql"
         self.cursor = conn.connection.cursor()
+        self.forget_by_hand = False  # see forgetting_in_bulk
 
     @contextmanager
     def bigger_cache(self) -> Iterator[None]:
@@ -310,6 +325,49 @@ class Sql:
         finally:
             self.run(f"PRAGMA cache_size = {int(before)}")
 
+    @contextmanager
+    def forgetting_in_bulk(self) -> Iterator[None]:
+        """SQLite: the triggers that forget a written contact's ``local_seen`` rows set aside
+        while a file applies; each chunk forgets its contacts itself (``forget``).
+
+        A row trigger makes SQLite keep a statement journal for every row written, a copy of
+        each page the row touches: at a million rows, most of the cost of the inserts. The
+        triggers are dropped and created again inside this transaction, so no other connection
+        ever sees them missing, and a rollback restores them with the rest. Only triggers that
+        read exactly as ``_FORGET_TRIGGERS`` are set aside; others (a later schema) stay and run.
+        """
+        if self.postgres:
+            yield
+            return
+        found = dict(
+            self.run(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name IN "
+                f"({marks(len(_FORGET_TRIGGERS))})",
+                list(_FORGET_TRIGGERS),
+            )
+        )
+        if found != _FORGET_TRIGGERS:
+            yield
+            return
+        for name in found:
+            self.run(f"DROP TRIGGER {name}")
+        self.forget_by_hand = True
+        try:
+            yield
+        finally:
+            self.forget_by_hand = False
+            for statement in found.values():
+                self.run(statement)
+
+    def forget(self, contact_ids: Iterable[int]) -> None:
+        """What the set-aside triggers would have done for these written contacts."""
+        if not self.forget_by_hand:
+            return
+        ids = sorted(set(contact_ids))
+        for start in range(0, len(ids), CHUNK_SIZE):
+            part = ids[start : start + CHUNK_SIZE]
+            self.run(f"DELETE FROM local_seen WHERE contact_id IN ({marks(len(part))})", part)
+
     def _text(self, statement: str) -> str:
         return statement.replace("?", "%s") if self.postgres else statement
 
@@ -320,6 +378,41 @@ class Sql:
     def many(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
             self.cursor.executemany(self._text(statement), rows)
+
+    def insert(self, head: str, rows: Sequence[Sequence[Any]]) -> None:
+        """``head`` (``INSERT INTO t (a, b)``) of ``rows``, many rows a statement.
+
+        A statement's own cost (SQLite: one AUTOINCREMENT bookkeeping, and the setup of each
+        execution) is then paid per ``_MAX_PARAMETERS`` values, not per row. Not for a table
+        whose rows land at random places in an index (``contact.ref``): a statement of many
+        rows keeps a journal of every page it touches, in case one of its rows is refused.
+        """
+        if not rows:
+            return
+        width = len(rows[0])
+        per = max(1, _MAX_PARAMETERS // width)
+        for start in range(0, len(rows), per):
+            part = rows[start : start + per]
+            values = ", ".join([f"({marks(width)})"] * len(part))
+            self.cursor.execute(
+                self._text(f"{head} VALUES {values}"), [v for row in part for v in row]
+            )
+
+
+#: SQLite's triggers of migration 0011 that forget a written contact's projections, as
+#: ``sqlite_master`` holds them (``Sql.forgetting_in_bulk``).
+_FORGET_TRIGGERS = {
+    f"{table}_{event.lower()}_forget": (
+        f"CREATE TRIGGER {table}_{event.lower()}_forget AFTER {event} ON {table} FOR EACH ROW "
+        f"BEGIN DELETE FROM local_seen WHERE contact_id = {row}.{column}; END"
+    )
+    for table, column in (("contact", "id"), ("membership", "contact_id"))
+    for event, row in (("INSERT", "NEW"), ("UPDATE", "OLD"), ("DELETE", "OLD"))
+}
+
+
+#: Values in one statement: SQLite's limit before 3.32, far under PostgreSQL's.
+_MAX_PARAMETERS = 999
 
 
 def marks(count: int) -> str:
@@ -358,7 +451,7 @@ class _ClaimTable:
                 f"CREATE TEMPORARY TABLE ingest_claim (key TEXT PRIMARY KEY, line INTEGER){after}"
             )
             self.made = True
-        self.sql.many("INSERT INTO ingest_claim (key, line) VALUES (?, ?)", claims)
+        self.sql.insert("INSERT INTO ingest_claim (key, line)", claims)
 
     def drop(self) -> None:
         if self.made:
@@ -573,24 +666,29 @@ class _Chunk:
             for name, state in self.contacts[cid].memberships()
         ]
 
+        written = [c.id for c in changed] + relisted
         new = [contact for cid, contact in self.contacts.items() if cid < 0]
         if new:
+            # One row a statement: see Sql.insert.
             sql.many(
                 "INSERT INTO contact (email, phone, fields, tags, status, deleted, ref) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(*c.row(), ref) for c, ref in zip(new, new_refs(len(new)), strict=True)],
             )
-            listed = [c for c in new if c.lists]
-            if listed:
-                ids = _ids_of(sql, listed)
+            # Without the triggers every new contact is forgotten, as their insert trigger did
+            # (an id SQLite reuses may have left rows behind).
+            known = new if sql.forget_by_hand else [c for c in new if c.lists]
+            if known:
+                ids = _ids_of(sql, known)
+                written += ids.values()
                 memberships.extend(
                     (ids[c.email if c.email is not None else c.phone], name, state)
-                    for c in listed
+                    for c in known
+                    if c.lists
                     for name, state in c.memberships()
                 )
-        sql.many(
-            "INSERT INTO membership (contact_id, list_name, state) VALUES (?, ?, ?)", memberships
-        )
+        sql.insert("INSERT INTO membership (contact_id, list_name, state)", memberships)
+        sql.forget(written)
 
 
 def _contacts_by_key(
