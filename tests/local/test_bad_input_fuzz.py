@@ -105,7 +105,9 @@ def check_whole_or_nothing(mirror: Mirror, data: bytes, suffix: str) -> IngestRe
         assert mirror.state() == before, "a refused file changed the mirror"
         return None
 
-    lines = data.count(b"\n") + 1
+    # a line ends at \n, \r\n or a lone \r (a file saved with old Mac line ends), as the reader
+    # numbers lines: at most this many
+    lines = data.count(b"\n") + data.count(b"\r") + 1
     counted = report.created + report.updated + report.deleted + report.unchanged
     assert report.rows == counted + len(report.rejected)
     for rejection in report.rejected:
