@@ -47,7 +47,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -164,21 +164,76 @@ def _decoded_lines(file: Path, handle: BinaryIO) -> Iterator[str]:
     """Physical lines as text, so that a decoding error can name its line.
 
     Splitting bytes on b"\\n" is safe in UTF-8: that byte never occurs inside a multi-byte
-    character. Each yielded line keeps its line ending, as ``csv`` expects. A line is read at
-    most ``MAX_LINE_BYTES`` at a time, so an endless line costs that much memory, not its length.
+    character. Each yielded line keeps its line ending, as ``csv`` expects (only b"\\n" ends a
+    line, as ``readline`` has it). A line is read at most ``MAX_LINE_BYTES`` (and a block) at a
+    time, so an endless line costs that much memory, not its length.
+
+    The file is decoded a block of whole lines at a time and each block split in C: a line at a
+    time cost a million ``readline`` and ``decode`` calls for a million rows. A block holding a
+    line that is too long or not UTF-8 is taken line by line (``_lines_one_by_one``), so the
+    lines before that one are still yielded first and the error is the same as without blocks.
     """
-    number = 0
-    while raw := handle.readline(MAX_LINE_BYTES + 1):
+    return itertools.chain.from_iterable(_decoded_blocks(file, handle))
+
+
+_BLOCK_BYTES = 1 << 16
+
+
+def _decoded_blocks(file: Path, handle: BinaryIO) -> Iterator[Iterable[str]]:
+    """The lines of ``_decoded_lines``, a block of whole lines at a time."""
+    limit = MAX_LINE_BYTES
+    # A block no longer than a line may be: only a block's first line (its start carried over
+    # from earlier blocks) can then be too long.
+    size = min(_BLOCK_BYTES, limit)
+    number = 0  # lines yielded so far
+    carry = b""  # the start of a line whose end has not been read yet
+    while block := handle.read(size):
+        data = carry + block if carry else block
+        end = data.rfind(b"\n") + 1
+        if end == 0:
+            if len(data) > limit:
+                raise _too_long(file, number + 1)
+            carry = data
+            continue
+        whole, carry = data[:end], data[end:]
+        lines = whole.count(b"\n")
+        if len(whole) > limit and whole.index(b"\n") > limit:
+            yield _lines_one_by_one(file, whole, number)
+            return  # not reached: that raises
+        try:
+            text = whole.decode("utf-8-sig" if number == 0 else "utf-8")
+        except UnicodeDecodeError:
+            yield _lines_one_by_one(file, whole, number)
+            return  # not reached: that raises
+        # newline="\\n": split at "\\n" only, line endings kept, nothing translated.
+        yield io.StringIO(text, newline="\n")
+        number += lines
+    if carry:  # the last line, without a line ending
+        yield _lines_one_by_one(file, carry, number)
+
+
+def _lines_one_by_one(file: Path, data: bytes, number: int) -> Iterator[str]:
+    """The lines of ``data`` (those after line ``number``), each length-checked and decoded on
+    its own: the error names the line it is on."""
+    parts = data.split(b"\n")
+    raws = [part + b"\n" for part in parts[:-1]]
+    if parts[-1]:
+        raws.append(parts[-1])
+    for raw in raws:
         number += 1
-        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-            raise IngestError(
-                f"{file}: line {number} is longer than {MAX_LINE_BYTES:,} bytes; a contact "
-                "file holds one record a line (or a CSV record over a few lines)"
-            )
+        if len(raw) - raw.endswith(b"\n") > MAX_LINE_BYTES:
+            raise _too_long(file, number)
         try:
             yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError as exc:
             raise _not_utf8(file, number, raw, exc.start) from None
+
+
+def _too_long(file: Path, number: int) -> IngestError:
+    return IngestError(
+        f"{file}: line {number} is longer than {MAX_LINE_BYTES:,} bytes; a contact "
+        "file holds one record a line (or a CSV record over a few lines)"
+    )
 
 
 def _unicode_bom(handle: BinaryIO) -> str | None:
