@@ -234,8 +234,11 @@ def _check_texts(values: Mapping[str, Any]) -> None:
         text = "".join(values.values()) + "".join(values)
     except TypeError:  # a JSON value that is not text: look at each one
         text = None
+    # isascii() reads a flag the string already has: ASCII text holds no surrogate.
     if text is not None and (
-        len(text) <= MAX_VALUE_CHARS and "\x00" not in text and not SURROGATE.search(text)
+        len(text) <= MAX_VALUE_CHARS
+        and "\x00" not in text
+        and (text.isascii() or not SURROGATE.search(text))
     ):
         return
     for name, value in values.items():
@@ -295,6 +298,13 @@ def _delete_flag(value: Any) -> bool:
     raise _RowProblem(f"delete must be 1/true or 0/empty, not {shown(value)}")
 
 
+#: The set each column text of good names made, for the next row with the same text: a file
+#: names the same few lists and tags on row after row. Bounded, whatever the file holds.
+_NAMES_OF_TEXT: dict[str, frozenset[str]] = {}
+_KEPT_NAME_TEXTS = 1024
+_KEPT_NAME_CHARS = 256
+
+
 def _names(values: Mapping[str, Any], column: str) -> frozenset[str] | None:
     """A tags or lists column: None when absent, else the set it replaces the old one with."""
     if column not in values:
@@ -302,12 +312,26 @@ def _names(values: Mapping[str, Any], column: str) -> frozenset[str] | None:
     value = values[column]
     if value is None:
         return frozenset()
+    if type(value) is str:
+        # The names a text makes do not depend on the column; a text with a bad name raises
+        # below and is never kept.
+        known = _NAMES_OF_TEXT.get(value)
+        if known is not None:
+            return known
+        names = _split_names(value.split(","), column)
+        if len(_NAMES_OF_TEXT) < _KEPT_NAME_TEXTS and len(value) <= _KEPT_NAME_CHARS:
+            _NAMES_OF_TEXT[value] = names
+        return names
     if isinstance(value, str):
         items: list[Any] = value.split(",")
     elif isinstance(value, list):
         items = value
     else:
         raise _RowProblem(f"{column} must be a list of names")
+    return _split_names(items, column)
+
+
+def _split_names(items: list[Any], column: str) -> frozenset[str]:
     names: set[str] = set()
     for item in items:
         if not isinstance(item, str):
