@@ -446,9 +446,12 @@ class _ClaimTable:
         if not self.made:
             temp = "pg_temp" if self.sql.postgres else "temp"
             self.sql.run(f"DROP TABLE IF EXISTS {temp}.ingest_claim")
-            after = " ON COMMIT DROP" if self.sql.postgres else ""
+            # SQLite: WITHOUT ROWID keeps the rows in their key's own b-tree, so each claim is
+            # one index entry to write rather than a row and an entry in a second index.
+            after = " ON COMMIT DROP" if self.sql.postgres else " WITHOUT ROWID"
             self.sql.run(
-                f"CREATE TEMPORARY TABLE ingest_claim (key TEXT PRIMARY KEY, line INTEGER){after}"
+                "CREATE TEMPORARY TABLE ingest_claim (key TEXT PRIMARY KEY, line INTEGER NOT NULL)"
+                + after
             )
             self.made = True
         self.sql.insert("INSERT INTO ingest_claim (key, line)", claims)
