@@ -48,6 +48,7 @@ What a row does
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import logging
@@ -213,8 +214,27 @@ def apply_stream(
             )
     mirror.take_write_turn(bind)  # a cycle re-reading contacts it will write waits
     sql = Sql(bind)
-    with sql.bigger_cache(), sql.forgetting_in_bulk():
+    with _older_objects_set_aside(), sql.bigger_cache(), sql.forgetting_in_bulk():
         return _apply_chunks(bind, sql, items, chunk_size, progress, after_chunk, source)
+
+
+@contextmanager
+def _older_objects_set_aside() -> Iterator[None]:
+    """The objects that exist before a file applies (the modules, the engine: about 100,000)
+    left out of the garbage collector's full passes until it is done.
+
+    Each chunk's rows live long enough to reach the collector's oldest generation, so a full
+    pass comes every few chunks, and each one walked every object of the process: at 100,000
+    rows, 10 passes and 0.65 s, a sixth of the file's CPU; set aside, 0.01 s. Nothing is lost:
+    ``gc.unfreeze`` hands them back, and a cycle among them that became garbage meanwhile is
+    collected by the next full pass. Another thread's ingestion ending first hands them back
+    early, which only costs time.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _apply_chunks(
