@@ -629,17 +629,12 @@ class _Chunk:
             return "deleted"
 
         if contact is None:
-            contact = _Contact(
-                self.next_new_id, None, None, {}, frozenset(), frozenset(), "active", False
-            )
-            self.next_new_id -= 1
-            self.contacts[contact.id] = contact
-            outcome: Outcome = "created"
-        elif contact.deleted:
+            return self._create(change)
+        if contact.deleted:
             contact.deleted = False
             contact.fields, contact.tags = {}, frozenset()
             contact.lists, contact.left = frozenset(), frozenset()
-            outcome = "created"
+            outcome: Outcome = "created"
         else:
             outcome = "updated"
         revived_opted_out = outcome == "created" and is_opted_out(contact.status)
@@ -662,6 +657,28 @@ class _Chunk:
         if before is not None and (contact.state(), contact.membership_state()) == before:
             return "unchanged"
         return outcome
+
+    def _create(self, change: ContactChange) -> Outcome:
+        """A row no contact holds a key of: the new contact made whole in one step (the steps
+        of ``apply`` from an empty active contact, which a file does up to a million times)."""
+        contact = _Contact(
+            self.next_new_id,
+            change.email,
+            change.phone,
+            {name: value for name, value in change.fields.items() if value is not None},
+            frozenset() if change.tags is None else change.tags,
+            frozenset(),
+            "active" if change.status is None else change.status,
+            False,
+        )
+        contact.set_lists(change.lists, change.unsubscribed_lists)
+        self.next_new_id -= 1
+        self.contacts[contact.id] = contact
+        if contact.email is not None:
+            self.by_email[contact.email] = contact.id
+        if contact.phone is not None:
+            self.by_phone[contact.phone] = contact.id
+        return "created"
 
     def _set_identity(self, contact: _Contact, email: str | None, phone: str | None) -> None:
         # Any value set here is free: a holder other than `contact` would have been found by
