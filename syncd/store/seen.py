@@ -180,12 +180,20 @@ def _project(
             (view.local_list, *part, False, target),
         ).all()
     member = MemberRow._make
+    projected = [(row[0], target, *project(member(row[1:]))) for row in rows]
+    # in key order: the key's index and the trigger's ``dirty`` rows are then written page
+    # after page, not a page per row (a page of members by id has its keys in any order)
+    projected.sort(key=_by_key)
     _many(
         session,
         "INSERT INTO local_seen (contact_id, target, key, digest, data) VALUES (?, ?, ?, ?, ?)",
-        [(row[0], target, *project(member(row[1:]))) for row in rows],
+        projected,
     )
     return len(rows)
+
+
+def _by_key(row: tuple[Any, ...]) -> str:
+    return row[2] or ""
 
 
 def local_counts(session: Session, target: str) -> tuple[int, int]:
