@@ -47,6 +47,9 @@ class Projection:
     tags: frozenset[str] = field(default_factory=frozenset)
     status: Status = "active"
     list_status: ListStatus = "active"
+    # ``to_json``'s text, kept once made: a create is journalled, sent and made the base from
+    # the same projection, and each of those wanted the text (and the base its digest) again
+    _json: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -106,9 +109,15 @@ class Projection:
         fifth item, ``"unsubscribed"``; otherwise the text is the one stores kept before consent
         per list existed, so their bases keep their digests.
         """
-        if self.list_status == "active" or is_opted_out(self.status):
-            return _ENCODE([self.key, self.fields, sorted(self.tags), self.status])
-        return _ENCODE([self.key, self.fields, sorted(self.tags), self.status, self.list_status])
+        text = self._json
+        if text is None:
+            if self.list_status == "active" or is_opted_out(self.status):
+                text = _ENCODE([self.key, self.fields, sorted(self.tags), self.status])
+            else:
+                parts = [self.key, self.fields, sorted(self.tags), self.status, self.list_status]
+                text = _ENCODE(parts)
+            object.__setattr__(self, "_json", text)  # frozen: set once, on first use
+        return text
 
     @classmethod
     def from_json(cls, text: str) -> Projection:

@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from syncd.core.projection import Projection, digest_of
+from syncd.core.projection import LIST_STATUSES, OPTED_OUT, STATUSES, Projection, digest_of
 from syncd.engine.result import Scope
 from syncd.engine.state import CycleState
 from syncd.errors import ExportIncomplete
@@ -252,15 +252,60 @@ class _ExportReading:
         seen.fold_export(session, name, self.order if self.moved else None)
 
 
+def project_stored(
+    member: mirror.MemberRow, view: mirror.LocalView, caps: Capabilities
+) -> seen.Projected:
+    """``project_local``'s projection as ``local_seen`` stores it: (key, digest, JSON text).
+
+    The same text as ``project_local(...).to_json()``, built without the ``Projection`` in
+    between: a first push projects every member of the list, and building, validating and
+    encoding an object per member cost as much as storing it. A status that ``Projection``
+    would refuse takes ``project_local`` itself, which refuses it the same way."""
+    key = member.email if view.key == "email" else member.phone
+    if not key:
+        return None, None, None
+    status, list_status = member.status, member.state
+    if not caps.list_consent:
+        status = "unsubscribed" if status == "active" and list_status != "active" else status
+        list_status = "active"
+    status = caps.fold_status(status)
+    if status in OPTED_OUT:
+        list_status = "unsubscribed"
+    if status not in STATUSES or list_status not in LIST_STATUSES:
+        p = project_local(member, view, caps)
+        assert p is not None
+        data = p.to_json()
+        return key, digest_of(data), data
+    local_fields: dict[str, Any] = json.loads(member.fields)
+    fields: dict[str, str | None] = {}
+    for remote_name, local_name in view.fields.items():
+        if local_name == "email":
+            value: Any = member.email
+        elif local_name == "phone":
+            value = member.phone
+        else:
+            value = local_fields.get(local_name)
+        fields[remote_name] = None if value is None else str(value)
+    if view.reference is not None:
+        fields[view.reference] = member.ref
+    kept = sorted((k, v) for k, v in fields.items() if v not in (None, ""))
+    tags = sorted({t for t in json.loads(member.tags) if t}) if caps.tags else []
+    # Projection.to_json's form: a fifth item only for a list opt-out alone
+    if list_status == "active" or status in OPTED_OUT:
+        data = _ENCODE([key, kept, tags, status])
+    else:
+        data = _ENCODE([key, kept, tags, status, list_status])
+    return key, digest_of(data), data
+
+
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def _projector(cycle: CycleState) -> Callable[[mirror.MemberRow], seen.Projected]:
     view, caps = cycle.view, cycle.caps
 
     def project(member: mirror.MemberRow) -> seen.Projected:
-        p = project_local(member, view, caps)
-        if p is None:
-            return None, None, None
-        data = p.to_json()
-        return p.key, digest_of(data), data
+        return project_stored(member, view, caps)
 
     return project
 

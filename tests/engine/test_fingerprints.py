@@ -230,3 +230,42 @@ def test_an_export_in_another_order_is_parsed_no_more(
     assert parsed == [0] and steps["differing keys"] == 0
     steps = _progress(world)  # and the new order is the one checked against next
     assert parsed == [0, 0] and steps["differing keys"] == 0
+
+
+def test_the_stored_projection_is_project_local_s_text():
+    """``stage.project_stored`` builds ``local_seen``'s text without a ``Projection``: it must
+    be the very text (and digest) of ``project_local(...).to_json()``, whatever the member."""
+    from syncd.core.calls import Capabilities
+    from syncd.core.projection import digest_of
+    from syncd.engine import stage
+    from syncd.store.mirror import LocalView, MemberRow
+
+    views = [
+        LocalView("email", "news", {"Name": "name", "City": "city", "Phone": "phone"}),
+        LocalView("phone", "news", {"Email": "email", "Age": "age"}, reference="Ref"),
+        LocalView("email", "news", {"Ref": "name"}, reference="Ref", list_consent=True),
+    ]
+    caps_all = [
+        Capabilities(500, 50),
+        Capabilities(500, 50, tags=False, list_consent=True),
+        Capabilities(500, 50, statuses=frozenset({"active", "unsubscribed", "blocked"})),
+    ]
+    members = [
+        MemberRow("a@x.org", None, '{"name": "Ann", "city": ""}', '["b", "a", "", "b"]',
+                  "active", "r1", "active"),
+        MemberRow("b@x.org", "+375291", '{"name": "Бор", "age": 7}', "[]", "active", None,
+                  "unsubscribed"),
+        MemberRow(None, "+375292", '{"age": null}', '["z"]', "blocked", "", "active"),
+        MemberRow("c@x.org", "", "{}", '["t"]', "unsubscribed", "r3", "unsubscribed"),
+        MemberRow("", None, "{}", "[]", "active", None, "active"),
+    ]  # fmt: skip
+    for view in views:
+        for caps in caps_all:
+            for member in members:
+                p = stage.project_local(member, view, caps)
+                text_ = None if p is None else p.to_json()
+                want = (None, None, None) if p is None else (p.key, digest_of(text_), text_)
+                assert stage.project_stored(member, view, caps) == want
+    with pytest.raises(ValueError):
+        odd = Capabilities(500, 50, statuses=frozenset({"active", "bogus"}))
+        stage.project_stored(members[0]._replace(status="bogus"), views[0], odd)
