@@ -82,3 +82,10 @@ def test_the_lazy_choices_name_every_provider_and_schema() -> None:
     ):
         (found,) = [p.type for p in command.params if p.name == param]
         assert isinstance(found, LazyChoice) and found.choices == expected, command.name
+
+
+def test_the_configuration_imports_neither_httpx_nor_apscheduler() -> None:
+    """Every command reads the configuration: httpx only checks a webhook's or loopback API's URL
+    and APScheduler only a cron schedule, so neither is imported with it."""
+    found = imported_by("import syncd.config")
+    assert not {"httpx", "apscheduler"} & found
