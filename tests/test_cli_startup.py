@@ -89,3 +89,12 @@ def test_the_configuration_imports_neither_httpx_nor_apscheduler() -> None:
     and APScheduler only a cron schedule, so neither is imported with it."""
     found = imported_by("import syncd.config")
     assert not {"httpx", "apscheduler"} & found
+
+
+def test_the_cycles_leave_the_listener_and_the_webhook_sender_to_those_who_need_them() -> None:
+    """``status``, ``conflicts`` and ``resolve`` use ``commands.cycles`` without ever listening
+    for a callback or sending a webhook; ``run-once`` imports those when a target calls back or
+    a [[webhook]] is configured."""
+    found = imported_by("import syncd.commands.cycles")
+    commands = {f"syncd.commands.{name}" for name in ("job_routes", "listener", "webhook_admin")}
+    assert not (commands | {"httpx"}) & found
