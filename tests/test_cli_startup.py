@@ -98,3 +98,10 @@ def test_the_cycles_leave_the_listener_and_the_webhook_sender_to_those_who_need_
     found = imported_by("import syncd.commands.cycles")
     commands = {f"syncd.commands.{name}" for name in ("job_routes", "listener", "webhook_admin")}
     assert not (commands | {"httpx"}) & found
+
+
+def test_the_providers_http_layer_leaves_prometheus_to_the_daemon() -> None:
+    """Every adapter reports its calls to ``syncd.metrics``' hook; only ``Metrics`` (the daemon's)
+    needs prometheus-client."""
+    found = imported_by("import syncd.providers.http")
+    assert "prometheus_client" not in found
