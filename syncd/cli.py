@@ -12,21 +12,26 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy.exc import OperationalError
 
-from syncd import __version__, schemas
-from syncd.commands import cycles
-from syncd.config import PLACEHOLDER, Config, load_config
-from syncd.engine.result import CycleOptions, CycleResult
+from syncd import __version__
 from syncd.errors import ConfigError, IngestError, ListenError, StarterExists, SyncdError
 from syncd.logs import register_secret, setup_logging
-from syncd.providers import PROVIDERS
+
+# Everything heavier (the configuration's pydantic models, SQLAlchemy, the engine, httpx, the
+# daemon's stack, the schemas) is imported inside the command that needs it: every command,
+# `syncd --help` included, would otherwise pay about a second of imports before doing anything
+# (issue 12). tests/test_cli_startup.py holds the line.
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from syncd.config import Config
+    from syncd.engine.result import CycleOptions, CycleResult
 
 progress_log = logging.getLogger("syncd.progress")
 
@@ -64,7 +69,51 @@ def _n(count: int, word: str, plural: str | None = None) -> str:
     return f"{count} {word if count == 1 else (plural or word + 's')}"
 
 
+class LazyChoice(click.Choice):  # type: ignore[type-arg]
+    """A ``click.Choice`` whose names are read the first time they are needed (parsing, help,
+    completion), not when the command tree is built: the provider and schema names live in
+    modules that take a while to import."""
+
+    def __init__(self, names: Callable[[], Iterable[str]], case_sensitive: bool = True) -> None:
+        self._names = names
+        self._read: tuple[str, ...] | None = None
+        super().__init__((), case_sensitive)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        if self._read is None:
+            self._read = tuple(self._names())
+        return self._read
+
+    @choices.setter
+    def choices(self, value: Iterable[str]) -> None:
+        """``click.Choice.__init__`` sets the (empty) names; the loader gives the real ones."""
+
+
+def _provider_names() -> list[str]:
+    from syncd.providers import PROVIDERS
+
+    return list(PROVIDERS)
+
+
+def _schema_names() -> list[str]:
+    from syncd import schemas
+
+    return [n.removesuffix(".schema.json") for n in schemas.GENERATORS]
+
+
+def _open_store(config: Config) -> Engine:
+    """The mirror's store; ``syncd.store`` alone, not the cycle machinery ``commands.cycles``
+    brings (the engine, the providers' HTTP, the listener), which ``ingest`` never uses."""
+    from syncd.store import open_engine
+
+    return open_engine(config.store.url)
+
+
 def _load(config_path: str | None) -> Config:
+    from syncd.config import load_config
+    from syncd.providers import PROVIDERS
+
     try:
         config = load_config(_chosen(config_path), providers=PROVIDERS)
     except ConfigError as exc:
@@ -154,6 +203,9 @@ def run_once_cmd(
     callback_wait: float | None,
 ) -> None:
     """Run one cycle per target and print a one-line summary for each."""
+    from syncd.commands import cycles
+    from syncd.engine.result import CycleOptions
+
     config = _load(config_path)
     with _progress() as progress:
         options = CycleOptions(
@@ -171,6 +223,9 @@ def run_once_cmd(
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan_cmd(config_path: str | None, target: str | None, as_json: bool) -> None:
     """Show each write call a cycle would make; writes nothing anywhere."""
+    from syncd.commands import cycles
+    from syncd.engine.result import CycleOptions
+
     config = _load(config_path)
     results = _run(config, target, CycleOptions(dry_run=True))
     if as_json:
@@ -184,6 +239,8 @@ def plan_cmd(config_path: str | None, target: str | None, as_json: bool) -> None
 def _run(
     config: Config, target: str | None, options: CycleOptions, callback_wait: float | None = None
 ) -> list[CycleResult]:
+    from syncd.commands import cycles
+
     try:
         return cycles.run_once(config, target=target, options=options, callback_wait=callback_wait)
     except ConfigError as exc:
@@ -316,7 +373,7 @@ def ingest_cmd(
     from syncd.commands.ingest import ingest_path
 
     config = _load(config_path)
-    db = cycles.open_store(config)
+    db = _open_store(config)
     terminal = sys.stderr.isatty()
     if not terminal:  # the progress lines are JSON log events (syncd.logs)
         verbose = click.get_current_context().find_root().params.get("verbose")
@@ -383,7 +440,7 @@ def source_pull_cmd(
         sys.exit(EXIT_CONFIG)
     try:
         outcomes = pull_sources(
-            cycles.open_store(config),
+            _open_store(config),
             config,
             name,
             dry_run=dry_run,
@@ -430,7 +487,7 @@ def export_cmd(config_path: str | None, fmt: str, list_name: str | None, raw: bo
     from syncd.local.export import export_contacts, list_problem
 
     config = _load(config_path)
-    store = cycles.open_store(config)
+    store = _open_store(config)
     if list_name is not None:
         problem = list_problem(store, list_name, {t.local_list_name for t in config.target})
         if problem is not None:
@@ -447,6 +504,8 @@ def status_cmd(config_path: str | None, as_json: bool) -> None:
 
     Exit code 1 while a conflict is open (as `run-once` would end), else 0.
     """
+    from syncd.commands import cycles
+
     config = _load(config_path)
     statuses = cycles.status(config)
     for s in statuses:
@@ -490,7 +549,7 @@ def _source_status(config: Config, as_json: bool) -> None:
 
     if not config.source:
         return
-    for s in source_status(config, cycles.open_store(config)):
+    for s in source_status(config, _open_store(config)):
         if as_json:
             click.echo(json.dumps({"kind": "source", **s}))
             continue
@@ -520,7 +579,7 @@ def _stamp(unix: float) -> str:
 def _webhook_status(config: Config, as_json: bool) -> None:
     from syncd.commands.webhook_admin import status_lines, webhook_status
 
-    status = webhook_status(config, cycles.open_store(config))
+    status = webhook_status(config, _open_store(config))
     if not status["webhooks"]:
         return
     if as_json:
@@ -555,7 +614,7 @@ def webhooks_replay_cmd(config_path: str | None, since: str | None, event_id: st
     except ValueError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_CONFIG)
-    n = replay(cycles.open_store(config), since=after, event_id=event_id)
+    n = replay(_open_store(config), since=after, event_id=event_id)
     click.echo(f"{n} dead-lettered deliveries queued again; the daemon sends them now")
     sys.exit(0 if n or event_id is None else 1)
 
@@ -569,7 +628,7 @@ def _hooks_cmd(action: str, config_path: str | None, target: str | None, as_json
     from syncd.commands import hooks
 
     config = _load(config_path)
-    states = getattr(hooks, action)(config, cycles.open_store(config), target)
+    states = getattr(hooks, action)(config, _open_store(config), target)
     for state in states:
         if as_json:
             click.echo(json.dumps(state.to_json()))
@@ -616,6 +675,8 @@ def conflicts_cmd(config_path: str | None, target: str | None, as_json: bool) ->
 
     Exit code 1 while one is open (not yet given a `resolve`), else 0. --json prints one array.
     """
+    from syncd.commands import cycles
+
     config = _load(config_path)
     rows = cycles.list_conflicts(config, target)
     if as_json:
@@ -768,6 +829,7 @@ def resolve_cmd(
     target: str | None,
 ) -> None:
     """Settle a held conflict (KEY) or all of them (--all); the next cycle carries it out."""
+    from syncd.commands import cycles
     from syncd.core.contacts import normalise_email, normalise_phone
 
     if (key is None) == (not every):
@@ -801,7 +863,7 @@ def resolve_cmd(
 @config_option
 @click.option(
     "--provider",
-    type=click.Choice(list(PROVIDERS)),
+    type=LazyChoice(_provider_names),
     default="unisender",
     show_default=True,
     help="Which provider the starter target uses.",
@@ -826,6 +888,7 @@ def init_cmd(
 ) -> None:
     """Write a commented starter syncd.toml and the inbox/outbox folders beside it."""
     from syncd.commands.starter import STARTERS, write_starter
+    from syncd.config import PLACEHOLDER
 
     path = _config_path(config_path)
     mapping = {}
@@ -876,7 +939,7 @@ def check_config_cmd(config_path: str | None, online: bool, as_json: bool) -> No
 
 
 @main.command("emulate")
-@click.argument("provider", type=click.Choice(list(PROVIDERS)))
+@click.argument("provider", type=LazyChoice(_provider_names))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True, type=int)
 @click.option("--api-key", default=None, help="Accept only this key (default: any).")
@@ -923,6 +986,7 @@ def emulate_cmd(
     """
     from syncd.emulators import kit
     from syncd.emulators.kit.server import BindError
+    from syncd.providers import PROVIDERS
 
     faults = kit.Faults(
         latency=latency,
@@ -983,6 +1047,8 @@ readme_option = click.option(
 @readme_option
 def schemas_write_cmd(folder: str, readme: str) -> None:
     """Regenerate the schema files and the README's reference."""
+    from syncd import schemas
+
     for path in schemas.write_all(folder):
         click.echo(f"wrote {path}")
     if not Path(readme).exists():
@@ -1000,6 +1066,8 @@ def schemas_write_cmd(folder: str, readme: str) -> None:
 @readme_option
 def schemas_check_cmd(folder: str, readme: str) -> None:
     """List stale schema files and README reference; exit 1 if any."""
+    from syncd import schemas
+
     problems = schemas.check_all(folder)
     if Path(readme).exists():
         problems += schemas.readme_problems(readme)
@@ -1011,15 +1079,17 @@ def schemas_check_cmd(folder: str, readme: str) -> None:
 @schemas_group.command("reference")
 def schemas_reference_cmd() -> None:
     """Print the configuration reference (Markdown) the README holds."""
+    from syncd import schemas
+
     click.echo(schemas.config_reference_markdown(), nl=False)
 
 
 @schemas_group.command("show")
-@click.argument(
-    "name", type=click.Choice([n.removesuffix(".schema.json") for n in schemas.GENERATORS])
-)
+@click.argument("name", type=LazyChoice(_schema_names))
 def schemas_show_cmd(name: str) -> None:
     """Print a schema file; change-event describes one outbox line."""
+    from syncd import schemas
+
     click.echo(schemas.schema_texts()[f"{name}.schema.json"], nl=False)
 
 
@@ -1037,7 +1107,12 @@ def run() -> None:
     except SyncdError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    except OperationalError as exc:
+    except Exception as exc:
+        # SQLAlchemy is imported only by the commands that open a store: when it never was,
+        # no exception can be its OperationalError
+        sa_exc = sys.modules.get("sqlalchemy.exc")
+        if sa_exc is None or not isinstance(exc, sa_exc.OperationalError):
+            raise
         # the store's server is down or refuses us; its own words, never the URL (a password)
         reason = str(exc.orig or exc).strip().splitlines()[0]
         click.echo(f"error: cannot open the store ([store] url): {reason}", err=True)

@@ -25,7 +25,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol, Self
 
-import httpx
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -369,6 +368,8 @@ class WebhookConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _safe_url(cls, value: str) -> str:
+        import httpx  # only to check a webhook's URL: every command loads the configuration
+
         try:
             url = httpx.URL(value)
         except httpx.InvalidURL as exc:
@@ -690,6 +691,8 @@ class TargetConfig(BaseModel):
         if scheme not in ("http", "https") or not rest:
             raise ValueError(f"base_url {root!r} must be an https:// (or loopback http://) URL")
         if scheme == "http":
+            import httpx  # only to check a loopback base_url: every command loads the config
+
             try:
                 host = httpx.URL(root).host  # the host httpx will connect to, parsed its way
             except httpx.InvalidURL as exc:

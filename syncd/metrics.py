@@ -19,24 +19,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Mapping
-from typing import Protocol
-
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    Info,
-    ProcessCollector,
-    disable_created_metrics,
-)
-from prometheus_client.exposition import choose_encoder
+from typing import TYPE_CHECKING, Protocol
 
 from syncd import __version__
 
-# prometheus-client leaves this one unannotated; naming its type keeps strict mypy quiet
-# whether or not a later release annotates it.
-_disable_created: Callable[[], None] = disable_created_metrics
+# prometheus-client is imported by ``Metrics`` itself, not with this module: every provider's
+# HTTP layer imports the call hook below, and `syncd ingest` or `run-once` never export a metric.
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Gauge
 
 #: (provider, method, outcome, seconds) for one HTTP attempt; outcome as in ``CallStats``.
 CallObserver = Callable[[str, str, str, float], None]
@@ -109,6 +99,19 @@ class Metrics:
     """syncd's metrics in one registry, with helpers that speak syncd's own types."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            Histogram,
+            Info,
+            ProcessCollector,
+            disable_created_metrics,
+        )
+
+        # prometheus-client leaves this one unannotated; naming its type keeps strict mypy quiet
+        # whether or not a later release annotates it.
+        _disable_created: Callable[[], None] = disable_created_metrics
         # Each counter would also export a "<name>_created" gauge: twice the series for a start
         # time nobody graphs, and "syncd_rows_created" would read like operation="created".
         # The switch is process-wide; syncd is the only exporter in its process.
@@ -445,6 +448,8 @@ class Metrics:
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         """The exposition body and its Content-Type, for ``GET /metrics``: OpenMetrics when
         ``accept`` (the scraper's Accept header) asks for it, the classic text format else."""
+        from prometheus_client.exposition import choose_encoder
+
         encode, content_type = choose_encoder(accept or "")
         return encode(self.registry), content_type
 

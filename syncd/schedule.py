@@ -14,8 +14,6 @@ import re
 from dataclasses import dataclass
 from datetime import UTC
 
-from apscheduler.triggers.cron import CronTrigger
-
 __all__ = ["Cron", "Interval", "Schedule", "parse_schedule"]
 
 _INTERVAL = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
@@ -52,6 +50,9 @@ def parse_schedule(text: str) -> Schedule:
         raise ValueError(
             f"schedule {text!r}: use an interval such as '5m' or a five-field cron expression"
         )
+    # APScheduler only for a cron line: every command checks the configuration's schedules
+    from apscheduler.triggers.cron import CronTrigger
+
     try:
         CronTrigger.from_crontab(text, timezone=UTC)  # each field's range and syntax
     except ValueError as exc:

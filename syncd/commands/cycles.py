@@ -9,16 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
-from syncd.commands import job_routes, webhook_admin
-from syncd.commands.listener import listen
 from syncd.config import Config, TargetConfig
-from syncd.emulators.kit.server import LoopbackServer
 from syncd.engine import confirm_later, run_cycle
 from syncd.engine.result import CycleOptions, CycleResult
 from syncd.errors import FatalError
@@ -28,6 +25,9 @@ from syncd.providers.base import Provider
 from syncd.store import history, mirror, open_engine
 from syncd.store.lease import Leases, new_holder
 from syncd.store.models import Conflict, Rejection, Run
+
+if TYPE_CHECKING:
+    from syncd.emulators.kit.server import LoopbackServer
 
 ProviderFactory = Callable[[Config, TargetConfig], Provider]
 
@@ -91,6 +91,8 @@ def run_once(
         if listener is not None:
             _await_callbacks(db, results, chosen, callback_wait)
         if config.webhook and not base_options.dry_run:
+            from syncd.commands import webhook_admin  # its sender: only with [[webhook]]s
+
             webhook_admin.deliver_now(db, config, leases.holder)
         if not base_options.dry_run:
             prune_history(db, config)  # from cron, no daemon prunes this store
@@ -110,6 +112,11 @@ def _job_listener(config: Config, db: Engine, targets: list[TargetConfig]) -> Lo
     """The job routes alone on ``[http] listen``, when a target confirms by calling back."""
     if not any(callback_reader(t) for t in targets) or not config.http.enabled:
         return None
+    # the listener's HTTP server and routes: only when a target's provider calls back (most
+    # run-once commands never need them)
+    from syncd.commands import job_routes
+    from syncd.commands.listener import listen
+
     return listen(config.http, job_routes.routes(db, lambda: config))
 
 
