@@ -128,6 +128,11 @@ def test_json_array_rows_know_their_lines(tmp_path: Path) -> None:
             b"email,city\na@example.com,Minsk\nb@example.com,\xff\n",
             "line 3 is not valid UTF-8",
         ),
+        (
+            "bom.csv",  # the byte named as the file holds it, its byte order mark counted
+            b"\xef\xbb\xbfemail,c\xffity\na@example.com,Minsk\n",
+            r"line 1 is not valid UTF-8 \(byte 0xff at byte 11 of the line\)",
+        ),
         ("empty.csv", "", "the file is empty"),
         ("blank.csv", "\n \n", "the file is empty"),
         ("nokey.csv", "name;city\nAnn;Minsk\n", "no email or phone column"),

@@ -223,10 +223,13 @@ def _lines_one_by_one(file: Path, data: bytes, number: int) -> Iterator[str]:
         number += 1
         if len(raw) - raw.endswith(b"\n") > MAX_LINE_BYTES:
             raise _too_long(file, number)
+        # the first line's byte order mark is dropped here rather than by "utf-8-sig", whose
+        # error positions would not count it: the error names the byte as the file holds it
+        bom = len(codecs.BOM_UTF8) if number == 1 and raw.startswith(codecs.BOM_UTF8) else 0
         try:
-            yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            yield raw[bom:].decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise _not_utf8(file, number, raw, exc.start) from None
+            raise _not_utf8(file, number, raw, bom + exc.start) from None
 
 
 def _too_long(file: Path, number: int) -> IngestError:
