@@ -110,6 +110,8 @@ def test_a_failing_handler_is_retried_with_a_growing_retry_count(
         set_hook(api, f"{app.url}/hook", "email_status")
         admin(api, "contact", {"action": "block", "email": "ann@example.com"})
         receiver.wait_for(3)
+        # the handler has answered; the sender records that answer a moment later
+        assert emu.hooks.sender.wait_idle()
     counts = [r.url.params.get("retry_count") for r in receiver.got]
     assert counts == [None, "1", "2"]
     assert len({r.content for r in receiver.got}) == 1  # the same event each time
