@@ -177,13 +177,7 @@ def _target_view(
     provider = build_provider(config, target)
     caps = provider.capabilities
     provider.close()
-    view = mirror.LocalView(
-        target.key,
-        target.local_list_name,
-        dict(target.fields),
-        target.reference_field,
-        caps.list_consent,
-    )
+    view = mirror.LocalView.of(target, list_consent=caps.list_consent)
     own_key = key if contact is None else getattr(contact, target.key) or None
     local = None
     if own_key is not None:

@@ -56,13 +56,7 @@ def refresh(
     opt_out = [k for k, kind in work if kind == OPT_OUT]
     reads = {key: provider.read_one(key) for key in dict.fromkeys(reread)}
     keys = sorted({*reads, *opt_out})
-    view = mirror.LocalView(
-        target.key,
-        target.local_list_name,
-        dict(target.fields),
-        target.reference_field,
-        caps.list_consent,
-    )
+    view = mirror.LocalView.of(target, list_consent=caps.list_consent)
     with Session(db) as session:
         base = mirror.projections(session, Base, target.name, keys)
         local = {

@@ -59,13 +59,7 @@ class CycleState:
             provider=provider,
             options=options,
             caps=provider.capabilities,
-            view=mirror.LocalView(
-                target.key,
-                target.local_list_name,
-                dict(target.fields),
-                target.reference_field,
-                provider.capabilities.list_consent,
-            ),
+            view=mirror.LocalView.of(target, list_consent=provider.capabilities.list_consent),
             rules=Rules(
                 policy=target.policy_for,
                 edit_beats_delete=target.on_edit_delete == "edit",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import Connection, delete, func, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -29,6 +29,9 @@ from syncd.store.models import (
     InFlight,
     Membership,
 )
+
+if TYPE_CHECKING:
+    from syncd.config import TargetConfig
 
 CHUNK = 5000
 #: key of the transaction-level advisory lock that the mirror's writers take turns on (PostgreSQL)
@@ -338,6 +341,18 @@ class LocalView:
     reference: str | None = None  # remote field that carries the contact's ``ref``, if any
     # the provider keeps a list opt-out apart from the contact's status (Capabilities)
     list_consent: bool = False
+
+    @classmethod
+    def of(cls, target: TargetConfig, *, list_consent: bool) -> LocalView:
+        """The target's view; ``list_consent`` is its provider's capability (the store does
+        not import providers)."""
+        return cls(
+            target.key,
+            target.local_list_name,
+            dict(target.fields),
+            target.reference_field,
+            list_consent,
+        )
 
     def key_column(self) -> Any:
         return col(Contact.email) if self.key == "email" else col(Contact.phone)
