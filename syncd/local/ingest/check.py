@@ -210,7 +210,9 @@ def _change(row: RawRow, email: str | None, phone: str | None) -> ContactChange:
     """The rest of a row whose keys are good: the reserved columns and the custom fields."""
     values = row.values
     status = _status(values.get("status"))
-    delete = _delete_flag(values.get("delete"))
+    delete = flag(values.get("delete"))
+    if delete is None:
+        raise _RowProblem(f"delete must be 1/true or 0/empty, not {shown(values['delete'])}")
     # Inline tests for the common case (a column absent, a field's text) spare a call per row.
     tags = _names(values, "tags") if "tags" in values else None
     lists = _names(values, "lists") if "lists" in values else None
@@ -284,18 +286,27 @@ def _status(value: Any) -> Status | None:
     return cast(Status, text)
 
 
-_TRUE = frozenset({"1", "true", "yes"})
-_FALSE = frozenset({"", "0", "false", "no"})
+#: the texts a yes/no column reads as yes and as no (``delete``), case and spaces aside
+FLAG_WORDS = (frozenset({"1", "true", "yes"}), frozenset({"", "0", "false", "no"}))
 
 
-def _delete_flag(value: Any) -> bool:
+def flag(value: Any, words: tuple[frozenset[str], frozenset[str]] = FLAG_WORDS) -> bool | None:
+    """A yes/no value: a boolean, 0 or 1, null (no), or text among ``words`` (yes ones, no ones).
+
+    None when it is none of these: the caller names the column in its own refusal. Also reads a
+    source's ``unsubscribed`` column (``syncd.local.source.read``), with its own words.
+    """
     if value is None or isinstance(value, bool):
         return bool(value)
     if isinstance(value, int) and value in (0, 1):
         return value == 1
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise _RowProblem(f"delete must be 1/true or 0/empty, not {shown(value)}")
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in words[0]:
+            return True
+        if word in words[1]:
+            return False
+    return None
 
 
 #: The set each column text of good names made, for the next row with the same text: a file

@@ -46,13 +46,17 @@ from sqlalchemy.pool import NullPool
 
 from syncd.config import SourceConfig
 from syncd.errors import SourceReadFailed
+from syncd.local.ingest.check import flag
 from syncd.local.ingest.read import RESERVED
 from syncd.logs import redact, register_secret
 
 BATCH = 1000  # rows fetched per round trip from a server-side cursor
 _CONSENT_COLUMN = "unsubscribed"
-_TRUE = frozenset({"1", "true", "yes", "t", "y"})
-_FALSE = frozenset({"", "0", "false", "no", "f", "n"})
+# a file's yes/no words and the one-letter ones a database's boolean may be written as
+_FLAG_WORDS = (
+    frozenset({"1", "true", "yes", "t", "y"}),
+    frozenset({"", "0", "false", "no", "f", "n"}),
+)
 _SUBQUERY = "syncd_source"
 
 
@@ -221,25 +225,16 @@ def _record(line: int, columns: Sequence[str], row: Sequence[Any]) -> SourceReco
         except ValueError as exc:
             problem = f"column {name}: {exc}"
     if _CONSENT_COLUMN in values:
-        flag = values.pop(_CONSENT_COLUMN)
-        try:
-            if _flag(flag) and values.get("status") in (None, "", "active"):
-                values["status"] = "unsubscribed"
-        except ValueError as exc:
-            problem = problem or str(exc)
+        given = values.pop(_CONSENT_COLUMN)
+        unsubscribed = flag(given, _FLAG_WORDS)
+        if unsubscribed is None:
+            refusal = f"unsubscribed must be a boolean (true/false, 1/0), not {given!r}"
+            problem = problem or refusal[:200]
+        elif unsubscribed and values.get("status") in (None, "", "active"):
+            values["status"] = "unsubscribed"
     if isinstance(values.get("status"), str) and values["status"].strip().lower() == "active":
         values["status"] = None  # a source never re-subscribes (module docstring)
     return SourceRecord(line, values, problem)
-
-
-def _flag(value: Any) -> bool:
-    if value is None or isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, int) and value in (0, 1):
-        return value == 1
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ValueError(f"unsubscribed must be a boolean (true/false, 1/0), not {value!r}"[:200])
 
 
 def _value(raw: Any) -> Any:
