@@ -93,14 +93,24 @@ def rows_of_keys(
     """``columns`` of these keys' rows of a per-target table (``where``: a further condition),
     ``IN`` lists of 500 keys a query, written out as ``drop_keys`` does: each chunk of the diff
     reads several such tables."""
+    sql = f"SELECT {columns} FROM {table} WHERE target = ?{where} AND key IN"
+    return _select_in(session, sql, (target,), keys)
+
+
+def _select_in(
+    session: Session, sql: str, params: tuple[Any, ...], keys: Sequence[str]
+) -> Iterator[Any]:
+    """``sql`` (ending in ``IN``, its ``params`` written ``?``) run for each 500 keys, straight
+    through the driver (the ``IN`` list written out: SQLAlchemy's expanding parameters cost
+    more than a per-key look-up's rows)."""
     connection = session.connection()
     mark = "%s" if connection.dialect.name == "postgresql" else "?"
+    if mark != "?":
+        sql = sql.replace("?", mark)
     for i in range(0, len(keys), 500):
         part = tuple(keys[i : i + 500])
         yield from connection.exec_driver_sql(
-            f"SELECT {columns} FROM {table} WHERE target = {mark}{where} AND key IN "
-            f"({', '.join([mark] * len(part))})",
-            (target, *part),
+            f"{sql} ({', '.join([mark] * len(part))})", (*params, *part)
         )
 
 
@@ -421,12 +431,11 @@ def contacts_by_key(session: Session, view: LocalView, keys: Sequence[str]) -> d
 
 def own_statuses(session: Session, view: LocalView, keys: Sequence[str]) -> dict[str, str]:
     """The status of each of these keys' contacts, live or a delete's tombstone."""
-    column = view.key_column()
-    found: dict[str, str] = {}
-    for i in range(0, len(keys), 500):
-        stmt = select(column, col(Contact.status)).where(column.in_(keys[i : i + 500]))
-        found.update({key: status for key, status in session.execute(stmt)})
-    return found
+    # the column's name spelt here, never taken from the view, since it is written into the SQL
+    column = "email" if view.key == "email" else "phone"
+    return dict(
+        _select_in(session, f"SELECT {column}, status FROM contact WHERE {column} IN", (), keys)
+    )
 
 
 def contacts_by_ref(session: Session, refs: Sequence[str]) -> list[Contact]:
