@@ -404,13 +404,21 @@ def contacts_by_key(session: Session, view: LocalView, keys: Sequence[str]) -> d
     return found
 
 
-def own_statuses(session: Session, view: LocalView, keys: Sequence[str]) -> dict[str, str]:
-    """The status of each of these keys' contacts, live or a delete's tombstone."""
-    column = view.key_column()
-    found: dict[str, str] = {}
+def own_contacts(session: Session, view: LocalView, keys: Sequence[str]) -> dict[str, MemberRow]:
+    """Each of these keys' contacts, live or a delete's tombstone, whatever its lists: as a
+    ``MemberRow`` active on the view's list (a contact off the list has no consent there)."""
+    connection = session.connection()
+    mark = "%s" if connection.dialect.name == "postgresql" else "?"
+    found: dict[str, MemberRow] = {}
     for i in range(0, len(keys), 500):
-        stmt = select(column, col(Contact.status)).where(column.in_(keys[i : i + 500]))
-        found.update({key: status for key, status in session.execute(stmt)})
+        part = tuple(keys[i : i + 500])
+        for row in connection.exec_driver_sql(
+            "SELECT email, phone, fields, tags, status, ref FROM contact "
+            f"WHERE {view.key} IN ({', '.join([mark] * len(part))})",
+            part,
+        ):
+            member = MemberRow(*row, state="active")
+            found[getattr(member, view.key)] = member
     return found
 
 
