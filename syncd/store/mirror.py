@@ -417,7 +417,8 @@ def own_contacts(session: Session, view: LocalView, keys: Sequence[str]) -> dict
             f"WHERE {view.key} IN ({', '.join([mark] * len(part))})",
             part,
         ):
-            member = MemberRow(*row, state="active")
+            email, phone, fields, tags, status, ref = row
+            member = MemberRow(email, phone, fields, tags, status, ref, "active")
             found[getattr(member, view.key)] = member
     return found
 
