@@ -215,7 +215,7 @@ def reconcile(
     sent: Sent | None = None,
     off_list: Projection | None = None,
     unseen: int = 0,
-    own_status: str | None = None,
+    own: Projection | None = None,
 ) -> Decision:
     """Decide one key. ``take`` settles a manual conflict that a person resolved (one side for
     every field, or a side per field).
@@ -227,11 +227,12 @@ def reconcile(
     key when syncd took it off the list at a provider that keeps it in the account; the export
     of the list no longer shows it, but its tags are still there. ``unseen``: how many complete
     exports lacked this key while the local side lacked it too, since both sides last agreed
-    (kept with the base, see "gone on both sides" below). ``own_status``: where the key is off
-    this list locally, the status of the contact the mirror still has (on other lists, or a
-    delete's tombstone): this list's side does not show it, yet it may have changed since both
-    sides agreed (an opt-out made locally, a re-activation), and a contact pulled back from the
-    provider keeps it (``_revive``).
+    (kept with the base, see "gone on both sides" below). ``own``: where the key is off this
+    list locally, the contact the mirror still has (on other lists, or a delete's tombstone) as
+    this target would see it: this list's side does not show it, yet it may have changed since
+    both sides agreed (an opt-out made locally, a re-activation, an edit pushed to the account
+    through another list), and a contact pulled back from the provider keeps its status
+    (``_revive``).
     """
     key = _key_of(local, base, remote)
 
@@ -253,7 +254,7 @@ def reconcile(
         and is_opted_out(base.status)
         and not is_opted_out(remote.status)
         and remote.list_status != "active"
-        and not _active_here(local, own_status)
+        and not _active_here(local, own)
     ):
         # the address is active there while the person is still unsubscribed from the list: not
         # a re-subscription (that would put the list back too), but an address the provider
@@ -332,14 +333,20 @@ def reconcile(
             # (DESIGN §8), the whole contact's or this list's; if it changed remotely, the mirror
             # takes it back so consent is kept
             if remote != base:
-                return _revive(key, base, remote, own_status, "revive_local_opted_out")
+                return _revive(key, base, remote, own, "revive_local_opted_out")
             return Decision(key, "keep_opted_out", remote_before=remote, base=base, keep_base=True)
         if remote == base:
             # deleted (or dropped from the list) locally, unchanged remotely: delete there
             return Decision(key, "local_deleted", "delete", remote, remote, base=None)
+        if own is not None and _echoes_own(base, remote, own):
+            # deleted (or dropped from this list) locally, and all that changed there since is
+            # the mirror's own data: fields and tags are the account's, and another list's
+            # target on the account wrote the contact's local edits there. Nobody edited it at
+            # the provider, so the local delete stands
+            return Decision(key, "local_deleted_echo", "delete", remote, remote, base=None)
         if rules.edit_beats_delete:
             # edited remotely, deleted locally: the edit wins; the contact returns to the mirror
-            return _revive(key, base, remote, own_status, "revive_local")
+            return _revive(key, base, remote, own, "revive_local")
         return Decision(key, "local_delete_wins", "delete", remote, remote, base=None)
 
     # Gone on both sides. The export is complete as far as syncd can tell, but a file cut at a
@@ -391,21 +398,38 @@ def _pull_back(key: str, remote: Projection, case: str) -> Decision:
     return Decision(key, case, local_op="upsert", local_row=remote, base=remote)
 
 
-def _active_here(local: Projection | None, own_status: str | None) -> bool:
+def _active_here(local: Projection | None, own: Projection | None) -> bool:
     """The contact is active locally: on this list, or, off it, in the mirror."""
-    status = local.status if local is not None else own_status
-    return status is not None and not is_opted_out(status)
+    here = local if local is not None else own
+    return here is not None and not is_opted_out(here.status)
+
+
+def _echoes_own(base: Projection, remote: Projection, own: Projection) -> bool:
+    """Every change from the base to the remote row is a value the mirror's own contact holds
+    now (a field, a tag added or removed, the contact's status). This list's own consent is
+    the list's alone, so a change of it is never an echo; one that follows the contact's status
+    (opted out as a whole is off every list) is the status's."""
+    if remote.list_status != base.list_status and not is_opted_out(base.status):
+        return False
+    if remote.status != base.status and remote.status != own.status:
+        return False
+    if any(t not in own.tags for t in remote.tags - base.tags):
+        return False
+    if any(t in own.tags for t in base.tags - remote.tags):
+        return False
+    was, now, ours = base.field_map, remote.field_map, own.field_map
+    return all(now.get(f) in (was.get(f), ours.get(f)) for f in was.keys() | now.keys())
 
 
 def _revive(
-    key: str, base: Projection, remote: Projection, own_status: str | None, case: str
+    key: str, base: Projection, remote: Projection, own: Projection | None, case: str
 ) -> Decision:
     """Pull a contact that is off this list locally back from the provider. Its status is
-    merged with the one the mirror kept (``own_status``) like any other: a local opt-out made
-    since goes out with it, and a provider's opt-out stays."""
-    if own_status is None:
+    merged with the one the mirror kept (``own``) like any other: a local opt-out made since
+    goes out with it, and a provider's opt-out stays."""
+    if own is None:
         return _pull_back(key, remote, case)
-    back = remote.replace(status=_merge_consent(own_status, base.status, remote.status))
+    back = remote.replace(status=_merge_consent(own.status, base.status, remote.status))
     if back == remote:
         return _pull_back(key, remote, case)
     return Decision(key, case, "update", back, remote, local_op="upsert", local_row=back, base=back)

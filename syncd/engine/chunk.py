@@ -60,9 +60,10 @@ def decide(
     # the chunk's keys syncd took off the list
     off_list = _off_list(session, cycle, keys) if cycle.caps.tags else {}
     unseen = mirror.unseen(session, target, [row.key for row in chunk if row.base is not None])
-    # off this list locally, the contact the mirror still has keeps a status of its own
+    # off this list locally, the contact the mirror still has: its status is its own, and an
+    # edit of it pushed through another list of the account is no edit at the provider
     off_here = [r.key for r in chunk if r.local is None and r.base is not None and r.remote]
-    own = mirror.own_statuses(session, cycle.view, off_here) if off_here else {}
+    own = _own(cycle, mirror.own_contacts(session, cycle.view, off_here)) if off_here else {}
     decided = []
     for row in chunk:
         local = _as_local(cycle, row, sent.get(row.key))
@@ -77,7 +78,7 @@ def decide(
             sent.get(row.key),
             off_list.get(row.key),
             unseen.get(row.key, 0),
-            _folded(cycle, own.get(row.key)),
+            own.get(row.key),
         )
         decided.append((row, _checked_against_export(cycle, row, d, local, row.key in sent)))
     return decided
@@ -99,9 +100,14 @@ def _off_list(session: Session, cycle: CycleState, keys: list[str]) -> dict[str,
     return found
 
 
-def _folded(cycle: CycleState, status: str | None) -> str | None:
-    """A mirror status in the target's vocabulary (as ``stage.project_local`` gives it)."""
-    return None if status is None else cycle.caps.fold_status(status)
+def _own(cycle: CycleState, found: dict[str, mirror.MemberRow]) -> dict[str, Projection]:
+    """The mirror's contacts as this target would see them on its list."""
+    own = {}
+    for key, member in found.items():
+        projected = project_local(member, cycle.view, cycle.caps)
+        if projected is not None:
+            own[key] = projected
+    return own
 
 
 def _as_local(cycle: CycleState, row: mirror.DiffRow, sent: Sent | None) -> Projection | None:

@@ -429,13 +429,17 @@ def contacts_by_key(session: Session, view: LocalView, keys: Sequence[str]) -> d
     return found
 
 
-def own_statuses(session: Session, view: LocalView, keys: Sequence[str]) -> dict[str, str]:
-    """The status of each of these keys' contacts, live or a delete's tombstone."""
+def own_contacts(session: Session, view: LocalView, keys: Sequence[str]) -> dict[str, MemberRow]:
+    """Each of these keys' contacts, live or a delete's tombstone, whatever its lists: as a
+    ``MemberRow`` active on the view's list (a contact off the list has no consent there)."""
     # the column's name spelt here, never taken from the view, since it is written into the SQL
     column = "email" if view.key == "email" else "phone"
-    return dict(
-        _select_in(session, f"SELECT {column}, status FROM contact WHERE {column} IN", (), keys)
-    )
+    sql = f"SELECT email, phone, fields, tags, status, ref FROM contact WHERE {column} IN"
+    found: dict[str, MemberRow] = {}
+    for email, phone, fields, tags, status, ref in _select_in(session, sql, (), keys):
+        member = MemberRow(email, phone, fields, tags, status, ref, "active")
+        found[getattr(member, column)] = member
+    return found
 
 
 def contacts_by_ref(session: Session, refs: Sequence[str]) -> list[Contact]:

@@ -587,30 +587,30 @@ def test_consent_per_list_table(row, sides, expected):
 
 
 # Off this list locally, the contact the mirror still has (on another list, or a delete's
-# tombstone) keeps a status of its own: (row, own status, (L, B, R), (case, remote op, local
-# row, pushes the consent columns)).
+# tombstone) keeps a status of its own: (row, its own projection, (L, B, R), (case, remote op,
+# local row, pushes the consent columns)).
 OWN = [
     (
         "opted out locally while off the list, edited there: the opt-out goes out with the pull",
-        "unsubscribed",
+        lp("unsubscribed"),
         (None, lp(), lp(Name="Anna")),
         ("revive_local", "update", lp("unsubscribed", Name="Anna"), True),
     ),
     (
         "made active again locally, the list's mark of a whole opt-out there: the list's",
-        "active",
+        lp(),
         (None, OUT, lp(list_status="unsubscribed", Name="Anna")),
         ("revive_local_opted_out", None, lp(list_status="unsubscribed", Name="Anna"), False),
     ),
     (
         "opted out there as a whole, active in the mirror: the provider's opt-out stays",
-        "active",
+        lp(),
         (None, lp(), lp("unsubscribed", Name="Anna")),
         ("revive_local_opted_out", None, lp("unsubscribed", Name="Anna"), False),
     ),
     (
         "the same status on both: a plain pull",
-        "active",
+        lp(),
         (None, lp(), lp(Name="Anna")),
         ("revive_local", None, lp(Name="Anna"), False),
     ),
@@ -619,10 +619,64 @@ OWN = [
 
 @pytest.mark.parametrize(("row", "own", "sides", "expected"), OWN, ids=[t[0] for t in OWN])
 def test_a_contact_off_the_list_keeps_its_own_status(row, own, sides, expected):
-    d = reconcile(*sides, own_status=own)
+    d = reconcile(*sides, own=own)
     case, remote_op, local_row, pushes = expected
     assert (d.case, d.remote_op, d.local_op, d.local_row) == (case, remote_op, "upsert", local_row)
     assert d.base == local_row and d.pushes_status is pushes
+
+
+def tp(tags: tuple[str, ...] = (), **fields: str) -> Projection:
+    return Projection.build(K, fields or {"Name": "Ann"}, tags)
+
+
+# A contact off this list locally whose row there changed since the base: (row, its own
+# projection in the mirror, base, remote, deleted there rather than pulled back). Fields and
+# tags belong to the account, so another list's target pushing the mirror's edits changes this
+# list's row too; that is not an edit at the provider, and the local delete stands.
+ECHO = [
+    ("a field the mirror holds now", tp(Name="Anna"), tp(), tp(Name="Anna"), True),
+    ("a field nobody here holds", tp(Name="Anna"), tp(), tp(Name="Annie"), False),
+    (
+        "a field set locally, another edited there",
+        tp(Name="Anna", City="Oslo"),
+        tp(),
+        tp(Name="Anna", City="Rome"),
+        False,
+    ),
+    (
+        "a field cleared locally",
+        tp(City="Oslo"),
+        tp(Name="Ann", City="Rome"),
+        tp(City="Oslo"),
+        True,
+    ),
+    ("a tag added locally", tp(("vip",)), tp(), tp(("vip",)), True),
+    ("a tag removed locally", tp(), tp(("vip",)), tp(), True),
+    ("a tag added there only", tp(), tp(), tp(("vip",)), False),
+    ("a tag removed there, kept locally", tp(("vip",)), tp(("vip",)), tp(), False),
+    ("re-activated locally, active there now", lp(), OUT, lp(), True),
+    ("this list's consent changed there", lp(list_status="unsubscribed"), LEFT, lp(), False),
+]
+
+
+@pytest.mark.parametrize(
+    ("row", "own", "base", "remote", "deleted"), ECHO, ids=[t[0] for t in ECHO]
+)
+def test_a_change_there_that_is_the_mirrors_own_data_does_not_undo_a_local_delete(
+    row, own, base, remote, deleted
+):
+    d = reconcile(None, base, remote, own=own)
+    if deleted:
+        assert (d.case, d.remote_op, d.local_op, d.base) == (
+            "local_deleted_echo",
+            "delete",
+            None,
+            None,
+        )
+    else:
+        assert d.case in ("revive_local", "revive_local_opted_out") and d.local_op == "upsert"
+    # without the mirror's contact (none kept), the edit wins as before
+    assert reconcile(None, base, remote).case != "local_deleted_echo"
 
 
 def test_an_opt_out_as_a_whole_is_an_opt_out_from_the_list_and_keeps_old_digests():

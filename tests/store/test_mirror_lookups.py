@@ -8,7 +8,7 @@ from syncd.store import mirror, open_engine
 from syncd.store.models import Contact
 
 
-def test_own_statuses_reads_live_contacts_and_tombstones_past_one_page(store_url: str) -> None:
+def test_own_contacts_reads_live_contacts_and_tombstones_past_one_page(store_url: str) -> None:
     db = open_engine(store_url)
     try:
         # more keys than one IN list holds (500), so that the second page is read too
@@ -26,14 +26,19 @@ def test_own_statuses_reads_live_contacts_and_tombstones_past_one_page(store_url
             session.commit()
             by_email = mirror.LocalView("email", "news", {})
             asked = [*emails, "nobody@example.com", emails[0]]  # unknown and repeated keys
-            found = mirror.own_statuses(session, by_email, asked)
-            assert found == {
+            found = mirror.own_contacts(session, by_email, asked)
+            assert {e: m.status for e, m in found.items()} == {
                 e: ("active", "unsubscribed", "blocked")[i % 3] for i, e in enumerate(emails)
             }
+            # off the list, the contact has no consent of the list's: it reads as active there
+            assert {m.state for m in found.values()} == {"active"}
             by_phone = mirror.LocalView("phone", "news", {})
-            assert mirror.own_statuses(session, by_phone, ["+447000000004", "+1555"]) == {
-                "+447000000004": "unsubscribed"
-            }
-            assert mirror.own_statuses(session, by_email, []) == {}
+            (member,) = mirror.own_contacts(session, by_phone, ["+447000000004", "+1555"]).values()
+            assert (member.email, member.phone, member.status) == (
+                "user0004@example.com",
+                "+447000000004",
+                "unsubscribed",
+            )
+            assert mirror.own_contacts(session, by_email, []) == {}
     finally:
         db.dispose()
