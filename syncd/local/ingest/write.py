@@ -52,7 +52,6 @@ import gc
 import itertools
 import json
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,6 +63,7 @@ from syncd.core.projection import is_opted_out
 from syncd.errors import IngestError
 from syncd.local.ingest.check import Checked, ContactChange, Rejection, settle_claims
 from syncd.store import history, mirror
+from syncd.store.models import new_refs
 
 log = logging.getLogger("syncd.local.ingest")
 
@@ -105,21 +105,6 @@ def canonical_json(value: Any) -> str:
         except TypeError:
             return _CANONICAL.encode(value)
     return _CANONICAL.encode(value)
-
-
-def new_refs(count: int) -> list[str]:
-    """``count`` contact references as ``syncd.store.models.new_ref`` makes them (a random
-    UUID's hex), from one read of the system's randomness rather than one per contact."""
-    pool = os.urandom(16 * count).hex()
-    refs = []
-    for start in range(0, 32 * count, 32):
-        raw = pool[start : start + 32]
-        # version 4 and the RFC 4122 variant, as uuid.uuid4() sets them
-        refs.append(f"{raw[:12]}4{raw[13:16]}{_VARIANT[raw[16]]}{raw[17:]}")
-    return refs
-
-
-_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 @dataclass(slots=True)
