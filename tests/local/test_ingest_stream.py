@@ -299,6 +299,33 @@ def test_new_contacts_get_their_own_lists_whatever_ids_sqlite_gives(
     assert found == {k: set(n.split(",")) for k, n in zip(keys, lists, strict=True) if n}
 
 
+def test_young_collections_are_rarer_while_files_apply_then_as_before(
+    engine: Engine, tmp_path: Path
+) -> None:
+    import gc
+
+    before = gc.get_threshold()
+    seen: list[tuple[int, int, int]] = []
+    path = big_csv(tmp_path / "a.csv", 2_500)
+    rows = checked(read_rows(path), CONFIG)
+    apply_stream(engine, rows, after_chunk=lambda *_: seen.append(gc.get_threshold()))
+    assert len(seen) == 3 and all(t[0] >= ingest_write.GC_YOUNG_THRESHOLD for t in seen)
+    assert seen[0][1:] == before[1:]
+    assert gc.get_threshold() == before
+    # Two files at once (the inbox and the API): the last one done puts them back.
+    with ingest_write._FEWER_YOUNG_PASSES:
+        with ingest_write._FEWER_YOUNG_PASSES:
+            assert gc.get_threshold()[0] >= ingest_write.GC_YOUNG_THRESHOLD
+        assert gc.get_threshold()[0] >= ingest_write.GC_YOUNG_THRESHOLD
+    assert gc.get_threshold() == before
+    late = big_csv(tmp_path / "late.csv", 1_500)
+    with late.open("ab") as out:
+        out.write(b"caf\xe9@example.com,Latin-1,Minsk,news\n")
+    with pytest.raises(IngestError):
+        ingest_file(engine, late, CONFIG)
+    assert gc.get_threshold() == before
+
+
 def test_the_triggers_come_back_when_a_file_fails(engine: Engine, tmp_path: Path) -> None:
     triggers = forget_triggers(engine)
     with pytest.raises(IngestError):
