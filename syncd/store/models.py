@@ -44,7 +44,8 @@ Every table is declared here, so that the migrations can be compared with one mo
 
 from __future__ import annotations
 
-import uuid
+import os
+import time
 from typing import Any, ClassVar
 
 from sqlalchemy import BigInteger, Index, text
@@ -52,8 +53,33 @@ from sqlmodel import Field, SQLModel
 
 
 def new_ref() -> str:
-    """A contact's stable reference: random, so it says nothing about the person."""
-    return uuid.uuid4().hex
+    """A contact's stable reference: says nothing about the person (``new_refs``)."""
+    return new_refs(1)[0]
+
+
+def new_refs(count: int) -> list[str]:
+    """``count`` new contact references, in ascending order: 32 hex digits laid out as a UUID
+    version 7 (RFC 9562): the creation time in milliseconds, then 74 random bits.
+
+    The time first makes each new ref sort after the older ones, so inserting it writes at the
+    right edge of the unique index on ``contact.ref``; a random (version 4) ref landed anywhere
+    in that b-tree, which at a million new contacts cost about half of the contacts' insert. A
+    ref says when the mirror first saw the contact, nothing about the person; the random part
+    keeps refs unique (2**74 values per millisecond). Refs made before this (random, version 4)
+    are kept: a ref never changes.
+    """
+    stamp = f"{time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF:012x}"
+    pool = os.urandom(10 * count).hex()
+    refs = []
+    for start in range(0, 20 * count, 20):
+        raw = pool[start : start + 20]
+        # version 7 and the RFC 9562 variant (binary 10) in their places
+        refs.append(f"{stamp}7{raw[1:4]}{_VARIANT[raw[4]]}{raw[5:]}")
+    refs.sort()  # inserted in this order, each lands after the last
+    return refs
+
+
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 class Contact(SQLModel, table=True):

@@ -4,6 +4,8 @@ provider, so a create whose answer was lost and a key changed at the provider ar
 from __future__ import annotations
 
 import sqlite3
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from syncd.config import parse_config
 from syncd.errors import ConfigError
 from syncd.providers import PROVIDERS
 from syncd.store import open_engine
-from syncd.store.models import Base, Contact
+from syncd.store.models import Base, Contact, new_ref, new_refs
 
 REF = "syncd_id"
 
@@ -51,6 +53,26 @@ def test_each_contact_is_created_with_its_reference_and_keeps_it(world: World) -
     world.cycle()
     assert refs(world) == before
     assert world.cycle().write_calls == 0
+
+
+def test_new_references_are_unique_and_sort_in_the_order_they_were_made(world: World) -> None:
+    # Time first (UUID version 7) so each new ref is written at the right edge of its index.
+    first = new_refs(1000)
+    time.sleep(0.002)
+    later = [new_ref(), *new_refs(3)]
+    made = first + later
+    assert len(set(made)) == len(made)
+    assert first == sorted(first) and max(first) < min(later)
+    for ref in made:
+        assert len(ref) == 32 and uuid.UUID(ref).hex == ref
+        assert uuid.UUID(ref).version == 7 and uuid.UUID(ref).variant == uuid.RFC_4122
+        assert abs(int(ref[:12], 16) - time.time() * 1000) < 60_000  # milliseconds since 1970
+    # The bulk insert of ingestion gives them too: a later file's contacts sort after.
+    people(world, 3)
+    time.sleep(0.002)
+    world.ingest([{"email": "late@example.com"}])
+    after = refs(world)
+    assert all(after["late@example.com"] > after[f"p{i}@example.com"] for i in range(3))
 
 
 def test_lost_creates_are_recognised_not_repeated_not_resurrected(world: World) -> None:

@@ -257,6 +257,75 @@ def test_written_contacts_lose_their_projections_and_the_triggers_stay(
         assert conn.execute(text("SELECT count(*) FROM local_seen")).scalar_one() == 6
 
 
+@pytest.mark.parametrize("largest_id", [None, 2**63 - 1])
+def test_new_contacts_get_their_own_lists_whatever_ids_sqlite_gives(
+    engine: Engine, tmp_path: Path, largest_id: int | None
+) -> None:
+    # The ids of a chunk's new contacts are taken from the largest id before and after their
+    # insert; with a contact at the largest possible id SQLite picks ids at random, and they
+    # are looked up by key instead.
+    if largest_id is not None:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO contact (id, email, fields, tags, status, deleted, ref) "
+                    "VALUES (:id, 'top@example.com', '{}', '[]', 'active', 0, 'r')"
+                ),
+                {"id": largest_id},
+            )
+    lists = ["a", "b", "a,b", "", "c", "b", "", "a"]
+    path = tmp_path / "new.csv"
+    path.write_text(
+        "email,phone,lists\n"
+        + "".join(
+            f'p{i}@example.com,,"{names}"\n' if i % 3 else f',+37529100000{i},"{names}"\n'
+            for i, names in enumerate(lists)
+        ),
+        encoding="utf-8",
+    )
+    report = apply_stream(engine, checked(read_rows(path), CONFIG), chunk_size=3)
+    assert report.created == len(lists)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT coalesce(c.email, c.phone), m.list_name FROM membership m "
+                "JOIN contact c ON c.id = m.contact_id"
+            )
+        ).all()
+    found: dict[str, set[str]] = {}
+    for key, name in rows:
+        found.setdefault(key, set()).add(name)
+    keys = [f"p{i}@example.com" if i % 3 else f"+37529100000{i}" for i in range(len(lists))]
+    assert found == {k: set(n.split(",")) for k, n in zip(keys, lists, strict=True) if n}
+
+
+def test_young_collections_are_rarer_while_files_apply_then_as_before(
+    engine: Engine, tmp_path: Path
+) -> None:
+    import gc
+
+    before = gc.get_threshold()
+    seen: list[tuple[int, int, int]] = []
+    path = big_csv(tmp_path / "a.csv", 2_500)
+    rows = checked(read_rows(path), CONFIG)
+    apply_stream(engine, rows, after_chunk=lambda *_: seen.append(gc.get_threshold()))
+    assert len(seen) == 3 and all(t[0] >= ingest_write.GC_YOUNG_THRESHOLD for t in seen)
+    assert seen[0][1:] == before[1:]
+    assert gc.get_threshold() == before
+    # Two files at once (the inbox and the API): the last one done puts them back.
+    with ingest_write._FEWER_YOUNG_PASSES:
+        with ingest_write._FEWER_YOUNG_PASSES:
+            assert gc.get_threshold()[0] >= ingest_write.GC_YOUNG_THRESHOLD
+        assert gc.get_threshold()[0] >= ingest_write.GC_YOUNG_THRESHOLD
+    assert gc.get_threshold() == before
+    late = big_csv(tmp_path / "late.csv", 1_500)
+    with late.open("ab") as out:
+        out.write(b"caf\xe9@example.com,Latin-1,Minsk,news\n")
+    with pytest.raises(IngestError):
+        ingest_file(engine, late, CONFIG)
+    assert gc.get_threshold() == before
+
+
 def test_the_triggers_come_back_when_a_file_fails(engine: Engine, tmp_path: Path) -> None:
     triggers = forget_triggers(engine)
     with pytest.raises(IngestError):
