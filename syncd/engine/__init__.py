@@ -44,6 +44,7 @@ from syncd.config import TargetConfig
 from syncd.core.batching import Batcher
 from syncd.engine import confirm_later, records
 from syncd.engine.chunk import apply_chunk, decide
+from syncd.engine.creates import push_creates
 from syncd.engine.push import push_batch
 from syncd.engine.references import find_owners
 from syncd.engine.result import RATE_LIMIT_WAIT, CycleOptions, CycleResult
@@ -181,6 +182,7 @@ def _execute(session: Session, cycle: CycleState) -> None:
     takes = records.resolutions(session, target.name)
     rejections = records.rejections(session, target.name)
     batcher = Batcher(cycle.caps, tuple(target.remote_fields))
+    push_creates(session, cycle, batcher)  # keys new locally and nothing else, in bulk
     for chunk in mirror.iter_diff(session, target.name):
         cycle.check_stop()
         full = apply_chunk(session, cycle, chunk, takes, rejections, batcher)
