@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from sqlmodel import Session
 
-from syncd.core.batching import Batch, Batcher
+from syncd.core.batching import Batcher
 from syncd.core.projection import Projection
 from syncd.engine.push import push_batch
 from syncd.engine.state import CycleState
@@ -51,7 +51,7 @@ def push_creates(session: Session, cycle: CycleState, batcher: Batcher) -> None:
         return
     target = cycle.target.name
     moved = cycle.owners.moved
-    own = Batcher(cycle.caps, batcher.columns)
+    waiting: list[RowChange] = []  # journalled, not yet a whole call's worth
     last = 0
     while True:  # each push checks for a stop first (``push_batch``)
         mirror.take_write_turn(session)
@@ -62,7 +62,6 @@ def push_creates(session: Session, cycle: CycleState, batcher: Batcher) -> None:
         last = rows[-1][0]
         seqs: list[int] = []
         journal: list[tuple[str, str]] = []
-        full: list[Batch] = []
         for seq, key, data in rows:
             if key in moved:
                 continue  # the new key's decision carries the move
@@ -71,15 +70,16 @@ def push_creates(session: Session, cycle: CycleState, batcher: Batcher) -> None:
                 continue  # its opt-out goes with it, or it is withheld: the general path
             seqs.append(seq)
             journal.append((key, data))
-            full += own.add(RowChange("create", row, None), with_status=False, overwrite_tags=False)
+            waiting.append(RowChange("create", row, None))
         mirror.set_in_flight_texts(session, target, journal)
         mirror.drop_diff_rows(session, seqs)
         session.commit()  # journalled, and decided: the general path does not see them
+        full, waiting = batcher.whole_calls(waiting)
         for batch in full:
             push_batch(session, cycle, batch)
-    tail = [change for batch in own.flush() for change in batch.rows]
+    # the last part-filled call's rows share a call with the cycle's other creates
     full = []
-    for change in tail:
+    for change in waiting:
         full += batcher.add(change, with_status=False, overwrite_tags=False)
     for batch in full:
         push_batch(session, cycle, batch)
