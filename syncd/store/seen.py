@@ -112,14 +112,22 @@ def dirty_by_hand(session: Session, table: str) -> Iterator[bool]:
     connection.exec_driver_sql(found)
 
 
-def mark_dirty(session: Session, target: str, keys: Sequence[str | None]) -> None:
-    """What the insert trigger set aside by ``dirty_by_hand`` would have done for these keys."""
-    _many(
-        session,
-        "INSERT INTO dirty (target, key) SELECT ?, ? WHERE NOT EXISTS "
-        "(SELECT 1 FROM dirty WHERE target = ? AND key = ?)",
-        [(target, key, target, key) for key in dict.fromkeys(keys) if key is not None],
-    )
+def mark_dirty(
+    session: Session, table: str, target: str, column: str, values: Sequence[Any]
+) -> None:
+    """What the insert trigger set aside by ``dirty_by_hand`` would have done for the rows of
+    ``table`` just inserted for ``target`` whose ``column`` is among ``values``: their keys
+    marked dirty, in statements of 500 values."""
+    connection = session.connection()
+    for i in range(0, len(values), 500):
+        part = tuple(values[i : i + 500])
+        connection.exec_driver_sql(
+            "INSERT INTO dirty (target, key) SELECT DISTINCT t.target, t.key "
+            f"FROM {table} t WHERE t.target = ? AND t.{column} IN ({', '.join('?' * len(part))}) "
+            "AND t.key IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM dirty d WHERE d.target = t.target AND d.key = t.key)",
+            (target, *part),
+        )
 
 
 def _delete_in_chunks(session: Session, table: str, column: str, target: str) -> None:
@@ -246,7 +254,7 @@ def _project(
             projected,
         )
         if by_hand:
-            mark_dirty(session, target, [row[2] for row in projected])
+            mark_dirty(session, "local_seen", target, "contact_id", [row[0] for row in projected])
     return len(rows)
 
 

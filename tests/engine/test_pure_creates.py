@@ -90,3 +90,46 @@ def test_a_second_cycle_after_a_bulk_first_push_sends_nothing(world: World) -> N
     assert world.cycle().write_calls == 2
     again = world.cycle()
     assert again.write_calls == 0 and again.outcome == "converged"
+
+
+def test_the_sent_text_of_a_row_is_the_general_entry_encoded() -> None:
+    """``push._SentOf`` builds a create's ``sent`` text from parts made once per batch: the
+    very text of ``_sent_by_key``'s entry encoded, whatever the row and the calls."""
+    from syncd.core.calls import PushCall, RowChange
+    from syncd.core.projection import Projection
+    from syncd.engine import push
+    from syncd.store import history
+
+    class Named:
+        def method_name(self, call: PushCall) -> str:
+            return "importContacts"
+
+    rows = tuple(
+        RowChange("create", p, None)
+        for p in (
+            Projection.build("a@x.org", {"Name": "Ann", "City": "Минск"}, ["b", "a"]),
+            Projection.build("b@x.org", {"Name": 'Q"uote\\'}, []),
+            Projection.build("c@x.org", {}, ["t"], "unsubscribed"),
+            Projection.build("d@x.org", {"City": "Brest"}, [], "active", "unsubscribed"),
+        )
+    )
+    for with_tags in (False, True):
+        for with_status in (False, True):
+            for split in ((("Name", "City"),), (("Name",), ("City",)), ((),)):
+                calls = tuple(
+                    PushCall(
+                        op="create",
+                        columns=cols,
+                        rows=rows,
+                        with_status=with_status and n == 0,
+                        with_tags=with_tags and n == 0,
+                        overwrite_tags=False,
+                    )
+                    for n, cols in enumerate(split)
+                )
+                general = push._sent_by_key(Named(), calls)  # type: ignore[arg-type]
+                sent_of = push._SentOf(Named(), calls)  # type: ignore[arg-type]
+                for change in rows:
+                    want = history.encode(general[change.row.key])
+                    assert sent_of(change.row) == want
+                    assert sent_of.entry(change.row) == general[change.row.key]
