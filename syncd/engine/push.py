@@ -38,7 +38,7 @@ from syncd.core.reconcile import Decision
 from syncd.engine.result import PlannedCall
 from syncd.engine.state import CycleState
 from syncd.providers.base import JobTicket, Provider, PushCall, RowOutcome
-from syncd.store import history, mirror, seen
+from syncd.store import history, mirror
 from syncd.store.models import Rejection
 
 log = logging.getLogger("syncd.engine")
@@ -158,11 +158,7 @@ def push_batch(session: Session, cycle: CycleState, batch: Batch) -> None:
     mirror.set_base(session, target, settle)
     # a pure create had no off-list record, rejection or base when it was chosen, and only
     # this target's cycle (under its lease) writes them: there is none of them to drop
-    if created:
-        with seen.dirty_by_hand(session, "base") as by_hand:
-            mirror.set_base_texts(session, target, created)
-            if by_hand:
-                seen.mark_dirty(session, "base", target, "key", [key for key, _ in created])
+    mirror.set_base_texts(session, target, created)
     mirror.drop_base(session, target, forget)
     mirror.drop_off_list(session, target, [p.key for p in settle])
     mirror.set_off_list(session, target, left)

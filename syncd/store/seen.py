@@ -27,7 +27,6 @@ import json
 import sys
 from array import array
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import bindparam, text
@@ -66,68 +65,6 @@ def _many(session: Session, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
     if connection.dialect.name == "postgresql":
         sql = sql.replace("?", "%s")
     connection.exec_driver_sql(sql, list(rows))
-
-
-def _insert_dirty_trigger(table: str) -> str:
-    """Migration 0011's SQLite trigger that marks each key inserted into ``table`` dirty, as
-    ``sqlite_master`` holds it."""
-    return (
-        f"CREATE TRIGGER {table}_insert_dirty AFTER INSERT ON {table} FOR EACH ROW BEGIN "
-        "INSERT INTO dirty (target, key) SELECT NEW.target, NEW.key WHERE NEW.key IS NOT NULL "
-        "AND NOT EXISTS (SELECT 1 FROM dirty WHERE target = NEW.target AND key = NEW.key); END"
-    )
-
-
-@contextmanager
-def dirty_by_hand(session: Session, table: str) -> Iterator[bool]:
-    """SQLite: the trigger that marks each key inserted into ``table`` dirty set aside, inside
-    the caller's transaction, while it inserts many rows; yields True when the caller is to
-    mark their keys itself (``mark_dirty``), in the same transaction.
-
-    A row trigger makes SQLite keep a statement journal for every row written (see
-    ``syncd.local.ingest.write.Sql.forgetting_in_bulk``): 100,000 projections of a first
-    push took 1.8 s to insert with it and 0.5 s without, their keys marked after. The trigger
-    is dropped and created again inside the transaction (opened first), so no other
-    connection ever sees it missing, and a rollback restores it with the rest. Only a trigger
-    that reads as migration 0011 wrote it is set aside; another (a later schema) stays and runs.
-    """
-    connection = session.connection()
-    if connection.dialect.name != "sqlite":
-        yield False
-        return
-    take_write_turn(session)  # the transaction is open before the trigger goes
-    name = f"{table}_insert_dirty"
-    found = connection.exec_driver_sql(
-        "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?", (name,)
-    ).scalar()
-    if found != _insert_dirty_trigger(table):
-        yield False
-        return
-    connection.exec_driver_sql(f"DROP TRIGGER {name}")
-    try:
-        yield True
-    except BaseException:
-        session.rollback()  # the trigger comes back with the rest
-        raise
-    connection.exec_driver_sql(found)
-
-
-def mark_dirty(
-    session: Session, table: str, target: str, column: str, values: Sequence[Any]
-) -> None:
-    """What the insert trigger set aside by ``dirty_by_hand`` would have done for the rows of
-    ``table`` just inserted for ``target`` whose ``column`` is among ``values``: their keys
-    marked dirty, in statements of 500 values."""
-    connection = session.connection()
-    for i in range(0, len(values), 500):
-        part = tuple(values[i : i + 500])
-        connection.exec_driver_sql(
-            "INSERT INTO dirty (target, key) SELECT DISTINCT t.target, t.key "
-            f"FROM {table} t WHERE t.target = ? AND t.{column} IN ({', '.join('?' * len(part))}) "
-            "AND t.key IS NOT NULL AND NOT EXISTS "
-            "(SELECT 1 FROM dirty d WHERE d.target = t.target AND d.key = t.key)",
-            (target, *part),
-        )
 
 
 def _delete_in_chunks(session: Session, table: str, column: str, target: str) -> None:
@@ -247,14 +184,11 @@ def _project(
     # in key order: the key's index and the trigger's ``dirty`` rows are then written page
     # after page, not a page per row (a page of members by id has its keys in any order)
     projected.sort(key=_by_key)
-    with dirty_by_hand(session, "local_seen") as by_hand:
-        _many(
-            session,
-            "INSERT INTO local_seen (contact_id, target, key, digest, data) VALUES (?, ?, ?, ?, ?)",
-            projected,
-        )
-        if by_hand:
-            mark_dirty(session, "local_seen", target, "contact_id", [row[0] for row in projected])
+    _many(
+        session,
+        "INSERT INTO local_seen (contact_id, target, key, digest, data) VALUES (?, ?, ?, ?, ?)",
+        projected,
+    )
     return len(rows)
 
 
