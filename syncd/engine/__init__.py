@@ -20,9 +20,10 @@ The order of writes is what keeps the safety rules (DESIGN §3):
 
 This module is the driver: ``run_cycle`` and the two passes over the diff, in that order. The
 steps live beside it, each taking the cycle's ``CycleState`` (``state``): staging and the diff
-(``stage``), one chunk decided and its local half written (``chunk``), one batch pushed and its
-answers read (``push``), conflicts, rejections and run records (``records``). What goes in and
-comes out (``CycleOptions``, ``CycleResult``) is in ``result``. The decisions themselves are
+(``stage``), the keys new locally and nothing else journalled and pushed in bulk before the
+rest (``creates``), one chunk decided and its local half written (``chunk``), one batch pushed
+and its answers read (``push``), conflicts, rejections and run records (``records``). What goes
+in and comes out (``CycleOptions``, ``CycleResult``) is in ``result``. The decisions themselves are
 ``syncd.core.reconcile``'s, pure; the batches are ``syncd.core.batching``'s. A cycle narrowed to
 the few keys a provider's webhook named (``CycleOptions.scope``) is ``single``'s: the same passes
 over those keys alone, their remote rows read one by one.
