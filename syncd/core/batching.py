@@ -124,6 +124,19 @@ class Batcher:
             self._held = 0
             yield from self._pack(held)
 
+    def whole_calls(self, changes: list[RowChange]) -> tuple[list[Batch], list[RowChange]]:
+        """Creates that send no status and remove no tag (one signature, whatever the row),
+        cut straight into full batches without going through the groups one by one; returns
+        those and the rows left over (fewer than a call's worth)."""
+        if not changes:
+            return [], []
+        assert all(change.op == "create" for change in changes)
+        sig = self.signature(changes[0], with_status=False, overwrite_tags=False)
+        size = self.capabilities.rows_per_call
+        whole = len(changes) - len(changes) % size
+        batches = [self._batch(sig, changes[i : i + size]) for i in range(0, whole, size)]
+        return batches, changes[whole:]
+
     def flush(self) -> Iterator[Batch]:
         groups, self._groups, self._held = self._groups, {}, 0
         for sig, rows in groups.items():

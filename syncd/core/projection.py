@@ -120,17 +120,22 @@ class Projection:
         return text
 
     @classmethod
-    def from_json(cls, text: str) -> Projection:
+    def from_json(cls, text: str, *, keep_text: bool = False) -> Projection:
         """The projection ``to_json`` wrote. Its text is canonical (fields sorted and none
         empty, tags sorted), so it is taken as it is rather than built again; a status
-        ``build`` would refuse still goes through it, and is refused."""
+        ``build`` would refuse still goes through it, and is refused. ``keep_text``: the text
+        is ``to_json``'s own (as ``local_seen`` stores it), kept so that it is not encoded
+        again."""
         key, fields, tags, status, *rest = json.loads(text)
         if status not in STATUSES or (rest and rest[0] not in LIST_STATUSES):
             return cls.build(key, dict(fields), tags, status, rest[0] if rest else "active")
         list_status: ListStatus = (
             rest[0] if rest else "unsubscribed" if status in OPTED_OUT else "active"
         )
-        return cls(key, tuple(map(tuple, fields)), frozenset(tags), status, list_status)
+        p = cls(key, tuple(map(tuple, fields)), frozenset(tags), status, list_status)
+        if keep_text:
+            object.__setattr__(p, "_json", text)
+        return p
 
     def digest(self) -> str:
         return digest_of(self.to_json())

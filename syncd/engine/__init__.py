@@ -20,9 +20,10 @@ The order of writes is what keeps the safety rules (DESIGN §3):
 
 This module is the driver: ``run_cycle`` and the two passes over the diff, in that order. The
 steps live beside it, each taking the cycle's ``CycleState`` (``state``): staging and the diff
-(``stage``), one chunk decided and its local half written (``chunk``), one batch pushed and its
-answers read (``push``), conflicts, rejections and run records (``records``). What goes in and
-comes out (``CycleOptions``, ``CycleResult``) is in ``result``. The decisions themselves are
+(``stage``), the keys new locally and nothing else journalled and pushed in bulk before the
+rest (``creates``), one chunk decided and its local half written (``chunk``), one batch pushed
+and its answers read (``push``), conflicts, rejections and run records (``records``). What goes
+in and comes out (``CycleOptions``, ``CycleResult``) is in ``result``. The decisions themselves are
 ``syncd.core.reconcile``'s, pure; the batches are ``syncd.core.batching``'s. A cycle narrowed to
 the few keys a provider's webhook named (``CycleOptions.scope``) is ``single``'s: the same passes
 over those keys alone, their remote rows read one by one.
@@ -44,6 +45,7 @@ from syncd.config import TargetConfig
 from syncd.core.batching import Batcher
 from syncd.engine import confirm_later, records
 from syncd.engine.chunk import apply_chunk, decide
+from syncd.engine.creates import push_creates
 from syncd.engine.push import push_batch
 from syncd.engine.references import find_owners
 from syncd.engine.result import RATE_LIMIT_WAIT, CycleOptions, CycleResult
@@ -181,6 +183,7 @@ def _execute(session: Session, cycle: CycleState) -> None:
     takes = records.resolutions(session, target.name)
     rejections = records.rejections(session, target.name)
     batcher = Batcher(cycle.caps, tuple(target.remote_fields))
+    push_creates(session, cycle, batcher)  # keys new locally and nothing else, in bulk
     for chunk in mirror.iter_diff(session, target.name):
         cycle.check_stop()
         full = apply_chunk(session, cycle, chunk, takes, rejections, batcher)

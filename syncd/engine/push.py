@@ -80,19 +80,37 @@ def push_batch(session: Session, cycle: CycleState, batch: Batch) -> None:
     target = cycle.target.name
     job_id = next((c.job.job_id for c in calls if c.job is not None), None)
     settled_now: list[str] = []
-    sent = {} if dry else _sent_by_key(cycle.provider, calls)
-    steps: list[dict[str, Any]] = []
+    uniform = all(call.rows is batch.rows for call in calls)
+    sent = {} if dry or uniform else _sent_by_key(cycle.provider, calls)
+    sent_of = _SentOf(cycle.provider, calls) if uniform and not dry else None
+    steps: list[tuple[Any, ...]] = []
     settle: list[Projection] = []
     forget: list[str] = []
+    created: list[tuple[str, str]] = []  # pure creates confirmed: (key, the row's JSON)
     left: list[Projection] = []  # taken off the list, kept by the provider
     at = history.now_ms()  # when the answers were read
+    run_id = cycle.run_id
     for change in batch.rows:
-        d = cycle.pending.pop(change.row.key)
+        key = change.row.key
+        d = cycle.pending.pop(key, None)
         if dry:
             counts[change.op] += 1
             continue
-        outcome = outcomes.get(change.row.key)
-        step = partial(_step, cycle, d, sent.get(d.key), at)
+        outcome = outcomes.get(key)
+        if d is None:
+            # a pure create (``syncd.engine.creates``): decided in bulk, as reconcile decides
+            # it; confirmed, its base is the row sent and its history step the usual one
+            if outcome is not None and outcome.ok and not outcome.pending:
+                counts["create"] += 1
+                created.append((key, change.row.to_json()))
+                assert sent_of is not None  # a pure create's batch has its rows in every call
+                steps.append(
+                    (at, run_id, target, key, "create_remote", sent_of(change.row), _CONFIRMED)
+                )
+                continue
+            d = pure_create(change.row)
+        entry = sent_of.entry(change.row) if sent_of is not None else sent.get(d.key)
+        step = partial(_step, cycle, d, entry, at)
         if outcome is not None and outcome.ok and outcome.pending:
             counts["awaiting"] += 1  # its callback moves the base (syncd.engine.confirm_later)
             steps.append(step("awaiting", reason="accepted; the provider's callback confirms it"))
@@ -138,12 +156,15 @@ def push_batch(session: Session, cycle: CycleState, batch: Batch) -> None:
             confirm_later.record_answer(session, ticket, accepted, refusal)
     log.debug("answer read: moving the base of %d rows", len(settle) + len(forget))
     mirror.set_base(session, target, settle)
+    # a pure create had no off-list record, rejection or base when it was chosen, and only
+    # this target's cycle (under its lease) writes them: there is none of them to drop
+    mirror.set_base_texts(session, target, created)
     mirror.drop_base(session, target, forget)
     mirror.drop_off_list(session, target, [p.key for p in settle])
     mirror.set_off_list(session, target, left)
     mirror.drop_in_flight(session, target, [c.row.key for c in batch.rows])
     mirror.drop_rejections(session, target, [p.key for p in settle] + forget)
-    history.add(session, steps)
+    history.add_tuples(session, steps)
     session.commit()  # this batch's confirmations are durable before the next call
     log.debug("base updated")
 
@@ -169,11 +190,73 @@ def _open_job(session: Session, cycle: CycleState, batch: Batch) -> tuple[PushCa
 
 def _step(
     cycle: CycleState, d: Decision, sent: dict[str, Any] | None, at: str, result: str, **said: Any
-) -> dict[str, Any]:
+) -> tuple[Any, ...]:
     notes = cycle.local_notes.pop(d.key, {})  # the local half of a merge, written in its chunk
-    return records.step(
-        cycle.run_id, cycle.target.name, d, result, sent=sent, at=at, **notes, **said
+    return history.as_tuple(
+        records.step(cycle.run_id, cycle.target.name, d, result, sent=sent, at=at, **notes, **said)
     )
+
+
+def pure_create(row: Projection) -> Decision:
+    """What ``reconcile`` decides for a key new locally and nothing else (``create_remote``)."""
+    return Decision(row.key, "create_remote", "create", row, None, base=row)
+
+
+#: the outcome of a confirmed row that wrote nothing locally, met no conflict and says nothing
+_CONFIRMED = history.encode({"result": "confirmed"})
+
+
+class _SentOf:
+    """What a row's calls carried (``_sent_by_key``'s entry) for a batch whose every call
+    carries every row (a batch of creates): the parts shared by the rows made once."""
+
+    def __init__(self, provider: Provider, calls: tuple[PushCall, ...]) -> None:
+        first = calls[0]
+        self.head = {"op": first.op, "call": provider.method_name(first), "calls": len(calls)}
+        self.columns = [c for call in calls for c in call.columns]
+        self.with_tags = any(call.with_tags for call in calls)
+        self.with_status = any(call.with_status for call in calls)
+        self.flags = {
+            "overwrite_tags": any(call.overwrite_tags for call in calls),
+            "overwrite_lists": any(call.overwrite_lists for call in calls),
+        }
+        self._parts: tuple[str, list[tuple[str, str]], str] | None = None
+
+    def entry(self, row: Projection) -> dict[str, Any]:
+        values = row.field_map
+        entry: dict[str, Any] = {
+            **self.head,
+            "fields": {c: values.get(c, "") for c in self.columns},
+            "flags": dict(self.flags),
+        }
+        if self.with_tags:
+            entry["tags"] = sorted(row.tags)
+        if self.with_status:
+            entry["status"] = row.status
+            entry["list_status"] = row.list_status
+        return entry
+
+    def __call__(self, row: Projection) -> str:
+        """``history.encode(self.entry(row))``, the same text (a test compares), from parts
+        encoded once, the keys in the order ``sort_keys`` puts them. A call that carries the
+        status (an opt-out) takes the general way."""
+        if self.with_status:
+            return history.encode(self.entry(row))
+        if self._parts is None:
+            enc = history.encode
+            self._parts = (
+                f'{{"call": {enc(self.head["call"])}, "calls": {enc(self.head["calls"])}, '
+                '"fields": {',
+                [(c, enc(c)) for c in sorted(set(self.columns))],
+                f'}}, "flags": {enc(self.flags)}, "op": {enc(self.head["op"])}',
+            )
+        head, names, tail = self._parts
+        values = row.field_map
+        enc = history.encode
+        fields = ", ".join([f"{name}: {enc(values.get(c, ''))}" for c, name in names])
+        if self.with_tags:
+            return f'{head}{fields}{tail}, "tags": {enc(sorted(row.tags))}}}'
+        return f"{head}{fields}{tail}}}"
 
 
 def _sent_by_key(provider: Provider, calls: tuple[PushCall, ...]) -> dict[str, dict[str, Any]]:

@@ -303,9 +303,63 @@ _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 def _projector(cycle: CycleState) -> Callable[[mirror.MemberRow], seen.Projected]:
     view, caps = cycle.view, cycle.caps
+    if view.reference is None:
+        return stored_projector(view, caps)
 
     def project(member: mirror.MemberRow) -> seen.Projected:
         return project_stored(member, view, caps)
+
+    return project
+
+
+def stored_projector(
+    view: mirror.LocalView, caps: Capabilities
+) -> Callable[[mirror.MemberRow], seen.Projected]:
+    """``project_stored`` for a view without a reference field, with what depends only on the
+    view worked out once: a first push projects every member of the list. The same text
+    (a test compares); anything out of the ordinary (a status ``Projection`` would refuse,
+    fields that are not a JSON object) goes to ``project_stored`` itself."""
+    assert view.reference is None
+    by_email = view.key == "email"
+    # sorted by remote name: the kept fields come out in ``Projection``'s order
+    plan = sorted(view.fields.items())
+    fold: dict[str, str] = {s: caps.fold_status(s) for s in STATUSES}
+    tags_kept = caps.tags
+    list_consent = caps.list_consent
+    encode, digest, loads = _ENCODE, digest_of, json.loads
+
+    def project(member: mirror.MemberRow) -> seen.Projected:
+        key = member.email if by_email else member.phone
+        if not key:
+            return None, None, None
+        status, list_status = member.status, member.state
+        if not list_consent:
+            status = "unsubscribed" if status == "active" and list_status != "active" else status
+            list_status = "active"
+        folded = fold.get(status)
+        local_fields = loads(member.fields)
+        if folded is None or list_status not in LIST_STATUSES or type(local_fields) is not dict:
+            return project_stored(member, view, caps)
+        status = folded
+        kept: list[tuple[str, str]] = []
+        for remote_name, local_name in plan:
+            if local_name == "email":
+                value: Any = member.email
+            elif local_name == "phone":
+                value = member.phone
+            else:
+                value = local_fields.get(local_name)
+            if value is not None:
+                value = str(value)
+                if value:
+                    kept.append((remote_name, value))
+        stored = member.tags
+        tags = sorted({t for t in loads(stored) if t}) if tags_kept and stored != "[]" else []
+        if list_status == "active" or status in OPTED_OUT:
+            data = encode([key, kept, tags, status])
+        else:
+            data = encode([key, kept, tags, status, list_status])
+        return key, digest(data), data
 
     return project
 

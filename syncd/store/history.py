@@ -82,6 +82,9 @@ def row(
 #: ``json.dumps`` with options builds an encoder per call; a first push writes a row per contact
 _encode = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode
 
+#: the text ``row`` makes of a ``sent`` or ``outcome`` (for rows built without ``row``)
+encode = _encode
+
 #: An insert's head, the columns in the order of ``LocalSteps.row``.
 INSERT_HEAD = 'INSERT INTO history (at, run_id, target, key, "case", sent, outcome)'
 
@@ -133,6 +136,16 @@ def add(session: Session | Connection, rows: Sequence[dict[str, Any]]) -> None:
             for r in rows
         ],
     )
+
+
+def as_tuple(r: dict[str, Any]) -> tuple[Any, ...]:
+    """A row of ``row`` in the order of ``INSERT_HEAD`` (as ``add_tuples`` takes it)."""
+    return (r["at"], r["run_id"], r["target"], r["key"], r["case"], r["sent"], r["outcome"])
+
+
+def add_tuples(session: Session | Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """``add`` for rows already in the order of ``INSERT_HEAD``."""
+    many(session, f"{INSERT_HEAD} VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
 
 def last_steps(session: Session, target: str, keys: Sequence[str]) -> dict[str, tuple[str, str]]:

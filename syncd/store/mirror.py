@@ -168,6 +168,44 @@ def iter_diff(
         ]
 
 
+def pure_creates(
+    session: Session, target: str, peers: Sequence[str], after: int, limit: int
+) -> list[tuple[int, str, str]]:
+    """The next differing keys after sequence number ``after`` that are new locally and
+    nothing else: a local row, no base, no remote row, no write in flight, no record kept
+    off the list (by this target or a peer on the account), no rejection and no conflict.
+    (seq, key, local JSON), at most ``limit``. ``reconcile`` decides each of them a plain
+    create of its local row (``create_remote``), so they can be journalled, sent and
+    confirmed in bulk (``syncd.engine.creates``)."""
+    connection = session.connection()
+    mark = "%s" if connection.dialect.name == "postgresql" else "?"
+    owners = ", ".join([mark] * (1 + len(peers)))
+    sql = (
+        "SELECT d.seq, d.key, d.local FROM stage_diff d "
+        f"WHERE d.target = {mark} AND d.seq > {mark} AND d.local IS NOT NULL "
+        "AND d.base IS NULL AND d.remote IS NULL "
+        "AND NOT EXISTS (SELECT 1 FROM in_flight f WHERE f.target = d.target AND f.key = d.key) "
+        f"AND NOT EXISTS (SELECT 1 FROM off_list o WHERE o.target IN ({owners}) "
+        "  AND o.key = d.key) "
+        "AND NOT EXISTS (SELECT 1 FROM rejection j WHERE j.target = d.target AND j.key = d.key) "
+        "AND NOT EXISTS (SELECT 1 FROM conflict c WHERE c.target = d.target AND c.key = d.key) "
+        f"ORDER BY d.seq LIMIT {mark}"
+    )
+    rows = connection.exec_driver_sql(sql, (target, after, target, *peers, limit)).all()
+    return [(int(seq), key, local) for seq, key, local in rows]
+
+
+def drop_diff_rows(session: Session, seqs: Sequence[int]) -> None:
+    """Take these rows out of the diff: they were decided already (``pure_creates``)."""
+    connection = session.connection()
+    mark = "%s" if connection.dialect.name == "postgresql" else "?"
+    for i in range(0, len(seqs), 500):
+        part = tuple(seqs[i : i + 500])
+        connection.exec_driver_sql(
+            f"DELETE FROM stage_diff WHERE seq IN ({', '.join([mark] * len(part))})", part
+        )
+
+
 def count_never_deleted(session: Session, target: str) -> int:
     """The differing keys that ``iter_diff(may_delete=True)`` leaves out."""
     return int(
@@ -228,6 +266,27 @@ def set_in_flight(
         "INSERT INTO in_flight (target, key, data, before) VALUES (?, ?, ?, ?) "
         "ON CONFLICT (target, key) DO UPDATE SET data = excluded.data, before = excluded.before",
         [(target, p.key, p.to_json(), b and b.to_json()) for p, b in rows],
+    )
+
+
+def set_in_flight_texts(session: Session, target: str, rows: Sequence[tuple[str, str]]) -> None:
+    """``set_in_flight`` for creates given as (key, the row's JSON as sent), no remote row."""
+    many(
+        session,
+        "INSERT INTO in_flight (target, key, data, before) VALUES (?, ?, ?, NULL) "
+        "ON CONFLICT (target, key) DO UPDATE SET data = excluded.data, before = NULL",
+        [(target, key, data) for key, data in rows],
+    )
+
+
+def set_base_texts(session: Session, target: str, rows: Sequence[tuple[str, str]]) -> None:
+    """``set_base`` for rows given as (key, canonical JSON)."""
+    many(
+        session,
+        "INSERT INTO base (target, key, digest, data, unseen) VALUES (?, ?, ?, ?, 0) "
+        "ON CONFLICT (target, key) DO UPDATE "
+        "SET digest = excluded.digest, data = excluded.data, unseen = 0",
+        [(target, key, digest_of(data), data) for key, data in rows],
     )
 
 

@@ -165,13 +165,18 @@ def test_a_20k_cycle_on_a_short_lease_keeps_it(world: World, monkeypatch: pytest
     20,000 contacts, slowed here to take seconds as on a busy machine: neither may starve the
     other (the lease lost), nor fail the other's write ("database is locked")."""
     world.add_local(20_000)
-    project = stage.project_stored
+    projector = stage.stored_projector
 
     def busy_machine(*args: Any) -> Any:
-        time.sleep(0.0001)
-        return project(*args)
+        project = projector(*args)
 
-    monkeypatch.setattr(stage, "project_stored", busy_machine)
+        def slowly(member: Any) -> Any:
+            time.sleep(0.0001)
+            return project(member)
+
+        return slowly
+
+    monkeypatch.setattr(stage, "stored_projector", busy_machine)
     config = world.config.model_copy(
         update={"daemon": world.config.daemon.model_copy(update={"lease_timeout": 3.0})}
     )

@@ -244,6 +244,8 @@ def test_the_stored_projection_is_project_local_s_text():
         LocalView("email", "news", {"Name": "name", "City": "city", "Phone": "phone"}),
         LocalView("phone", "news", {"Email": "email", "Age": "age"}, reference="Ref"),
         LocalView("email", "news", {"Ref": "name"}, reference="Ref", list_consent=True),
+        LocalView("phone", "news", {"Email": "email", "Age": "age", "B": "name"}),
+        LocalView("email", "news", {"Z": "city", "A": "name"}, list_consent=True),
     ]
     caps_all = [
         Capabilities(500, 50),
@@ -266,6 +268,15 @@ def test_the_stored_projection_is_project_local_s_text():
                 text_ = None if p is None else p.to_json()
                 want = (None, None, None) if p is None else (p.key, digest_of(text_), text_)
                 assert stage.project_stored(member, view, caps) == want
+                if view.reference is None:  # the projector a cycle uses for such a view
+                    assert stage.stored_projector(view, caps)(member) == want
+    odd = Capabilities(500, 50, statuses=frozenset({"active", "bogus"}))
     with pytest.raises(ValueError):
-        odd = Capabilities(500, 50, statuses=frozenset({"active", "bogus"}))
         stage.project_stored(members[0]._replace(status="bogus"), views[0], odd)
+    with pytest.raises(ValueError):
+        stage.stored_projector(views[0], odd)(members[0]._replace(status="bogus"))
+    # a status the provider folds is folded the same way
+    folded = members[0]._replace(status="inactive")
+    assert stage.stored_projector(views[0], caps_all[0])(folded) == stage.project_stored(
+        folded, views[0], caps_all[0]
+    )
