@@ -307,15 +307,17 @@ def _apply_chunks(
         steps: list[tuple[Any, ...]] = []
         at = history.now_ms()  # one time for the chunk: its steps commit together
         counts = dict.fromkeys(("created", "updated", "deleted", "unchanged"), 0)
+        apply, step = working.apply, steps_of.row  # looked up once, not once a row
         for item in outcomes:
-            result = item if isinstance(item, Rejection) else working.apply(item)
+            result = item if isinstance(item, Rejection) else apply(item)
             if isinstance(result, Rejection):
                 refused.append(result)
                 report.reject(result)
                 continue
             counts[result] += 1
             if result != "unchanged" and isinstance(item, ContactChange):
-                steps.append(steps_of.row(at, item.key, result, _carried(item), item.line))
+                key = item.email or item.phone or ""  # ContactChange.key, without its call
+                steps.append(step(at, key, result, _carried(item), item.line))
         for outcome, count in counts.items():
             setattr(report, outcome, getattr(report, outcome) + count)
         working.write(sql)
@@ -670,11 +672,11 @@ class _Chunk:
 
     def lists(self) -> set[str]:
         """The lists of every contact this chunk reached, before and after, and those named."""
+        # The contacts of a chunk mostly share a few sets (see memberships): each distinct one
+        # is added once, not once a contact.
         names = set(self.named)
-        for lists, _left in self.original_lists.values():
-            names |= lists
-        for contact in self.contacts.values():
-            names |= contact.lists
+        names.update(*{lists for lists, _left in self.original_lists.values()})
+        names.update(*{contact.lists for contact in self.contacts.values()})
         return names
 
     def apply(self, change: ContactChange) -> Outcome | Rejection:
@@ -733,7 +735,10 @@ class _Chunk:
             self.next_new_id,
             change.email,
             change.phone,
-            {name: value for name, value in change.fields.items() if value is not None},
+            # A row's fields mostly remove none: copied whole, in C, unless one is None.
+            dict(fields)
+            if None not in (fields := change.fields).values()
+            else {name: value for name, value in fields.items() if value is not None},
             frozenset() if change.tags is None else change.tags,
             frozenset(),
             "active" if change.status is None else change.status,
