@@ -775,11 +775,7 @@ class _Chunk:
         # Keys can pass from one contact to another within a chunk; clearing the moved keys
         # first means the unique indexes never see two holders, whatever the update order.
         sql.many("UPDATE contact SET email = NULL, phone = NULL WHERE id = ?", moved)
-        sql.many(
-            "UPDATE contact SET email = ?, phone = ?, fields = ?, tags = ?, status = ?, "
-            "deleted = ? WHERE id = ?",
-            [(*c.row(), c.id) for c in changed],
-        )
+        sql.many(*_updates_of(changed))
 
         # A contact whose lists or their states changed has its memberships rewritten whole.
         relisted = [
@@ -853,6 +849,32 @@ def _inserts_of(new: Sequence[_Contact]) -> tuple[str, list[tuple[Any, ...]]]:
                 ref,
             )
             for c, ref in zip(new, refs, strict=True)
+        ],
+    )
+
+
+def _updates_of(changed: Sequence[_Contact]) -> tuple[str, list[tuple[Any, ...]]]:
+    """The ``UPDATE contact`` of these changed contacts, and its rows: as ``_inserts_of``, the
+    phone NULL and deleted FALSE in the statement when none of them has one."""
+    if any(c.phone is not None or c.deleted for c in changed):
+        return (
+            "UPDATE contact SET email = ?, phone = ?, fields = ?, tags = ?, status = ?, "
+            "deleted = ? WHERE id = ?",
+            [(*c.row(), c.id) for c in changed],
+        )
+    encode = canonical_json
+    return (
+        "UPDATE contact SET email = ?, fields = ?, tags = ?, status = ?, phone = NULL, "
+        "deleted = FALSE WHERE id = ?",
+        [
+            (
+                c.email,
+                encode(c.fields) if c.fields else "{}",
+                encode(sorted(c.tags)) if c.tags else "[]",
+                c.status,
+                c.id,
+            )
+            for c in changed
         ],
     )
 
