@@ -209,8 +209,9 @@ def _check_row(row: RawRow, config: IngestConfig) -> Claim:
 def _change(row: RawRow, email: str | None, phone: str | None) -> ContactChange:
     """The rest of a row whose keys are good: the reserved columns and the custom fields."""
     values = row.values
-    status = _status(values.get("status"))
-    delete = flag(values.get("delete"))
+    # Most files carry neither column: their absence is told here, without a call.
+    status = None if (given := values.get("status")) is None else _status(given)
+    delete = False if (given := values.get("delete")) is None else flag(given)
     if delete is None:
         raise _RowProblem(f"delete must be 1/true or 0/empty, not {shown(values['delete'])}")
     # Inline tests for the common case (a column absent, a field's text) spare a call per row.
