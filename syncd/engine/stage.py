@@ -88,7 +88,7 @@ def stage_and_diff(session: Session, cycle: CycleState) -> None:
             seen.clear_scratch(session, name)
             cycle.result.export_complete = False
             cycle.result.message = f"export incomplete, pushing local changes only: {exc}"
-    project = _projector(cycle)
+    project = stored_projector(cycle.view, cycle.caps)
     cycle.progress("staged local", _project_members(session, cycle, project))
     n = seen.compute_diff(
         session,
@@ -255,78 +255,42 @@ class _ExportReading:
 def project_stored(
     member: mirror.MemberRow, view: mirror.LocalView, caps: Capabilities
 ) -> seen.Projected:
-    """``project_local``'s projection as ``local_seen`` stores it: (key, digest, JSON text).
-
-    The same text as ``project_local(...).to_json()``, built without the ``Projection`` in
-    between: a first push projects every member of the list, and building, validating and
-    encoding an object per member cost as much as storing it. A status that ``Projection``
-    would refuse takes ``project_local`` itself, which refuses it the same way."""
-    key = member.email if view.key == "email" else member.phone
-    if not key:
-        return None, None, None
-    status, list_status = member.status, member.state
-    if not caps.list_consent:
-        status = "unsubscribed" if status == "active" and list_status != "active" else status
-        list_status = "active"
-    status = caps.fold_status(status)
-    if status in OPTED_OUT:
-        list_status = "unsubscribed"
-    if status not in STATUSES or list_status not in LIST_STATUSES:
-        p = project_local(member, view, caps)
-        assert p is not None
-        data = p.to_json()
-        return key, digest_of(data), data
-    local_fields: dict[str, Any] = json.loads(member.fields)
-    fields: dict[str, str | None] = {}
-    for remote_name, local_name in view.fields.items():
-        if local_name == "email":
-            value: Any = member.email
-        elif local_name == "phone":
-            value = member.phone
-        else:
-            value = local_fields.get(local_name)
-        fields[remote_name] = None if value is None else str(value)
-    if view.reference is not None:
-        fields[view.reference] = member.ref
-    kept = sorted((k, v) for k, v in fields.items() if v not in (None, ""))
-    tags = sorted({t for t in json.loads(member.tags) if t}) if caps.tags else []
-    # Projection.to_json's form: a fifth item only for a list opt-out alone
-    if list_status == "active" or status in OPTED_OUT:
-        data = _ENCODE([key, kept, tags, status])
-    else:
-        data = _ENCODE([key, kept, tags, status, list_status])
-    return key, digest_of(data), data
+    """``project_local``'s projection as ``local_seen`` stores it: (key, digest, JSON text);
+    one member's ``stored_projector``."""
+    return stored_projector(view, caps)(member)
 
 
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
-
-def _projector(cycle: CycleState) -> Callable[[mirror.MemberRow], seen.Projected]:
-    view, caps = cycle.view, cycle.caps
-    if view.reference is None:
-        return stored_projector(view, caps)
-
-    def project(member: mirror.MemberRow) -> seen.Projected:
-        return project_stored(member, view, caps)
-
-    return project
+#: where the reference field takes its value in ``stored_projector``'s plan (no local name)
+_REF = object()
 
 
 def stored_projector(
     view: mirror.LocalView, caps: Capabilities
 ) -> Callable[[mirror.MemberRow], seen.Projected]:
-    """``project_stored`` for a view without a reference field, with what depends only on the
-    view worked out once: a first push projects every member of the list. The same text
-    (a test compares); anything out of the ordinary (a status ``Projection`` would refuse,
-    fields that are not a JSON object) goes to ``project_stored`` itself."""
-    assert view.reference is None
+    """``project_local``'s projection as ``local_seen`` stores it, with what depends only on
+    the view worked out once: the same text as ``project_local(...).to_json()`` (a test
+    compares), built without the ``Projection`` in between, since a first push projects every
+    member of the list and building, validating and encoding an object per member cost as
+    much as storing it. Anything out of the ordinary (a status ``Projection`` would refuse,
+    fields that are not a JSON object) goes through ``project_local`` itself, which refuses it
+    the same way."""
     by_email = view.key == "email"
+    spec: dict[str, object] = dict(view.fields)
+    if view.reference is not None:
+        spec[view.reference] = _REF  # syncd's reference wins over a field of the same name
     # sorted by remote name: the kept fields come out in ``Projection``'s order
-    plan = sorted(view.fields.items())
+    plan = sorted(spec.items())
     fold: dict[str, str] = {s: caps.fold_status(s) for s in STATUSES}
     tags_kept = caps.tags
     list_consent = caps.list_consent
     encode, digest, loads = _ENCODE, digest_of, json.loads
+
+    def as_object(member: mirror.MemberRow) -> seen.Projected:
+        p = project_local(member, view, caps)
+        assert p is not None
+        data = p.to_json()
+        return p.key, digest(data), data
 
     def project(member: mirror.MemberRow) -> seen.Projected:
         key = member.email if by_email else member.phone
@@ -339,7 +303,7 @@ def stored_projector(
         folded = fold.get(status)
         local_fields = loads(member.fields)
         if folded is None or list_status not in LIST_STATUSES or type(local_fields) is not dict:
-            return project_stored(member, view, caps)
+            return as_object(member)
         status = folded
         kept: list[tuple[str, str]] = []
         for remote_name, local_name in plan:
@@ -347,6 +311,8 @@ def stored_projector(
                 value: Any = member.email
             elif local_name == "phone":
                 value = member.phone
+            elif local_name is _REF:
+                value = member.ref
             else:
                 value = local_fields.get(local_name)
             if value is not None:
@@ -355,7 +321,7 @@ def stored_projector(
                     kept.append((remote_name, value))
         stored = member.tags
         tags = sorted({t for t in loads(stored) if t}) if tags_kept and stored != "[]" else []
-        if list_status == "active" or status in OPTED_OUT:
+        if status in OPTED_OUT or list_status == "active":
             data = encode([key, kept, tags, status])
         else:
             data = encode([key, kept, tags, status, list_status])
