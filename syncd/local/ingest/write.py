@@ -598,9 +598,15 @@ class _Contact:
 
     def row(self) -> tuple[Any, ...]:
         """email, phone, fields, tags, status, deleted: as stored."""
+        email, fields, tags, status = self.plain_row()
+        return (email, self.phone, fields, tags, status, self.deleted)
+
+    def plain_row(self) -> tuple[Any, ...]:
+        """``row`` less the phone and deleted, for a statement that writes them as NULL and
+        FALSE (``_inserts_of``): email, fields, tags, status."""
         tags = canonical_json(sorted(self.tags)) if self.tags else "[]"
         fields = canonical_json(self.fields) if self.fields else "{}"
-        return (self.email, self.phone, fields, tags, self.status, self.deleted)
+        return (self.email, fields, tags, self.status)
 
 
 _CONTACT_COLUMNS = "id, email, phone, fields, tags, status, deleted"
@@ -835,21 +841,10 @@ def _inserts_of(new: Sequence[_Contact]) -> tuple[str, list[tuple[Any, ...]]]:
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             [(*c.row(), ref) for c, ref in zip(new, refs, strict=True)],
         )
-    encode = canonical_json
     return (
         "INSERT INTO contact (email, fields, tags, status, ref, phone, deleted) "
         "VALUES (?, ?, ?, ?, ?, NULL, FALSE)",
-        # What _Contact.row gives, less the phone and deleted written above.
-        [
-            (
-                c.email,
-                encode(c.fields) if c.fields else "{}",
-                encode(sorted(c.tags)) if c.tags else "[]",
-                c.status,
-                ref,
-            )
-            for c, ref in zip(new, refs, strict=True)
-        ],
+        [(*c.plain_row(), ref) for c, ref in zip(new, refs, strict=True)],
     )
 
 
@@ -862,20 +857,10 @@ def _updates_of(changed: Sequence[_Contact]) -> tuple[str, list[tuple[Any, ...]]
             "deleted = ? WHERE id = ?",
             [(*c.row(), c.id) for c in changed],
         )
-    encode = canonical_json
     return (
         "UPDATE contact SET email = ?, fields = ?, tags = ?, status = ?, phone = NULL, "
         "deleted = FALSE WHERE id = ?",
-        [
-            (
-                c.email,
-                encode(c.fields) if c.fields else "{}",
-                encode(sorted(c.tags)) if c.tags else "[]",
-                c.status,
-                c.id,
-            )
-            for c in changed
-        ],
+        [(*c.plain_row(), c.id) for c in changed],
     )
 
 
