@@ -74,16 +74,14 @@ def row(
         "target": target,
         "key": key,
         "case": case,
-        "sent": None if sent is None else _encode(sent),
-        "outcome": _encode(outcome),
+        "sent": None if sent is None else encode(sent),
+        "outcome": encode(outcome),
     }
 
 
+#: the text ``row`` makes of a ``sent`` or ``outcome`` (also for rows built without ``row``):
 #: ``json.dumps`` with options builds an encoder per call; a first push writes a row per contact
-_encode = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode
-
-#: the text ``row`` makes of a ``sent`` or ``outcome`` (for rows built without ``row``)
-encode = _encode
+encode = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode
 
 #: An insert's head, the columns in the order of ``as_tuple``.
 INSERT_HEAD = 'INSERT INTO history (at, run_id, target, key, "case", sent, outcome)'
@@ -134,15 +132,7 @@ class LocalSteps:
 def add(session: Session | Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Add the rows in the caller's transaction, in one executemany through the driver
     (nothing for none): a first push adds one per contact."""
-    many(
-        session,
-        'INSERT INTO history (at, run_id, target, key, "case", sent, outcome) '
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [
-            (r["at"], r["run_id"], r["target"], r["key"], r["case"], r["sent"], r["outcome"])
-            for r in rows
-        ],
-    )
+    add_tuples(session, [as_tuple(r) for r in rows])
 
 
 def as_tuple(r: dict[str, Any]) -> tuple[Any, ...]:
