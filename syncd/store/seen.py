@@ -15,7 +15,7 @@ export. Three persistent tables make that so (migration 0011 has the triggers):
   Every other key is equal on all three sides, so ``compute_diff`` compares only these, and
   clears those it finds equal.
 
-Writes go through the driver's ``executemany`` (``_many``): at a million rows SQLAlchemy's
+Writes go through the driver's ``executemany`` (``mirror.many``): at a million rows SQLAlchemy's
 per-row parameter work would cost more than the rows themselves.
 """
 
@@ -55,16 +55,6 @@ def _plain(value: object) -> object:
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=repr)
     return repr(value)
-
-
-def _many(session: Session, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """``executemany`` straight through the driver (``?`` placeholders)."""
-    if not rows:
-        return
-    connection = session.connection()
-    if connection.dialect.name == "postgresql":
-        sql = sql.replace("?", "%s")
-    connection.exec_driver_sql(sql, list(rows))
 
 
 def _delete_in_chunks(session: Session, table: str, column: str, target: str) -> None:
@@ -184,7 +174,7 @@ def _project(
     # in key order: the key's index and the trigger's ``dirty`` rows are then written page
     # after page, not a page per row (a page of members by id has its keys in any order)
     projected.sort(key=_by_key)
-    _many(
+    mirror.many(
         session,
         "INSERT INTO local_seen (contact_id, target, key, digest, data) VALUES (?, ?, ?, ?, ?)",
         projected,
@@ -234,7 +224,7 @@ def known_fingerprints(session: Session, target: str, fps: Sequence[int]) -> set
 def stage_new(session: Session, rows: Sequence[tuple[Any, ...]]) -> None:
     """Export rows not known by their fingerprint: (target, seq, key, fp, digest, data,
     raw_status, opted_out_elsewhere)."""
-    _many(
+    mirror.many(
         session,
         "INSERT INTO stage_new (target, seq, key, fp, digest, data, raw_status, "
         "opted_out_elsewhere) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -245,7 +235,7 @@ def stage_new(session: Session, rows: Sequence[tuple[Any, ...]]) -> None:
 def stage_differing(session: Session, rows: Sequence[tuple[Any, ...]]) -> None:
     """Keys found differing elsewhere (a narrowed cycle's few): (target, key, local, base,
     remote, raw_status, opted_out_elsewhere), the rows as JSON."""
-    _many(
+    mirror.many(
         session,
         "INSERT INTO stage_diff (target, key, local, base, remote, raw_status, "
         "opted_out_elsewhere) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -254,7 +244,7 @@ def stage_differing(session: Session, rows: Sequence[tuple[Any, ...]]) -> None:
 
 
 def stage_gone(session: Session, target: str, fps: Sequence[int]) -> None:
-    _many(
+    mirror.many(
         session,
         "INSERT INTO stage_gone (target, fp) VALUES (?, ?)",
         [(target, fp) for fp in fps],
