@@ -105,6 +105,40 @@ def test_rejections_keep_their_lines_across_chunks_duplicates_included(
     assert report.rows == 15
 
 
+def test_a_duplicate_names_the_first_line_whether_that_row_created_a_contact_or_not(
+    store_url: str, tmp_path: Path
+) -> None:
+    # Claims of the contacts a file creates are read back from the contacts themselves on
+    # SQLite, the others (and all of them on PostgreSQL) from a scratch table: both give the line.
+    engine = open_engine(store_url)
+    seed = tmp_path / "seed.csv"
+    seed.write_text("email,phone\nthere@example.com,\n", encoding="utf-8")
+    ingest_file(engine, seed, CONFIG)
+    path = tmp_path / "dups.csv"
+    rows = [
+        "there@example.com,,Minsk",  # 2: updates a contact that was there
+        "new1@example.com,+375291111111,Minsk",  # 3: creates one with both keys
+        "new2@example.com,,Minsk",  # 4
+        "new3@example.com,,Minsk",  # 5
+        "there@example.com,,Brest",  # 6: duplicate of line 2
+        "other@example.com,+375291111111,Brest",  # 7: the phone line 3 created
+        "new2@example.com,,Brest",  # 8: duplicate of line 4
+        "new4@example.com,,Brest",  # 9
+    ]
+    path.write_text("email,phone,city\n" + "\n".join(rows) + "\n", encoding="utf-8")
+
+    report = apply_stream(engine, checked(read_rows(path), CONFIG), chunk_size=2)
+
+    assert [(r.line, r.reason) for r in report.rejected] == [
+        (6, "duplicate email there@example.com: already on line 2"),
+        (7, "duplicate phone +375291111111: already on line 3"),
+        (8, "duplicate email new2@example.com: already on line 4"),
+    ]
+    assert (report.created, report.updated) == (4, 1)
+    assert report.rejected == validate(read_rows(path), CONFIG)[1]
+    engine.dispose()
+
+
 def test_a_database_failure_after_chunks_were_written_applies_nothing(
     engine: Engine, tmp_path: Path
 ) -> None:

@@ -56,13 +56,14 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 from sqlalchemy.engine import Connection, Engine
 
 from syncd.core.projection import is_opted_out
 from syncd.errors import IngestError
-from syncd.local.ingest.check import Checked, ContactChange, Rejection, settle_claims
+from syncd.local.ingest.check import Checked, Claim, ContactChange, Rejection, settle_claims
 from syncd.store import history, mirror
 from syncd.store.models import new_refs
 
@@ -295,14 +296,16 @@ def _apply_chunks(
     after_chunk: AfterChunk | None,
     source: str,
 ) -> IngestReport:
-    claims = _ClaimTable(sql)
+    claims = _Claims(sql)
     report = IngestReport()
     steps_of = history.LocalSteps(source)
     for batch in _batches(items, chunk_size):
-        outcomes, new_claims = settle_claims(batch, claims.lines)
-        claims.add(new_claims)
+        # One look-up of the contacts the batch's keys reach serves both the claims of the
+        # contacts this file created and the working set.
+        found = _contacts_by_key(sql, *_keys_of(batch), _CONTACT_COLUMNS)
+        outcomes, new_claims = settle_claims(batch, partial(claims.lines, found))
         changes = [o for o in outcomes if isinstance(o, ContactChange)]
-        working = _Chunk.load(sql, changes)
+        working = _Chunk.load(sql, found, changes)
         refused: list[Rejection] = []
         steps: list[tuple[Any, ...]] = []
         at = history.now_ms()  # one time for the chunk: its steps commit together
@@ -320,8 +323,9 @@ def _apply_chunks(
                 steps.append(step(at, key, result, _carried(item), item.line))
         for outcome, count in counts.items():
             setattr(report, outcome, getattr(report, outcome) + count)
-        working.write(sql)
+        created = working.write(sql)
         sql.insert(history.LOCAL_INSERT_HEAD, steps, history.LOCAL_ROW_VALUES)
+        claims.add(new_claims, created)
         report.rows += len(batch)
         report.lists |= working.lists()
         if after_chunk is not None:
@@ -331,6 +335,22 @@ def _apply_chunks(
     claims.drop()
     report.rejected.sort(key=lambda r: r.line)
     return report
+
+
+def _keys_of(batch: Sequence[Checked | ContactChange]) -> tuple[list[str], list[str]]:
+    """The emails and the phones the batch's rows claim or (changes built in code) carry."""
+    emails: list[str] = []
+    phones: list[str] = []
+    for item in batch:
+        if isinstance(item, Claim):
+            for name, key in item.keys:
+                (emails if name == "email" else phones).append(key)
+        elif isinstance(item, ContactChange):
+            if item.email is not None:
+                emails.append(item.email)
+            if item.phone is not None:
+                phones.append(item.phone)
+    return emails, phones
 
 
 def _carried(change: ContactChange) -> tuple[str, ...]:
@@ -517,27 +537,64 @@ def marks(count: int) -> str:
     return ", ".join("?" * count)
 
 
-class _ClaimTable:
-    """The keys the file's rows have claimed so far, with their lines: a scratch table of the
-    transaction (a million keys would cost far more as a Python dict), made at first use."""
+class _Claims:
+    """The keys the file's rows have claimed so far, and the line that claimed each.
+
+    Most rows of a big file create a contact, and a contact this file created holds exactly the
+    keys its row claimed (a later row naming one is a duplicate, so it never changes them). On
+    SQLite, where the transaction holds the write lock, those contacts are the ones past the
+    largest id before the file: the look-up each chunk makes of the contacts its keys reach
+    finds them, and the line is the one their history step names, read only for a duplicate.
+    Every other claim (a row that changed, deleted or left alone a contact that was there, or
+    was refused for a later column; on PostgreSQL every claim) goes into a scratch table of the
+    transaction, made at first use (a million keys would cost far more as a Python dict).
+    Writing each created contact's keys there too cost a million-row file 1.5-2.5 s.
+    """
 
     def __init__(self, sql: Sql) -> None:
         self.sql = sql
         self.made = False
+        # The largest id before the file (SQLite): a contact past it was created by the file.
+        self.before: int | None = None
+        if not sql.postgres:
+            (largest,) = sql.run("SELECT max(id) FROM contact")[0]
+            self.before = 0 if largest is None else int(largest)
 
-    def lines(self, keys: list[str]) -> dict[str, int]:
-        if not self.made:
-            return {}
-        found: dict[str, int] = {}
-        for start in range(0, len(keys), CHUNK_SIZE):
-            part = keys[start : start + CHUNK_SIZE]
-            rows = self.sql.run(
-                f"SELECT key, line FROM ingest_claim WHERE key IN ({marks(len(part))})", part
-            )
-            found.update(rows)
-        return found
+    def lines(self, found: Sequence[Any], keys: list[str]) -> dict[str, int]:
+        """The lines that claimed those of ``keys`` earlier rows claimed; ``found`` is the
+        contact rows (id, email, phone, ...) the keys reach."""
+        wanted = set(keys)
+        claimed: dict[str, int] = {}
+        if self.before is not None:
+            for contact_id, email, phone, *_rest in found:
+                if contact_id > self.before and (email in wanted or phone in wanted):
+                    line = self._line_of_created(email if email is not None else phone)
+                    claimed.update((key, line) for key in (email, phone) if key in wanted)
+        if self.made:
+            for start in range(0, len(keys), CHUNK_SIZE):
+                part = keys[start : start + CHUNK_SIZE]
+                claimed.update(
+                    self.sql.run(
+                        f"SELECT key, line FROM ingest_claim WHERE key IN ({marks(len(part))})",
+                        part,
+                    )
+                )
+        return claimed
 
-    def add(self, claims: list[tuple[str, int]]) -> None:
+    def _line_of_created(self, key: str) -> int:
+        """The line of the row that created the contact of ``key`` (email, else phone): its
+        history step is the last one of that key, since no later row of the file may name it."""
+        rows = self.sql.run(
+            "SELECT outcome FROM history WHERE key = ? ORDER BY id DESC LIMIT 1", [key]
+        )
+        if not rows:  # every created contact gets a step in the same chunk (_apply_chunks)
+            raise RuntimeError(f"ingest: no history step for the new contact of {key}")
+        return int(json.loads(rows[0][0])["line"])
+
+    def add(self, claims: list[tuple[str, int]], created: set[str]) -> None:
+        """Record ``claims`` but those of ``created``, keys that contacts past ``before`` hold."""
+        if created and self.before is not None:
+            claims = [(key, line) for key, line in claims if key not in created]
         if not claims:
             return
         if not self.made:
@@ -631,13 +688,9 @@ class _Chunk:
         self.pairs: dict[tuple[frozenset[str], frozenset[str]], list[tuple[str, str]]] = {}
 
     @classmethod
-    def load(cls, sql: Sql, chunk: Sequence[ContactChange]) -> _Chunk:
-        found = _contacts_by_key(
-            sql,
-            [c.email for c in chunk if c.email is not None],
-            [c.phone for c in chunk if c.phone is not None],
-            _CONTACT_COLUMNS,
-        )
+    def load(cls, sql: Sql, found: Sequence[Any], chunk: Sequence[ContactChange]) -> _Chunk:
+        """The working set of ``found``, the contact rows (``_CONTACT_COLUMNS``) the chunk's
+        keys reach, with their memberships."""
         ids = [row[0] for row in found]
         lists: dict[int, set[str]] = {i: set() for i in ids}
         left: dict[int, set[str]] = {i: set() for i in ids}
@@ -773,7 +826,9 @@ class _Chunk:
             contact.phone = phone
             self.by_phone[phone] = contact.id
 
-    def write(self, sql: Sql) -> None:
+    def write(self, sql: Sql) -> set[str]:
+        """Write the chunk's changes; returns the keys of the new contacts whose ids SQLite
+        gave past the largest before them (``_Claims``), empty when they are not known."""
         changed = [
             c for cid, c in self.contacts.items() if cid > 0 and c.state() != self.original[cid]
         ]
@@ -800,6 +855,7 @@ class _Chunk:
 
         written = [c.id for c in changed] + relisted
         new = [contact for cid, contact in self.contacts.items() if cid < 0]
+        created: set[str] = set()
         if new:
             # One row a statement: see Sql.insert.
             given = sql.inserted_ids(*_inserts_of(new))
@@ -808,6 +864,8 @@ class _Chunk:
             known = new if sql.forget_by_hand else [c for c in new if c.lists]
             if given is not None:
                 written += given
+                created.update(c.email for c in new if c.email is not None)
+                created.update(c.phone for c in new if c.phone is not None)
                 memberships.extend(
                     (cid, name, state)
                     for c, cid in zip(new, given, strict=True)
@@ -825,6 +883,7 @@ class _Chunk:
                 )
         sql.insert("INSERT INTO membership (contact_id, list_name, state)", memberships)
         sql.forget(written)
+        return created
 
 
 def _inserts_of(new: Sequence[_Contact]) -> tuple[str, list[tuple[Any, ...]]]:
