@@ -470,9 +470,11 @@ class Sql:
         if rows:
             self.cursor.executemany(self._text(statement), rows)
 
-    def inserted_ids(self, statement: str, rows: Sequence[Sequence[Any]]) -> list[int] | None:
-        """Run an ``INSERT INTO contact`` of ``rows`` (one ``many``); on SQLite, the ids they
-        were given, in their order (None: look them up by key, as PostgreSQL does).
+    def inserted_ids(
+        self, head: str, rows: Sequence[Sequence[Any]], values: str
+    ) -> list[int] | None:
+        """Run an ``INSERT INTO contact`` of ``rows`` (``insert``); on SQLite, the ids they were
+        given, in their order (None: look them up by key, as PostgreSQL does).
 
         SQLite gives a row of a table without AUTOINCREMENT the largest id plus one (a random
         id only once the largest is 2**63 - 1; https://sqlite.org/autoinc.html), and this
@@ -482,10 +484,10 @@ class Sql:
         a million-row file 1.5 s.
         """
         if self.postgres:
-            self.many(statement, rows)
+            self.insert(head, rows, values)
             return None
         (before,) = self.run("SELECT max(id) FROM contact")[0]
-        self.many(statement, rows)
+        self.insert(head, rows, values)
         (after,) = self.run("SELECT max(id) FROM contact")[0]
         first = 1 if before is None else before + 1
         if after is None or after - first + 1 != len(rows):
@@ -499,9 +501,11 @@ class Sql:
         by default a ``?`` for each value of a row.
 
         A statement's own cost (SQLite: one AUTOINCREMENT bookkeeping, and the setup of each
-        execution) is then paid per ``_MAX_PARAMETERS`` values, not per row. Not for a table
-        whose rows land at random places in an index (``contact.ref``): a statement of many
-        rows keeps a journal of every page it touches, in case one of its rows is refused.
+        execution: the reset, the binding, the lock and the GIL let go and taken back) is then
+        paid per ``_MAX_PARAMETERS`` values, not per row. A statement of many rows keeps a
+        journal of the pages it touches, in case one of its rows is refused: cheap where rows
+        land together, as new contacts do at the right edge of their id and ``ref`` indexes
+        (time-ordered refs); with random refs it cost more than it saved.
         """
         if not rows:
             return
@@ -857,7 +861,6 @@ class _Chunk:
         new = [contact for cid, contact in self.contacts.items() if cid < 0]
         created: set[str] = set()
         if new:
-            # One row a statement: see Sql.insert.
             given = sql.inserted_ids(*_inserts_of(new))
             # Without the triggers every new contact is forgotten, as their insert trigger did
             # (an id SQLite reuses may have left rows behind).
@@ -886,8 +889,9 @@ class _Chunk:
         return created
 
 
-def _inserts_of(new: Sequence[_Contact]) -> tuple[str, list[tuple[Any, ...]]]:
-    """The ``INSERT INTO contact`` of these new contacts, and its rows.
+def _inserts_of(new: Sequence[_Contact]) -> tuple[str, list[tuple[Any, ...]], str]:
+    """The ``INSERT INTO contact`` of these new contacts, as ``Sql.insert`` takes it: the head,
+    the rows and one row's values.
 
     A column no new contact has a value in (a file of emails only has no phones; a new contact
     is seldom a tombstone) is written NULL or FALSE in the statement rather than bound for each
@@ -896,14 +900,14 @@ def _inserts_of(new: Sequence[_Contact]) -> tuple[str, list[tuple[Any, ...]]]:
     refs = new_refs(len(new))
     if any(c.phone is not None or c.deleted for c in new):
         return (
-            "INSERT INTO contact (email, phone, fields, tags, status, deleted, ref) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO contact (email, phone, fields, tags, status, deleted, ref)",
             [(*c.row(), ref) for c, ref in zip(new, refs, strict=True)],
+            "(?, ?, ?, ?, ?, ?, ?)",
         )
     return (
-        "INSERT INTO contact (email, fields, tags, status, ref, phone, deleted) "
-        "VALUES (?, ?, ?, ?, ?, NULL, FALSE)",
+        "INSERT INTO contact (email, fields, tags, status, ref, phone, deleted)",
         [(*c.plain_row(), ref) for c, ref in zip(new, refs, strict=True)],
+        "(?, ?, ?, ?, ?, NULL, FALSE)",
     )
 
 
