@@ -3,9 +3,10 @@
 ``apply_stream`` takes what ``syncd.local.ingest.check`` makes of a file, row by row as it is
 read, and writes it all or (on any error, a read error late in the file included) none: one
 transaction whatever the file's size. Memory does not grow with the file: rows are taken
-``CHUNK_SIZE`` at a time; the keys the file has claimed (a key may appear once per file) are kept
-in a scratch table of that transaction, not in memory; at most ``MAX_LISTED_REJECTIONS``
-rejections are listed in the report and the others are only counted. ``apply`` is the same for
+``CHUNK_SIZE`` at a time; the keys the file has claimed (a key may appear once per file) are
+read from the contacts it created and a scratch table of that transaction, not kept in memory
+(``_Claims``); at most ``MAX_LISTED_REJECTIONS`` rejections are listed in the report and the
+others are only counted. ``apply`` is the same for
 ``ContactChange`` values built in code. ``IngestReport`` counts what each row did.
 
 What a row does
