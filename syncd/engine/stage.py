@@ -22,7 +22,14 @@ from typing import Any
 
 from sqlmodel import Session
 
-from syncd.core.projection import LIST_STATUSES, OPTED_OUT, STATUSES, Projection, digest_of
+from syncd.core.projection import (
+    LIST_STATUSES,
+    OPTED_OUT,
+    STATUSES,
+    Projection,
+    compact_json,
+    digest_of,
+)
 from syncd.engine.result import Scope
 from syncd.engine.state import CycleState
 from syncd.errors import ExportIncomplete
@@ -260,7 +267,6 @@ def project_stored(
     return stored_projector(view, caps)(member)
 
 
-_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 #: where the reference field takes its value in ``stored_projector``'s plan (no local name)
 _REF = object()
 
@@ -284,7 +290,7 @@ def stored_projector(
     fold: dict[str, str] = {s: caps.fold_status(s) for s in STATUSES}
     tags_kept = caps.tags
     list_consent = caps.list_consent
-    encode, digest, loads = _ENCODE, digest_of, json.loads
+    encode, digest, loads = compact_json, digest_of, json.loads
 
     def as_object(member: mirror.MemberRow) -> seen.Projected:
         p = project_local(member, view, caps)

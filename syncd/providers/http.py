@@ -22,6 +22,8 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import json
+import operator
+import re
 import threading
 import time
 from collections import deque
@@ -485,20 +487,40 @@ def form_body(form: Mapping[str, str | Sequence[str]]) -> bytes:
     """``form`` as an ``application/x-www-form-urlencoded`` body, byte for byte what httpx's
     ``data=`` sends (``urlencode(form, doseq=True)``). A bulk import of 500 rows has thousands
     of cells, and urllib's quoting of each one in Python costs more than the rest of the call:
-    ASCII text, nearly all of it, is escaped by one ``str.translate`` in C instead."""
-    parts: list[str] = []
-    names = _QUOTED_NAMES
+    ASCII values, nearly all of them, are escaped together, joined by a newline (which no value
+    then holds, so its escape ``%0A`` splits them again), by one regular expression that calls
+    back only for the characters to escape (a ``str.translate`` per value looked each character
+    up in a dict: 1.9 µs a row of three cells against 1.5-1.6)."""
+    names: list[str] = []
+    values: list[str] = []
+    quoted_names = _QUOTED_NAMES
     for key, value in form.items():
-        name = names.get(key)
+        name = quoted_names.get(key)
         if name is None:
             name = _form_quote(key) + "="
-            if len(names) < _KEPT_NAMES:
-                names[key] = name
+            if len(quoted_names) < _KEPT_NAMES:
+                quoted_names[key] = name
         if isinstance(value, str):
-            parts.append(name + _form_quote(value))
+            names.append(name)
+            values.append(value)
         else:
-            parts.extend(name + _form_quote(v) for v in value)
-    return "&".join(parts).encode("ascii")
+            for v in value:
+                names.append(name)
+                values.append(v)
+    joined = "\n".join(values)
+    if joined.isascii() and joined.count("\n") == len(values) - 1:
+        quoted = _FORM_SPECIAL.sub(_form_escape, joined).split("%0A")
+    else:
+        quoted = [_form_quote(v) for v in values]
+    return "&".join(map(operator.add, names, quoted)).encode("ascii")
+
+
+_FORM_SPECIAL = re.compile("[^" + re.escape(_FORM_UNRESERVED.decode("ascii")) + "]")
+_FORM_ESCAPE_OF = {chr(c): escape for c, escape in _FORM_ESCAPES.items()}
+
+
+def _form_escape(match: re.Match[str]) -> str:
+    return _FORM_ESCAPE_OF[match[0]]
 
 
 #: parameter names as quoted, kept: every import of 500 rows names the same cells again

@@ -10,6 +10,8 @@ at most ``CHUNK`` rows, so none holds SQLite's write lock for more than millisec
 from __future__ import annotations
 
 import json
+import re
+import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -64,13 +66,40 @@ def _insert(session: Session, model: Any) -> Any:
 def many(db: Session | Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
     """``executemany`` straight through the driver (``?`` placeholders, turned into the
     driver's own on PostgreSQL). A first push writes several rows per contact: through the ORM's
-    bulk insert, building and checking each row's parameters would cost more than the rows."""
+    bulk insert, building and checking each row's parameters would cost more than the rows.
+
+    On SQLite an ``INSERT ... VALUES (?, ...)`` goes as statements of many rows each
+    (``VALUES (...), (...), ...``), in the rows' order: one statement a row pays its start and
+    end every row and, where a trigger writes (``dirty``), a statement journal every row that
+    copies each page the row touches. 100,000 projections into ``local_seen`` in transactions
+    of 2,000: 15-18 µs a row one statement each, 6.5-8 µs in statements of 500 rows (without
+    the trigger 4.2-4.4 against 2.4-2.5)."""
     if not rows:
         return
     connection = db.connection() if isinstance(db, Session) else db
     if connection.dialect.name == "postgresql":
-        sql = sql.replace("?", "%s")
-    connection.exec_driver_sql(sql, list(rows))
+        connection.exec_driver_sql(sql.replace("?", "%s"), list(rows))
+        return
+    found = _VALUES.search(sql) if len(rows) > 1 else None
+    if found is None:
+        connection.exec_driver_sql(sql, list(rows))
+        return
+    group = found.group(1)
+    # the build's limit of parameters in one statement (999 before SQLite 3.32, 32,766 since)
+    driver: Any = connection.connection.driver_connection
+    limit = driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    per = max(1, min(_ROWS_A_STATEMENT, limit // max(1, group.count("?"))))
+    head, tail = sql[: found.start(1)], sql[found.end(1) :]
+    full = f"{head}{', '.join([group] * per)}{tail}"
+    for i in range(0, len(rows), per):
+        part = rows[i : i + per]
+        statement = full if len(part) == per else f"{head}{', '.join([group] * len(part))}{tail}"
+        connection.exec_driver_sql(statement, tuple([v for row in part for v in row]))
+
+
+#: the one row of values of an ``INSERT``, repeated for a statement of many rows (``many``)
+_VALUES = re.compile(r"VALUES (\([^()]*\))")
+_ROWS_A_STATEMENT = 500
 
 
 def drop_keys(session: Session, table: str, target: str, keys: Sequence[str]) -> None:

@@ -224,7 +224,7 @@ class SeenSalt(SQLModel, table=True):
 
 class Dirty(SQLModel, table=True):
     """A key whose local, base or remote row was written since it was last compared (filled by
-    triggers, migration 0011). Every other key is equal on all three sides."""
+    triggers, migrations 0011 and 0012). Every other key is equal on all three sides."""
 
     target: str = Field(primary_key=True)
     key: str = Field(primary_key=True)

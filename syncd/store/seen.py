@@ -1,7 +1,7 @@
 """Each side of a target as last read, and the keys that may differ: the set work of a cycle.
 
 A cycle over a million contacts where nothing changed should cost little more than reading the
-export. Three persistent tables make that so (migration 0011 has the triggers):
+export. Three persistent tables make that so (migrations 0011 and 0012 have the triggers):
 
 - ``local_seen``: the projection of every member, made once. The database deletes a contact's
   rows whenever the contact or one of its memberships is written, so a cycle projects only the

@@ -44,7 +44,7 @@ def test_the_migrations_create_exactly_the_models(store_url: str) -> None:
             table.to_metadata(changed)
         changed.tables["contact"].append_column(Column("nickname", String()))
         assert [d[0] for d in drift(engine, changed)] == ["add_column"]
-        assert head(engine) == {"0011"}
+        assert head(engine) == {"0012"}
     finally:
         engine.dispose()
 
@@ -91,7 +91,7 @@ def test_a_store_made_before_migrations_is_adopted_with_its_data(tmp_path: Path)
     _store_before_migrations(path)
     engine = open_engine(f"sqlite:///{path}")
     try:
-        assert head(engine) == {"0011"}
+        assert head(engine) == {"0012"}
         assert drift(engine, metadata()) == []  # the missing tables were added
         with engine.connect() as conn:
             assert conn.execute(text("SELECT status FROM contact")).all() == [("unsubscribed",)]
@@ -138,7 +138,7 @@ def test_bases_of_an_older_store_count_no_export_yet(store_url: str) -> None:
     engine.dispose()
     engine = open_engine(store_url)
     try:
-        assert head(engine) == {"0011"}
+        assert head(engine) == {"0012"}
         with engine.connect() as conn:
             rows = conn.execute(text("SELECT key, unseen FROM base")).all()
         assert rows == [("ann@example.com", 0)]
@@ -166,7 +166,7 @@ def test_memberships_of_an_older_store_start_active(store_url: str) -> None:
     engine.dispose()
     engine = open_engine(store_url)
     try:
-        assert head(engine) == {"0011"}
+        assert head(engine) == {"0012"}
         with engine.connect() as conn:
             rows = conn.execute(
                 text(
@@ -179,5 +179,52 @@ def test_memberships_of_an_older_store_start_active(store_url: str) -> None:
             ("bob@example.com", "active", "news", "active"),
             ("bob@example.com", "active", "x", "active"),
         ]
+    finally:
+        engine.dispose()
+
+
+def test_the_dirty_triggers_mark_the_same_keys_at_0011_and_at_0012(tmp_path: Path) -> None:
+    """0012 moves SQLite's test of a key already dirty into the trigger's WHEN clause: an
+    insert, an update that changes the key and one that does not, and a delete mark what
+    0011's triggers marked, after the upgrade and after a downgrade back to 0011."""
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    engine = create_engine(f"sqlite:///{tmp_path / 'store.db'}")
+
+    def marked(revision: str) -> list[tuple[str, str]]:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            move = command.downgrade if revision == "0011" else command.upgrade
+            move(config, revision)
+            conn.execute(text("DELETE FROM dirty"))
+            conn.execute(text("DELETE FROM local_seen"))
+            conn.execute(text("DELETE FROM base"))
+            conn.execute(text("INSERT INTO dirty VALUES ('t', 'a')"))
+            conn.execute(
+                text("INSERT INTO base (target, key, digest, data) VALUES ('t', 'a', 'd', '1')")
+            )
+            conn.execute(
+                text("INSERT INTO base (target, key, digest, data) VALUES ('t', 'b', 'd', '1')")
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO local_seen VALUES "
+                    "(1, 't', 'c', 'd', '1'), (2, 't', NULL, NULL, NULL)"
+                )
+            )
+            conn.execute(text("UPDATE local_seen SET key = 'e' WHERE contact_id = 1"))
+            conn.execute(text("UPDATE local_seen SET key = 'f' WHERE contact_id = 2"))
+            conn.execute(text("UPDATE base SET data = '2' WHERE key = 'b'"))
+            conn.execute(text("DELETE FROM base WHERE key = 'a'"))
+            return conn.execute(text("SELECT target, key FROM dirty ORDER BY key")).all()
+
+    try:
+        expected = [("t", k) for k in ("a", "b", "c", "e", "f")]
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0011")
+        assert marked("0012") == expected
+        assert marked("0011") == expected
+        assert marked("0012") == expected
     finally:
         engine.dispose()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from sqlalchemy import text
 from sqlmodel import Session
 
-from syncd.store import mirror, open_engine
+from syncd.store import history, mirror, open_engine
 from syncd.store.models import Contact
 
 
@@ -40,5 +41,34 @@ def test_own_contacts_reads_live_contacts_and_tombstones_past_one_page(store_url
                 "unsubscribed",
             )
             assert mirror.own_contacts(session, by_email, []) == {}
+    finally:
+        db.dispose()
+
+
+def test_many_writes_every_row_in_order_across_statements(store_url: str) -> None:
+    db = open_engine(store_url)
+    try:
+        with Session(db) as session:
+            # more rows than one statement of SQLite's holds (500), the last one part-filled;
+            # history's ids say the order the rows went in
+            steps = [
+                ("t", None, "news", f"k{i:04}", "create_remote", None, "{}") for i in range(1203)
+            ]
+            history.add_tuples(session, steps)
+            # an upsert meeting its own key again later in the rows: the later row wins, as
+            # one statement a row would leave it
+            mirror.set_base_texts(
+                session, "news", [("a", '["a"]'), ("b", '["b"]'), ("a", '["a2"]')]
+            )
+            mirror.many(session, "INSERT INTO dirty (target, key) VALUES (?, ?)", [("news", "z")])
+            session.commit()
+            read = session.connection().execute
+            keys = [k for (k,) in read(text("SELECT key FROM history ORDER BY id"))]
+            assert keys == [f"k{i:04}" for i in range(1203)]
+            assert dict(read(text("SELECT key, data FROM base")).tuples().all()) == {
+                "a": '["a2"]',
+                "b": '["b"]',
+            }
+            assert read(text("SELECT count(*) FROM dirty WHERE key = 'z'")).scalar() == 1
     finally:
         db.dispose()

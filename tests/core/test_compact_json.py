@@ -1,0 +1,26 @@
+"""A projection's text comes straight from the C encoder: the text ``json.dumps`` gives."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from syncd.core.projection import Projection, compact_json
+
+pairs = st.lists(st.tuples(st.text(max_size=8), st.text(max_size=12)), max_size=4)
+
+
+@given(st.text(max_size=20), pairs, st.lists(st.text(max_size=6), max_size=3), st.text(max_size=12))
+def test_compact_json_is_json_dumps_compact(key: str, fields: list, tags: list, status: str):
+    items = [key, fields, sorted(tags), status]
+    assert compact_json(items) == json.dumps(items, ensure_ascii=False, separators=(",", ":"))
+
+
+def test_a_projection_reads_back_from_its_text():
+    p = Projection.build("ann@example.com", {"Name": 'Ann "Ü" Lee\n', "City": "Minsk"}, ["b", "a"])
+    assert Projection.from_json(p.to_json()) == p
+    assert p.to_json() == (
+        '["ann@example.com",[["City","Minsk"],["Name","Ann \\"Ü\\" Lee\\n"]],["a","b"],"active"]'
+    )
