@@ -37,12 +37,14 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import nullcontext
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from syncd.config import TargetConfig
 from syncd.core.batching import Batcher
+from syncd.core.collector import bulk_work
 from syncd.engine import confirm_later, records
 from syncd.engine.chunk import apply_chunk, decide
 from syncd.engine.creates import push_creates
@@ -85,7 +87,8 @@ def run_cycle(
                 target.remote_fields,
                 create_missing=target.create_missing_fields and not dry,
             )
-        with Session(db) as session:
+        # a whole list's rows are alive at once: the collector would walk them over and over
+        with bulk_work if not narrowed else nullcontext(), Session(db) as session:
             try:
                 stage_and_diff(session, cycle)
                 if not narrowed:  # a narrowed cycle holds no contact new to both sides

@@ -133,3 +133,26 @@ def test_the_sent_text_of_a_row_is_the_general_entry_encoded() -> None:
                     want = history.encode(general[change.row.key])
                     assert sent_of(change.row) == want
                     assert sent_of.entry(change.row) == general[change.row.key]
+
+
+def test_a_cycle_of_the_whole_list_runs_as_bulk_work_then_the_collector_is_as_before(
+    world: World,
+) -> None:
+    import gc
+
+    from syncd.core.collector import GC_YOUNG_THRESHOLD
+
+    before = gc.get_threshold()
+    world.add_local(600)
+    seen: list[tuple[int, int]] = []
+    emulator_import = world.emu.handle
+
+    def handle(request: Any) -> Any:  # an import call, made while the cycle pushes
+        if request.url.path.endswith("importContacts"):
+            seen.append((gc.get_threshold()[0], gc.get_freeze_count()))
+        return emulator_import(request)
+
+    world.emu.handle = handle  # type: ignore[method-assign]
+    assert world.cycle().outcome == "converged"
+    assert len(seen) == 2 and all(t == GC_YOUNG_THRESHOLD and f > 0 for t, f in seen)
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0

@@ -23,6 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from syncd.config import IngestConfig
+from syncd.core.collector import GC_YOUNG_THRESHOLD
 from syncd.errors import IngestError
 from syncd.local.ingest import ingest_file
 from syncd.local.ingest import write as ingest_write
@@ -333,7 +334,7 @@ def test_new_contacts_get_their_own_lists_whatever_ids_sqlite_gives(
     assert found == {k: set(n.split(",")) for k, n in zip(keys, lists, strict=True) if n}
 
 
-def test_young_collections_are_rarer_while_files_apply_then_as_before(
+def test_young_collections_are_rarer_while_a_file_applies_then_as_before(
     engine: Engine, tmp_path: Path
 ) -> None:
     import gc
@@ -343,14 +344,8 @@ def test_young_collections_are_rarer_while_files_apply_then_as_before(
     path = big_csv(tmp_path / "a.csv", 2_500)
     rows = checked(read_rows(path), CONFIG)
     apply_stream(engine, rows, after_chunk=lambda *_: seen.append(gc.get_threshold()))
-    assert len(seen) == 3 and all(t[0] >= ingest_write.GC_YOUNG_THRESHOLD for t in seen)
+    assert len(seen) == 3 and all(t[0] >= GC_YOUNG_THRESHOLD for t in seen)
     assert seen[0][1:] == before[1:]
-    assert gc.get_threshold() == before
-    # Two files at once (the inbox and the API): the last one done puts them back.
-    with ingest_write._FEWER_YOUNG_PASSES:
-        with ingest_write._FEWER_YOUNG_PASSES:
-            assert gc.get_threshold()[0] >= ingest_write.GC_YOUNG_THRESHOLD
-        assert gc.get_threshold()[0] >= ingest_write.GC_YOUNG_THRESHOLD
     assert gc.get_threshold() == before
     late = big_csv(tmp_path / "late.csv", 1_500)
     with late.open("ab") as out:

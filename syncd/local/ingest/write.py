@@ -49,11 +49,9 @@ What a row does
 
 from __future__ import annotations
 
-import gc
 import itertools
 import json
 import logging
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -62,6 +60,7 @@ from typing import Any, Literal
 
 from sqlalchemy.engine import Connection, Engine
 
+from syncd.core.collector import bulk_work
 from syncd.core.jsontext import flat_encoder
 from syncd.core.projection import is_opted_out
 from syncd.errors import IngestError
@@ -191,74 +190,11 @@ def apply_stream(
     mirror.take_write_turn(bind)  # a cycle re-reading contacts it will write waits
     sql = Sql(bind)
     with (
-        _older_objects_set_aside(),
-        _FEWER_YOUNG_PASSES,
+        bulk_work,  # the collector: each chunk's rows would be walked over and over
         sql.bigger_cache(),
         sql.forgetting_in_bulk(),
     ):
         return _apply_chunks(bind, sql, items, chunk_size, progress, after_chunk, source)
-
-
-@contextmanager
-def _older_objects_set_aside() -> Iterator[None]:
-    """The objects that exist before a file applies (the modules, the engine: about 100,000)
-    left out of the garbage collector's full passes until it is done.
-
-    Each chunk's rows live long enough to reach the collector's oldest generation, so a full
-    pass comes every few chunks, and each one walked every object of the process: at 100,000
-    rows, 10 passes and 0.65 s, a sixth of the file's CPU; set aside, 0.01 s. Nothing is lost:
-    ``gc.unfreeze`` hands them back, and a cycle among them that became garbage meanwhile is
-    collected by the next full pass. Another thread's ingestion ending first hands them back
-    early, which only costs time.
-    """
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
-#: The collector's first threshold while a file applies (Python's default: 700).
-GC_YOUNG_THRESHOLD = 10_000
-
-
-class _FewerYoungPasses:
-    """The garbage collector's young passes made rare while files apply, then as they were.
-
-    A young pass comes each time the objects made exceed those freed by that threshold, and
-    walks the young objects still alive. A chunk's rows (a few objects each) stay alive until
-    the chunk is written, so at 700 every chunk set off several young passes, and every tenth of
-    those a middle one, each walking rows that were all still in use: at 100,000 rows, 1,263
-    young and 115 middle passes, 0.2 s, a twentieth of the file's CPU; at 10,000, 17 and 1,
-    0.05 s. Refcounting frees a file's rows, which make no reference cycles, and a cycle made
-    anyway (an exception's traceback, say) still counts towards the threshold: the garbage
-    waiting for a pass stays bounded. The thresholds are the process's: several files
-    applying at once (the inbox, the ingest API) raise them once and the last one done puts
-    them back.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.users = 0
-        self.saved: tuple[int, int, int] = gc.get_threshold()
-
-    def __enter__(self) -> None:
-        with self.lock:
-            if self.users == 0:
-                self.saved = gc.get_threshold()
-                first, second, third = self.saved
-                if first != 0:  # 0: collection is off, and stays off
-                    gc.set_threshold(max(first, GC_YOUNG_THRESHOLD), second, third)
-            self.users += 1
-
-    def __exit__(self, *_exc: object) -> None:
-        with self.lock:
-            self.users -= 1
-            if self.users == 0:
-                gc.set_threshold(*self.saved)
-
-
-_FEWER_YOUNG_PASSES = _FewerYoungPasses()
 
 
 def _apply_chunks(
