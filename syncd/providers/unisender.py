@@ -63,7 +63,15 @@ from syncd.providers.base import (
     RowOutcome,
     fingerprinter,
 )
-from syncd.providers.http import HttpProvider, NotJson, answer_count, answer_json, form_body
+from syncd.providers.http import (
+    FormTable,
+    FormValue,
+    HttpProvider,
+    NotJson,
+    answer_count,
+    answer_json,
+    form_body,
+)
 from syncd.providers.spec import NoSettings, ProviderSpec, Starter
 
 #: reads one cell of an importContacts row from the row and its fields
@@ -180,13 +188,13 @@ class UnisenderProvider(HttpProvider):
 
     # ------------------------------------------------------------------ the envelope
 
-    def _call(self, method: str, params: Mapping[str, str | Sequence[str]], *, write: bool) -> Any:
+    def _call(self, method: str, params: Mapping[str, FormValue], *, write: bool) -> Any:
         """One API call; returns the envelope's ``result``.
 
         §1.1: POST with every parameter in the body (mixing query and body breaks the server),
         `format=json` and `api_key` there too.
         """
-        form: dict[str, str | Sequence[str]] = {"format": "json", "api_key": self._api_key}
+        form: dict[str, FormValue] = {"format": "json", "api_key": self._api_key}
         form.update(params)
         # ``send`` hands 4xx answers (but 429) to the parser too: see the module docstring.
         request = self._http.client.build_request(
@@ -411,16 +419,18 @@ class UnisenderProvider(HttpProvider):
     def _import(self, call: PushCall, positions: Sequence[int]) -> dict[int, RowOutcome]:
         """One importContacts call for these rows of ``call``; one outcome per position."""
         header = self._header(call)
-        params: dict[str, str | Sequence[str]] = {}
+        params: dict[str, FormValue] = {}
         # §1.1/§1.4: indexed PHP arrays, every cell present (a missing cell means "not given").
         for j, name in enumerate(header):
             params[f"field_names[{j}]"] = name
         readers = self._cell_readers(header)
-        for i, position in enumerate(positions):
-            row = call.rows[position].row
+        cells: list[str] = []
+        rows = call.rows
+        for position in positions:
+            row = rows[position].row
             values = row.field_map
-            for j, read in enumerate(readers):
-                params[f"data[{i}][{j}]"] = read(row, values)
+            cells += [read(row, values) for read in readers]
+        params["data"] = FormTable(len(header), cells)  # data[i][j]: row i's cell j
         # §1.4: both flags default to 0 (add only); send 1 only when the call needs a removal.
         if call.overwrite_tags:
             params["overwrite_tags"] = "1"
