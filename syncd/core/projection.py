@@ -14,12 +14,11 @@ provider, as the engine applies it to the mirror and the outbox turns it into an
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from syncd.core.jsontext import flat_encoder
+from syncd.core.jsontext import flat_encoder, read_json
 
 Status = Literal["active", "unsubscribed", "blocked"]
 STATUSES: tuple[Status, ...] = ("active", "unsubscribed", "blocked")
@@ -128,7 +127,7 @@ class Projection:
         ``build`` would refuse still goes through it, and is refused. ``keep_text``: the text
         is ``to_json``'s own (as ``local_seen`` stores it), kept so that it is not encoded
         again."""
-        key, fields, tags, status, *rest = json.loads(text)
+        key, fields, tags, status, *rest = read_json(text)
         if status not in STATUSES or (rest and rest[0] not in LIST_STATUSES):
             return cls.build(key, dict(fields), tags, status, rest[0] if rest else "active")
         list_status: ListStatus = (

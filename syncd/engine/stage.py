@@ -14,7 +14,6 @@ provider without an export (``Capabilities.export``) always has the base there.
 
 from __future__ import annotations
 
-import json
 import logging
 from array import array
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from typing import Any
 
 from sqlmodel import Session
 
+from syncd.core.jsontext import read_json
 from syncd.core.projection import (
     LIST_STATUSES,
     OPTED_OUT,
@@ -55,7 +55,7 @@ def project_local(
     key = getattr(contact, view.key)
     if not key:
         return None
-    local_fields: dict[str, Any] = json.loads(contact.fields)
+    local_fields: dict[str, Any] = read_json(contact.fields)
     fields: dict[str, str | None] = {}
     for remote_name, local_name in view.fields.items():
         value = (
@@ -66,7 +66,7 @@ def project_local(
         fields[remote_name] = None if value is None else str(value)
     if view.reference is not None:
         fields[view.reference] = contact.ref
-    tags = json.loads(contact.tags) if caps.tags else ()
+    tags = read_json(contact.tags) if caps.tags else ()
     status, list_status = contact.status, contact.state
     if not caps.list_consent:
         status = "unsubscribed" if status == "active" and list_status != "active" else status
@@ -290,7 +290,7 @@ def stored_projector(
     fold: dict[str, str] = {s: caps.fold_status(s) for s in STATUSES}
     tags_kept = caps.tags
     list_consent = caps.list_consent
-    encode, digest, loads = compact_json, digest_of, json.loads
+    encode, digest, loads = compact_json, digest_of, read_json
 
     def as_object(member: mirror.MemberRow) -> seen.Projected:
         p = project_local(member, view, caps)

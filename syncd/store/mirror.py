@@ -14,6 +14,7 @@ import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import Connection, delete, func, select, text, tuple_, update
@@ -94,7 +95,7 @@ def many(db: Session | Connection, sql: str, rows: Sequence[tuple[Any, ...]]) ->
     for i in range(0, len(rows), per):
         part = rows[i : i + per]
         statement = full if len(part) == per else f"{head}{', '.join([group] * len(part))}{tail}"
-        connection.exec_driver_sql(statement, tuple([v for row in part for v in row]))
+        connection.exec_driver_sql(statement, tuple(chain.from_iterable(part)))
 
 
 #: the one row of values of an ``INSERT``, repeated for a statement of many rows (``many``)

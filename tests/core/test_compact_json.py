@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from syncd.core.jsontext import read_json
 from syncd.core.projection import Projection, compact_json
 
 pairs = st.lists(st.tuples(st.text(max_size=8), st.text(max_size=12)), max_size=4)
@@ -24,3 +26,30 @@ def test_a_projection_reads_back_from_its_text():
     assert p.to_json() == (
         '["ann@example.com",[["City","Minsk"],["Name","Ann \\"Ü\\" Lee\\n"]],["a","b"],"active"]'
     )
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=8,
+)
+
+
+def _loaded(read: Any, text: str) -> tuple[str, Any]:
+    try:
+        return "value", read(text)
+    except json.JSONDecodeError as exc:
+        return "error", (exc.msg, exc.pos)
+
+
+@given(json_values, st.sampled_from(["", " ", "\n", "x", "]", " 1"]), st.sampled_from(["", " "]))
+def test_read_json_gives_what_json_loads_gives_value_or_error(
+    value: Any, after: str, before: str
+) -> None:
+    text = before + json.dumps(value, ensure_ascii=False) + after
+    assert _loaded(read_json, text) == _loaded(json.loads, text)
+
+
+@given(st.text(max_size=12))
+def test_read_json_of_any_text_is_json_loads(text: str) -> None:
+    assert _loaded(read_json, text) == _loaded(json.loads, text)
