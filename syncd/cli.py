@@ -110,6 +110,28 @@ def _open_store(config: Config) -> Engine:
     return open_engine(config.store.url)
 
 
+def _store_refusal(exc: BaseException) -> str | None:
+    """What to tell of a write the store refused (the database driver's error, raw or wrapped by
+    SQLAlchemy), in the driver's own words and never the store's URL; None for anything else."""
+    import sqlite3
+
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, DBAPIError):
+        exc = exc.orig or exc
+    psycopg = sys.modules.get("psycopg")
+    if not isinstance(exc, sqlite3.Error) and not (psycopg and isinstance(exc, psycopg.Error)):
+        return None
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, sqlite3.Error) and ("full" in reason or "disk I/O" in reason):
+        # a file's scratch rows and long statements' journals go to SQLite's temporary directory
+        reason += (
+            " (the store's disk, or SQLite's temporary directory: $SQLITE_TMPDIR, else "
+            "/var/tmp or /tmp; point SQLITE_TMPDIR at a writable disk with room)"
+        )
+    return f"the store refused the write: {reason}"
+
+
 def _load(config_path: str | None) -> Config:
     from syncd.config import load_config
     from syncd.providers import PROVIDERS
@@ -386,6 +408,14 @@ def ingest_cmd(
             )
         except IngestError as exc:
             click.echo(f"{name}: not ingested: {exc}", err=True)
+            worst = 1
+            continue
+        except Exception as exc:
+            reason = _store_refusal(exc)
+            if reason is None:
+                raise
+            # the file's one transaction rolled back: the next file may still fit
+            click.echo(f"{name}: not ingested, nothing of it applied: {reason}", err=True)
             worst = 1
             continue
         data = report.to_dict()

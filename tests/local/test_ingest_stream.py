@@ -208,6 +208,52 @@ def test_the_command_logs_json_progress_lines_off_a_terminal(tmp_path: Path) -> 
     assert quiet.returncode == 0 and quiet.stderr == ""
 
 
+def test_a_file_the_store_has_no_room_for_is_named_with_the_reason_and_the_next_one_applies(
+    tmp_path: Path,
+) -> None:
+    """A full disk (here: a limit on the size of any file the process writes, which SQLite
+    meets as a full disk) fails the file it stops, in one line that names it and says where
+    SQLite writes; that file's transaction rolls back and a smaller file after it applies."""
+    import resource
+
+    (tmp_path / "syncd.toml").write_text(config_toml(tmp_path), encoding="utf-8")
+    first = run_syncd("ingest", str(big_csv(tmp_path / "first.csv", 10)), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    store = tmp_path / "syncd.db"
+    room = max(p.stat().st_size for p in tmp_path.glob("syncd.db*")) + 128 * 1024
+
+    def limited() -> None:  # Python ignores SIGXFSZ: a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (room, room))
+
+    big = big_csv(tmp_path / "big.csv", 30_000)
+    small = tmp_path / "small.csv"
+    small.write_text("email,name,city,lists\nlate@example.com,Late,Brest,news\n", "utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "syncd", "ingest", str(big), str(small)],
+        env=syncd_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limited,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert f"{big}: not ingested, nothing of it applied: the store refused the write: " in (
+        done.stderr
+    )
+    # EFBIG reads as an I/O error (ENOSPC, a full disk, as "database or disk is full")
+    assert "disk I/O error" in done.stderr and "point SQLITE_TMPDIR at" in done.stderr
+    assert f"{small}: 1 rows — created 1" in done.stdout
+    engine = open_engine(f"sqlite:///{store}")
+    try:
+        with engine.connect() as conn:
+            emails = conn.execute(text("SELECT email FROM contact ORDER BY id")).scalars().all()
+    finally:
+        engine.dispose()
+    assert emails == [f"user{i}@example.com" for i in range(10)] + ["late@example.com"]
+
+
 def test_a_process_killed_after_chunks_were_written_leaves_the_mirror_as_it_was(
     tmp_path: Path,
 ) -> None:

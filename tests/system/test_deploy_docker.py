@@ -239,6 +239,8 @@ def test_image_config_keeps_every_write_in_the_volume_and_no_secret(runtime: Sta
     store = config.store.url.removeprefix("sqlite:///")
     for path in (store, config.inbox.path, config.outbox.path):
         assert Path(path).is_relative_to(STATE), f"{path} is outside the volume {STATE}"
+    # SQLite's temporary files too: /tmp is read-only, or compose's small tmpfs
+    assert Path(env_of(runtime)["SQLITE_TMPDIR"]).is_relative_to(STATE)
     # /healthz listens where the HEALTHCHECK looks
     host, port = config.http.address()
     assert f"http://{host}:{port}/healthz" in " ".join(healthcheck_command(runtime))
