@@ -133,13 +133,30 @@ class Projection:
         list_status: ListStatus = (
             rest[0] if rest else "unsubscribed" if status in OPTED_OUT else "active"
         )
-        p = cls(key, tuple(map(tuple, fields)), frozenset(tags), status, list_status)
-        if keep_text:
-            object.__setattr__(p, "_json", text)
+        # the fields set through their slots, as ``__init__`` does but without looking each
+        # one up on the class (a first push reads one projection per contact)
+        p = _new(cls)
+        _set_key(p, key)
+        _set_fields(p, tuple(map(tuple, fields)))
+        _set_tags(p, frozenset(tags))
+        _set_status(p, status)
+        _set_list_status(p, list_status)
+        _set_json(p, text if keep_text else None)
         return p
 
     def digest(self) -> str:
         return digest_of(self.to_json())
+
+
+#: ``from_json``'s way in: a new object and the descriptor of each of its slots
+_new = object.__new__
+_slots = vars(Projection)
+_set_key = _slots["key"].__set__
+_set_fields = _slots["fields"].__set__
+_set_tags = _slots["tags"].__set__
+_set_status = _slots["status"].__set__
+_set_list_status = _slots["list_status"].__set__
+_set_json = _slots["_json"].__set__
 
 
 @dataclass(frozen=True, slots=True)

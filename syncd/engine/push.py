@@ -21,7 +21,9 @@ In a dry run nothing is sent: the calls are only described (``PlannedCall``, sho
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -252,11 +254,17 @@ class _SentOf:
             )
         head, names, tail = self._parts
         values = row.field_map
-        enc = history.encode
-        fields = ", ".join([f"{name}: {enc(values.get(c, ''))}" for c, name in names])
+        # each value and tag a str: straight to the C function ``encode`` calls for one
+        text = _encode_text
+        fields = ", ".join([f"{name}: {text(values.get(c, ''))}" for c, name in names])
         if self.with_tags:
-            return f'{head}{fields}{tail}, "tags": {enc(sorted(row.tags))}}}'
+            tags = ", ".join(map(text, sorted(row.tags)))
+            return f'{head}{fields}{tail}, "tags": [{tags}]}}'
         return f"{head}{fields}{tail}}}"
+
+
+#: a str as JSON text, as ``history.encode`` writes it (not escaped to ASCII)
+_encode_text: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def _sent_by_key(provider: Provider, calls: tuple[PushCall, ...]) -> dict[str, dict[str, Any]]:

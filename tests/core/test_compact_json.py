@@ -53,3 +53,17 @@ def test_read_json_gives_what_json_loads_gives_value_or_error(
 @given(st.text(max_size=12))
 def test_read_json_of_any_text_is_json_loads(text: str) -> None:
     assert _loaded(read_json, text) == _loaded(json.loads, text)
+
+
+def test_from_json_sets_every_field_of_a_projection() -> None:
+    """``from_json`` sets the slots one by one: a field added to ``Projection`` must be set
+    there too (this list is what it sets)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(Projection)}
+    assert names == {"key", "fields", "tags", "status", "list_status", "_json"}
+    p = Projection.build("b@example.com", {"City": "Brest"}, ["x"], "active", "unsubscribed")
+    kept = Projection.from_json(p.to_json(), keep_text=True)
+    plain = Projection.from_json(p.to_json())
+    assert kept == plain == p and hash(kept) == hash(p) and repr(kept) == repr(p)
+    assert kept.to_json() == plain.to_json() == p.to_json()

@@ -107,7 +107,9 @@ def test_the_sent_text_of_a_row_is_the_general_entry_encoded() -> None:
     rows = tuple(
         RowChange("create", p, None)
         for p in (
-            Projection.build("a@x.org", {"Name": "Ann", "City": "Минск"}, ["b", "a"]),
+            Projection.build(
+                "a@x.org", {"Name": "Ann\t\u2028", "City": "Минск"}, ["b", "a", 'q"t\n']
+            ),
             Projection.build("b@x.org", {"Name": 'Q"uote\\'}, []),
             Projection.build("c@x.org", {}, ["t"], "unsubscribed"),
             Projection.build("d@x.org", {"City": "Brest"}, [], "active", "unsubscribed"),
