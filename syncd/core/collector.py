@@ -19,8 +19,10 @@ of its 5.7 s in the collector.
 reference cycle made anyway (an exception's traceback, say) still counts towards the threshold,
 so the garbage waiting for a pass stays bounded, and ``gc.unfreeze`` hands the set-aside objects
 back to the next full pass: nothing is lost, only collected later. The settings are the
-process's: works that overlap (the inbox, the ingest API, several targets' cycles) share them,
-and the last one done puts them back.
+process's: works that overlap (the inbox, the ingest API, several targets' cycles) share them.
+Each work done hands every set-aside object back, so that works overlapping without end (a
+daemon's targets) never keep garbage set aside for good; a work still running only loses its
+own setting aside, which costs time. The last one done puts the threshold back.
 """
 
 from __future__ import annotations
@@ -60,9 +62,9 @@ class _BulkWork:
     ) -> None:
         with self._lock:
             self._users -= 1
+            gc.unfreeze()
             if self._users == 0:
                 gc.set_threshold(*self._saved)
-                gc.unfreeze()
 
 
 bulk_work = _BulkWork()
