@@ -2,7 +2,7 @@
 
 The layers, lowest first (``MAY_IMPORT`` says exactly what each may use)::
 
-    leaf       errors, clock, logs, schedule, metrics (and syncd/__init__)
+    leaf       errors, clock, logs, schedule, metrics, collector (and syncd/__init__)
     core       pure values and rules                      -> leaf
     config                                                -> leaf
     store      tables, transactions, migrations           -> core, config, leaf
@@ -47,6 +47,7 @@ ROOT_MODULES = {
     "__init__",
     "__main__",
     "cli",
+    "collector",
     "config",
     "errors",
     "logs",
@@ -64,6 +65,7 @@ LAYER_OF_PREFIX = {
     "syncd.logs": "leaf",
     "syncd.schedule": "leaf",
     "syncd.metrics": "leaf",
+    "syncd.collector": "leaf",
     "syncd.core": "core",
     "syncd.config": "config",
     "syncd.store": "store",

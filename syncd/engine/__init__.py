@@ -42,9 +42,9 @@ from contextlib import nullcontext
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from syncd.collector import bulk_work
 from syncd.config import TargetConfig
 from syncd.core.batching import Batcher
-from syncd.core.collector import bulk_work
 from syncd.engine import confirm_later, records
 from syncd.engine.chunk import apply_chunk, decide
 from syncd.engine.creates import push_creates

@@ -142,7 +142,7 @@ def test_a_cycle_of_the_whole_list_runs_as_bulk_work_then_the_collector_is_as_be
 ) -> None:
     import gc
 
-    from syncd.core.collector import GC_YOUNG_THRESHOLD
+    from syncd.collector import GC_YOUNG_THRESHOLD
 
     before = gc.get_threshold()
     world.add_local(600)

@@ -22,8 +22,8 @@ from conftest import config_toml, run_syncd, syncd_env
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from syncd.collector import GC_YOUNG_THRESHOLD
 from syncd.config import IngestConfig
-from syncd.core.collector import GC_YOUNG_THRESHOLD
 from syncd.errors import IngestError
 from syncd.local.ingest import ingest_file
 from syncd.local.ingest import write as ingest_write

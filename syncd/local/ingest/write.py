@@ -60,7 +60,7 @@ from typing import Any, Literal
 
 from sqlalchemy.engine import Connection, Engine
 
-from syncd.core.collector import bulk_work
+from syncd.collector import bulk_work
 from syncd.core.jsontext import flat_encoder
 from syncd.core.projection import is_opted_out
 from syncd.errors import IngestError

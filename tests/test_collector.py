@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import threading
 
-from syncd.core.collector import GC_YOUNG_THRESHOLD, bulk_work
+from syncd.collector import GC_YOUNG_THRESHOLD, bulk_work
 
 
 def test_bulk_work_sets_objects_aside_and_makes_young_passes_rare_then_puts_both_back() -> None:
