@@ -23,7 +23,6 @@ import email.utils
 import hashlib
 import json
 import operator
-import re
 import threading
 import time
 from collections import deque
@@ -504,9 +503,11 @@ def form_body(form: Mapping[str, FormValue]) -> bytes:
     ``name[i][j]``). A bulk import of 500 rows has thousands
     of cells, and urllib's quoting of each one in Python costs more than the rest of the call:
     ASCII values, nearly all of them, are escaped together, joined by a newline (which no value
-    then holds, so its escape ``%0A`` splits them again), by one regular expression that calls
-    back only for the characters to escape (a ``str.translate`` per value looked each character
-    up in a dict: 1.9 µs a row of three cells against 1.5-1.6)."""
+    then holds, so it splits them again), one ``str.replace`` for each character to escape that
+    the text holds: a few passes in C over the whole call. (A ``str.translate`` per value looks
+    each character up in a dict, and a regular expression calling back for each character to
+    escape pays a Python call per escape: 870-970 µs a call of 500 rows of five cells, against
+    70-80.)"""
     names: list[str] = []
     values: list[str] = []
     quoted_names = _QUOTED_NAMES
@@ -529,18 +530,21 @@ def form_body(form: Mapping[str, FormValue]) -> bytes:
                 values.append(v)
     joined = "\n".join(values)
     if joined.isascii() and joined.count("\n") == len(values) - 1:
-        quoted = _FORM_SPECIAL.sub(_form_escape, joined).split("%0A")
+        for special, escape in _ASCII_ESCAPES:
+            if special in joined:
+                joined = joined.replace(special, escape)
+        quoted = joined.split("\n")
     else:
         quoted = [_form_quote(v) for v in values]
     return "&".join(map(operator.add, names, quoted)).encode("ascii")
 
 
-_FORM_SPECIAL = re.compile("[^" + re.escape(_FORM_UNRESERVED.decode("ascii")) + "]")
-_FORM_ESCAPE_OF = {chr(c): escape for c, escape in _FORM_ESCAPES.items()}
-
-
-def _form_escape(match: re.Match[str]) -> str:
-    return _FORM_ESCAPE_OF[match[0]]
+#: (character, escape) for ``form_body``'s joined values, every ASCII character but the newline
+#: that joins them: "%" first and "+" before the space, since the escapes bring in both
+_ASCII_ESCAPES = sorted(
+    ((chr(c), escape) for c, escape in _FORM_ESCAPES.items() if c != 0x0A),
+    key=lambda pair: (pair[0] != "%", pair[0] != "+"),
+)
 
 
 #: parameter names as quoted, kept: every import of 500 rows names the same cells again

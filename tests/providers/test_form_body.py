@@ -19,6 +19,17 @@ def test_the_body_is_urlencode_with_doseq(form: dict[str, str | list[str]]):
     assert form_body(form) == urlencode(form, doseq=True).encode("ascii")
 
 
+ascii_text = st.text(st.characters(max_codepoint=127), max_size=20)
+
+
+@given(st.lists(ascii_text, max_size=12))
+def test_ascii_values_escaped_together_are_urlencode_with_doseq(cells: list[str]) -> None:
+    # ASCII values take the joined way (each character to escape replaced in all at once),
+    # unless one holds the newline that joins them
+    form = {"data": cells, "note": "100% + more"}
+    assert form_body(form) == urlencode(form, doseq=True).encode("ascii")
+
+
 def test_the_body_is_what_httpx_sends():
     form = {
         "format": "json",
