@@ -372,10 +372,14 @@ def compute_diff(
         take_write_turn(session)
         if postgres:
             session.execute(text(_DIRTY_LOCK))
+        # a key with a projection is its contact's (keys are unique, and any write to a
+        # contact drops its projection): only the others are looked up
         unprojected = session.scalars(
             text(
                 f"SELECT c.id FROM dirty d JOIN contact c ON c.{view.key} = d.key "
-                f"WHERE d.target = :t{bounds.replace('key', 'd.key')} AND c.deleted = :no "
+                f"WHERE d.target = :t{bounds.replace('key', 'd.key')} "
+                "AND NOT EXISTS (SELECT 1 FROM local_seen k WHERE k.target = :t AND k.key = d.key) "
+                "AND c.deleted = :no "
                 "AND EXISTS (SELECT 1 FROM membership m "
                 "  WHERE m.contact_id = c.id AND m.list_name = :l) "
                 "AND NOT EXISTS (SELECT 1 FROM local_seen s "
@@ -394,7 +398,10 @@ def compute_diff(
                 "(target, key, local, base, remote, raw_status, opted_out_elsewhere) "
                 f"SELECT :t, k.key, l.data, b.data, {remote_columns} FROM ("
                 f"  SELECT key FROM dirty WHERE target = :t{bounds}"
-                f"  UNION SELECT key FROM base WHERE target = :t AND unseen > 0{bounds}) AS k "
+                # the unseen keys not dirty already: no temporary index of the keys for a UNION
+                f"  UNION ALL SELECT key FROM base u WHERE target = :t AND unseen > 0{bounds} "
+                "   AND NOT EXISTS (SELECT 1 FROM dirty e WHERE e.target = :t AND e.key = u.key)"
+                ") AS k "
                 "LEFT JOIN local_seen l ON l.target = :t AND l.key = k.key "
                 "LEFT JOIN base b ON b.target = :t AND b.key = k.key "
                 f"{remote_join}"
