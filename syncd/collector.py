@@ -31,8 +31,11 @@ import gc
 import threading
 from types import TracebackType
 
-#: The collector's first threshold during bulk work (Python's default: 700).
-GC_YOUNG_THRESHOLD = 10_000
+#: The collector's first threshold during bulk work (Python's default: 700). A young pass walks
+#: every young object still alive, and in bulk work nearly all are: a call's worth of rows. A
+#: first push of 100,000 contacts at 10,000 made 66 young passes and spent 0.3 s more CPU than
+#: at this threshold, where it makes none; cyclic garbage waits for at most this many objects.
+GC_YOUNG_THRESHOLD = 100_000
 
 
 class _BulkWork:

@@ -264,6 +264,12 @@ class ProviderHttp:
                 if exc.retry_after is None:
                     exc.retry_after = parse_retry_after(response.headers.get("retry-after"))
                 raise
+            finally:
+                # httpx binds an answer and its stream to each other, a reference cycle that
+                # keeps the answer, its request and the request's body (a bulk import's
+                # hundreds of KB) until the garbage collector runs, which bulk work makes rare
+                # (``syncd.collector``). The body is read and the stream closed: let go of it.
+                response.stream = _READ
 
         return self._with_retries(method, write, attempt)
 
@@ -434,6 +440,10 @@ class HttpProvider(Provider):
 
     def close(self) -> None:
         self._http.close()
+
+
+#: what an answer read in full keeps as its stream (``ProviderHttp._request``)
+_READ = httpx.ByteStream(b"")
 
 
 # --------------------------------------------------------------------------- answers

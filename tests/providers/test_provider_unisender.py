@@ -6,7 +6,9 @@ is ``contract.py``'s, run here by ``TestUnisenderContract`` and ``TestSelzyContr
 
 from __future__ import annotations
 
+import gc
 import gzip
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -1028,6 +1030,38 @@ def test_a_wait_for_the_rate_limit_is_told_before_it_starts_and_counted() -> Non
     http.close()
     assert len(slept) == 1 and 59 < slept[0] <= 60
     assert told == slept and stats.waited == slept[0]
+
+
+def test_an_answer_read_lets_go_of_its_request_without_the_garbage_collector() -> None:
+    """A bulk import's body is freed as soon as its answer is read: bulk work runs the
+    collector rarely (``syncd.collector``), and httpx's answer-stream cycle would keep every
+    call's body until then."""
+    answers: list[weakref.ref[httpx.Response]] = []
+    requests: list[weakref.ref[httpx.Request]] = []
+
+    def parse(response: httpx.Response) -> int:
+        answers.append(weakref.ref(response))
+        requests.append(weakref.ref(response.request))
+        return int(response.json()["n"])
+
+    http = ProviderHttp(
+        provider="unisender",
+        api_key="sk-answer-cycle-test",
+        timeout=5,
+        retries=0,
+        rate_limit_per_minute=600,
+        stats=CallStats(),
+        transport=httpx.MockTransport(lambda _request: httpx.Response(200, json={"n": 1})),
+    )
+    gc.disable()
+    try:
+        got = http.post_form("importContacts", "http://127.0.0.1:9/x", {"data": "x" * 100_000},
+                             write=True, parse=parse)  # fmt: skip
+        assert got == 1
+        assert answers[0]() is None and requests[0]() is None
+    finally:
+        gc.enable()
+        http.close()
 
 
 def test_make_provider_dispatches_on_the_provider_name() -> None:
