@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from array import array
 from collections.abc import Callable
+from json.encoder import encode_basestring as quote
 from typing import Any
 
 from sqlmodel import Session
@@ -285,8 +286,9 @@ def stored_projector(
     spec: dict[str, object] = dict(view.fields)
     if view.reference is not None:
         spec[view.reference] = _REF  # syncd's reference wins over a field of the same name
-    # sorted by remote name: the kept fields come out in ``Projection``'s order
-    plan = sorted(spec.items())
+    # sorted by remote name: the kept fields come out in ``Projection``'s order; each name
+    # as JSON text once, its field written as ``[name,value]`` (``compact_json``'s text)
+    plan = [(f"[{quote(name)},", local) for name, local in sorted(spec.items())]
     fold: dict[str, str] = {s: caps.fold_status(s) for s in STATUSES}
     tags_kept = caps.tags
     list_consent = caps.list_consent
@@ -310,9 +312,8 @@ def stored_projector(
         local_fields = loads(member.fields)
         if folded is None or list_status not in LIST_STATUSES or type(local_fields) is not dict:
             return as_object(member)
-        status = folded
-        kept: list[tuple[str, str]] = []
-        for remote_name, local_name in plan:
+        kept: list[str] = []
+        for field, local_name in plan:
             if local_name == "email":
                 value: Any = member.email
             elif local_name == "phone":
@@ -324,13 +325,17 @@ def stored_projector(
             if value is not None:
                 value = str(value)
                 if value:
-                    kept.append((remote_name, value))
+                    kept.append(f"{field}{quote(value)}]")
         stored = member.tags
         tags = sorted({t for t in loads(stored) if t}) if tags_kept and stored != "[]" else []
-        if status in OPTED_OUT or list_status == "active":
-            data = encode([key, kept, tags, status])
-        else:
-            data = encode([key, kept, tags, status, list_status])
+        # ``compact_json([key, fields, tags, status(, list status)])``'s text, written out: the
+        # encoder's generic walk of the nested lists cost as much as the rest of the projection
+        end = (
+            f"{quote(folded)}]"
+            if folded in OPTED_OUT or list_status == "active"
+            else f"{quote(folded)},{quote(list_status)}]"
+        )
+        data = f"[{quote(key)},[{','.join(kept)}],{encode(tags) if tags else '[]'},{end}"
         return key, digest(data), data
 
     return project

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 from conftest import World
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from syncd.store import seen
@@ -279,3 +281,47 @@ def test_the_stored_projection_is_project_local_s_text():
     assert stage.stored_projector(views[0], caps_all[0])(folded) == stage.project_stored(
         folded, views[0], caps_all[0]
     )
+
+
+_any_text = st.text(max_size=6)
+
+
+@given(
+    key=st.text(min_size=1, max_size=8),
+    names=st.lists(st.text(min_size=1, max_size=4), min_size=1, max_size=3, unique=True),
+    values=st.lists(st.none() | _any_text | st.integers(), min_size=3, max_size=3),
+    tags=st.lists(_any_text, max_size=3),
+    status=st.sampled_from(["active", "unsubscribed", "blocked", "inactive"]),
+    state=st.sampled_from(["active", "unsubscribed"]),
+    list_consent=st.booleans(),
+)
+def test_the_stored_projection_is_project_local_s_text_for_any_text(
+    key: str,
+    names: list[str],
+    values: list[Any],
+    tags: list[str],
+    status: str,
+    state: str,
+    list_consent: bool,
+) -> None:
+    """Quotes, backslashes, control and non-ASCII characters in a key, a field's name or
+    value, or a tag: the text ``stored_projector`` writes out is still ``to_json``'s."""
+    import json
+
+    from syncd.core.calls import Capabilities
+    from syncd.core.projection import digest_of
+    from syncd.engine import stage
+    from syncd.store.mirror import LocalView, MemberRow
+
+    view = LocalView(
+        "email", "news", {name: f"f{i}" for i, name in enumerate(names)}, None, list_consent
+    )
+    caps = Capabilities(
+        500, 50, list_consent=list_consent, statuses=frozenset({"active", "unsubscribed"})
+    )
+    fields = json.dumps({f"f{i}": value for i, value in enumerate(values)})
+    member = MemberRow(key, None, fields, json.dumps(tags), status, None, state)
+    p = stage.project_local(member, view, caps)
+    assert p is not None
+    want = (p.key, digest_of(p.to_json()), p.to_json())
+    assert stage.stored_projector(view, caps)(member) == want
