@@ -127,18 +127,23 @@ class Projection:
         ``build`` would refuse still goes through it, and is refused. ``keep_text``: the text
         is ``to_json``'s own (as ``local_seen`` stores it), kept so that it is not encoded
         again."""
-        key, fields, tags, status, *rest = read_json(text)
-        if status not in STATUSES or (rest and rest[0] not in LIST_STATUSES):
-            return cls.build(key, dict(fields), tags, status, rest[0] if rest else "active")
-        list_status: ListStatus = (
-            rest[0] if rest else "unsubscribed" if status in OPTED_OUT else "active"
-        )
+        parts = read_json(text)
+        if len(parts) == 4:  # no list status of its own: the contact's status says it
+            key, fields, tags, status = parts
+            if status not in STATUSES:
+                return cls.build(key, dict(fields), tags, status)
+            list_status: ListStatus = "unsubscribed" if status in OPTED_OUT else "active"
+        else:
+            key, fields, tags, status, *rest = parts
+            if status not in STATUSES or (rest and rest[0] not in LIST_STATUSES):
+                return cls.build(key, dict(fields), tags, status, rest[0] if rest else "active")
+            list_status = rest[0]
         # the fields set through their slots, as ``__init__`` does but without looking each
         # one up on the class (a first push reads one projection per contact)
         p = _new(cls)
         _set_key(p, key)
         _set_fields(p, tuple(map(tuple, fields)))
-        _set_tags(p, frozenset(tags))
+        _set_tags(p, frozenset(tags) if tags else _NO_TAGS)
         _set_status(p, status)
         _set_list_status(p, list_status)
         _set_json(p, text if keep_text else None)
@@ -150,6 +155,7 @@ class Projection:
 
 #: ``from_json``'s way in: a new object and the descriptor of each of its slots
 _new = object.__new__
+_NO_TAGS: frozenset[str] = frozenset()
 _slots = vars(Projection)
 _set_key = _slots["key"].__set__
 _set_fields = _slots["fields"].__set__
