@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from syncd import __version__
+from syncd.collector import no_collection_at_exit
 from syncd.errors import ConfigError, IngestError, ListenError, StarterExists, SyncdError
 from syncd.logs import register_secret, setup_logging
 
@@ -1126,6 +1127,7 @@ def schemas_show_cmd(name: str) -> None:
 def run() -> None:
     """The console entry (``syncd``, ``python -m syncd``): a syncd error that escapes a command
     is one line on stderr, never a traceback; a configuration error exits 2, any other 1."""
+    no_collection_at_exit()
     try:
         main(prog_name="syncd")  # the same name (and completion variable) however started
     except ConfigError as exc:

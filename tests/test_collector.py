@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 import threading
 
 from syncd.collector import GC_YOUNG_THRESHOLD, bulk_work
@@ -58,3 +60,30 @@ def test_an_exception_inside_still_puts_the_settings_back() -> None:
     except RuntimeError:
         pass
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
+def test_at_exit_the_objects_are_set_aside_and_the_other_handlers_still_run() -> None:
+    """``syncd``'s console entry skips the exit's full collections: by the time the handlers
+    registered before it run (logging's flush is one), every object is set aside."""
+    program = (
+        "import atexit, gc, sys\n"
+        "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 1_000))\n"
+        "from syncd.collector import no_collection_at_exit\n"
+        "no_collection_at_exit()\n"
+        "atexit.register(lambda: print('before', gc.get_freeze_count()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.split("\n") == ["before 0", "frozen True", ""]
+
+
+def test_the_console_entry_sets_the_objects_aside_at_exit() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", "import atexit, gc\n"
+         "atexit.register(lambda: print(gc.get_freeze_count() > 0))\n"
+         "import sys; sys.argv = ['syncd', '--version']\n"
+         "from syncd.cli import run; run()"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.stdout.splitlines()[-1] == "True", done.stdout + done.stderr
