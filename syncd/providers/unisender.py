@@ -439,6 +439,8 @@ class UnisenderProvider(HttpProvider):
 
         result = self._call(IMPORT, params, write=True)
         verdicts = self._read_import_answer(result, len(positions))
+        if not verdicts:  # the log names no row: every one was applied
+            return {position: RowOutcome(rows[position].row.key, True) for position in positions}
         outcomes: dict[int, RowOutcome] = {}
         for i, position in enumerate(positions):
             ok, code, message = verdicts.get(i, (True, "", ""))
