@@ -75,6 +75,23 @@ class RowChange:
     remote: Projection | None = None
 
 
+def create_of(row: Projection) -> RowChange:
+    """``RowChange("create", row)``, its slots set one by one: the frozen dataclass's
+    ``__init__`` sets each through ``object.__setattr__`` (0.43 µs against 0.25), and a first
+    push makes one a contact."""
+    change = _new(RowChange)
+    _set_op(change, "create")
+    _set_row(change, row)
+    _set_remote(change, None)
+    return change
+
+
+_new = object.__new__
+_set_op = vars(RowChange)["op"].__set__
+_set_row = vars(RowChange)["row"].__set__
+_set_remote = vars(RowChange)["remote"].__set__
+
+
 @dataclass(slots=True)
 class JobTicket:
     """One call of a batch the provider confirms later: where it fetches the call's file and

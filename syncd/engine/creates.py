@@ -24,6 +24,7 @@ from __future__ import annotations
 from sqlmodel import Session
 
 from syncd.core.batching import Batcher
+from syncd.core.calls import create_of
 from syncd.core.projection import Projection
 from syncd.engine.push import push_batch
 from syncd.engine.state import CycleState
@@ -52,6 +53,7 @@ def push_creates(session: Session, cycle: CycleState, batcher: Batcher) -> None:
     target = cycle.target.name
     moved = cycle.owners.moved
     waiting: list[RowChange] = []  # journalled, not yet a whole call's worth
+    from_json = Projection.from_json
     last = 0
     while True:  # each push checks for a stop first (``push_batch``)
         mirror.take_write_turn(session)
@@ -65,12 +67,12 @@ def push_creates(session: Session, cycle: CycleState, batcher: Batcher) -> None:
         for seq, key, data in rows:
             if key in moved:
                 continue  # the new key's decision carries the move
-            row = Projection.from_json(data, keep_text=True)
+            row = from_json(data, keep_text=True)
             if not row.mailable:
                 continue  # its opt-out goes with it, or it is withheld: the general path
             seqs.append(seq)
             journal.append((key, data))
-            waiting.append(RowChange("create", row, None))
+            waiting.append(create_of(row))
         mirror.set_in_flight_texts(session, target, journal)
         mirror.drop_diff_rows(session, seqs)
         session.commit()  # journalled, and decided: the general path does not see them

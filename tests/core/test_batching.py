@@ -350,3 +350,17 @@ def test_every_row_writes_exactly_its_changed_fields(
                     assert not call.overwrite_tags
     assert written == {k: cols for k, (cols, _, _) in wanted.items()}
     assert tagged == {k for k, (_, with_tags, _) in wanted.items() if with_tags}
+
+
+def test_create_of_is_a_plain_create_row_change() -> None:
+    """``create_of`` sets the slots one by one: a field added to ``RowChange`` must be set there
+    too (this list is what it sets)."""
+    import dataclasses
+
+    from syncd.core.calls import create_of
+
+    assert {f.name for f in dataclasses.fields(RowChange)} == {"op", "row", "remote"}
+    row = Projection.build("a@example.com", {"City": "Minsk"}, ["t"])
+    made = create_of(row)
+    assert made == RowChange("create", row) and hash(made) == hash(RowChange("create", row))
+    assert repr(made) == repr(RowChange("create", row, None))
