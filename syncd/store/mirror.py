@@ -98,6 +98,23 @@ def many(db: Session | Connection, sql: str, rows: Sequence[tuple[Any, ...]]) ->
         connection.exec_driver_sql(statement, tuple(chain.from_iterable(part)))
 
 
+def driver_rows(db: Session | Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+    """A query's rows as the driver gives them, tuples (``?`` placeholders, as ``many``), in
+    the transaction under way. For the reads of a row per contact: SQLAlchemy's result makes
+    a ``Row`` of each, which cost half again as much as the read itself (5,000 members, eight
+    columns: 2.2-2.5 µs a row against 1.5). The values are the same: a text query's result
+    has no types to process."""
+    connection = db.connection() if isinstance(db, Session) else db
+    if connection.dialect.name == "postgresql":
+        sql = sql.replace("?", "%s")
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(sql, tuple(params))
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
 #: the one row of values of an ``INSERT``, repeated for a statement of many rows (``many``)
 _VALUES = re.compile(r"VALUES (\([^()]*\))")
 _ROWS_A_STATEMENT = 500
@@ -207,21 +224,19 @@ def pure_creates(
     (seq, key, local JSON), at most ``limit``. ``reconcile`` decides each of them a plain
     create of its local row (``create_remote``), so they can be journalled, sent and
     confirmed in bulk (``syncd.engine.creates``)."""
-    connection = session.connection()
-    mark = "%s" if connection.dialect.name == "postgresql" else "?"
-    owners = ", ".join([mark] * (1 + len(peers)))
+    owners = ", ".join(["?"] * (1 + len(peers)))
     sql = (
         "SELECT d.seq, d.key, d.local FROM stage_diff d "
-        f"WHERE d.target = {mark} AND d.seq > {mark} AND d.local IS NOT NULL "
+        "WHERE d.target = ? AND d.seq > ? AND d.local IS NOT NULL "
         "AND d.base IS NULL AND d.remote IS NULL "
         "AND NOT EXISTS (SELECT 1 FROM in_flight f WHERE f.target = d.target AND f.key = d.key) "
         f"AND NOT EXISTS (SELECT 1 FROM off_list o WHERE o.target IN ({owners}) "
         "  AND o.key = d.key) "
         "AND NOT EXISTS (SELECT 1 FROM rejection j WHERE j.target = d.target AND j.key = d.key) "
         "AND NOT EXISTS (SELECT 1 FROM conflict c WHERE c.target = d.target AND c.key = d.key) "
-        f"ORDER BY d.seq LIMIT {mark}"
+        "ORDER BY d.seq LIMIT ?"
     )
-    rows = connection.exec_driver_sql(sql, (target, after, target, *peers, limit)).all()
+    rows = driver_rows(session, sql, (target, after, target, *peers, limit))
     return [(int(seq), key, local) for seq, key, local in rows]
 
 

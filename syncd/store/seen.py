@@ -157,18 +157,17 @@ def _project(
         return 0
     # through the driver, the ids written out: at a page of 5,000 members SQLAlchemy's
     # expanding parameter and result rows cost more than the query
-    connection = session.connection()
-    mark = "%s" if connection.dialect.name == "postgresql" else "?"
     rows: list[Any] = []
     for start in range(0, len(ids), mirror.CHUNK):  # within every driver's parameter limit
         part = ids[start : start + mirror.CHUNK]
-        rows += connection.exec_driver_sql(
+        rows += mirror.driver_rows(
+            session,
             "SELECT c.id, c.email, c.phone, c.fields, c.tags, c.status, c.ref, m.state FROM "
-            f"contact c JOIN membership m ON m.contact_id = c.id AND m.list_name = {mark} "
-            f"WHERE c.id IN ({', '.join([mark] * len(part))}) AND c.deleted = {mark} AND NOT "
-            f"EXISTS (SELECT 1 FROM local_seen s WHERE s.contact_id = c.id AND s.target = {mark})",
+            "contact c JOIN membership m ON m.contact_id = c.id AND m.list_name = ? "
+            f"WHERE c.id IN ({', '.join(['?'] * len(part))}) AND c.deleted = ? AND NOT "
+            "EXISTS (SELECT 1 FROM local_seen s WHERE s.contact_id = c.id AND s.target = ?)",
             (view.local_list, *part, False, target),
-        ).all()
+        )
     member = MemberRow._make
     projected = [(row[0], target, *project(member(row[1:]))) for row in rows]
     # in key order: the key's index and the trigger's ``dirty`` rows are then written page
