@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import Connection, delete, func, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col
@@ -103,14 +104,17 @@ def driver_rows(db: Session | Connection, sql: str, params: Sequence[Any]) -> li
     the transaction under way. For the reads of a row per contact: SQLAlchemy's result makes
     a ``Row`` of each, which cost half again as much as the read itself (5,000 members, eight
     columns: 2.2-2.5 µs a row against 1.5). The values are the same: a text query's result
-    has no types to process."""
+    has no types to process; the driver's errors are SQLAlchemy's, as they would be there."""
     connection = db.connection() if isinstance(db, Session) else db
-    if connection.dialect.name == "postgresql":
+    dialect = connection.dialect
+    if dialect.name == "postgresql":
         sql = sql.replace("?", "%s")
     cursor = connection.connection.cursor()
     try:
         cursor.execute(sql, tuple(params))
         return list(cursor.fetchall())
+    except dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(sql, params, exc, dialect.loaded_dbapi.Error) from exc
     finally:
         cursor.close()
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from syncd.store import history, mirror, open_engine
@@ -70,5 +72,27 @@ def test_many_writes_every_row_in_order_across_statements(store_url: str) -> Non
                 "b": '["b"]',
             }
             assert read(text("SELECT count(*) FROM dirty WHERE key = 'z'")).scalar() == 1
+    finally:
+        db.dispose()
+
+
+def test_driver_rows_reads_the_transaction_under_way_and_its_errors_are_sqlalchemy_s(
+    store_url: str,
+) -> None:
+    db = open_engine(store_url)
+    try:
+        with Session(db) as session:
+            rows_in = [("news", "b"), ("news", "a")]
+            mirror.many(session, "INSERT INTO dirty (target, key) VALUES (?, ?)", rows_in)
+            # not committed: the rows are this transaction's, read through the same connection
+            rows = mirror.driver_rows(
+                session, "SELECT key, target FROM dirty WHERE target = ? ORDER BY key", ["news"]
+            )
+            assert rows == [("a", "news"), ("b", "news")]
+            assert all(type(row) is tuple for row in rows)
+            session.rollback()
+            assert mirror.driver_rows(session, "SELECT key FROM dirty", []) == []
+            with pytest.raises(DBAPIError, match="no_such_table"):
+                mirror.driver_rows(session, "SELECT key FROM no_such_table", [])
     finally:
         db.dispose()
