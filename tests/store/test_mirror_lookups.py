@@ -96,3 +96,28 @@ def test_driver_rows_reads_the_transaction_under_way_and_its_errors_are_sqlalche
                 mirror.driver_rows(session, "SELECT key FROM no_such_table", [])
     finally:
         db.dispose()
+
+
+def test_drop_diff_rows_takes_out_exactly_the_rows_given_with_or_without_gaps(
+    store_url: str,
+) -> None:
+    db = open_engine(store_url)
+    try:
+        with Session(db) as session:
+            rows = [("news", f"k{i:04}", "[]") for i in range(1200)]
+            mirror.many(
+                session, "INSERT INTO stage_diff (target, key, local) VALUES (?, ?, ?)", rows
+            )
+            session.commit()
+            seqs = mirror.driver_rows(session, "SELECT seq FROM stage_diff ORDER BY seq", [])
+            numbers = [seq for (seq,) in seqs]
+            run = numbers[10:700]  # no gap: one range
+            gapped = numbers[800:1100:2]  # every other one: lists of numbers
+            mirror.drop_diff_rows(session, run)
+            mirror.drop_diff_rows(session, gapped)
+            mirror.drop_diff_rows(session, [])
+            session.commit()
+            left = [seq for (seq,) in mirror.driver_rows(session, "SELECT seq FROM stage_diff", [])]
+            assert sorted(left) == sorted(set(numbers) - set(run) - set(gapped))
+    finally:
+        db.dispose()
