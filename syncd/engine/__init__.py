@@ -155,20 +155,20 @@ def _guard(session: Session, cycle: CycleState) -> None:
     # Each side's deletions against that side's list as staged: the provider's export (the base
     # where none can be read) and the local list. Not against the base alone: a target whose
     # creates' answers were lost has contacts at the provider and little base, and deleting a
-    # few of them is no mass delete.
-    sizes = {
-        "remote": (
-            seen.remote_count(session, target.name)
-            if cycle.remote_read
-            else mirror.count_rows(session, Base, target.name)
-        ),
-        "local": seen.local_counts(session, target.name)[0],
-    }
+    # few of them is no mass delete. A side is counted only where its deletions pass the floor:
+    # a count reads each of its rows, and most cycles delete nothing.
     for side, n in (("remote", remote_deletes), ("local", local_removes)):
-        limit = target.max_delete_fraction * sizes[side]
-        if n > MASS_DELETE_FLOOR and n > limit and not cycle.options.allow_mass_delete:
+        if n <= MASS_DELETE_FLOOR or cycle.options.allow_mass_delete:
+            continue
+        if side == "local":
+            size = seen.local_counts(session, target.name)[0]
+        elif cycle.remote_read:
+            size = seen.remote_count(session, target.name)
+        else:
+            size = mirror.count_rows(session, Base, target.name)
+        if n > target.max_delete_fraction * size:
             raise MassDeleteRefused(
-                f"{target.name}: this cycle would delete {n} of the {sizes[side]} contacts "
+                f"{target.name}: this cycle would delete {n} of the {size} contacts "
                 f"on the {side} side, more than max_delete_fraction="
                 f"{target.max_delete_fraction}; nothing was written. Check the source, "
                 f"then run once with --allow-mass-delete if it is intended."

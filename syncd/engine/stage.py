@@ -351,5 +351,5 @@ def _project_members(
     for ids in seen.members_to_project(session, name, view):
         projected += seen.project_members(session, name, view, ids, project)
     # a phone target meets members with no phone: counted every cycle, projected once
-    cycle.result.counts["no_key"] += seen.local_counts(session, name)[1]
+    cycle.result.counts["no_key"] += seen.keyless_count(session, name)
     return projected

@@ -194,6 +194,18 @@ def local_counts(session: Session, target: str) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
+def keyless_count(session: Session, target: str) -> int:
+    """``local_counts``'s second number, from the key index's entries without a key alone
+    (every cycle asks it: ``local_counts`` reads the target's every row)."""
+    return int(
+        session.scalar(
+            text("SELECT count(*) FROM local_seen WHERE target = :t AND key IS NULL"),
+            {"t": target},
+        )
+        or 0
+    )
+
+
 # --- the remote side ----------------------------------------------------------------------
 
 
