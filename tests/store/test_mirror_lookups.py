@@ -7,7 +7,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
-from syncd.store import history, mirror, open_engine
+from syncd.store import history, mirror, open_engine, seen
 from syncd.store.models import Contact
 
 
@@ -119,5 +119,25 @@ def test_drop_diff_rows_takes_out_exactly_the_rows_given_with_or_without_gaps(
             session.commit()
             left = [seq for (seq,) in mirror.driver_rows(session, "SELECT seq FROM stage_diff", [])]
             assert sorted(left) == sorted(set(numbers) - set(run) - set(gapped))
+    finally:
+        db.dispose()
+
+
+def test_keyless_count_is_local_counts_second_number(store_url: str) -> None:
+    db = open_engine(store_url)
+    try:
+        with Session(db) as session:
+            rows = [(i, "sms", None if i % 3 else f"+37529{i:07}", None, None) for i in range(30)]
+            rows += [(i, "news", None, None, None) for i in range(5)]  # another target's
+            mirror.many(
+                session,
+                "INSERT INTO local_seen (contact_id, target, key, digest, data) "
+                "VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            assert seen.local_counts(session, "sms") == (10, 20)
+            assert seen.keyless_count(session, "sms") == 20
+            assert seen.keyless_count(session, "nothing") == 0
+            session.rollback()
     finally:
         db.dispose()
