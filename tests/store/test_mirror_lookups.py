@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -76,68 +78,61 @@ def test_many_writes_every_row_in_order_across_statements(store_url: str) -> Non
         db.dispose()
 
 
-def test_driver_rows_reads_the_transaction_under_way_and_its_errors_are_sqlalchemy_s(
-    store_url: str,
-) -> None:
+@pytest.fixture
+def session(store_url: str) -> Iterator[Session]:
+    """A session on a store opened for the test (SQLite, and PostgreSQL where there is one)."""
     db = open_engine(store_url)
     try:
         with Session(db) as session:
-            rows_in = [("news", "b"), ("news", "a")]
-            mirror.many(session, "INSERT INTO dirty (target, key) VALUES (?, ?)", rows_in)
-            # not committed: the rows are this transaction's, read through the same connection
-            rows = mirror.driver_rows(
-                session, "SELECT key, target FROM dirty WHERE target = ? ORDER BY key", ["news"]
-            )
-            assert rows == [("a", "news"), ("b", "news")]
-            assert all(type(row) is tuple for row in rows)
-            session.rollback()
-            assert mirror.driver_rows(session, "SELECT key FROM dirty", []) == []
-            with pytest.raises(DBAPIError, match="no_such_table"):
-                mirror.driver_rows(session, "SELECT key FROM no_such_table", [])
+            yield session
     finally:
         db.dispose()
+
+
+def test_driver_rows_reads_the_transaction_under_way_and_its_errors_are_sqlalchemy_s(
+    session: Session,
+) -> None:
+    rows_in = [("news", "b"), ("news", "a")]
+    mirror.many(session, "INSERT INTO dirty (target, key) VALUES (?, ?)", rows_in)
+    # not committed: the rows are this transaction's, read through the same connection
+    rows = mirror.driver_rows(
+        session, "SELECT key, target FROM dirty WHERE target = ? ORDER BY key", ["news"]
+    )
+    assert rows == [("a", "news"), ("b", "news")]
+    assert all(type(row) is tuple for row in rows)
+    session.rollback()
+    assert mirror.driver_rows(session, "SELECT key FROM dirty", []) == []
+    with pytest.raises(DBAPIError, match="no_such_table"):
+        mirror.driver_rows(session, "SELECT key FROM no_such_table", [])
 
 
 def test_drop_diff_rows_takes_out_exactly_the_rows_given_with_or_without_gaps(
-    store_url: str,
+    session: Session,
 ) -> None:
-    db = open_engine(store_url)
-    try:
-        with Session(db) as session:
-            rows = [("news", f"k{i:04}", "[]") for i in range(1200)]
-            mirror.many(
-                session, "INSERT INTO stage_diff (target, key, local) VALUES (?, ?, ?)", rows
-            )
-            session.commit()
-            seqs = mirror.driver_rows(session, "SELECT seq FROM stage_diff ORDER BY seq", [])
-            numbers = [seq for (seq,) in seqs]
-            run = numbers[10:700]  # no gap: one range
-            gapped = numbers[800:1100:2]  # every other one: lists of numbers
-            mirror.drop_diff_rows(session, run)
-            mirror.drop_diff_rows(session, gapped)
-            mirror.drop_diff_rows(session, [])
-            session.commit()
-            left = [seq for (seq,) in mirror.driver_rows(session, "SELECT seq FROM stage_diff", [])]
-            assert sorted(left) == sorted(set(numbers) - set(run) - set(gapped))
-    finally:
-        db.dispose()
+    rows = [("news", f"k{i:04}", "[]") for i in range(1200)]
+    mirror.many(session, "INSERT INTO stage_diff (target, key, local) VALUES (?, ?, ?)", rows)
+    session.commit()
+    seqs = mirror.driver_rows(session, "SELECT seq FROM stage_diff ORDER BY seq", [])
+    numbers = [seq for (seq,) in seqs]
+    run = numbers[10:700]  # no gap: one range
+    gapped = numbers[800:1100:2]  # every other one: lists of numbers
+    mirror.drop_diff_rows(session, run)
+    mirror.drop_diff_rows(session, gapped)
+    mirror.drop_diff_rows(session, [])
+    session.commit()
+    left = [seq for (seq,) in mirror.driver_rows(session, "SELECT seq FROM stage_diff", [])]
+    assert sorted(left) == sorted(set(numbers) - set(run) - set(gapped))
 
 
-def test_keyless_count_is_local_counts_second_number(store_url: str) -> None:
-    db = open_engine(store_url)
-    try:
-        with Session(db) as session:
-            rows = [(i, "sms", None if i % 3 else f"+37529{i:07}", None, None) for i in range(30)]
-            rows += [(i, "news", None, None, None) for i in range(5)]  # another target's
-            mirror.many(
-                session,
-                "INSERT INTO local_seen (contact_id, target, key, digest, data) "
-                "VALUES (?, ?, ?, ?, ?)",
-                rows,
-            )
-            assert seen.local_counts(session, "sms") == (10, 20)
-            assert seen.keyless_count(session, "sms") == 20
-            assert seen.keyless_count(session, "nothing") == 0
-            session.rollback()
-    finally:
-        db.dispose()
+def test_keyless_count_is_local_counts_second_number(session: Session) -> None:
+    rows = [(i, "sms", None if i % 3 else f"+37529{i:07}", None, None) for i in range(30)]
+    rows += [(i, "news", None, None, None) for i in range(5)]  # another target's
+    mirror.many(
+        session,
+        "INSERT INTO local_seen (contact_id, target, key, digest, data) VALUES (?, ?, ?, ?, ?)",
+        rows,
+    )
+    assert seen.local_counts(session, "sms") == (10, 20)
+    assert seen.keyless_count(session, "sms") == 20
+    assert seen.keyless_count(session, "nothing") == 0
+    session.rollback()
