@@ -9,10 +9,11 @@ a person can act on.
 from __future__ import annotations
 
 import re
+from functools import cache
 
-import email_validator
-import phonenumbers
-from email_validator import EmailNotValidError, validate_email
+# email-validator and phonenumbers are imported where an address or a number is first checked,
+# not with this module: importing them costs about 35 ms of CPU (their regexes, the number
+# metadata), which a run that reads no new address (a push of the mirror) need not pay.
 
 # Local parts that name a function rather than a person. Providers refuse to import them (or
 # accept them and then throttle the sender), and mailing them hurts the sender's reputation:
@@ -67,7 +68,13 @@ _PLAIN_EMAIL = re.compile(
     r"[a-z0-9_%+-]+(?:\.[a-z0-9_%+-]+)*@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}"
 )
 
-_SPECIAL_USE = frozenset(email_validator.SPECIAL_USE_DOMAIN_NAMES)
+
+@cache
+def _special_use() -> frozenset[str]:
+    """The special-use domains (RFC 6761) email-validator refuses."""
+    from email_validator import SPECIAL_USE_DOMAIN_NAMES
+
+    return frozenset(SPECIAL_USE_DOMAIN_NAMES)
 
 
 def normalise_email(raw: str) -> str:
@@ -89,9 +96,11 @@ def normalise_email(raw: str) -> str:
         and _PLAIN_EMAIL.fullmatch(lowered)
         and lowered.index("@") <= 64
         and "xn--" not in lowered  # punycode domains get the validator's one Unicode spelling
-        and lowered.rsplit(".", 1)[1] not in _SPECIAL_USE  # refused by the validator (RFC 6761)
+        and lowered.rsplit(".", 1)[1] not in _special_use()  # the validator refuses them
     ):
         return lowered
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         checked = validate_email(text, check_deliverability=False)
     except EmailNotValidError as exc:
@@ -112,6 +121,8 @@ def normalise_phone(raw: str, default_region: str | None) -> str:
         raise ValueError("phone is empty")
     if not text.startswith("+") and default_region is None:
         raise ValueError("phone must be in international format (+...)")
+    import phonenumbers
+
     try:
         number = phonenumbers.parse(text, None if text.startswith("+") else default_region)
     except phonenumbers.NumberParseException as exc:
