@@ -285,6 +285,8 @@ def _summary_line(r: CycleResult) -> str:
         line += f"; {_n(s['first_meetings_held'], 'first meeting')} held (first_sync = manual)"
     if s["deferred"]:
         line += f"; {s['deferred']} creates/deletes deferred"
+    if s["without_key"]:
+        line += f"; {_n(s['without_key'], 'member')} without this target's key, not synced"
     if s["edited_during_cycle"]:
         line += f"; {s['edited_during_cycle']} edited locally meanwhile, left for the next cycle"
     if s["awaiting_confirmation"] or s["still_awaiting"]:

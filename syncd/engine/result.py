@@ -126,6 +126,8 @@ class CycleResult:
             "kept_opted_out": c["keep_opted_out"],
             "unsupported": c["unsupported"],
             "withheld_opted_out": c["withheld_opted_out"],
+            # members this target cannot match for want of its key (a phone target, no phone)
+            "without_key": c["no_key"],
             "awaiting_confirmation": c["awaiting"],
             "still_awaiting": c["still_awaiting"],
             "confirmed_later": c["confirmed_later"],

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from syncd.cli import _summary_line
 from syncd.commands import cycles
 from syncd.config import Config, TargetConfig, parse_config
 from syncd.emulators.octopush import OctopushEmulator
@@ -282,6 +283,19 @@ def test_smsby_columns_split_beyond_30_field_names(tmp_path: Path) -> None:
     assert [(c.rows, len(c.columns)) for c in result.calls] == [(3, 29), (3, 2)]  # + the key
     assert world.remote()[phone(0)] == values
     assert world.cycle().write_calls == 0
+
+
+def test_members_without_a_phone_are_counted_every_cycle_and_never_sent(world: PushWorld) -> None:
+    """A phone target cannot match a member without a phone: it is not sent, and every cycle's
+    summary says how many there are, so that they are not lost without a word."""
+    world.add_local(2)
+    world.ingest({"email": f"nophone{i}@example.com", "lists": ["news"]} for i in range(3))
+    first = world.cycle()
+    assert first.outcome == "converged" and first.summary()["created"] == 2
+    assert first.summary()["without_key"] == 3 and len(world.remote()) == 2
+    again = world.cycle()
+    assert again.write_calls == 0 and again.summary()["without_key"] == 3
+    assert "3 members without this target's key, not synced" in _summary_line(again)
 
 
 # --------------------------------------------------------------------------- Octopush
