@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import World
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlmodel import Session, col
 
 from syncd.core.reconcile import ABSENCE_EXPORTS
@@ -115,6 +115,23 @@ def test_a_delete_on_both_sides_converges_in_one_cycle(world: World, tmp_path: P
     world.cycle()
     assert world.local()[gone]["name"] == "Someone new"
     assert [e["kind"] for e in events(tmp_path)] == ["signup"]
+
+
+def test_a_counted_absence_is_compared_every_cycle_even_without_its_dirty_mark(
+    world: World,
+) -> None:
+    """A base counting the exports that lack its key is compared by every cycle because it
+    counts (``Base.unseen``), not only because the key is marked written (``dirty``): with the
+    mark gone (here by hand) the count still runs out and the base is forgotten."""
+    gone = delete_on_both_sides(world, 2)
+    world.cycle()
+    kept = base_of(world, gone)
+    assert kept is not None and kept.unseen == 1
+    with world.db.begin() as conn:
+        assert conn.execute(text("DELETE FROM dirty WHERE key = :k"), {"k": gone}).rowcount == 1
+    for _ in range(ABSENCE_EXPORTS - 1):
+        assert world.cycle().write_calls == 0
+    assert base_of(world, gone) is None
 
 
 def test_a_contact_added_back_locally_while_its_absence_is_counted_is_created_again(
