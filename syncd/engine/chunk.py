@@ -58,7 +58,7 @@ def decide(
     target = cycle.target.name
     sent = mirror.in_flight(session, target, keys)  # the chunk's writes whose answer was lost
     # the chunk's keys syncd took off the list
-    off_list = _off_list(session, cycle, keys) if cycle.caps.tags else {}
+    off_list = _off_list(session, cycle, chunk) if cycle.caps.tags else {}
     unseen = mirror.unseen(session, target, [row.key for row in chunk if row.base is not None])
     # off this list locally, the contact the mirror still has: its status is its own, and an
     # edit of it pushed through another list of the account is no edit at the provider
@@ -84,17 +84,30 @@ def decide(
     return decided
 
 
-def _off_list(session: Session, cycle: CycleState, keys: list[str]) -> dict[str, Projection]:
+def _off_list(
+    session: Session, cycle: CycleState, chunk: list[mirror.DiffRow]
+) -> dict[str, Projection]:
     """What the provider keeps of these keys outside this target's list: this target's own
     records, else a record of another target on the same account (the contact left that list
-    while it stays in the account, with its tags). Of another list's record only the tags are
-    taken: the fields are that target's to manage."""
+    while it stays in the account, with its tags), else, for a key this list would create,
+    another target's base (the contact is on that list still, with the tags agreed there:
+    that target takes it off only when its own cycle comes, maybe after this one). Of another
+    list's record only the tags are taken: the fields are that target's to manage."""
+    keys = [row.key for row in chunk]
     found = mirror.off_list(session, cycle.target.name, keys)
     missing = [k for k in keys if k not in found]
     for peer in cycle.options.peers:
         if not missing:
             break
         for key, kept in mirror.off_list(session, peer, missing).items():
+            found[key] = Projection.build(key, {}, kept.tags)
+        missing = [k for k in missing if k not in found]
+    creates = {r.key for r in chunk if r.local is not None and r.base is None and not r.remote}
+    missing = [k for k in missing if k in creates]
+    for peer in cycle.options.peers:
+        if not missing:
+            break
+        for key, kept in mirror.bases(session, peer, missing).items():
             found[key] = Projection.build(key, {}, kept.tags)
         missing = [k for k in missing if k not in found]
     return found

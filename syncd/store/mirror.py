@@ -229,11 +229,20 @@ def pure_creates(
 ) -> list[tuple[int, str, str]]:
     """The next differing keys after sequence number ``after`` that are new locally and
     nothing else: a local row, no base, no remote row, no write in flight, no record kept
-    off the list (by this target or a peer on the account), no rejection and no conflict.
+    off the list (by this target or a peer on the account), no base of a peer (the contact
+    is on that list of the account), no rejection and no conflict.
     (seq, key, local JSON), at most ``limit``. ``reconcile`` decides each of them a plain
     create of its local row (``create_remote``), so they can be journalled, sent and
     confirmed in bulk (``syncd.engine.creates``)."""
     owners = ", ".join(["?"] * (1 + len(peers)))
+    # on a peer's list, the contact is in the account with that list's tags: the general
+    # path's create starts from them (``syncd.engine.chunk``)
+    on_peer_lists = (
+        f"AND NOT EXISTS (SELECT 1 FROM base p WHERE p.target IN ({', '.join(['?'] * len(peers))}) "
+        "  AND p.key = d.key) "
+        if peers
+        else ""
+    )
     sql = (
         "SELECT d.seq, d.key, d.local FROM stage_diff d "
         "WHERE d.target = ? AND d.seq > ? AND d.local IS NOT NULL "
@@ -241,11 +250,12 @@ def pure_creates(
         "AND NOT EXISTS (SELECT 1 FROM in_flight f WHERE f.target = d.target AND f.key = d.key) "
         f"AND NOT EXISTS (SELECT 1 FROM off_list o WHERE o.target IN ({owners}) "
         "  AND o.key = d.key) "
+        f"{on_peer_lists}"
         "AND NOT EXISTS (SELECT 1 FROM rejection j WHERE j.target = d.target AND j.key = d.key) "
         "AND NOT EXISTS (SELECT 1 FROM conflict c WHERE c.target = d.target AND c.key = d.key) "
         "ORDER BY d.seq LIMIT ?"
     )
-    rows = driver_rows(session, sql, (target, after, target, *peers, limit))
+    rows = driver_rows(session, sql, (target, after, target, *peers, *peers, limit))
     return [(int(seq), key, local) for seq, key, local in rows]
 
 
@@ -377,6 +387,14 @@ def set_off_list(session: Session, target: str, rows: Sequence[Projection]) -> N
         "ON CONFLICT (target, key) DO UPDATE SET data = excluded.data",
         [(target, p.key, p.to_json()) for p in rows],
     )
+
+
+def bases(session: Session, target: str, keys: Sequence[str]) -> dict[str, Projection]:
+    """These keys' bases on ``target`` (a key without one is left out)."""
+    return {
+        key: Projection.from_json(data)
+        for key, data in rows_of_keys(session, "base", "key, data", target, keys)
+    }
 
 
 def off_list(session: Session, target: str, keys: Sequence[str]) -> dict[str, Projection]:

@@ -239,6 +239,32 @@ def test_a_contact_moved_to_another_list_of_the_account_takes_its_tags_along(
         assert again.write_calls == 0 and again.summary().get("pulled", 0) == 0, again.target
 
 
+def test_a_contact_moved_to_a_list_synced_before_the_one_it_left_takes_its_tags_along(
+    three: ThreeLists,
+) -> None:
+    """Found by the property test: the same move the other way round. 'news' syncs first, so
+    its create comes while the contact is still on 'offers' (which takes it off afterwards):
+    the account holds it with the tags 'offers' last agreed on, and the create starts from
+    them, so the tag dropped locally goes instead of coming back into the mirror."""
+    bob = "bob@example.com"
+    three.ingest([{"email": bob, "name": "Bob", "tags": ["a", "b"], "lists": ["offers"]}])
+    three.cycle_all()
+    assert sorted(three.emu.get(bob)["tags"]) == ["a", "b"]
+    three.ingest([{"email": bob, "tags": ["a"], "lists": ["news"]}])
+
+    results = {r.target: r for r in three.cycle_all()}
+
+    assert all(r.outcome == "converged" for r in results.values()), results
+    contact = three.emu.get(bob)
+    assert set(contact["lists"]) == {three.ids["news"]}
+    assert contact["tags"] == ["a"]
+    assert {name: three.consent(bob, name)[1] for name in LISTS} == {
+        "news": "active", "offers": None, "events": None
+    }  # fmt: skip
+    for again in three.cycle_all():
+        assert again.write_calls == 0 and again.summary().get("pulled", 0) == 0, again.target
+
+
 def test_an_edit_pushed_through_another_list_does_not_bring_a_contact_back_to_a_list_it_left(
     three: ThreeLists,
 ) -> None:
