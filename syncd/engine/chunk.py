@@ -87,29 +87,31 @@ def decide(
 def _off_list(
     session: Session, cycle: CycleState, chunk: list[mirror.DiffRow]
 ) -> dict[str, Projection]:
-    """What the provider keeps of these keys outside this target's list: this target's own
-    records, else a record of another target on the same account (the contact left that list
-    while it stays in the account, with its tags), else, for a key this list would create,
-    another target's base (the contact is on that list still, with the tags agreed there:
-    that target takes it off only when its own cycle comes, maybe after this one). Of another
-    list's record only the tags are taken: the fields are that target's to manage."""
+    """What the provider keeps of these keys outside this target's list, for a create to start
+    from: this target's own record of taking the contact off its list, and the tags of every
+    record of it on the account's other lists (another target took it off its list, or, for a
+    key this list would create, holds it on its list still and takes it off only when its own
+    cycle comes, maybe after this one). Each record is the account's contact as its target last
+    saw it, and another target may have changed the tags since: the create starts from all of
+    them together, so that a tag the mirror dropped goes whichever record saw it last (a tag
+    too many only makes the create replace the tags, which it may always do). Of another
+    list's records only the tags are taken: the fields are that target's to manage."""
     keys = [row.key for row in chunk]
     found = mirror.off_list(session, cycle.target.name, keys)
-    missing = [k for k in keys if k not in found]
+    creates = [r.key for r in chunk if r.local is not None and r.base is None and not r.remote]
+    elsewhere: dict[str, set[str]] = {}
     for peer in cycle.options.peers:
-        if not missing:
-            break
-        for key, kept in mirror.off_list(session, peer, missing).items():
-            found[key] = Projection.build(key, {}, kept.tags)
-        missing = [k for k in missing if k not in found]
-    creates = {r.key for r in chunk if r.local is not None and r.base is None and not r.remote}
-    missing = [k for k in missing if k in creates]
-    for peer in cycle.options.peers:
-        if not missing:
-            break
-        for key, kept in mirror.bases(session, peer, missing).items():
-            found[key] = Projection.build(key, {}, kept.tags)
-        missing = [k for k in missing if k not in found]
+        records = [mirror.off_list(session, peer, keys)]
+        if creates:
+            records.append(mirror.bases(session, peer, creates))
+        for kept in records:
+            for key, record in kept.items():
+                elsewhere.setdefault(key, set()).update(record.tags)
+    for key, tags in elsewhere.items():
+        own = found.get(key)
+        found[key] = (
+            Projection.build(key, {}, tags) if own is None else own.replace(tags=own.tags | tags)
+        )
     return found
 
 

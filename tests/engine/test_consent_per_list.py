@@ -265,6 +265,31 @@ def test_a_contact_moved_to_a_list_synced_before_the_one_it_left_takes_its_tags_
         assert again.write_calls == 0 and again.summary().get("pulled", 0) == 0, again.target
 
 
+def test_a_contact_back_on_a_list_drops_a_tag_another_list_added_since_it_left(
+    three: ThreeLists,
+) -> None:
+    """Found by the property test. Bob leaves 'news' and gains a tag in one edit: 'news'
+    records the account's contact as it took it off (no tags), then 'offers' pushes the new
+    tag. Back on 'news' with other tags, the create starts from both records, so the tag
+    dropped locally goes although the record of 'news' never saw it."""
+    bob = "bob@example.com"
+    three.ingest([{"email": bob, "name": "Bob", "tags": [], "lists": ["news", "offers"]}])
+    three.cycle_all()
+    three.ingest([{"email": bob, "tags": ["c"], "lists": ["offers"]}])
+    three.cycle_all()
+    assert three.emu.get(bob)["tags"] == ["c"]
+    three.ingest([{"email": bob, "tags": ["a", "b"], "lists": ["news"]}])
+
+    results = {r.target: r for r in three.cycle_all()}
+
+    assert all(r.outcome == "converged" for r in results.values()), results
+    contact = three.emu.get(bob)
+    assert set(contact["lists"]) == {three.ids["news"]}
+    assert sorted(contact["tags"]) == ["a", "b"]
+    for again in three.cycle_all():
+        assert again.write_calls == 0 and again.summary().get("pulled", 0) == 0, again.target
+
+
 def test_an_edit_pushed_through_another_list_does_not_bring_a_contact_back_to_a_list_it_left(
     three: ThreeLists,
 ) -> None:
