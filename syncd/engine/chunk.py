@@ -40,7 +40,7 @@ from syncd.engine.stage import project_local
 from syncd.engine.state import CycleState
 from syncd.providers.base import RowChange
 from syncd.store import history, mirror
-from syncd.store.models import Contact, Rejection
+from syncd.store.models import Base, Contact, Rejection
 
 log = logging.getLogger("syncd.engine")
 
@@ -103,7 +103,7 @@ def _off_list(
     for peer in cycle.options.peers:
         records = [mirror.off_list(session, peer, keys)]
         if creates:
-            records.append(mirror.bases(session, peer, creates))
+            records.append(mirror.projections(session, Base, peer, creates))
         for kept in records:
             for key, record in kept.items():
                 elsewhere.setdefault(key, set()).update(record.tags)

@@ -389,14 +389,6 @@ def set_off_list(session: Session, target: str, rows: Sequence[Projection]) -> N
     )
 
 
-def bases(session: Session, target: str, keys: Sequence[str]) -> dict[str, Projection]:
-    """These keys' bases on ``target`` (a key without one is left out)."""
-    return {
-        key: Projection.from_json(data)
-        for key, data in rows_of_keys(session, "base", "key, data", target, keys)
-    }
-
-
 def off_list(session: Session, target: str, keys: Sequence[str]) -> dict[str, Projection]:
     return {
         key: Projection.from_json(data)
