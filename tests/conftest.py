@@ -51,6 +51,17 @@ PG_URL = os.environ.get("SYNCD_TEST_PG_URL", "")
 PG_REQUIRED = os.environ.get("SYNCD_TEST_PG_REQUIRED") == "1"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _working_folder_left_alone() -> Iterator[None]:
+    """Tests write under their own temporary folders. A config without an inbox or outbox
+    path would use the defaults, ./inbox and ./outbox of wherever pytest runs (the checkout):
+    this fails the run that leaves one there."""
+    absent = [folder for folder in (Path("inbox"), Path("outbox")) if not folder.exists()]
+    yield
+    left = [str(folder.resolve()) for folder in absent if folder.exists()]
+    assert not left, f"a test wrote into the working folder: {left} (give its config a path)"
+
+
 def need_postgresql() -> str:
     """The test server's URL; skips the test without one (fails it where CI promised one)."""
     if not PG_URL:
@@ -120,6 +131,7 @@ class World:
             {
                 "store": {"url": self.store_url},
                 "ingest": {"reject_role_addresses": False},
+                "outbox": {"path": str(self.tmp / "outbox")},  # not the working folder's
                 "target": [base],
             },
             "test",

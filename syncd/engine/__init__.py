@@ -161,7 +161,7 @@ def _guard(session: Session, cycle: CycleState) -> None:
         if n <= MASS_DELETE_FLOOR or cycle.options.allow_mass_delete:
             continue
         if side == "local":
-            size = seen.local_counts(session, target.name)[0]
+            size = seen.keyed_count(session, target.name)
         elif cycle.remote_read:
             size = seen.remote_count(session, target.name)
         else:

@@ -185,18 +185,17 @@ def _by_key(row: tuple[Any, ...]) -> str:
     return row[2] or ""
 
 
-def local_counts(session: Session, target: str) -> tuple[int, int]:
-    """(members this target matches, members it cannot match for want of a key)."""
-    row = session.execute(
-        text("SELECT count(key), count(*) - count(key) FROM local_seen WHERE target = :t"),
-        {"t": target},
-    ).one()
-    return int(row[0]), int(row[1])
+def keyed_count(session: Session, target: str) -> int:
+    """Members this target matches (those with its key): the local side's size."""
+    return int(
+        session.scalar(text("SELECT count(key) FROM local_seen WHERE target = :t"), {"t": target})
+        or 0
+    )
 
 
 def keyless_count(session: Session, target: str) -> int:
-    """``local_counts``'s second number, from the key index's entries without a key alone
-    (every cycle asks it: ``local_counts`` reads the target's every row)."""
+    """Members this target cannot match for want of its key, from the key index's entries
+    without a key alone (every cycle asks it; ``keyed_count`` reads the target's every row)."""
     return int(
         session.scalar(
             text("SELECT count(*) FROM local_seen WHERE target = :t AND key IS NULL"),

@@ -61,7 +61,7 @@ class TwoLists(World):
         ]
         self.config = parse_config(
             {"store": {"url": self.store_url}, "ingest": {"reject_role_addresses": False},
-             "target": targets},
+             "outbox": {"path": str(tmp / "outbox")}, "target": targets},
             "test",
             providers=PROVIDERS,
         )  # fmt: skip
