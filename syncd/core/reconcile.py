@@ -304,6 +304,19 @@ def reconcile(
         if local is not None and remote is None:
             # new locally, unknown remotely: create it at the provider; back on the list after
             # syncd took it off, the create starts from what the provider kept (its tags)
+            if (
+                off_list is not None
+                and is_opted_out(off_list.status)
+                and not is_opted_out(local.status)
+            ):
+                # the account holds the contact opted out as a whole: the create puts it on
+                # this list without its status (rule 3), and the mirror takes the provider's
+                # opt-out now, as it would from the list's next export
+                kept = local.replace(status=off_list.status)
+                return Decision(
+                    key, "create_remote_opted_out", "create", local, off_list,
+                    local_op="upsert", local_row=kept, base=kept,
+                )  # fmt: skip
             return Decision(key, "create_remote", "create", local, off_list, base=local)
         if local is None and remote is not None:
             # born at the provider (a sign-up): bring it into the mirror

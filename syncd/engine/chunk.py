@@ -34,13 +34,13 @@ from sqlmodel import Session
 import syncd.engine.confirm_later as confirm_later
 import syncd.engine.records as records
 from syncd.core.batching import Batch, Batcher
-from syncd.core.projection import Projection, RemoteChange
+from syncd.core.projection import Projection, RemoteChange, is_opted_out
 from syncd.core.reconcile import Decision, Sent, Takes, reconcile
 from syncd.engine.stage import project_local
 from syncd.engine.state import CycleState
 from syncd.providers.base import RowChange
 from syncd.store import history, mirror
-from syncd.store.models import Base, Contact, Rejection
+from syncd.store.models import Base, Contact, Rejection, RemoteSeen
 
 log = logging.getLogger("syncd.engine")
 
@@ -95,23 +95,30 @@ def _off_list(
     saw it, and another target may have changed the tags since: the create starts from all of
     them together, so that a tag the mirror dropped goes whichever record saw it last (a tag
     too many only makes the create replace the tags, which it may always do). Of another
-    list's records only the tags are taken: the fields are that target's to manage."""
+    list's records only the tags are taken: the fields are that target's to manage. And the
+    contact's own opt-out, where another list's last complete export showed it: the address
+    is opted out in the account, which a create cannot undo (``reconcile``, rule 3). Not from
+    a base: an opt-out that Unisender could only keep as the list's mark (a `new` address)
+    is agreed as the contact's own there, while the address stays open to a create."""
     keys = [row.key for row in chunk]
     found = mirror.off_list(session, cycle.target.name, keys)
     creates = [r.key for r in chunk if r.local is not None and r.base is None and not r.remote]
     elsewhere: dict[str, set[str]] = {}
+    opted_out: dict[str, str] = {}
     for peer in cycle.options.peers:
         records = [mirror.off_list(session, peer, keys)]
         if creates:
             records.append(mirror.projections(session, Base, peer, creates))
+            for key, seen in mirror.projections(session, RemoteSeen, peer, creates).items():
+                if is_opted_out(seen.status) and opted_out.get(key) != "blocked":
+                    opted_out[key] = seen.status
         for kept in records:
             for key, record in kept.items():
                 elsewhere.setdefault(key, set()).update(record.tags)
-    for key, tags in elsewhere.items():
-        own = found.get(key)
-        found[key] = (
-            Projection.build(key, {}, tags) if own is None else own.replace(tags=own.tags | tags)
-        )
+    for key in elsewhere.keys() | opted_out.keys():
+        tags = elsewhere.get(key, set())
+        own = found.get(key) or Projection.build(key)
+        found[key] = own.replace(tags=own.tags | tags, status=opted_out.get(key, own.status))
     return found
 
 

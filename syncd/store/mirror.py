@@ -229,17 +229,19 @@ def pure_creates(
 ) -> list[tuple[int, str, str]]:
     """The next differing keys after sequence number ``after`` that are new locally and
     nothing else: a local row, no base, no remote row, no write in flight, no record kept
-    off the list (by this target or a peer on the account), no base of a peer (the contact
-    is on that list of the account), no rejection and no conflict.
+    off the list (by this target or a peer on the account), no base or last export row of a
+    peer (the contact is on that list of the account), no rejection and no conflict.
     (seq, key, local JSON), at most ``limit``. ``reconcile`` decides each of them a plain
     create of its local row (``create_remote``), so they can be journalled, sent and
     confirmed in bulk (``syncd.engine.creates``)."""
     owners = ", ".join(["?"] * (1 + len(peers)))
-    # on a peer's list, the contact is in the account with that list's tags: the general
-    # path's create starts from them (``syncd.engine.chunk``)
+    # on a peer's list, the contact is in the account with that list's tags and maybe opted
+    # out: the general path's create starts from them (``syncd.engine.chunk``)
+    marks = ", ".join(["?"] * len(peers))
     on_peer_lists = (
-        f"AND NOT EXISTS (SELECT 1 FROM base p WHERE p.target IN ({', '.join(['?'] * len(peers))}) "
-        "  AND p.key = d.key) "
+        f"AND NOT EXISTS (SELECT 1 FROM base p WHERE p.target IN ({marks}) AND p.key = d.key) "
+        f"AND NOT EXISTS (SELECT 1 FROM remote_seen r WHERE r.target IN ({marks}) "
+        "  AND r.key = d.key) "
         if peers
         else ""
     )
@@ -255,7 +257,7 @@ def pure_creates(
         "AND NOT EXISTS (SELECT 1 FROM conflict c WHERE c.target = d.target AND c.key = d.key) "
         "ORDER BY d.seq LIMIT ?"
     )
-    rows = driver_rows(session, sql, (target, after, target, *peers, *peers, limit))
+    rows = driver_rows(session, sql, (target, after, target, *peers, *peers, *peers, limit))
     return [(int(seq), key, local) for seq, key, local in rows]
 
 

@@ -295,6 +295,25 @@ def test_a_create_back_onto_the_list_removes_the_tags_the_provider_kept():
     assert not reconcile(p(Name="Ann", tags=("a",)), None, None).overwrite_tags
 
 
+def test_a_create_into_an_account_that_holds_the_contact_opted_out_takes_the_opt_out():
+    # another list's export showed the address unsubscribed as a whole; the mirror has it
+    # active (a local re-activation). The create puts it on this list without a status (the
+    # provider keeps the opt-out: rule 3), and the mirror takes the opt-out now
+    for status in ("unsubscribed", "blocked"):
+        d = reconcile(p(Name="Ann"), None, None, off_list=p(status, Name="Ann"))
+        assert d.case == "create_remote_opted_out"
+        assert d.remote_op == "create" and d.remote_row == p(Name="Ann")
+        assert not d.pushes_status  # nothing about consent is sent
+        assert d.local_op == "upsert" and d.local_row == p(status, Name="Ann")
+        assert d.base == d.local_row  # what the list's next export will show
+    # opted out locally too: a plain create, whose opt-out goes with it
+    d = reconcile(p("unsubscribed"), None, None, off_list=p("blocked"))
+    assert d.case == "create_remote" and d.local_op is None and d.pushes_status
+    # kept off the list while active: a plain create
+    d = reconcile(p(Name="Ann"), None, None, off_list=p(tags=("a",)))
+    assert d.case == "create_remote" and d.local_op is None
+
+
 # --- status: consent ----------------------------------------------------------------------
 
 

@@ -36,6 +36,7 @@ class ThreeLists(World):
             {
                 "store": {"url": self.store_url},
                 "ingest": {"reject_role_addresses": False},
+                "outbox": {"path": str(tmp_path / "outbox")},
                 "target": [
                     {
                         "name": name,
@@ -310,3 +311,30 @@ def test_an_edit_pushed_through_another_list_does_not_bring_a_contact_back_to_a_
     for again in three.cycle_all():
         assert again.write_calls == 0 and again.summary().get("pulled", 0) == 0, again.target
     assert three.states() == {"news": "active", "offers": None, "events": None}
+
+
+def test_a_contact_opted_out_at_the_provider_joins_another_list_opted_out(
+    three: ThreeLists,
+) -> None:
+    """Found by the property test. Bob's opt-out as a whole, made locally, reached the
+    provider with 'news'. He is then made active again locally and moved to 'offers': the
+    create on 'offers' cannot make the address active (rule 3), so the provider's opt-out
+    wins there as on 'news', in this cycle, not in the next one's pull."""
+    bob = "bob@example.com"
+    three.ingest([{"email": bob, "name": "Bob", "lists": ["news"]}])
+    three.ingest([{"email": bob, "status": "unsubscribed"}])
+    three.cycle_all()
+    assert three.emu.get(bob)["email_status"] == "unsubscribed"
+    three.ingest([{"email": bob, "status": "active"}])
+    three.ingest([{"email": bob, "name": "Bob", "lists": ["offers"]}])
+
+    results = {r.target: r for r in three.cycle_all()}
+
+    assert all(r.outcome == "converged" for r in results.values()), results
+    contact = three.emu.get(bob)
+    assert contact["email_status"] == "unsubscribed"  # never made active
+    assert three.ids["offers"] in contact["lists"] + contact["unsubscribed"]
+    assert three.consent(bob, "offers")[0] == "unsubscribed"  # the provider's opt-out wins
+    for again in three.cycle_all():
+        assert again.write_calls == 0 and again.summary().get("pulled", 0) == 0, again.target
+    assert three.consent(bob, "offers")[0] == "unsubscribed"
