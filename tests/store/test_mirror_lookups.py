@@ -136,3 +136,39 @@ def test_a_targets_members_are_counted_with_its_key_and_without(session: Session
     assert seen.keyless_count(session, "sms") == 20
     assert seen.keyless_count(session, "nothing") == 0
     session.rollback()
+
+
+def test_a_key_another_list_of_the_account_holds_is_no_pure_create(session: Session) -> None:
+    """On a peer's list (its base, its last export) or taken off it, the account holds the
+    contact: its create on this list starts from that state, in the general path."""
+    keys = ["plain@x.io", "peer-base@x.io", "peer-export@x.io", "peer-off@x.io"]
+    local = '["k",[],[],"active"]'
+    mirror.many(
+        session,
+        "INSERT INTO stage_diff (target, key, local) VALUES (?, ?, ?)",
+        [("offers", key, local) for key in keys],
+    )
+    mirror.many(
+        session,
+        "INSERT INTO base (target, key, digest, data, unseen) VALUES (?, ?, ?, ?, 0)",
+        [("news", "peer-base@x.io", "d", local)],
+    )
+    mirror.many(
+        session,
+        "INSERT INTO remote_seen (target, key, fp, digest, data, raw_status, "
+        "opted_out_elsewhere) VALUES (?, ?, 1, ?, ?, ?, ?)",
+        [("news", "peer-export@x.io", "d", local, "unsubscribed", False)],
+    )
+    mirror.many(
+        session,
+        "INSERT INTO off_list (target, key, data) VALUES (?, ?, ?)",
+        [("news", "peer-off@x.io", local)],
+    )
+
+    def chosen(peers: list[str]) -> list[str]:
+        return [key for _seq, key, _data in mirror.pure_creates(session, "offers", peers, 0, 10)]
+
+    assert chosen(["news"]) == ["plain@x.io"]
+    assert chosen(["events"]) == keys  # another account's lists are no peers
+    assert chosen([]) == keys
+    session.rollback()
