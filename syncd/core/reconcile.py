@@ -216,6 +216,7 @@ def reconcile(
     off_list: Projection | None = None,
     unseen: int = 0,
     own: Projection | None = None,
+    opted_out_there: str | None = None,
 ) -> Decision:
     """Decide one key. ``take`` settles a manual conflict that a person resolved (one side for
     every field, or a side per field).
@@ -232,7 +233,8 @@ def reconcile(
     this target would see it: this list's side does not show it, yet it may have changed since
     both sides agreed (an opt-out made locally, a re-activation, an edit pushed to the account
     through another list), and a contact pulled back from the provider keeps its status
-    (``_revive``).
+    (``_revive``). ``opted_out_there``: for a key new on this list, the contact's own opt-out
+    as another list of the account last exported it.
     """
     key = _key_of(local, base, remote)
 
@@ -304,15 +306,11 @@ def reconcile(
         if local is not None and remote is None:
             # new locally, unknown remotely: create it at the provider; back on the list after
             # syncd took it off, the create starts from what the provider kept (its tags)
-            if (
-                off_list is not None
-                and is_opted_out(off_list.status)
-                and not is_opted_out(local.status)
-            ):
+            if opted_out_there is not None and not is_opted_out(local.status):
                 # the account holds the contact opted out as a whole: the create puts it on
                 # this list without its status (rule 3), and the mirror takes the provider's
                 # opt-out now, as it would from the list's next export
-                kept = local.replace(status=off_list.status)
+                kept = local.replace(status=opted_out_there)
                 return Decision(
                     key, "create_remote_opted_out", "create", local, off_list,
                     local_op="upsert", local_row=kept, base=kept,

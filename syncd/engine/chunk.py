@@ -59,6 +59,7 @@ def decide(
     sent = mirror.in_flight(session, target, keys)  # the chunk's writes whose answer was lost
     # the chunk's keys syncd took off the list
     off_list = _off_list(session, cycle, chunk) if cycle.caps.tags else {}
+    opted_out_there = _opted_out_in_account(session, cycle, chunk)
     unseen = mirror.unseen(session, target, [row.key for row in chunk if row.base is not None])
     # off this list locally, the contact the mirror still has: its status is its own, and an
     # edit of it pushed through another list of the account is no edit at the provider
@@ -79,6 +80,7 @@ def decide(
             off_list.get(row.key),
             unseen.get(row.key, 0),
             own.get(row.key),
+            opted_out_there.get(row.key),
         )
         decided.append((row, _checked_against_export(cycle, row, d, local, row.key in sent)))
     return decided
@@ -95,30 +97,40 @@ def _off_list(
     saw it, and another target may have changed the tags since: the create starts from all of
     them together, so that a tag the mirror dropped goes whichever record saw it last (a tag
     too many only makes the create replace the tags, which it may always do). Of another
-    list's records only the tags are taken: the fields are that target's to manage. And the
-    contact's own opt-out, where another list's last complete export showed it: the address
-    is opted out in the account, which a create cannot undo (``reconcile``, rule 3). Not from
-    a base: an opt-out that Unisender could only keep as the list's mark (a `new` address)
-    is agreed as the contact's own there, while the address stays open to a create."""
+    list's records only the tags are taken: the fields are that target's to manage."""
     keys = [row.key for row in chunk]
     found = mirror.off_list(session, cycle.target.name, keys)
     creates = [r.key for r in chunk if r.local is not None and r.base is None and not r.remote]
     elsewhere: dict[str, set[str]] = {}
-    opted_out: dict[str, str] = {}
     for peer in cycle.options.peers:
         records = [mirror.off_list(session, peer, keys)]
         if creates:
             records.append(mirror.projections(session, Base, peer, creates))
-            for key, seen in mirror.projections(session, RemoteSeen, peer, creates).items():
-                if is_opted_out(seen.status) and opted_out.get(key) != "blocked":
-                    opted_out[key] = seen.status
         for kept in records:
             for key, record in kept.items():
                 elsewhere.setdefault(key, set()).update(record.tags)
-    for key in elsewhere.keys() | opted_out.keys():
-        tags = elsewhere.get(key, set())
-        own = found.get(key) or Projection.build(key)
-        found[key] = own.replace(tags=own.tags | tags, status=opted_out.get(key, own.status))
+    for key, tags in elsewhere.items():
+        own = found.get(key)
+        found[key] = (
+            Projection.build(key, {}, tags) if own is None else own.replace(tags=own.tags | tags)
+        )
+    return found
+
+
+def _opted_out_in_account(
+    session: Session, cycle: CycleState, chunk: list[mirror.DiffRow]
+) -> dict[str, str]:
+    """The contact's own opt-out (``unsubscribed`` or ``blocked``) for each key this list
+    would create, where another list of the account showed it in its last complete export:
+    the address is opted out in the account, which a create cannot undo (rule 3). Not from a
+    base: an opt-out that Unisender could keep only as a list's mark (a `new` address) is
+    agreed as the contact's own there, while the address stays open to a create."""
+    creates = [r.key for r in chunk if r.local is not None and r.base is None and not r.remote]
+    found: dict[str, str] = {}
+    for peer in cycle.options.peers if creates else ():
+        for key, seen in mirror.projections(session, RemoteSeen, peer, creates).items():
+            if is_opted_out(seen.status) and found.get(key) != "blocked":
+                found[key] = seen.status  # blocked over unsubscribed: the stronger word
     return found
 
 

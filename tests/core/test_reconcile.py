@@ -296,21 +296,23 @@ def test_a_create_back_onto_the_list_removes_the_tags_the_provider_kept():
 
 
 def test_a_create_into_an_account_that_holds_the_contact_opted_out_takes_the_opt_out():
-    # another list's export showed the address unsubscribed as a whole; the mirror has it
-    # active (a local re-activation). The create puts it on this list without a status (the
-    # provider keeps the opt-out: rule 3), and the mirror takes the opt-out now
+    # another list's export showed the address opted out as a whole; the mirror has it active
+    # (a local re-activation). The create puts it on this list without a status (the provider
+    # keeps the opt-out: rule 3), and the mirror takes the opt-out now
+    kept = p(Name="Ann", tags=("a",))
     for status in ("unsubscribed", "blocked"):
-        d = reconcile(p(Name="Ann"), None, None, off_list=p(status, Name="Ann"))
+        d = reconcile(p(Name="Ann"), None, None, off_list=kept, opted_out_there=status)
         assert d.case == "create_remote_opted_out"
         assert d.remote_op == "create" and d.remote_row == p(Name="Ann")
+        assert d.remote_before == kept and d.overwrite_tags  # the tags as for any create
         assert not d.pushes_status  # nothing about consent is sent
         assert d.local_op == "upsert" and d.local_row == p(status, Name="Ann")
         assert d.base == d.local_row  # what the list's next export will show
     # opted out locally too: a plain create, whose opt-out goes with it
-    d = reconcile(p("unsubscribed"), None, None, off_list=p("blocked"))
+    d = reconcile(p("unsubscribed"), None, None, opted_out_there="blocked")
     assert d.case == "create_remote" and d.local_op is None and d.pushes_status
-    # kept off the list while active: a plain create
-    d = reconcile(p(Name="Ann"), None, None, off_list=p(tags=("a",)))
+    # a record kept off the list says nothing of the address's status
+    d = reconcile(p(Name="Ann"), None, None, off_list=p("unsubscribed", Name="Ann"))
     assert d.case == "create_remote" and d.local_op is None
 
 
