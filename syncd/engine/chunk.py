@@ -100,7 +100,7 @@ def _off_list(
     list's records only the tags are taken: the fields are that target's to manage."""
     keys = [row.key for row in chunk]
     found = mirror.off_list(session, cycle.target.name, keys)
-    creates = [r.key for r in chunk if r.local is not None and r.base is None and not r.remote]
+    creates = _creates(chunk)
     elsewhere: dict[str, set[str]] = {}
     for peer in cycle.options.peers:
         records = [mirror.off_list(session, peer, keys)]
@@ -117,6 +117,11 @@ def _off_list(
     return found
 
 
+def _creates(chunk: list[mirror.DiffRow]) -> list[str]:
+    """The chunk's keys new on this list: a local row, no base, no row in the export."""
+    return [r.key for r in chunk if r.local is not None and r.base is None and not r.remote]
+
+
 def _opted_out_in_account(
     session: Session, cycle: CycleState, chunk: list[mirror.DiffRow]
 ) -> dict[str, str]:
@@ -125,7 +130,7 @@ def _opted_out_in_account(
     the address is opted out in the account, which a create cannot undo (rule 3). Not from a
     base: an opt-out that Unisender could keep only as a list's mark (a `new` address) is
     agreed as the contact's own there, while the address stays open to a create."""
-    creates = [r.key for r in chunk if r.local is not None and r.base is None and not r.remote]
+    creates = _creates(chunk)
     found: dict[str, str] = {}
     for peer in cycle.options.peers if creates else ():
         for key, seen in mirror.projections(session, RemoteSeen, peer, creates).items():
