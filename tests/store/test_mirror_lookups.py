@@ -69,7 +69,7 @@ def test_many_writes_every_row_in_order_across_statements(store_url: str) -> Non
             read = session.connection().execute
             keys = [k for (k,) in read(text("SELECT key FROM history ORDER BY id"))]
             assert keys == [f"k{i:04}" for i in range(1203)]
-            assert dict(read(text("SELECT key, data FROM base")).tuples().all()) == {
+            assert {k: v for k, v in read(text("SELECT key, data FROM base"))} == {
                 "a": '["a2"]',
                 "b": '["b"]',
             }
