@@ -343,9 +343,16 @@ def reconcile(
             # deleting an opted-out contact at the provider would erase its opt-out record
             # (DESIGN §8), the whole contact's or this list's; if it changed remotely, the mirror
             # takes it back so consent is kept
-            if remote != base:
-                return _revive(key, base, remote, own, "revive_local_opted_out")
-            return Decision(key, "keep_opted_out", remote_before=remote, base=base, keep_base=True)
+            if remote == base:
+                return Decision(
+                    key, "keep_opted_out", remote_before=remote, base=base, keep_base=True
+                )
+            if own is not None and _echoes_own(base, remote, own):
+                # all that changed there is the mirror's own data, written to the account
+                # through another list: no edit at the provider, so the contact stays off this
+                # list locally and its opt-out record stays there, now agreed as it reads
+                return Decision(key, "keep_opted_out_echo", remote_before=remote, base=remote)
+            return _revive(key, base, remote, own, "revive_local_opted_out")
         if remote == base:
             # deleted (or dropped from the list) locally, unchanged remotely: delete there
             return Decision(key, "local_deleted", "delete", remote, remote, base=None)

@@ -338,3 +338,31 @@ def test_a_contact_opted_out_at_the_provider_joins_another_list_opted_out(
     for again in three.cycle_all():
         assert again.write_calls == 0 and again.summary().get("pulled", 0) == 0, again.target
     assert three.consent(bob, "offers")[0] == "unsubscribed"
+
+
+def test_a_list_opt_out_left_behind_is_not_revived_by_the_mirrors_own_edit(
+    three: ThreeLists,
+) -> None:
+    """Found by the property test. Pat left 'news' (the provider keeps the list's opt-out:
+    it stays there as the record), then moved locally to 'offers' with a name and opted out as
+    a whole. 'offers' creates Pat, name and all, in the account; the next cycle 'news' sees the
+    name at the provider. That is the mirror's own data, not an edit there: Pat stays off
+    'news' and nothing more is written (once, Pat came back onto 'news' in the mirror, and
+    'news' wrote the opt-out again)."""
+    pat = "pat@example.com"
+    three.ingest([{"email": pat, "unsubscribed_lists": ["news"]}])
+    three.cycle_all()
+    assert three.ids["news"] in three.emu.get(pat)["unsubscribed"]
+    three.ingest([{"email": pat, "status": "unsubscribed"}])
+    three.ingest([{"email": pat, "name": "Pat", "lists": ["offers"]}])
+
+    assert all(r.outcome == "converged" for r in three.cycle_all())
+
+    for again in three.cycle_all():
+        assert again.write_calls == 0, (again.target, again.calls)
+        assert again.summary().get("pulled", 0) == 0, again.target
+    assert three.consent(pat, "news")[1] is None  # still off 'news' in the mirror
+    assert three.consent(pat, "offers") == ("unsubscribed", "active")
+    contact = three.emu.get(pat)
+    assert contact["fields"]["Name"] == "Pat"
+    assert {three.ids["news"], three.ids["offers"]} <= set(contact["unsubscribed"])
