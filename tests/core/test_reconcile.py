@@ -744,3 +744,27 @@ def test_only_a_key_the_local_side_lacks_or_with_a_base_is_ever_deleted():
             if d.remote_op == "delete" or d.local_op == "remove":
                 assert may_delete(L is not None, B is not None), (L, B, R, d)
     assert decided > 10_000
+
+
+PAT_OUT = lp("unsubscribed", Name="Pat")  # opted out as a whole, on another list
+
+
+@pytest.mark.parametrize(
+    ("own", "remote", "echo"),
+    [(PAT_OUT, lp(list_status="unsubscribed", Name="Pat"), True),
+     (PAT_OUT, lp(list_status="unsubscribed", Name="Pam"), False)],
+    ids=["a field the mirror holds now", "a field nobody here holds"],
+)  # fmt: skip
+def test_an_opt_out_record_off_the_list_is_kept_through_the_mirrors_own_edit(own, remote, echo):
+    # off this list locally, its opt-out from the list kept there as the record (LEFT): a
+    # change there that is the mirror's own data (another list wrote it) leaves it as it is,
+    # the base moved to what the export shows; an edit there brings the contact back
+    d = reconcile(None, LEFT, remote, own=own)
+    if echo:
+        assert (d.case, d.remote_op, d.local_op, d.base) == (
+            "keep_opted_out_echo", None, None, remote
+        )  # fmt: skip
+        assert not d.keep_base  # the base moves, so the next cycle compares nothing
+    else:
+        assert d.case == "revive_local_opted_out" and d.local_op == "upsert"
+    assert reconcile(None, LEFT, remote).case == "revive_local_opted_out"  # no contact kept
