@@ -115,24 +115,29 @@ class World:
         self._files = 0
 
     def make_config(self, **target: Any) -> Config:
-        base = {
-            "name": "news",
+        return self.config_of([self.target_of("news", self.list_id, local_list="news", **target)])
+
+    def target_of(self, name: str, list_id: int, **settings: Any) -> dict[str, Any]:
+        """A target on a list of this account, its settings over the tests' defaults."""
+        return {
+            "name": name,
             "provider": "unisender",
-            "list_id": str(self.list_id),
-            "local_list": "news",
+            "list_id": str(list_id),
             "api_key": API_KEY,
             "base_url": "http://127.0.0.1:9/en/api",
             "fields": {"Name": "name", "City": "city"},
             "export_poll_interval": 0.001,
             "export_rate_limit_per_minute": 1_000_000,
+            **settings,
         }
-        base.update(target)
+
+    def config_of(self, targets: list[dict[str, Any]]) -> Config:
         return parse_config(
             {
                 "store": {"url": self.store_url},
                 "ingest": {"reject_role_addresses": False},
                 "outbox": {"path": str(self.tmp / "outbox")},  # not the working folder's
-                "target": [base],
+                "target": targets,
             },
             "test",
             providers=PROVIDERS,
@@ -142,6 +147,12 @@ class World:
         """The real adapter, over an in-process transport to the emulator, never sleeping."""
         return make_provider(
             target, transport=httpx.MockTransport(self.emu.handle), sleep=lambda _s: None
+        )
+
+    def cycle_all(self, **options: Any) -> list[CycleResult]:
+        """A cycle of every target of the config, in its order."""
+        return cycles.run_once(
+            self.config, db=self.db, options=CycleOptions(**options), providers=self.provider
         )
 
     def cycle(self, **options: Any) -> CycleResult:

@@ -10,16 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import API_KEY, World
+from conftest import World
 from sqlalchemy import text
-
-from syncd.commands import cycles
-from syncd.config import parse_config
-from syncd.engine.result import CycleOptions, CycleResult
-from syncd.providers.registry import PROVIDERS
 
 LISTS = ("news", "offers", "events")
 EMAIL = "ann@example.com"
@@ -32,32 +26,8 @@ class ThreeLists(World):
         super().__init__(tmp_path, store_url)
         self.ids = {"news": self.list_id}
         self.ids |= {name: self.emu.add_list(name.title()) for name in LISTS[1:]}
-        self.config = parse_config(
-            {
-                "store": {"url": self.store_url},
-                "ingest": {"reject_role_addresses": False},
-                "outbox": {"path": str(tmp_path / "outbox")},
-                "target": [
-                    {
-                        "name": name,
-                        "provider": "unisender",
-                        "list_id": str(self.ids[name]),
-                        "api_key": API_KEY,
-                        "base_url": "http://127.0.0.1:9/en/api",
-                        "fields": {"Name": "name"},
-                        "export_poll_interval": 0.001,
-                        "export_rate_limit_per_minute": 1_000_000,
-                    }
-                    for name in LISTS
-                ],
-            },
-            "test",
-            providers=PROVIDERS,
-        )
-
-    def cycle_all(self, **options: Any) -> list[CycleResult]:
-        return cycles.run_once(
-            self.config, db=self.db, options=CycleOptions(**options), providers=self.provider
+        self.config = self.config_of(
+            [self.target_of(name, self.ids[name], fields={"Name": "name"}) for name in LISTS]
         )
 
     def states(self) -> dict[str, str | None]:

@@ -17,16 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import API_KEY, World
+from conftest import World
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from sqlalchemy import text
-
-from syncd.commands import cycles
-from syncd.config import parse_config
-from syncd.engine.result import CycleOptions, CycleResult
-from syncd.providers.registry import PROVIDERS
 
 PEOPLE = [f"p{i}@example.com" for i in range(6)]
 person = st.sampled_from(PEOPLE)
@@ -43,32 +38,10 @@ class TwoLists(World):
     def __init__(self, tmp: Path) -> None:
         super().__init__(tmp)
         self.ids = {"news": self.list_id, "offers": self.emu.add_list("Offers")}
-        targets = [
-            {
-                "name": name,
-                "provider": "unisender",
-                "list_id": str(self.ids[name]),
-                "api_key": API_KEY,
-                "base_url": "http://127.0.0.1:9/en/api",
-                "fields": {"Name": "name", "City": "city"},
-                "export_poll_interval": 0.001,
-                "export_rate_limit_per_minute": 1_000_000,
-                # a sign-up meeting a local contact is settled, not held, so that every cycle
-                # can converge (held first meetings: tests/engine/test_first_sync.py)
-                "first_sync": "local",
-            }
-            for name in LISTS
-        ]
-        self.config = parse_config(
-            {"store": {"url": self.store_url}, "ingest": {"reject_role_addresses": False},
-             "outbox": {"path": str(tmp / "outbox")}, "target": targets},
-            "test",
-            providers=PROVIDERS,
-        )  # fmt: skip
-
-    def cycle_all(self) -> list[CycleResult]:
-        return cycles.run_once(
-            self.config, db=self.db, options=CycleOptions(), providers=self.provider
+        # a sign-up meeting a local contact is settled, not held, so that every cycle can
+        # converge (held first meetings: tests/engine/test_first_sync.py)
+        self.config = self.config_of(
+            [self.target_of(name, self.ids[name], first_sync="local") for name in LISTS]
         )
 
     def local_of(self, list_name: str) -> dict[str, dict[str, Any]]:
