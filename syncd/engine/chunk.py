@@ -58,8 +58,9 @@ def decide(
     target = cycle.target.name
     sent = mirror.in_flight(session, target, keys)  # the chunk's writes whose answer was lost
     # the chunk's keys syncd took off the list
-    off_list = _off_list(session, cycle, chunk) if cycle.caps.tags else {}
-    opted_out_there = _opted_out_in_account(session, cycle, chunk)
+    creates = _creates(chunk)  # the keys new on this list
+    off_list = _off_list(session, cycle, keys, creates) if cycle.caps.tags else {}
+    opted_out_there = _opted_out_in_account(session, cycle, creates)
     unseen = mirror.unseen(session, target, [row.key for row in chunk if row.base is not None])
     # off this list locally, the contact the mirror still has: its status is its own, and an
     # edit of it pushed through another list of the account is no edit at the provider
@@ -87,7 +88,7 @@ def decide(
 
 
 def _off_list(
-    session: Session, cycle: CycleState, chunk: list[mirror.DiffRow]
+    session: Session, cycle: CycleState, keys: list[str], creates: list[str]
 ) -> dict[str, Projection]:
     """What the provider keeps of these keys outside this target's list, for a create to start
     from: this target's own record of taking the contact off its list, and the tags of every
@@ -98,9 +99,7 @@ def _off_list(
     them together, so that a tag the mirror dropped goes whichever record saw it last (a tag
     too many only makes the create replace the tags, which it may always do). Of another
     list's records only the tags are taken: the fields are that target's to manage."""
-    keys = [row.key for row in chunk]
     found = mirror.off_list(session, cycle.target.name, keys)
-    creates = _creates(chunk)
     elsewhere: dict[str, set[str]] = {}
     for peer in cycle.options.peers:
         records = [mirror.off_list(session, peer, keys)]
@@ -123,14 +122,13 @@ def _creates(chunk: list[mirror.DiffRow]) -> list[str]:
 
 
 def _opted_out_in_account(
-    session: Session, cycle: CycleState, chunk: list[mirror.DiffRow]
+    session: Session, cycle: CycleState, creates: list[str]
 ) -> dict[str, str]:
     """The contact's own opt-out (``unsubscribed`` or ``blocked``) for each key this list
     would create, where another list of the account showed it in its last complete export:
     the address is opted out in the account, which a create cannot undo (rule 3). Not from a
     base: an opt-out that Unisender could keep only as a list's mark (a `new` address) is
     agreed as the contact's own there, while the address stays open to a create."""
-    creates = _creates(chunk)
     found: dict[str, str] = {}
     for peer in cycle.options.peers if creates else ():
         for key, seen in mirror.projections(session, RemoteSeen, peer, creates).items():
